@@ -1,0 +1,5 @@
+"""Backend plugins. Each module registers itself with `@register`; heavy libraries load lazily."""
+
+from hadmc_deploy.backends.base import Artifact, Backend, LatencyStats, available_backends, get, register
+
+__all__ = ["Artifact", "Backend", "LatencyStats", "available_backends", "get", "register"]

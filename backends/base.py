@@ -1,0 +1,210 @@
+"""The backend interface and registry (design: Polygraphy's runners behind one small interface).
+
+Public methods validate and delegate to `_build`, `_run`, ... so checks live in
+one place. Backends import their heavy libraries inside methods, never at module
+import, so `import hadmc_deploy` works on any machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hadmc_deploy.errors import ArtifactError, BackendUnavailableError, UsageError
+from hadmc_deploy.fileio import write_json_atomic
+from hadmc_deploy.specs import LayerSpec
+
+METADATA_FILE = "metadata.json"
+
+
+@dataclass
+class LatencyStats:
+    """Latency of one configuration in milliseconds, from `runs` timed runs after warm-up."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    runs: int
+    batch: int = 1
+    warmup: int = 0
+
+    @property
+    def throughput(self) -> float:
+        """Samples per second at the median latency."""
+        return self.batch * 1000.0 / self.p50_ms if self.p50_ms > 0 else float("inf")
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float], batch: int = 1, warmup: int = 0) -> LatencyStats:
+        if not samples_ms:
+            raise ValueError("no latency samples")
+        arr = np.asarray(samples_ms, dtype=np.float64)
+        return cls(
+            p50_ms=float(np.percentile(arr, 50)),
+            p90_ms=float(np.percentile(arr, 90)),
+            p99_ms=float(np.percentile(arr, 99)),
+            mean_ms=float(statistics.fmean(samples_ms)),
+            min_ms=float(arr.min()),
+            runs=len(samples_ms),
+            batch=batch,
+            warmup=warmup,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["throughput"] = self.throughput
+        return data
+
+
+@dataclass
+class Artifact:
+    """A directory holding the deployable model file and `metadata.json`."""
+
+    path: Path
+    model_file: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.model_file
+
+    @property
+    def backend(self) -> str:
+        return str(self.metadata.get("backend", ""))
+
+    def save_metadata(self) -> None:
+        write_json_atomic(self.path / METADATA_FILE, {**self.metadata, "model_file": self.model_file})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Artifact:
+        path = Path(path)
+        meta_path = path / METADATA_FILE
+        if not path.is_dir():
+            raise ArtifactError(f"artifact directory {path} does not exist", hint="pass the directory a build wrote")
+        if not meta_path.is_file():
+            raise ArtifactError(f"{path} has no {METADATA_FILE}", hint="it is not an artifact directory written by hadmc-deploy")
+        try:
+            metadata = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{meta_path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        model_file = metadata.get("model_file")
+        if not model_file or not (path / model_file).is_file():
+            raise ArtifactError(f"{path}: model file {model_file!r} named in {METADATA_FILE} is missing")
+        return cls(path=path, model_file=model_file, metadata=metadata)
+
+
+class Backend:
+    """Base class of backend plugins. Subclasses implement the underscored methods."""
+
+    name: str = ""
+
+    # -- availability ------------------------------------------------------------
+    def available(self) -> tuple[bool, str]:
+        """(True, version string) or (False, a one-line reason)."""
+        raise NotImplementedError
+
+    def require(self) -> None:
+        ok, reason = self.available()
+        if not ok:
+            raise BackendUnavailableError(f"backend {self.name!r} is not available here: {reason}")
+
+    # -- public API: validate, then delegate ----------------------------------------
+    def build(
+        self,
+        onnx_path: str | Path,
+        precision: str,
+        out_dir: str | Path,
+        *,
+        ranges: Any = None,
+        options: dict[str, Any] | None = None,
+    ) -> Artifact:
+        onnx_path = Path(onnx_path)
+        if not onnx_path.is_file():
+            raise UsageError(f"ONNX file {onnx_path} does not exist")
+        if precision not in ("fp32", "fp16", "int8"):
+            raise UsageError(f"unknown precision {precision!r}", hint="use int8, fp16 or fp32")
+        self.require()
+        return self._build(onnx_path, precision, Path(out_dir), ranges=ranges, options=options or {})
+
+    def run(self, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._check_artifact(artifact)
+        self.require()
+        return self._run(artifact, inputs)
+
+    def benchmark(self, artifact: Artifact, batch: int = 1, warmup: int = 10, runs: int = 50) -> LatencyStats:
+        if batch < 1 or runs < 1 or warmup < 0:
+            raise UsageError(f"batch and runs must be >= 1 and warmup >= 0 (got batch={batch}, runs={runs}, warmup={warmup})")
+        self._check_artifact(artifact)
+        self.require()
+        return self._benchmark(artifact, batch, warmup, runs)
+
+    def measure_layer(self, spec: LayerSpec, warmup: int = 10, runs: int = 30) -> LatencyStats:
+        self.require()
+        return self._measure_layer(spec, warmup, runs)
+
+    def describe_device(self) -> dict[str, Any]:
+        """Device fingerprint for LUTs and artifact metadata (CPU model + ISA, or GPU + compute capability)."""
+        raise NotImplementedError
+
+    def _check_artifact(self, artifact: Artifact) -> None:
+        if artifact.backend and artifact.backend != self.name:
+            raise ArtifactError(f"artifact {artifact.path} was built by backend {artifact.backend!r}, not {self.name!r}")
+
+    # -- implementation hooks ------------------------------------------------------
+    def _build(self, onnx_path: Path, precision: str, out_dir: Path, *, ranges: Any, options: dict[str, Any]) -> Artifact:
+        raise NotImplementedError
+
+    def _run(self, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _benchmark(self, artifact: Artifact, batch: int, warmup: int, runs: int) -> LatencyStats:
+        raise NotImplementedError
+
+    def _measure_layer(self, spec: LayerSpec, warmup: int, runs: int) -> LatencyStats:
+        raise NotImplementedError
+
+
+# -- registry ---------------------------------------------------------------------
+_REGISTRY: dict[str, Callable[[], Backend]] = {}
+#: backend name -> module that registers it; imported on first use.
+_KNOWN_MODULES = {
+    "onnxruntime": "hadmc_deploy.backends.onnxruntime",
+    "tensorrt": "hadmc_deploy.backends.tensorrt",
+}
+
+
+def register(name: str) -> Callable[[type[Backend]], type[Backend]]:
+    """Class decorator: `@register("onnxruntime")`."""
+
+    def wrap(cls: type[Backend]) -> type[Backend]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def get(name: str) -> Backend:
+    if name not in _REGISTRY and name in _KNOWN_MODULES:
+        importlib.import_module(_KNOWN_MODULES[name])
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown backend {name!r}", hint=f"known backends: {', '.join(sorted(_KNOWN_MODULES))}")
+    return _REGISTRY[name]()
+
+
+def available_backends() -> dict[str, tuple[bool, str]]:
+    out = {}
+    for name in _KNOWN_MODULES:
+        try:
+            out[name] = get(name).available()
+        except Exception as exc:  # a broken plugin must not break `targets`
+            out[name] = (False, f"plugin failed to load: {exc}")
+    return out

@@ -1,0 +1,1 @@
+"""Calibration: data readers, activation-range estimation, QDQ writing, TensorRT calibration cache."""

@@ -1,0 +1,314 @@
+"""One loader for calibration, evaluation and fine-tuning data.
+
+Sources (the string a user passes as --train/--calib/--eval):
+  * `builtin:fashion-mnist[:train|:test]` - Debian's dataset-fashion-mnist files;
+  * `builtin:digits[:train|:test]` - scikit-learn's 8x8 digits (a fixed 80/20 split);
+  * `path/to/data.npz` - arrays `x` (N,C,H,W or N,H,W; uint8 or float32) and `y` (N,);
+  * an IDX directory (MNIST format, gzipped or not), optionally `DIR:train` / `DIR:test`,
+    or an IDX images file (`...-images-idx3-ubyte[.gz]`, labels found beside it);
+  * an ImageFolder-style directory (`DIR/<class>/<image>`, needs Pillow).
+Everything comes back as float32 NCHW arrays, resized and normalised the same way
+for every stage, so calibration sees exactly what evaluation and training see.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hadmc_deploy.errors import DataError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How raw pixels become model input: resize, channel count, x/255 then (x - mean) / std."""
+
+    resize: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None  # None: ImageNet's for 3 channels, 0.5 otherwise
+    std: tuple[float, ...] | None = None
+    channels: int | None = None  # replicate grayscale to 3 channels when asked for 3
+
+    def stats_for(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        mean = self.mean or (IMAGENET_MEAN if channels == 3 else (0.5,) * channels)
+        std = self.std or (IMAGENET_STD if channels == 3 else (0.5,) * channels)
+        if len(mean) == 1:
+            mean = mean * channels
+        if len(std) == 1:
+            std = std * channels
+        if len(mean) != channels or len(std) != channels:
+            raise DataError(f"--mean/--std give {len(mean)}/{len(std)} values for {channels}-channel data", hint=f"pass 1 or {channels} values")
+        if any(s <= 0 for s in std):
+            raise DataError("--std values must be positive")
+        return tuple(mean), tuple(std)
+
+    def to_dict(self) -> dict:
+        return {"resize": self.resize, "mean": self.mean, "std": self.std, "channels": self.channels}
+
+
+@dataclass
+class ArrayDataset:
+    """Preprocessed images `x` (float32 N,C,H,W) and labels `y` (int64 N,), with where they came from."""
+
+    x: np.ndarray
+    y: np.ndarray
+    source: str
+    preprocess: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.y.max()) + 1 if len(self.y) else 0
+
+    def sha256(self) -> str:
+        """A hash of the preprocessed data, to key caches (calibration ranges, builds)."""
+        digest = hashlib.sha256()
+        digest.update(str(self.x.shape).encode())
+        digest.update(np.ascontiguousarray(self.x).tobytes())
+        digest.update(np.ascontiguousarray(self.y).tobytes())
+        return digest.hexdigest()
+
+    def subset(self, n: int | None, seed: int = 0) -> ArrayDataset:
+        """The first n samples of a fixed shuffle (class balance is kept in expectation)."""
+        if n is None or n >= len(self):
+            return self
+        order = np.random.default_rng(seed).permutation(len(self))[:n]
+        order.sort()
+        return ArrayDataset(self.x[order], self.y[order], f"{self.source}[{n}]", self.preprocess)
+
+    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(self), batch_size):
+            yield self.x[start : start + batch_size], self.y[start : start + batch_size]
+
+    def torch_dataset(self):  # noqa: ANN201 - torch is imported lazily
+        import torch
+        from torch.utils.data import TensorDataset
+
+        return TensorDataset(torch.from_numpy(self.x), torch.from_numpy(self.y))
+
+
+# -- readers: each returns raw (x as N,C,H,W uint8 or float, y int64) ---------------------
+def _open_maybe_gzip(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise DataError(f"cannot read IDX file {path}: {exc}") from exc
+
+
+def read_idx(path: Path) -> np.ndarray:
+    data = _open_maybe_gzip(path)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number)")
+    dtype_code, ndim = data[2], data[3]
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if dtype_code not in dtypes:
+        raise DataError(f"{path}: unknown IDX element type 0x{dtype_code:02x}")
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: header says {dims}, file holds {body.size} values")
+    return body.reshape(dims)
+
+
+def _labels_beside(images: Path) -> Path:
+    name = images.name.replace("images-idx3", "labels-idx1").replace("images.idx3", "labels.idx1")
+    candidates = [images.with_name(name)]
+    if name.endswith(".gz"):
+        candidates.append(images.with_name(name[:-3]))
+    else:
+        candidates.append(images.with_name(name + ".gz"))
+    for cand in candidates:
+        if cand.is_file():
+            return cand
+    raise DataError(f"no labels file beside {images}", hint=f"expected {candidates[0].name}")
+
+
+def _read_idx_pair(images: Path) -> tuple[np.ndarray, np.ndarray]:
+    x = read_idx(images)
+    y = read_idx(_labels_beside(images)).astype(np.int64)
+    if x.ndim == 3:
+        x = x[:, None]
+    if len(x) != len(y):
+        raise DataError(f"{images}: {len(x)} images but {len(y)} labels")
+    return x, y
+
+
+def _idx_dir(directory: Path, split: str | None) -> tuple[np.ndarray, np.ndarray]:
+    images = sorted(p for p in directory.iterdir() if "images-idx3" in p.name or "images.idx3" in p.name)
+    if not images:
+        raise DataError(f"{directory} holds no IDX images file (*-images-idx3-ubyte[.gz])")
+    if split is not None:
+        key = {"train": "train", "test": "t10k"}.get(split, split)
+        images = [p for p in images if p.name.startswith(key)]
+        if not images:
+            raise DataError(f"{directory} has no {split!r} IDX split")
+    elif len(images) > 1:
+        prefixes = sorted({p.name.split("-")[0] for p in images})
+        if len(prefixes) > 1:
+            raise DataError(f"{directory} holds several IDX splits ({', '.join(prefixes)})", hint=f"name one: {directory}:train or {directory}:test")
+    return _read_idx_pair(images[0])
+
+
+def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "x" not in data or "y" not in data:
+                raise DataError(f"{path} must hold arrays 'x' and 'y' (it has {', '.join(data.files) or 'none'})")
+            x, y = data["x"], data["y"]
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise DataError(f"{path}: 'x' must be N,C,H,W or N,H,W, got shape {x.shape}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{path}: 'y' must be one label per image ({len(x)}), got shape {y.shape}")
+    if x.dtype not in (np.uint8, np.float32, np.float64, np.float16):
+        raise DataError(f"{path}: 'x' must be uint8 or float, got {x.dtype}")
+    return x, y.astype(np.int64)
+
+
+def _image_folder(directory: Path, resize: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise DataError("reading an image folder needs Pillow", hint="pip install pillow") from exc
+    classes = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{directory} has no class sub-directories", hint="expected DIR/<class>/<image>")
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for file in sorted((directory / cls).iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(file) as img:
+                    img = img.convert("RGB" if img.mode not in ("L", "I;16") else "L")
+                    if resize is not None:
+                        img = img.resize((resize[1], resize[0]), Image.BILINEAR)
+                    arr = np.asarray(img, dtype=np.uint8)
+            except Exception as exc:
+                raise DataError(f"cannot read image {file}: {exc}") from exc
+            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+            if images and arr.shape != images[0].shape:
+                raise DataError(f"image {file} has shape {arr.shape}, others {images[0].shape}", hint="pass --resize H,W")
+            images.append(arr)
+            labels.append(label)
+    if not images:
+        raise DataError(f"{directory} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def _builtin(name: str, split: str | None) -> tuple[np.ndarray, np.ndarray]:
+    split = split or "train"
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split {split!r} for builtin:{name}", hint="use :train or :test")
+    if name == "fashion-mnist":
+        if not FASHION_MNIST_DIR.is_dir():
+            raise DataError(
+                f"builtin:fashion-mnist needs {FASHION_MNIST_DIR}",
+                hint="apt-get install dataset-fashion-mnist, or use builtin:digits",
+            )
+        return _idx_dir(FASHION_MNIST_DIR, split)
+    if name == "digits":
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError as exc:
+            raise DataError("builtin:digits needs scikit-learn", hint="pip install scikit-learn") from exc
+        digits = load_digits()
+        x = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)[:, None]
+        y = digits.target.astype(np.int64)
+        order = np.random.default_rng(0).permutation(len(x))
+        cut = int(len(x) * 0.8)
+        part = order[:cut] if split == "train" else order[cut:]
+        part.sort()
+        return x[part], y[part]
+    raise DataError(f"unknown builtin dataset {name!r}", hint="use builtin:fashion-mnist or builtin:digits")
+
+
+def _read_raw(source: str, resize: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    if source.startswith("builtin:"):
+        rest = source[len("builtin:") :]
+        name, _, split = rest.partition(":")
+        return _builtin(name, split or None)
+    path = Path(source)
+    split = None
+    if not path.exists() and ":" in source:
+        base, _, split = source.rpartition(":")
+        path = Path(base)
+    if not path.exists():
+        raise DataError(f"data source {source} does not exist", hint="pass a directory, an .npz, an IDX file or builtin:fashion-mnist")
+    if path.is_file():
+        if path.suffix == ".npz":
+            return _npz(path)
+        if "idx3" in path.name:
+            return _read_idx_pair(path)
+        raise DataError(f"{path}: unknown data file type", hint="use .npz, an IDX images file, or a directory")
+    if any("idx3" in p.name for p in path.iterdir()):
+        return _idx_dir(path, split)
+    return _image_folder(path, resize)
+
+
+def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    for start in range(0, len(x), 1024):
+        chunk = torch.from_numpy(np.ascontiguousarray(x[start : start + 1024], dtype=np.float32))
+        out.append(F.interpolate(chunk, size=size, mode="bilinear", align_corners=False).numpy())
+    return np.concatenate(out)
+
+
+def load_data(source: str, preprocess: Preprocess | None = None, *, limit: int | None = None, seed: int = 0) -> ArrayDataset:
+    """Read, subset, resize and normalise a data source; errors name the file and the fix."""
+    preprocess = preprocess or Preprocess()
+    x, y = _read_raw(source, preprocess.resize)
+    if len(x) == 0:
+        raise DataError(f"data source {source} is empty")
+    if limit is not None and limit < len(x):
+        order = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
+        x, y = x[order], y[order]
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    x = x.astype(np.float32) / scale
+    channels = x.shape[1]
+    if preprocess.channels is not None and preprocess.channels != channels:
+        if channels == 1 and preprocess.channels == 3:
+            x = np.repeat(x, 3, axis=1)
+            channels = 3
+        else:
+            raise DataError(f"{source} has {channels}-channel images but {preprocess.channels} channels were asked for")
+    if preprocess.resize is not None:
+        x = _resize(x, preprocess.resize)
+    mean, std = preprocess.stats_for(channels)
+    x = (x - np.asarray(mean, np.float32)[None, :, None, None]) / np.asarray(std, np.float32)[None, :, None, None]
+    if not np.isfinite(x).all():
+        raise DataError(f"{source} holds NaN or Inf values after preprocessing")
+    return ArrayDataset(np.ascontiguousarray(x, dtype=np.float32), y, source, {**preprocess.to_dict(), "mean": mean, "std": std})
+
+
+def check_matches_model(data: ArrayDataset, input_shape: tuple[int, ...], num_classes: int | None = None) -> None:
+    """Fail early, naming the mismatch, when data cannot feed the model."""
+    want_c, want_hw = input_shape[1], tuple(input_shape[2:])
+    got_c, got_hw = data.x.shape[1], tuple(data.x.shape[2:])
+    if got_c != want_c:
+        raise DataError(f"{data.source} has {got_c}-channel images but the model takes {want_c}", hint="pass --channels to convert or use matching data")
+    if got_hw != want_hw:
+        raise DataError(f"{data.source} has {got_hw[0]}x{got_hw[1]} images but the model takes {want_hw[0]}x{want_hw[1]}", hint=f"pass --resize {want_hw[0]},{want_hw[1]}")
+    if num_classes is not None and data.num_classes > num_classes:
+        raise DataError(f"{data.source} has labels up to {data.num_classes - 1} but the model has {num_classes} outputs")

@@ -1,0 +1,5 @@
+import sys
+
+from hadmc_deploy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per CLI subcommand: HELP, DESCRIPTION, add_arguments(parser), run(args, ui) -> dict."""

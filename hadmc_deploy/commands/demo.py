@@ -1,0 +1,94 @@
+"""`hadmc-deploy demo`: the README's first command. Train the demo CNN on real data, then build it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hadmc_deploy.calibration.data import FASHION_MNIST_DIR, Preprocess, load_data
+from hadmc_deploy.fileio import atomic_path, write_json_atomic
+from hadmc_deploy.models.demo import DEMO_ARCH, DEMO_INPUT_SHAPE, demo_cnn
+from hadmc_deploy.train import evaluate_accuracy, train_classifier
+from hadmc_deploy.ui import UI
+
+HELP = "train the demo CNN on Fashion-MNIST (or digits) and build it for this CPU"
+DESCRIPTION = """The embedded default: train a small residual CNN on real data with a fixed seed
+(Fashion-MNIST from /usr/share/datasets/fashion-mnist when installed, else scikit-learn's
+digits), cache the checkpoint, then run `build` on it for --target cpu and print the report.
+
+examples:
+  hadmc-deploy demo
+  hadmc-deploy demo --epochs 3 --out build/demo --retrain"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="build/demo", help="where the checkpoint and the build go (default build/demo)")
+    parser.add_argument("--data", default=None, help="training data source (default builtin:fashion-mnist, else builtin:digits)")
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs (default 2)")
+    parser.add_argument("--train-limit", type=int, default=30000, help="training samples used (default 30000, for speed)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--retrain", action="store_true", help="train again even if a cached checkpoint matches")
+    parser.add_argument("--target", default="cpu", help="target to build for (default cpu)")
+    parser.add_argument("--speedup", type=float, default=2.0, help="latency speedup the build aims for (default 2)")
+    parser.add_argument("--no-build", action="store_true", help="only train and cache the checkpoint")
+
+
+def default_data_source() -> tuple[str, str]:
+    if FASHION_MNIST_DIR.is_dir():
+        return "builtin:fashion-mnist:train", "builtin:fashion-mnist:test"
+    return "builtin:digits:train", "builtin:digits:test"
+
+
+def train_demo_model(args: argparse.Namespace, ui: UI) -> tuple[Path, dict[str, Any]]:
+    """Train (or reuse) the demo checkpoint; returns its path and its record."""
+    out = Path(args.out)
+    train_src, eval_src = (args.data, args.data.replace(":train", ":test")) if args.data else default_data_source()
+    ckpt = out / "demo.pth"
+    key = {"arch": DEMO_ARCH, "train": train_src, "epochs": args.epochs, "limit": args.train_limit, "seed": args.seed, "torch": torch.__version__}
+    record_path = out / "demo.json"
+    if ckpt.is_file() and record_path.is_file() and not args.retrain:
+        record = json.loads(record_path.read_text())
+        if record.get("key") == key:
+            ui.log(f"using the cached demo model {ckpt} (test accuracy {record['accuracy']:.2f}%); --retrain to train again")
+            return ckpt, record
+    ui.log(f"training the demo CNN on {train_src} ({args.epochs} epochs, seed {args.seed})")
+    train = load_data(train_src, Preprocess(), limit=args.train_limit, seed=args.seed)
+    test = load_data(eval_src, Preprocess())
+    torch.manual_seed(args.seed)
+    model = demo_cnn(num_classes=max(train.num_classes, 10), in_channels=train.x.shape[1])
+    start = time.perf_counter()
+    train_classifier(model, train, epochs=args.epochs, seed=args.seed, ui=ui)
+    seconds = time.perf_counter() - start
+    acc = evaluate_accuracy(model, test)
+    shape = [1, *train.x.shape[1:]]
+    checkpoint = {
+        "arch": DEMO_ARCH,
+        "arch_kwargs": {"num_classes": max(train.num_classes, 10), "in_channels": int(train.x.shape[1])},
+        "state_dict": model.state_dict(),
+        "input_shape": shape,
+        "train_data": train_src,
+        "eval_data": eval_src,
+        "accuracy": acc,
+    }
+    with atomic_path(ckpt) as tmp:
+        torch.save(checkpoint, tmp)
+    record = {"key": key, "checkpoint": str(ckpt), "accuracy": acc, "train_seconds": seconds, "input_shape": shape, "train_data": train_src, "eval_data": eval_src}
+    write_json_atomic(record_path, record)
+    ui.log(f"trained in {seconds:.0f}s: test accuracy {acc:.2f}% on {eval_src} ({len(test)} images); saved {ckpt}")
+    return ckpt, record
+
+
+def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
+    ckpt, record = train_demo_model(args, ui)
+    result: dict[str, Any] = {"checkpoint": str(ckpt), "demo_model": record}
+    if args.no_build:
+        return result
+    from hadmc_deploy.pipeline import demo_build
+
+    result["build"] = demo_build(ckpt, record, target=args.target, speedup=args.speedup, out_dir=Path(args.out) / f"build-{args.target}", ui=ui, input_shape=tuple(record.get("input_shape", DEMO_INPUT_SHAPE)))
+    return result

@@ -1,0 +1,249 @@
+"""Load a user's model safely.
+
+The default path never runs code from the model file: it opens it with
+`torch.load(weights_only=True)` and rebuilds the architecture from `--arch`.
+A fully pickled `nn.Module` loads only with `--trust-model`, because unpickling
+it can execute arbitrary code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import pickle
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hadmc_deploy.errors import (
+    ArchSpecError,
+    ModelFileCorruptError,
+    ModelFileNotFoundError,
+    StateDictMismatchError,
+    UntrustedPickleError,
+)
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "ema", "model_ema", "net")
+PRUNED_FORMAT_PREFIX = "hadmc-pruned/"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the pipeline, with how it was obtained (recorded in reports)."""
+
+    model: nn.Module
+    kind: str  # "state_dict" | "pickle" | "pruned" | "arch"
+    source: str
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_arch_kwargs(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ArchSpecError(f"--arch-kwargs is not valid JSON: {exc.msg}", hint='e.g. --arch-kwargs \'{"num_classes": 10}\'') from exc
+    if not isinstance(value, dict):
+        raise ArchSpecError("--arch-kwargs must be a JSON object", hint='e.g. --arch-kwargs \'{"num_classes": 10}\'')
+    return value
+
+
+def _import_from_file(path: Path, name: str) -> Any:
+    if not path.is_file():
+        raise ArchSpecError(f"--arch file {path} does not exist")
+    module_name = f"_hadmc_arch_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ArchSpecError(f"cannot import {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ArchSpecError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    if not hasattr(module, name):
+        raise ArchSpecError(f"{path} defines no {name!r}")
+    return getattr(module, name)
+
+
+def resolve_arch(spec: str) -> Any:
+    """The callable an `--arch` spec names (`pkg.module:fn`, `file.py:fn`, `torchvision:NAME`, `timm:NAME`)."""
+    if ":" not in spec:
+        raise ArchSpecError(f"--arch {spec!r} is not of the form module:callable", hint="e.g. --arch mymodels.py:resnet18 or --arch torchvision:resnet18")
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise ArchSpecError(f"--arch {spec!r} is not of the form module:callable")
+    if where == "torchvision":
+        try:
+            import torchvision.models as tvm
+        except Exception as exc:
+            raise ArchSpecError(f"--arch {spec} needs torchvision, which does not import here: {exc}", hint="pip install the extra 'vision' or use a module:callable spec") from exc
+        try:
+            return tvm.get_model_builder(name)
+        except ValueError as exc:
+            raise ArchSpecError(f"torchvision has no model {name!r}") from exc
+    if where == "timm":
+        try:
+            import timm
+        except Exception as exc:
+            raise ArchSpecError(f"--arch {spec} needs timm: {exc}", hint="pip install timm") from exc
+        return lambda **kw: timm.create_model(name, pretrained=False, **kw)
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        return _import_from_file(Path(where), name)
+    try:
+        module = importlib.import_module(where)
+    except Exception as exc:
+        raise ArchSpecError(f"cannot import module {where!r} for --arch: {type(exc).__name__}: {exc}") from exc
+    if not hasattr(module, name):
+        raise ArchSpecError(f"module {where!r} has no {name!r}")
+    return getattr(module, name)
+
+
+def build_arch(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    factory = resolve_arch(spec)
+    try:
+        model = factory(**(kwargs or {}))
+    except Exception as exc:
+        raise ArchSpecError(f"calling {spec}({_fmt_kwargs(kwargs)}) failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ArchSpecError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _fmt_kwargs(kwargs: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in (kwargs or {}).items())
+
+
+# -- reading the file ---------------------------------------------------------------------
+def _torch_load(path: Path, weights_only: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if weights_only and ("Weights only load failed" in text or "Unsupported global" in text or "Unsupported class" in text):
+            raise UntrustedPickleError(
+                f"{path} is a pickle that needs code to load (for example a whole nn.Module saved with torch.save(model)); "
+                "unpickling it could run arbitrary code",
+                hint="save model.state_dict() and pass --arch module:callable, or pass --trust-model if you trust this file",
+            ) from exc
+        raise ModelFileCorruptError(f"{path} is not a readable PyTorch checkpoint ({_first_line(text)})") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, ModuleNotFoundError, ImportError) as exc:
+        raise ModelFileCorruptError(
+            f"{path} is truncated or corrupt ({type(exc).__name__}: {_first_line(str(exc))})",
+            hint="re-save the checkpoint with torch.save",
+        ) from exc
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:200]
+    return text[:200]
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def extract_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    """The state_dict inside a checkpoint: the dict itself or one under a usual key."""
+    if _is_state_dict(obj):
+        sd = obj
+    elif isinstance(obj, dict):
+        sd = None
+        for key in STATE_DICT_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, dict) and "module" in inner and _is_state_dict(inner["module"]):
+                inner = inner["module"]
+            if _is_state_dict(inner):
+                sd = inner
+                break
+        if sd is None:
+            return None
+    else:
+        return None
+    if all(k.startswith("module.") for k in sd):  # saved from DataParallel / DDP
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load, but the error lists the first mismatches instead of a wall of text."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
+    if shapes:
+        problems.append(f"{len(shapes)} with other shapes ({'; '.join(shapes[:3])}{'; ...' if len(shapes) > 3 else ''})")
+    if problems:
+        raise StateDictMismatchError(
+            f"{source} does not match the architecture: keys {', '.join(problems)}",
+            hint="check --arch and --arch-kwargs (e.g. num_classes)",
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_model(
+    path: str | Path | None,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    *,
+    trust_model: bool = False,
+) -> LoadedModel:
+    """Load MODEL as the CLI does. `path=None` with `--arch` gives the architecture at random init."""
+    arch_kwargs = dict(arch_kwargs or {})
+    if path is None:
+        if arch is None:
+            raise ArchSpecError("no model file and no --arch given", hint="pass MODEL, or --arch for a randomly initialised model")
+        model = build_arch(arch, arch_kwargs)
+        return LoadedModel(model.eval(), "arch", f"{arch} (random init)", arch, arch_kwargs)
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileNotFoundError(f"model file {path} does not exist")
+    if path.is_dir():
+        raise ModelFileCorruptError(f"{path} is a directory, not a model file")
+    obj = _torch_load(path, weights_only=not trust_model)
+    if isinstance(obj, nn.Module):
+        # Only reachable with --trust-model: weights_only refuses modules.
+        return LoadedModel(obj.eval(), "pickle", str(path), arch, arch_kwargs)
+    if isinstance(obj, dict) and str(obj.get("format", "")).startswith(PRUNED_FORMAT_PREFIX):
+        from hadmc_deploy.pruned_checkpoint import load_pruned
+
+        return load_pruned(obj, str(path))
+    state_dict = extract_state_dict(obj)
+    if state_dict is None:
+        keys = ", ".join(list(obj)[:5]) if isinstance(obj, dict) else type(obj).__name__
+        raise ModelFileCorruptError(
+            f"{path} holds no state_dict (found {keys})",
+            hint=f"save model.state_dict(), or a dict with one under {', '.join(STATE_DICT_KEYS[:4])}",
+        )
+    if arch is None and isinstance(obj, dict) and isinstance(obj.get("arch"), str):
+        arch = obj["arch"]  # our own checkpoints record their architecture
+        arch_kwargs = {**dict(obj.get("arch_kwargs") or {}), **arch_kwargs}
+    if arch is None:
+        raise ArchSpecError(
+            f"{path} is a state_dict: the architecture is needed to rebuild the model",
+            hint="pass --arch module:callable (and --arch-kwargs if it takes arguments)",
+        )
+    model = build_arch(arch, arch_kwargs)
+    load_state_dict_checked(model, state_dict, str(path))
+    info = {k: v for k, v in obj.items() if k not in ("state_dict", "model", "model_state_dict", "ema") and isinstance(v, (int, float, str, list, dict))} if isinstance(obj, dict) and obj is not state_dict else {}
+    return LoadedModel(model.eval(), "state_dict", str(path), arch, arch_kwargs, info)

@@ -1,0 +1,59 @@
+"""Parameter and MAC counts from one forward pass with hooks (no private autograd fields)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelProfile:
+    params: int
+    macs: int
+    per_module_macs: dict[str, int]
+    output_shape: tuple[int, ...]
+
+
+def _module_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        per_out = module.in_channels // module.groups
+        for k in module.kernel_size:
+            per_out *= k
+        return int(output.numel() * per_out)
+    if isinstance(module, (nn.ConvTranspose2d,)):
+        x = inputs[0]
+        kh, kw = module.kernel_size
+        return int(x.numel() * (module.out_channels // module.groups) * kh * kw)
+    if isinstance(module, nn.Linear):
+        return int(output.numel() * module.in_features)
+    return 0
+
+
+@torch.no_grad()
+def profile_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelProfile:
+    """Params and MACs (multiply-accumulates, batch included) at `input_shape`."""
+    macs: dict[str, int] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)):
+            handles.append(module.register_forward_hook(lambda m, i, o, name=name: macs.__setitem__(name, macs.get(name, 0) + _module_macs(m, i, o))))
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(torch.zeros(input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    params = sum(p.numel() for p in model.parameters())
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+    return ModelProfile(params=params, macs=sum(macs.values()), per_module_macs=macs, output_shape=shape)
+
+
+def human(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"

@@ -1,0 +1,91 @@
+"""Terminal output: logs and progress bars on stderr, results on stdout.
+
+A `UI` is passed to long-running functions instead of a global quiet flag, so
+library callers and tests can silence or capture it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+T = TypeVar("T")
+
+
+@dataclass
+class UI:
+    quiet: bool = False
+    debug: bool = False
+    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    out: Console = field(default_factory=lambda: Console(file=sys.stdout, highlight=False))
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            self.err.print(message)
+
+    def warn(self, message: str) -> None:
+        """Warnings print even with --quiet: they change what the user should trust."""
+        self.err.print(f"[yellow]warning:[/yellow] {message}")
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int | None) -> Iterator[Any]:
+        """A rich progress bar; yields an object with `advance(n=1)` and `update(**fields)`."""
+        if self.quiet:
+            yield _NullTask()
+            return
+        columns = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, console=self.err, transient=False) as bar:
+            task_id = bar.add_task(description, total=total, info="")
+            yield _Task(bar, task_id)
+
+    def track(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+        if total is None and hasattr(items, "__len__"):
+            total = len(items)  # type: ignore[arg-type]
+        with self.progress(description, total) as task:
+            for item in items:
+                yield item
+                task.advance()
+
+
+class _Task:
+    def __init__(self, bar: Progress, task_id: Any) -> None:
+        self._bar = bar
+        self._id = task_id
+
+    def advance(self, n: float = 1) -> None:
+        self._bar.advance(self._id, n)
+
+    def update(self, info: str = "", **kwargs: Any) -> None:
+        self._bar.update(self._id, info=info, **kwargs)
+
+
+class _NullTask:
+    def advance(self, n: float = 1) -> None:
+        pass
+
+    def update(self, info: str = "", **kwargs: Any) -> None:
+        pass
+
+
+def quiet_ui() -> UI:
+    return UI(quiet=True)
