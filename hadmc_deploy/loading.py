@@ -136,7 +136,9 @@ def _torch_load(path: Path, weights_only: bool) -> Any:
                 hint="save model.state_dict() and pass --arch module:callable, or pass --trust-model if you trust this file",
             ) from exc
         raise ModelFileCorruptError(f"{path} is not a readable PyTorch checkpoint ({_first_line(text)})") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, ModuleNotFoundError, ImportError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, ImportError, IndexError, KeyError, TypeError) as exc:
+        # torch.load signals damaged files through many exception types (the weights-only
+        # unpickler raises IndexError on garbage, zipfile errors on truncation).
         raise ModelFileCorruptError(
             f"{path} is truncated or corrupt ({type(exc).__name__}: {_first_line(str(exc))})",
             hint="re-save the checkpoint with torch.save",

@@ -75,7 +75,7 @@ def train_classifier(
                 sched.step()
                 seen += len(idx)
                 correct += int((logits.argmax(1) == yb).sum())
-                total_loss += float(loss) * len(idx)
+                total_loss += float(loss.detach()) * len(idx)
                 task.advance()
                 task.update(info=f"epoch {epoch + 1}/{epochs} loss {total_loss / seen:.3f} acc {100 * correct / seen:.1f}%")
     model.eval()

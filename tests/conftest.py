@@ -1,0 +1,7 @@
+"""Shared pytest setup: keep torch on few threads so parallel workers do not oversubscribe 2 cores."""
+
+import os
+
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -1,0 +1,116 @@
+"""Data sources on tiny generated files: npz, IDX (gzipped or not), ImageFolder, builtins, and their errors."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from hadmc_deploy.calibration.data import Preprocess, check_matches_model, load_data, read_idx
+from hadmc_deploy.errors import DataError
+
+
+def _write_idx(path, array: np.ndarray, gz: bool) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if gz else data)
+
+
+@pytest.fixture
+def idx_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("t10k", 5)):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 6, 6)), gz=True)
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", rng.integers(0, 3, (n,)), gz=False)
+    return tmp_path
+
+
+def test_idx_dir_splits_and_normalisation(idx_dir):
+    train = load_data(f"{idx_dir}:train")
+    test = load_data(f"{idx_dir}:test")
+    assert train.x.shape == (12, 1, 6, 6) and test.x.shape == (5, 1, 6, 6)
+    raw = read_idx(idx_dir / "train-images-idx3-ubyte.gz")
+    np.testing.assert_allclose(train.x[:, 0], (raw / 255.0 - 0.5) / 0.5, atol=1e-6)
+    assert train.y.dtype == np.int64
+
+
+def test_idx_dir_without_split_is_ambiguous(idx_dir):
+    with pytest.raises(DataError, match=":train or"):
+        load_data(str(idx_dir))
+
+
+def test_truncated_idx(tmp_path):
+    path = tmp_path / "x-images-idx3-ubyte"
+    _write_idx(path, np.zeros((4, 5, 5)), gz=False)
+    path.write_bytes(path.read_bytes()[:-10])
+    (tmp_path / "x-labels-idx1-ubyte").write_bytes(b"")
+    with pytest.raises(DataError, match="truncated"):
+        load_data(str(path))
+
+
+def test_npz_uint8_and_float(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (7, 3, 4, 4)).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(7) % 2)
+    ds = load_data(str(tmp_path / "d.npz"), Preprocess(mean=(0.0,), std=(1.0,)))
+    np.testing.assert_allclose(ds.x, x / 255.0, rtol=1e-6)
+    np.savez(tmp_path / "f.npz", x=(x / 255.0).astype(np.float32), y=np.arange(7) % 2)
+    ds2 = load_data(str(tmp_path / "f.npz"), Preprocess(mean=(0.0,), std=(1.0,)))
+    np.testing.assert_allclose(ds2.x, ds.x, rtol=1e-6)
+
+
+def test_npz_missing_arrays(tmp_path):
+    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 1, 2, 2)))
+    with pytest.raises(DataError, match="'x' and 'y'"):
+        load_data(str(tmp_path / "bad.npz"))
+
+
+def test_resize_channels_and_limit(tmp_path):
+    x = np.zeros((10, 1, 8, 8), np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(10, np.int64))
+    ds = load_data(str(tmp_path / "d.npz"), Preprocess(resize=(16, 12), channels=3), limit=4)
+    assert ds.x.shape == (4, 3, 16, 12)
+
+
+def test_image_folder(tmp_path):
+    pil = pytest.importorskip("PIL.Image")
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            pil.fromarray(np.full((5, 5, 3), 40 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
+    ds = load_data(str(tmp_path), Preprocess(resize=(4, 4)))
+    assert ds.x.shape == (4, 3, 4, 4) and sorted(ds.y.tolist()) == [0, 0, 1, 1]
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    pytest.importorskip("PIL.Image")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png"):
+        load_data(str(tmp_path))
+
+
+def test_empty_folder_and_missing_source(tmp_path):
+    (tmp_path / "a").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        load_data(str(tmp_path))
+    with pytest.raises(DataError, match="does not exist"):
+        load_data(str(tmp_path / "missing"))
+
+
+def test_builtin_digits_split_is_fixed():
+    pytest.importorskip("sklearn")
+    a = load_data("builtin:digits:train")
+    b = load_data("builtin:digits:test")
+    assert len(a) + len(b) == 1797 and a.x.shape[1:] == (1, 8, 8)
+    assert a.sha256() == load_data("builtin:digits:train").sha256()
+
+
+def test_channel_mismatch_vs_model(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 1, 8, 8), np.uint8), y=np.zeros(2, np.int64))
+    ds = load_data(str(tmp_path / "d.npz"))
+    with pytest.raises(DataError, match="1-channel images but the model takes 3"):
+        check_matches_model(ds, (1, 3, 8, 8))
+    with pytest.raises(DataError, match="--resize 16,16"):
+        check_matches_model(ds, (1, 1, 16, 16))

@@ -1,0 +1,177 @@
+"""Model loading rules: state_dict + --arch, checkpoints, trusted pickles, and the error for each bad input."""
+
+from __future__ import annotations
+
+import pathlib
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from hadmc_deploy.errors import (
+    ArchSpecError,
+    ModelFileCorruptError,
+    ModelFileNotFoundError,
+    StateDictMismatchError,
+    UntrustedPickleError,
+)
+from hadmc_deploy.loading import extract_state_dict, load_model, parse_arch_kwargs
+
+ARCH = "hadmc_deploy.models.demo:demo_cnn"
+
+
+class MarkerPayload:
+    """Unpickling this object calls Path.touch(marker): a stand-in for malicious code."""
+
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def _demo_state_dict() -> dict[str, torch.Tensor]:
+    from hadmc_deploy.models.demo import demo_cnn
+
+    torch.manual_seed(0)
+    return demo_cnn().state_dict()
+
+
+def test_state_dict_with_arch_loads_and_matches(tmp_path):
+    sd = _demo_state_dict()
+    path = tmp_path / "m.pth"
+    torch.save(sd, path)
+    loaded = load_model(path, ARCH)
+    assert loaded.kind == "state_dict"
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, sd[key])
+
+
+@pytest.mark.parametrize("key", ["state_dict", "model", "model_state_dict", "ema"])
+def test_training_checkpoint_keys(tmp_path, key):
+    sd = _demo_state_dict()
+    path = tmp_path / "ckpt.pth"
+    torch.save({key: sd, "epoch": 3, "optimizer": {"lr": 0.1}}, path)
+    loaded = load_model(path, ARCH)
+    assert torch.equal(loaded.model.conv1.weight, sd["conv1.weight"])
+
+
+def test_ddp_prefix_is_stripped():
+    sd = {"module.a": torch.zeros(1)}
+    assert list(extract_state_dict(sd)) == ["a"]
+
+
+def test_checkpoint_recording_its_arch_needs_no_flag(tmp_path):
+    path = tmp_path / "own.pth"
+    torch.save({"arch": ARCH, "arch_kwargs": {"num_classes": 10}, "state_dict": _demo_state_dict(), "input_shape": [1, 1, 28, 28]}, path)
+    loaded = load_model(path)
+    assert loaded.arch == ARCH and loaded.info["input_shape"] == [1, 1, 28, 28]
+
+
+def test_malicious_pickle_never_runs_without_trust(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": MarkerPayload(marker)}, path)
+    assert not marker.exists()
+    with pytest.raises(UntrustedPickleError) as info:
+        load_model(path, ARCH)
+    assert not marker.exists(), "unpickling ran code without --trust-model"
+    msg = info.value.one_line()
+    assert "--trust-model" in msg and "--arch" in msg and "\n" not in msg
+
+
+def test_malicious_pickle_runs_only_with_trust(tmp_path):
+    """The other side of the rule: --trust-model really unpickles (and so runs the payload)."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save(MarkerPayload(marker), path)
+    with pytest.raises(ModelFileCorruptError):
+        load_model(path, ARCH, trust_model=True)  # the payload returns None: not a model
+    assert marker.exists()
+
+
+def test_full_module_pickle_needs_trust(tmp_path):
+    from hadmc_deploy.models.demo import demo_cnn
+
+    path = tmp_path / "full.pth"
+    torch.save(demo_cnn(), path)
+    with pytest.raises(UntrustedPickleError):
+        load_model(path)
+    loaded = load_model(path, trust_model=True)
+    assert loaded.kind == "pickle" and isinstance(loaded.model, nn.Module)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileNotFoundError, match="does not exist"):
+        load_model(tmp_path / "nope.pth", ARCH)
+
+
+def test_truncated_file(tmp_path):
+    good = tmp_path / "good.pth"
+    torch.save(_demo_state_dict(), good)
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ModelFileCorruptError, match="truncated or corrupt"):
+        load_model(bad, ARCH)
+
+
+def test_garbage_file(tmp_path):
+    bad = tmp_path / "garbage.pth"
+    bad.write_bytes(b"this is not a checkpoint at all" * 10)
+    with pytest.raises(ModelFileCorruptError):
+        load_model(bad, ARCH)
+
+
+def test_state_dict_without_arch(tmp_path):
+    path = tmp_path / "m.pth"
+    torch.save(_demo_state_dict(), path)
+    with pytest.raises(ArchSpecError, match="--arch"):
+        load_model(path)
+
+
+def test_mismatch_lists_first_keys(tmp_path):
+    sd = _demo_state_dict()
+    sd.pop("conv1.weight")
+    sd["extra.weight"] = torch.zeros(2)
+    sd["fc.weight"] = torch.zeros(5, 128)
+    path = tmp_path / "m.pth"
+    torch.save(sd, path)
+    with pytest.raises(StateDictMismatchError) as info:
+        load_model(path, ARCH)
+    msg = info.value.one_line()
+    assert "conv1.weight" in msg and "extra.weight" in msg and "fc.weight (5, 128) vs (10, 128)" in msg
+
+
+def test_arch_from_file_with_kwargs(tmp_path):
+    file = tmp_path / "mymodels.py"
+    file.write_text(textwrap.dedent("""
+        from torch import nn
+        def tiny(num_classes=2):
+            return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(num_classes))
+    """))
+    loaded = load_model(None, f"{file}:tiny", {"num_classes": 7})
+    assert loaded.kind == "arch"
+    assert loaded.model(torch.zeros(1, 3, 8, 8)).shape == (1, 7)
+
+
+@pytest.mark.parametrize(
+    "spec, pattern",
+    [
+        ("nocolon", "module:callable"),
+        ("no_such_module_xyz:fn", "cannot import module"),
+        ("hadmc_deploy.models.demo:nope", "has no 'nope'"),
+        ("/tmp/definitely/missing.py:fn", "does not exist"),
+        ("hadmc_deploy.models.demo:DEMO_ARCH", "failed"),
+    ],
+)
+def test_bad_arch_specs(spec, pattern):
+    with pytest.raises(ArchSpecError, match=pattern):
+        load_model(None, spec)
+
+
+def test_bad_arch_kwargs():
+    with pytest.raises(ArchSpecError, match="JSON"):
+        parse_arch_kwargs("{num_classes: 10}")
+    with pytest.raises(ArchSpecError, match="object"):
+        parse_arch_kwargs("[1, 2]")
