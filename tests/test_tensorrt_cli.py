@@ -1,0 +1,100 @@
+"""`hadmc-deploy engine` on a machine without TensorRT: input checks first, then the clear unavailability error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorrt_models import tiny_cnn, tiny_qdq_cnn
+
+from hadmc_deploy.cli import main
+from hadmc_deploy.errors import BackendUnavailableError, UsageError
+
+ENTRY = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "hadmc-deploy"
+
+
+@pytest.fixture
+def build_dir(tmp_path):
+    d = tmp_path / "build"
+    d.mkdir()
+    tiny_cnn(d / "model.onnx")
+    tiny_qdq_cnn(d / "qdq_s8s8.onnx")
+    return d
+
+
+def test_engine_command_exits_with_unavailability_reason(build_dir, tmp_path):
+    proc = subprocess.run([str(ENTRY), "engine", str(build_dir), "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == BackendUnavailableError.exit_code
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "cannot build the TensorRT engine here" in lines[0] and "tensorrt Python module is not installed" in lines[0]
+    assert "GPU host" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_engine_command_json_error(build_dir, tmp_path, capsys):
+    code = main(["engine", str(build_dir), "-o", str(tmp_path / "out"), "--precision", "fp16", "--json"])
+    assert code == BackendUnavailableError.exit_code
+    assert '"error_type": "BackendUnavailableError"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--batch", "8,1,32"], "MIN <= OPT <= MAX"),
+    (["--target", "cpu"], "not TensorRT"),
+    (["--calib-cache", "/nonexistent/calibration.cache", "--int8-mode", "calibrator"], "does not exist"),
+    (["--workspace-mb", "0"], "--workspace-mb"),
+])
+def test_engine_command_checks_options_before_backend(build_dir, tmp_path, capsys, args, words):
+    assert main(["engine", str(build_dir), "-o", str(tmp_path / "o"), *args]) == UsageError.exit_code
+    assert words in capsys.readouterr().err
+
+
+def test_engine_command_int8_qdq_needs_the_qdq_graph(tmp_path, capsys):
+    d = tmp_path / "b"
+    d.mkdir()
+    tiny_cnn(d / "model.onnx")
+    assert main(["engine", str(d), "-o", str(tmp_path / "o")]) == UsageError.exit_code
+    assert "no QDQ graph (qdq_s8s8.onnx)" in capsys.readouterr().err
+    # the calibrator path with no cache and no data says what it needs
+    assert main(["engine", str(d), "-o", str(tmp_path / "o"), "--int8-mode", "calibrator"]) == UsageError.exit_code
+    assert "calibration.cache" in capsys.readouterr().err
+    # FP32 needs only the float graph: it gets as far as the backend check
+    assert main(["engine", str(d / "model.onnx"), "-o", str(tmp_path / "o"), "--precision", "fp32"]) == BackendUnavailableError.exit_code
+
+
+def test_engine_command_missing_source(tmp_path, capsys):
+    assert main(["engine", str(tmp_path / "nothing"), "-o", str(tmp_path / "o")]) == UsageError.exit_code
+    assert "neither a build directory nor an .onnx file" in capsys.readouterr().err
+
+
+def test_check_tensorrt_tool_without_tensorrt_exits_with_one_line(tmp_path):
+    tool = Path(__file__).resolve().parents[1] / "tools" / "check_tensorrt.py"
+    proc = subprocess.run([sys.executable, str(tool), "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 13
+    assert proc.stderr.strip().count("\n") == 0 and "tensorrt Python module is not installed" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no half-written tables
+
+
+def test_check_tensorrt_markdown_renders_every_row_kind():
+    """Formatting only: the rows are hand-made to exercise ok / skipped / error cells, not results."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import check_tensorrt
+
+    lat = {"p50_ms": 1.0, "p99_ms": 2.0, "throughput": 1000.0}
+    report = {
+        "command": "python tools/check_tensorrt.py", "host": "h", "elapsed_s": 1.0, "batches": [1, 8],
+        "device": {"gpu_name": "G", "compute_capability": "7.5", "tensorrt_version": "10.3.0", "cuda_runtime": "12.4"},
+        "models": {"demo": {"data": "d", "export_max_abs_err": 0.0, "variants": [
+            {"variant": "fp32", "path": "fp32", "build_s": 1.0, "max_abs_err": 0.0, "max_rel_err": 0.0, "top1_agreement": 1.0,
+             "layers": {"layers": 5, "int8_layers": 0}, "latency": {"1": lat, "8": lat}},
+            {"variant": "int8-calibrator-cache", "skipped": "no implicit calibration"},
+            {"variant": "fp16", "error": "ExportError: x"},
+        ]}},
+    }
+    text = check_tensorrt.markdown(report)
+    rows = [line for line in text.splitlines() if line.startswith("| fp32") or line.startswith("| int8") or line.startswith("| fp16")]
+    assert len(rows) == 3 and "1.000/2.000" in rows[0] and "no implicit calibration" in rows[1]
+    header = next(line for line in text.splitlines() if line.startswith("| variant"))
+    assert rows[0].count("|") == header.count("|")
