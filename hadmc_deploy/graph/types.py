@@ -32,6 +32,14 @@ class ChannelGroup:
     granularity: int = 1
     #: the smallest count the group may keep (never remove a whole layer unless asked).
     min_width: int = 1
+    # -- added by the graph module (issue 3) --
+    #: False when removing channels changes the others slightly (LayerNorm over channels):
+    #: still prunable, but not exactly function-preserving.
+    exact: bool = True
+    #: per channel, the cell it belongs to when kept counts must stay proportional per cell
+    #: (grouped convs, chunk/split pieces: "balanced") or whole cells go ("blocks": GroupNorm).
+    cells: list[int] | None = None
+    cell_mode: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +50,8 @@ class ChannelGroup:
             "members": self.members,
             "granularity": self.granularity,
             "min_width": self.min_width,
+            "exact": self.exact,
+            "cell_mode": self.cell_mode,
         }
 
 
@@ -59,8 +69,22 @@ class CostedLayer:
     in_groups: tuple[str, ...] = ()
     out_group: str | None = None
     in_multiplier: int = 1
+    # -- added by the graph module (issue 3) --
+    #: exact input/output composition: (group id, positions this layer sees, the group's full
+    #: width). Concat, split and channel shuffle see parts of groups; when present these
+    #: terms take precedence (positions scale with the group's kept fraction).
+    in_terms: tuple[tuple[str, int, int], ...] = ()
+    out_terms: tuple[tuple[str, int, int], ...] = ()
+    #: the module (or fx node) name the layer comes from
+    module: str = ""
 
     def spec_at(self, widths: dict[str, int]) -> LayerSpec:
+        if self.in_terms or self.out_terms:
+            in_ch = _scaled(self.in_terms, widths, self.spec.in_channels)
+            out_ch = _scaled(self.out_terms, widths, self.spec.out_channels)
+            if self.spec.op == "dwconv":
+                return self.spec.with_channels(in_ch, in_ch)
+            return self.spec.with_channels(in_ch, out_ch)
         in_ch = self.spec.in_channels
         if self.in_groups and all(g in widths for g in self.in_groups):
             in_ch = sum(widths[g] for g in self.in_groups) * self.in_multiplier
@@ -72,12 +96,28 @@ class CostedLayer:
         return self.spec.with_channels(in_ch, out_ch)
 
 
+def _scaled(terms: tuple[tuple[str, int, int], ...], widths: dict[str, int], default: int) -> int:
+    if not terms:
+        return default
+    total = 0
+    for group_id, positions, full in terms:
+        width = widths.get(group_id, full)
+        total += positions if width >= full else max(1, round(positions * width / full)) if width > 0 else 0
+    return max(total, 1)
+
+
 @dataclass
 class DependencyGraph:
     groups: list[ChannelGroup]
     layers: list[CostedLayer]
     input_shape: tuple[int, ...]
     warnings: list[str] = field(default_factory=list)
+    # -- added by the graph module (issue 3) --
+    #: every tensor axis that follows channels (`hadmc_deploy.graph.build.TensorAxis`), for surgery
+    #: and importance; not JSON (numpy index arrays)
+    axes: list[Any] = field(default_factory=list)
+    #: qualified module name -> class name, for the modules the graph touched
+    module_types: dict[str, str] = field(default_factory=dict)
 
     def group(self, group_id: str) -> ChannelGroup:
         for g in self.groups:

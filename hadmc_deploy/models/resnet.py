@@ -60,11 +60,12 @@ class ResNet(nn.Module):
         in_channels: int = 3,
         widths: tuple[int, ...] = (64, 128, 256, 512),
         small_input: bool = False,
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
         self.inplanes = widths[0]
         if small_input:
-            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stem_stride, 1, bias=False)
             self.maxpool: nn.Module = nn.Identity()
         else:
             self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)

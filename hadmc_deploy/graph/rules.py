@@ -1,0 +1,414 @@
+"""Per-op channel rules: how each op moves, ties or consumes channel labels.
+
+Registries map module types / functions / method names to a rule; an op that
+is in none of them is *unknown*, and its tensors' channels are locked (never
+pruned) with a warning naming the node and the op. A rule may lock too: being
+conservative can only cost speed, never correctness.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from hadmc_deploy.graph.labels import ChannelInfo, LabelState, Member, Partition, info_from_full
+
+Info = ChannelInfo | None
+
+
+def make_info(axes: tuple[int, ...], labels: np.ndarray) -> ChannelInfo:
+    """Drop size-1 channel axes: a single broadcast channel ties to nothing."""
+    keep = [i for i, size in enumerate(labels.shape) if size > 1]
+    return ChannelInfo(tuple(axes[i] for i in keep), labels.reshape([labels.shape[i] for i in keep]))
+
+
+@dataclass
+class LayerDraft:
+    """A costed node, with the atoms along its input/output channels (turned into groups later)."""
+
+    name: str
+    node: fx.Node
+    op: str
+    module: nn.Module | None
+    in_labels: list[np.ndarray]  # one per tensor input (concat has several)
+    out_labels: np.ndarray | None
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RuleContext:
+    state: LabelState
+    node: fx.Node
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    out: Any
+    infos: dict[fx.Node, Any]
+    drafts: list[LayerDraft]
+    module_name: str = ""
+
+    def info(self, arg: Any) -> Info:
+        value = self.infos.get(arg) if isinstance(arg, fx.Node) else None
+        return value if isinstance(value, ChannelInfo) else None
+
+    def tensor_args(self) -> list[tuple[Any, torch.Tensor]]:
+        """(fx arg, value) for every tensor among the node's args and kwargs, lists flattened."""
+        found: list[tuple[Any, torch.Tensor]] = []
+
+        def visit(node_arg: Any, value: Any) -> None:
+            if isinstance(value, torch.Tensor):
+                found.append((node_arg, value))
+            elif isinstance(value, (list, tuple)) and isinstance(node_arg, (list, tuple)):
+                for a, v in zip(node_arg, value, strict=False):
+                    visit(a, v)
+
+        for a, v in zip(self.node.args, self.args, strict=False):
+            visit(a, v)
+        for k, v in self.kwargs.items():
+            visit(self.node.kwargs.get(k), v)
+        return found
+
+    def op_name(self) -> str:
+        n = self.node
+        if n.op == "call_module":
+            return f"{type(self.module()).__name__} (module {n.target})"
+        if n.op == "call_method":
+            return f"Tensor.{n.target}"
+        return getattr(n.target, "__name__", str(n.target))
+
+    def module(self) -> nn.Module:
+        return self.infos["__root__"].get_submodule(self.node.target)
+
+    def lock_inputs(self, reason: str, warn: bool = True) -> None:
+        locked_any = False
+        for arg, _ in self.tensor_args():
+            info = self.info(arg)
+            if info is not None and info.labels.size:
+                self.state.lock(info.labels, reason)
+                locked_any = True
+        if warn and locked_any:
+            self.state.warn(f"node {self.node.name!r} ({self.op_name()}): {reason}; the channels it touches are not pruned")
+
+    def draft(self, op: str, in_labels: list[np.ndarray], out_labels: np.ndarray | None, **extra: Any) -> None:
+        first = next((v for _, v in self.tensor_args()), None)
+        in_shape = tuple(first.shape) if first is not None else ()
+        out_shape = tuple(self.out.shape) if isinstance(self.out, torch.Tensor) else ()
+        self.drafts.append(LayerDraft(self.node.name if not self.module_name else self.module_name, self.node, op, None, in_labels, out_labels, in_shape, out_shape, extra))
+
+
+Rule = Callable[[RuleContext], Any]
+
+
+# -- generic rules ---------------------------------------------------------------------------
+def unknown(ctx: RuleContext) -> Info:
+    if not isinstance(ctx.out, torch.Tensor) and not isinstance(ctx.out, (list, tuple)):
+        return None  # sizes, dtypes, python numbers: no channels involved
+    ctx.lock_inputs("operation not understood by the channel graph")
+    return None
+
+
+def passthrough(ctx: RuleContext) -> Info:
+    """Same-shape ops applied per element or per channel (activations, dropout, contiguous)."""
+    tensors = ctx.tensor_args()
+    if not tensors:
+        return None
+    info = ctx.info(tensors[0][0])
+    if info is not None and isinstance(ctx.out, torch.Tensor) and tuple(ctx.out.shape) != tuple(tensors[0][1].shape):
+        ctx.lock_inputs("output shape differs from its input")
+        return None
+    return info
+
+
+def spatial(op: str | None) -> Rule:
+    """Ops on H, W only (pools, interpolate): channels stay on axis 1."""
+
+    def rule(ctx: RuleContext) -> Info:
+        tensors = ctx.tensor_args()
+        info = ctx.info(tensors[0][0]) if tensors else None
+        if info is None:
+            return None
+        if info.axes != (1,) or not isinstance(ctx.out, torch.Tensor) or ctx.out.shape[1] != tensors[0][1].shape[1]:
+            ctx.lock_inputs("spatial op applied to a tensor whose channels are not on axis 1")
+            return None
+        if op is not None:
+            kind = op
+            if op in ("avgpool", "maxpool") and tuple(ctx.out.shape[2:]) == (1, 1):
+                kind = "globalpool"
+            ctx.draft(kind, [info.flat()], info.flat())
+        return info
+
+    return rule
+
+
+def elementwise(ctx: RuleContext) -> Info:
+    """add/sub/mul/div with broadcasting: inputs' channels at the same position are tied."""
+    if not isinstance(ctx.out, torch.Tensor):
+        return None
+    ndim = ctx.out.dim()
+    infos: list[ChannelInfo] = []
+    opaque: list[tuple[int, ...]] = []
+    for arg, value in ctx.tensor_args():
+        info = ctx.info(arg)
+        shift = ndim - value.dim()
+        if info is None:
+            if value.numel() > 1:
+                opaque.append((1,) * shift + tuple(value.shape))
+            continue
+        infos.append(ChannelInfo(tuple(a + shift for a in info.axes), info.labels))
+    if not infos:
+        return None
+    ref = max(infos, key=lambda i: i.labels.size)
+    for other in infos:
+        if other is ref or (other.labels.size == 1 and ref.labels.size > 1):
+            continue
+        if other.axes != ref.axes or other.labels.shape != ref.labels.shape:
+            ctx.lock_inputs("elementwise op between tensors whose channel axes do not line up")
+            return None
+        ctx.state.uf.union_arrays(ref.labels, other.labels)
+    for shape in opaque:
+        if any(shape[a] > 1 for a in ref.axes):
+            ctx.lock_inputs("elementwise op with a tensor whose channels are unknown")
+            return ref
+    tensor_inputs = sum(1 for i in infos if i.labels.size > 1)
+    if tensor_inputs >= 2 and ref.axes == (1,):
+        op = "mul" if ctx.node.target in (operator.mul, torch.mul, "mul") else "add"
+        ctx.draft(op, [i.flat() for i in infos if i.labels.size > 1], ref.flat(), n_inputs=tensor_inputs)
+    return ref
+
+
+def _label_tensor(info: ChannelInfo, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.from_numpy(np.array(info.full(shape), copy=True))
+
+
+def _const_dims(node: fx.Node, out_ndim: int) -> list[bool] | None:
+    """For view/reshape: which output dims the code fixes as constants (ints other than -1)."""
+    target = node.target
+    if target in ("flatten", torch.flatten):
+        return [False] * out_ndim
+    sizes = list(node.args[1:])
+    if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = list(sizes[0])
+    if "shape" in node.kwargs:
+        sizes = list(node.kwargs["shape"])
+    if len(sizes) != out_ndim:
+        return None
+    return [isinstance(s, int) and s != -1 for s in sizes]
+
+
+def shape_op(ctx: RuleContext) -> Any:
+    """View-like ops: run the op itself on the label tensors, then read the labels back out.
+
+    Running the real op means permutations (channel shuffle), offsets (slicing,
+    concat) and merges with space (flatten) come out right without a rule per
+    op. Sizes the code hard-codes would break after pruning, so they lock.
+    """
+    node = ctx.node
+    if node.target is operator.getitem and isinstance(ctx.args[0], (list, tuple)):
+        pieces = ctx.infos.get(node.args[0])
+        return pieces[node.args[1]] if isinstance(pieces, list) and isinstance(node.args[1], int) else None
+    tensors = ctx.tensor_args()
+    infos = [ctx.info(a) for a, _ in tensors]
+    if not tensors or all(i is None for i in infos):
+        return None
+    if any(i is None and v.numel() > 1 for i, v in zip(infos, (v for _, v in tensors), strict=True)):
+        ctx.lock_inputs("view-like op mixing tensors whose channels are unknown")
+        return None
+
+    def substitute(node_arg: Any, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            info = ctx.info(node_arg)
+            return _label_tensor(info, tuple(value.shape)) if info is not None else torch.zeros(value.shape, dtype=torch.int64)
+        if isinstance(value, (list, tuple)) and isinstance(node_arg, (list, tuple)):
+            return type(value)(substitute(a, v) for a, v in zip(node_arg, value, strict=False))
+        return value
+
+    args = tuple(substitute(a, v) for a, v in zip(node.args, ctx.args, strict=False)) + tuple(ctx.args[len(node.args):])
+    kwargs = {k: substitute(node.kwargs.get(k), v) for k, v in ctx.kwargs.items()}
+    try:
+        if node.op == "call_method":
+            result = getattr(args[0], node.target)(*args[1:], **kwargs)
+        elif node.op == "call_module":
+            result = ctx.module()(*args, **kwargs)
+        else:
+            result = node.target(*args, **kwargs)
+    except Exception as exc:  # the op refused integer tensors: treat as unknown
+        ctx.lock_inputs(f"view-like op could not be followed ({type(exc).__name__})")
+        return None
+    in_info = next(i for i in infos if i is not None)
+    in_count = sum(i.labels.size for i in infos if i is not None)
+    if isinstance(result, (list, tuple)):
+        return _split_result(ctx, in_info, result)
+    out = info_from_full(result.numpy())
+    if out is None:
+        ctx.lock_inputs("channels mixed with spatial positions (e.g. pixel shuffle)")
+        return None
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    if name in ("view", "reshape", "flatten", "unflatten") or isinstance(node.target, str) and node.op == "call_module":
+        return _check_reshape(ctx, in_info, out)
+    if name == "getitem" and out.labels.size != in_count:
+        ctx.lock_inputs("slicing along the channel axis with fixed bounds")
+        return None
+    if name == "cat":
+        return _check_cat(ctx, infos, out)
+    return out
+
+
+def _check_reshape(ctx: RuleContext, in_info: ChannelInfo, out: ChannelInfo) -> Info:
+    const = [False] * ctx.out.dim() if ctx.node.op == "call_module" else _const_dims(ctx.node, ctx.out.dim())
+    if const is None:
+        ctx.lock_inputs("reshape whose target sizes could not be read")
+        return None
+    fixed = [a for a in out.axes if const[a]]
+    if not fixed:
+        return out
+    if len(out.axes) == 2 and len(fixed) == 1 and len(in_info.axes) == 1:
+        # channel shuffle's view(N, groups, C // groups, ...): `groups` is fixed by the code,
+        # so channel j of every group must be kept or removed together.
+        along = out.axes.index(fixed[0])
+        moved = np.moveaxis(out.labels, along, 0)
+        for row in moved[1:]:
+            ctx.state.uf.union_arrays(moved[0], row)
+        return out
+    ctx.lock_inputs("reshape with a channel size fixed in the code")
+    return None
+
+
+def _check_cat(ctx: RuleContext, infos: list[Info], out: ChannelInfo) -> Info:
+    node = ctx.node
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    ndim = ctx.out.dim()
+    dim = dim % ndim if isinstance(dim, int) else None
+    present = [i for i in infos if i is not None and i.labels.size > 1]
+    if dim is not None and present and all(dim not in i.axes for i in present):
+        # concatenated along space or batch: channels at the same position are tied
+        ref = present[0]
+        for other in present[1:]:
+            if other.axes != ref.axes or other.labels.shape != ref.labels.shape:
+                ctx.lock_inputs("concat along a non-channel axis of tensors with different channel layouts")
+                return None
+            ctx.state.uf.union_arrays(ref.labels, other.labels)
+        return ref
+    if out.axes == (1,):
+        ctx.draft("concat", [i.flat() for i in infos if i is not None], out.flat(), n_inputs=len(infos))
+    return out
+
+
+def _split_result(ctx: RuleContext, in_info: ChannelInfo, result: Any) -> Any:
+    """chunk/split: pieces along channels must shrink equally, or the code's split point moves."""
+    node = ctx.node
+    outs = [info_from_full(r.numpy()) for r in result]
+    if any(o is None for o in outs):
+        ctx.lock_inputs("split mixing channels with space")
+        return None
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+    if not isinstance(dim, int):
+        ctx.lock_inputs("split along an axis the graph cannot read")
+        return None
+    dim = dim % ctx.args[0].dim()
+    if dim not in in_info.axes:
+        return outs
+    sizes = [r.shape[dim] for r in result]
+    size_arg = node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks", node.kwargs.get("split_size_or_sections"))
+    equal_pieces = len(set(sizes)) == 1 and (name == "chunk" or isinstance(size_arg, fx.Node))
+    if in_info.axes != (dim,) or not equal_pieces:
+        ctx.lock_inputs("split into pieces of sizes fixed in the code")
+        return None
+    labels = in_info.flat()
+    buckets = np.repeat(np.arange(len(sizes)), sizes)
+    ctx.state.partitions.append(Partition(labels, buckets, "balanced", f"split at node {node.name!r}"))
+    return outs
+
+
+def reduction(ctx: RuleContext) -> Info:
+    """mean/sum/amax over dims: fine over space, not over channels (the result would change)."""
+    tensors = ctx.tensor_args()
+    info = ctx.info(tensors[0][0]) if tensors else None
+    if info is None or not isinstance(ctx.out, torch.Tensor):
+        return None
+    x = tensors[0][1]
+    dims = ctx.kwargs.get("dim", ctx.args[1] if len(ctx.args) > 1 else None)
+    if dims is None:
+        ctx.lock_inputs("reduction over every axis, channels included")
+        return None
+    dims = {d % x.dim() for d in ((dims,) if isinstance(dims, int) else dims)}
+    if dims & set(info.axes):
+        ctx.lock_inputs("reduction over the channel axis")
+        return None
+    keepdim = bool(ctx.kwargs.get("keepdim", ctx.args[2] if len(ctx.args) > 2 else False))
+    if keepdim:
+        axes = info.axes
+    else:
+        axes = tuple(a - sum(1 for d in dims if d < a) for a in info.axes)
+    if info.axes == (1,) and tuple(ctx.out.shape[2:]) in ((1, 1), ()):
+        ctx.draft("globalpool", [info.flat()], info.flat())
+    return ChannelInfo(axes, info.labels)
+
+
+def channel_shuffle(groups_of: Callable[[RuleContext], int]) -> Rule:
+    def rule(ctx: RuleContext) -> Info:
+        info = ctx.info(ctx.tensor_args()[0][0])
+        if info is None:
+            return None
+        groups = groups_of(ctx)
+        if info.axes != (1,) or info.labels.size % groups:
+            ctx.lock_inputs("channel shuffle on an unexpected layout")
+            return None
+        grid = info.labels.reshape(groups, -1)
+        for row in grid[1:]:
+            ctx.state.uf.union_arrays(grid[0], row)
+        return ChannelInfo((1,), np.ascontiguousarray(grid.T).reshape(-1))
+
+    return rule
+
+
+def softmax_like(ctx: RuleContext) -> Info:
+    tensors = ctx.tensor_args()
+    info = ctx.info(tensors[0][0]) if tensors else None
+    if info is None:
+        return None
+    if ctx.node.op == "call_module":
+        dim = getattr(ctx.module(), "dim", None)
+    else:
+        dim = ctx.kwargs.get("dim", ctx.args[1] if len(ctx.args) > 1 else None)
+    if dim is None or dim % tensors[0][1].dim() in info.axes:
+        ctx.lock_inputs("softmax over the channel axis")
+        return None
+    return info
+
+
+def record_member(ctx: RuleContext, module: str, attr: str, axis: int, labels: np.ndarray, role: str, buckets: np.ndarray | None = None) -> None:
+    ctx.state.members.append(Member(module, attr, axis, np.asarray(labels, dtype=np.int64).reshape(-1), role, buckets))
+
+
+ELEMENTWISE_TARGETS: tuple[Any, ...] = (
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
+    torch.add, torch.sub, torch.mul, torch.div, torch.where, torch.maximum, torch.minimum,
+)
+PASSTHROUGH_FUNCTIONS: tuple[Any, ...] = (
+    F.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.leaky_relu, F.elu,
+    F.mish, F.softplus, F.hardtanh, F.dropout, F.dropout2d, torch.relu,
+    torch.sigmoid, torch.tanh, F.selu, operator.neg, torch.neg, torch.clamp, torch.abs,
+)
+PASSTHROUGH_METHODS = (
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "float", "to", "type_as", "clone",
+    "detach", "clamp", "clamp_", "abs", "neg", "hardswish",
+)
+ELEMENTWISE_METHODS = ("add", "add_", "mul", "mul_", "sub", "div", "__add__", "__mul__")
+SHAPE_FUNCTIONS: tuple[Any, ...] = (torch.flatten, torch.cat, torch.concat, torch.chunk, torch.split, torch.permute,
+                                    torch.transpose, torch.reshape, torch.squeeze, torch.unsqueeze, operator.getitem)
+SHAPE_METHODS = ("view", "reshape", "flatten", "permute", "transpose", "chunk", "split", "squeeze", "unsqueeze",
+                 "unflatten", "expand", "expand_as", "t")
+SPATIAL_FUNCTIONS: dict[Any, str | None] = {
+    F.adaptive_avg_pool2d: "avgpool", F.adaptive_max_pool2d: "maxpool", F.avg_pool2d: "avgpool", F.max_pool2d: "maxpool",
+    F.interpolate: "upsample", F.pad: None,
+}
+REDUCTIONS = (torch.mean, torch.sum, torch.amax, "mean", "sum", "amax")

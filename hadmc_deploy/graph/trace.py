@@ -1,0 +1,193 @@
+"""Trace a model with `torch.fx` and follow its channels through every node.
+
+`trace(model, input_shape)` runs the fx graph once at the user's input shape
+(an `fx.Interpreter`: real tensors give every node's shape, like ShapeProp)
+and applies each node's channel rule (`rules`, `module_rules`). `build` turns
+what was learned into a `DependencyGraph`.
+
+Only public APIs are used (fx.symbolic_trace, fx.Interpreter); nothing reads
+autograd internals, which is what breaks other pruners on new PyTorch releases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from hadmc_deploy.errors import GraphError
+from hadmc_deploy.graph import rules as R
+from hadmc_deploy.graph.build import build_graph
+from hadmc_deploy.graph.labels import ChannelInfo, LabelState
+from hadmc_deploy.graph.module_rules import rule_for_module
+from hadmc_deploy.graph.types import DependencyGraph
+from hadmc_deploy.ui import UI, quiet_ui
+
+
+def _function_rule(target: Any) -> Any:
+    if target in R.ELEMENTWISE_TARGETS:
+        return R.elementwise
+    if target in R.PASSTHROUGH_FUNCTIONS:
+        return R.passthrough
+    if target in R.SPATIAL_FUNCTIONS:
+        return R.spatial(R.SPATIAL_FUNCTIONS[target])
+    if target in R.REDUCTIONS:
+        return R.reduction
+    if target in (torch.nn.functional.softmax, torch.softmax):
+        return R.softmax_like
+    if target in (torch.nn.functional.channel_shuffle, torch.channel_shuffle):
+        return R.channel_shuffle(lambda ctx: int(ctx.args[1]))
+    if target in R.SHAPE_FUNCTIONS:
+        return R.shape_op
+    return R.unknown
+
+
+def _method_rule(name: str) -> Any:
+    if name in R.ELEMENTWISE_METHODS:
+        return R.elementwise
+    if name in R.PASSTHROUGH_METHODS:
+        return R.passthrough
+    if name in R.SHAPE_METHODS:
+        return R.shape_op
+    if name in R.REDUCTIONS:
+        return R.reduction
+    if name == "softmax":
+        return R.softmax_like
+    if name in ("size", "dim", "numel"):
+        return lambda ctx: None
+    return R.unknown
+
+
+class _ChannelInterpreter(fx.Interpreter):
+    """Runs the graph on real tensors and, beside each value, its channel labels."""
+
+    def __init__(self, gm: fx.GraphModule, state: LabelState, ignore: set[str]) -> None:
+        super().__init__(gm)
+        self.state = state
+        self.ignore = ignore
+        self.infos: dict[Any, Any] = {"__root__": gm}
+        self.drafts: list[R.LayerDraft] = []
+        self.values: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        ctx = R.RuleContext(self.state, n, tuple(args), dict(kwargs), out, self.infos, self.drafts)
+        self.infos[n] = self._apply(ctx)
+        if isinstance(out, torch.Tensor):
+            self.values[n] = tuple(out.shape)
+        return out
+
+    def _apply(self, ctx: R.RuleContext) -> Any:
+        n = ctx.node
+        if n.op == "placeholder":
+            if isinstance(ctx.out, torch.Tensor) and ctx.out.dim() >= 2:
+                atoms = self.state.new_source("input", "input", ctx.out.shape[1])
+                self.state.lock(atoms, "the network input")
+                return R.make_info((1,), atoms)
+            return None
+        if n.op == "get_attr":
+            return self._param_info(n, ctx.out)
+        if n.op == "output":
+            for arg, _ in ctx.tensor_args():
+                info = ctx.info(arg)
+                if info is not None:
+                    self.state.lock(info.labels, "the model output (classes) is never pruned")
+            return None
+        if n.op == "call_module":
+            module = self.module.get_submodule(n.target)
+            ctx.module_name = str(n.target)
+            rule = rule_for_module(module)
+            if rule is None:
+                rule = R.unknown
+            before = len(self.drafts)
+            start_member = len(self.state.members)
+            result = rule(ctx)
+            for d in self.drafts[before:]:
+                d.module = module
+            if str(n.target) in self.ignore or any(str(n.target).startswith(p + ".") for p in self.ignore):
+                self._lock_ignored(ctx, result, start_member)
+            return result
+        if n.op == "call_method":
+            return _method_rule(str(n.target))(ctx)
+        return _function_rule(n.target)(ctx)
+
+    def _lock_ignored(self, ctx: R.RuleContext, result: Any, start_member: int) -> None:
+        reason = f"--ignore {ctx.module_name}"
+        for member in self.state.members[start_member:]:
+            self.state.lock(member.labels, reason)
+        for arg, _ in ctx.tensor_args():
+            info = ctx.info(arg)
+            if info is not None:
+                self.state.lock(info.labels, reason)
+        if isinstance(result, ChannelInfo):
+            self.state.lock(result.labels, reason)
+
+    def _param_info(self, n: fx.Node, value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return None
+        big = [d for d, size in enumerate(value.shape) if size > 1]
+        if len(big) != 1:
+            return None
+        owner, _, attr = str(n.target).rpartition(".")
+        atoms = self.state.new_source(str(n.target), "param", value.shape[big[0]])
+        R.record_member(R.RuleContext(self.state, n, (), {}, value, self.infos, self.drafts), owner, attr, big[0], atoms, "out")
+        return ChannelInfo((big[0],), atoms)
+
+
+def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GraphError(
+            f"the model cannot be traced by torch.fx ({type(exc).__name__}: {first[:200]})",
+            hint="data-dependent control flow in forward() is not supported; move it out of forward or make it depend only on shapes",
+        ) from exc
+
+
+def trace(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    ignore: Iterable[str] = (),
+    ui: UI | None = None,
+) -> DependencyGraph:
+    """The dependency graph of `model` at `input_shape` (model in eval mode; the model is not changed)."""
+    ui = ui or quiet_ui()
+    ignore = set(ignore)
+    names = {name for name, _ in model.named_modules()} | {name for name, _ in model.named_parameters()}
+    missing = sorted(i for i in ignore if i not in names)
+    if missing:
+        raise GraphError(f"--ignore {missing[0]} names no module of the model", hint="see `hadmc-deploy inspect` for module names")
+    was_training = model.training
+    model.eval()
+    try:
+        gm = _symbolic_trace(model)
+        state = LabelState()
+        interp = _ChannelInterpreter(gm, state, ignore)
+        example = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
+        try:
+            with torch.no_grad():
+                interp.run(example)
+        except GraphError:
+            raise
+        except Exception as exc:
+            raise GraphError(
+                f"the model fails on an input of shape {tuple(input_shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                hint="pass the right --input-shape N,C,H,W",
+            ) from exc
+    finally:
+        model.train(was_training)
+    for name in sorted(ignore):
+        if name in dict(model.named_parameters()):
+            for member in state.members:
+                if member.tensor_name == name:
+                    state.lock(member.labels, f"--ignore {name}")
+    graph = build_graph(state, interp.drafts, tuple(input_shape), model)
+    for w in graph.warnings:
+        ui.warn(w)
+    return graph
+

@@ -1,0 +1,172 @@
+"""The dependency graph: groups, couplings, index mappings, layer specs, locks and warnings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from graph_models import LayerNorm2d, convnext_tiny, regnet_x_200mf, shufflenet_v2_x1_0, unetish
+from torch import nn
+
+from hadmc_deploy.errors import GraphError
+from hadmc_deploy.graph.align import round_width, uniform_plan_keep
+from hadmc_deploy.graph.trace import trace
+from hadmc_deploy.graph.types import WidthPlan
+from hadmc_deploy.models.demo import demo_cnn
+from hadmc_deploy.models.resnet import resnet18
+from hadmc_deploy.surgery import apply
+
+torch.set_num_threads(1)
+
+
+def _members(graph, gid: str) -> set[tuple[str, int]]:  # noqa: ANN001
+    return {(m["tensor"], m["axis"]) for m in graph.group(gid).members}
+
+
+def test_resnet_residual_coupling_and_specs() -> None:
+    g = trace(resnet18(), (2, 3, 64, 64))
+    stem = _members(g, "conv1")
+    # the stem's channels run through every residual add of layer1: coupled with each block's conv2 output
+    assert {("conv1.weight", 0), ("layer1.0.conv2.weight", 0), ("layer1.1.conv2.weight", 0), ("layer2.0.conv1.weight", 1)} <= stem
+    assert ("layer2.0.downsample.0.weight", 1) in stem
+    assert g.group("fc").prunable is False and "output" in g.group("fc").reason
+    assert g.group("input").prunable is False
+    conv1 = next(layer for layer in g.layers if layer.name == "conv1")
+    assert conv1.spec.in_hw == (64, 64) and conv1.spec.out_hw == (32, 32) and conv1.spec.batch == 2
+    assert conv1.spec.activation == "relu" and conv1.spec.kernel == (7, 7) and conv1.spec.stride == (2, 2)
+    assert {layer.spec.op for layer in g.layers} >= {"conv", "linear", "add", "maxpool", "globalpool"}
+
+
+def test_layer_specs_follow_width_plans_exactly() -> None:
+    """graph.layer_specs(widths) must equal the specs of the really pruned model, re-traced."""
+    for model, shape in ((resnet18(), (1, 3, 32, 32)), (shufflenet_v2_x1_0(repeats=(2, 2, 2)), (1, 3, 32, 32)), (unetish(), (1, 3, 32, 32))):
+        g = trace(model, shape)
+        keep = uniform_plan_keep(g, 0.5)
+        pruned, _ = apply(model, g, WidthPlan(keep=keep))
+        predicted = [(s.op, s.in_channels, s.out_channels, s.groups) for s in g.layer_specs(keep)]
+        actual = [(s.op, s.in_channels, s.out_channels, s.groups) for s in trace(pruned, shape).layer_specs()]
+        assert predicted == actual
+        full = [(s.in_channels, s.out_channels) for s in g.layer_specs()]
+        assert full != [(s[1], s[2]) for s in predicted]
+
+
+def test_flatten_linear_maps_each_channel_to_hw_features() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(1), nn.Linear(8 * 4 * 4, 5)).eval()
+    g = trace(model, (1, 3, 4, 4))
+    lin = next(m for m in g.group("0").members if m["tensor"] == "3.weight")
+    assert lin["axis"] == 1 and lin["mapping"] == "each channel -> 16 features from 0"
+    pruned, plan = apply(model, g, WidthPlan(keep={"0": 3}))
+    assert pruned[3].in_features == 3 * 16 and pruned[0].out_channels == 3
+    layer = next(layer for layer in g.layers if layer.spec.op == "linear")
+    assert layer.in_multiplier == 16 and layer.spec_at({"0": 3}).in_channels == 48
+
+
+def test_concat_offset_mapping() -> None:
+    class Cat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 6, 1)
+            self.c = nn.Conv2d(10, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c(torch.cat([self.a(x), self.b(x)], 1))
+
+    g = trace(Cat(), (1, 3, 8, 8))
+    mapping = {m["tensor"]: m["mapping"] for m in g.group("b").members}
+    assert mapping["c.weight"] == "offset 4"
+    concat = next(layer for layer in g.layers if layer.spec.op == "concat")
+    assert concat.spec_at({"a": 2, "b": 3}).out_channels == 5
+
+
+def test_channel_shuffle_couples_and_splits_balance() -> None:
+    g = trace(shufflenet_v2_x1_0(repeats=(2, 2, 2)), (1, 3, 32, 32))
+    assert not g.warnings
+    merged = g.group("2.0.branch1.1.0")
+    assert merged.prunable and merged.cell_mode == "balanced" and merged.granularity >= 2
+    tensors = {m["tensor"] for m in merged.members}
+    # the shuffle ties branch1's and branch2's outputs, and the next unit's branch output
+    assert {"2.0.branch1.1.0.weight", "2.0.branch2.2.0.weight", "2.1.branch2.2.0.weight"} <= tensors
+
+
+def test_grouped_conv_granularity() -> None:
+    g = trace(regnet_x_200mf(), (1, 3, 32, 32))
+    gconv_group = next(gr for gr in g.groups if any(m["tensor"] == "1.0.f.1.0.weight" and m["axis"] == 0 for m in gr.members))
+    assert gconv_group.granularity == 24 // 8 and gconv_group.cell_mode == "balanced"
+    assert round_width(gconv_group.width, 13, 1, gconv_group.granularity, gconv_group.min_width) % 3 == 0
+    with pytest.raises(GraphError, match="alignment"):
+        apply(regnet_x_200mf(), g, WidthPlan(keep={gconv_group.id: 13}))
+
+
+def test_groupnorm_blocks_and_layernorm_inexact() -> None:
+    g = trace(unetish(), (1, 3, 16, 16))
+    enc1 = g.group("enc1.0")
+    assert enc1.cell_mode == "blocks" and enc1.granularity == 4
+    pruned, plan = apply(unetish(), g, WidthPlan(keep={"enc1.0": 16}))
+    assert pruned.enc1[1].num_groups == 4 and pruned.enc1[1].num_channels == 16 and pruned.enc1[2].num_parameters == 16
+    cn = trace(convnext_tiny(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64)), (1, 3, 32, 32))
+    stream = cn.group("0.0")
+    assert stream.prunable and not stream.exact and "LayerNorm" in stream.reason
+    assert any(m["tensor"] == "1.0.layer_scale" for m in stream.members)
+    assert all(gr.exact for gr in cn.groups if gr.id.endswith("pwconv1"))
+
+
+def test_unknown_op_locks_with_warning_naming_node() -> None:
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.cumsum(self.a(x), dim=1))
+
+    g = trace(Odd(), (1, 3, 4, 4))
+    assert not g.group("a").prunable and "not understood" in g.group("a").reason
+    assert any("cumsum" in w and "node" in w for w in g.warnings)
+    # F.layer_norm with get_attr weights (an unregistered function) is also locked, not guessed
+    ln = nn.Sequential(nn.Conv2d(3, 8, 1), LayerNorm2d(8), nn.Conv2d(8, 2, 1))
+    assert not trace(ln, (1, 3, 4, 4)).group("0").prunable
+
+
+def test_ignore_and_bad_ignore() -> None:
+    g = trace(demo_cnn(), (1, 1, 28, 28), ignore=["layer1.0.conv1"])
+    assert not g.group("layer1.0.conv1").prunable and "--ignore" in g.group("layer1.0.conv1").reason
+    with pytest.raises(GraphError, match="names no module"):
+        trace(demo_cnn(), (1, 1, 28, 28), ignore=["nope"])
+
+
+def test_untraceable_model_is_a_graph_error() -> None:
+    class Dyn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c(x) if x.sum() > 0 else F.relu(self.c(x))
+
+    with pytest.raises(GraphError, match="cannot be traced"):
+        trace(Dyn(), (1, 3, 4, 4))
+
+
+def test_fixed_size_reshape_and_channel_slices_lock() -> None:
+    class Fixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.b = nn.Conv2d(4, 2, 1)
+            self.fc = nn.Linear(8 * 16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.a(x)
+            return self.fc(y.view(1, 128)) + self.b(y[:, :4]).mean((2, 3)).sum()
+
+    g = trace(Fixed(), (1, 3, 4, 4))
+    assert not g.group("a").prunable
+
+
+def test_round_width() -> None:
+    assert round_width(64, 30, 8) == 32
+    assert round_width(64, 3, 8) == 8
+    assert round_width(12, 5, 8) == 5  # too narrow for steps of 8: only the granularity applies
+    assert round_width(48, 20, 8, granularity=3) == 24
+    assert round_width(64, 64, 8) == 64
+    assert round_width(10, 9.6, 4) == 10

@@ -1,0 +1,190 @@
+"""Run the pruning architecture matrix and write docs/prune_matrix.md.
+
+For every architecture of tests/graph_models.py: trace the channel graph, prune
+30% and 50% of every prunable group (L1 importance; what `hadmc-deploy prune
+--ratio` does) and record params/MACs before and after; run the
+zero-then-prune equivalence check (random channel choices, exactly prunable
+groups) and an ONNX Runtime parity check of the pruned model. When
+`torch_pruning` is importable, run its MagnitudePruner on the same models for
+comparison (a comparison only: the product does not depend on it).
+
+    .venv/bin/python tools/prune_matrix.py --size full
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from graph_models import MATRIX, SLOW_ONLY  # noqa: E402
+
+from hadmc_deploy.graph.align import uniform_plan_keep  # noqa: E402
+from hadmc_deploy.graph.check import prune_equivalence  # noqa: E402
+from hadmc_deploy.graph.trace import trace  # noqa: E402
+from hadmc_deploy.graph.types import WidthPlan  # noqa: E402
+from hadmc_deploy.importance import score_groups  # noqa: E402
+from hadmc_deploy.profile import human, profile_model  # noqa: E402
+from hadmc_deploy.surgery import apply  # noqa: E402
+
+
+def onnx_diff(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
+    import onnxruntime as ort
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "m.onnx")
+        try:
+            torch.onnx.export(model.eval(), (x,), path, dynamo=False, opset_version=17, input_names=["input"], output_names=["output"])
+        except torch.onnx.errors.SymbolicValueError:
+            torch.onnx.export(model.eval(), (x,), path, dynamo=True, opset_version=18, input_names=["input"], output_names=["output"])
+        got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        return float(np.abs(got - model(x).numpy()).max())
+
+
+def classifier_modules(model: torch.nn.Module, graph) -> list[torch.nn.Module]:  # noqa: ANN001
+    names = {m["tensor"].rsplit(".", 1)[0] for g in graph.groups if "output" in g.reason for m in g.members if m["role"] == "out"}
+    return [model.get_submodule(n) for n in names]
+
+
+def run_torch_pruning(builder, shape: tuple[int, ...], ratio: float, graph) -> dict:  # noqa: ANN001
+    import torch_pruning as tp
+
+    model = builder().eval()
+    x = torch.randn(*shape)
+    try:
+        with torch.no_grad():
+            ref_shape = tuple(model(x).shape)
+        pruner = tp.pruner.MagnitudePruner(model, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
+                                          ignored_layers=classifier_modules(model, graph))
+        pruner.step()
+        prof = profile_model(model, shape)
+        if prof.output_shape != ref_shape:
+            return {"ok": False, "error": f"output shape {prof.output_shape} != {ref_shape}"}
+        return {"ok": True, "params": prof.params, "macs": prof.macs}
+    except Exception as exc:  # report, do not stop the matrix
+        return {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
+
+
+def run_model(name: str, builder, shape: tuple[int, ...], ratios: list[float], with_tp: bool) -> dict:  # noqa: ANN001
+    row: dict = {"name": name, "shape": shape}
+    try:
+        model = builder().eval()
+        t0 = time.perf_counter()
+        graph = trace(model, shape)
+        row["trace_s"] = time.perf_counter() - t0
+        row["groups"] = len(graph.groups)
+        row["prunable"] = len(graph.prunable_groups)
+        row["inexact"] = sum(1 for g in graph.groups if g.prunable and not g.exact)
+        base = profile_model(model, shape)
+        row["params"], row["macs"] = base.params, base.macs
+        scores = score_groups(model, graph, "l1")
+        for r in ratios:
+            pruned, _ = apply(model, graph, WidthPlan(keep=uniform_plan_keep(graph, r)), scores=scores)
+            prof = profile_model(pruned, shape)
+            eq = prune_equivalence(model, shape, r, seed=1, graph=graph)
+            row[r] = {"params": prof.params, "macs": prof.macs, "eq_diff": eq.max_abs_diff, "eq_effect": eq.zeroing_effect,
+                      "onnx_diff": onnx_diff(pruned, shape) if r == max(ratios) else None}
+            if with_tp:
+                row[r]["tp"] = run_torch_pruning(builder, shape, r, graph)
+            del pruned
+    except Exception as exc:
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    return row
+
+
+def render(rows: list[dict], ratios: list[float], command: str, with_tp: bool, tp_version: str | None) -> str:
+    lines = [
+        "# Pruning architecture matrix",
+        "",
+        f"Generated by `{command}` (torch {torch.__version__}"
+        + (f", torch-pruning {tp_version}" if tp_version else "") + "). Random-init models from `tests/graph_models.py`.",
+        "",
+        "- **after r**: params / MACs after removing r of every prunable group's channels (L1 importance, `hadmc-deploy prune --ratio r`).",
+        "- **equivalence**: zero-then-prune with random channel choices over the exactly prunable groups; max |output difference| "
+        "(pass < 1e-5) and, in brackets, how much the zeroing moved the output (so the check is not vacuous).",
+        "- **ONNX**: max |ORT - torch| of the pruned model at the largest ratio (pass < 1e-4).",
+        "- **approx.** groups are prunable but not exactly (LayerNorm over channels): pruned in the product, left out of the equivalence check.",
+        "",
+    ]
+    head = ["model", "input", "groups (prunable / approx.)", "params", "MACs"]
+    for r in ratios:
+        head += [f"after {r:.0%}", f"equivalence {r:.0%}"]
+    head += ["ONNX"]
+    if with_tp:
+        head += [f"Torch-Pruning {r:.0%}" for r in ratios]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        if "error" in row and "params" not in row:
+            lines.append(f"| {row['name']} | {'x'.join(map(str, row['shape'][1:]))} | FAILED: {row['error'][:120]} |" + " |" * (len(head) - 3))
+            continue
+        cells = [row["name"], "x".join(map(str, row["shape"][1:])), f"{row['groups']} ({row['prunable']} / {row['inexact']})", human(row["params"]), human(row["macs"])]
+        onnx = None
+        for r in ratios:
+            d = row.get(r)
+            if d is None:
+                cells += ["-", "-"]
+                continue
+            cells.append(f"{human(d['params'])} / {human(d['macs'])}")
+            ok = "pass" if d["eq_diff"] < 1e-5 and d["eq_effect"] > 1e-4 else "FAIL"
+            cells.append(f"{ok} {d['eq_diff']:.1e} ({d['eq_effect']:.1e})")
+            onnx = d["onnx_diff"] if d["onnx_diff"] is not None else onnx
+        cells.append("-" if onnx is None else f"{'pass' if onnx < 1e-4 else 'FAIL'} {onnx:.1e}")
+        if with_tp:
+            for r in ratios:
+                tp = row.get(r, {}).get("tp", {})
+                cells.append(f"ok: {human(tp['params'])} / {human(tp['macs'])}" if tp.get("ok") else f"fails: {tp.get('error', '-')}".replace("|", "/"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=("small", "full"), default="full", help="input sizes: the tests' small ones or full size")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5])
+    parser.add_argument("--models", nargs="*", help="subset of the matrix")
+    parser.add_argument("--no-torch-pruning", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("-o", "--output", default=str(ROOT / "docs" / "prune_matrix.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    matrix = {**MATRIX, **SLOW_ONLY} if args.size == "full" else dict(MATRIX)
+    if args.size == "full":
+        matrix.pop("vgg11_bn_head512", None)
+    names = args.models or list(matrix)
+    tp_version = None
+    if not args.no_torch_pruning:
+        try:
+            import torch_pruning
+
+            tp_version = getattr(torch_pruning, "__version__", "?")
+        except ImportError:
+            print("torch_pruning is not importable: the comparison columns are left out", file=sys.stderr)
+    rows = []
+    for name in names:
+        builder, small, full = matrix[name]
+        shape = full if args.size == "full" else small
+        t0 = time.perf_counter()
+        rows.append(run_model(name, builder, shape, args.ratios, tp_version is not None))
+        print(f"{name}: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    command = "python tools/prune_matrix.py " + " ".join(sys.argv[1:])
+    text = render(rows, args.ratios, command.strip(), tp_version is not None, tp_version)
+    from hadmc_deploy.fileio import write_text_atomic
+
+    write_text_atomic(args.output, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
