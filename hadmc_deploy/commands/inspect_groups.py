@@ -7,15 +7,17 @@ from typing import Any
 
 from rich.table import Table
 
+from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.loading import LoadedModel
 from hadmc_deploy.ui import UI
 
 
-def describe_groups(loaded: LoadedModel, shape: tuple[int, ...], args: argparse.Namespace, ui: UI) -> dict[str, Any]:
-    """Trace `loaded.model` at `shape`, print its channel groups and return them as JSON-ready dicts."""
-    from hadmc_deploy.graph.trace import trace
+def describe_groups(loaded: LoadedModel, shape: tuple[int, ...], args: argparse.Namespace, ui: UI, graph: DependencyGraph | None = None) -> dict[str, Any]:
+    """Print the channel groups of `graph` (traced from `loaded.model` at `shape` if not given) as JSON-ready dicts."""
+    if graph is None:
+        from hadmc_deploy.graph.trace import trace
 
-    graph = trace(loaded.model, shape, ignore=getattr(args, "ignore", None) or (), ui=ui)
+        graph = trace(loaded.model, shape, ignore=getattr(args, "ignore", None) or (), ui=ui)
     table = Table(title="channel groups")
     for col, justify in (("group", "left"), ("width", "right"), ("prunable", "left"), ("step", "right"), ("members", "right"), ("tensors (first 3) / why not", "left")):
         table.add_column(col, justify=justify)
