@@ -1,0 +1,341 @@
+"""The ONNX Runtime CPU backend: the artifact every machine can build and run.
+
+An artifact is a directory with `model.onnx` (saved after ORT's offline graph
+optimization when that is switched on), `metadata.json` (device, precision, I/O,
+session options, preprocessing, verification errors, versions, hashes) and
+`example.py`, a script that loads and runs the model with onnxruntime alone.
+
+Every session - the deployed one, `bench`, and the per-layer timings behind the
+latency tables - is configured by `session_options()`, so a LUT measures the
+kernels deployment will run. onnxruntime is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from hadmc_deploy import __version__
+from hadmc_deploy.errors import ArtifactError, NotImplementedYetError, UsageError, VerificationError
+from hadmc_deploy.fileio import sha256_file, write_json_atomic, write_text_atomic
+from hadmc_deploy.onnx_passes import io_shapes
+from hadmc_deploy.specs import LayerSpec
+from hadmc_deploy.targets import cpu_model_name, cpu_profile, detect_cpu_isa
+
+from .base import METADATA_FILE, Artifact, Backend, LatencyStats, register
+from .ort_example import EXAMPLE_SCRIPT
+from .ort_session import (  # re-exported: the latency tables import session helpers from here
+    DEFAULT_OPT_LEVEL,
+    LEVEL_FROM_ORT_NAME,
+    OPT_LEVELS,
+    ORT_LEVEL_NAMES,
+    make_session,
+    random_feeds,
+    resolve_threads,
+    session_options,
+    time_session,
+)
+
+__all__ = [
+    "DEFAULT_OPT_LEVEL",
+    "OPT_LEVELS",
+    "ORT_LEVEL_NAMES",
+    "OnnxRuntimeBackend",
+    "adhoc_artifact",
+    "make_session",
+    "random_feeds",
+    "ranges_sha256",
+    "resolve_threads",
+    "session_options",
+    "time_session",
+]
+
+MODEL_FILE = "model.onnx"
+EXAMPLE_FILE = "example.py"
+ARTIFACT_FORMAT = "hadmc-artifact/1"
+#: the level the artifact's model.onnx is saved at (None: a byte copy of the verified source).
+#: tools/bench_export.py (docs/export.md) measured no run-time gain at any level (ratios to the
+#: copy 0.97-1.08, inside this machine's noise: ORT applies the same fusions online) and no
+#: consistent start-up gain, while a saved optimized graph carries com.microsoft fused ops tied
+#: to this ORT version ("all" also this CPU's NCHWc layout). So it does not help here: the
+#: default keeps the artifact's model identical to the verified export; `offline_opt` opts in.
+DEFAULT_OFFLINE_LEVEL: str | None = None
+#: options `build` reads (`form` is accepted as another name for `int8_form`).
+BUILD_OPTIONS = ("target", "threads", "opt_level", "offline_opt", "int8_form", "float_nodes", "preprocess", "verification", "extra")
+#: fp32 tolerance between the source graph and its offline-optimized copy (same math, fused kernels).
+OFFLINE_RTOL, OFFLINE_ATOL = 1e-3, 1e-4
+
+
+# -- hashes and metadata helpers ------------------------------------------------------------
+def ranges_sha256(ranges: Any) -> str | None:
+    """Hash of the calibration content (tensors, method, samples, input hashes), not of its timestamp."""
+    if ranges is None:
+        return None
+    if isinstance(ranges, (str, Path)):
+        return sha256_file(ranges)
+    data = ranges.to_dict() if hasattr(ranges, "to_dict") else dict(ranges)
+    data = {k: v for k, v in data.items() if k not in ("created", "versions")}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_export_record(model: onnx.ModelProto) -> dict[str, Any]:
+    """What `export_onnx` stored in the model's metadata_props (verification errors, exporter), if anything."""
+    from hadmc_deploy.export import EXPORT_RECORD_KEY
+
+    for prop in model.metadata_props:
+        if prop.key == EXPORT_RECORD_KEY:
+            try:
+                return json.loads(prop.value)
+            except json.JSONDecodeError:
+                return {}
+    return {}
+
+
+def has_quantize_nodes(model: onnx.ModelProto) -> bool:
+    return any(node.op_type in ("QuantizeLinear", "QLinearConv", "DynamicQuantizeLinear") for node in model.graph.node)
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime as ort
+
+    return {"hadmc_deploy": __version__, "onnxruntime": ort.__version__, "onnx": onnx.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace anything but an earlier artifact (or an empty directory)."""
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / METADATA_FILE).is_file())):
+        raise ArtifactError(f"{out_dir} exists and is not an artifact directory", hint="choose an empty or new output directory")
+
+
+def _replace_dir(staging: Path, out_dir: Path) -> None:
+    """Move the finished staging directory to `out_dir`, replacing an earlier artifact only."""
+    _check_out_dir(out_dir)
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out_dir)
+
+
+def adhoc_artifact(onnx_path: str | Path, threads: int | None = None) -> Artifact:
+    """Wrap a bare .onnx file as an in-memory artifact (for `bench model.onnx`); nothing is written."""
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise ArtifactError(f"ONNX file {path} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ArtifactError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from exc
+    inputs, outputs = io_shapes(model)
+    return Artifact(
+        path=path.parent,
+        model_file=path.name,
+        metadata={
+            "backend": "onnxruntime",
+            "precision": "int8" if has_quantize_nodes(model) else "fp32",
+            "inputs": inputs,
+            "outputs": outputs,
+            "input_name": inputs[0]["name"] if inputs else None,
+            "output_name": outputs[0]["name"] if outputs else None,
+            "session_options": {"intra_op_num_threads": resolve_threads(threads), "graph_optimization_level": ORT_LEVEL_NAMES[DEFAULT_OPT_LEVEL]},
+            "adhoc": True,
+        },
+    )
+
+
+@register("onnxruntime")
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime on the CPU execution provider."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, float, int, str], Any] = {}
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            return False, f"onnxruntime is not installed ({exc}); pip install onnxruntime"
+        if "CPUExecutionProvider" not in ort.get_available_providers():
+            return False, f"onnxruntime {ort.__version__} has no CPUExecutionProvider"
+        return True, f"onnxruntime {ort.__version__}"
+
+    def describe_device(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        return {
+            "kind": "cpu",
+            "name": cpu_model_name(),
+            "isa": detect_cpu_isa(),
+            "machine": platform.machine(),
+            "logical_cpus": os.cpu_count(),
+            "onnxruntime": ort.__version__,
+            "threads": resolve_threads(None),
+            "execution_provider": "CPUExecutionProvider",
+        }
+
+    # -- build ------------------------------------------------------------------------
+    def _build(self, onnx_path: Path, precision: str, out_dir: Path, *, ranges: Any, options: dict[str, Any]) -> Artifact:
+        # Unknown keys are recorded, not fatal: callers share one options dict across backends.
+        ignored = sorted(set(options) - set(BUILD_OPTIONS) - {"form"})
+        threads = resolve_threads(options.get("threads"))
+        opt_level = options.get("opt_level", DEFAULT_OPT_LEVEL)
+        offline = options.get("offline_opt", DEFAULT_OFFLINE_LEVEL)
+        if offline is not None and offline not in OPT_LEVELS[1:]:
+            raise UsageError(f"unknown offline optimization level {offline!r}", hint="use basic, extended, all or None")
+        source = onnx.load(str(onnx_path), load_external_data=False)
+        export_record = read_export_record(source)
+        prequantized = has_quantize_nodes(source)
+        if precision == "fp16":
+            raise UsageError("the ONNX Runtime CPU backend has no fast fp16 kernels", hint="build fp32 or int8 for --target cpu")
+        if precision == "fp32" and prequantized:
+            raise UsageError(f"{onnx_path} is already quantized (it has QuantizeLinear nodes)", hint="build it with precision int8")
+        if precision == "int8" and not prequantized and ranges is None:
+            raise UsageError("an int8 build of a float ONNX needs calibration ranges", hint="pass --calib DATA (or ranges=)")
+        int8_form = options.get("int8_form") or options.get("form") or cpu_profile().int8_form
+        _check_out_dir(out_dir)
+
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            to_deploy = onnx_path
+            quantized_by = "source (already quantized)" if prequantized else None
+            if precision == "int8" and not prequantized:
+                from hadmc_deploy.calibration.qdq import write_qdq
+
+                to_deploy = staging / "qdq.onnx"
+                write_qdq(onnx_path, ranges, to_deploy, form=int8_form, float_nodes=tuple(options.get("float_nodes", ())))
+                quantized_by = f"hadmc_deploy.calibration.qdq.write_qdq ({int8_form})"
+            model_path = staging / MODEL_FILE
+            offline_err = self._write_model(to_deploy, model_path, offline, threads, check_numerics=precision == "fp32")
+            if to_deploy != onnx_path:
+                to_deploy.unlink()
+            deployed = onnx.load(str(model_path), load_external_data=False)
+            inputs, outputs = io_shapes(deployed)
+            metadata = {
+                "format": ARTIFACT_FORMAT,
+                "target": options.get("target", "cpu"),
+                "backend": self.name,
+                "backend_version": _versions()["onnxruntime"],
+                "device": self.describe_device(),
+                "precision": precision,
+                "int8_form": int8_form if precision == "int8" and not prequantized else None,
+                "float_nodes": list(options.get("float_nodes", ())),
+                "quantized_by": quantized_by,
+                "input_name": inputs[0]["name"],
+                "output_name": outputs[0]["name"],
+                "inputs": inputs,
+                "outputs": outputs,
+                "preprocess": options.get("preprocess"),
+                "verification": options.get("verification") or export_record.get("verification"),
+                "export": {k: v for k, v in export_record.items() if k != "verification"} or None,
+                "session_options": {
+                    "execution_provider": "CPUExecutionProvider",
+                    "intra_op_num_threads": threads,
+                    "inter_op_num_threads": 1,
+                    "execution_mode": "ORT_SEQUENTIAL",
+                    "graph_optimization_level": ORT_LEVEL_NAMES[opt_level],
+                    "offline_optimization": ORT_LEVEL_NAMES[offline] if offline else None,
+                    "offline_max_abs_err": offline_err,
+                },
+                "ignored_options": ignored,
+                "versions": _versions(),
+                "hashes": {
+                    "source_onnx_sha256": sha256_file(onnx_path),
+                    "ranges_sha256": ranges_sha256(ranges),
+                    "model_sha256": sha256_file(model_path),
+                },
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "extra": options.get("extra") or {},
+                "model_file": MODEL_FILE,
+            }
+            write_json_atomic(staging / METADATA_FILE, metadata)
+            write_text_atomic(staging / EXAMPLE_FILE, EXAMPLE_SCRIPT)
+            _replace_dir(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return Artifact.load(out_dir)
+
+    def _write_model(self, source: Path, dest: Path, offline: str | None, threads: int, *, check_numerics: bool) -> float | None:
+        """Save `source` to `dest`, through ORT's offline optimizer at level `offline` when set.
+
+        Returns the max abs difference between source and optimized outputs (fp32 only),
+        raising VerificationError if the optimizer changed the numbers.
+        """
+        if offline is None:
+            shutil.copyfile(source, dest)
+            return None
+        make_session(source, threads, offline, optimized_model_path=dest)
+        if not dest.is_file():
+            raise ArtifactError(f"ONNX Runtime did not write the optimized model {dest}")
+        if not check_numerics:
+            return None
+        ref_sess, opt_sess = make_session(source, threads, "disable"), make_session(dest, threads, DEFAULT_OPT_LEVEL)
+        feeds = random_feeds(ref_sess, batch=None)
+        worst = 0.0
+        for ref, got in zip(ref_sess.run(None, feeds), opt_sess.run(None, feeds), strict=True):
+            diff = np.abs(ref.astype(np.float64) - got)
+            if not np.all(diff <= OFFLINE_ATOL + OFFLINE_RTOL * np.abs(ref)):
+                raise VerificationError(f"ORT's offline optimization changed the outputs (max abs err {diff.max():.3g})", hint="build with offline_opt=None")
+            worst = max(worst, float(diff.max()))
+        return worst
+
+    # -- run and time -------------------------------------------------------------------
+    def _session(self, artifact: Artifact) -> Any:
+        sess_meta = artifact.metadata.get("session_options") or {}
+        threads = resolve_threads(sess_meta.get("intra_op_num_threads"))
+        level = LEVEL_FROM_ORT_NAME.get(sess_meta.get("graph_optimization_level"), DEFAULT_OPT_LEVEL)
+        path = artifact.model_path
+        key = (str(path.resolve()), path.stat().st_mtime, threads, level)
+        if key not in self._sessions:
+            try:
+                self._sessions[key] = make_session(path, threads, level)
+            except UsageError:
+                raise
+            except Exception as exc:
+                raise ArtifactError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}", hint="rebuild the artifact") from exc
+        return self._sessions[key]
+
+    def _run(self, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self._session(artifact)
+        expected = [i.name for i in session.get_inputs()]
+        missing = [name for name in expected if name not in inputs]
+        extra = [name for name in inputs if name not in expected]
+        if missing or extra:
+            raise UsageError(f"inputs {sorted(inputs)} do not match the model's {expected}", hint=f"pass exactly {', '.join(expected)}")
+        feeds = {name: np.ascontiguousarray(inputs[name], dtype=np.float32) for name in expected}
+        names = [o.name for o in session.get_outputs()]
+        try:
+            results = session.run(names, feeds)
+        except Exception as exc:
+            shapes = {k: v.shape for k, v in feeds.items()}
+            raise UsageError(f"ONNX Runtime rejected inputs of shape {shapes}: {str(exc).splitlines()[0][:200]}", hint="check the input shape in metadata.json") from exc
+        return dict(zip(names, results, strict=True))
+
+    def _benchmark(self, artifact: Artifact, batch: int, warmup: int, runs: int) -> LatencyStats:
+        session = self._session(artifact)
+        return time_session(session, random_feeds(session, batch=batch), warmup, runs, batch)
+
+    def _measure_layer(self, spec: LayerSpec, warmup: int, runs: int) -> LatencyStats:
+        try:
+            from hadmc_deploy.latency.layer_onnx import layer_model
+        except ImportError as exc:
+            raise NotImplementedYetError("per-layer timing needs hadmc_deploy.latency.layer_onnx, which is not built yet") from exc
+        if spec.precision == "fp16":
+            raise UsageError("the ONNX Runtime CPU backend has no fast fp16 kernels to measure", hint="measure fp32 or int8 layers")
+        int8_form = cpu_profile().int8_form if spec.precision == "int8" else None
+        model = layer_model(spec, int8_form=int8_form, opset=18)
+        session = make_session(model.SerializeToString())
+        # random_feeds draws int8/uint8 inputs too (INT8 timing graphs take quantized input).
+        return time_session(session, random_feeds(session, batch=spec.batch), warmup, runs, spec.batch)

@@ -1,0 +1,258 @@
+"""The ONNX Runtime backend: build (fp32, int8), run, benchmark, metadata, example.py, layer timing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from export_models import TinyConvBN
+from onnx import TensorProto, helper, numpy_helper
+
+import hadmc_deploy.backends.onnxruntime as ort_backend
+from hadmc_deploy import export as export_mod
+from hadmc_deploy.backends import Artifact, LatencyStats, get
+from hadmc_deploy.errors import ArtifactError, UsageError
+from hadmc_deploy.export import export_onnx
+from hadmc_deploy.fileio import sha256_file
+from hadmc_deploy.specs import LayerSpec
+from hadmc_deploy.targets import detect_cpu_isa
+
+SHAPE = (1, 1, 12, 12)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A float ONNX exported (and verified) by export_onnx; the legacy exporter keeps this file fast."""
+    torch.manual_seed(0)
+    model = TinyConvBN().eval()
+    path = tmp_path_factory.mktemp("src") / "tiny.onnx"
+    saved = export_mod.EXPORTERS["dynamo"]
+    export_mod.EXPORTERS["dynamo"] = export_mod._export_legacy
+    try:
+        result = export_onnx(model, SHAPE, path)
+    finally:
+        export_mod.EXPORTERS["dynamo"] = saved
+    return model, path, result
+
+
+@pytest.fixture(scope="module")
+def artifact(exported, tmp_path_factory):
+    _, path, _ = exported
+    out = tmp_path_factory.mktemp("art") / "tiny-fp32"
+    preprocess = {"mean": [0.5], "std": [0.5]}
+    return get("onnxruntime").build(path, "fp32", out, options={"target": "cpu", "preprocess": preprocess, "threads": 1})
+
+
+def test_available_and_device():
+    backend = get("onnxruntime")
+    ok, reason = backend.available()
+    assert ok and reason.startswith("onnxruntime ")
+    device = backend.describe_device()
+    assert device["isa"] == detect_cpu_isa() and device["kind"] == "cpu" and device["threads"] >= 1
+
+
+def test_artifact_files_and_metadata(exported, artifact):
+    _, src, result = exported
+    assert sorted(p.name for p in artifact.path.iterdir()) == ["example.py", "metadata.json", "model.onnx"]
+    meta = json.loads((artifact.path / "metadata.json").read_text())
+    assert meta["backend"] == "onnxruntime" and meta["precision"] == "fp32" and meta["target"] == "cpu"
+    assert meta["inputs"] == [{"name": "input", "shape": ["batch", 1, 12, 12], "dtype": "float32"}]
+    assert meta["outputs"][0]["name"] == "output" and meta["outputs"][0]["shape"] == ["batch", 5]
+    assert meta["hashes"]["source_onnx_sha256"] == sha256_file(src)
+    assert meta["hashes"]["model_sha256"] == sha256_file(artifact.model_path)
+    assert meta["hashes"]["ranges_sha256"] is None
+    # The verification errors come from the exported file's own record.
+    assert meta["verification"]["max_abs_err"] == result.max_abs_err
+    assert meta["export"]["exporter"] == result.exporter
+    sess = meta["session_options"]
+    assert sess["intra_op_num_threads"] == 1 and sess["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    assert sess["offline_optimization"] is None and ort_backend.DEFAULT_OFFLINE_LEVEL is None
+    assert meta["hashes"]["model_sha256"] == meta["hashes"]["source_onnx_sha256"], "the default build deploys the verified file"
+    assert meta["preprocess"] == {"mean": [0.5], "std": [0.5]}
+    assert meta["versions"]["onnxruntime"] == meta["backend_version"]
+
+
+def test_run_matches_torch_at_batch_3(exported, artifact):
+    model, _, _ = exported
+    x = np.random.default_rng(3).standard_normal((3, *SHAPE[1:])).astype(np.float32)
+    out = get("onnxruntime").run(artifact, {"input": x})
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out["output"], ref, rtol=1e-3, atol=1e-4)
+    with pytest.raises(UsageError, match="do not match"):
+        get("onnxruntime").run(artifact, {"images": x})
+
+
+def test_benchmark_stats(artifact):
+    stats = get("onnxruntime").benchmark(artifact, batch=2, warmup=1, runs=5)
+    assert isinstance(stats, LatencyStats)
+    assert stats.runs == 5 and stats.batch == 2 and stats.warmup == 1
+    assert 0 < stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p99_ms
+    assert stats.throughput == pytest.approx(2000.0 / stats.p50_ms)
+
+
+def test_example_script_runs_with_onnxruntime_alone(artifact, tmp_path):
+    res = subprocess.run([sys.executable, str(artifact.path / "example.py")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["output_shape"] == [1, 5]
+    images = np.random.default_rng(0).integers(0, 256, (4, 1, 12, 12), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    res = subprocess.run([sys.executable, str(artifact.path / "example.py"), str(tmp_path / "images.npy")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    expected = get("onnxruntime").run(artifact, {"input": (images / 255.0 - 0.5) / 0.5})["output"].argmax(1)
+    assert json.loads(res.stdout)["top1"] == expected.tolist()
+
+
+def test_rebuild_replaces_and_foreign_dir_is_refused(exported, tmp_path):
+    _, src, _ = exported
+    backend = get("onnxruntime")
+    out = tmp_path / "a"
+    backend.build(src, "fp32", out)
+    second = backend.build(src, "fp32", out, options={"offline_opt": "extended"})
+    sess = second.metadata["session_options"]
+    assert sess["offline_optimization"] == "ORT_ENABLE_EXTENDED" and 0 <= sess["offline_max_abs_err"] < 1e-4
+    assert second.metadata["hashes"]["model_sha256"] != second.metadata["hashes"]["source_onnx_sha256"]
+    x = np.ones((2, *SHAPE[1:]), np.float32)
+    plain = backend.run(ort_backend.adhoc_artifact(src), {"input": x})["output"]
+    np.testing.assert_allclose(backend.run(second, {"input": x})["output"], plain, rtol=1e-3, atol=1e-4)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ArtifactError, match="not an artifact directory"):
+        backend.build(src, "fp32", foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "mine"], "no staging directories left behind"
+
+
+def test_failed_build_leaves_nothing(exported, tmp_path, monkeypatch):
+    _, src, _ = exported
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ort_backend, "write_json_atomic", boom)
+    with pytest.raises(OSError, match="disk full"):
+        get("onnxruntime").build(src, "fp32", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_precision_errors(exported, tmp_path):
+    _, src, _ = exported
+    backend = get("onnxruntime")
+    with pytest.raises(UsageError, match="needs calibration ranges"):
+        backend.build(src, "int8", tmp_path / "i8")
+    with pytest.raises(UsageError, match="fp16"):
+        backend.build(src, "fp16", tmp_path / "h")
+
+
+def _calib_reader(x: np.ndarray):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"input": x[i : i + 1]} for i in range(len(x))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    return Reader()
+
+
+def test_prequantized_qdq_model_is_taken_as_is(exported, tmp_path):
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    model, src, _ = exported
+    x = np.random.default_rng(0).standard_normal((16, *SHAPE[1:])).astype(np.float32)
+    qdq = tmp_path / "qdq.onnx"
+    quantize_static(str(src), str(qdq), _calib_reader(x), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    backend = get("onnxruntime")
+    art = backend.build(qdq, "int8", tmp_path / "i8")
+    assert art.metadata["precision"] == "int8" and art.metadata["quantized_by"].startswith("source")
+    with pytest.raises(UsageError, match="already quantized"):
+        backend.build(qdq, "fp32", tmp_path / "f")
+    out = backend.run(art, {"input": x[:4]})["output"]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x[:4])).numpy()
+    assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max() + 0.05  # int8 error, but the same function
+    assert backend.benchmark(art, batch=1, warmup=1, runs=3).runs == 3
+
+
+def test_int8_build_from_float_onnx_and_ranges(exported, tmp_path):
+    collect = pytest.importorskip("hadmc_deploy.calibration.collect")
+    pytest.importorskip("hadmc_deploy.calibration.qdq")
+    from hadmc_deploy.calibration.data import ArrayDataset
+
+    model, src, _ = exported
+    x = np.random.default_rng(0).standard_normal((32, *SHAPE[1:])).astype(np.float32)
+    data = ArrayDataset(x, np.zeros(32, np.int64), "random", {})
+    ranges = collect.collect_ranges(src, data, method="minmax", num_samples=32)
+    art = get("onnxruntime").build(src, "int8", tmp_path / "i8", ranges=ranges, options={"int8_form": "qdq_u8s8"})
+    meta = art.metadata
+    assert meta["int8_form"] == "qdq_u8s8" and "write_qdq" in meta["quantized_by"]
+    assert meta["hashes"]["ranges_sha256"] == ort_backend.ranges_sha256(ranges)
+    assert sorted(p.name for p in art.path.iterdir()) == ["example.py", "metadata.json", "model.onnx"]
+    out = get("onnxruntime").run(art, {"input": x[:4]})["output"]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x[:4])).numpy()
+    assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max() + 0.05
+
+
+def test_bare_onnx_as_adhoc_artifact(exported):
+    _, src, _ = exported
+    art = ort_backend.adhoc_artifact(src, threads=1)
+    assert art.model_path == src and art.metadata["precision"] == "fp32"
+    assert get("onnxruntime").benchmark(art, batch=3, warmup=0, runs=2).batch == 3
+    with pytest.raises(ArtifactError):
+        Artifact.load(src.parent)
+
+
+def _tiny_layer_model(spec: LayerSpec, int8_form: str | None = None, opset: int = 18) -> onnx.ModelProto:
+    """A private stand-in for latency.layer_onnx: one Conv (+Relu) or one Gemm, float only."""
+    rng = np.random.default_rng(0)
+    if spec.op == "linear":
+        w = numpy_helper.from_array(rng.standard_normal((spec.out_channels, spec.in_channels)).astype(np.float32), "w")
+        nodes = [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)]
+        x_shape, y_shape = [spec.batch, spec.in_channels], [spec.batch, spec.out_channels]
+    else:
+        w = numpy_helper.from_array(rng.standard_normal((spec.out_channels, spec.in_channels // spec.groups, *spec.kernel)).astype(np.float32), "w")
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], strides=list(spec.stride), pads=[*spec.padding, *spec.padding], group=spec.groups)]
+        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+        x_shape, y_shape = [spec.batch, spec.in_channels, *spec.in_hw], [spec.batch, spec.out_channels, *spec.out_hw]
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+
+
+CONV = LayerSpec("conv", 8, 16, kernel=(3, 3), padding=(1, 1), in_hw=(14, 14), out_hw=(14, 14), batch=2, bias=False, activation="relu")
+LINEAR = LayerSpec("linear", 32, 10, batch=4)
+
+
+@pytest.mark.parametrize("spec", [CONV, LINEAR], ids=["conv", "linear"])
+def test_measure_layer_times_the_built_layer(spec, monkeypatch):
+    fake = types.ModuleType("hadmc_deploy.latency.layer_onnx")
+    seen = []
+    fake.layer_model = lambda s, int8_form=None, opset=18: seen.append((s, int8_form)) or _tiny_layer_model(s, int8_form, opset)
+    monkeypatch.setitem(sys.modules, "hadmc_deploy.latency.layer_onnx", fake)
+    stats = get("onnxruntime").measure_layer(spec, warmup=1, runs=4)
+    assert seen == [(spec, None)]
+    assert stats.runs == 4 and stats.batch == spec.batch and stats.p50_ms > 0
+
+
+def test_measure_layer_with_the_real_layer_builder():
+    pytest.importorskip("hadmc_deploy.latency.layer_onnx")
+    fp32 = get("onnxruntime").measure_layer(CONV, warmup=1, runs=3)
+    int8 = get("onnxruntime").measure_layer(LayerSpec(**{**CONV.to_dict(), "precision": "int8", "kernel": (3, 3), "padding": (1, 1), "in_hw": (14, 14), "out_hw": (14, 14), "extra": ()}), warmup=1, runs=3)
+    assert fp32.runs == 3 and int8.runs == 3 and fp32.batch == 2
+
+
+def test_session_options_are_the_deployment_ones():
+    so = ort_backend.session_options(threads=1)
+    assert so.intra_op_num_threads == 1 and so.inter_op_num_threads == 1
+    assert str(so.graph_optimization_level).endswith("ORT_ENABLE_ALL")
+    with pytest.raises(UsageError):
+        ort_backend.session_options(opt_level="max")
