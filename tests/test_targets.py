@@ -15,7 +15,7 @@ def test_t4_numbers_from_the_datasheet():
     assert T4.alignment("int8") == 32 and T4.alignment("fp16") == 8
 
 
-@pytest.mark.parametrize("isa, form", [("avx2", "qdq_u8s8"), ("avx512_vnni", "qdq_s8s8"), ("arm64", "qdq_s8s8")])
+@pytest.mark.parametrize("isa, form", [("avx2", "qdq_u8s8"), ("avx512_vnni", "qdq_u8s8"), ("arm64", "qdq_s8s8")])
 def test_cpu_int8_form_follows_isa(isa, form):
     assert cpu_profile(isa).int8_form == form
 

@@ -1,0 +1,202 @@
+"""Range observers: from a stream of activation batches to one clipping threshold (amax).
+
+Three methods, each a small class with `observe(batch)` and `amax()`:
+
+* `MinMaxObserver` - the largest |x| seen; never clips, wastes resolution on outliers.
+* `PercentileObserver` - the given percentile of |x| over a 2048-bin histogram.
+* `EntropyObserver` - TensorRT's EntropyCalibration2: the threshold whose 128-level
+  quantization of the |x| histogram loses the least information (KL divergence).
+
+Histograms keep a fixed 2048 bins over [0, range]. When a later batch exceeds the
+range we double it (merging bin pairs, exact) instead of re-histogramming, so one
+pass over the data suffices and memory stays constant; TensorRT's calibrator does
+the same job with a first pass for the range, which would double calibration time.
+
+Also here: `per_channel_weight_amax`, the symmetric per-output-channel (axis 0)
+weight scales every INT8 form uses.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+NUM_BINS = 2048  # TensorRT's histogram size
+NUM_QUANTIZED_BINS = 128  # int8: 127 positive levels + zero
+DEFAULT_PERCENTILE = 99.99
+
+
+class Observer(Protocol):
+    def observe(self, batch: np.ndarray) -> None: ...
+
+    def amax(self) -> float: ...
+
+
+class _Stats:
+    """Exact min/max/count, shared by every observer (scales.json records them)."""
+
+    def __init__(self) -> None:
+        self.min = float("inf")
+        self.max = float("-inf")
+        self.count = 0
+
+    def update(self, batch: np.ndarray) -> None:
+        if batch.size:
+            self.min = min(self.min, float(batch.min()))
+            self.max = max(self.max, float(batch.max()))
+            self.count += int(batch.size)
+
+    @property
+    def absmax(self) -> float:
+        return max(abs(self.min), abs(self.max)) if self.count else 0.0
+
+
+class MinMaxObserver:
+    def __init__(self) -> None:
+        self.stats = _Stats()
+
+    def observe(self, batch: np.ndarray) -> None:
+        self.stats.update(batch)
+
+    def amax(self) -> float:
+        return self.stats.absmax
+
+
+class AbsHistogram:
+    """A 2048-bin histogram of |x| over [0, range] whose range doubles as needed."""
+
+    def __init__(self, num_bins: int = NUM_BINS) -> None:
+        self.num_bins = num_bins
+        self.counts = np.zeros(num_bins, dtype=np.float64)
+        self.range = 0.0
+
+    def add(self, batch: np.ndarray) -> None:
+        absx = np.abs(batch.ravel())
+        if absx.size == 0:
+            return
+        top = float(absx.max())
+        if self.range == 0.0:
+            if top == 0.0:
+                self.counts[0] += absx.size
+                return
+            self.range = top
+        while top > self.range:
+            # Doubling the range merges bin pairs exactly; no counts move between bins.
+            self.counts = np.concatenate([self.counts.reshape(-1, 2).sum(1), np.zeros(self.num_bins // 2)])
+            self.range *= 2.0
+        hist, _ = np.histogram(absx, bins=self.num_bins, range=(0.0, self.range))
+        self.counts += hist
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.linspace(0.0, self.range, self.num_bins + 1)
+
+
+class PercentileObserver:
+    def __init__(self, percentile: float = DEFAULT_PERCENTILE) -> None:
+        if not 0.0 < percentile <= 100.0:
+            raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        self.percentile = percentile
+        self.stats = _Stats()
+        self.hist = AbsHistogram()
+
+    def observe(self, batch: np.ndarray) -> None:
+        self.stats.update(batch)
+        self.hist.add(batch)
+
+    def amax(self) -> float:
+        return percentile_threshold(self.hist.counts, self.hist.edges, self.percentile, self.stats.absmax)
+
+
+class EntropyObserver:
+    def __init__(self) -> None:
+        self.stats = _Stats()
+        self.hist = AbsHistogram()
+
+    def observe(self, batch: np.ndarray) -> None:
+        self.stats.update(batch)
+        self.hist.add(batch)
+
+    def amax(self) -> float:
+        if self.hist.range == 0.0:
+            return 0.0
+        return min(entropy_threshold(self.hist.counts, self.hist.edges), self.stats.absmax)
+
+
+def make_observer(method: str, percentile: float = DEFAULT_PERCENTILE) -> Observer:
+    if method == "minmax":
+        return MinMaxObserver()
+    if method == "percentile":
+        return PercentileObserver(percentile)
+    if method == "entropy":
+        return EntropyObserver()
+    raise ValueError(f"unknown calibration method {method!r} (use entropy, minmax or percentile)")
+
+
+def percentile_threshold(counts: np.ndarray, edges: np.ndarray, percentile: float, absmax: float) -> float:
+    """The upper edge of the bin where the cumulative |x| count first reaches `percentile`."""
+    total = counts.sum()
+    if total == 0:
+        return 0.0
+    cdf = np.cumsum(counts) / total
+    idx = int(np.searchsorted(cdf, percentile / 100.0))
+    return float(min(edges[min(idx + 1, len(edges) - 1)], absmax))
+
+
+def entropy_threshold(counts: np.ndarray, edges: np.ndarray, num_quantized_bins: int = NUM_QUANTIZED_BINS) -> float:
+    """TensorRT EntropyCalibration2 over a histogram of |x|; returns the chosen amax.
+
+    For every candidate i from 128 bins to all bins: the reference P is the first i bins
+    with everything beyond folded into bin i-1; the candidate Q squeezes those i bins
+    into 128 quantization levels and spreads each level back uniformly over its
+    non-empty bins. The threshold is the upper edge of the i with the least KL(P||Q)
+    (the last one on ties). Bin 0 is set to bin 1's count first, as TensorRT's
+    calibrator (and NVIDIA's pytorch-quantization port of it) does, so the spike of
+    exact zeros after a ReLU does not dominate the divergence.
+
+    Written here rather than taken from onnxruntime: ORT's `get_entropy_threshold`
+    histograms signed values symmetrically and uses other bin counts, so it does not
+    reproduce TensorRT's thresholds (compared in tests/test_calibration_entropy.py).
+    """
+    bins = np.asarray(counts, dtype=np.float64).copy()
+    n = len(bins)
+    if n < num_quantized_bins or bins.sum() == 0:
+        return float(edges[-1])
+    bins[0] = bins[1]
+    total = bins.sum()
+    suffix = np.concatenate([np.cumsum(bins[::-1])[::-1], [0.0]])  # suffix[i] = sum(bins[i:])
+    best_i, best_kl = n, np.inf
+    for i in range(num_quantized_bins, n + 1):
+        ref = bins[:i].copy()
+        ref[-1] += suffix[i]
+        # Level of each of the i bins: floor(j * 128 / i), TensorRT's linspace/digitize split.
+        level = (np.arange(i) * num_quantized_bins) // i
+        nonzero = bins[:i] != 0
+        level_sum = np.bincount(level, weights=bins[:i], minlength=num_quantized_bins)
+        level_nonzero = np.bincount(level, weights=nonzero.astype(np.float64), minlength=num_quantized_bins)
+        per_bin = np.divide(level_sum, level_nonzero, out=np.zeros_like(level_sum), where=level_nonzero > 0)
+        cand = np.where(nonzero, per_bin[level], 0.0)
+        kl = _kl_divergence(ref / total, cand)
+        if kl <= best_kl:  # `<=`: the last minimum wins, like TensorRT
+            best_kl, best_i = kl, i
+    return float(edges[best_i])
+
+
+def _kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """KL(p||q) with q normalised; a p mass where q is empty makes it infinite (as scipy's entropy)."""
+    q_total = q.sum()
+    if q_total == 0:
+        return np.inf
+    q = q / q_total
+    p = p / p.sum()
+    mask = p > 0
+    if np.any(q[mask] == 0):
+        return np.inf
+    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+
+
+def per_channel_weight_amax(weight: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Symmetric per-output-channel |w| max (scale = amax / 127), the form every INT8 backend takes."""
+    moved = np.moveaxis(np.asarray(weight, dtype=np.float32), axis, 0)
+    return np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)

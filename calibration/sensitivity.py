@@ -1,0 +1,148 @@
+"""Mixed precision by measured sensitivity, and the INT8-or-float decision by measured latency.
+
+Sensitivity of a layer = how far the model's outputs move when ONLY that layer is
+quantized (everything else float), measured in ONNX Runtime on eval data. Quantizing
+one layer at a time isolates its own error; ranking by the continuous output error
+(not accuracy, which is too coarse on small eval sets) orders the layers. Then, with
+`max_accuracy_drop`, the most sensitive layers are left in float one by one until the
+INT8 model is within that many points of the float model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from hadmc_deploy.calibration.data import ArrayDataset
+from hadmc_deploy.calibration.qdq import WEIGHTED_OPS, write_qdq
+from hadmc_deploy.calibration.ranges import ActivationRanges
+from hadmc_deploy.calibration.verify_qdq import ort_session, run_batches
+from hadmc_deploy.errors import UsageError
+from hadmc_deploy.ui import UI, quiet_ui
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    node: str
+    op_type: str
+    output_err: float  # mean |logits - float logits| with only this layer quantized
+    accuracy_drop: float  # points, same setting
+
+
+@dataclass
+class MixedPrecisionResult:
+    float_accuracy: float
+    int8_accuracy: float  # every layer quantized
+    final_accuracy: float  # with `float_nodes` left in float
+    max_accuracy_drop: float
+    float_nodes: list[str]
+    reasons: dict[str, str]
+    sensitivities: list[LayerSensitivity] = field(default_factory=list)
+    met: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def quantizable_nodes(onnx_path: str | Path) -> list[tuple[str, str]]:
+    """(name, op type) of the weighted layers INT8 quantizes, in graph order."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return [(n.name, n.op_type) for n in model.graph.node if n.op_type in WEIGHTED_OPS]
+
+
+def _evaluate(onnx_path: Path, data: ArrayDataset) -> np.ndarray:
+    return run_batches(ort_session(onnx_path), data.x, batch_size=128)
+
+
+def _accuracy(logits: np.ndarray, data: ArrayDataset) -> float:
+    return 100.0 * float((logits.argmax(1) == data.y).mean())
+
+
+def layer_sensitivities(
+    float_onnx: str | Path, ranges: ActivationRanges, data: ArrayDataset, *, form: str = "qdq_u8s8", placement: str | None = None, ui: UI | None = None
+) -> list[LayerSensitivity]:
+    """Each weighted layer quantized alone; most sensitive first."""
+    ui = ui or quiet_ui()
+    layers = quantizable_nodes(float_onnx)
+    names = [name for name, _ in layers]
+    reference = _evaluate(Path(float_onnx), data)
+    ref_acc = _accuracy(reference, data)
+    result = []
+    with tempfile.TemporaryDirectory(prefix="hadmc-sens-") as tmp, ui.progress("layer sensitivity", len(layers)) as task:
+        for name, op_type in layers:
+            path = write_qdq(float_onnx, ranges, Path(tmp) / "one.onnx", form=form, placement=placement, float_nodes=[n for n in names if n != name])
+            logits = _evaluate(path, data)
+            result.append(LayerSensitivity(name, op_type, float(np.abs(logits - reference).mean()), ref_acc - _accuracy(logits, data)))
+            task.advance()
+    return sorted(result, key=lambda s: s.output_err, reverse=True)
+
+
+def select_float_layers(
+    float_onnx: str | Path,
+    ranges: ActivationRanges,
+    eval_data: ArrayDataset,
+    *,
+    max_accuracy_drop: float = 1.0,
+    form: str = "qdq_u8s8",
+    placement: str | None = None,
+    ui: UI | None = None,
+) -> MixedPrecisionResult:
+    """Leave the most sensitive layers in float until INT8 is within `max_accuracy_drop` points of float."""
+    ui = ui or quiet_ui()
+    if max_accuracy_drop < 0:
+        raise UsageError(f"--max-accuracy-drop must be >= 0, got {max_accuracy_drop}")
+    if len(eval_data) == 0:
+        raise UsageError("mixed precision needs labelled eval data", hint="pass --eval DATA")
+    float_acc = _accuracy(_evaluate(Path(float_onnx), eval_data), eval_data)
+    with tempfile.TemporaryDirectory(prefix="hadmc-mixed-") as tmp:
+        def accuracy_with(float_nodes: list[str]) -> float:
+            path = write_qdq(float_onnx, ranges, Path(tmp) / "mixed.onnx", form=form, placement=placement, float_nodes=float_nodes)
+            return _accuracy(_evaluate(path, eval_data), eval_data)
+
+        int8_acc = accuracy_with([])
+        result = MixedPrecisionResult(float_acc, int8_acc, int8_acc, max_accuracy_drop, [], {})
+        if float_acc - int8_acc <= max_accuracy_drop:
+            ui.log(f"INT8 everywhere: {int8_acc:.2f}% vs float {float_acc:.2f}% (within {max_accuracy_drop} points)")
+            return result
+        result.sensitivities = layer_sensitivities(float_onnx, ranges, eval_data, form=form, placement=placement, ui=ui)
+        accuracy = int8_acc
+        for rank, sens in enumerate(result.sensitivities, start=1):
+            result.float_nodes.append(sens.node)
+            before, accuracy = accuracy, accuracy_with(result.float_nodes)
+            result.reasons[sens.node] = (
+                f"sensitivity rank {rank}/{len(result.sensitivities)} (output error {sens.output_err:.4g}, "
+                f"{sens.accuracy_drop:+.2f} points alone); accuracy {before:.2f}% -> {accuracy:.2f}% with it in float"
+            )
+            ui.log(f"keep {sens.node} in float: {result.reasons[sens.node]}")
+            if float_acc - accuracy <= max_accuracy_drop:
+                break
+        result.final_accuracy = accuracy
+        result.met = float_acc - accuracy <= max_accuracy_drop
+        if not result.met:
+            ui.warn(f"even with every layer in float INT8 is {float_acc - accuracy:.2f} points below float")
+    return result
+
+
+@dataclass(frozen=True)
+class PrecisionDecision:
+    precision: str  # "int8" or "fp32"
+    speedup: float  # float_ms / int8_ms
+    note: str
+
+
+def choose_precision_by_latency(int8_ms: float, float_ms: float, *, min_speedup: float = 1.0) -> PrecisionDecision:
+    """INT8 only if it is measurably faster than float on the target (latencies measured side by side)."""
+    if int8_ms <= 0 or float_ms <= 0:
+        raise UsageError(f"latencies must be positive (int8 {int8_ms} ms, float {float_ms} ms)")
+    speedup = float_ms / int8_ms
+    if speedup > min_speedup:
+        return PrecisionDecision("int8", speedup, f"INT8 runs {speedup:.2f}x faster than float ({int8_ms:.3f} vs {float_ms:.3f} ms)")
+    return PrecisionDecision(
+        "fp32",
+        speedup,
+        f"INT8 is not faster than float on this target ({int8_ms:.3f} vs {float_ms:.3f} ms, {speedup:.2f}x); falling back to float",
+    )
