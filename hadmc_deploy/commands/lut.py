@@ -1,22 +1,151 @@
-"""`hadmc-deploy lut`: measure a latency lookup table on a target's backend. Not built yet: exits with a clear error."""
+"""`hadmc-deploy lut`: measure a latency lookup table for a model's layers on a target's backend."""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from hadmc_deploy.commands.common import not_built
+from hadmc_deploy.commands.common import add_model_argument, input_shape_for, load_from_args
+from hadmc_deploy.errors import UsageError
+from hadmc_deploy.targets import get_target
 from hadmc_deploy.ui import UI
 
-HELP = "measure a latency lookup table on a target's backend (not implemented yet)"
-DESCRIPTION = """Measure a latency lookup table on a target's backend.
+HELP = "measure a latency lookup table (LUT) for a model's layers on a target's backend"
+DESCRIPTION = """Measure, for every prunable layer of MODEL, its latency over a grid of (in, out) channel
+counts at the target's alignment step (plus the cheap ops: pooling, add, concat), each as a tiny
+ONNX graph timed by the target's backend exactly as deployment runs it (ONNX Runtime session options
+on the CPU; TensorRT on a GPU host; INT8 layers in the target's QDQ form). The table is flushed to
+-o every few entries: Ctrl-C keeps what was measured, and rerunning the same command resumes and
+measures only what is missing (a complete table measures nothing). For fp32/fp16 tables it then
+times the whole model at three widths (100%, 75%, 50%) and fits the table's correction
+(measured = scale * layer sum + offset).
 
-This command is not implemented yet (issue 4 (latency model)); it exits non-zero rather than fake a result."""
+On a CPU shared with other jobs, wall-clock timings are mostly scheduling; --clock cpu measures
+single-thread CPU time instead (ONNX Runtime only; see docs/latency_model.md).
+
+examples:
+  hadmc-deploy lut --arch hadmc_deploy.models.demo:demo_cnn --input-shape 1,1,28,28 --target cpu --precision fp32 -o demo_lut.json
+  hadmc-deploy lut model.pth --arch models.py:resnet18 --target cpu --precision fp32 --budget-minutes 10 -o r18_lut.json
+  hadmc-deploy lut model.pth --arch models.py:resnet18 --target t4 -o t4_lut.json          # on the GPU host"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+    add_model_argument(parser, required=False)
+    parser.add_argument("--target", default="cpu", help="target profile (default cpu; see `hadmc-deploy targets`)")
+    parser.add_argument("-o", "--output", required=True, metavar="LUT.json", help="table file to write (extended if it exists)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="precision to measure (default: the target's default)")
+    parser.add_argument("--batch", type=int, help="batch size (default: N of --input-shape)")
+    parser.add_argument("--grid-step", type=int, metavar="N", help="channel step of the grid (default: about 8 points per group, multiples of the alignment)")
+    parser.add_argument("--budget-minutes", type=float, metavar="M", help="stop measuring after M minutes (rerun to continue)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed runs per layer (default 10)")
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per layer (default 30); median, p90 and fastest are stored")
+    parser.add_argument(
+        "--statistic",
+        choices=("median", "min"),
+        default="median",
+        help="what predictions use: the median of the timed runs (default) or the fastest run",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: the backend's timing with the deployment threads (default); cpu: single-thread CPU time in "
+        "ONNX Runtime, for a CPU shared with other jobs where wall-clock timings are mostly scheduling",
+    )
+    parser.add_argument("--no-correction", action="store_true", help="skip timing the whole model to fit the correction")
+    parser.add_argument("--force", action="store_true", help="extend a table measured on another device or backend version anyway")
+
+
+def _fit_correction(loaded, graph, shape, table, out: Path, backend, align: int, ui: UI) -> dict[str, Any]:  # noqa: ANN001
+    from hadmc_deploy.latency.lut import Correction
+    from hadmc_deploy.latency.predictor import LutLatencyModel, fit_correction
+    from hadmc_deploy.latency.whole_model import time_plans
+
+    plans = {}
+    for ratio in (1.0, 0.75, 0.5):
+        plans[f"uniform{int(ratio * 100)}"] = {
+            g.id: min(g.width, max(g.min_width, align, round(g.width * ratio / align) * align)) for g in graph.prunable_groups
+        }
+    with tempfile.TemporaryDirectory(prefix="hadmc-lut-") as tmp:
+        timed = time_plans(loaded.model, graph, plans, shape, backend, workdir=Path(tmp), rounds=3, exporter="fast", clock=table.meta.method.get("clock", "wall"), ui=ui)
+    table.correction = None
+    raw = LutLatencyModel(table, source=str(out))
+    precision, batch = table.meta.precision, table.meta.batch
+    sums = [sum(raw.predict([replace(s, precision=precision, batch=batch) for s in graph.layer_specs(t.widths)]).per_layer_ms) for t in timed]
+    stat = table.statistic
+    scale, offset = fit_correction(sums, [t.value(stat) for t in timed])
+    table.correction = Correction(scale, offset, [{"plan": t.name, "layer_sum_ms": s, "measured_ms": t.value(stat), "statistic": stat} for t, s in zip(timed, sums, strict=True)])
+    table.save(out)
+    ui.log(f"correction: measured = {scale:.3f} x layer sum {offset:+.3f} ms (fitted on {len(timed)} whole-model timings)")
+    return table.correction.to_dict()
 
 
 def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
-    return not_built("`hadmc-deploy lut`", "issue 4 (latency model)")
+    from hadmc_deploy.graph.trace import trace
+    from hadmc_deploy.latency.measure import (
+        backend_timer,
+        cpu_time_timer,
+        get_backend,
+        measure_specs,
+        open_table,
+        specs_for_graph,
+    )
+
+    if args.runs < 1 or args.warmup < 0:
+        raise UsageError(f"--runs must be >= 1 and --warmup >= 0 (got {args.runs}, {args.warmup})")
+    if args.grid_step is not None and args.grid_step < 1:
+        raise UsageError(f"--grid-step must be positive, got {args.grid_step}")
+    if args.budget_minutes is not None and args.budget_minutes <= 0:
+        raise UsageError(f"--budget-minutes must be positive, got {args.budget_minutes}")
+    target = get_target(args.target, args.targets_file)
+    precision = args.precision or target.default_precision
+    if precision not in target.precisions:
+        raise UsageError(f"target {target.name!r} does not run {precision}", hint=f"use --precision {' or '.join(target.precisions)}")
+    backend = get_backend(target.backend)
+    backend.require()
+    loaded = load_from_args(args)
+    shape = input_shape_for(args, loaded)
+    batch = args.batch or shape[0]
+    if batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {batch}")
+    shape = (batch, *shape[1:])
+    graph = trace(loaded.model, shape, ui=ui)
+    align = target.alignment(precision)
+    out = Path(args.output)
+    table = open_table(out, target, backend, precision=precision, batch=batch, warmup=args.warmup, runs=args.runs, statistic=args.statistic, force=args.force, ui=ui)
+    if args.clock == "cpu":
+        if backend.name != "onnxruntime":
+            raise UsageError("--clock cpu measures with ONNX Runtime on this CPU", hint=f"target {target.name!r} uses {backend.name}: use --clock wall")
+        if table.entries and table.meta.method.get("clock", "wall") != "cpu":
+            raise UsageError(f"{out} was measured with the wall clock", hint="write the cpu-clock table to another file with -o")
+        table.meta.method["clock"], table.meta.threads = "cpu", 1
+        timer = cpu_time_timer(args.warmup, args.runs, target.int8_form)
+    else:
+        if table.meta.method.get("clock", "wall") != "wall":
+            raise UsageError(f"{out} was measured with --clock cpu", hint="pass --clock cpu to extend it, or write to another file")
+        timer = backend_timer(backend, args.warmup, args.runs)
+    specs = specs_for_graph(graph, align, precision=precision, batch=batch, grid_step=args.grid_step)
+    ui.log(f"{len(specs)} layer configurations for {loaded.source} on {target.name} ({backend.name}, {precision}, batch {batch}, alignment {align})")
+    report = measure_specs(specs, table, out, timer, budget_minutes=args.budget_minutes, ui=ui)
+    result: dict[str, Any] = {"lut": str(out), "target": target.name, "backend": backend.name, "precision": precision, "batch": batch, "entries": len(table), **report.to_dict()}
+    complete = not report.stopped_by_budget and not report.failed
+    if args.no_correction:
+        result["correction"] = None
+    elif not complete:
+        result["correction"] = None
+        ui.warn("the table is incomplete: the whole-model correction is fitted once every layer is measured (rerun the command)")
+    elif precision == "int8":
+        result["correction"] = None
+        ui.log("int8 table: no whole-model correction (it needs calibration data to build the INT8 model); predictions are the layer sum")
+    elif table.correction is not None and report.measured == 0:
+        result["correction"] = table.correction.to_dict()  # cached table, correction already fitted
+    else:
+        result["correction"] = _fit_correction(loaded, graph, shape, table, out, backend, align, ui)
+    ui.out.print(
+        f"{out}: {len(table)} entries ({report.measured} measured now, {report.cached} already there"
+        f"{', stopped by --budget-minutes' if report.stopped_by_budget else ''}) in {report.seconds:.0f}s"
+    )
+    return result

@@ -1,0 +1,295 @@
+"""The latency lookup table (LUT): a versioned JSON file of measured layer latencies.
+
+A LUT is only meaningful on the device it was measured on, so the file carries
+the target, the backend and its version, and a device fingerprint; loading it
+elsewhere refuses (or, with `force`, warns loudly). Writes are atomic, so an
+interrupted measurement leaves either the previous file or the new one, never
+half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hadmc_deploy.errors import LatencyModelError
+from hadmc_deploy.fileio import write_json_atomic
+from hadmc_deploy.specs import LayerSpec
+from hadmc_deploy.ui import UI, quiet_ui
+
+FORMAT = "hadmc-latency-lut"
+SCHEMA_VERSION = 1
+
+#: device-fingerprint keys that describe the machine's identity. Other keys a
+#: backend reports (free memory, load) may differ between runs on the same device.
+IDENTITY_KEYS = (
+    "kind", "name", "cpu_model", "isa", "isa_flags", "machine", "logical_cpus", "cores", "threads",
+    "gpu_name", "gpu", "compute_capability", "execution_provider",
+)
+
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
+def cpu_fingerprint() -> dict[str, Any]:
+    """The host CPU's identity, for backends whose `describe_device` is not available."""
+    from hadmc_deploy.targets import cpu_model_name, detect_cpu_isa
+
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {
+        "kind": "cpu",
+        "cpu_model": cpu_model_name(),
+        "isa": detect_cpu_isa(),
+        "isa_flags": sorted(f for f in _ISA_FLAGS if f in flags),
+        "cores": os.cpu_count() or 1,
+    }
+
+
+#: the per-entry statistics a table can predict with (`LutMeta.method["statistic"]`).
+STATISTICS = ("median", "min")
+
+
+@dataclass
+class LutEntry:
+    """One measured layer: its spec, median, p90 and fastest latency (ms), and the timed runs."""
+
+    spec: LayerSpec
+    median_ms: float
+    p90_ms: float
+    runs: int
+    min_ms: float | None = None
+
+    def value(self, statistic: str) -> float:
+        return self.min_ms if statistic == "min" and self.min_ms is not None else self.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"spec": self.spec.to_dict(), "median_ms": self.median_ms, "p90_ms": self.p90_ms, "runs": self.runs}
+        if self.min_ms is not None:
+            data["min_ms"] = self.min_ms
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LutEntry:
+        return cls(
+            spec=LayerSpec.from_dict(data["spec"]),
+            median_ms=float(data["median_ms"]),
+            p90_ms=float(data["p90_ms"]),
+            runs=int(data["runs"]),
+            min_ms=None if data.get("min_ms") is None else float(data["min_ms"]),
+        )
+
+
+@dataclass
+class LutMeta:
+    """Where and how a table was measured."""
+
+    target: str
+    backend: str
+    backend_version: str
+    device: dict[str, Any]
+    threads: int | None
+    batch: int
+    precision: str
+    #: channel alignment of the target at this precision: the step of the latency staircase.
+    alignment: int
+    #: warm-up runs, timed runs, and the statistic predictions use: "median" of the timed
+    #: runs, or "min" (the fastest run: robust where other processes share the CPU, since
+    #: load only ever adds time; whole-model timings must then use min too).
+    method: dict[str, Any] = field(default_factory=lambda: {"warmup": 10, "runs": 30, "statistic": "median"})
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    int8_form: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "backend": self.backend,
+            "backend_version": self.backend_version,
+            "device": self.device,
+            "threads": self.threads,
+            "batch": self.batch,
+            "precision": self.precision,
+            "alignment": self.alignment,
+            "method": self.method,
+            "created": self.created,
+            "int8_form": self.int8_form,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LutMeta:
+        return cls(
+            target=str(data["target"]),
+            backend=str(data["backend"]),
+            backend_version=str(data["backend_version"]),
+            device=dict(data["device"]),
+            threads=None if data.get("threads") is None else int(data["threads"]),
+            batch=int(data["batch"]),
+            precision=str(data["precision"]),
+            alignment=int(data.get("alignment", 1)),
+            method=dict(data.get("method", {})),
+            created=str(data.get("created", "")),
+            int8_form=data.get("int8_form"),
+        )
+
+
+@dataclass
+class Correction:
+    """measured_total ~= scale * sum(layer latencies) + offset_ms, fitted on whole-model runs.
+
+    It absorbs what per-layer timing cannot see: cross-layer fusion and layout
+    propagation in the whole graph, and the session's fixed per-run overhead.
+    """
+
+    scale: float = 1.0
+    offset_ms: float = 0.0
+    fitted_on: list[dict[str, Any]] = field(default_factory=list)
+
+    def apply(self, layer_sum_ms: float) -> float:
+        return self.scale * layer_sum_ms + self.offset_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "offset_ms": self.offset_ms, "fitted_on": self.fitted_on}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Correction:
+        return cls(float(data.get("scale", 1.0)), float(data.get("offset_ms", 0.0)), list(data.get("fitted_on", [])))
+
+
+@dataclass
+class LatencyTable:
+    """A LUT in memory: metadata, entries by spec key, and an optional whole-model correction."""
+
+    meta: LutMeta
+    entries: dict[str, LutEntry] = field(default_factory=dict)
+    correction: Correction | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, spec: LayerSpec) -> bool:
+        return spec.key() in self.entries
+
+    def get(self, spec: LayerSpec) -> LutEntry | None:
+        return self.entries.get(spec.key())
+
+    @property
+    def statistic(self) -> str:
+        stat = str(self.meta.method.get("statistic", "median"))
+        return stat if stat in STATISTICS else "median"
+
+    def value(self, entry: LutEntry) -> float:
+        """The entry's latency under this table's statistic."""
+        return entry.value(self.statistic)
+
+    def add(self, spec: LayerSpec, median_ms: float, p90_ms: float, runs: int, min_ms: float | None = None) -> None:
+        self.entries[spec.key()] = LutEntry(spec, float(median_ms), float(p90_ms), int(runs), None if min_ms is None else float(min_ms))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "meta": self.meta.to_dict(),
+            "correction": None if self.correction is None else self.correction.to_dict(),
+            "entries": {key: entry.to_dict() for key, entry in sorted(self.entries.items())},
+        }
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<memory>") -> LatencyTable:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise LatencyModelError(f"{source} is not a hadmc-deploy latency table", hint="measure one with `hadmc-deploy lut`")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise LatencyModelError(
+                f"{source} has LUT schema version {version}, this hadmc-deploy reads version {SCHEMA_VERSION}",
+                hint="re-measure it with `hadmc-deploy lut`",
+            )
+        try:
+            meta = LutMeta.from_dict(data["meta"])
+            entries = {}
+            for key, raw in data.get("entries", {}).items():
+                entry = LutEntry.from_dict(raw)
+                if entry.spec.key() != key:
+                    raise ValueError(f"entry {key!r} holds a spec whose key is {entry.spec.key()!r}")
+                if not entry.median_ms > 0:
+                    raise ValueError(f"entry {key!r} has a non-positive latency {entry.median_ms}")
+                entries[key] = entry
+            correction = None if data.get("correction") is None else Correction.from_dict(data["correction"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise LatencyModelError(f"{source} is corrupt: {type(exc).__name__}: {exc}", hint="delete it and re-measure with `hadmc-deploy lut`") from exc
+        return cls(meta=meta, entries=entries, correction=correction)
+
+
+def read_table(path: str | Path) -> LatencyTable:
+    """Parse a LUT file; a missing, empty or corrupt file raises `LatencyModelError` with the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatencyModelError(f"latency table {path} does not exist", hint="measure one with `hadmc-deploy lut --target ... -o FILE`")
+    text = path.read_text()
+    if not text.strip():
+        raise LatencyModelError(f"latency table {path} is empty", hint="delete it and re-measure with `hadmc-deploy lut`")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LatencyModelError(
+            f"latency table {path} is not valid JSON ({exc.msg} at line {exc.lineno})",
+            hint="delete it and re-measure with `hadmc-deploy lut`",
+        ) from exc
+    return LatencyTable.from_dict(data, source=str(path))
+
+
+def mismatches(meta: LutMeta, target: str, backend: str, backend_version: str | None, device: dict[str, Any] | None) -> list[str]:
+    """Human-readable differences between where a LUT was measured and where it is used."""
+    found = []
+    if meta.target != target:
+        found.append(f"target {meta.target!r} (this is {target!r})")
+    if meta.backend != backend:
+        found.append(f"backend {meta.backend!r} (this is {backend!r})")
+    elif backend_version is not None and meta.backend_version != backend_version:
+        found.append(f"{backend} version {meta.backend_version} (this is {backend_version})")
+    if device is not None:
+        for key in IDENTITY_KEYS:
+            if key in meta.device and key in device and meta.device[key] != device[key]:
+                found.append(f"device {key} {meta.device[key]!r} (this is {device[key]!r})")
+    return found
+
+
+def check_compatible(
+    table: LatencyTable,
+    source: str,
+    *,
+    target: str,
+    backend: str,
+    backend_version: str | None,
+    device: dict[str, Any] | None,
+    force: bool = False,
+    ui: UI | None = None,
+) -> None:
+    """Refuse a LUT measured elsewhere unless `force`; then warn loudly instead.
+
+    `backend_version`/`device` of None mean "cannot be checked here" (the backend
+    is not installed on this machine, e.g. planning for a T4 on a laptop): that is
+    a warning, not a refusal, because the table is then the only information there is.
+    """
+    ui = ui or quiet_ui()
+    if not table.entries:
+        raise LatencyModelError(f"latency table {source} has no entries", hint="re-measure it with `hadmc-deploy lut`")
+    problems = mismatches(table.meta, target, backend, backend_version, device)
+    if problems:
+        text = f"latency table {source} was measured for " + "; ".join(problems)
+        if not force:
+            raise LatencyModelError(text, hint="measure a table on this device with `hadmc-deploy lut`, or pass --force to use it anyway")
+        ui.warn(f"{text}. Using it anyway because of --force: predicted latencies may be wrong for this device.")
+    if device is None or backend_version is None:
+        ui.warn(f"cannot check latency table {source} against this machine ({backend} is not available here); trusting its fingerprint")

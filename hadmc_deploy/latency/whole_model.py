@@ -1,0 +1,147 @@
+"""Whole-model timing of width plans: what the per-layer sum is corrected against and validated on.
+
+A plan is applied by surgery, exported the way deployment exports it, built by
+the target's backend and benchmarked there. Plans are timed in interleaved
+rounds (A B C, A B C, ...) and each plan's latency is the median over rounds of
+the per-round medians (and its fastest run, `min_ms`, the estimate to pair with
+a "min" table), so a burst of load from other processes on a shared machine hits
+every plan alike instead of skewing one.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hadmc_deploy.graph.types import DependencyGraph, WidthPlan
+from hadmc_deploy.ui import UI, quiet_ui
+
+
+def pruned_module(model: nn.Module, graph: DependencyGraph, widths: dict[str, int]) -> nn.Module:
+    """The physically narrower model for `widths` (the graph engineer's surgery; the model is not changed)."""
+    from hadmc_deploy.surgery import apply
+
+    full = graph.full_widths()
+    keep = {g: int(k) for g, k in widths.items() if int(k) != full.get(g)}
+    if not keep:
+        return model
+    pruned, _ = apply(model, graph, WidthPlan(keep=keep))
+    return pruned
+
+
+def export_for_timing(model: nn.Module, input_shape: tuple[int, ...], path: Path, *, exporter: str = "deploy", opset: int = 18) -> Path:
+    """ONNX export of `model` at a fixed batch for timing.
+
+    "deploy": `hadmc_deploy.export.export_onnx` exactly as a build exports (dynamo,
+    simplified, verified; ~10 s for ResNet-18 here). "fast": the TorchScript
+    exporter in eval mode (~1.5 s), for timing many plans: ONNX Runtime's own
+    graph optimizations (BN folding, conv+activation fusion, NCHWc layout) run on
+    both, so the session executes the same kernels.
+    """
+    model.eval()
+    if exporter == "deploy":
+        from hadmc_deploy.export import export_onnx
+
+        export_onnx(model, input_shape, path, opset=opset, dynamic_batch=False, simplify=True)
+        return path
+    import warnings
+
+    from hadmc_deploy.fileio import atomic_path
+
+    with warnings.catch_warnings(), torch.no_grad(), atomic_path(path) as tmp:
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.zeros(input_shape), str(tmp), dynamo=False, opset_version=opset, input_names=["input"], output_names=["output"])
+    return path
+
+
+@dataclass
+class TimedPlan:
+    name: str
+    widths: dict[str, int]
+    median_ms: float
+    round_ms: list[float]
+    min_ms: float
+
+    def value(self, statistic: str) -> float:
+        return self.min_ms if statistic == "min" else self.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "widths": self.widths, "median_ms": self.median_ms, "min_ms": self.min_ms, "round_ms": self.round_ms}
+
+
+def time_onnx_interleaved(
+    onnx_paths: list[Path],
+    backend: Any,
+    *,
+    batch: int,
+    precision: str = "fp32",
+    rounds: int = 5,
+    warmup: int = 5,
+    runs: int = 20,
+    clock: str = "wall",
+    ui: UI | None = None,
+) -> list[tuple[float, list[float], float]]:
+    """(median over rounds, per-round medians, fastest run) per model, built and benchmarked by `backend`."""
+    ui = ui or quiet_ui()
+    with tempfile.TemporaryDirectory(prefix="hadmc-wholemodel-") as tmp:
+        artifacts = []
+        for i, path in enumerate(ui.track(onnx_paths, "building models")):
+            artifacts.append(backend.build(path, precision, Path(tmp) / f"m{i}"))
+        if clock == "cpu":  # single-thread CPU time of the built model (see measure.cpu_time_stats)
+            from hadmc_deploy.backends.onnxruntime import make_session, random_feeds
+            from hadmc_deploy.latency.measure import cpu_time_stats
+
+            sessions = {id(a): make_session(a.model_path, threads=1) for a in artifacts}
+
+            def bench(art: Any) -> Any:
+                sess = sessions[id(art)]
+                return cpu_time_stats(sess, random_feeds(sess, batch=batch), warmup, runs, batch)
+        else:
+
+            def bench(art: Any) -> Any:
+                return backend.benchmark(art, batch=batch, warmup=warmup, runs=runs)
+
+        rounds_ms: list[list[float]] = [[] for _ in artifacts]
+        fastest = [float("inf")] * len(artifacts)
+        with ui.progress("timing models (interleaved)", rounds * len(artifacts)) as bar:
+            for _ in range(rounds):
+                for i, art in enumerate(artifacts):
+                    stats = bench(art)
+                    rounds_ms[i].append(stats.p50_ms)
+                    fastest[i] = min(fastest[i], stats.min_ms)
+                    bar.advance()
+    return [(statistics.median(r), r, f) for r, f in zip(rounds_ms, fastest, strict=True)]
+
+
+def time_plans(
+    model: nn.Module,
+    graph: DependencyGraph,
+    plans: dict[str, dict[str, int]],
+    input_shape: tuple[int, ...],
+    backend: Any,
+    *,
+    workdir: Path,
+    rounds: int = 5,
+    warmup: int = 5,
+    runs: int = 20,
+    make_module: Callable[[nn.Module, DependencyGraph, dict[str, int]], nn.Module] = pruned_module,
+    exporter: str = "deploy",
+    clock: str = "wall",
+    ui: UI | None = None,
+) -> list[TimedPlan]:
+    """Prune, export, build and time every plan (name -> widths), interleaved."""
+    ui = ui or quiet_ui()
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    torch.set_num_threads(1)  # surgery/export only; ORT sessions keep their own thread count
+    for name, widths in ui.track(list(plans.items()), "exporting plans"):
+        paths.append(export_for_timing(make_module(model, graph, widths), input_shape, workdir / f"{name}.onnx", exporter=exporter))
+    timed = time_onnx_interleaved(paths, backend, batch=input_shape[0], rounds=rounds, warmup=warmup, runs=runs, clock=clock, ui=ui)
+    return [TimedPlan(name, widths, med, r, f) for (name, widths), (med, r, f) in zip(plans.items(), timed, strict=True)]

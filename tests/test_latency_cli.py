@@ -1,0 +1,71 @@
+"""`hadmc-deploy lut` and the latency part of `inspect`, driven through the CLI entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from hadmc_deploy.cli import main
+from hadmc_deploy.commands.inspect_latency import describe_latency
+from hadmc_deploy.errors import LatencyModelError
+from hadmc_deploy.graph.trace import trace
+from hadmc_deploy.latency.lut import read_table
+from hadmc_deploy.loading import load_model
+from hadmc_deploy.ui import UI
+
+DEMO = ["--arch", "hadmc_deploy.models.demo:demo_cnn", "--input-shape", "1,1,28,28", "--target", "cpu", "--precision", "fp32"]
+FAST = ["--grid-step", "64", "--warmup", "1", "--runs", "3", "--no-correction", "-q"]
+
+
+@pytest.fixture(scope="module")
+def demo_lut(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lut") / "demo.json"
+    assert main(["lut", *DEMO, *FAST, "-o", str(path)]) == 0
+    return path
+
+
+def test_lut_command_writes_a_table_and_second_run_measures_nothing(demo_lut, capsys):
+    table = read_table(demo_lut)
+    assert len(table) > 20 and table.meta.precision == "fp32" and table.meta.backend == "onnxruntime"
+    assert {e.spec.op for e in table.entries.values()} >= {"conv", "add", "linear", "globalpool"}
+    capsys.readouterr()
+    assert main(["lut", *DEMO, *FAST, "--json", "-o", str(demo_lut)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["measured"] == 0 and out["cached"] == out["requested"] > 0
+
+
+def test_lut_command_bad_inputs(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    assert main(["lut", *DEMO, *FAST, "-o", str(bad)]) == LatencyModelError.exit_code
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main(["lut", *DEMO, *FAST, "--target", "nope", "-o", str(tmp_path / "x.json")]) == 2
+    assert main(["lut", *DEMO, "--runs", "0", "-o", str(tmp_path / "x.json")]) == 2
+
+
+def test_inspect_latency_per_layer_and_best_groups(demo_lut, capsys):
+    loaded = load_model(None, "hadmc_deploy.models.demo:demo_cnn")
+    shape = (1, 1, 28, 28)
+    graph = trace(loaded.model, shape)
+    args = argparse.Namespace(target="cpu", lut=str(demo_lut), force=False, targets_file=None)
+    result = describe_latency(loaded, shape, graph, args, UI(quiet=True))["latency"]
+    assert result["source"] == "lut"
+    assert len(result["layers"]) == len(graph.layers)
+    assert result["total_ms"] == pytest.approx(sum(layer["ms"] for layer in result["layers"]) + result["overhead_ms"])
+    assert any(layer["best_to_prune"] for layer in result["layers"])
+    savings = [g["ms_per_channel"] for g in result["groups_by_saving"]]
+    assert savings == sorted(savings, reverse=True)
+    assert "predicted latency" in capsys.readouterr().out
+    # without a table: the analytic model, labelled
+    args = argparse.Namespace(target="cpu", lut=None, force=False, targets_file=None)
+    assert describe_latency(loaded, shape, graph, args, UI(quiet=True))["latency"]["source"] == "analytic"
+
+
+def test_lut_command_cpu_clock(tmp_path):
+    path = tmp_path / "cpu.json"
+    assert main(["lut", *DEMO, *FAST, "--clock", "cpu", "-o", str(path)]) == 0
+    table = read_table(path)
+    assert table.meta.method["clock"] == "cpu" and table.meta.threads == 1
+    assert main(["lut", *DEMO, *FAST, "-o", str(path)]) == 2  # wall clock cannot extend a cpu-clock table

@@ -1,0 +1,137 @@
+"""Predictor: step-aware interpolation, sources, correction fit, and the tiny-model check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from latency_models import FULL, TinyNet, tiny_graph
+
+from hadmc_deploy.latency import AnalyticLatencyModel, LutLatencyModel, fit_correction, predict_graph
+from hadmc_deploy.latency.lut import Correction, LatencyTable, LutMeta
+from hadmc_deploy.latency.measure import (
+    backend_timer,
+    get_backend,
+    measure_specs,
+    open_table,
+    specs_for_graph,
+)
+from hadmc_deploy.latency.predictor import axis_weights
+from hadmc_deploy.latency.whole_model import time_plans
+from hadmc_deploy.specs import LayerSpec
+from hadmc_deploy.targets import get_target
+from hadmc_deploy.ui import UI
+
+BASE = LayerSpec("conv", 8, 8, (3, 3), (1, 1), (1, 1), in_hw=(16, 16), out_hw=(16, 16), activation="relu")
+
+
+def _meta(alignment: int = 8) -> LutMeta:
+    return LutMeta("cpu", "onnxruntime", "x", {}, 2, 1, "fp32", alignment)
+
+
+def _staircase_table(alignment: int = 8, top: int = 64) -> LatencyTable:
+    """Synthetic latencies (not timings): a step every `alignment` channels in `out`, linear in `in`."""
+    table = LatencyTable(meta=_meta(alignment))
+    for cin in range(alignment, top + 1, alignment):
+        for cout in range(alignment, top + 1, alignment):
+            table.add(BASE.with_channels(cin, cout), 0.01 * cin + 0.1 * (cout // alignment), 0.0, 1)
+    return table
+
+
+def test_axis_weights_are_step_aware():
+    values = [8, 16, 24, 32]
+    assert axis_weights(values, 16, 8) == ([(16, 1.0)], False)
+    # 17..24 channels all cost what 24 does: no smoothing across the step.
+    for c in range(17, 25):
+        assert axis_weights(values, c, 8) == ([(24, 1.0)], False)
+    # a coarse grid: only aligned targets are interpolated, inside one cell
+    weights, extrap = axis_weights([8, 64], 30, 8)
+    assert not extrap and [v for v, _ in weights] == [8, 64]
+    assert weights[1][1] == pytest.approx((32 - 8) / 56)
+    assert axis_weights(values, 40, 8)[1] is True  # beyond the table: extrapolated
+
+
+def test_interpolation_preserves_steps():
+    model = LutLatencyModel(_staircase_table())
+    prices = [model.layer_ms(BASE.with_channels(32, c))[0] for c in range(9, 65)]
+    # inside one alignment step the price is flat, and it jumps at each step
+    for c in range(9, 65):
+        step_top = -(-c // 8) * 8
+        assert prices[c - 9] == pytest.approx(prices[step_top - 9])
+    assert prices[16 - 9] < prices[17 - 9]
+
+
+def test_coarse_grid_interpolates_only_between_aligned_points():
+    table = LatencyTable(meta=_meta(8))
+    for cin in (8, 64):
+        for cout in (8, 64):
+            table.add(BASE.with_channels(cin, cout), 0.001 * cin * cout, 0.0, 1)
+    model = LutLatencyModel(table)
+    ms, how = model.layer_ms(BASE.with_channels(64, 30))
+    assert how == "lut-interp"
+    assert ms == pytest.approx(model.layer_ms(BASE.with_channels(64, 32))[0])
+    assert 0.001 * 64 * 8 < ms < 0.001 * 64 * 64
+
+
+def test_sources_exact_extrapolated_and_analytic(capsys):
+    target = get_target("cpu")
+    model = LutLatencyModel(_staircase_table(), AnalyticLatencyModel(target), source="t.json", ui=UI(quiet=True))
+    assert model.predict([BASE.with_channels(16, 16)]).source == "lut"
+    pred = model.predict([BASE.with_channels(16, 80)])
+    assert pred.per_layer_source == ["lut-extrap"] and pred.source == "lut"
+    assert "outside the measured range" in capsys.readouterr().err
+    other = LayerSpec("linear", 64, 10)
+    pred = model.predict([BASE.with_channels(16, 16), other])
+    assert pred.source == "lut+analytic" and pred.per_layer_source == ["lut", "analytic"]
+    assert model.predict([other]).source == "analytic"
+
+
+def test_correction_applies_and_fits():
+    table = _staircase_table()
+    table.correction = Correction(2.0, 0.5)
+    model = LutLatencyModel(table)
+    raw = LutLatencyModel(_staircase_table()).predict([BASE.with_channels(16, 16)]).total_ms
+    pred = model.predict([BASE.with_channels(16, 16)])
+    assert pred.total_ms == pytest.approx(2.0 * raw + 0.5)
+    assert pred.total_ms == pytest.approx(sum(pred.per_layer_ms) + pred.overhead_ms)
+    scale, offset = fit_correction([1.0, 2.0, 4.0], [1.7, 3.2, 6.2])
+    assert scale == pytest.approx(1.5) and offset == pytest.approx(0.2)
+    assert fit_correction([2.0], [3.0]) == (pytest.approx(1.5), 0.0)
+
+
+def test_tiny_model_against_tiny_measured_lut(tmp_path):
+    """Measure a small grid for TinyNet, fit the correction on two plans, predict a third."""
+    target = get_target("cpu")
+    backend = get_backend("onnxruntime")
+    graph = tiny_graph()
+    lut = tmp_path / "lut.json"
+    table = open_table(lut, target, backend, precision="fp32", batch=1, warmup=3, runs=15, statistic="min")
+    specs = specs_for_graph(graph, 8, grid_step=16)
+    report = measure_specs(specs, table, lut, backend_timer(backend, 3, 15))
+    assert report.measured == len(specs) and len(table) == len(specs)
+
+    def make(model, graph, widths):  # the twin built at the plan's widths: no surgery needed
+        torch.manual_seed(0)
+        return TinyNet(widths["g1"], widths["g2"])
+
+    plans = {"full": dict(FULL), "quarter": {"g1": 8, "g2": 16}, "mid": {"g1": 24, "g2": 40}}
+    timed = time_plans(TinyNet(), graph, plans, (1, 3, 24, 24), backend, workdir=tmp_path, rounds=3, runs=15, make_module=make, exporter="fast")
+    model = LutLatencyModel(table)
+    sums = [predict_graph(model, graph, t.widths).total_ms for t in timed[:2]]
+    table.correction = Correction(*fit_correction(sums, [t.value(table.statistic) for t in timed[:2]]))
+    model = LutLatencyModel(table)
+    preds = {t.name: predict_graph(model, graph, t.widths) for t in timed}
+    assert all(p.source == "lut" for p in preds.values())
+    # ranking: the quarter-width model is predicted and measured faster than the full one
+    assert preds["quarter"].total_ms < preds["mid"].total_ms < preds["full"].total_ms
+    measured = {t.name: t.value(table.statistic) for t in timed}
+    # the held-out plan lands in the right neighbourhood (loose: the machine is shared)
+    assert 0.5 < preds["mid"].total_ms / measured["mid"] < 2.0
+
+
+def test_statistic_min_predicts_from_the_fastest_run():
+    table = LatencyTable(meta=_meta())
+    table.add(BASE, 2.0, 9.0, 30, min_ms=1.0)
+    assert LutLatencyModel(table).predict([BASE]).total_ms == pytest.approx(2.0)  # default: median
+    table.meta.method["statistic"] = "min"
+    pred = LutLatencyModel(table).predict([BASE])
+    assert pred.total_ms == pytest.approx(1.0)
