@@ -1,0 +1,164 @@
+"""Recovery: KD loss math, distillation into a narrower student, BN recalibration, NaN handling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from recover_models import TinyNet, digits, trained_teacher
+
+from hadmc_deploy.errors import TrainingDivergedError, UsageError
+from hadmc_deploy.recover import (
+    RecoveryOptions,
+    accuracy,
+    auto_feature_layers,
+    feature_loss,
+    kd_loss,
+    recalibrate_bn,
+    recover,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine run far faster on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits()
+
+
+@pytest.fixture(scope="module")
+def teacher(data):
+    return trained_teacher(data[0])
+
+
+def test_kd_loss_matches_its_definition_and_gradient() -> None:
+    torch.manual_seed(0)
+    s = torch.randn(5, 7, requires_grad=True)
+    t = torch.randn(5, 7)
+    temp = 3.0
+    p_t = F.softmax(t / temp, 1)
+    p_s = F.softmax(s / temp, 1)
+    manual = (p_t * (p_t.log() - p_s.log())).sum(1).mean() * temp**2
+    loss = kd_loss(s, t, temp)
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
+    loss.backward()
+    # d/ds [T^2 KL] = T (p_s - p_t) / N
+    assert torch.allclose(s.grad, temp * (p_s - p_t).detach() / 5, atol=1e-6)
+    assert kd_loss(t, t, temp).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_feature_loss_is_scale_free() -> None:
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    assert feature_loss(a, b).item() == pytest.approx(feature_loss(10 * a, 10 * b).item(), rel=1e-5)
+    assert feature_loss(b, b).item() == 0.0
+
+
+def test_distillation_recovers_a_damaged_narrow_student(data, teacher, tmp_path) -> None:
+    train, val = data
+    teacher_acc = accuracy(teacher, val)
+    assert teacher_acc > 85
+    torch.manual_seed(1)
+    student = TinyNet(width=8)  # narrower and untrained: feature alignment needs 1x1 projections
+    assert auto_feature_layers(student, teacher, torch.from_numpy(train.x[:4])) == ["stem", "block1", "block2"][-3:]
+    opts = RecoveryOptions(epochs=4, lr=0.1, batch_size=64, seed=0, checkpoint_path=str(tmp_path / "best.pt"))
+    result = recover(student, teacher, train, val, opts)
+    assert result.mode == "distillation"
+    assert result.accuracy_before < 30
+    assert result.accuracy_after > 80 and result.accuracy_after == pytest.approx(accuracy(result.model, val))
+    assert result.best_epoch >= 1 and len(result.history) == 4
+    assert result.accuracy_after == max(h["val_accuracy"] for h in result.history)
+    saved = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert saved["epoch"] == result.best_epoch
+    # the student leaves without hooks: a forward pass returns plain logits
+    assert result.model(torch.from_numpy(val.x[:2])).shape == (2, 10)
+    # the teacher is left trainable and unchanged in mode
+    assert all(p.requires_grad for p in teacher.parameters())
+
+
+def test_recovery_is_deterministic(data, teacher) -> None:
+    train, val = data
+    train = train.subset(300)
+    states = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        student = TinyNet(width=8)
+        recover(student, teacher, train, val, RecoveryOptions(epochs=1, lr=0.05, batch_size=64, seed=3))
+        states.append(student.state_dict())
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+
+
+def test_no_distill_is_plain_fine_tuning(data, teacher) -> None:
+    train, val = data
+    torch.manual_seed(1)
+    result = recover(TinyNet(width=8), teacher, train.subset(400), val, RecoveryOptions(epochs=1, distill=False, lr=0.05, batch_size=64))
+    assert result.mode == "fine-tune" and result.feature_layers == []
+
+
+def test_bn_recalibration_restores_corrupted_statistics(data, teacher) -> None:
+    train, val = data
+    import copy
+
+    damaged = copy.deepcopy(teacher)
+    for m in damaged.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.add_(3.0)
+            m.running_var.mul_(20.0)
+    before = accuracy(damaged, val)
+    assert before < accuracy(teacher, val) - 20
+    result = recover(damaged, None, None, val, RecoveryOptions())  # no training data: recalibration alone
+    assert result.mode == "bn-recalibration"
+    assert any("no training data" in m for m in result.messages)
+    assert any("evaluation data" in m for m in result.messages)
+    assert result.accuracy_after_bn > accuracy(teacher, val) - 5
+    # the estimate is the plain average over the data
+    probe = copy.deepcopy(teacher)
+    assert recalibrate_bn(probe, train, batches=1000, batch_size=len(train)) == 3
+    stem_out = teacher.stem[0](torch.from_numpy(train.x))
+    assert torch.allclose(probe.stem[1].running_mean, stem_out.mean((0, 2, 3)), atol=1e-4)
+
+
+def test_nan_loss_stops_and_keeps_best(data, teacher) -> None:
+    train, val = data
+    torch.manual_seed(1)
+    student = TinyNet(width=8)
+    calls = {"n": 0}
+
+    def blow_up(module, inputs, output):  # noqa: ANN001, ANN202 - training steps only (BN recalibration runs without grad)
+        if module.training and torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] >= 3 + 23:  # epoch 1 (23 steps) completes, epoch 2 diverges
+                return output * float("nan")
+        return output
+
+    student.fc.register_forward_hook(blow_up)
+    result = recover(student, teacher, train, val, RecoveryOptions(epochs=3, lr=0.05, batch_size=64))
+    assert result.diverged
+    assert result.best_epoch == 1 and len(result.history) == 1
+    assert any("diverged" in m and "kept the best state (epoch 1)" in m for m in result.messages)
+    assert result.accuracy_after == pytest.approx(result.history[0]["val_accuracy"])
+
+
+def test_nothing_good_raises(data, teacher) -> None:
+    train, val = data
+    student = TinyNet(width=8)
+    with torch.no_grad():
+        student.fc.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError):
+        recover(student, teacher, train.subset(128), val, RecoveryOptions(epochs=1, batch_size=64))
+
+
+def test_bad_options_and_layers(data, teacher) -> None:
+    train, val = data
+    with pytest.raises(UsageError):
+        recover(TinyNet(8), teacher, train, val, RecoveryOptions(lr=-1))
+    with pytest.raises(UsageError, match="nope"):
+        recover(TinyNet(8), teacher, train.subset(64), val, RecoveryOptions(feature_layers=("nope",)))
