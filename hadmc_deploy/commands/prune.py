@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ignore", nargs="+", action="extend", default=[], metavar="NAME", help="modules (or parameters) to keep intact")
     search = parser.add_argument_group("latency-driven pruning (with --speedup / --latency-ms)")
     search.add_argument("--target", default=None, help="target profile (t4, cpu, ...; see `hadmc-deploy targets`)")
-    search.add_argument("--search", choices=("knapsack", "greedy", "uniform"), default="knapsack", help="width search method (default knapsack)")
+    search.add_argument("--search", choices=("knapsack", "greedy", "uniform", "amc", "ppo"), default="knapsack", help="width search method (default knapsack; amc/ppo are learned policies that need --eval)")
     search.add_argument("--lut", metavar="PATH", help="latency lookup table to use (default: the target's)")
     search.add_argument("--train", metavar="SOURCE", help="training data for recovery")
     search.add_argument("--eval", metavar="SOURCE", help="evaluation data")

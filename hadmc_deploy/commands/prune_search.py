@@ -71,6 +71,8 @@ def add_budget_arguments(parser: argparse.ArgumentParser, skip: set[str] = froze
         "--train-limit": dict(type=int, default=None, help="use only this many training samples"),
         "--eval-limit": dict(type=int, default=None, help="use only this many evaluation samples"),
         "--timing-rounds": dict(type=int, default=DEFAULTS["timing_rounds"], help="interleaved ONNX Runtime timing rounds (default 5)"),
+        "--episodes": dict(type=int, default=60, help="episodes for --search amc/ppo (default 60; fewer than 16/12 fall back to the knapsack)"),
+        "--joint-precision": dict(action="store_true", help="--search ppo also chooses int8 or float per layer (the quantization agent)"),
     }
     for flag, kw in opts.items():
         if flag not in skip:
@@ -124,9 +126,14 @@ def run(args: argparse.Namespace, ui: UI, loaded: LoadedModel, input_shape: tupl
     if getattr(latency_model, "kind", "") == "analytic":
         notes.append("no latency table (--lut): predictions come from the analytic roofline model, expect them to miss; measure one with `hadmc-deploy lut`")
         ui.warn(notes[-1])
+    rl_options = {
+        "model": model, "val_data": val, "calib_data": train, "episodes": int(getattr(args, "episodes", 60) or 60),
+        "seed": int(_opt(args, "seed")), "precisions": ("fp32", "int8") if getattr(args, "joint_precision", False) else (),
+    }
     result = search(
         graph, scores, latency_model, method=_opt(args, "search"), speedup=getattr(args, "speedup", None),
-        latency_ms=getattr(args, "latency_ms", None), round_to=round_to, min_keep_ratio=_opt(args, "min_keep_ratio"), ui=ui,
+        latency_ms=getattr(args, "latency_ms", None), round_to=round_to, min_keep_ratio=_opt(args, "min_keep_ratio"),
+        rl_options=rl_options, ui=ui,
     )
     if main:
         result.print_plan(ui)

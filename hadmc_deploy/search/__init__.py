@@ -14,6 +14,7 @@ the non-separable latency, see knapsack.py), `greedy` (NetAdapt-style) and
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,9 @@ from hadmc_deploy.ui import UI, quiet_ui
 
 #: method name -> function(problem, ui) -> widths. A registry, not an if-chain.
 METHODS: Mapping[str, SearchMethod] = {"knapsack": knapsack, "greedy": greedy, "uniform": uniform}
+#: learned policies: they need the model and validation data, not just the search problem.
+RL_METHOD_NAMES = ("amc", "ppo")
+ALL_METHODS = (*METHODS, *RL_METHOD_NAMES)
 
 #: by default no group keeps fewer than this share of its channels: the knapsack otherwise
 #: happily thins one expensive layer to a bottleneck that recovery struggles to repair.
@@ -114,16 +118,25 @@ def search(
     round_to: int = 1,
     min_keep_ratio: float = DEFAULT_MIN_KEEP_RATIO,
     importance_norm: str = "mean",
+    rl_options: Mapping[str, Any] | None = None,
     ui: UI | None = None,
 ) -> SearchResult:
     """Choose kept widths so the predicted latency meets the budget with the most importance kept.
 
     Raises BudgetError (naming the best reachable speedup) when the budget
-    cannot be met with every group at its floor.
+    cannot be met with every group at its floor. `amc` and `ppo` (learned
+    policies, `search/rl/`) need the model and data, passed in `rl_options`.
     """
     ui = ui or quiet_ui()
+    if method in RL_METHOD_NAMES:
+        from hadmc_deploy.search.rl import rl_search  # imported here: rl imports this module
+
+        return rl_search(
+            graph, scores, latency_model, method=method, speedup=speedup, latency_ms=latency_ms,
+            round_to=round_to, min_keep_ratio=min_keep_ratio, ui=ui, **dict(rl_options or {}),
+        )
     if method not in METHODS:
-        raise UsageError(f"unknown search method {method!r}", hint=f"choose one of {', '.join(METHODS)}")
+        raise UsageError(f"unknown search method {method!r}", hint=f"choose one of {', '.join(ALL_METHODS)}")
     problem, notes = build_problem(
         graph, scores, latency_model, speedup=speedup, latency_ms=latency_ms, round_to=round_to,
         min_keep_ratio=min_keep_ratio, importance_norm=importance_norm,
