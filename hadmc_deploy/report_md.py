@@ -1,0 +1,138 @@
+"""report.md: the report as Markdown tables, rendered from report.json's dict only
+(so the Markdown can never say something the JSON does not)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def fmt_num(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def fmt_bytes(n: int | None) -> str:
+    if not n:
+        return "-"
+    for unit, div in (("MB", 1e6), ("KB", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n} B"
+
+
+def variant_cells(row: dict[str, Any], batches: list[str]) -> list[str]:
+    """One variant as table cells: accuracy, p50 per batch, speedup per batch, params, MACs, size, predicted."""
+    lat = row.get("latency") or {}
+    pred = (row.get("predicted") or {}).get(batches[0], {}) if batches else {}
+    acc = row.get("accuracy")
+    return [
+        row["name"],
+        "-" if acc is None else f"{acc:.2f}%",
+        *[fmt_ms(lat.get(b, {}).get("p50_ms")) for b in batches],
+        *[("-" if row.get("speedup", {}).get(b) is None else f"{row['speedup'][b]:.2f}x") for b in batches],
+        fmt_num(row.get("params")),
+        fmt_num(row.get("macs")),
+        fmt_bytes(row.get("file_bytes")),
+        "-" if not pred else f"{pred['ms']:.3f} ({pred['source']})",
+    ]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    model, target = report["model"], report["target"]
+    batches = sorted({b for v in report["variants"] for b in (v.get("latency") or {})}, key=int) or [str(b) for b in report["options"].get("batch") or [1]]
+    out = [f"# hadmc-deploy build report: {model['source']} -> {target['name']}", ""]
+    if not report["complete"]:
+        out += ["**Incomplete build**: see the stage list for the stage that failed or is not built yet.", ""]
+    out += [
+        f"- target: {target['name']} ({target['description']}); backend {target['backend']}; precision {target['precision']}; INT8 form {target['int8_form']}; channel multiple {target['round_to']}",
+        f"- model: {model['arch']} ({model['kind']}), input {model['input_shape']}, {fmt_num(model['params'])} params, {fmt_num(model['macs'])} MACs",
+        f"- latency model: {report['latency_model'].get('label', '-')} ({report['latency_model'].get('lut_how', '-')})",
+        f"- created {report['created']}; schema {report['schema']} v{report['schema_version']}",
+        "",
+        "## Variants (measured on this machine)",
+        "",
+    ]
+    header = ["variant", "accuracy", *[f"p50 ms b{b}" for b in batches], *[f"speedup b{b}" for b in batches], "params", "MACs", "file", f"predicted ms b{batches[0]}"]
+    out.append(_table(header, [variant_cells(v, batches) for v in report["variants"]]))
+    out.append("")
+    lat_rows = []
+    for v in report["variants"]:
+        for b, s in sorted((v.get("latency") or {}).items(), key=lambda kv: int(kv[0])):
+            pred = (v.get("predicted") or {}).get(b, {})
+            lat_rows.append([v["name"], b, fmt_ms(s.get("p50_ms")), fmt_ms(s.get("p90_ms")), f"{s.get('throughput', 0):.1f}", fmt_ms(pred.get("ms")), pred.get("source", "-"), str(s.get("runs"))])
+    if lat_rows:
+        out += ["### Latency detail", "", _table(["variant", "batch", "p50 ms", "p90 ms", "throughput /s", "predicted ms", "predicted by", "runs"], lat_rows), ""]
+    for note in report.get("notes", []):
+        out.append(f"- **note**: {note}")
+    for v in report["variants"]:
+        if v.get("accuracy") is not None:
+            out.append(f"- {v['name']}: accuracy measured with {v.get('accuracy_measured_with', '-')}")
+    out.append("")
+    acc = report["accuracy"]
+    out += ["## Where the accuracy went", ""]
+    if acc.get("baseline") is None:
+        out += ["No --eval data: accuracy not measured.", ""]
+    else:
+        cp = acc.get("change_points", {})
+        rows = [
+            ["baseline (original, FP32)", _pct(acc.get("baseline")), ""],
+            ["after pruning (before recovery)", _pct(acc.get("pruned_before_recovery")), _delta(cp.get("pruning"))],
+            ["after recovery", _pct(acc.get("after_recovery")), _delta(cp.get("recovery"))],
+            [f"final ({acc.get('final_variant')})", _pct(acc.get("final")), _delta(cp.get("quantization"))],
+        ]
+        out += [f"Evaluated on {acc.get('eval_source')}.", "", _table(["step", "accuracy", "change (points)"], rows), ""]
+        guard = acc.get("guard")
+        if guard:
+            verdict = "EXCEEDED" if guard["exceeded"] else "within"
+            out += [f"Accuracy guard (--max-accuracy-drop {guard['allowed']}): final drop {guard['drop']:.2f} points, {verdict} the limit{' (accepted with --allow-accuracy-drop)' if guard['exceeded'] and guard['allowed_by_flag'] else ''}.", ""]
+    rec = report["recovery"]
+    out += ["## Recovery", "", f"- mode: {rec.get('mode', '-')}"]
+    if rec.get("statement"):
+        out.append(f"- {rec['statement']}")
+    out.append("")
+    if report["width_plan"]:
+        s = report["search"]
+        out += ["## Width plan", "", f"Search {s.get('method')} with the {s.get('latency_source')} latency model: predicted {fmt_ms(s.get('baseline_ms'))} -> {fmt_ms(s.get('predicted_ms'))} ms ({s.get('predicted_speedup', 0):.2f}x; budget {fmt_ms(s.get('budget_ms'))} ms).", ""]
+        out += [_table(["group", "before", "after", "predicted ms saved"], [[g["group"], str(g["before"]), str(g["after"]), fmt_ms(g.get("saved_ms"))] for g in report["width_plan"]]), ""]
+    q = report["quantization"]
+    floats = [(m, f) for m, lst in (q.get("float_nodes") or {}).items() for f in lst]
+    calib = q.get("calibration", {})
+    calib_text = calib.get("_skipped") or "; ".join(f"{m}: {c.get('method')} on {c.get('num_samples')} samples" for m, c in calib.items() if isinstance(c, dict)) or "-"
+    out += ["## Quantization", "", f"- form: {q.get('form', '-')}; calibration: {calib_text}"]
+    out.append("- layers left in float: " + ("none" if not floats else "; ".join(f"{m}: {f['node']} ({f['reason']})" for m, f in floats)))
+    out.append("")
+    out += ["## Export verification", ""]
+    ex_rows = [[k, v.get("exporter") or "-", v.get("simplifier") or "-", str(v.get("opset")), f"{v.get('max_abs_err', 0):.2e}", f"{v.get('max_rel_err', 0):.2e}", str(v.get("verification", {}).get("inputs"))] for k, v in report["export"].items()]
+    if ex_rows:
+        out += [_table(["model", "exporter", "simplifier", "opset", "max abs err", "max rel err", "inputs"], ex_rows), ""]
+    backend = report["backend"]
+    if backend.get("fallback_message"):
+        out += ["## Backend", "", backend["fallback_message"], ""]
+    out += ["## Stages", "", _table(["stage", "status", "seconds", "detail"], [[s["name"], s["status"], f"{s['seconds']:.1f}", s["detail"].replace("|", "/")] for s in report["stages"]]), ""]
+    for name, rel in report["plots"].items():
+        out += [f"![{name}]({rel})", ""]
+    out += ["## Versions and hashes", "", "- " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
+    out += [f"- {k}: `{v}`" for k, v in report["hashes"].items() if v]
+    return "\n".join(out) + "\n"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}%"
+
+
+def _delta(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.2f}"

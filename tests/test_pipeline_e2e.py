@@ -1,0 +1,101 @@
+"""The whole build on a tiny CNN trained on real digits: every stage runs, the report has every
+variant, a failure in a middle stage resumes there, a second run hits the cache, the accuracy
+guard fails the build, and --target t4 without TensorRT stops cleanly at the portable artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pipeline_models import DIGITS_TEST, DIGITS_TRAIN, train_tiny
+
+from hadmc_deploy.cli import main
+from hadmc_deploy.report import validate_report
+
+BASE = ["--train", DIGITS_TRAIN, "--eval", DIGITS_TEST, "--epochs", "1", "--batch", "1", "2", "--runs", "3", "--warmup", "1", "--round-to", "4", "-q"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("tiny") / "tiny.pth", epochs=2)
+
+
+def statuses(out: Path) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in json.loads((out / "report.json").read_text())["stages"]}
+
+
+def test_failure_resume_then_cache_hit(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "b"
+    import hadmc_deploy.calibration.collect as collect
+
+    real = collect.collect_ranges
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise RuntimeError("simulated crash in calibration")
+
+    monkeypatch.setattr(collect, "collect_ranges", broken)
+    assert main(["build", str(tiny), "--target", "cpu", "--speedup", "1.2", "--out", str(out), *BASE]) == 70
+    first = statuses(out)
+    assert first["calibrate"] == "failed" and first["export"] == "done" and first["evaluate"] == "not run"
+    assert not json.loads((out / "report.json").read_text())["complete"]
+
+    monkeypatch.setattr(collect, "collect_ranges", real)
+    assert main(["build", "--resume", str(out), "-q"]) == 0
+    second = statuses(out)
+    for stage in ("load", "trace", "latency model", "search", "surgery", "recover", "export"):
+        assert second[stage] == "cached", (stage, second[stage])
+    for stage in ("calibrate", "quantize", "backend build", "evaluate", "report"):
+        assert second[stage] == "done", (stage, second[stage])
+
+    report = json.loads((out / "report.json").read_text())
+    assert validate_report(report) == []
+    names = [v["name"] for v in report["variants"]]
+    assert names == ["baseline-fp32", "baseline-int8", "pruned-fp32", "pruned-int8"]
+    for v in report["variants"]:
+        assert v["accuracy"] is not None and 0 <= v["accuracy"] <= 100
+        assert set(v["latency"]) == {"1", "2"} and v["latency"]["1"]["p50_ms"] > 0
+        assert (out / v["artifact"] / "model.onnx").is_file()
+    pruned = next(v for v in report["variants"] if v["name"] == "pruned-fp32")
+    assert pruned["params"] < report["model"]["params"]
+    assert report["recovery"]["mode"] == "distillation"
+    assert report["accuracy"]["change_points"]["pruning"] is not None
+    for f in ("report.md", "plan.json", "pruned.pth", "recovered.pth", "model.onnx", "scales.json", "calibration.cache", "plots/widths.png", "plots/pareto.png"):
+        assert (out / f).is_file(), f
+
+    assert main(["build", str(tiny), "--target", "cpu", "--speedup", "1.2", "--out", str(out), *BASE]) == 0
+    third = statuses(out)
+    assert all(s in ("cached", "skipped") for name, s in third.items() if name != "report"), third
+
+
+def test_accuracy_guard(tiny: Path, tmp_path: Path) -> None:
+    """A 1.8x cut with one recovery step loses accuracy on real data: --max-accuracy-drop 0 fails the build."""
+    out = tmp_path / "g"
+    args = ["build", str(tiny), "--target", "cpu", "--precision", "fp32", "--speedup", "1.8", "--epochs", "0.02", "--max-accuracy-drop", "0", "--out", str(out)]
+    i = BASE.index("--epochs")
+    rest = BASE[:i] + BASE[i + 2 :]
+    assert main([*args, *rest]) == 15
+    report = json.loads((out / "report.json").read_text())
+    guard = report["accuracy"]["guard"]
+    assert guard["exceeded"] and guard["drop"] > 0
+    assert report["accuracy"]["change_points"]["pruning"] is not None
+    assert main([*args, *rest, "--allow-accuracy-drop"]) == 0
+
+
+def test_t4_fallback_stops_at_portable_artifacts(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "t4"
+    # A given width plan: the analytic T4 model prices this tiny CNN as pure launch overhead.
+    widths = tmp_path / "widths.json"
+    widths.write_text(json.dumps({"keep": {"0": 32}}))
+    rc = main(["build", str(tiny), "--target", "t4", "--widths", str(widths), "--out", str(out), "--json", *BASE])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "hadmc-deploy engine" in result["fallback_message"] and "TensorRT" in result["fallback_message"]
+    for f in ("pruned.pth", "model.onnx", "qdq_s8s8.onnx", "calibration.cache", "scales.json"):
+        assert (out / f).is_file(), f
+    assert statuses(out)["backend build"] == "stopped"
+    report = json.loads((out / "report.json").read_text())
+    assert not (out / "artifacts").exists()
+    int8 = next(v for v in report["variants"] if v["name"] == "pruned-int8")
+    assert int8["accuracy"] is not None and int8["latency"] == {}
+    assert "portable ONNX" in int8["accuracy_measured_with"]
