@@ -184,8 +184,7 @@ def test_prequantized_qdq_model_is_taken_as_is(exported, tmp_path):
 
 
 def test_int8_build_from_float_onnx_and_ranges(exported, tmp_path):
-    collect = pytest.importorskip("hadmc_deploy.calibration.collect")
-    pytest.importorskip("hadmc_deploy.calibration.qdq")
+    from hadmc_deploy.calibration import collect
     from hadmc_deploy.calibration.data import ArrayDataset
 
     model, src, _ = exported
@@ -244,7 +243,6 @@ def test_measure_layer_times_the_built_layer(spec, monkeypatch):
 
 
 def test_measure_layer_with_the_real_layer_builder():
-    pytest.importorskip("hadmc_deploy.latency.layer_onnx")
     fp32 = get("onnxruntime").measure_layer(CONV, warmup=1, runs=3)
     int8 = get("onnxruntime").measure_layer(LayerSpec(**{**CONV.to_dict(), "precision": "int8", "kernel": (3, 3), "padding": (1, 1), "in_hw": (14, 14), "out_hw": (14, 14), "extra": ()}), warmup=1, runs=3)
     assert fp32.runs == 3 and int8.runs == 3 and fp32.batch == 2
