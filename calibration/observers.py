@@ -93,23 +93,9 @@ class AbsHistogram:
         return np.linspace(0.0, self.range, self.num_bins + 1)
 
 
-class PercentileObserver:
-    def __init__(self, percentile: float = DEFAULT_PERCENTILE) -> None:
-        if not 0.0 < percentile <= 100.0:
-            raise ValueError(f"percentile must be in (0, 100], got {percentile}")
-        self.percentile = percentile
-        self.stats = _Stats()
-        self.hist = AbsHistogram()
+class _HistogramObserver:
+    """Shared by the histogram-based methods: exact |x| extremes plus a 2048-bin |x| histogram."""
 
-    def observe(self, batch: np.ndarray) -> None:
-        self.stats.update(batch)
-        self.hist.add(batch)
-
-    def amax(self) -> float:
-        return percentile_threshold(self.hist.counts, self.hist.edges, self.percentile, self.stats.absmax)
-
-
-class EntropyObserver:
     def __init__(self) -> None:
         self.stats = _Stats()
         self.hist = AbsHistogram()
@@ -118,6 +104,19 @@ class EntropyObserver:
         self.stats.update(batch)
         self.hist.add(batch)
 
+
+class PercentileObserver(_HistogramObserver):
+    def __init__(self, percentile: float = DEFAULT_PERCENTILE) -> None:
+        if not 0.0 < percentile <= 100.0:
+            raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        super().__init__()
+        self.percentile = percentile
+
+    def amax(self) -> float:
+        return percentile_threshold(self.hist.counts, self.hist.edges, self.percentile, self.stats.absmax)
+
+
+class EntropyObserver(_HistogramObserver):
     def amax(self) -> float:
         if self.hist.range == 0.0:
             return 0.0
