@@ -239,6 +239,18 @@ def _builtin(name: str, split: str | None) -> tuple[np.ndarray, np.ndarray]:
     raise DataError(f"unknown builtin dataset {name!r}", hint="use builtin:fashion-mnist or builtin:digits")
 
 
+def check_source_exists(source: str) -> None:
+    """Cheap up-front check (no reading) so a build fails before its heavy stages, not after."""
+    if source.startswith("builtin:"):
+        return
+    if Path(source).exists():
+        return
+    base, sep, _ = source.rpartition(":")
+    if sep and Path(base).is_dir():
+        return
+    raise DataError(f"data source {source} does not exist", hint="pass a directory, an .npz, an IDX file or builtin:fashion-mnist")
+
+
 def _read_raw(source: str, resize: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
     if source.startswith("builtin:"):
         rest = source[len("builtin:") :]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hadmc_deploy import __version__
+from hadmc_deploy.calibration.data import check_source_exists
 from hadmc_deploy.config import OPTIONS
 from hadmc_deploy.errors import UsageError
 from hadmc_deploy.fileio import sha256_file, write_json_atomic
@@ -124,6 +125,9 @@ def make_plan(
     precision = options["precision"] or target.default_precision
     if precision == "int8" and not (options["calib"] or options["train"]):
         raise UsageError("INT8 needs calibration data", hint="pass --calib DATA (e.g. builtin:fashion-mnist:train) or --precision fp32")
+    for name in ("train", "calib", "eval"):
+        if options[name]:
+            check_source_exists(str(options[name]))
     if options["max_accuracy_drop"] is not None and not options["eval"]:
         raise UsageError("--max-accuracy-drop needs --eval data to measure accuracy on")
     if options["max_accuracy_drop"] is not None and options["max_accuracy_drop"] < 0:

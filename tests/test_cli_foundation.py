@@ -120,3 +120,15 @@ def test_demo_trains_on_real_data_and_caches(tmp_path):
     again = json.loads(cli(*args).stdout)
     assert again["demo_model"]["accuracy"] == first["demo_model"]["accuracy"]
     assert "using the cached" not in res.stderr
+
+
+def test_build_rejects_missing_data_before_any_stage(tmp_path):
+    ckpt = tmp_path / "m.pth"
+    from hadmc_deploy.models.demo import demo_cnn
+
+    torch.save({"arch": ARCH, "state_dict": demo_cnn().state_dict(), "input_shape": [1, 1, 28, 28]}, ckpt)
+    out = tmp_path / "build"
+    res = cli("build", str(ckpt), "--calib", str(tmp_path / "missing.npz"), "--out", str(out))
+    assert res.returncode == 8
+    assert "missing.npz does not exist" in _one_error_line(res)
+    assert not out.exists()

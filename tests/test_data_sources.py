@@ -114,3 +114,12 @@ def test_channel_mismatch_vs_model(tmp_path):
         check_matches_model(ds, (1, 3, 8, 8))
     with pytest.raises(DataError, match="--resize 16,16"):
         check_matches_model(ds, (1, 1, 16, 16))
+
+
+def test_check_source_exists_without_reading(tmp_path, idx_dir):
+    from hadmc_deploy.calibration.data import check_source_exists
+
+    check_source_exists("builtin:fashion-mnist:train")
+    check_source_exists(f"{idx_dir}:train")
+    with pytest.raises(DataError, match="does not exist"):
+        check_source_exists(str(tmp_path / "missing.npz"))
