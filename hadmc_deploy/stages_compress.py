@@ -173,10 +173,12 @@ def _measure_lut(ctx: BuildContext, lut_out: Path) -> dict[str, Any]:
 
 
 def _search_inputs(ctx: BuildContext) -> dict[str, Any]:
-    needs_data = ctx.opt("importance") in ("taylor", "gradient")
-    return {k: ctx.opt(k) for k in ("speedup", "latency_ms", "search", "importance", "seed")} | {
+    learned = ctx.opt("search") in ("amc", "ppo")
+    needs_data = ctx.opt("importance") in ("taylor", "gradient") or learned
+    return {k: ctx.opt(k) for k in ("speedup", "latency_ms", "search", "importance", "seed", "min_keep_ratio")} | {
         "round_to": ctx.plan.round_to,
         "train": data_hash(ctx, "train") if needs_data else None,
+        "eval": data_hash(ctx, "eval") if learned else None,
         "widths": sha256_file(ctx.opt("widths")) if ctx.opt("widths") else None,
     }
 
@@ -201,7 +203,13 @@ def _search(ctx: BuildContext) -> StageResult:
     if ctx.opt("widths"):
         result = _given_plan(ctx, g, lm)
     else:
-        result = search(g, scores, lm, method=ctx.opt("search"), speedup=ctx.opt("speedup"), latency_ms=ctx.opt("latency_ms"), round_to=ctx.plan.round_to, ui=ctx.ui)
+        rl_options = None
+        if ctx.opt("search") in ("amc", "ppo"):  # learned policies score candidates on real data
+            rl_options = {"model": loaded_model(ctx).model, "val_data": dataset(ctx, "eval"), "calib_data": dataset(ctx, "train"), "seed": ctx.opt("seed")}
+        result = search(
+            g, scores, lm, method=ctx.opt("search"), speedup=ctx.opt("speedup"), latency_ms=ctx.opt("latency_ms"),
+            round_to=ctx.plan.round_to, min_keep_ratio=ctx.opt("min_keep_ratio"), rl_options=rl_options, ui=ctx.ui,
+        )
     result.print_plan(ctx.ui)
     plan_path, scores_path = ctx.path("width_plan.json"), ctx.path("scores.npz")
     from hadmc_deploy.fileio import atomic_path, write_text_atomic
