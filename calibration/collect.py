@@ -107,10 +107,16 @@ def collect_ranges(
         session = ort.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
     output_names = [o.name for o in session.get_outputs()]
     observers = {name: make_observer(method, percentile) for name in names}
-    batch_size = 1
+    # A model exported with a fixed batch takes only batches of exactly that size.
+    static_batch = session.get_inputs()[0].shape[0]
+    static_batch = static_batch if isinstance(static_batch, int) and static_batch > 0 else None
+    if static_batch is not None and len(subset) < static_batch:
+        raise DataError(f"the model takes a fixed batch of {static_batch}, more than the {len(subset)} calibration samples", hint=f"pass at least {static_batch} samples")
+    batch_size = static_batch or 1
+    limit = len(subset) - len(subset) % static_batch if static_batch else len(subset)
     done = 0
-    with ui.progress(f"calibrate ({method})", len(subset)) as task:
-        while done < len(subset):
+    with ui.progress(f"calibrate ({method})", limit) as task:
+        while done < limit:
             xb = subset.x[done : done + batch_size]
             outputs = session.run(output_names, {input_name: xb})
             by_name = dict(zip(output_names, outputs, strict=True))
@@ -123,7 +129,7 @@ def collect_ranges(
                         hint="check the model weights and the data's preprocessing",
                     )
                 observers[name].observe(value)
-            if done == 0:  # size later batches from what one sample's activations weigh
+            if done == 0 and static_batch is None:  # size later batches from what one sample's activations weigh
                 per_sample = sum(o.nbytes for o in outputs) / len(xb)
                 batch_size = int(max(1, min(64, _BATCH_BYTES // max(per_sample, 1))))
             done += len(xb)

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--retrain", action="store_true", help="train again even if a cached checkpoint matches")
     parser.add_argument("--target", default="cpu", help="target to build for (default cpu)")
-    parser.add_argument("--speedup", type=float, default=1.5, help="latency speedup the pruning aims for at batch 32, INT8 comes on top (default 1.5)")
+    parser.add_argument("--speedup", type=float, default=1.3, help="latency speedup the pruning aims for at batch 32, INT8 comes on top (default 1.3)")
     parser.add_argument("--no-build", action="store_true", help="only train and cache the checkpoint")
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,30 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-correction", action="store_true", help="skip timing the whole model to fit the correction")
     parser.add_argument("--force", action="store_true", help="extend a table measured on another device or backend version anyway")
-
-
-def _fit_correction(loaded, graph, shape, table, out: Path, backend, align: int, ui: UI) -> dict[str, Any]:  # noqa: ANN001
-    from hadmc_deploy.latency.lut import Correction
-    from hadmc_deploy.latency.predictor import LutLatencyModel, fit_correction
-    from hadmc_deploy.latency.whole_model import time_plans
-
-    plans = {}
-    for ratio in (1.0, 0.75, 0.5):
-        plans[f"uniform{int(ratio * 100)}"] = {
-            g.id: min(g.width, max(g.min_width, align, round(g.width * ratio / align) * align)) for g in graph.prunable_groups
-        }
-    with tempfile.TemporaryDirectory(prefix="hadmc-lut-") as tmp:
-        timed = time_plans(loaded.model, graph, plans, shape, backend, workdir=Path(tmp), rounds=3, exporter="fast", clock=table.meta.method.get("clock", "wall"), ui=ui)
-    table.correction = None
-    raw = LutLatencyModel(table, source=str(out))
-    precision, batch = table.meta.precision, table.meta.batch
-    sums = [sum(raw.predict([replace(s, precision=precision, batch=batch) for s in graph.layer_specs(t.widths)]).per_layer_ms) for t in timed]
-    stat = table.statistic
-    scale, offset = fit_correction(sums, [t.value(stat) for t in timed])
-    table.correction = Correction(scale, offset, [{"plan": t.name, "layer_sum_ms": s, "measured_ms": t.value(stat), "statistic": stat} for t, s in zip(timed, sums, strict=True)])
-    table.save(out)
-    ui.log(f"correction: measured = {scale:.3f} x layer sum {offset:+.3f} ms (fitted on {len(timed)} whole-model timings)")
-    return table.correction.to_dict()
 
 
 def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
@@ -137,13 +111,12 @@ def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
     elif not complete:
         result["correction"] = None
         ui.warn("the table is incomplete: the whole-model correction is fitted once every layer is measured (rerun the command)")
-    elif precision == "int8":
-        result["correction"] = None
-        ui.log("int8 table: no whole-model correction (it needs calibration data to build the INT8 model); predictions are the layer sum")
     elif table.correction is not None and report.measured == 0:
         result["correction"] = table.correction.to_dict()  # cached table, correction already fitted
     else:
-        result["correction"] = _fit_correction(loaded, graph, shape, table, out, backend, align, ui)
+        from hadmc_deploy.latency.whole_model import fit_table_correction
+
+        result["correction"] = fit_table_correction(loaded.model, graph, shape, table, out, backend, align, ui)
     ui.out.print(
         f"{out}: {len(table)} entries ({report.measured} measured now, {report.cached} already there"
         f"{', stopped by --budget-minutes' if report.stopped_by_budget else ''}) in {report.seconds:.0f}s"

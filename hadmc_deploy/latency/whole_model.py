@@ -76,12 +76,27 @@ class TimedPlan:
         return {"name": self.name, "widths": self.widths, "median_ms": self.median_ms, "min_ms": self.min_ms, "round_ms": self.round_ms}
 
 
+def _timing_ranges(onnx_path: Path, input_shape: tuple[int, ...]) -> Any:
+    """Activation ranges from random inputs: enough to build an INT8 model whose *speed* is
+    measured (ranges change scales, never the graph), never used for accuracy."""
+    import numpy as np
+
+    from hadmc_deploy.calibration.collect import collect_ranges
+    from hadmc_deploy.calibration.data import ArrayDataset
+
+    n = max(16, input_shape[0])  # timing exports have a fixed batch: one full batch at least
+    x = np.random.default_rng(0).standard_normal((n, *input_shape[1:])).astype(np.float32)
+    data = ArrayDataset(x, np.zeros(n, np.int64), "random normal (INT8 timing only)")
+    return collect_ranges(onnx_path, data, method="minmax", num_samples=n)
+
+
 def time_onnx_interleaved(
     onnx_paths: list[Path],
     backend: Any,
     *,
     batch: int,
     precision: str = "fp32",
+    input_shape: tuple[int, ...] | None = None,
     rounds: int = 5,
     warmup: int = 5,
     runs: int = 20,
@@ -93,7 +108,12 @@ def time_onnx_interleaved(
     with tempfile.TemporaryDirectory(prefix="hadmc-wholemodel-") as tmp:
         artifacts = []
         for i, path in enumerate(ui.track(onnx_paths, "building models")):
-            artifacts.append(backend.build(path, precision, Path(tmp) / f"m{i}"))
+            ranges = None
+            if precision == "int8":
+                if input_shape is None:
+                    raise ValueError("timing INT8 models needs input_shape (for their timing ranges)")
+                ranges = _timing_ranges(path, input_shape)
+            artifacts.append(backend.build(path, precision, Path(tmp) / f"m{i}", ranges=ranges))
         if clock == "cpu":  # single-thread CPU time of the built model (see measure.cpu_time_stats)
             from hadmc_deploy.backends.onnxruntime import make_session, random_feeds
             from hadmc_deploy.latency.measure import cpu_time_stats
@@ -134,6 +154,7 @@ def time_plans(
     make_module: Callable[[nn.Module, DependencyGraph, dict[str, int]], nn.Module] = pruned_module,
     exporter: str = "deploy",
     clock: str = "wall",
+    precision: str = "fp32",
     ui: UI | None = None,
 ) -> list[TimedPlan]:
     """Prune, export, build and time every plan (name -> widths), interleaved."""
@@ -143,5 +164,39 @@ def time_plans(
     torch.set_num_threads(1)  # surgery/export only; ORT sessions keep their own thread count
     for name, widths in ui.track(list(plans.items()), "exporting plans"):
         paths.append(export_for_timing(make_module(model, graph, widths), input_shape, workdir / f"{name}.onnx", exporter=exporter))
-    timed = time_onnx_interleaved(paths, backend, batch=input_shape[0], rounds=rounds, warmup=warmup, runs=runs, clock=clock, ui=ui)
+    timed = time_onnx_interleaved(
+        paths, backend, batch=input_shape[0], precision=precision, input_shape=input_shape, rounds=rounds, warmup=warmup, runs=runs, clock=clock, ui=ui
+    )
     return [TimedPlan(name, widths, med, r, f) for (name, widths), (med, r, f) in zip(plans.items(), timed, strict=True)]
+
+
+def fit_table_correction(model: nn.Module, graph: DependencyGraph, shape: tuple[int, ...], table: Any, out: Path, backend: Any, align: int, ui: UI | None = None) -> dict[str, Any]:
+    """Time the whole model at 100/75/50% uniform width in the table's precision and fit
+    `measured = scale * layer sum + offset` (what per-layer timing cannot see: cross-layer
+    fusion, layout kept between layers, per-run overhead); saves the table."""
+    from dataclasses import replace
+
+    from hadmc_deploy.latency.lut import Correction
+    from hadmc_deploy.latency.predictor import LutLatencyModel, fit_correction
+
+    ui = ui or quiet_ui()
+    plans = {}
+    for ratio in (1.0, 0.75, 0.5):
+        plans[f"uniform{int(ratio * 100)}"] = {
+            g.id: min(g.width, max(g.min_width, align, round(g.width * ratio / align) * align)) for g in graph.prunable_groups
+        }
+    precision, batch = table.meta.precision, table.meta.batch
+    with tempfile.TemporaryDirectory(prefix="hadmc-lut-") as tmp:
+        timed = time_plans(
+            model, graph, plans, shape, backend, workdir=Path(tmp), rounds=3, exporter="fast",
+            clock=table.meta.method.get("clock", "wall"), precision=precision, ui=ui,
+        )
+    table.correction = None
+    raw = LutLatencyModel(table, source=str(out))
+    sums = [sum(raw.predict([replace(s, precision=precision, batch=batch) for s in graph.layer_specs(t.widths)]).per_layer_ms) for t in timed]
+    stat = table.statistic
+    scale, offset = fit_correction(sums, [t.value(stat) for t in timed])
+    table.correction = Correction(scale, offset, [{"plan": t.name, "layer_sum_ms": s, "measured_ms": t.value(stat), "statistic": stat} for t, s in zip(timed, sums, strict=True)])
+    table.save(out)
+    ui.log(f"correction: measured = {scale:.3f} x layer sum {offset:+.3f} ms (fitted on {len(timed)} whole-model timings, {precision})")
+    return table.correction.to_dict()
