@@ -34,6 +34,7 @@ from hadmc_deploy.search.base import (
 )
 from hadmc_deploy.search.greedy import greedy
 from hadmc_deploy.search.knapsack import knapsack, solve_mckp
+from hadmc_deploy.search.moves import fill
 from hadmc_deploy.search.uniform import uniform
 from hadmc_deploy.ui import UI, quiet_ui
 
@@ -153,6 +154,11 @@ def search(
             )
         check_reachable(problem)
         widths = METHODS[method](problem, ui)
+        if not problem.fits(problem.evaluator.total(widths)) and problem.feasible_start is not None:
+            # the method walked down to the floors, which miss the budget here: grow from the
+            # faster plan check_reachable found instead
+            notes.append(f"{method}: the all-floors plan misses the budget; the plan was grown from the fastest plan found")
+            widths = fill(problem, problem.feasible_start)
     predicted = problem.evaluator.total(widths)
     if not problem.fits(predicted):  # a method bug, never a user problem: say so loudly
         raise BudgetError(f"the {method} search ended at {predicted:.3f} ms over the budget {problem.budget_ms:.3f} ms")

@@ -138,6 +138,7 @@ def knapsack(problem: SearchProblem, ui: UI, *, max_iter: int = 8) -> dict[str, 
                 break
             seen.add(key)
             widths = plan_widths
-    if best is None:  # repair from the floors always fits once check_reachable passed
-        return fill(problem, {**fixed, **{g.id: g.options[0] for g in problem.groups}})
+    if best is None:  # once check_reachable passed, the floors or its feasible start fit
+        start = problem.feasible_start or {**fixed, **{g.id: g.options[0] for g in problem.groups}}
+        return fill(problem, start)
     return {**fixed, **best[1]}
