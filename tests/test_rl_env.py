@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rl_models import StaircaseLatencyTestDouble, chain_graph, random_scores
 
-from hadmc_deploy.errors import BudgetError, UsageError
+from hadmc_deploy.errors import BudgetError, GraphError, UsageError
 from hadmc_deploy.search import search
 from hadmc_deploy.search.rl import CompressionEnv, ImportanceProxyReward, rl_search, run_rl_search
 from hadmc_deploy.search.rl.ddpg import DDPGConfig
@@ -46,7 +46,11 @@ def _env(widths=(16, 32, 32, 64), speedup=2.0, precisions=(), round_to=8, bumps=
 )
 def test_random_actions_always_meet_the_budget(widths, speedup, round_to, joint, actions) -> None:
     """Property: whatever the agent asks, the finished plan is predicted within the budget (or reset refuses)."""
-    env = _env(tuple(widths), speedup, ("fp32", "int8") if joint else (), round_to)
+    try:
+        env = _env(tuple(widths), speedup, ("fp32", "int8") if joint else (), round_to)
+    except GraphError:  # nothing to decide: every group is already at its only aligned width
+        assert max(widths) <= max(round_to, 8)
+        return
     try:
         env.reset()
     except BudgetError:
