@@ -338,9 +338,9 @@ class OnnxRuntimeBackend(Backend):
 
     def _measure_layer(self, spec: LayerSpec, warmup: int, runs: int) -> LatencyStats:
         try:
-            from hadmc_deploy.latency.layer_onnx import layer_model
+            from hadmc_deploy.layer_onnx import layer_model
         except ImportError as exc:
-            raise NotImplementedYetError("per-layer timing needs hadmc_deploy.latency.layer_onnx, which is not built yet") from exc
+            raise NotImplementedYetError("per-layer timing needs hadmc_deploy.layer_onnx, which is not built yet") from exc
         if spec.precision == "fp16":
             raise UsageError("the ONNX Runtime CPU backend has no fast fp16 kernels to measure", hint="measure fp32 or int8 layers")
         int8_form = cpu_profile().int8_form if spec.precision == "int8" else None

@@ -264,7 +264,7 @@ class TensorRTBackend(Backend):
         """Build an engine of one layer (`layer_model`, QDQ form for INT8) at its batch and time it."""
         import onnx
 
-        from hadmc_deploy.latency.layer_onnx import layer_model
+        from hadmc_deploy.layer_onnx import layer_model
 
         model = layer_model(spec, int8_form="qdq_s8s8" if spec.precision == "int8" else None)
         with tempfile.TemporaryDirectory(prefix="hadmc-trt-layer-") as tmp:

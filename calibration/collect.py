@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from hadmc_deploy.calibration.data import ArrayDataset
 from hadmc_deploy.calibration.observers import DEFAULT_PERCENTILE, make_observer
 from hadmc_deploy.calibration.ranges import ActivationRanges, TensorRange
+from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import DataError
 from hadmc_deploy.fileio import sha256_file
 from hadmc_deploy.ui import UI, quiet_ui

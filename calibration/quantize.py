@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hadmc_deploy.calibration.collect import calibration_subset
-from hadmc_deploy.calibration.data import ArrayDataset
 from hadmc_deploy.calibration.qdq import DEFAULT_PLACEMENT, write_qdq
 from hadmc_deploy.calibration.ranges import ActivationRanges, load_or_collect
 from hadmc_deploy.calibration.verify_qdq import QdqCheck, verify_qdq
+from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.ui import UI, quiet_ui
 
 SCALES_FILE = "scales.json"

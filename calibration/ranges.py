@@ -20,7 +20,7 @@ from hadmc_deploy.errors import DataError
 from hadmc_deploy.fileio import sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
-    from hadmc_deploy.calibration.data import ArrayDataset
+    from hadmc_deploy.data import ArrayDataset
     from hadmc_deploy.ui import UI
 
 FORMAT = "hadmc-scales/1"

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from hadmc_deploy.calibration.data import ArrayDataset
 from hadmc_deploy.calibration.qdq import WEIGHTED_OPS, write_qdq
 from hadmc_deploy.calibration.ranges import ActivationRanges
 from hadmc_deploy.calibration.verify_qdq import ort_session, run_batches
+from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import UsageError
 from hadmc_deploy.ui import UI, quiet_ui
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hadmc_deploy.calibration.data import ArrayDataset
+from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.ui import UI, quiet_ui
 
 EVAL_BATCH = 256

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from hadmc_deploy import __version__
-from hadmc_deploy.calibration.data import check_source_exists
 from hadmc_deploy.config import OPTIONS
+from hadmc_deploy.data import check_source_exists
 from hadmc_deploy.errors import UsageError
 from hadmc_deploy.fileio import sha256_file, write_json_atomic
 from hadmc_deploy.targets import TargetProfile

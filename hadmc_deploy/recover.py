@@ -41,7 +41,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from hadmc_deploy.calibration.data import ArrayDataset
+from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.distributed import epoch_order, init_distributed, sync_buffers
 from hadmc_deploy.errors import TrainingDivergedError, UsageError
 from hadmc_deploy.fileio import atomic_path

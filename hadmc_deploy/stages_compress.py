@@ -34,7 +34,7 @@ def dataset(ctx: BuildContext, kind: str) -> Any:
     """The train / calib / eval data set, preprocessed to the model's input (None if not given)."""
 
     def make() -> Any:
-        from hadmc_deploy.calibration.data import Preprocess, check_matches_model, load_data
+        from hadmc_deploy.data import Preprocess, check_matches_model, load_data
 
         source = ctx.plan.data_sources()[kind]
         if not source:
@@ -343,7 +343,7 @@ def _recover(ctx: BuildContext) -> StageResult:
     if train is not None:
         n_val = min(2000, max(1, len(train) // 10))
         order = np.random.default_rng(ctx.opt("seed")).permutation(len(train))
-        from hadmc_deploy.calibration.data import ArrayDataset
+        from hadmc_deploy.data import ArrayDataset
 
         val_idx, tr_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
         tr = ArrayDataset(train.x[tr_idx], train.y[tr_idx], f"{train.source}[train split]", train.preprocess)

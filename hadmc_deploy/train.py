@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hadmc_deploy.calibration.data import ArrayDataset
+from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import TrainingDivergedError
 from hadmc_deploy.ui import UI, quiet_ui
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hadmc_deploy.calibration.data import ArrayDataset, load_data
+from hadmc_deploy.data import ArrayDataset, load_data
 from hadmc_deploy.train import train_classifier
 
 

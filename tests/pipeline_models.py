@@ -25,7 +25,7 @@ def tiny_cnn(num_classes: int = 10, width: int = 48) -> nn.Module:
 
 def train_tiny(path: Path, *, seed: int = 0, epochs: int = 4) -> Path:
     """Train the tiny CNN on digits and save {arch, state_dict, input_shape}."""
-    from hadmc_deploy.calibration.data import Preprocess, load_data
+    from hadmc_deploy.data import Preprocess, load_data
     from hadmc_deploy.train import train_classifier
 
     torch.manual_seed(seed)

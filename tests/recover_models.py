@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hadmc_deploy.calibration.data import ArrayDataset, Preprocess, load_data
+from hadmc_deploy.data import ArrayDataset, Preprocess, load_data
 from hadmc_deploy.train import train_classifier
 
 

@@ -185,7 +185,7 @@ def test_prequantized_qdq_model_is_taken_as_is(exported, tmp_path):
 
 def test_int8_build_from_float_onnx_and_ranges(exported, tmp_path):
     from hadmc_deploy.calibration import collect
-    from hadmc_deploy.calibration.data import ArrayDataset
+    from hadmc_deploy.data import ArrayDataset
 
     model, src, _ = exported
     x = np.random.default_rng(0).standard_normal((32, *SHAPE[1:])).astype(np.float32)
@@ -233,10 +233,10 @@ LINEAR = LayerSpec("linear", 32, 10, batch=4)
 
 @pytest.mark.parametrize("spec", [CONV, LINEAR], ids=["conv", "linear"])
 def test_measure_layer_times_the_built_layer(spec, monkeypatch):
-    fake = types.ModuleType("hadmc_deploy.latency.layer_onnx")
+    fake = types.ModuleType("hadmc_deploy.layer_onnx")
     seen = []
     fake.layer_model = lambda s, int8_form=None, opset=18: seen.append((s, int8_form)) or _tiny_layer_model(s, int8_form, opset)
-    monkeypatch.setitem(sys.modules, "hadmc_deploy.latency.layer_onnx", fake)
+    monkeypatch.setitem(sys.modules, "hadmc_deploy.layer_onnx", fake)
     stats = get("onnxruntime").measure_layer(spec, warmup=1, runs=4)
     assert seen == [(spec, None)]
     assert stats.runs == 4 and stats.batch == spec.batch and stats.p50_ms > 0

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from hadmc_deploy.calibration.collect import collect_ranges
-from hadmc_deploy.calibration.data import ArrayDataset
+from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import DataError
 
 

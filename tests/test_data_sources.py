@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from hadmc_deploy.calibration.data import Preprocess, check_matches_model, load_data, read_idx
+from hadmc_deploy.data import Preprocess, check_matches_model, load_data, read_idx
 from hadmc_deploy.errors import DataError
 
 
@@ -117,7 +117,7 @@ def test_channel_mismatch_vs_model(tmp_path):
 
 
 def test_check_source_exists_without_reading(tmp_path, idx_dir):
-    from hadmc_deploy.calibration.data import check_source_exists
+    from hadmc_deploy.data import check_source_exists
 
     check_source_exists("builtin:fashion-mnist:train")
     check_source_exists(f"{idx_dir}:train")

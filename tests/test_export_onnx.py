@@ -13,7 +13,7 @@ from export_models import DataDependentBranch, TinyConvBN, conv_bn_onnx
 
 from hadmc_deploy import export as export_mod
 from hadmc_deploy import onnx_passes
-from hadmc_deploy.calibration.data import FASHION_MNIST_DIR, Preprocess, load_data
+from hadmc_deploy.data import FASHION_MNIST_DIR, Preprocess, load_data
 from hadmc_deploy.errors import DataError, ExportError, UsageError, VerificationError
 from hadmc_deploy.export import EXPORT_RECORD_KEY, export_onnx, verify_file
 from hadmc_deploy.models.demo import demo_cnn

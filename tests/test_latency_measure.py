@@ -9,7 +9,6 @@ import pytest
 from latency_models import tiny_graph
 
 from hadmc_deploy.errors import LatencyModelError
-from hadmc_deploy.latency.layer_onnx import OP_BUILDERS, example_inputs, layer_model
 from hadmc_deploy.latency.lut import read_table
 from hadmc_deploy.latency.measure import (
     backend_timer,
@@ -19,6 +18,7 @@ from hadmc_deploy.latency.measure import (
     open_table,
     specs_for_graph,
 )
+from hadmc_deploy.layer_onnx import OP_BUILDERS, example_inputs, layer_model
 from hadmc_deploy.specs import LayerSpec
 from hadmc_deploy.targets import get_target
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from hadmc_deploy.calibration.data import ArrayDataset
+from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.graph.trace import trace
 from hadmc_deploy.importance import score_groups
 from hadmc_deploy.latency import AnalyticLatencyModel

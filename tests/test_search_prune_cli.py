@@ -48,7 +48,7 @@ def test_search_on_a_traced_resnet_gives_a_plan_surgery_applies(method: str) -> 
 
 
 def test_prune_cli_speedup_end_to_end(tmp_path, capsys) -> None:
-    from hadmc_deploy.calibration.data import load_data
+    from hadmc_deploy.data import load_data
     from hadmc_deploy.train import train_classifier
 
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hadmc_deploy.calibration.data import ArrayDataset
+from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import GraphError, UsageError
 from hadmc_deploy.graph.align import uniform_plan_keep
 from hadmc_deploy.graph.trace import trace

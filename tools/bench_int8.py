@@ -25,9 +25,9 @@ import onnx
 import torch
 
 from hadmc_deploy.calibration.collect import collect_ranges
-from hadmc_deploy.calibration.data import ArrayDataset, load_data
 from hadmc_deploy.calibration.qdq import write_qdq
 from hadmc_deploy.calibration.verify_qdq import compare_outputs, ort_session, run_batches
+from hadmc_deploy.data import ArrayDataset, load_data
 from hadmc_deploy.export import export_onnx
 from hadmc_deploy.fileio import write_json_atomic, write_text_atomic
 from hadmc_deploy.targets import cpu_model_name, detect_cpu_isa

@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hadmc_deploy.calibration.data import Preprocess, load_data  # noqa: E402
+from hadmc_deploy.data import Preprocess, load_data  # noqa: E402
 from hadmc_deploy.fileio import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from hadmc_deploy.models.resnet import cifar_resnet  # noqa: E402
 from hadmc_deploy.train import train_classifier  # noqa: E402

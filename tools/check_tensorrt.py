@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load_inputs(shape: tuple[int, int, int], n: int) -> tuple[Any, str]:
     """Fashion-MNIST test images at the model's shape, or random normal data where it is missing."""
-    from hadmc_deploy.calibration.data import ArrayDataset, Preprocess, load_data
+    from hadmc_deploy.data import ArrayDataset, Preprocess, load_data
     from hadmc_deploy.errors import DataError
 
     c, h, w = shape

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hadmc_deploy.calibration.data import ArrayDataset, load_data
+from hadmc_deploy.data import ArrayDataset, load_data
 from hadmc_deploy.fileio import atomic_path, write_json_atomic, write_text_atomic
 from hadmc_deploy.graph.trace import trace
 from hadmc_deploy.importance import score_groups

@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def two_class_npz(out: Path, split: str, n: int, seed: int = 0) -> Path:
     """A Fashion-MNIST subset with labels 0/1, as an .npz the pipeline's data loader reads."""
-    from hadmc_deploy.calibration.data import FASHION_MNIST_DIR, Preprocess, load_data
+    from hadmc_deploy.data import FASHION_MNIST_DIR, Preprocess, load_data
 
     if not FASHION_MNIST_DIR.is_dir():
         sys.exit(f"Fashion-MNIST not found at {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)")
@@ -73,7 +73,7 @@ def two_class_npz(out: Path, split: str, n: int, seed: int = 0) -> Path:
 
 
 def train_seed_cnn(out: Path, train_npz: Path, eval_npz: Path, log: list[str]) -> Path:
-    from hadmc_deploy.calibration.data import Preprocess, load_data
+    from hadmc_deploy.data import Preprocess, load_data
     from hadmc_deploy.models.seed_cnn import SEED_CNN_ARCH, SEED_CNN_INPUT_SHAPE, SEED_CNN_PARAMS, seed_cnn
     from hadmc_deploy.train import evaluate_accuracy, train_classifier
     from hadmc_deploy.ui import UI

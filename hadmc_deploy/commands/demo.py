@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from hadmc_deploy.calibration.data import FASHION_MNIST_DIR, Preprocess, load_data
+from hadmc_deploy.data import FASHION_MNIST_DIR, Preprocess, load_data
 from hadmc_deploy.fileio import atomic_path, sha256_bytes, write_json_atomic
 from hadmc_deploy.models.demo import DEMO_ARCH, DEMO_INPUT_SHAPE, demo_cnn
 from hadmc_deploy.train import evaluate_accuracy, train_classifier

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
     if int8_calibrator:
         options["calib_cache"] = calib_cache
         if args.calib:
-            from hadmc_deploy.calibration.data import Preprocess, load_data
+            from hadmc_deploy.data import Preprocess, load_data
 
             options["calib_data"] = load_data(args.calib, Preprocess(), limit=args.calib_samples)
     artifact = backend.build(onnx_path, precision, Path(args.output), options=options)

@@ -50,7 +50,7 @@ def _verify_source(args: argparse.Namespace, loaded: Any) -> str | None:
 
 
 def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
-    from hadmc_deploy.calibration.data import Preprocess, load_data
+    from hadmc_deploy.data import Preprocess, load_data
     from hadmc_deploy.export import export_onnx
 
     if args.verify_samples < 1:

@@ -142,7 +142,7 @@ def prune_by_ratio(args: argparse.Namespace, ui: UI, loaded: Any, shape: tuple[i
     round_to = _round_to(args)
     data = None
     if args.importance in ("taylor", "gradient"):
-        from hadmc_deploy.calibration.data import Preprocess, check_matches_model, load_data
+        from hadmc_deploy.data import Preprocess, check_matches_model, load_data
 
         data = load_data(args.data, Preprocess(resize=(shape[2], shape[3]), channels=shape[1]), limit=args.batches * 32)
         check_matches_model(data, shape)

@@ -85,7 +85,7 @@ def _opt(args: argparse.Namespace, name: str) -> Any:
 
 
 def run(args: argparse.Namespace, ui: UI, loaded: LoadedModel, input_shape: tuple[int, ...], graph: DependencyGraph) -> dict[str, Any]:
-    from hadmc_deploy.calibration.data import Preprocess, check_matches_model, load_data
+    from hadmc_deploy.data import Preprocess, check_matches_model, load_data
     from hadmc_deploy.distributed import launched_distributed
     from hadmc_deploy.importance import score_groups
     from hadmc_deploy.latency import load_latency_model

@@ -293,7 +293,7 @@ def cpu_time_stats(session: Any, feeds: dict[str, Any], warmup: int, runs: int, 
 def cpu_time_timer(warmup: int, runs: int, int8_form: str | None = None) -> Timer:
     """Time specs as single-thread CPU time in ONNX Runtime with the deployment session options."""
     from hadmc_deploy.backends.onnxruntime import make_session
-    from hadmc_deploy.latency.layer_onnx import example_inputs, layer_model
+    from hadmc_deploy.layer_onnx import example_inputs, layer_model
 
     def timer(spec: LayerSpec) -> Any:
         model = layer_model(spec, int8_form=int8_form if spec.precision == "int8" else None)

@@ -82,7 +82,7 @@ def _timing_ranges(onnx_path: Path, input_shape: tuple[int, ...]) -> Any:
     import numpy as np
 
     from hadmc_deploy.calibration.collect import collect_ranges
-    from hadmc_deploy.calibration.data import ArrayDataset
+    from hadmc_deploy.data import ArrayDataset
 
     n = max(16, input_shape[0])  # timing exports have a fixed batch: one full batch at least
     x = np.random.default_rng(0).standard_normal((n, *input_shape[1:])).astype(np.float32)

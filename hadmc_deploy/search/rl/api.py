@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from hadmc_deploy.calibration.data import ArrayDataset
+from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import UsageError
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.search import DEFAULT_MIN_KEEP_RATIO, GroupChange, SearchResult, build_problem, search

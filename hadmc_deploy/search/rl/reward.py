@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hadmc_deploy.calibration.data import ArrayDataset
+from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.graph.types import DependencyGraph, WidthPlan
 from hadmc_deploy.recover import recalibrate_bn
 from hadmc_deploy.surgery import apply as surgery_apply
