@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 from hadmc_deploy import __version__
-from hadmc_deploy.errors import ArtifactError, NotImplementedYetError, UsageError, VerificationError
+from hadmc_deploy.errors import ArtifactError, UsageError, VerificationError
 from hadmc_deploy.fileio import sha256_file, write_json_atomic, write_text_atomic
 from hadmc_deploy.onnx_passes import io_shapes
 from hadmc_deploy.specs import LayerSpec
@@ -337,10 +337,8 @@ class OnnxRuntimeBackend(Backend):
         return time_session(session, random_feeds(session, batch=batch), warmup, runs, batch)
 
     def _measure_layer(self, spec: LayerSpec, warmup: int, runs: int) -> LatencyStats:
-        try:
-            from hadmc_deploy.layer_onnx import layer_model
-        except ImportError as exc:
-            raise NotImplementedYetError("per-layer timing needs hadmc_deploy.layer_onnx, which is not built yet") from exc
+        from hadmc_deploy.layer_onnx import layer_model
+
         if spec.precision == "fp16":
             raise UsageError("the ONNX Runtime CPU backend has no fast fp16 kernels to measure", hint="measure fp32 or int8 layers")
         int8_form = cpu_profile().int8_form if spec.precision == "int8" else None

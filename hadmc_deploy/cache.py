@@ -12,9 +12,12 @@ Manifests are small JSON files in `<build>/manifests/<stage>.json`.
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import time
 from dataclasses import dataclass, field
@@ -41,24 +44,76 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def code_hash(modules: tuple[str, ...] | list[str]) -> str:
-    """Hash of the source files of the modules that implement a stage.
+PACKAGE = "hadmc_deploy"
 
-    Why: a stage's output depends on its code as much as on its data; keying on
-    the package version alone would serve stale outputs during development.
+
+def code_hash(modules: tuple[str, ...] | list[str]) -> str:
+    """Hash of the source of `modules` and of every project module they import, transitively.
+
+    Why the closure: a stage's output depends on all the code it runs. Keying on the few
+    modules a stage names served a plan computed by old code after `search/knapsack.py`
+    changed. The closure follows `import` statements anywhere in a module (functions
+    included), within this package only; library versions are keyed separately.
     """
     digest = hashlib.sha256()
-    for name in sorted(modules):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            digest.update(f"{name}:absent".encode())
-            continue
-        path = getattr(module, "__file__", None)
-        digest.update(name.encode())
-        if path and Path(path).is_file():
-            digest.update(Path(path).read_bytes())
+    for path in sorted(import_closure(tuple(modules))):
+        digest.update(path.encode())
+        digest.update(Path(path).read_bytes())
     return digest.hexdigest()
+
+
+def import_closure(modules: tuple[str, ...]) -> set[str]:
+    """Source files of `modules` and of the project modules they import (transitively)."""
+    seen: set[str] = set()
+    files: set[str] = set()
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _module_file(name)
+        if path is None:
+            continue
+        files.add(path)
+        todo.extend(_project_imports(name, path))
+    return files
+
+
+@functools.cache
+def _module_file(name: str) -> str | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None) if spec else None
+    return origin if origin and origin.endswith(".py") and Path(origin).is_file() else None
+
+
+def _project_imports(name: str, path: str) -> list[str]:
+    """Project modules named by the import statements of one source file."""
+    tree = ast.parse(Path(path).read_text(), filename=path)
+    package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            found.append(mod)
+            # `from pkg import submodule` imports a module, not a name
+            found += [f"{mod}.{alias.name}" for alias in node.names]
+    out = []
+    for mod in found:
+        if mod == PACKAGE or mod.startswith(PACKAGE + "."):
+            # a parent package's __init__ runs too
+            parts = mod.split(".")
+            out += [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return out
 
 
 def hash_json(obj: Any) -> str:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 
 from hadmc_deploy import __version__
-from hadmc_deploy.errors import HadmcError
+from hadmc_deploy.errors import HadmcError, UsageError
 from hadmc_deploy.ui import UI
 
 #: subcommand name -> module under hadmc_deploy.commands (a registry, not an if-chain).
@@ -84,6 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: exit code of a file-system failure (sysexits' EX_IOERR).
+OS_ERROR_EXIT = 74
+
+
+def check_output_location(path: str, flag: str) -> None:
+    """Fail before any work when an output path can never be written: its nearest existing
+    ancestor must be a writable folder (nothing is created here)."""
+    target = Path(path).absolute()
+    ancestor = target.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{flag} {path}: {ancestor} is a file, so the folder cannot be created", hint="choose an output path inside a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: the folder {ancestor} is not writable", hint="choose an output path you can write to")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -95,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Human-readable output goes to stderr so stdout holds only the JSON object.
         ui.out = Console(stderr=True, highlight=False)
     try:
+        for flag, attr in (("-o", "output"), ("--out", "out")):
+            if isinstance(getattr(args, attr, None), str):
+                check_output_location(getattr(args, attr), flag)
         result = args._module.run(args, ui)
     except HadmcError as exc:
         if args.debug:
@@ -106,6 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hadmc-deploy {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the file system refused (disk full, permissions): not a bug of ours
+        if args.debug:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"hadmc-deploy {args.command}: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
+        return OS_ERROR_EXIT
     except Exception as exc:  # an internal bug: one line, and how to see the traceback
         if args.debug:
             raise

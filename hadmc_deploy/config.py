@@ -34,44 +34,58 @@ class Option:
     help: str
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
+    #: the typed section (`hadmc_deploy.options`) the stages read it from.
+    section: str = "output"
 
 
 OPTIONS: tuple[Option, ...] = (
     Option("target", "str", "cpu", "target profile (see `hadmc-deploy targets`)"),
     Option("out", "str", None, "build directory (default build/<model>-<target>/)", metavar="DIR"),
-    Option("speedup", "float", None, "latency budget: predicted latency <= baseline / S", metavar="S"),
-    Option("latency_ms", "float", None, "latency budget in milliseconds at batch 1", metavar="MS"),
-    Option("search", "str", "knapsack", "width search method", choices=("knapsack", "greedy", "uniform", "amc", "ppo")),
-    Option("widths", "str", None, "use this width plan (JSON: {\"keep\": {group: channels}}, e.g. an earlier build's width_plan.json) instead of searching", metavar="PLAN"),
-    Option("importance", "str", "l1", "channel importance criterion", choices=("l1", "l2", "bn", "taylor", "gradient")),
-    Option("round_to", "int", None, "channel multiple (default: the target's for the precision)", metavar="N"),
-    Option("min_keep_ratio", "float", 0.25, "no group keeps fewer than this share of its channels", metavar="R"),
-    Option("ignore", "strs", (), "layers kept intact (repeatable)", metavar="NAME"),
-    Option("lut", "str", None, "latency table (JSON) measured on the target", metavar="LUT"),
-    Option("measure_lut", "bool", False, "measure a latency table for this model on this machine's backend first"),
-    Option("lut_minutes", "float", 10.0, "time budget for --measure-lut (an unfinished table resumes on the next build)", metavar="MIN"),
-    Option("train", "str", None, "training data for recovery (e.g. builtin:fashion-mnist:train)", metavar="DATA"),
-    Option("calib", "str", None, "calibration data for INT8 (default: the --train data)", metavar="DATA"),
-    Option("eval", "str", None, "evaluation data for accuracy (e.g. builtin:fashion-mnist:test)", metavar="DATA"),
-    Option("train_limit", "int", None, "use at most N training samples", metavar="N"),
-    Option("calib_samples", "int", 512, "calibration samples", metavar="N"),
-    Option("eval_limit", "int", None, "use at most N evaluation samples", metavar="N"),
-    Option("mean", "floats", None, "input normalisation mean (default: 0.5, ImageNet's for 3 channels)", metavar="M"),
-    Option("std", "floats", None, "input normalisation std", metavar="S"),
-    Option("epochs", "float", 1.0, "recovery epochs (fractions allowed: 0.5 = half an epoch)", metavar="E"),
-    Option("lr", "float", 0.01, "recovery learning rate"),
-    Option("batch_size", "int", 128, "recovery batch size"),
-    Option("distill", "bool", True, "distil from the original model during recovery (--no-distill: plain fine-tune)"),
-    Option("calib_method", "str", "entropy", "activation range method", choices=("entropy", "minmax", "percentile")),
-    Option("precision", "str", None, "artifact precision (default: the target's)", choices=("int8", "fp16", "fp32")),
-    Option("max_accuracy_drop", "float", None, "fail if the final artifact loses more than P points (and keep sensitive layers in float)", metavar="P"),
-    Option("allow_accuracy_drop", "bool", False, "report but do not fail when --max-accuracy-drop is exceeded"),
-    Option("batch", "ints", None, "benchmark batch sizes (default: the target's)", metavar="N"),
-    Option("runs", "int", 50, "timed runs per benchmark"),
-    Option("warmup", "int", 10, "warm-up runs per benchmark"),
+    Option("speedup", "float", None, "latency budget: predicted latency <= baseline / S", metavar="S", section="search"),
+    Option("latency_ms", "float", None, "latency budget in milliseconds at batch 1", metavar="MS", section="search"),
+    Option("search", "str", "knapsack", "width search method", choices=("knapsack", "greedy", "uniform", "amc", "ppo"), section="search"),
+    Option("widths", "str", None, "use this width plan (JSON: {\"keep\": {group: channels}}, e.g. an earlier build's width_plan.json) instead of searching", metavar="PLAN", section="search"),
+    Option("ratio", "float", None, "prune by ratio instead of latency: remove this share of every prunable group's channels", metavar="R", section="search"),
+    Option("macs_ratio", "float", None, "prune by MACs instead of latency: remove this share of the MACs (uniform ratio by bisection)", metavar="R", section="search"),
+    Option("importance", "str", "l1", "channel importance criterion", choices=("l1", "l2", "bn", "taylor", "gradient"), section="search"),
+    Option("round_to", "int", None, "channel multiple (default: the target's for the precision)", metavar="N", section="search"),
+    Option("min_keep_ratio", "float", 0.25, "no group keeps fewer than this share of its channels", metavar="R", section="search"),
+    Option("data", "str", None, "data for taylor/gradient importance (default: the --train data)", metavar="DATA", section="search"),
+    Option("importance_samples", "int", 512, "samples of the importance data that taylor/gradient scoring uses", metavar="N", section="search"),
+    Option("episodes", "int", 60, "episodes for --search amc/ppo (fewer than 16/12 fall back to the knapsack)", metavar="N", section="search"),
+    Option("joint_precision", "bool", False, "--search ppo also chooses int8 or float per layer (the quantization agent)", section="search"),
+    Option("budget_rounds", "int", 3, "search -> build -> measure rounds to meet a latency budget (each miss corrects the latency model)", metavar="N", section="search"),
+    Option("ignore", "strs", (), "layers kept intact (repeatable)", metavar="NAME", section="search"),
+    Option("lut", "str", None, "latency table (JSON) measured on the target", metavar="LUT", section="latency"),
+    Option("measure_lut", "bool", False, "measure a latency table for this model on this machine's backend first", section="latency"),
+    Option("lut_minutes", "float", 10.0, "time budget for --measure-lut (an unfinished table resumes on the next build)", metavar="MIN", section="latency"),
+    Option("train", "str", None, "training data for recovery (e.g. builtin:fashion-mnist:train)", metavar="DATA", section="data"),
+    Option("calib", "str", None, "calibration data for INT8 (default: the --train data)", metavar="DATA", section="data"),
+    Option("eval", "str", None, "evaluation data for accuracy (e.g. builtin:fashion-mnist:test)", metavar="DATA", section="data"),
+    Option("train_limit", "int", None, "use at most N training samples", metavar="N", section="data"),
+    Option("calib_samples", "int", 512, "calibration samples", metavar="N", section="data"),
+    Option("eval_limit", "int", None, "use at most N evaluation samples", metavar="N", section="data"),
+    Option("mean", "floats", None, "input normalisation mean (default: 0.5, ImageNet's for 3 channels)", metavar="M", section="data"),
+    Option("std", "floats", None, "input normalisation std", metavar="S", section="data"),
+    Option("epochs", "float", 1.0, "recovery epochs (fractions allowed: 0.5 = half an epoch)", metavar="E", section="recovery"),
+    Option("lr", "float", 0.01, "recovery learning rate", section="recovery"),
+    Option("batch_size", "int", 128, "recovery batch size", section="recovery"),
+    Option("distill", "bool", True, "distil from the original model during recovery (--no-distill: plain fine-tune)", section="recovery"),
+    Option("kd_temperature", "float", 4.0, "distillation temperature", metavar="T", section="recovery"),
+    Option("kd_alpha", "float", 0.7, "weight of the distillation term vs the labels", metavar="A", section="recovery"),
+    Option("feature_weight", "float", 1.0, "weight of feature alignment (0: logits only)", metavar="W", section="recovery"),
+    Option("feature_layers", "strs", (), "module names to align (default: the last 3 main blocks; repeatable)", metavar="NAME", section="recovery"),
+    Option("calib_method", "str", "entropy", "activation range method", choices=("entropy", "minmax", "percentile"), section="quantization"),
+    Option("precision", "str", None, "artifact precision (default: the target's)", choices=("int8", "fp16", "fp32"), section="quantization"),
+    Option("max_accuracy_drop", "float", None, "accuracy guard: points the deployed artifact may lose (default 1.0 with --eval); INT8 is repaired (range method per tensor, sensitive layers in float) before it fails", metavar="P", section="quantization"),
+    Option("allow_accuracy_drop", "bool", False, "report but do not fail when the accuracy guard is exceeded (the guard then does not restrict what deploys)", section="quantization"),
+    Option("batch", "ints", None, "benchmark batch sizes (default: the target's)", metavar="N", section="benchmark"),
+    Option("runs", "int", 50, "timed runs per benchmark", section="benchmark"),
+    Option("warmup", "int", 10, "warm-up runs per benchmark", section="benchmark"),
+    Option("timing_rounds", "int", 5, "interleaved timing rounds when two models are timed side by side", section="benchmark"),
     Option("fallback", "str", None, "when the target's backend is unavailable, also build for this one", choices=("cpu",)),
     Option("triton_repo", "str", None, "also lay out a Triton model repository here", metavar="DIR"),
-    Option("seed", "int", 0, "random seed for data subsets and recovery"),
+    Option("seed", "int", 0, "random seed for data subsets and recovery", section="data"),
     Option("cache", "bool", True, "reuse stage outputs whose inputs are unchanged (--no-cache: rerun every stage)"),
 )
 
@@ -94,9 +108,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["help"] = opt.help + default_text
             kwargs["type"] = {"int": int, "float": float, "ints": int, "floats": float}.get(opt.kind, str)
             if opt.kind in ("ints", "floats", "strs"):
-                kwargs["nargs"] = "+" if opt.name != "ignore" else None
-                if opt.name == "ignore":
-                    kwargs["action"] = "append"
+                kwargs["nargs"] = "+"
+                if opt.kind == "strs":  # repeatable and multi-valued: --ignore a b --ignore c
+                    kwargs["action"] = "extend"
             if opt.choices:
                 kwargs["choices"] = opt.choices
             if opt.metavar:
@@ -178,7 +192,7 @@ def merge_options(cli: dict[str, Any], config: dict[str, Any] | None = None) -> 
         if config.get(opt.name) is not None:
             value = config[opt.name]
         cli_value = cli.get(opt.name)
-        if cli_value is not None and not (opt.name == "ignore" and not cli_value):
+        if cli_value is not None and not (opt.kind == "strs" and not cli_value):
             value = tuple(cli_value) if isinstance(cli_value, list) else cli_value
         merged[opt.name] = value
     return merged

@@ -56,6 +56,10 @@ class Preprocess:
         return {"resize": self.resize, "mean": self.mean, "std": self.std, "channels": self.channels}
 
 
+#: the label of an image that has none (calibration-only data).
+UNLABELLED = -1
+
+
 @dataclass
 class ArrayDataset:
     """Preprocessed images `x` (float32 N,C,H,W) and labels `y` (int64 N,), with where they came from."""
@@ -71,6 +75,10 @@ class ArrayDataset:
     @property
     def num_classes(self) -> int:
         return int(self.y.max()) + 1 if len(self.y) else 0
+
+    @property
+    def labelled(self) -> bool:
+        return bool(len(self.y)) and bool((self.y != UNLABELLED).all())
 
     def sha256(self) -> str:
         """A hash of the preprocessed data, to key caches (calibration ranges, builds)."""
@@ -165,9 +173,11 @@ def _idx_dir(directory: Path, split: str | None) -> tuple[np.ndarray, np.ndarray
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
-            if "x" not in data or "y" not in data:
-                raise DataError(f"{path} must hold arrays 'x' and 'y' (it has {', '.join(data.files) or 'none'})")
-            x, y = data["x"], data["y"]
+            if "x" not in data:
+                raise DataError(f"{path} must hold arrays 'x' and 'y' (images and labels; 'y' may be left out for calibration-only data); it has {', '.join(data.files) or 'none'}")
+            x = data["x"]
+            # No 'y': unlabelled images, enough for calibration; training and evaluation refuse them.
+            y = data["y"] if "y" in data else np.full(len(x), UNLABELLED, dtype=np.int64)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
     if x.ndim == 3:
@@ -314,8 +324,12 @@ def load_data(source: str, preprocess: Preprocess | None = None, *, limit: int |
     return ArrayDataset(np.ascontiguousarray(x, dtype=np.float32), y, source, {**preprocess.to_dict(), "mean": mean, "std": std})
 
 
-def check_matches_model(data: ArrayDataset, input_shape: tuple[int, ...], num_classes: int | None = None) -> None:
-    """Fail early, naming the mismatch, when data cannot feed the model."""
+def check_matches_model(data: ArrayDataset, input_shape: tuple[int, ...], num_classes: int | None = None, role: str | None = None) -> None:
+    """Fail early, naming the mismatch, when data cannot feed the model (in `role`: train, calib, eval)."""
+    if role in ("train", "eval") and not data.labelled:
+        flag = "--train" if role == "train" else "--eval"
+        raise DataError(f"{flag} data {data.source} has no labels: {'training' if role == 'train' else 'evaluation'} needs one label per image",
+                        hint="add a 'y' array to the npz (or use class folders / an IDX labels file); unlabelled images can serve as --calib")
     want_c, want_hw = input_shape[1], tuple(input_shape[2:])
     got_c, got_hw = data.x.shape[1], tuple(data.x.shape[2:])
     if got_c != want_c:

@@ -87,9 +87,14 @@ class BackendUnavailableError(HadmcError):
 
 
 class BudgetError(HadmcError):
-    """A latency budget that cannot be met within the width floors."""
+    """A latency budget that cannot be met (predicted within the width floors, or measured)."""
 
     exit_code = 14
+
+    def __init__(self, message: str, *, hint: str | None = None, best_speedup: float | None = None) -> None:
+        super().__init__(message, hint=hint)
+        #: the best speedup reachable (predicted) or reached (measured), for callers that retry.
+        self.best_speedup = best_speedup
 
 
 class AccuracyGuardError(HadmcError):
@@ -107,8 +112,3 @@ class ArtifactError(HadmcError):
 
     exit_code = 17
 
-
-class NotImplementedYetError(HadmcError):
-    """A stage of the pipeline that has not been built yet: never a fake result."""
-
-    exit_code = 64

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import json
 import pickle
+import pickletools
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -129,12 +130,16 @@ def _torch_load(path: Path, weights_only: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if weights_only and ("Weights only load failed" in text or "Unsupported global" in text or "Unsupported class" in text):
+        needs_code = "Weights only load failed" in text or "Unsupported global" in text or "Unsupported class" in text
+        if weights_only and needs_code and _is_well_formed_pickle(path):
             raise UntrustedPickleError(
                 f"{path} is a pickle that needs code to load (for example a whole nn.Module saved with torch.save(model)); "
                 "unpickling it could run arbitrary code",
                 hint="save model.state_dict() and pass --arch module:callable, or pass --trust-model if you trust this file",
             ) from exc
+        if needs_code:  # the unpickler stumbled over bytes that are no pickle at all
+            raise ModelFileCorruptError(f"{path} is not a PyTorch checkpoint: its bytes are neither a torch zip archive nor a pickle (corrupt, or another format)",
+                                        hint="re-save the model with torch.save(model.state_dict(), path)") from exc
         raise ModelFileCorruptError(f"{path} is not a readable PyTorch checkpoint ({_first_line(text)})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, ImportError, IndexError, KeyError, TypeError) as exc:
         # torch.load signals damaged files through many exception types (the weights-only
@@ -143,6 +148,39 @@ def _torch_load(path: Path, weights_only: bool) -> Any:
             f"{path} is truncated or corrupt ({type(exc).__name__}: {_first_line(str(exc))})",
             hint="re-save the checkpoint with torch.save",
         ) from exc
+
+
+def _is_well_formed_pickle(path: Path) -> bool:
+    """Whether the file is a structurally valid torch pickle (zip archive or legacy format).
+
+    Why: the weights-only unpickler reports random bytes the same way as a real pickle that
+    needs code ("unsupported global"); only a structural read tells "corrupt" from "untrusted".
+    pickletools only decodes opcodes, it never runs them.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return False
+                data = archive.read(name)
+        else:
+            data = path.read_bytes()
+        for _ in pickletools.genops(data):
+            pass
+        return True
+    except Exception:  # any decoding failure means the bytes are not a pickle
+        return False
+
+
+def check_finite(model: nn.Module, source: str) -> None:
+    """Refuse weights with NaN or Inf: nothing downstream could produce a meaningful artifact."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ModelFileCorruptError(
+            f"{source} has NaN or Inf values in {len(bad)} tensor(s) ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})",
+            hint="the weights are broken (a diverged training run?): save a checkpoint from before the divergence",
+        )
 
 
 def _first_line(text: str) -> str:
@@ -225,11 +263,14 @@ def load_model(
     obj = _torch_load(path, weights_only=not trust_model)
     if isinstance(obj, nn.Module):
         # Only reachable with --trust-model: weights_only refuses modules.
+        check_finite(obj, str(path))
         return LoadedModel(obj.eval(), "pickle", str(path), arch, arch_kwargs)
     if isinstance(obj, dict) and str(obj.get("format", "")).startswith(PRUNED_FORMAT_PREFIX):
         from hadmc_deploy.pruned_checkpoint import load_pruned
 
-        return load_pruned(obj, str(path))
+        loaded = load_pruned(obj, str(path))
+        check_finite(loaded.model, str(path))
+        return loaded
     state_dict = extract_state_dict(obj)
     if state_dict is None:
         keys = ", ".join(list(obj)[:5]) if isinstance(obj, dict) else type(obj).__name__
@@ -247,5 +288,6 @@ def load_model(
         )
     model = build_arch(arch, arch_kwargs)
     load_state_dict_checked(model, state_dict, str(path))
+    check_finite(model, str(path))
     info = {k: v for k, v in obj.items() if k not in ("state_dict", "model", "model_state_dict", "ema") and isinstance(v, (int, float, str, list, dict))} if isinstance(obj, dict) and obj is not state_dict else {}
     return LoadedModel(model.eval(), "state_dict", str(path), arch, arch_kwargs, info)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,12 @@ from hadmc_deploy.config import OPTIONS
 from hadmc_deploy.data import check_source_exists
 from hadmc_deploy.errors import UsageError
 from hadmc_deploy.fileio import sha256_file, write_json_atomic
+from hadmc_deploy.options import BuildOptions
 from hadmc_deploy.targets import TargetProfile
 
 PLAN_FILE = "plan.json"
+#: points of accuracy the deployed artifact may lose when --eval is given and no guard is set.
+DEFAULT_ACCURACY_GUARD = 1.0
 PLAN_SCHEMA = "hadmc-deploy/build-plan"
 PLAN_SCHEMA_VERSION = 1
 
@@ -42,8 +46,10 @@ class BuildPlan:
     model_sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def opt(self, name: str) -> Any:
-        return self.options[name]
+    @cached_property
+    def settings(self) -> BuildOptions:
+        """The options as typed sections: what the stages read."""
+        return BuildOptions.from_values(self.options)
 
     @property
     def precision(self) -> str:
@@ -60,7 +66,7 @@ class BuildPlan:
 
     @property
     def calib_source(self) -> str | None:
-        return self.options.get("calib") or self.options.get("train")
+        return self.settings.data.calib_source
 
     def data_sources(self) -> dict[str, str | None]:
         return {"train": self.options.get("train"), "calib": self.calib_source, "eval": self.options.get("eval")}
@@ -105,29 +111,45 @@ def make_plan(
     options: dict[str, Any],
     targets_file: str | None = None,
     dry_run: bool = False,
+    deploy: bool = True,
 ) -> BuildPlan:
-    """Validate option combinations once, here, so stages can trust the plan."""
+    """Validate option combinations once, here, so stages can trust the plan.
+
+    `deploy=False` plans the compression stages only (`prune`): no INT8 stage runs, so
+    calibration data is not required."""
     missing = [o.name for o in OPTIONS if o.name not in options]
     if missing:
         raise UsageError(f"internal: options missing from the plan: {', '.join(missing)}")
-    if options["speedup"] is not None and options["latency_ms"] is not None:
-        raise UsageError("--speedup and --latency-ms both given", hint="choose one latency budget")
-    if options["widths"] is not None and (options["speedup"] is not None or options["latency_ms"] is not None):
-        raise UsageError("--widths replaces the search: do not also give --speedup or --latency-ms")
+    budgets = [name for name in ("speedup", "latency_ms", "ratio", "macs_ratio", "widths") if options[name] is not None]
+    if len(budgets) > 1:
+        flags = " and ".join("--" + b.replace("_", "-") for b in budgets)
+        if "widths" in budgets:
+            raise UsageError(f"--widths replaces the search: do not also give {flags.replace('--widths and ', '')}")
+        raise UsageError(f"{flags} both given: give exactly one of --speedup, --latency-ms, --ratio, --macs-ratio, --widths", hint="choose one budget")
+    for name in ("ratio", "macs_ratio"):
+        if options[name] is not None and not 0.0 < options[name] < 1.0:
+            raise UsageError(f"--{name.replace('_', '-')} {options[name]:g} is outside (0, 1)", hint="e.g. 0.3 removes 30%")
+    if options["importance"] in ("taylor", "gradient") and not (options["data"] or options["train"]):
+        raise UsageError(f"--importance {options['importance']} needs --data (or --train) SOURCE to compute gradients", hint="e.g. --data builtin:fashion-mnist:train")
+    if options["round_to"] is not None and options["round_to"] < 1:
+        raise UsageError(f"--round-to {options['round_to']} must be a positive integer")
     if options["widths"] is not None and not Path(options["widths"]).is_file():
         raise UsageError(f"--widths file {options['widths']} does not exist")
-    if options["speedup"] is not None and options["speedup"] < 1.0:
-        raise UsageError(f"--speedup {options['speedup']:g} must be >= 1")
+    if options["speedup"] is not None and options["speedup"] <= 1.0:
+        raise UsageError(f"--speedup {options['speedup']:g} must be greater than 1", hint="e.g. --speedup 1.5")
     if options["latency_ms"] is not None and options["latency_ms"] <= 0:
         raise UsageError(f"--latency-ms {options['latency_ms']:g} must be positive")
     if options["precision"] and options["precision"] not in target.precisions:
         raise UsageError(f"target {target.name} does not offer precision {options['precision']}", hint=f"choose one of {', '.join(target.precisions)}")
     precision = options["precision"] or target.default_precision
-    if precision == "int8" and not (options["calib"] or options["train"]):
+    if deploy and precision == "int8" and not (options["calib"] or options["train"]):
         raise UsageError("INT8 needs calibration data", hint="pass --calib DATA (e.g. builtin:fashion-mnist:train) or --precision fp32")
-    for name in ("train", "calib", "eval"):
+    for name in ("train", "calib", "eval", "data"):
         if options[name]:
             check_source_exists(str(options[name]))
+    options = dict(options)
+    if options["max_accuracy_drop"] is None and options["eval"]:
+        options["max_accuracy_drop"] = DEFAULT_ACCURACY_GUARD  # the guard is on whenever accuracy can be measured
     if options["max_accuracy_drop"] is not None and not options["eval"]:
         raise UsageError("--max-accuracy-drop needs --eval data to measure accuracy on")
     if options["max_accuracy_drop"] is not None and options["max_accuracy_drop"] < 0:

@@ -82,12 +82,33 @@ def _accuracy_story(ctx: Any, variants: list[dict[str, Any]]) -> dict[str, Any]:
     if story["final"] is not None and float_ref is not None and final_name and final_name.endswith(("int8", "fp16")):
         steps["quantization"] = story["final"] - float_ref
     story["change_points"] = steps
-    allowed = ctx.plan.options.get("max_accuracy_drop")
-    if allowed is not None and baseline is not None and story["final"] is not None:
+    q = ctx.plan.settings.quantization
+    if q.max_accuracy_drop is not None and baseline is not None and story["final"] is not None:
         drop = baseline - story["final"]
         parts = [f"{k} {v:+.2f}" for k, v in steps.items() if v is not None]
-        story["guard"] = {"allowed": allowed, "drop": drop, "exceeded": drop > allowed, "where": ", ".join(parts) or "n/a", "allowed_by_flag": bool(ctx.plan.options.get("allow_accuracy_drop"))}
+        story["guard"] = {"allowed": q.max_accuracy_drop, "drop": drop, "exceeded": drop > q.max_accuracy_drop, "where": ", ".join(parts) or "n/a", "allowed_by_flag": q.allow_accuracy_drop}
     return story
+
+
+#: a prediction that misses its measurement by more than this is flagged.
+PREDICTION_TOLERANCE = 0.10
+
+
+def prediction_misses(ctx: Any, variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every prediction that missed what this build measured by more than 10%."""
+    misses = []
+    check = ctx.results.get("latency check", {})
+    if check.get("checked"):
+        pred, meas = check["predicted_speedup"], check["measured_speedup"]
+        if meas and abs(pred / meas - 1) > PREDICTION_TOLERANCE:
+            misses.append({"what": "plan speedup (latency check)", "predicted": pred, "measured": meas, "error": pred / meas - 1})
+    for row in variants:
+        for batch, stats in (row.get("latency") or {}).items():
+            p = (row.get("predicted") or {}).get(batch, {}).get("ms")
+            m = stats.get("p50_ms")
+            if p and m and abs(p / m - 1) > PREDICTION_TOLERANCE:
+                misses.append({"what": f"{row['name']} latency at batch {batch} (ms)", "predicted": p, "measured": m, "error": p / m - 1})
+    return misses
 
 
 def build_report(ctx: Any, partial: bool = False) -> dict[str, Any]:
@@ -122,10 +143,23 @@ def build_report(ctx: Any, partial: bool = False) -> dict[str, Any]:
         "hashes": {"model_sha256": plan.model_sha256, **{f"{v['name']}_onnx_sha256": v.get("onnx_sha256") for v in variants}},
         "plots": {},
         "notes": _notes(variants),
+        "decision": {k: v for k, v in res.get("decide", {}).items() if not k.startswith("_")},
+        "closed_loop": {"rounds": list(ctx.loop.rounds), "latency_check": {k: v for k, v in res.get("latency check", {}).items() if not k.startswith("_")},
+                        "correction": ctx.loop.correction.to_dict() if ctx.loop.correction is not None else None},
+        "prediction_misses": prediction_misses(ctx, variants),
     }
+    report["deploy"] = _deploy_summary(report["decision"])
     if res.get("recover", {}).get("mode") == "bn-recalibration":
         report["recovery"]["statement"] = "no --train data: recovery was BatchNorm statistics recalibration only (no fine-tuning)"
     return report
+
+
+def _deploy_summary(decision: dict[str, Any]) -> dict[str, Any] | None:
+    """The one thing a user needs first: which artifact to deploy, and what it measured."""
+    if not decision.get("deploy"):
+        return None
+    keys = ("deploy", "artifact", "reason", "primary_batch", "speedup_vs_fp32_original", "speedup_vs_original_at_precision", "accuracy_change", "budget")
+    return {("variant" if k == "deploy" else k): decision.get(k) for k in keys}
 
 
 def _notes(variants: list[dict[str, Any]]) -> list[str]:
@@ -181,7 +215,7 @@ def print_summary(ctx: Any, report: dict[str, Any]) -> None:
     for col in ("stage", "status", "s", "detail"):
         stages.add_column(col, overflow="fold")
     for s in report["stages"]:
-        style = {"failed": "red", "not built yet": "red", "stopped": "yellow", "cached": "dim"}.get(s["status"])
+        style = {"failed": "red", "stopped": "yellow", "cached": "dim"}.get(s["status"])
         stages.add_row(s["name"], s["status"], f"{s['seconds']:.1f}", s["detail"][:160], style=style)
     ui.out.print(stages)
     batches = [str(b) for b in ctx.plan.batch_sizes]
@@ -204,6 +238,9 @@ def print_summary(ctx: Any, report: dict[str, Any]) -> None:
     msg = report["backend"].get("fallback_message")
     if msg:
         ui.out.print(f"[yellow]{msg}[/yellow]")
+    from hadmc_deploy.report_md import decision_line
+
+    ui.out.print(decision_line(report).replace("**", "").replace("`", ""))
     ui.out.print(f"report: {ctx.plan.out_dir / 'report.md'} (and report.json, plots/)")
 
 
@@ -211,15 +248,13 @@ def fmt_pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}%"
 
 
-def print_dry_run(ctx: Any) -> dict[str, Any]:
+def print_dry_run(ctx: Any, stage_names: tuple[str, ...]) -> dict[str, Any]:
     """--dry-run: the stages, the predicted latency and speedup, and the layers to be narrowed."""
-    from hadmc_deploy.pipeline import STAGE_NAMES
-
     ui = ctx.ui
     lat = ctx.results.get("latency model", {})
     search = ctx.results.get("search", {})
     ui.out.print(f"dry run: {ctx.plan.model or ctx.plan.arch} -> {ctx.plan.target.name} ({ctx.plan.target.backend}), precision {ctx.plan.precision}, build dir {ctx.plan.out_dir}")
-    ui.out.print("stages: " + " -> ".join(STAGE_NAMES))
+    ui.out.print("stages: " + " -> ".join(stage_names))
     ui.out.print(f"latency model: {lat.get('label')} ({lat.get('lut_how')})")
     narrowed = [g for g in search.get("groups", []) if g["after"] != g["before"]]
     if search.get("_skipped"):
@@ -231,7 +266,7 @@ def print_dry_run(ctx: Any) -> dict[str, Any]:
             ui.out.print(f"  {g['id']}: {g['before']} -> {g['after']}")
     return {
         "dry_run": True,
-        "stages": list(STAGE_NAMES),
+        "stages": list(stage_names),
         "latency_model": {k: v for k, v in lat.items() if not k.startswith("_")},
         "baseline_predicted_ms": search.get("baseline_ms", lat.get("baseline_predicted_ms")),
         "predicted_ms": search.get("predicted_ms"),

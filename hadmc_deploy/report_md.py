@@ -54,9 +54,10 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def render_markdown(report: dict[str, Any]) -> str:
     model, target = report["model"], report["target"]
     batches = sorted({b for v in report["variants"] for b in (v.get("latency") or {})}, key=int) or [str(b) for b in report["options"].get("batch") or [1]]
-    out = [f"# hadmc-deploy build report: {model['source']} -> {target['name']}", ""]
+    out = [decision_line(report), "", f"# hadmc-deploy build report: {model['source']} -> {target['name']}", ""]
     if not report["complete"]:
-        out += ["**Incomplete build**: see the stage list for the stage that failed or is not built yet.", ""]
+        out += ["**Incomplete build**: see the stage list for the stage that failed.", ""]
+    out += decision_section(report)
     out += [
         f"- target: {target['name']} ({target['description']}); backend {target['backend']}; precision {target['precision']}; INT8 form {target['int8_form']}; channel multiple {target['round_to']}",
         f"- model: {model['arch']} ({model['kind']}), input {model['input_shape']}, {fmt_num(model['params'])} params, {fmt_num(model['macs'])} MACs",
@@ -136,3 +137,42 @@ def _pct(v: float | None) -> str:
 
 def _delta(v: float | None) -> str:
     return "-" if v is None else f"{v:+.2f}"
+
+
+def decision_line(report: dict[str, Any]) -> str:
+    """The report's first line: what to deploy, and what it measured."""
+    d = report.get("deploy")
+    if not d:
+        return "**Deploy:** nothing was built and measured here (see the backend stage)."
+    acc = "" if d.get("accuracy_change") is None else f", accuracy {d['accuracy_change']:+.2f} points"
+    line = (f"**Deploy: `{d['variant']}`** (`{d['artifact']}`): measured {d['speedup_vs_fp32_original']:.2f}x over the FP32 original and "
+            f"{d['speedup_vs_original_at_precision']:.2f}x over the original at {report['target']['precision']}, batch {d['primary_batch']}{acc}.")
+    budget = d.get("budget")
+    if budget:
+        line += f" Budget {budget['goal_speedup']:.2f}x: **{'met' if budget['met'] else 'NOT met'}** when measured."
+    return line
+
+
+def decision_section(report: dict[str, Any]) -> list[str]:
+    """Why that variant, every candidate, the closed loop's rounds and every missed prediction."""
+    decision = report.get("decision") or {}
+    out: list[str] = []
+    if decision.get("candidates"):
+        out += ["## Decision", "", f"{decision['reason']}; candidates timed side by side at batch {decision['primary_batch']} (noise ±{100 * decision.get('noise', 0):.0f}%):", ""]
+        rows = [[c["name"], fmt_ms(c["p50_ms"]), "-" if c["accuracy"] is None else f"{c['accuracy']:.2f}%", c["excluded"] or "yes"] for c in decision["candidates"]]
+        out += [_table(["variant", "p50 ms", "accuracy", "may deploy"], rows), ""]
+        out += [f"- **warning**: {w}" for w in decision.get("warnings", [])]
+    loop = report.get("closed_loop") or {}
+    if loop.get("rounds"):
+        rows = [[str(r.get("round")), _x(r.get("predicted_speedup")), _x(r.get("measured_speedup")), {True: "met", False: "missed"}.get(r.get("met"), r.get("stopped", "-"))] for r in loop["rounds"]]
+        out += ["### Closed loop: plan, prediction, measurement", "", _table(["round", "predicted", "measured", "budget"], rows), ""]
+    misses = report.get("prediction_misses") or []
+    if misses:
+        out += ["### Predictions that missed by more than 10%", ""]
+        out += [f"- {m['what']}: predicted {m['predicted']:.3f}, measured {m['measured']:.3f} ({100 * m['error']:+.0f}%)" for m in misses]
+        out.append("")
+    return out
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"

@@ -36,6 +36,12 @@ class UI:
         if not self.quiet:
             self.err.print(message)
 
+    def step(self, message: str) -> None:
+        """Progress through a pipeline's steps: shown to a person at a terminal only, so that a
+        failure in a script or CI log reads as one line (the report lists every step anyway)."""
+        if not self.quiet and self.err.is_terminal:
+            self.err.print(message)
+
     def warn(self, message: str) -> None:
         """Warnings print even with --quiet: they change what the user should trust."""
         self.err.print(f"[yellow]warning:[/yellow] {message}")

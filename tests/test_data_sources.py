@@ -123,3 +123,15 @@ def test_check_source_exists_without_reading(tmp_path, idx_dir):
     check_source_exists(f"{idx_dir}:train")
     with pytest.raises(DataError, match="does not exist"):
         check_source_exists(str(tmp_path / "missing.npz"))
+
+
+def test_unlabelled_npz_calibrates_but_does_not_evaluate(tmp_path):
+    """Images without labels are fine for calibration; as --eval or --train they are refused
+    with a message about labels (not about calibration)."""
+    from hadmc_deploy.data import check_matches_model
+
+    np.savez(tmp_path / "x.npz", x=np.zeros((4, 1, 8, 8), np.uint8))
+    ds = load_data(str(tmp_path / "x.npz"))
+    check_matches_model(ds, (1, 1, 8, 8), 10, role="calib")
+    with pytest.raises(DataError, match="--eval data .* has no labels"):
+        check_matches_model(ds, (1, 1, 8, 8), 10, role="eval")

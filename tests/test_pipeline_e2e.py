@@ -27,7 +27,7 @@ def statuses(out: Path) -> dict[str, str]:
 
 def test_failure_resume_then_cache_hit(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "b"
-    import hadmc_deploy.calibration.collect as collect
+    import hadmc_deploy.build.stages.calibrate as collect  # the stage's own reference to collect_ranges
 
     real = collect.collect_ranges
 
@@ -35,7 +35,7 @@ def test_failure_resume_then_cache_hit(tiny: Path, tmp_path: Path, monkeypatch: 
         raise RuntimeError("simulated crash in calibration")
 
     monkeypatch.setattr(collect, "collect_ranges", broken)
-    assert main(["build", str(tiny), "--target", "cpu", "--speedup", "1.2", "--out", str(out), *BASE]) == 70
+    assert main(["build", str(tiny), "--target", "cpu", "--ratio", "0.3", "--out", str(out), "--allow-accuracy-drop", *BASE]) == 70
     first = statuses(out)
     assert first["calibrate"] == "failed" and first["export"] == "done" and first["evaluate"] == "not run"
     assert not json.loads((out / "report.json").read_text())["complete"]
@@ -45,7 +45,7 @@ def test_failure_resume_then_cache_hit(tiny: Path, tmp_path: Path, monkeypatch: 
     second = statuses(out)
     for stage in ("load", "trace", "latency model", "search", "surgery", "recover", "export"):
         assert second[stage] == "cached", (stage, second[stage])
-    for stage in ("calibrate", "quantize", "backend build", "evaluate", "report"):
+    for stage in ("calibrate", "quantize", "backend build", "evaluate", "decide", "report"):
         assert second[stage] == "done", (stage, second[stage])
 
     report = json.loads((out / "report.json").read_text())
@@ -63,15 +63,16 @@ def test_failure_resume_then_cache_hit(tiny: Path, tmp_path: Path, monkeypatch: 
     for f in ("report.md", "plan.json", "pruned.pth", "recovered.pth", "model.onnx", "scales.json", "calibration.cache", "plots/widths.png", "plots/pareto.png"):
         assert (out / f).is_file(), f
 
-    assert main(["build", str(tiny), "--target", "cpu", "--speedup", "1.2", "--out", str(out), *BASE]) == 0
+    assert main(["build", str(tiny), "--target", "cpu", "--ratio", "0.3", "--out", str(out), "--allow-accuracy-drop", *BASE]) == 0
     third = statuses(out)
     assert all(s in ("cached", "skipped") for name, s in third.items() if name != "report"), third
 
 
 def test_accuracy_guard(tiny: Path, tmp_path: Path) -> None:
-    """A 1.8x cut with one recovery step loses accuracy on real data: --max-accuracy-drop 0 fails the build."""
+    """A 45% cut with one recovery step loses accuracy on real data: --max-accuracy-drop 0 fails the build
+    (the original deploys instead), and --allow-accuracy-drop accepts the loss."""
     out = tmp_path / "g"
-    args = ["build", str(tiny), "--target", "cpu", "--precision", "fp32", "--speedup", "1.8", "--epochs", "0.02", "--max-accuracy-drop", "0", "--out", str(out)]
+    args = ["build", str(tiny), "--target", "cpu", "--precision", "fp32", "--ratio", "0.45", "--epochs", "0.02", "--max-accuracy-drop", "0", "--out", str(out)]
     i = BASE.index("--epochs")
     rest = BASE[:i] + BASE[i + 2 :]
     assert main([*args, *rest]) == 15
@@ -79,6 +80,8 @@ def test_accuracy_guard(tiny: Path, tmp_path: Path) -> None:
     guard = report["accuracy"]["guard"]
     assert guard["exceeded"] and guard["drop"] > 0
     assert report["accuracy"]["change_points"]["pruning"] is not None
+    assert report["deploy"]["variant"] == "baseline-fp32"  # never hand back something worse than the original
+    assert report["decision"]["guard"]["pipeline_variant_excluded"].startswith("loses")
     assert main([*args, *rest, "--allow-accuracy-drop"]) == 0
 
 

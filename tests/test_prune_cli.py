@@ -44,7 +44,7 @@ def test_prune_state_dict_then_use_checkpoint_everywhere(demo_sd, tmp_path, caps
 def test_prune_macs_ratio_and_taylor(demo_sd, tmp_path, capsys) -> None:  # noqa: ANN001
     out = tmp_path / "m.pth"
     assert main(["prune", str(demo_sd), "--arch", DEMO_ARCH, "--input-shape", SHAPE, "--macs-ratio", "0.4", "--importance", "taylor",
-                 "--data", "builtin:digits", "--batches", "1", "--ignore", "layer1.0.conv1", "-o", str(out), "--json", "-q"]) == 0
+                 "--data", "builtin:digits", "--importance-samples", "32", "--ignore", "layer1.0.conv1", "-o", str(out), "--json", "-q"]) == 0
     result = _json(capsys)
     assert result["macs_after"] <= 0.6 * result["macs_before"] + 1
     assert result["plan"]["keep"].get("layer1.0.conv1", 32) == 32  # --ignore kept it whole
@@ -106,25 +106,20 @@ def test_prune_model_errors(tmp_path, capsys, arch, message) -> None:  # noqa: A
     assert not out.exists()
 
 
-def test_prune_latency_options_delegate_to_search(demo_sd, tmp_path, capsys, monkeypatch) -> None:  # noqa: ANN001
-    import sys
-    import types
+def test_prune_and_build_share_options_and_give_the_same_checkpoint(demo_sd, tmp_path, capsys) -> None:  # noqa: ANN001
+    """One option table, one orchestration: the same plan through `prune` and `build` gives
+    the same pruned checkpoint, weight for weight."""
+    from hadmc_deploy.loading import load_model
 
-    seen = {}
-
-    def fake_run(args, ui, loaded, input_shape, graph):  # noqa: ANN001, ANN202
-        seen.update(speedup=args.speedup, target=args.target, shape=input_shape, groups=len(graph.prunable_groups), search=args.search)
-        return {"delegated": True}
-
-    try:
-        import hadmc_deploy.commands.prune_search as real
-
-        extra_args = {"add_budget_arguments": real.add_budget_arguments}
-    except ImportError:
-        extra_args = {}
-    monkeypatch.setitem(sys.modules, "hadmc_deploy.commands.prune_search", types.SimpleNamespace(run=fake_run, **extra_args))
-    argv = ["prune", str(demo_sd), "--arch", DEMO_ARCH, "--input-shape", SHAPE, "--speedup", "1.5", "--target", "cpu", "--search", "greedy", "-o", str(tmp_path / "s.pth"), "-q", "--json"]
-    assert main(argv) == 0
-    assert _json(capsys)["delegated"] and seen == {"speedup": 1.5, "target": "cpu", "shape": (1, 1, 28, 28), "groups": 6, "search": "greedy"}
-    monkeypatch.setitem(sys.modules, "hadmc_deploy.commands.prune_search", None)  # as if not built yet
-    assert main(argv) == 64 and "not implemented yet" in capsys.readouterr().err
+    common = [str(demo_sd), "--arch", DEMO_ARCH, "--input-shape", SHAPE, "--speedup", "1.5", "--target", "cpu", "--search", "greedy",
+              "--precision", "fp32", "--calib", "builtin:digits:train", "-q", "--json"]
+    pruned = tmp_path / "p.pth"
+    assert main(["prune", *common, "--timing-rounds", "0", "-o", str(pruned)]) == 0
+    result = _json(capsys)
+    assert result["search"]["method"] == "greedy" and result["predicted"]["speedup"] >= 1.5 - 1e-9
+    assert main(["build", *common, "--out", str(tmp_path / "b"), "--batch", "1", "--runs", "3", "--warmup", "1"]) == 0
+    capsys.readouterr()
+    a, b = load_model(pruned).model.state_dict(), load_model(tmp_path / "b" / "recovered.pth").model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    build_keep = json.loads((tmp_path / "b" / "width_plan.json").read_text())["keep"]
+    assert build_keep and all(result["plan"]["keep"][g] == k for g, k in build_keep.items())

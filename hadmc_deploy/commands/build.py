@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from hadmc_deploy.build.pipeline import build
 from hadmc_deploy.commands.common import add_model_argument, input_shape_for, load_from_args, parse_shape
 from hadmc_deploy.config import add_build_arguments, load_config, merge_options
 from hadmc_deploy.errors import UsageError
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the stages, predicted latency and speedup and the layers to narrow, then stop")
 
 
-def plan_from_args(args: argparse.Namespace) -> Any:
+def plan_from_args(args: argparse.Namespace, *, deploy: bool = True) -> Any:
     """Merge defaults < --resume's plan.json < --config < the command line into a BuildPlan."""
     from hadmc_deploy.loading import parse_arch_kwargs
     from hadmc_deploy.plan import make_plan, read_plan_file
@@ -70,12 +71,10 @@ def plan_from_args(args: argparse.Namespace) -> Any:
         probe = argparse.Namespace(model=model, arch=arch, arch_kwargs=json.dumps(arch_kwargs) if arch_kwargs else None, trust_model=trust, input_shape=None)
         shape = input_shape_for(probe, load_from_args(probe))
     target = get_target(options["target"], targets_file)
-    return make_plan(model=model, arch=arch, arch_kwargs=arch_kwargs, input_shape=shape, trust_model=trust, target=target, options=options, targets_file=targets_file, dry_run=args.dry_run)
+    return make_plan(model=model, arch=arch, arch_kwargs=arch_kwargs, input_shape=shape, trust_model=trust, target=target, options=options, targets_file=targets_file, dry_run=args.dry_run, deploy=deploy)
 
 
 def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
-    from hadmc_deploy.pipeline import build
-
     plan = plan_from_args(args)
     report = build(plan, ui)
     if plan.dry_run:

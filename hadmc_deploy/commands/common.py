@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from hadmc_deploy.errors import UsageError
 from hadmc_deploy.loading import LoadedModel, load_model, parse_arch_kwargs
@@ -48,9 +47,3 @@ def add_model_argument(parser: argparse.ArgumentParser, required: bool = True) -
         help="a state_dict or checkpoint (.pth/.pt) with --arch, a pruned checkpoint written by hadmc-deploy, "
         "or a pickled nn.Module with --trust-model",
     )
-
-
-def not_built(stage: str, issue: str) -> dict[str, Any]:
-    from hadmc_deploy.errors import NotImplementedYetError
-
-    raise NotImplementedYetError(f"{stage} is not implemented yet ({issue})")

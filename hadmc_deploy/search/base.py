@@ -303,10 +303,9 @@ def check_reachable(problem: SearchProblem) -> None:
         problem.feasible_start = widths
         return
     best = problem.baseline_ms / fastest_ms if fastest_ms > 0 else float("inf")
-    error = BudgetError(
+    raise BudgetError(
         f"the budget {problem.budget_ms:.3f} ms ({problem.baseline_ms / problem.budget_ms:.2f}x) cannot be met: "
         f"the fastest plan found within the width floors is predicted at {fastest_ms:.3f} ms, a best reachable speedup of {best:.2f}x",
         hint=f"ask for --speedup {math.floor(best * 100) / 100:.2f} or less, or lower --min-keep-ratio",
+        best_speedup=best,
     )
-    error.best_speedup = best  # for callers that retry at a reachable budget (the demo)
-    raise error

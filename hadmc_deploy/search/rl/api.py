@@ -22,8 +22,9 @@ from torch import nn
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import UsageError
 from hadmc_deploy.graph.types import DependencyGraph
-from hadmc_deploy.search import DEFAULT_MIN_KEEP_RATIO, GroupChange, SearchResult, build_problem, search
-from hadmc_deploy.search.base import check_reachable
+from hadmc_deploy.search.base import GroupChange, SearchResult, check_reachable
+from hadmc_deploy.search.core import DEFAULT_MIN_KEEP_RATIO, build_problem
+from hadmc_deploy.search.core import classic_search as search
 from hadmc_deploy.search.rl.ddpg import DDPGConfig
 from hadmc_deploy.search.rl.env import RewardFn
 from hadmc_deploy.search.rl.ppo import PPOConfig

@@ -1,0 +1,95 @@
+"""The decision: which measured variant to deploy, and whether the build met what was asked.
+
+Rules (the build's promise: never hand back something worse than what the user gave it):
+- candidates are the variants measured at the primary batch; the original FP32 model is
+  always one, so the worst a build can deploy is what the user brought;
+- a variant outside the accuracy guard is not a candidate (unless --allow-accuracy-drop),
+  nor an INT8 graph whose outputs disagree with FP32 when no labelled data was given;
+- the fastest candidate at the primary batch wins, timed side by side; a variant that is
+  not faster than a simpler one beyond the measured noise does not displace it (INT8 is
+  deployed only where it was measured faster);
+- the latency budget is judged on the measurement: the deployed variant over the original
+  at the build's precision, with the measured noise as tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: order of "simplicity": on a tie within noise the earlier wins (fewer transformations).
+SIMPLICITY = ("baseline-fp32", "baseline-fp16", "pruned-fp32", "pruned-fp16", "baseline-mixed", "baseline-int8", "pruned-mixed", "pruned-int8")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    p50_ms: float
+    accuracy: float | None
+    #: why it may not deploy ("" when it may)
+    excluded: str = ""
+
+
+@dataclass
+class Decision:
+    deploy: str
+    reason: str
+    primary_batch: int
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    speedup_vs_fp32_original: float | None = None
+    speedup_vs_original_at_precision: float | None = None
+    accuracy_change: float | None = None
+    noise: float = 0.0
+    budget: dict[str, Any] | None = None
+    guard: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def rank_key(name: str) -> int:
+    return SIMPLICITY.index(name) if name in SIMPLICITY else len(SIMPLICITY)
+
+
+def choose(candidates: list[Candidate], noise: float) -> tuple[str, str]:
+    """The fastest allowed candidate; a simpler one wins unless beaten by more than `noise`."""
+    allowed = [c for c in candidates if not c.excluded]
+    if not allowed:
+        raise ValueError("no candidate may deploy (the original FP32 model always may: a caller bug)")
+    best = min(allowed, key=lambda c: c.p50_ms)
+    # walk from the simplest: keep a simpler variant that is within noise of the fastest
+    for c in sorted(allowed, key=lambda c: rank_key(c.name)):
+        if c.p50_ms <= best.p50_ms * (1 + noise):
+            if c.name == best.name:
+                return c.name, f"fastest allowed variant at the primary batch ({c.p50_ms:.3f} ms p50)"
+            return c.name, (f"within the measured noise (±{100 * noise:.0f}%) of the fastest, {best.name} "
+                            f"({c.p50_ms:.3f} vs {best.p50_ms:.3f} ms p50), and simpler")
+    return best.name, "fastest allowed variant"
+
+
+def guard_exclusion(accuracy: float | None, reference: float | None, max_drop: float | None) -> str:
+    if max_drop is None or accuracy is None or reference is None:
+        return ""
+    drop = reference - accuracy
+    if drop > max_drop:
+        return f"loses {drop:.2f} points of accuracy (guard {max_drop:.2f})"
+    return ""
+
+
+def budget_verdict(goal_speedup: float | None, measured_speedup: float | None, noise: float) -> dict[str, Any] | None:
+    if goal_speedup is None:
+        return None
+    met = measured_speedup is not None and measured_speedup >= goal_speedup * (1 - noise)
+    return {"goal_speedup": goal_speedup, "measured_speedup": measured_speedup, "noise": noise, "met": met}
+
+
+def chance_level_warning(accuracy: float | None, num_classes: int | None) -> str | None:
+    """A baseline near chance almost always means the data is not preprocessed as in training."""
+    if accuracy is None or not num_classes or num_classes < 2:
+        return None
+    chance = 100.0 / num_classes
+    if accuracy <= chance * 1.5 + 2.0:
+        return (f"the original model scores {accuracy:.2f}% on the evaluation data, near chance ({chance:.1f}% for {num_classes} classes): "
+                "the data is probably not normalised as in training; check --mean/--std (and the input range) before trusting any number here")
+    return None

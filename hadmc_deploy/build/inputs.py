@@ -1,0 +1,75 @@
+"""What the stages read, built lazily once per build: the loaded model, the data sets, the
+traced graph, the latency model and the model the deployment stages start from.
+
+Lazy because a fully cached build must not load a model or a data set at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from hadmc_deploy.build.engine import BuildContext
+from hadmc_deploy.data import ArrayDataset, Preprocess, check_matches_model, load_data
+from hadmc_deploy.graph.trace import trace
+from hadmc_deploy.graph.types import DependencyGraph
+from hadmc_deploy.latency import load_latency_model
+from hadmc_deploy.loading import LoadedModel, load_model
+from hadmc_deploy.specs import LayerSpec
+from hadmc_deploy.ui import quiet_ui
+
+#: the data sets a build reads, by role.
+DATA_KINDS = ("train", "calib", "eval", "data")
+
+
+def loaded_model(ctx: BuildContext) -> LoadedModel:
+    plan = ctx.plan
+    return ctx.lazy("loaded", lambda: load_model(plan.model, plan.arch, plan.arch_kwargs, trust_model=plan.trust_model))
+
+
+def dataset(ctx: BuildContext, kind: str) -> ArrayDataset | None:
+    """The train / calib / eval / importance data set, preprocessed to the model's input (None if not given)."""
+
+    def make() -> ArrayDataset | None:
+        d = ctx.settings.data
+        source = {"train": d.train, "calib": d.calib_source, "eval": d.eval, "data": ctx.settings.search.data or d.train}[kind]
+        if not source:
+            return None
+        shape = ctx.plan.input_shape
+        pre = Preprocess(resize=(shape[2], shape[3]), channels=shape[1], mean=d.mean, std=d.std)
+        limit = {"train": d.train_limit, "calib": None, "eval": d.eval_limit, "data": d.train_limit}[kind]
+        data = load_data(source, pre, limit=limit, seed=d.seed)
+        check_matches_model(data, shape, ctx.results.get("load", {}).get("num_classes"), role=kind)
+        return data
+
+    return ctx.lazy(f"data:{kind}", make)
+
+
+def data_hash(ctx: BuildContext, kind: str) -> str | None:
+    data = dataset(ctx, kind)
+    return ctx.lazy(f"datahash:{kind}", lambda: data.sha256()) if data is not None else None
+
+
+def graph(ctx: BuildContext) -> DependencyGraph:
+    ignore = tuple(ctx.settings.search.ignore)
+    return ctx.lazy("graph", lambda: trace(loaded_model(ctx).model, ctx.plan.input_shape, ignore=ignore, ui=ctx.ui))
+
+
+def latency_model(ctx: BuildContext) -> Any:
+    lut = ctx.results.get("latency model", {}).get("lut_path")
+    # quiet: the latency stage says which model it is, once, where it matters
+    return ctx.lazy("latency", lambda: load_latency_model(ctx.plan.target, lut_path=lut, ui=quiet_ui()))
+
+
+def with_precision(specs: list[LayerSpec], precision: str) -> list[LayerSpec]:
+    """Specs at a precision: the LUT holds INT8 and FP32 curves separately."""
+    return [replace(s, precision=precision) for s in specs]
+
+
+def final_torch_model(ctx: BuildContext) -> Any:
+    """The PyTorch model the deployment stages start from: recovered, else pruned, else the original."""
+    name = ctx.results.get("recover", {}).get("final")
+    if name:
+        path = ctx.path(name)
+        return ctx.lazy(f"model:{name}", lambda: load_model(path).model.eval())
+    return loaded_model(ctx).model

@@ -1,0 +1,163 @@
+"""The build pipeline: the ordered stage list, the closed loop around the search, and
+`build(plan)` that runs them and writes the report.
+
+load -> trace -> latency model -> [search -> surgery -> latency check] -> recover -> export
+-> calibrate -> quantize -> backend build -> evaluate -> decide, then the report. The
+bracketed stages repeat (at most --budget-rounds times) while the measured speedup misses
+the budget: each miss corrects the latency model with what was measured. `prune` runs the
+same stages up to recover, with the same options, so one plan gives one checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hadmc_deploy.build.correction import LatencyCorrection, MeasuredPoint
+from hadmc_deploy.build.engine import BuildContext, Stage, StageOutcome, run_stages
+from hadmc_deploy.build.stages import (
+    backend,
+    calibrate,
+    decide,
+    evaluate,
+    export,
+    latency,
+    latency_check,
+    load,
+    quantize,
+    recover,
+    search,
+    surgery,
+    trace,
+)
+from hadmc_deploy.cache import StageCache
+from hadmc_deploy.errors import AccuracyGuardError, BudgetError
+from hadmc_deploy.plan import BuildPlan
+from hadmc_deploy.report import print_dry_run, print_summary, write_report
+from hadmc_deploy.ui import UI, quiet_ui
+
+ANALYSIS_STAGES: tuple[Stage, ...] = (load.STAGE, trace.STAGE, latency.STAGE)
+#: the closed loop: repeated while the measured speedup misses the budget.
+PLAN_STAGES: tuple[Stage, ...] = (search.STAGE, surgery.STAGE, latency_check.STAGE)
+DEPLOY_STAGES: tuple[Stage, ...] = (export.STAGE, calibrate.STAGE, quantize.STAGE, backend.STAGE, evaluate.STAGE, decide.STAGE)
+STAGES: tuple[Stage, ...] = (*ANALYSIS_STAGES, *PLAN_STAGES, recover.STAGE, *DEPLOY_STAGES)
+#: the stage names in order, and the report written after them.
+STAGE_NAMES: tuple[str, ...] = (*(s.name for s in STAGES), "report")
+
+
+def new_context(plan: BuildPlan, ui: UI | None = None) -> BuildContext:
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    plan.save()
+    return BuildContext(plan, ui or quiet_ui(), StageCache(plan.out_dir, enabled=bool(plan.settings.output.cache)))
+
+
+def compress(plan: BuildPlan, ui: UI | None = None) -> BuildContext:
+    """The stages up to recover, closed loop included (what `prune` runs)."""
+    ctx = new_context(plan, ui)
+    run_stages(ctx, list(ANALYSIS_STAGES))
+    plan_rounds(ctx)
+    run_stages(ctx, [recover.STAGE])
+    return ctx
+
+
+def plan_rounds(ctx: BuildContext) -> list[dict[str, Any]]:
+    """search -> surgery -> latency check, again with a corrected latency model while the
+    measured speedup misses the budget; ends on the best measured plan. Returns the rounds."""
+    rounds: list[dict[str, Any]] = []
+    limit = max(1, ctx.settings.search.budget_rounds)
+    for index in range(limit):
+        try:
+            run_stages(ctx, list(PLAN_STAGES))
+        except BudgetError as exc:
+            if not rounds:
+                raise
+            rounds.append({"round": index + 1, "stopped": exc.one_line()})
+            break
+        check, found = ctx.results["latency check"], ctx.results["search"]
+        record = {"round": index + 1, "keep": found.get("keep"), "predicted_speedup": found.get("predicted_speedup"),
+                  "measured_speedup": check.get("measured_speedup"), "met": check.get("met"), "correction": found.get("correction")}
+        rounds.append(record)
+        if not check.get("checked") or check["met"]:
+            break
+        if index + 1 < limit and rounds[-1]["keep"] in [r.get("keep") for r in rounds[:-1]]:
+            break  # the corrected model chose a plan already measured: another round cannot help
+        _add_measured_points(ctx, len(rounds))
+        ctx.loop.correction = LatencyCorrection.fit(ctx.loop.points)
+    measured = [r for r in rounds if r.get("measured_speedup") is not None]
+    best = max(measured, key=lambda r: r["measured_speedup"], default=None)
+    if best is not None and best is not rounds[-1] and not rounds[-1].get("met"):
+        # the last round measured worse than an earlier one: rebuild the best measured plan
+        ctx.loop.forced_plan = best["keep"]
+        run_stages(ctx, list(PLAN_STAGES))
+        rounds.append({"round": "final", "keep": best["keep"], "reused_round": best["round"],
+                       "measured_speedup": ctx.results["latency check"].get("measured_speedup"), "met": ctx.results["latency check"].get("met")})
+    ctx.loop.rounds = rounds
+    if len(rounds) > 1 or (rounds and rounds[0].get("met") is False):
+        for r in rounds:
+            ctx.ui.log(f"round {r['round']}: predicted {_fmt(r.get('predicted_speedup'))}, measured {_fmt(r.get('measured_speedup'))}" + (f" ({r['stopped']})" if r.get("stopped") else ""))
+    return rounds
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _add_measured_points(ctx: BuildContext, round_no: int) -> None:
+    """(uncorrected prediction, measurement) of the baseline and of the plan just measured."""
+    check, raw = ctx.results["latency check"], ctx.results["search"].get("uncorrected") or {}
+    if raw:
+        ctx.loop.points.append(MeasuredPoint("baseline", raw["baseline_ms"], check["measured_ms"]["baseline"]))
+        ctx.loop.points.append(MeasuredPoint(f"round {round_no}", raw["predicted_ms"], check["measured_ms"]["plan"]))
+
+
+def build(plan: BuildPlan, ui: UI | None = None) -> dict[str, Any]:
+    """Run a build; returns the report dict (see report.py for its schema).
+
+    Raises the first stage's error (after writing a partial report), or
+    `AccuracyGuardError` after the full report when the accuracy guard is exceeded.
+    """
+    ctx = new_context(plan, ui)
+    if plan.dry_run:
+        run_stages(ctx, [s for s in STAGES if s.dry_run])
+        return print_dry_run(ctx, STAGE_NAMES)
+    try:
+        run_stages(ctx, list(ANALYSIS_STAGES))
+        plan_rounds(ctx)
+        run_stages(ctx, [recover.STAGE, *DEPLOY_STAGES])
+    except BaseException:
+        _write_partial(ctx)
+        raise
+    report = write_report(ctx)
+    ctx.outcomes.append(StageOutcome("report", "done", f"{plan.out_dir / 'report.md'}"))
+    report["stages"] = [o.to_dict() for o in ctx.outcomes]
+    write_report(ctx, report)  # with the report stage's own status
+    print_summary(ctx, report)
+    raise_on_unmet(report)
+    return report
+
+
+def raise_on_unmet(report: dict[str, Any]) -> None:
+    """The exit code follows the measurement: what was asked and not delivered is an error,
+    raised after the report and the deployed artifact (the best measured) are written."""
+    decision = report.get("decision") or {}
+    guard = decision.get("guard") or {}
+    if guard.get("pipeline_variant_excluded") and not guard.get("allowed_by_flag"):
+        raise AccuracyGuardError(
+            f"{guard['pipeline_variant']} {guard['pipeline_variant_excluded']}; deployed {decision['deploy']} instead ({decision.get('artifact')})",
+            hint="see report.md; recover longer (--epochs), or pass --allow-accuracy-drop to accept the loss",
+        )
+    budget = decision.get("budget") or {}
+    if budget and not budget.get("met"):
+        raise BudgetError(
+            f"the budget of {budget['goal_speedup']:.2f}x was not met when measured: the best measured is {decision['deploy']} at "
+            f"{budget['measured_speedup']:.2f}x over the original at the same precision ({decision.get('artifact')})",
+            hint="see report.md for each round's plan, prediction and measurement; ask for less, or lower --min-keep-ratio",
+            best_speedup=budget["measured_speedup"],
+        )
+
+
+def _write_partial(ctx: BuildContext) -> None:
+    """After a failure, write what is known so the user sees which stage failed and why."""
+    try:
+        write_report(ctx, partial=True)
+    except Exception as exc:  # the original error matters more than a failed partial report
+        ctx.ui.warn(f"could not write the partial report: {type(exc).__name__}: {exc}")

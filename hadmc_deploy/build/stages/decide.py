@@ -1,0 +1,119 @@
+"""Stage 12, decide: time the candidate artifacts side by side at the primary batch, choose the
+one to deploy (`build/decide.py` has the rules), copy it to artifacts/<target>/deploy/, and
+judge the accuracy guard and the latency budget on what was measured."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hadmc_deploy.backends import Artifact, get
+from hadmc_deploy.build.decide import (
+    Candidate,
+    Decision,
+    budget_verdict,
+    chance_level_warning,
+    choose,
+    guard_exclusion,
+)
+from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
+
+#: interleaved rounds over the candidates at the primary batch.
+ROUNDS = 5
+DEPLOY_DIR = "deploy"
+
+
+def primary_batch(ctx: BuildContext) -> int:
+    """The batch the search optimised for when it is benchmarked, else the first benchmarked batch."""
+    search_batch = ctx.plan.input_shape[0]
+    return search_batch if search_batch in ctx.plan.batch_sizes else ctx.plan.batch_sizes[0]
+
+
+def inputs(ctx: BuildContext) -> dict[str, Any]:
+    q = ctx.settings.quantization
+    return {"guard": q.max_accuracy_drop, "allow": q.allow_accuracy_drop, "speedup": ctx.settings.search.speedup,
+            "latency_ms": ctx.settings.search.latency_ms, "batch": primary_batch(ctx), "runs": ctx.settings.benchmark.runs}
+
+
+def time_interleaved(ctx: BuildContext, rows: list[dict[str, Any]], batch: int) -> tuple[dict[str, float], float]:
+    """Median p50 over interleaved rounds per variant, and the noise: the median relative spread
+    of each variant's round p50s around its own median."""
+    bench = ctx.settings.benchmark
+    per_round: dict[str, list[float]] = {r["name"]: [] for r in rows}
+    loaded = {r["name"]: (get(r["backend"]), Artifact.load(ctx.path(r["artifact"]))) for r in rows}
+    with ctx.ui.progress(f"timing {len(rows)} candidates side by side (batch {batch})", ROUNDS * len(rows)) as bar:
+        for _ in range(ROUNDS):
+            for name, (backend, artifact) in loaded.items():
+                per_round[name].append(backend.benchmark(artifact, batch=batch, warmup=max(2, bench.warmup // 2), runs=max(5, bench.runs // 2)).p50_ms)
+                bar.advance()
+    medians = {n: statistics.median(v) for n, v in per_round.items()}
+    spreads = [(max(v) - min(v)) / 2 / medians[n] for n, v in per_round.items() if len(v) > 1 and medians[n] > 0]
+    noise = min(0.10, statistics.median(spreads)) if spreads else 0.0
+    return medians, noise
+
+
+def run(ctx: BuildContext) -> StageResult:
+    rows = [r for r in ctx.results["evaluate"]["variants"] if r.get("artifact")]
+    if not rows:
+        return StageResult({"deploy": None}, skipped="no artifact was built here: the decision is taken where the target's backend runs")
+    q = ctx.settings.quantization
+    batch = primary_batch(ctx)
+    medians, noise = time_interleaved(ctx, rows, batch)
+    by_name = {r["name"]: r for r in rows}
+    original = by_name["baseline-fp32"]
+    reference_acc = original.get("accuracy")
+    candidates = []
+    for r in rows:
+        excluded = "" if q.allow_accuracy_drop else guard_exclusion(r.get("accuracy"), reference_acc, q.max_accuracy_drop)
+        agreement = r.get("agreement") or {}
+        if not excluded and agreement.get("refused"):
+            excluded = f"its outputs disagree with FP32 ({agreement.get('reason')})"
+        if r["name"] == "baseline-fp32":
+            excluded = ""  # what the user gave us can always be handed back
+        candidates.append(Candidate(r["name"], medians[r["name"]], r.get("accuracy"), excluded))
+    name, reason = choose(candidates, noise)
+    deployed = by_name[name]
+    precision_ref = by_name.get(f"baseline-{ctx.plan.precision}", original)
+    decision = Decision(
+        deploy=name, reason=reason, primary_batch=batch, noise=noise,
+        candidates=[{"name": c.name, "p50_ms": c.p50_ms, "accuracy": c.accuracy, "excluded": c.excluded} for c in candidates],
+        speedup_vs_fp32_original=medians["baseline-fp32"] / medians[name],
+        speedup_vs_original_at_precision=medians[precision_ref["name"]] / medians[name],
+        accuracy_change=(deployed.get("accuracy") - reference_acc) if deployed.get("accuracy") is not None and reference_acc is not None else None,
+    )
+    s = ctx.settings.search
+    goal = s.speedup if s.speedup is not None else (medians[precision_ref["name"]] / s.latency_ms if s.latency_ms else None)
+    decision.budget = budget_verdict(goal, decision.speedup_vs_original_at_precision, noise)
+    if q.max_accuracy_drop is not None and reference_acc is not None:
+        wanted = f"pruned-{ctx.plan.precision}" if f"pruned-{ctx.plan.precision}" in by_name else f"baseline-{ctx.plan.precision}"
+        excluded = {c.name: c.excluded for c in candidates}
+        decision.guard = {"allowed": q.max_accuracy_drop, "reference": reference_acc, "pipeline_variant": wanted,
+                          "pipeline_variant_excluded": excluded.get(wanted, ""), "allowed_by_flag": q.allow_accuracy_drop}
+    warning = chance_level_warning(reference_acc, ctx.results["load"].get("num_classes"))
+    if warning:
+        decision.warnings.append(warning)
+        ctx.ui.warn(warning)
+    out = _copy_deployed(ctx, deployed)
+    result = decision.to_dict()
+    result["artifact"] = str(out.relative_to(ctx.plan.out_dir))
+    result["source_artifact"] = deployed["artifact"]
+    result["_summary"] = f"deploy {name}: {decision.speedup_vs_fp32_original:.2f}x over the FP32 original at batch {batch} ({reason})"
+    return StageResult(result, [out])
+
+
+def _copy_deployed(ctx: BuildContext, row: dict[str, Any]) -> Path:
+    """artifacts/<target>/deploy/: a stable path to the chosen artifact (replaced atomically)."""
+    src = ctx.path(row["artifact"])
+    dest = src.parent / DEPLOY_DIR
+    staging = Path(tempfile.mkdtemp(prefix=".deploy.", dir=src.parent))
+    shutil.copytree(src, staging, dirs_exist_ok=True)
+    if dest.exists():
+        shutil.rmtree(dest)
+    staging.rename(dest)
+    return dest
+
+
+STAGE = Stage("decide", run, inputs, ("evaluate",))

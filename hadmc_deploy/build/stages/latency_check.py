@@ -1,0 +1,71 @@
+"""Stage 5b, latency check: the chosen plan timed against the original, side by side, before
+any time is spent on recovery.
+
+Why here: a pruned model's speed does not depend on its weights, so the budget can be
+verified right after surgery. Both models are exported, built by the target's backend at
+the build's precision (INT8 with speed-only ranges: ranges change scales, never the
+graph) and timed in interleaved rounds at the search batch, so load from other processes
+hits both alike. The spread of the per-round ratios is the measurement's noise: a plan
+misses the budget only when it misses it by more than that. The pipeline corrects the
+latency model with these numbers and searches again (`build/pipeline.py`).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from hadmc_deploy.backends import get as get_backend
+from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
+from hadmc_deploy.build.inputs import graph, loaded_model
+from hadmc_deploy.latency.whole_model import time_plans
+
+#: interleaved rounds; each round times both models once.
+ROUNDS = 5
+
+
+def inputs(ctx: BuildContext) -> dict[str, Any]:
+    return {"precision": ctx.plan.precision, "batch": ctx.plan.input_shape[0], "speedup": ctx.settings.search.speedup, "latency_ms": ctx.settings.search.latency_ms}
+
+
+def run(ctx: BuildContext) -> StageResult:
+    s = ctx.settings.search
+    search = ctx.results["search"]
+    if not s.latency_budget or not search.get("pruned"):
+        return StageResult({"checked": False}, skipped="no latency budget to verify" if not s.latency_budget else "nothing was pruned")
+    backend = get_backend(ctx.plan.target.backend)
+    ok, reason = backend.available()
+    if not ok:
+        return StageResult({"checked": False}, skipped=f"the {ctx.plan.target.backend} backend is not available here ({reason}): the budget is checked on the target host")
+    g = graph(ctx)
+    plans = {"baseline": g.full_widths(), "plan": {k: int(v) for k, v in search["keep"].items()}}
+    timed = time_plans(
+        loaded_model(ctx).model, g, plans, ctx.plan.input_shape, backend, workdir=ctx.path("latency_check"),
+        rounds=ROUNDS, exporter="fast", precision=ctx.plan.precision, ui=ctx.ui,
+    )
+    base, plan = timed
+    ratios = [b / p for b, p in zip(base.round_ms, plan.round_ms, strict=True) if p > 0]
+    measured = statistics.median(ratios)
+    # the spread of the per-round ratios around their median: what this machine's noise allows
+    noise = (max(ratios) - min(ratios)) / 2 / measured if len(ratios) > 1 else 0.0
+    noise = min(noise, 0.10)  # never let a noisy run excuse more than a 10% miss
+    goal = s.speedup if s.speedup is not None else base.median_ms / s.latency_ms
+    met = measured >= goal * (1 - noise)
+    result = {
+        "checked": True,
+        "batch": ctx.plan.input_shape[0],
+        "precision": ctx.plan.precision,
+        "goal_speedup": goal,
+        "predicted_speedup": search["predicted_speedup"],
+        "predicted_ms": {"baseline": search["baseline_ms"], "plan": search["predicted_ms"]},
+        "measured_ms": {"baseline": base.median_ms, "plan": plan.median_ms},
+        "measured_speedup": measured,
+        "round_ratios": ratios,
+        "noise": noise,
+        "met": met,
+        "_summary": f"measured {measured:.2f}x (predicted {search['predicted_speedup']:.2f}x, goal {goal:.2f}x, noise ±{100 * noise:.0f}%): {'met' if met else 'missed'}",
+    }
+    return StageResult(result)
+
+
+STAGE = Stage("latency check", run, inputs, ("search", "surgery"))

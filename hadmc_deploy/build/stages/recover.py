@@ -1,0 +1,107 @@
+"""Stage 6, recover: win accuracy back by distillation from the original (fine-tuning on
+--train, with a held-out split to pick the best epoch), or re-estimate BatchNorm statistics
+alone when there is no training data. Accuracy on --eval is measured at every step."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
+from hadmc_deploy.build.inputs import data_hash, dataset, loaded_model
+from hadmc_deploy.build.stages.search import PLAN_FILE
+from hadmc_deploy.build.stages.surgery import PRUNED_FILE
+from hadmc_deploy.data import ArrayDataset
+from hadmc_deploy.evaluate import torch_accuracy
+from hadmc_deploy.graph.types import WidthPlan
+from hadmc_deploy.loading import load_model
+from hadmc_deploy.options import RecoverySettings
+from hadmc_deploy.pruned_checkpoint import save_pruned
+from hadmc_deploy.recover import RecoveryOptions, recalibrate_bn, recover
+
+RECOVERED_FILE = "recovered.pth"
+#: at most this many training samples are held out to choose the best epoch.
+HELD_OUT = 2000
+
+
+def inputs(ctx: BuildContext) -> dict[str, Any]:
+    r = ctx.settings.recovery
+    return {**r.__dict__, "seed": ctx.settings.data.seed, "train_limit": ctx.settings.data.train_limit,
+            "train": data_hash(ctx, "train"), "calib": data_hash(ctx, "calib"), "eval": data_hash(ctx, "eval")}
+
+
+def split_held_out(train: ArrayDataset, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """A fixed held-out split of the training data: recovery never selects on --eval."""
+    n_val = min(HELD_OUT, max(1, len(train) // 10))
+    order = np.random.default_rng(seed).permutation(len(train))
+    val_idx, tr_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    tr = ArrayDataset(train.x[tr_idx], train.y[tr_idx], f"{train.source}[train split]", train.preprocess)
+    val = ArrayDataset(train.x[val_idx], train.y[val_idx], f"{train.source}[{n_val} held out]", train.preprocess)
+    return tr, val
+
+
+def recovery_options(r: RecoverySettings, seed: int, n_train: int) -> RecoveryOptions:
+    """The trainer's options. Fractional epochs (0.5) become one epoch capped at that share of its steps."""
+    steps_per_epoch = max(1, math.ceil(n_train / r.batch_size))
+    whole = max(1, math.ceil(r.epochs)) if r.epochs > 0 else 0
+    cap = max(1, math.ceil(r.epochs * steps_per_epoch)) if 0 < r.epochs < 1 else None
+    return RecoveryOptions(
+        epochs=whole, lr=r.lr, batch_size=r.batch_size, distill=r.distill, temperature=r.kd_temperature, alpha=r.kd_alpha,
+        feature_weight=r.feature_weight, feature_layers=tuple(r.feature_layers) or None, seed=seed, max_steps_per_epoch=cap,
+    )
+
+
+def run(ctx: BuildContext) -> StageResult:
+    if ctx.results["surgery"].get("_skipped"):
+        return StageResult({"mode": "none", "final": None}, skipped="no pruned model to recover")
+    seed = ctx.settings.data.seed
+    teacher = loaded_model(ctx)
+    student = load_model(ctx.path(PRUNED_FILE)).model
+    train, evald = dataset(ctx, "train"), dataset(ctx, "eval")
+    acc: dict[str, float | None] = {"baseline": None, "pruned": None, "bn_recalibrated": None, "recovered": None}
+    if train is not None:
+        tr, val = split_held_out(train, seed)
+        bn_data = tr
+    else:
+        calib = dataset(ctx, "calib")
+        if calib is None:
+            return StageResult({"mode": "none", "accuracy": acc, "final": PRUNED_FILE}, [ctx.path(PRUNED_FILE)], skipped="no --train or --calib data: the pruned model is used as is")
+        # No training data: `recover` only re-estimates BatchNorm statistics on these images.
+        tr, val = None, calib.subset(2048, seed=seed)
+        bn_data = val
+    if evald is not None:
+        acc["baseline"] = torch_accuracy(teacher.model, evald)
+        acc["pruned"] = torch_accuracy(student, evald)
+        bn_only = copy.deepcopy(student)
+        recalibrate_bn(bn_only, bn_data)
+        acc["bn_recalibrated"] = torch_accuracy(bn_only.eval(), evald)
+    options = recovery_options(ctx.settings.recovery, seed, len(tr) if tr is not None else 0)
+    outcome = recover(student, teacher.model, tr, val, options, ctx.ui)
+    student = outcome.model.eval()
+    if evald is not None:
+        acc["recovered"] = torch_accuracy(student, evald)
+    out = ctx.path(RECOVERED_FILE)
+    save_pruned(out, student, teacher, _surgery_plan(ctx), ctx.plan.input_shape, extra={"stage": "recover"})
+    ctx.forget(f"model:{RECOVERED_FILE}")
+    summary = outcome.mode + (f": eval accuracy {acc['pruned']:.2f}% -> {acc['recovered']:.2f}% (baseline {acc['baseline']:.2f}%)" if acc["recovered"] is not None else "")
+    detail = json.loads(json.dumps(outcome.to_dict(), default=str))
+    return StageResult({"mode": outcome.mode, "accuracy": acc, "detail": detail, "final": RECOVERED_FILE, "_summary": summary}, [out])
+
+
+def _surgery_plan(ctx: BuildContext) -> WidthPlan:
+    """The surgery's plan with the kept indices filled in (so a pruned checkpoint replays exactly)."""
+    info = load_model(ctx.path(PRUNED_FILE)).info
+    recorded = info.get("plan") if isinstance(info, dict) else None
+    if isinstance(recorded, dict):
+        recorded = json.dumps(recorded)
+    if isinstance(recorded, str):
+        return WidthPlan.from_json(recorded)
+    return WidthPlan.from_json(Path(ctx.path(PLAN_FILE)).read_text())
+
+
+STAGE = Stage("recover", run, inputs, ("surgery",))

@@ -1,0 +1,43 @@
+"""The variants one build produces and where their files live.
+
+A variant is a model (the original "baseline", or the "pruned" one when the search
+narrowed something) at a precision (FP32, and the build's precision when that is not
+FP32), plus derived variants such as "pruned-mixed" (INT8 with the layers where INT8
+does not pay kept in float). Every variant is exported, built and measured, so the
+decision compares like with like.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hadmc_deploy.build.engine import BuildContext
+
+
+def pruned(ctx: BuildContext) -> bool:
+    return bool(ctx.results.get("recover", {}).get("final"))
+
+
+def models(ctx: BuildContext) -> list[str]:
+    """"baseline" always; "pruned" when the search narrowed something."""
+    return ["baseline", "pruned"] if pruned(ctx) else ["baseline"]
+
+
+def precisions(ctx: BuildContext) -> list[str]:
+    return ["fp32"] if ctx.plan.precision == "fp32" else ["fp32", ctx.plan.precision]
+
+
+def float_onnx(ctx: BuildContext, model: str) -> Path:
+    return ctx.path("baseline.onnx" if model == "baseline" or not pruned(ctx) else "model.onnx")
+
+
+def qdq_name(model: str, form: str) -> str:
+    return f"{'baseline_' if model == 'baseline' else ''}{form}.onnx"
+
+
+def scales_name(model: str) -> str:
+    return "baseline_scales.json" if model == "baseline" else "scales.json"
+
+
+def variant_name(model: str, precision: str) -> str:
+    return f"{model}-{precision}"

@@ -1,0 +1,60 @@
+"""The closed loop's pure parts: which variant deploys, the budget verdict, the latency
+correction fitted on measurements, and the chance-level warning."""
+
+from __future__ import annotations
+
+import pytest
+
+from hadmc_deploy.build.correction import LatencyCorrection, MeasuredPoint
+from hadmc_deploy.build.decide import Candidate, budget_verdict, chance_level_warning, choose, guard_exclusion
+from hadmc_deploy.latency.base import Prediction
+
+
+def test_fastest_allowed_candidate_wins() -> None:
+    cands = [Candidate("baseline-fp32", 10.0, 90.0), Candidate("baseline-int8", 5.0, 89.5), Candidate("pruned-int8", 3.0, 80.0, excluded="loses 10 points")]
+    name, reason = choose(cands, noise=0.05)
+    assert name == "baseline-int8" and "fastest" in reason
+
+
+def test_a_slower_int8_never_displaces_fp32() -> None:
+    """INT8 measured slower than FP32 (narrow layers on a CPU): the FP32 original stays."""
+    name, _ = choose([Candidate("baseline-fp32", 1.0, 90.0), Candidate("baseline-int8", 1.6, 90.0), Candidate("pruned-int8", 1.2, 90.0)], noise=0.05)
+    assert name == "baseline-fp32"
+
+
+def test_within_noise_the_simpler_variant_stays() -> None:
+    name, reason = choose([Candidate("baseline-fp32", 1.00, 90.0), Candidate("pruned-int8", 0.97, 90.0)], noise=0.05)
+    assert name == "baseline-fp32" and "noise" in reason
+    name, _ = choose([Candidate("baseline-fp32", 1.00, 90.0), Candidate("pruned-int8", 0.80, 90.0)], noise=0.05)
+    assert name == "pruned-int8"
+
+
+def test_guard_and_budget_verdicts() -> None:
+    assert guard_exclusion(88.0, 90.0, 1.0).startswith("loses 2.00 points")
+    assert guard_exclusion(89.5, 90.0, 1.0) == ""
+    assert guard_exclusion(50.0, 90.0, None) == ""
+    assert budget_verdict(2.0, 1.95, 0.05)["met"] is True
+    assert budget_verdict(2.0, 1.6, 0.05)["met"] is False
+    assert budget_verdict(None, 1.6, 0.05) is None
+
+
+def test_correction_fits_the_unpriced_overhead() -> None:
+    """Predicted 4 -> 2 ms (2x), measured 5 -> 3 ms (1.67x): the fit finds scale 1, offset 1 ms,
+    so a plan predicted at 1.5 ms is expected at 2.5 ms."""
+    corr = LatencyCorrection.fit([MeasuredPoint("baseline", 4.0, 5.0), MeasuredPoint("plan", 2.0, 3.0)])
+    assert corr.scale == pytest.approx(1.0) and corr.offset_ms == pytest.approx(1.0)
+    pred = corr.apply(Prediction(total_ms=1.5, per_layer_ms=[1.0, 0.5], source="lut"))
+    assert pred.total_ms == pytest.approx(2.5) and pred.per_layer_ms == [1.0, 0.5]
+
+
+def test_correction_refuses_ill_conditioned_fits() -> None:
+    """Two plans predicted almost alike: only a scale is fitted, never a wild offset."""
+    corr = LatencyCorrection.fit([MeasuredPoint("a", 8.22, 20.0), MeasuredPoint("b", 8.20, 7.0)])
+    assert corr.offset_ms == 0.0 and corr.scale > 0
+    negative = LatencyCorrection.fit([MeasuredPoint("a", 4.0, 3.0), MeasuredPoint("b", 2.0, 5.0)])
+    assert negative.offset_ms == 0.0 and negative.scale > 0
+
+
+def test_chance_level_warning_names_normalisation() -> None:
+    assert "--mean/--std" in chance_level_warning(10.5, 10)
+    assert chance_level_warning(88.0, 10) is None
