@@ -154,7 +154,12 @@ def _variant_name(model: str, precision: str) -> str:
 
 
 def _build_variants(ctx: BuildContext, backend: Any, target: Any) -> list[dict[str, Any]]:
-    """Build every variant with `backend` for `target` (the plan's target, or the CPU fallback)."""
+    """Build every variant with `backend` for `target` (the plan's target, or the CPU fallback).
+
+    One typed request per variant; each backend picks its own INT8 input from what the
+    request offers (QDQ graph in the plan target's form, ranges, TensorRT calibration cache).
+    """
+    from hadmc_deploy.backends import BuildRequest
     from hadmc_deploy.calibration.ranges import ActivationRanges
 
     quant = ctx.results.get("quantize", {})
@@ -162,22 +167,18 @@ def _build_variants(ctx: BuildContext, backend: Any, target: Any) -> list[dict[s
     for model in models(ctx):
         for precision in precisions(ctx):
             name = _variant_name(model, precision)
-            out_dir = ctx.path(f"artifacts/{target.name}/{name}")
-            source, ranges = float_onnx(ctx, model), None
-            float_nodes = [f["node"] for f in quant.get("float_nodes", {}).get(model, [])]
-            if backend.name == "tensorrt":
-                options: dict[str, Any] = {"target": target, "ui": ctx.ui}
-                if precision == "int8":
-                    options.update(qdq_onnx=str(ctx.path(qdq_name(model, target.int8_form))), calib_cache=str(ctx.path("calibration.cache")))
-            else:
-                options = {"target": target.name, "int8_form": target.int8_form, "float_nodes": float_nodes}
-            if precision == "int8":
-                qdq = ctx.path(qdq_name(model, target.int8_form))
-                if qdq.is_file() and ctx.plan.target.backend == backend.name == "onnxruntime":
-                    source = qdq  # the quantize stage's graph, already in this backend's form and placement
-                else:
-                    ranges = ActivationRanges.load(ctx.path(scales_name(model)))
-            artifact = backend.build(source, precision, out_dir, ranges=ranges, options=options)
+            int8 = precision == "int8"
+            qdq = ctx.path(qdq_name(model, ctx.plan.target.int8_form))
+            cache = ctx.path("calibration.cache")
+            request = BuildRequest(
+                onnx_path=float_onnx(ctx, model), precision=precision, out_dir=ctx.path(f"artifacts/{target.name}/{name}"), target=target,
+                ranges=ActivationRanges.load(ctx.path(scales_name(model))) if int8 else None,
+                qdq_graph=qdq if int8 and qdq.is_file() else None,
+                calibration_cache=cache if int8 and model == models(ctx)[-1] and cache.is_file() else None,
+                float_nodes=tuple(f["node"] for f in quant.get("float_nodes", {}).get(model, [])),
+                ui=ctx.ui,
+            )
+            artifact = backend.build(request)
             built.append({"name": name, "model": model, "precision": precision, "backend": backend.name, "target": target.name, "artifact": str(Path(artifact.path).relative_to(ctx.plan.out_dir))})
     return built
 
