@@ -15,6 +15,8 @@ import numpy as np
 from hadmc_deploy.backends.tensorrt_build import dtype_name, make_logger
 from hadmc_deploy.errors import ArtifactError, UsageError
 
+#: where engine tensors live ("cuda"; the fake-module tests of the binding plumbing use "cpu").
+RUNTIME_DEVICE = "cuda"
 #: TensorRT DataType member name -> torch dtype attribute name.
 TORCH_DTYPES = {
     "FLOAT": "float32",
@@ -40,7 +42,7 @@ def torch_dtype(trt_dtype: Any) -> Any:
 class EngineSession:
     """One deserialized engine with its execution context and CUDA stream."""
 
-    def __init__(self, trt: Any, engine_bytes: bytes, where: str = "engine", *, device: str = "cuda") -> None:
+    def __init__(self, trt: Any, engine_bytes: bytes, where: str = "engine", *, device: str | None = None) -> None:
         import torch
 
         self.trt = trt
@@ -56,8 +58,8 @@ class EngineSession:
         if self.context is None:  # the binding returns None when TensorRT cannot allocate the context
             detail = "; ".join(self.logger.errors[-3:]) or "TensorRT gave no reason (out of GPU memory?)"
             raise ArtifactError(f"TensorRT could not create an execution context for {where}: {detail}")
-        self.device = device
-        self.stream = torch.cuda.Stream() if device == "cuda" else None
+        self.device = device or RUNTIME_DEVICE
+        self.stream = torch.cuda.Stream() if self.device == "cuda" else None
         #: the device tensors whose addresses the context holds: kept alive while they are bound,
         #: or torch's caching allocator could hand their memory to the next allocation.
         self.bound: dict[str, Any] = {}

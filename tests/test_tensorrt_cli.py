@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from tensorrt_models import tiny_cnn, tiny_qdq_cnn
+from tensorrt_models import requires_no_tensorrt, tiny_cnn, tiny_qdq_cnn
 
 from hadmc_deploy.cli import main
 from hadmc_deploy.errors import BackendUnavailableError, UsageError
 
-ENTRY = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "hadmc-deploy"
+#: the CLI as a subprocess, through this interpreter (no venv path assumed).
+ENTRY = [sys.executable, "-m", "hadmc_deploy"]
 
 
 @pytest.fixture
@@ -24,8 +25,9 @@ def build_dir(tmp_path):
     return d
 
 
+@requires_no_tensorrt
 def test_engine_command_exits_with_unavailability_reason(build_dir, tmp_path):
-    proc = subprocess.run([str(ENTRY), "engine", str(build_dir), "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([*ENTRY, "engine", str(build_dir), "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == BackendUnavailableError.exit_code
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -34,6 +36,7 @@ def test_engine_command_exits_with_unavailability_reason(build_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@requires_no_tensorrt
 def test_engine_command_json_error(build_dir, tmp_path, capsys):
     code = main(["engine", str(build_dir), "-o", str(tmp_path / "out"), "--precision", "fp16", "--json"])
     assert code == BackendUnavailableError.exit_code
@@ -51,6 +54,7 @@ def test_engine_command_checks_options_before_backend(build_dir, tmp_path, capsy
     assert words in capsys.readouterr().err
 
 
+@requires_no_tensorrt
 def test_engine_command_int8_qdq_needs_the_qdq_graph(tmp_path, capsys):
     d = tmp_path / "b"
     d.mkdir()
@@ -69,6 +73,7 @@ def test_engine_command_missing_source(tmp_path, capsys):
     assert "neither a build directory nor an .onnx file" in capsys.readouterr().err
 
 
+@requires_no_tensorrt
 def test_check_tensorrt_tool_without_tensorrt_exits_with_one_line(tmp_path):
     tool = Path(__file__).resolve().parents[1] / "tools" / "check_tensorrt.py"
     proc = subprocess.run([sys.executable, str(tool), "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
