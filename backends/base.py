@@ -17,11 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from hadmc_deploy.backends.request import BuildRequest, OrtBuildOptions, TrtBuildOptions
 from hadmc_deploy.errors import ArtifactError, BackendUnavailableError, UsageError
 from hadmc_deploy.fileio import write_json_atomic
 from hadmc_deploy.specs import LayerSpec
+from hadmc_deploy.targets import TargetProfile
 
 METADATA_FILE = "metadata.json"
+__all__ = ["METADATA_FILE", "Artifact", "Backend", "BuildRequest", "LatencyStats", "OrtBuildOptions", "TrtBuildOptions",
+           "available_backends", "get", "register"]
 
 
 @dataclass
@@ -117,22 +121,11 @@ class Backend:
             raise BackendUnavailableError(f"backend {self.name!r} is not available here: {reason}")
 
     # -- public API: validate, then delegate ----------------------------------------
-    def build(
-        self,
-        onnx_path: str | Path,
-        precision: str,
-        out_dir: str | Path,
-        *,
-        ranges: Any = None,
-        options: dict[str, Any] | None = None,
-    ) -> Artifact:
-        onnx_path = Path(onnx_path)
-        if not onnx_path.is_file():
-            raise UsageError(f"ONNX file {onnx_path} does not exist")
-        if precision not in ("fp32", "fp16", "int8"):
-            raise UsageError(f"unknown precision {precision!r}", hint="use int8, fp16 or fp32")
+    def build(self, request: BuildRequest) -> Artifact:
+        """Build the artifact `request` asks for; every backend reads the same typed request."""
+        request.validate()
         self.require()
-        return self._build(onnx_path, precision, Path(out_dir), ranges=ranges, options=options or {})
+        return self._build(request)
 
     def run(self, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._check_artifact(artifact)
@@ -150,6 +143,10 @@ class Backend:
         self.require()
         return self._measure_layer(spec, warmup, runs)
 
+    def default_target(self) -> TargetProfile:
+        """The target profile a build gets when the caller names none (timing tools, ad-hoc builds)."""
+        raise NotImplementedError
+
     def describe_device(self) -> dict[str, Any]:
         """Device fingerprint for LUTs and artifact metadata (CPU model + ISA, or GPU + compute capability)."""
         raise NotImplementedError
@@ -159,7 +156,7 @@ class Backend:
             raise ArtifactError(f"artifact {artifact.path} was built by backend {artifact.backend!r}, not {self.name!r}")
 
     # -- implementation hooks ------------------------------------------------------
-    def _build(self, onnx_path: Path, precision: str, out_dir: Path, *, ranges: Any, options: dict[str, Any]) -> Artifact:
+    def _build(self, request: BuildRequest) -> Artifact:
         raise NotImplementedError
 
     def _run(self, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -12,12 +12,9 @@ kernels deployment will run. onnxruntime is imported inside functions only.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,14 +22,22 @@ from typing import Any
 import numpy as np
 import onnx
 
-from hadmc_deploy import __version__
 from hadmc_deploy.errors import ArtifactError, UsageError, VerificationError
 from hadmc_deploy.fileio import sha256_file, write_json_atomic, write_text_atomic
 from hadmc_deploy.onnx_passes import io_shapes
 from hadmc_deploy.specs import LayerSpec
-from hadmc_deploy.targets import cpu_model_name, cpu_profile, detect_cpu_isa
+from hadmc_deploy.targets import TargetProfile, cpu_model_name, cpu_profile, detect_cpu_isa
 
-from .base import METADATA_FILE, Artifact, Backend, LatencyStats, register
+from .artifact_dir import replace_dir, staging_dir
+from .base import METADATA_FILE, Artifact, Backend, BuildRequest, LatencyStats, register
+from .ort_artifact import (
+    adhoc_artifact,
+    has_quantize_nodes,
+    ranges_sha256,
+    read_export_record,
+    usable_qdq,
+    versions,
+)
 from .ort_example import EXAMPLE_SCRIPT
 from .ort_session import (  # re-exported: the latency tables import session helpers from here
     DEFAULT_OPT_LEVEL,
@@ -70,89 +75,8 @@ ARTIFACT_FORMAT = "hadmc-artifact/1"
 #: to this ORT version ("all" also this CPU's NCHWc layout). So it does not help here: the
 #: default keeps the artifact's model identical to the verified export; `offline_opt` opts in.
 DEFAULT_OFFLINE_LEVEL: str | None = None
-#: options `build` reads (`form` is accepted as another name for `int8_form`).
-BUILD_OPTIONS = ("target", "threads", "opt_level", "offline_opt", "int8_form", "float_nodes", "preprocess", "verification", "extra")
 #: fp32 tolerance between the source graph and its offline-optimized copy (same math, fused kernels).
 OFFLINE_RTOL, OFFLINE_ATOL = 1e-3, 1e-4
-
-
-# -- hashes and metadata helpers ------------------------------------------------------------
-def ranges_sha256(ranges: Any) -> str | None:
-    """Hash of the calibration content (tensors, method, samples, input hashes), not of its timestamp."""
-    if ranges is None:
-        return None
-    if isinstance(ranges, (str, Path)):
-        return sha256_file(ranges)
-    data = ranges.to_dict() if hasattr(ranges, "to_dict") else dict(ranges)
-    data = {k: v for k, v in data.items() if k not in ("created", "versions")}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def read_export_record(model: onnx.ModelProto) -> dict[str, Any]:
-    """What `export_onnx` stored in the model's metadata_props (verification errors, exporter), if anything."""
-    from hadmc_deploy.export import EXPORT_RECORD_KEY
-
-    for prop in model.metadata_props:
-        if prop.key == EXPORT_RECORD_KEY:
-            try:
-                return json.loads(prop.value)
-            except json.JSONDecodeError:
-                return {}
-    return {}
-
-
-def has_quantize_nodes(model: onnx.ModelProto) -> bool:
-    return any(node.op_type in ("QuantizeLinear", "QLinearConv", "DynamicQuantizeLinear") for node in model.graph.node)
-
-
-def _versions() -> dict[str, str]:
-    import onnxruntime as ort
-
-    return {"hadmc_deploy": __version__, "onnxruntime": ort.__version__, "onnx": onnx.__version__, "numpy": np.__version__, "python": platform.python_version()}
-
-
-def _check_out_dir(out_dir: Path) -> None:
-    """Refuse to replace anything but an earlier artifact (or an empty directory)."""
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / METADATA_FILE).is_file())):
-        raise ArtifactError(f"{out_dir} exists and is not an artifact directory", hint="choose an empty or new output directory")
-
-
-def _replace_dir(staging: Path, out_dir: Path) -> None:
-    """Move the finished staging directory to `out_dir`, replacing an earlier artifact only."""
-    _check_out_dir(out_dir)
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(staging, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out_dir)
-
-
-def adhoc_artifact(onnx_path: str | Path, threads: int | None = None) -> Artifact:
-    """Wrap a bare .onnx file as an in-memory artifact (for `bench model.onnx`); nothing is written."""
-    path = Path(onnx_path)
-    if not path.is_file():
-        raise ArtifactError(f"ONNX file {path} does not exist")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ArtifactError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from exc
-    inputs, outputs = io_shapes(model)
-    return Artifact(
-        path=path.parent,
-        model_file=path.name,
-        metadata={
-            "backend": "onnxruntime",
-            "precision": "int8" if has_quantize_nodes(model) else "fp32",
-            "inputs": inputs,
-            "outputs": outputs,
-            "input_name": inputs[0]["name"] if inputs else None,
-            "output_name": outputs[0]["name"] if outputs else None,
-            "session_options": {"intra_op_num_threads": resolve_threads(threads), "graph_optimization_level": ORT_LEVEL_NAMES[DEFAULT_OPT_LEVEL]},
-            "adhoc": True,
-        },
-    )
 
 
 @register("onnxruntime")
@@ -171,6 +95,9 @@ class OnnxRuntimeBackend(Backend):
             return False, f"onnxruntime {ort.__version__} has no CPUExecutionProvider"
         return True, f"onnxruntime {ort.__version__}"
 
+    def default_target(self) -> TargetProfile:
+        return cpu_profile()
+
     def describe_device(self) -> dict[str, Any]:
         import onnxruntime as ort
 
@@ -186,14 +113,16 @@ class OnnxRuntimeBackend(Backend):
         }
 
     # -- build ------------------------------------------------------------------------
-    def _build(self, onnx_path: Path, precision: str, out_dir: Path, *, ranges: Any, options: dict[str, Any]) -> Artifact:
-        # Unknown keys are recorded, not fatal: callers share one options dict across backends.
-        ignored = sorted(set(options) - set(BUILD_OPTIONS) - {"form"})
-        threads = resolve_threads(options.get("threads"))
-        opt_level = options.get("opt_level", DEFAULT_OPT_LEVEL)
-        offline = options.get("offline_opt", DEFAULT_OFFLINE_LEVEL)
+    def _build(self, request: BuildRequest) -> Artifact:
+        opts = request.ort
+        threads = resolve_threads(opts.threads)
+        opt_level = opts.opt_level or DEFAULT_OPT_LEVEL
+        if opt_level not in OPT_LEVELS:
+            raise UsageError(f"unknown graph optimization level {opt_level!r}", hint=f"use one of {', '.join(OPT_LEVELS)}")
+        offline = opts.offline_opt if opts.offline_opt is not None else DEFAULT_OFFLINE_LEVEL
         if offline is not None and offline not in OPT_LEVELS[1:]:
             raise UsageError(f"unknown offline optimization level {offline!r}", hint="use basic, extended, all or None")
+        onnx_path, precision, out_dir = request.onnx_path, request.precision, request.out_dir
         source = onnx.load(str(onnx_path), load_external_data=False)
         export_record = read_export_record(source)
         prequantized = has_quantize_nodes(source)
@@ -201,53 +130,56 @@ class OnnxRuntimeBackend(Backend):
             raise UsageError("the ONNX Runtime CPU backend has no fast fp16 kernels", hint="build fp32 or int8 for --target cpu")
         if precision == "fp32" and prequantized:
             raise UsageError(f"{onnx_path} is already quantized (it has QuantizeLinear nodes)", hint="build it with precision int8")
-        if precision == "int8" and not prequantized and ranges is None:
-            raise UsageError("an int8 build of a float ONNX needs calibration ranges", hint="pass --calib DATA (or ranges=)")
-        int8_form = options.get("int8_form") or options.get("form") or cpu_profile().int8_form
-        _check_out_dir(out_dir)
-
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
+        int8_form = request.target.int8_form
+        given_qdq = None
+        if precision == "int8" and not prequantized:
+            given_qdq = usable_qdq(request)
+            if given_qdq is None and request.ranges is None:
+                raise UsageError("an int8 build of a float ONNX needs calibration ranges (or a QDQ graph in ONNX Runtime's form)",
+                                 hint="pass --calib DATA (BuildRequest.ranges)")
+        with staging_dir(out_dir) as staging:
             to_deploy = onnx_path
             quantized_by = "source (already quantized)" if prequantized else None
-            if precision == "int8" and not prequantized:
+            if given_qdq is not None:
+                to_deploy = given_qdq
+                quantized_by = f"the request's QDQ graph {given_qdq.name} ({int8_form}, onnxruntime placement)"
+            elif precision == "int8" and not prequantized:
                 from hadmc_deploy.calibration.qdq import cpu_reduce_range, write_qdq
 
                 to_deploy = staging / "qdq.onnx"
                 # ORT's own Q/DQ placement: its CPU kernels fuse it; TensorRT's placement ran 0.4-0.8x FP32 here.
                 write_qdq(
                     onnx_path,
-                    ranges,
+                    request.ranges,
                     to_deploy,
                     form=int8_form,
-                    float_nodes=tuple(options.get("float_nodes", ())),
+                    float_nodes=request.float_nodes,
                     placement="onnxruntime",
                     reduce_range=cpu_reduce_range(detect_cpu_isa()),
                 )
                 quantized_by = f"hadmc_deploy.calibration.qdq.write_qdq ({int8_form})"
             model_path = staging / MODEL_FILE
             offline_err = self._write_model(to_deploy, model_path, offline, threads, check_numerics=precision == "fp32")
-            if to_deploy != onnx_path:
+            if to_deploy.parent == staging:
                 to_deploy.unlink()
             deployed = onnx.load(str(model_path), load_external_data=False)
             inputs, outputs = io_shapes(deployed)
             metadata = {
                 "format": ARTIFACT_FORMAT,
-                "target": options.get("target", "cpu"),
+                "target": request.target.name,
                 "backend": self.name,
-                "backend_version": _versions()["onnxruntime"],
+                "backend_version": versions()["onnxruntime"],
                 "device": self.describe_device(),
                 "precision": precision,
                 "int8_form": int8_form if precision == "int8" and not prequantized else None,
-                "float_nodes": list(options.get("float_nodes", ())),
+                "float_nodes": list(request.float_nodes),
                 "quantized_by": quantized_by,
                 "input_name": inputs[0]["name"],
                 "output_name": outputs[0]["name"],
                 "inputs": inputs,
                 "outputs": outputs,
-                "preprocess": options.get("preprocess"),
-                "verification": options.get("verification") or export_record.get("verification"),
+                "preprocess": request.preprocess,
+                "verification": request.verification or export_record.get("verification"),
                 "export": {k: v for k, v in export_record.items() if k != "verification"} or None,
                 "session_options": {
                     "execution_provider": "CPUExecutionProvider",
@@ -258,22 +190,20 @@ class OnnxRuntimeBackend(Backend):
                     "offline_optimization": ORT_LEVEL_NAMES[offline] if offline else None,
                     "offline_max_abs_err": offline_err,
                 },
-                "ignored_options": ignored,
-                "versions": _versions(),
+                "versions": versions(),
                 "hashes": {
                     "source_onnx_sha256": sha256_file(onnx_path),
-                    "ranges_sha256": ranges_sha256(ranges),
+                    "ranges_sha256": ranges_sha256(request.ranges),
+                    "qdq_graph_sha256": sha256_file(given_qdq) if given_qdq is not None else None,
                     "model_sha256": sha256_file(model_path),
                 },
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "extra": options.get("extra") or {},
+                "extra": dict(request.extra),
                 "model_file": MODEL_FILE,
             }
             write_json_atomic(staging / METADATA_FILE, metadata)
             write_text_atomic(staging / EXAMPLE_FILE, EXAMPLE_SCRIPT)
-            _replace_dir(staging, out_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            replace_dir(staging, out_dir)
         return Artifact.load(out_dir)
 
     def _write_model(self, source: Path, dest: Path, offline: str | None, threads: int, *, check_numerics: bool) -> float | None:

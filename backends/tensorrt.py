@@ -4,43 +4,38 @@ TensorRT is imported inside methods only: `available()` answers (False, one-line
 reason) on machines without it and nothing here raises at `import hadmc_deploy`.
 The work is split by job: `tensorrt_features` (what this TensorRT can do and the
 precision path that follows), `tensorrt_build` (parse + configure + build),
+`tensorrt_inputs` (which graph and calibration a request gets),
 `tensorrt_calibrator` (implicit calibration), `tensorrt_runtime` (run + time),
 `tensorrt_artifact` (metadata, compatibility, profiles, fallback; no GPU needed).
 """
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hadmc_deploy.backends.artifact_dir import replace_dir, staging_dir
 from hadmc_deploy.backends.base import Artifact, Backend, LatencyStats, register
+from hadmc_deploy.backends.request import BuildRequest, TrtBuildOptions
 from hadmc_deploy.backends.tensorrt_artifact import (
     ENGINE_FILE,
     batch_triple_from_sizes,
     check_compatible,
     derive_profile,
     engine_metadata,
-    onnx_has_qdq,
     onnx_input_shapes,
-    sibling_qdq,
     timing_cache_path,
 )
-from hadmc_deploy.backends.tensorrt_features import (
-    MIN_VERSION_TEXT,
-    PrecisionPlan,
-    detect_features,
-    plan_precision,
-)
-from hadmc_deploy.errors import BackendUnavailableError, UsageError
+from hadmc_deploy.backends.tensorrt_features import MIN_VERSION_TEXT, detect_features, plan_precision
+from hadmc_deploy.backends.tensorrt_inputs import choose_int8_mode, graph_for, prepare_calibration
+from hadmc_deploy.errors import UsageError
 from hadmc_deploy.fileio import sha256_file, write_bytes_atomic
 from hadmc_deploy.specs import LayerSpec
+from hadmc_deploy.targets import TargetProfile, get_target
 from hadmc_deploy.ui import UI, quiet_ui
-
-DEFAULT_BATCH_SIZES = (1, 8, 32)
 
 
 def _import_tensorrt() -> Any:
@@ -91,10 +86,16 @@ def device_info(trt: Any) -> dict[str, Any]:
 
 @register("tensorrt")
 class TensorRTBackend(Backend):
-    """Engines from ONNX; options of `build` are documented in `_build`."""
+    """Engines from ONNX, built from a typed BuildRequest (its `trt` section: TrtBuildOptions)."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, float], Any] = {}
 
     def available(self) -> tuple[bool, str]:
         return availability()
+
+    def default_target(self) -> TargetProfile:
+        return get_target("cuda")
 
     def describe_device(self) -> dict[str, Any]:
         ok, reason = self.available()
@@ -103,147 +104,95 @@ class TensorRTBackend(Backend):
         return device_info(_import_tensorrt())
 
     # -- build ---------------------------------------------------------------------
-    def _build(self, onnx_path: Path, precision: str, out_dir: Path, *, ranges: Any, options: dict[str, Any]) -> Artifact:
-        """Options: int8_mode ("qdq"|"calibrator"), calibrator ("entropy"|"minmax"), qdq_onnx, calib_cache,
-        calib_data (ArrayDataset or N,C,H,W array), calib_batch, batch ((min,opt,max)), target (TargetProfile),
-        workspace_mb, fp16_rest, timing_cache (path, or False for none), hardware_compatibility, ui.
-        """
-        from hadmc_deploy.backends.tensorrt_build import BuildRequest, build_engine
+    def _build(self, request: BuildRequest) -> Artifact:
+        """Choose the precision path this TensorRT supports, build in a staging directory, then move it into place."""
+        from hadmc_deploy.backends.tensorrt_build import EngineBuildSpec, build_engine
 
         trt = _import_tensorrt()
-        ui: UI = options.get("ui") or quiet_ui()
+        ui: UI = request.ui or quiet_ui()
+        opts = request.trt
         features = detect_features(trt)
-        target = options.get("target")
-        fp16_rest = bool(options.get("fp16_rest", target is None or "fp16" in getattr(target, "precisions", ("fp16",))))
-        plan = plan_precision(features, precision, options.get("int8_mode", "qdq"), fp16_rest=fp16_rest,
-                              calibrator=options.get("calibrator", "entropy"))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        work = out_dir / "work"
-        work.mkdir(exist_ok=True)
-        graph, converter = self._graph_for(plan, onnx_path, options, ranges, work)
+        fp16_rest = opts.fp16_rest if opts.fp16_rest is not None else "fp16" in request.target.precisions
+        int8_mode = choose_int8_mode(features, request) if request.precision == "int8" else "qdq"
+        plan = plan_precision(features, request.precision, int8_mode, fp16_rest=fp16_rest, calibrator=opts.calibrator)
+        with staging_dir(request.out_dir) as staging:
+            work = staging / "work"
+            work.mkdir()
+            graph, converter = graph_for(plan, request, work, ui)
+            profile = derive_profile(onnx_input_shapes(graph), tuple(opts.batch or batch_triple_from_sizes(request.target.batch_sizes)))
+            device = device_info(trt)
+            calib = None
+            calibration: dict[str, Any] | None = None
+            if plan.calibrator is not None:
+                calib = prepare_calibration(trt, plan, graph, profile, request, staging, ui)
+                calibration = calib.record
+            elif plan.onnx_kind.startswith("qdq"):
+                calibration = {"kind": "qdq-scales-in-onnx", "sha256": sha256_file(graph)}
+            timing_path = None
+            if opts.use_timing_cache:
+                timing_path = opts.timing_cache or timing_cache_path(device["gpu_name"], str(trt.__version__))
+                timing_path.parent.mkdir(parents=True, exist_ok=True)
+            spec = EngineBuildSpec(
+                onnx_path=graph, plan=plan, profile=profile, workspace_bytes=int(opts.workspace_mb) << 20,
+                timing_cache=timing_path, calibrator=calib.calibrator if calib else None,
+                calibration_shapes=calib.shapes if calib else {}, hardware_compatibility=opts.hardware_compatibility,
+                builder_optimization_level=opts.builder_optimization_level, tf32=opts.tf32,
+                cache_scales=calib.cache_scales if calib else None,
+            )
+            result = build_engine(trt, spec, ui)
+            write_bytes_atomic(staging / ENGINE_FILE, result.engine)
+            if calib is not None and calibration is not None:
+                cache_file = staging / "calibration.cache"
+                calibration["sha256"] = sha256_file(cache_file) if cache_file.is_file() else None
+                calibration["read_from_cache"] = bool(calib.calibrator.cache.read_from_file)
+                calibration["unscaled_layers"] = result.unscaled_layers
+            metadata = engine_metadata(
+                trt_version=str(trt.__version__), device=device, plan=plan.to_dict(), profile=profile,
+                inputs=result.inputs, outputs=result.outputs, onnx_path=graph, onnx_sha256=sha256_file(graph),
+                calibration=calibration, build_seconds=result.seconds, features=features.to_dict(),
+                extra={
+                    "source_onnx": {"path": str(request.onnx_path), "sha256": sha256_file(request.onnx_path)},
+                    "fp16_converter": converter,
+                    "timing_cache": str(timing_path) if timing_path else None,
+                    "workspace_mb": int(opts.workspace_mb),
+                    "tf32": opts.tf32,
+                    "hardware_compatibility": opts.hardware_compatibility,
+                    "target": request.target.name,
+                    "preprocess": request.preprocess,
+                    "extra": dict(request.extra),
+                    "builder_warnings": result.warnings[:20],
+                },
+            )
+            if graph.is_relative_to(staging):  # a converted graph: record where it will live
+                metadata["onnx"]["path"] = str(request.out_dir / graph.relative_to(staging))
+            metadata["layers"] = self._layer_summary(trt, result.engine, request.out_dir / ENGINE_FILE)
+            if not any(work.iterdir()):
+                work.rmdir()  # keep converted graphs only when there are some
+            Artifact(path=staging, model_file=ENGINE_FILE, metadata=metadata).save_metadata()
+            replace_dir(staging, request.out_dir)
+        return Artifact.load(request.out_dir)
 
-        batch = options.get("batch") or batch_triple_from_sizes(getattr(target, "batch_sizes", DEFAULT_BATCH_SIZES))
-        profile = derive_profile(onnx_input_shapes(graph), tuple(batch))
-        device = device_info(trt)
-        calibrator, calib_shapes, calibration = None, {}, None
-        if plan.calibrator is not None:
-            calibrator, calib_shapes, calibration = self._calibrator(trt, plan, profile, options, ranges, out_dir, ui)
-        elif plan.onnx_kind.startswith("qdq"):
-            calibration = {"kind": "qdq-scales-in-onnx", "sha256": sha256_file(graph)}
-        timing = options.get("timing_cache")
-        timing_path = None if timing is False else Path(timing) if timing else timing_cache_path(device["gpu_name"], str(trt.__version__))
-        if timing_path is not None:
-            timing_path.parent.mkdir(parents=True, exist_ok=True)
-        request = BuildRequest(
-            onnx_path=graph, plan=plan, profile=profile,
-            workspace_bytes=int(options.get("workspace_mb", 1024)) << 20,
-            timing_cache=timing_path, calibrator=calibrator, calibration_shapes=calib_shapes,
-            hardware_compatibility=str(options.get("hardware_compatibility", "none")),
-        )
-        result = build_engine(trt, request, ui)
-        write_bytes_atomic(out_dir / ENGINE_FILE, result.engine)
-        if calibration is not None and plan.calibrator is not None:
-            cache_file = out_dir / "calibration.cache"
-            calibration["sha256"] = sha256_file(cache_file) if cache_file.is_file() else None
-            calibration["read_from_cache"] = bool(calibrator.cache.read_from_file)
-        metadata = engine_metadata(
-            trt_version=str(trt.__version__), device=device, plan=plan.to_dict(), profile=profile,
-            inputs=result.inputs, outputs=result.outputs, onnx_path=graph, onnx_sha256=sha256_file(graph),
-            calibration=calibration, build_seconds=result.seconds, features=features.to_dict(),
-            extra={
-                "source_onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path)},
-                "fp16_converter": converter,
-                "timing_cache": str(timing_path) if timing_path else None,
-                "workspace_mb": int(options.get("workspace_mb", 1024)),
-                "hardware_compatibility": request.hardware_compatibility,
-                "target": getattr(target, "name", None),
-                "builder_warnings": result.warnings[:20],
-            },
-        )
-        artifact = Artifact(path=out_dir, model_file=ENGINE_FILE, metadata=metadata)
+    @staticmethod
+    def _layer_summary(trt: Any, engine: bytes, where: Path) -> dict[str, Any]:
         try:
             from hadmc_deploy.backends.tensorrt_runtime import EngineSession
 
-            metadata["layers"] = EngineSession(trt, result.engine, str(out_dir / ENGINE_FILE)).layer_summary()
-        except Exception as exc:  # the summary is informative only; the engine is already written
-            metadata["layers"] = {"layers": None, "int8_layers": None, "reason": f"{type(exc).__name__}: {exc}"}
-        artifact.save_metadata()
-        if not any(work.iterdir()):
-            work.rmdir()  # keep converted graphs only when there are some
-        return artifact
-
-    def _graph_for(self, plan: PrecisionPlan, onnx_path: Path, options: dict[str, Any], ranges: Any, work: Path) -> tuple[Path, str | None]:
-        """The ONNX graph the plan parses: float, FP16-typed, or the INT8 stage's QDQ graph."""
-        from hadmc_deploy.backends.tensorrt_build import fp16_typed_onnx
-
-        if plan.onnx_kind == "float":
-            if plan.precision == "int8" and onnx_has_qdq(onnx_path):
-                raise UsageError(f"{onnx_path} already holds Q/DQ nodes; the calibrator path needs the float ONNX",
-                                 hint="pass model.onnx, or use --int8-mode qdq")
-            return onnx_path, None
-        if plan.onnx_kind == "fp16-typed":
-            return fp16_typed_onnx(onnx_path, work / "model_fp16.onnx")
-        qdq = self._qdq_graph(onnx_path, options, ranges, work)
-        if plan.onnx_kind == "qdq-fp16-typed":
-            try:
-                return fp16_typed_onnx(qdq, work / "qdq_s8s8_fp16.onnx", qdq=True)
-            except BackendUnavailableError as exc:
-                (options.get("ui") or quiet_ui()).warn(f"{exc.one_line()}; the unquantized layers stay FP32")
-                return qdq, "none (FP32 for the unquantized rest)"
-        return qdq, None
-
-    @staticmethod
-    def _qdq_graph(onnx_path: Path, options: dict[str, Any], ranges: Any, work: Path) -> Path:
-        if onnx_has_qdq(onnx_path):
-            return onnx_path
-        explicit = options.get("qdq_onnx")
-        candidates = [Path(explicit)] if explicit else [sibling_qdq(onnx_path)]
-        for path in candidates:
-            if path.is_file():
-                return path
-        if ranges is not None:
-            from hadmc_deploy.calibration.qdq import write_qdq
-
-            return Path(write_qdq(onnx_path, ranges, work / "qdq_s8s8.onnx", form="qdq_s8s8"))
-        raise UsageError(f"INT8 with --int8-mode qdq needs the QDQ graph qdq_s8s8.onnx beside {onnx_path.name} (or activation ranges)",
-                         hint="run the INT8 stage (`hadmc-deploy build ... --calib DATA`) or use --int8-mode calibrator with --calib-cache")
-
-    @staticmethod
-    def _calibrator(trt: Any, plan: PrecisionPlan, profile: dict[str, Any], options: dict[str, Any], ranges: Any,
-                    out_dir: Path, ui: UI) -> tuple[Any, dict[str, list[int]], dict[str, Any]]:
-        from hadmc_deploy.backends.tensorrt_calibrator import make_calibrator
-        from hadmc_deploy.calibration import trt_cache
-
-        if len(profile) != 1:
-            raise UsageError(f"the calibrator feeds single-input models; this one has inputs {sorted(profile)}")
-        (input_name, shapes), = profile.items()
-        cache = out_dir / "calibration.cache"
-        source = options.get("calib_cache")
-        if source and Path(source).resolve() != cache.resolve():
-            shutil.copyfile(source, cache)
-        elif not source and ranges is not None:
-            trt_cache.write_cache(cache, ranges, trt_version=str(trt.__version__))
-        data = options.get("calib_data")
-        x = getattr(data, "x", data)
-        calib_batch = int(options.get("calib_batch", 32))
-        if x is not None:
-            calib_batch = max(1, min(calib_batch, int(np.asarray(x).shape[0])))
-        with ui.progress("TensorRT calibration", None) as task:
-            calibrator = make_calibrator(trt, input_name=input_name, cache_path=cache, data=None if x is None else np.asarray(x),
-                                         batch_size=calib_batch, algo=plan.calibrator or "entropy", on_batch=task.advance)
-        shape = [calib_batch, *shapes["opt"][1:]] if x is not None else list(shapes["opt"])
-        record = {"kind": "implicit-calibrator", "algorithm": plan.calibrator, "cache": str(cache),
-                  "source_cache": str(source) if source else None,
-                  "data": getattr(data, "source", None), "samples": None if x is None else int(np.asarray(x).shape[0])}
-        return calibrator, {input_name: shape}, record
+            return EngineSession(trt, engine, str(where)).layer_summary()
+        except Exception as exc:  # the summary is informative only; the engine is already built
+            return {"layers": None, "int8_layers": None, "reason": f"{type(exc).__name__}: {exc}"}
 
     # -- run and time ------------------------------------------------------------------
     def _session(self, artifact: Artifact) -> Any:
+        """One deserialized engine per file (and modification time): `run` must not deserialize each call."""
         from hadmc_deploy.backends.tensorrt_runtime import EngineSession
 
         trt = _import_tensorrt()
         check_compatible(artifact.metadata, device_info(trt), artifact.path)
-        return EngineSession(trt, artifact.model_path.read_bytes(), str(artifact.model_path))
+        path = artifact.model_path
+        key = (str(path.resolve()), path.stat().st_mtime)
+        if key not in self._sessions:
+            self._sessions[key] = EngineSession(trt, path.read_bytes(), str(path))
+        return self._sessions[key]
 
     def _run(self, artifact: Artifact, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._session(artifact).run(inputs)
@@ -270,6 +219,7 @@ class TensorRTBackend(Backend):
         with tempfile.TemporaryDirectory(prefix="hadmc-trt-layer-") as tmp:
             path = Path(tmp) / "layer.onnx"
             onnx.save(model, str(path))
-            artifact = self._build(path, spec.precision, Path(tmp) / "engine", ranges=None,
-                                   options={"batch": (spec.batch,) * 3, "int8_mode": "qdq"})
+            request = BuildRequest(path, spec.precision, Path(tmp) / "engine", self.default_target(),
+                                   trt=TrtBuildOptions(batch=(spec.batch,) * 3, int8_mode="qdq"))
+            artifact = self.build(request)
             return self._benchmark(artifact, spec.batch, warmup, runs)

@@ -2,7 +2,7 @@
 
 Builder -> create_network(flags) -> OnnxParser (every parser error reported) ->
 create_builder_config -> set_memory_pool_limit(WORKSPACE) -> precision flags or
-none (strongly typed) -> optimization profile for the dynamic batch -> calibrator
+none (strongly typed), TF32 cleared unless asked for -> optimization profile for the dynamic batch -> calibrator
 (implicit path only) -> persistent timing cache -> build_serialized_network.
 Every call takes the `tensorrt` module as an argument: nothing here imports it,
 so `import hadmc_deploy` works anywhere.
@@ -22,7 +22,9 @@ from hadmc_deploy.ui import UI, quiet_ui
 
 
 @dataclass
-class BuildRequest:
+class EngineBuildSpec:
+    """What one engine build hands TensorRT (the backend derives it from the typed BuildRequest)."""
+
     onnx_path: Path
     plan: PrecisionPlan
     #: input name -> {"min": shape, "opt": shape, "max": shape}
@@ -35,6 +37,11 @@ class BuildRequest:
     #: "none" or "ampere_plus" (engines portable across GPUs of compute capability >= 8.0).
     hardware_compatibility: str = "none"
     builder_optimization_level: int | None = None
+    #: TensorRT enables TF32 for FP32 layers by default (Ampere+); cleared unless True, as Polygraphy does.
+    tf32: bool = False
+    #: tensor names the calibration cache gives scales for (implicit path from a cache): layers whose
+    #: outputs it does not name get no INT8 scale and run in higher precision; they are listed.
+    cache_scales: frozenset[str] | None = None
 
 
 @dataclass
@@ -45,6 +52,8 @@ class BuildResult:
     seconds: float
     timing_cache_entries: str = ""
     warnings: list[str] = field(default_factory=list)
+    #: layers whose output tensors the calibration cache does not name (None: not checked).
+    unscaled_layers: list[str] | None = None
 
 
 def dtype_name(dtype: Any) -> str:
@@ -111,11 +120,13 @@ def tensors_of(network: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return inputs, outputs
 
 
-def configure(trt: Any, builder: Any, network: Any, req: BuildRequest) -> Any:
+def configure(trt: Any, builder: Any, network: Any, req: EngineBuildSpec) -> Any:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(req.workspace_bytes))
     for name in req.plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
+    if not req.tf32 and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default: an "FP32" engine would compute in TF32
     if hasattr(trt, "ProfilingVerbosity"):
         # DETAILED keeps layer names and precisions for the engine inspector.
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
@@ -161,15 +172,43 @@ def save_timing_cache(config: Any, path: Path | None) -> None:
         write_bytes_atomic(path, bytes(cache.serialize()))
 
 
-def build_engine(trt: Any, req: BuildRequest, ui: UI | None = None) -> BuildResult:
+def unscaled_layers(network: Any, scales: frozenset[str]) -> list[str]:
+    """Layers with an output tensor the calibration cache does not name.
+
+    The cache is computed on the CPU over ONNX tensor names; TensorRT splits some ONNX
+    ops into several layers (Gemm into a matrix multiply and a bias add, for one) whose
+    intermediate tensors have names of its own. Those get no scale and run in FP16/FP32.
+    """
+    out = []
+    for i in range(int(network.num_layers)):
+        layer = network.get_layer(i)
+        names = [layer.get_output(j).name for j in range(int(layer.num_outputs))]
+        if any(n not in scales for n in names):
+            out.append(str(layer.name))
+    return out
+
+
+def make_builder(trt: Any, logger: Any) -> Any:
+    """trt.Builder(logger); the binding raises TypeError (never returns None) when TensorRT cannot make one."""
+    try:
+        return trt.Builder(logger)
+    except TypeError as exc:
+        detail = "; ".join(logger.errors[-3:]) or str(exc).splitlines()[0]
+        raise BackendUnavailableError(f"TensorRT could not create a builder: {detail}",
+                                      hint="check the CUDA driver and that the GPU is visible (nvidia-smi)") from exc
+
+
+def build_engine(trt: Any, req: EngineBuildSpec, ui: UI | None = None) -> BuildResult:
     """Build a serialized engine for `req`; failures raise with TensorRT's own error lines."""
     ui = ui or quiet_ui()
     logger = make_logger(trt)
-    builder = trt.Builder(logger)
-    if builder is None:
-        raise BackendUnavailableError("TensorRT could not create a builder (no usable CUDA device?)")
+    builder = make_builder(trt, logger)
     network, _parser = parse_onnx(trt, builder, logger, req.onnx_path, req.plan)
     inputs, outputs = tensors_of(network)
+    unscaled = unscaled_layers(network, req.cache_scales) if req.cache_scales is not None else None
+    if unscaled:
+        ui.warn(f"the calibration cache names no scale for {len(unscaled)} layer output(s) TensorRT created "
+                f"(e.g. {', '.join(unscaled[:3])}): those layers run in higher precision")
     config = configure(trt, builder, network, req)
     attach_timing_cache(config, req.timing_cache)
     ui.log(f"building TensorRT engine ({req.plan.path}) from {req.onnx_path.name}")
@@ -177,11 +216,15 @@ def build_engine(trt: Any, req: BuildRequest, ui: UI | None = None) -> BuildResu
     with ui.progress(f"TensorRT build {req.plan.path}", None):
         serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
+    calib_error = getattr(req.calibrator, "error", None)
+    if calib_error is not None:
+        # TensorRT's calibrator trampolines swallowed it; it is the real cause of whatever followed.
+        raise calib_error
     if serialized is None:
         detail = "; ".join(logger.errors[-5:]) or "no error was logged"
         raise ExportError(f"TensorRT could not build the engine ({req.plan.path}): {detail}")
     save_timing_cache(config, req.timing_cache)
-    return BuildResult(bytes(serialized), inputs, outputs, seconds, warnings=list(logger.warnings))
+    return BuildResult(bytes(serialized), inputs, outputs, seconds, warnings=list(logger.warnings), unscaled_layers=unscaled)
 
 
 def fp16_typed_onnx(src: Path, dst: Path, *, qdq: bool = False) -> tuple[Path, str]:

@@ -7,6 +7,12 @@ never needs TensorRT. Batches reach the GPU through torch CUDA tensors (no
 pycuda). The cache side reads the `calibration.cache` our CPU calibration wrote
 and puts the local TensorRT version and algorithm in its header, so TensorRT
 uses our scales instead of calibrating again.
+
+TensorRT calls these methods through pybind11 trampolines (`pyInt8.cpp`) that catch
+every exception, print it to stderr and return "no batch" / "no cache": an error
+raised here never reaches the caller. So each method records its first error on
+the calibrator (`.error`) and `tensorrt_build.build_engine` re-raises it after the
+build; shapes and the cache are also checked before the build starts.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from hadmc_deploy.calibration import trt_cache
 from hadmc_deploy.errors import DataError, UsageError
 from hadmc_deploy.fileio import write_bytes_atomic
 
+#: where calibration batches live: TensorRT reads device pointers (tests of the plumbing use "cpu").
+CALIBRATION_DEVICE = "cuda"
 #: TensorRT's header algorithm name for each calibrator class we offer.
 HEADER_ALGO = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration"}
 BASE_CLASS = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
@@ -62,7 +70,7 @@ class BatchFeeder:
     trailing partial batch is dropped rather than padded with fake samples.
     """
 
-    def __init__(self, x: np.ndarray, batch_size: int, *, device: str = "cuda", max_batches: int | None = None,
+    def __init__(self, x: np.ndarray, batch_size: int, *, device: str | None = None, max_batches: int | None = None,
                  on_batch: Callable[[], None] | None = None) -> None:
         import torch
 
@@ -77,7 +85,7 @@ class BatchFeeder:
         self.num_batches = min(total, max_batches) if max_batches else total
         self.index = 0
         self.on_batch = on_batch
-        self.buffer = torch.empty((batch_size, *self.x.shape[1:]), dtype=torch.float32, device=device)
+        self.buffer = torch.empty((batch_size, *self.x.shape[1:]), dtype=torch.float32, device=device or CALIBRATION_DEVICE)
         self._torch = torch
 
     @property
@@ -107,7 +115,7 @@ def make_calibrator(
     data: np.ndarray | None = None,
     batch_size: int = 32,
     algo: str = "entropy",
-    device: str = "cuda",
+    device: str | None = None,
     max_batches: int | None = None,
     on_batch: Callable[[], None] | None = None,
 ) -> Any:
@@ -128,13 +136,18 @@ def make_calibrator(
     feeder = BatchFeeder(data, batch_size, device=device, max_batches=max_batches, on_batch=on_batch) if data is not None else None
 
     class HadmcCalibrator(base):  # type: ignore[misc, valid-type]
-        """Feeds our calibration batches; reads and writes calibration.cache."""
+        """Feeds our calibration batches; reads and writes calibration.cache; keeps the first error it hit."""
 
         def __init__(self) -> None:
             base.__init__(self)  # pybind11 trampolines need the base initialised explicitly
             self.cache = cache
             self.feeder = feeder
             self.input_name = input_name
+            self.error: Exception | None = None
+
+        def _record(self, exc: Exception) -> None:
+            if self.error is None:
+                self.error = exc
 
         def get_batch_size(self) -> int:
             # Explicit-batch networks take the batch from the calibration profile;
@@ -142,17 +155,28 @@ def make_calibrator(
             return 1
 
         def get_batch(self, names: list[str], *_: Any) -> list[int] | None:
-            if self.feeder is None:
+            try:
+                if self.feeder is None:
+                    return None
+                if list(names) != [self.input_name]:
+                    raise DataError(f"the calibrator feeds one input {self.input_name!r}; TensorRT asked for {list(names)}")
+                pointer = self.feeder.next_pointer()
+                return None if pointer is None else [pointer]
+            except Exception as exc:  # the trampoline would swallow it: keep it for build_engine
+                self._record(exc)
                 return None
-            if list(names) != [self.input_name]:
-                raise DataError(f"the calibrator feeds one input {self.input_name!r}; TensorRT asked for {list(names)}")
-            pointer = self.feeder.next_pointer()
-            return None if pointer is None else [pointer]
 
         def read_calibration_cache(self) -> bytes | None:
-            return self.cache.read()
+            try:
+                return self.cache.read()
+            except Exception as exc:
+                self._record(exc)
+                return None
 
         def write_calibration_cache(self, data: Any) -> None:
-            self.cache.write(data)
+            try:
+                self.cache.write(data)
+            except Exception as exc:
+                self._record(exc)
 
     return HadmcCalibrator()

@@ -15,6 +15,8 @@ import numpy as np
 from hadmc_deploy.backends.tensorrt_build import dtype_name, make_logger
 from hadmc_deploy.errors import ArtifactError, UsageError
 
+#: where engine tensors live ("cuda"; the fake-module tests of the binding plumbing use "cpu").
+RUNTIME_DEVICE = "cuda"
 #: TensorRT DataType member name -> torch dtype attribute name.
 TORCH_DTYPES = {
     "FLOAT": "float32",
@@ -40,7 +42,7 @@ def torch_dtype(trt_dtype: Any) -> Any:
 class EngineSession:
     """One deserialized engine with its execution context and CUDA stream."""
 
-    def __init__(self, trt: Any, engine_bytes: bytes, where: str = "engine") -> None:
+    def __init__(self, trt: Any, engine_bytes: bytes, where: str = "engine", *, device: str | None = None) -> None:
         import torch
 
         self.trt = trt
@@ -53,7 +55,14 @@ class EngineSession:
             raise ArtifactError(f"TensorRT could not deserialize {where}: {detail}",
                                 hint="rebuild the engine on this host with `hadmc-deploy engine`")
         self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
+        if self.context is None:  # the binding returns None when TensorRT cannot allocate the context
+            detail = "; ".join(self.logger.errors[-3:]) or "TensorRT gave no reason (out of GPU memory?)"
+            raise ArtifactError(f"TensorRT could not create an execution context for {where}: {detail}")
+        self.device = device or RUNTIME_DEVICE
+        self.stream = torch.cuda.Stream() if self.device == "cuda" else None
+        #: the device tensors whose addresses the context holds: kept alive while they are bound,
+        #: or torch's caching allocator could hand their memory to the next allocation.
+        self.bound: dict[str, Any] = {}
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
@@ -71,36 +80,42 @@ class EngineSession:
         outs = {}
         for name in self.outputs:
             shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
-            out = self.torch.empty(shape, dtype=torch_dtype(self.engine.get_tensor_dtype(name)), device="cuda")
+            out = self.torch.empty(shape, dtype=torch_dtype(self.engine.get_tensor_dtype(name)), device=self.device)
             self.context.set_tensor_address(name, int(out.data_ptr()))
             outs[name] = out
+        self.bound = {**feeds, **outs}
         return outs
 
     def _execute(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+        if not self.context.execute_async_v3(self.stream.cuda_stream if self.stream is not None else 0):
             raise ArtifactError("TensorRT execute_async_v3 reported failure")
 
     def _device_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
         feeds = {}
         for name, array in inputs.items():
             dtype = torch_dtype(self.engine.get_tensor_dtype(name)) if name in self.inputs else None
-            feeds[name] = self.torch.from_numpy(np.ascontiguousarray(array)).to("cuda", dtype=dtype)
-        self.torch.cuda.current_stream().synchronize()  # copies land before the engine's stream reads them
+            feeds[name] = self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device, dtype=dtype)
+        if self.device == "cuda":
+            self.torch.cuda.current_stream().synchronize()  # copies land before the engine's stream reads them
         return feeds
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = self._device_inputs(inputs)
         outs = self._bind(feeds)
         self._execute()
-        self.stream.synchronize()
+        if self.stream is not None:
+            self.stream.synchronize()
         return {name: t.float().cpu().numpy() if t.dtype in (self.torch.float16, self.torch.bfloat16) else t.cpu().numpy()
                 for name, t in outs.items()}
 
+    def bind_random(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Bind random inputs of `shapes` and fresh outputs; `self.bound` keeps all of them alive."""
+        rng = np.random.default_rng(0)
+        self._bind(self._device_inputs({n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}))
+
     def time_runs(self, shapes: dict[str, tuple[int, ...]], warmup: int, runs: int) -> list[float]:
         """Milliseconds per execute_async_v3 measured with CUDA events on the engine's stream."""
-        rng = np.random.default_rng(0)
-        feeds = self._device_inputs({n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()})
-        self._bind(feeds)
+        self.bind_random(shapes)
         for _ in range(warmup):
             self._execute()
         self.stream.synchronize()

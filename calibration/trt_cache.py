@@ -92,6 +92,10 @@ def _amax_table(ranges_or_amax: Any) -> Mapping[str, Any]:
     raise DataError(f"cannot read activation ranges from a {type(ranges_or_amax).__name__}", hint="pass a dict tensor -> amax")
 
 
+#: the smallest amax written (the QDQ writer's floor): a zero range must not become scale 0.
+MIN_AMAX = 1e-12
+
+
 def render_cache(ranges_or_amax: Any, trt_version: str = "10.0", algo: str = "EntropyCalibration2") -> str:
     """The cache text for tensor -> amax (scale = amax / 127)."""
     lines = [header_line(trt_version, algo)]
@@ -101,7 +105,9 @@ def render_cache(ranges_or_amax: Any, trt_version: str = "10.0", algo: str = "En
             raise DataError(f"tensor {name!r} has amax {amax}; calibration produced a non-finite or negative range")
         if "\n" in name:
             raise DataError(f"tensor name {name!r} contains a newline; the cache format cannot hold it")
-        lines.append(f"{name}: {scale_to_hex(amax / INT8_MAX)}")
+        # A zero range (a tensor that is always 0) would write scale 0, which TensorRT divides by:
+        # floor it as the QDQ writer does (calibration/qdq.py, add_residual_qdq).
+        lines.append(f"{name}: {scale_to_hex(max(amax, MIN_AMAX) / INT8_MAX)}")
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,9 @@ Layout Triton loads (https://github.com/triton-inference-server/server docs, "Mo
 config.pbtxt is protobuf text format of Triton's ModelConfig. With max_batch_size > 0
 Triton owns the batch axis, so `dims` list the shape without it; the engine's
 optimization profile (or the ONNX graph's dynamic batch axis) must allow
-max_batch_size. Written by hand because the schema needed is a handful of
+max_batch_size. An engine whose batch dimension is fixed has no batch axis for
+Triton to own: it gets max_batch_size 0 and its full dims (Triton rejects a
+batching config for it). Written by hand because the schema needed is a handful of
 fields and Triton's own client package pins protobuf and ml-dtypes versions the
 rest of the project cannot take.
 """
@@ -58,15 +60,23 @@ def _onnx_io(onnx_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return inputs, [describe(v) for v in model.graph.output]
 
 
+def batch_is_dynamic(inputs: list[dict[str, Any]]) -> bool:
+    """Every input has a leading dynamic axis (-1): the only case Triton may batch."""
+    return bool(inputs) and all(t["shape"] and int(t["shape"][0]) < 1 for t in inputs)
+
+
 def artifact_io(artifact: Artifact) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int | None]:
-    """(inputs, outputs, largest batch the artifact accepts or None when unbounded)."""
+    """(inputs, outputs, largest batch the artifact accepts: None when unbounded, 0 when the batch is fixed)."""
     if artifact.backend == "tensorrt":
         meta = artifact.metadata
         if "inputs" not in meta or "outputs" not in meta:
             raise ArtifactError(f"{artifact.path}/metadata.json lacks the engine's inputs/outputs")
+        inputs = list(meta["inputs"])
+        if not batch_is_dynamic(inputs):
+            return inputs, list(meta["outputs"]), 0
         profile = meta.get("profile") or {}
         max_batch = min((int(p["max"][0]) for p in profile.values()), default=None)
-        return list(meta["inputs"]), list(meta["outputs"]), max_batch
+        return inputs, list(meta["outputs"]), max_batch
     inputs, outputs = _onnx_io(artifact.model_path)
     return inputs, outputs, None
 
@@ -141,11 +151,14 @@ def write_triton_repo(
                             f"Triton layouts exist for {', '.join(PLATFORMS)}")
     platform, model_file, kind = PLATFORMS[artifact.backend]
     inputs, outputs, profile_max = artifact_io(artifact)
-    batch_dynamic = all(t["shape"] and int(t["shape"][0]) < 1 for t in inputs)
+    batch_dynamic = batch_is_dynamic(inputs)
     if max_batch_size is None:
         max_batch_size = profile_max if profile_max is not None else (32 if batch_dynamic else 0)
     if max_batch_size < 0:
         raise UsageError(f"max_batch_size must be >= 0, got {max_batch_size}")
+    if profile_max == 0 and max_batch_size > 0:
+        raise UsageError(f"the engine's batch dimension is fixed (input shape {inputs[0]['shape']}); Triton batching needs a dynamic one",
+                         hint="use max_batch_size 0, or rebuild from an ONNX with a dynamic batch axis")
     if profile_max is not None and max_batch_size > profile_max:
         raise UsageError(f"max_batch_size {max_batch_size} exceeds the engine's profile maximum {profile_max}",
                          hint="rebuild the engine with --batch MIN,OPT,MAX covering it")

@@ -5,10 +5,27 @@ set_flag, calibrator, profiles, timing cache) and returns placeholder bytes as
 the "engine". It builds nothing and runs nothing: tests that use it check our
 branching and plumbing, never that an engine builds (only tools/check_tensorrt.py
 on a GPU host with real TensorRT shows that).
+
+What it copies from the real bindings (NVIDIA/TensorRT python/src/infer/pyCore.cpp,
+pyInt8.cpp and include/NvInfer.h at v8.6.1, v10.x and v11.0), so that tests fail
+where real TensorRT would:
+* enum members and values per release: NetworkDefinitionCreationFlag is
+  EXPLICIT_BATCH=0, EXPLICIT_PRECISION=1 on 8.6; EXPLICIT_BATCH=0, STRONGLY_TYPED=1
+  on 10.x; STRONGLY_TYPED=0 (deprecated, ignored), PREFER_JIT_PYTHON_PLUGINS=1,
+  PREFER_AOT_PYTHON_PLUGINS=2 on 11. BuilderFlag FP16=0, INT8=1 until 10.x (gone in
+  11); TF32=7 on 8.6 and 6 from 10.0.
+* the calibrator trampolines: an exception raised in get_batch,
+  read_calibration_cache or write_calibration_cache is caught, printed to stderr
+  and turned into "no batch" / "no cache" - it never reaches the caller.
+* trt.Builder(logger) raises TypeError when TensorRT returns no builder (pybind11's
+  factory-returned-nullptr error); create_execution_context() may return None.
+Its layer list imitates TensorRT splitting one ONNX Gemm into two layers with a
+tensor of its own between them (the name is made up; real names differ).
 """
 
 from __future__ import annotations
 
+import sys
 import types
 from typing import Any
 
@@ -30,31 +47,50 @@ class _Member(int):
         return obj
 
 
-def make_fake_trt(version: str, *, weak_typing: bool, calibrators: bool, implicit_batch: bool = False,
-                  parser_errors: list[tuple[str, str, str]] | None = None) -> types.ModuleType:
-    """A stand-in `tensorrt` module shaped like release `version`.
+def _release(version: str) -> int:
+    return int(version.split(".")[0])
 
-    weak_typing: BuilderFlag.INT8/FP16 exist (8.6-10.x); calibrators: IInt8*Calibrator and
-    IBuilderConfig.int8_calibrator exist (8.6-10.x); implicit_batch: Builder.max_batch_size and
-    EXPLICIT_BATCH exist (before 10). parser_errors: (node name, op, description) the parser reports.
+
+def _trampoline(where: str, fn: Any, default: Any) -> Any:
+    """What pyInt8.cpp does around every calibrator call: catch, print, return a neutral value."""
+    try:
+        return fn()
+    except Exception as exc:
+        print(f"[ERROR] Exception caught in {where}(): {exc}", file=sys.stderr)
+        return default
+
+
+def make_fake_trt(version: str, *, parser_errors: list[tuple[str, str, str]] | None = None, builder_fails: bool = False,
+                  context_fails: bool = False, runnable: bool = False) -> types.ModuleType:
+    """A stand-in `tensorrt` module shaped like release `version` (8.6, 10.x or 11.x).
+
+    parser_errors: (node name, op, description) the parser reports. builder_fails: trt.Builder raises
+    TypeError. runnable: deserialize_cuda_engine returns a fake engine whose context records bindings
+    (execute does nothing); context_fails: its create_execution_context returns None.
     """
+    major = _release(version)
+    weak_typing, calibrators, implicit_batch = major <= 10, major <= 10, major < 10
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.calls = []  # type: ignore[attr-defined]
     calls: list[tuple[Any, ...]] = trt.calls  # type: ignore[attr-defined]
 
-    flags = {"TF32": 7}
+    flags = {"TF32": 7 if major < 10 else 6}
     if weak_typing:
         flags.update(FP16=0, INT8=1)
     trt.BuilderFlag = _Enum(**flags)
-    net_flags = {"STRONGLY_TYPED": 1}
-    if implicit_batch or version.startswith("10."):
-        net_flags["EXPLICIT_BATCH"] = 0
+    if major < 10:
+        net_flags = {"EXPLICIT_BATCH": 0, "EXPLICIT_PRECISION": 1}
+    elif major == 10:
+        net_flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}
+    else:
+        net_flags = {"STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2}
     trt.NetworkDefinitionCreationFlag = _Enum(**net_flags)
     trt.MemoryPoolType = _Enum(WORKSPACE=0)
     trt.ProfilingVerbosity = _Enum(LAYER_NAMES_ONLY=0, DETAILED=2)
     trt.TensorIOMode = _Enum(NONE=0, INPUT=1, OUTPUT=2)
     trt.DataType = _Enum(FLOAT=0, HALF=1, INT8=2, INT32=3)
+    trt.LayerInformationFormat = _Enum(ONELINE=0, JSON=1)
 
     class ILogger:
         Severity = _Enum(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
@@ -68,14 +104,28 @@ def make_fake_trt(version: str, *, weak_typing: bool, calibrators: bool, implici
         def __init__(self, name: str, shape: list[int]) -> None:
             self.name, self.shape, self.dtype = name, shape, trt.DataType.FLOAT
 
+    class Layer:
+        def __init__(self, name: str, outputs: list[str]) -> None:
+            self.name, self.outputs = name, [Tensor(o, []) for o in outputs]
+
+        num_outputs = property(lambda self: len(self.outputs))
+
+        def get_output(self, i: int) -> Tensor:
+            return self.outputs[i]
+
     class Network:
         def __init__(self, flags_value: int) -> None:
             self.flags_value = flags_value
             self.inputs: list[Tensor] = []
             self.outputs: list[Tensor] = []
+            self.layers: list[Layer] = []
 
         num_inputs = property(lambda self: len(self.inputs))
         num_outputs = property(lambda self: len(self.outputs))
+        num_layers = property(lambda self: len(self.layers))
+
+        def get_layer(self, i: int) -> Layer:
+            return self.layers[i]
 
         def get_input(self, i: int) -> Tensor:
             return self.inputs[i]
@@ -111,6 +161,10 @@ def make_fake_trt(version: str, *, weak_typing: bool, calibrators: bool, implici
 
             self.network.inputs = [Tensor(v.name, dims(v)) for v in graph.input if v.name not in inits]
             self.network.outputs = [Tensor(v.name, dims(v)) for v in graph.output]
+            for node in graph.node:
+                if node.op_type == "Gemm":  # one ONNX op, two layers, a tensor between them named by TensorRT
+                    self.network.layers.append(Layer(f"{node.name}_matmul", [f"{node.output[0]}_trt_matmul_out"]))
+                self.network.layers.append(Layer(node.name, list(node.output)))
             calls.append(("parsed_ops", tuple(n.op_type for n in graph.node)))
             return not self.errors
 
@@ -150,6 +204,9 @@ def make_fake_trt(version: str, *, weak_typing: bool, calibrators: bool, implici
         def set_flag(self, flag: Any) -> None:
             self.flag_names.append(flag.name)
             calls.append(("set_flag", flag.name))
+
+        def clear_flag(self, flag: Any) -> None:
+            calls.append(("clear_flag", flag.name))
 
         def add_optimization_profile(self, profile: Profile) -> int:
             self.profiles.append(profile)
@@ -194,6 +251,8 @@ def make_fake_trt(version: str, *, weak_typing: bool, calibrators: bool, implici
 
     class Builder:
         def __init__(self, logger: Any) -> None:
+            if builder_fails:
+                raise TypeError("pybind11::init(): factory function returned nullptr")
             self.logger = logger
 
         def create_network(self, flags_value: int = 0) -> Network:
@@ -206,42 +265,90 @@ def make_fake_trt(version: str, *, weak_typing: bool, calibrators: bool, implici
         def create_optimization_profile(self) -> Profile:
             return Profile()
 
-        def build_serialized_network(self, network: Network, config: IBuilderConfig) -> bytes:
+        def build_serialized_network(self, network: Network, config: IBuilderConfig) -> bytes | None:
             calls.append(("build_serialized_network", tuple(config.flag_names)))
+            calibrator = getattr(config, "_calibrator", None)
+            if calibrator is not None and not self._calibrate(network, calibrator):
+                self.logger.log(ILogger.Severity.ERROR, "Calibration failure occurred with no scaling factors detected.")
+                return None
             return FAKE_ENGINE
+
+        def _calibrate(self, network: Network, calibrator: Any) -> bool:
+            """The calibrator protocol as TensorRT drives it, every call through the swallowing trampoline."""
+            cache = _trampoline("read_calibration_cache", calibrator.read_calibration_cache, None)
+            if cache is not None:
+                calls.append(("calibration_cache_used", len(bytes(cache))))
+                return True
+            names = [network.get_input(i).name for i in range(network.num_inputs)]
+            batches = 0
+            while _trampoline("get_batch", lambda: calibrator.get_batch(names), None):
+                batches += 1
+            calls.append(("calibrated_batches", batches))
+            if batches == 0:
+                return False
+            text = f"TRT-{version.replace('.', '')}-EntropyCalibration2\n{names[0]}: 3c010a14\n".encode()
+            _trampoline("write_calibration_cache", lambda: calibrator.write_calibration_cache(memoryview(text)), None)
+            return True
 
     if implicit_batch:
         Builder.max_batch_size = 1
     trt.Builder = Builder
 
-    class ICudaEngine:
-        num_io_tensors = 0
-
     class IExecutionContext:
-        def execute_async_v3(self, stream: int) -> bool:
-            raise AssertionError("the fake module cannot execute anything")
+        def __init__(self) -> None:
+            self.addresses: dict[str, int] = {}
+            self.shapes: dict[str, tuple[int, ...]] = {}
 
-        set_input_shape = set_tensor_address = execute_async_v3
+        def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+            self.shapes[name] = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            batch = next(iter(self.shapes.values()))[0]
+            return (batch, 4)
+
+        def set_tensor_address(self, name: str, address: int) -> bool:
+            self.addresses[name] = address
+            return True
+
+        def execute_async_v3(self, stream: int) -> bool:
+            calls.append(("execute_async_v3", dict(self.addresses)))
+            return True  # computes nothing: the fake runs no kernels
+
+    class ICudaEngine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, i: int) -> str:
+            return ("input", "output")[i]
+
+        def get_tensor_mode(self, name: str) -> Any:
+            return trt.TensorIOMode.INPUT if name == "input" else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name: str) -> Any:
+            return trt.DataType.FLOAT
+
+        def create_execution_context(self) -> IExecutionContext | None:
+            return None if context_fails else IExecutionContext()
 
     class Runtime:
         def __init__(self, logger: Any) -> None:
             pass
 
-        def deserialize_cuda_engine(self, data: bytes) -> None:
+        def deserialize_cuda_engine(self, data: bytes) -> ICudaEngine | None:
             calls.append(("deserialize_cuda_engine", len(data)))
-            return None
+            return ICudaEngine() if runnable else None
 
     trt.ICudaEngine, trt.IExecutionContext, trt.Runtime = ICudaEngine, IExecutionContext, Runtime
     return trt
 
 
 def fake_trt_10() -> types.ModuleType:
-    return make_fake_trt("10.3.0", weak_typing=True, calibrators=True)
+    return make_fake_trt("10.3.0")
 
 
 def fake_trt_11() -> types.ModuleType:
-    return make_fake_trt("11.4.0", weak_typing=False, calibrators=False)
+    return make_fake_trt("11.4.0")
 
 
 def fake_trt_86() -> types.ModuleType:
-    return make_fake_trt("8.6.1", weak_typing=True, calibrators=True, implicit_batch=True)
+    return make_fake_trt("8.6.1")

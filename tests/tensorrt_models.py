@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+#: tests that check what a machine WITHOUT TensorRT says skip themselves where it is installed (the GPU host).
+requires_no_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
+                                          reason="TensorRT is installed here; this test checks the behaviour without it")
 
 
 def tiny_cnn(path: Path, *, batch: int | str = "N", channels: int = 1, hw: int | str = 8, classes: int = 4, seed: int = 0) -> Path:

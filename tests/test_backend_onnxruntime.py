@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend: build (fp32, int8), run, benchmark, metadata, example.py, layer timing."""
+"""The ONNX Runtime backend: build (fp32, int8) from a BuildRequest, run, benchmark, metadata, example.py, layer timing."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import types
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -16,14 +17,19 @@ from onnx import TensorProto, helper, numpy_helper
 
 import hadmc_deploy.backends.onnxruntime as ort_backend
 from hadmc_deploy import export as export_mod
-from hadmc_deploy.backends import Artifact, LatencyStats, get
+from hadmc_deploy.backends import Artifact, BuildRequest, LatencyStats, OrtBuildOptions, get
 from hadmc_deploy.errors import ArtifactError, UsageError
 from hadmc_deploy.export import export_onnx
 from hadmc_deploy.fileio import sha256_file
 from hadmc_deploy.specs import LayerSpec
-from hadmc_deploy.targets import detect_cpu_isa
+from hadmc_deploy.targets import cpu_profile, detect_cpu_isa
 
 SHAPE = (1, 1, 12, 12)
+
+
+def request(src, precision, out, **kw) -> BuildRequest:
+    """A BuildRequest for the host CPU target (the only target ONNX Runtime builds for)."""
+    return BuildRequest(onnx_path=src, precision=precision, out_dir=out, target=kw.pop("target", cpu_profile()), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +52,7 @@ def artifact(exported, tmp_path_factory):
     _, path, _ = exported
     out = tmp_path_factory.mktemp("art") / "tiny-fp32"
     preprocess = {"mean": [0.5], "std": [0.5]}
-    return get("onnxruntime").build(path, "fp32", out, options={"target": "cpu", "preprocess": preprocess, "threads": 1})
+    return get("onnxruntime").build(request(path, "fp32", out, preprocess=preprocess, ort=OrtBuildOptions(threads=1)))
 
 
 def test_available_and_device():
@@ -113,8 +119,8 @@ def test_rebuild_replaces_and_foreign_dir_is_refused(exported, tmp_path):
     _, src, _ = exported
     backend = get("onnxruntime")
     out = tmp_path / "a"
-    backend.build(src, "fp32", out)
-    second = backend.build(src, "fp32", out, options={"offline_opt": "extended"})
+    backend.build(request(src, "fp32", out))
+    second = backend.build(request(src, "fp32", out, ort=OrtBuildOptions(offline_opt="extended")))
     sess = second.metadata["session_options"]
     assert sess["offline_optimization"] == "ORT_ENABLE_EXTENDED" and 0 <= sess["offline_max_abs_err"] < 1e-4
     assert second.metadata["hashes"]["model_sha256"] != second.metadata["hashes"]["source_onnx_sha256"]
@@ -125,7 +131,7 @@ def test_rebuild_replaces_and_foreign_dir_is_refused(exported, tmp_path):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(ArtifactError, match="not an artifact directory"):
-        backend.build(src, "fp32", foreign)
+        backend.build(request(src, "fp32", foreign))
     assert (foreign / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "mine"], "no staging directories left behind"
 
@@ -138,7 +144,7 @@ def test_failed_build_leaves_nothing(exported, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ort_backend, "write_json_atomic", boom)
     with pytest.raises(OSError, match="disk full"):
-        get("onnxruntime").build(src, "fp32", tmp_path / "out")
+        get("onnxruntime").build(request(src, "fp32", tmp_path / "out"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -146,9 +152,14 @@ def test_precision_errors(exported, tmp_path):
     _, src, _ = exported
     backend = get("onnxruntime")
     with pytest.raises(UsageError, match="needs calibration ranges"):
-        backend.build(src, "int8", tmp_path / "i8")
+        backend.build(request(src, "int8", tmp_path / "i8"))
     with pytest.raises(UsageError, match="fp16"):
-        backend.build(src, "fp16", tmp_path / "h")
+        backend.build(request(src, "fp16", tmp_path / "h"))
+    with pytest.raises(UsageError, match="TargetProfile"):
+        backend.build(request(src, "fp32", tmp_path / "t", target="cpu"))
+    with pytest.raises(UsageError, match="qdq_graph"):
+        backend.build(request(src, "int8", tmp_path / "q", qdq_graph=tmp_path / "missing.onnx"))
+    assert not (tmp_path / "i8").exists() and not (tmp_path / "q").exists()
 
 
 def _calib_reader(x: np.ndarray):
@@ -172,10 +183,10 @@ def test_prequantized_qdq_model_is_taken_as_is(exported, tmp_path):
     qdq = tmp_path / "qdq.onnx"
     quantize_static(str(src), str(qdq), _calib_reader(x), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     backend = get("onnxruntime")
-    art = backend.build(qdq, "int8", tmp_path / "i8")
+    art = backend.build(request(qdq, "int8", tmp_path / "i8"))
     assert art.metadata["precision"] == "int8" and art.metadata["quantized_by"].startswith("source")
     with pytest.raises(UsageError, match="already quantized"):
-        backend.build(qdq, "fp32", tmp_path / "f")
+        backend.build(request(qdq, "fp32", tmp_path / "f"))
     out = backend.run(art, {"input": x[:4]})["output"]
     with torch.no_grad():
         ref = model(torch.from_numpy(x[:4])).numpy()
@@ -191,7 +202,8 @@ def test_int8_build_from_float_onnx_and_ranges(exported, tmp_path):
     x = np.random.default_rng(0).standard_normal((32, *SHAPE[1:])).astype(np.float32)
     data = ArrayDataset(x, np.zeros(32, np.int64), "random", {})
     ranges = collect.collect_ranges(src, data, method="minmax", num_samples=32)
-    art = get("onnxruntime").build(src, "int8", tmp_path / "i8", ranges=ranges, options={"int8_form": "qdq_u8s8"})
+    u8s8 = replace(cpu_profile(), int8_form="qdq_u8s8")
+    art = get("onnxruntime").build(request(src, "int8", tmp_path / "i8", ranges=ranges, target=u8s8))
     meta = art.metadata
     assert meta["int8_form"] == "qdq_u8s8" and "write_qdq" in meta["quantized_by"]
     assert meta["hashes"]["ranges_sha256"] == ort_backend.ranges_sha256(ranges)
@@ -254,3 +266,28 @@ def test_session_options_are_the_deployment_ones():
     assert str(so.graph_optimization_level).endswith("ORT_ENABLE_ALL")
     with pytest.raises(UsageError):
         ort_backend.session_options(opt_level="max")
+
+
+def test_int8_input_choice_takes_only_a_qdq_graph_in_ort_form(exported, tmp_path):
+    """The request's QDQ graph is deployed only in ORT's form and placement; a TensorRT-placed one is re-rendered."""
+    from hadmc_deploy.calibration import collect
+    from hadmc_deploy.calibration.qdq import write_qdq
+    from hadmc_deploy.data import ArrayDataset
+
+    _, src, _ = exported
+    x = np.random.default_rng(1).standard_normal((16, *SHAPE[1:])).astype(np.float32)
+    ranges = collect.collect_ranges(src, ArrayDataset(x, np.zeros(16, np.int64), "random", {}), method="minmax", num_samples=16)
+    u8s8 = replace(cpu_profile(), int8_form="qdq_u8s8")
+    ort_qdq = write_qdq(src, ranges, tmp_path / "qdq_u8s8.onnx", form="qdq_u8s8", placement="onnxruntime")
+    trt_qdq = write_qdq(src, ranges, tmp_path / "qdq_s8s8.onnx", form="qdq_s8s8", placement="tensorrt")
+    backend = get("onnxruntime")
+    used = backend.build(request(src, "int8", tmp_path / "a", qdq_graph=ort_qdq, target=u8s8)).metadata
+    assert "request's QDQ graph" in used["quantized_by"] and used["hashes"]["model_sha256"] == sha256_file(ort_qdq)
+    rendered = backend.build(request(src, "int8", tmp_path / "b", qdq_graph=trt_qdq, ranges=ranges, target=u8s8)).metadata
+    assert "write_qdq" in rendered["quantized_by"] and rendered["hashes"]["model_sha256"] != sha256_file(trt_qdq)
+    with pytest.raises(UsageError, match="tensorrt placement"):
+        backend.build(request(src, "int8", tmp_path / "c", qdq_graph=trt_qdq, target=u8s8))
+    # a T4-form graph is not taken for a target whose form differs, even with ORT placement
+    s8_ort = write_qdq(src, ranges, tmp_path / "s8_ort.onnx", form="qdq_s8s8", placement="onnxruntime")
+    with pytest.raises(UsageError, match="qdq_u8s8"):
+        backend.build(request(src, "int8", tmp_path / "d", qdq_graph=s8_ort, target=u8s8))

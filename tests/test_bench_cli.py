@@ -53,10 +53,11 @@ def test_bench_cli_on_a_bare_onnx_json(exported):
 
 
 def test_bench_artifact_dir_threads_override_is_in_memory_only(exported, tmp_path, capsys):
-    from hadmc_deploy.backends import get
+    from hadmc_deploy.backends import BuildRequest, get
+    from hadmc_deploy.targets import cpu_profile
 
     out, _ = exported
-    art = get("onnxruntime").build(out, "fp32", tmp_path / "art")
+    art = get("onnxruntime").build(BuildRequest(out, "fp32", tmp_path / "art", cpu_profile()))
     before = (art.path / "metadata.json").read_text()
     assert main(["bench", str(art.path), "--runs", "2", "--warmup", "0", "--threads", "1", "--json", "-q"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from tensorrt_fake_module import fake_trt_10
-from tensorrt_models import tiny_cnn
+from tensorrt_models import requires_no_tensorrt, tiny_cnn
 
 from hadmc_deploy.backends import get
 from hadmc_deploy.backends.tensorrt_artifact import (
@@ -33,6 +33,7 @@ BUILT = {"tensorrt_version": "10.3.0", "gpu_name": "Tesla T4", "compute_capabili
 
 
 # -- availability ---------------------------------------------------------------------
+@requires_no_tensorrt
 def test_available_is_false_with_one_line_reason_here():
     ok, reason = get("tensorrt").available()
     assert ok is False
@@ -156,8 +157,8 @@ def test_fake_module_calibrator_feeds_full_batches_then_stops(tmp_path):
     assert cal.get_batch(["input"]) is not None and np.array_equal(cal.feeder.buffer.numpy(), x[4:8])
     assert cal.get_batch(["input"]) is None  # 2 leftover samples are not padded into a fake batch
     assert len(seen) == 2
-    with pytest.raises(DataError):
-        cal.get_batch(["other"])
+    # TensorRT's trampoline would swallow a raise: the error is kept on the calibrator instead
+    assert cal.get_batch(["other"]) is None and isinstance(cal.error, DataError) and "'input'" in str(cal.error)
 
 
 def test_fake_module_calibrator_cache_round_trip(tmp_path):

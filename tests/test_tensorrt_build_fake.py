@@ -19,13 +19,15 @@ from tensorrt_models import tiny_cnn, tiny_qdq_cnn
 
 import hadmc_deploy.backends.tensorrt as trt_backend
 from hadmc_deploy.backends.base import Artifact
-from hadmc_deploy.backends.tensorrt_build import BuildRequest, build_engine
+from hadmc_deploy.backends.request import BuildRequest, TrtBuildOptions
+from hadmc_deploy.backends.tensorrt_build import EngineBuildSpec, build_engine
 from hadmc_deploy.backends.tensorrt_calibrator import make_calibrator
 from hadmc_deploy.backends.tensorrt_features import detect_features, plan_precision
 from hadmc_deploy.calibration import trt_cache
 from hadmc_deploy.errors import ArtifactError, ExportError, UsageError
 from hadmc_deploy.targets import T4
 
+NO_TIMING = TrtBuildOptions(use_timing_cache=False)
 FAKE_DEVICE = {"backend": "tensorrt", "available": True, "gpu_name": "Tesla T4", "compute_capability": "7.5"}
 
 
@@ -50,7 +52,7 @@ def test_fake_module_trt10_qdq_call_sequence(tmp_path):
     trt = fake_trt_10()
     onnx_path = tiny_qdq_cnn(tmp_path / "qdq_s8s8.onnx")
     plan = plan_precision(detect_features(trt), "int8", "qdq")
-    req = BuildRequest(onnx_path, plan, {"input": {"min": [1, 1, 8, 8], "opt": [8, 1, 8, 8], "max": [32, 1, 8, 8]}},
+    req = EngineBuildSpec(onnx_path, plan, {"input": {"min": [1, 1, 8, 8], "opt": [8, 1, 8, 8], "max": [32, 1, 8, 8]}},
                        workspace_bytes=256 << 20, timing_cache=tmp_path / "timing.cache")
     result = build_engine(trt, req)
     names = [c[0] for c in trt.calls]
@@ -72,19 +74,18 @@ def test_fake_module_trt10_qdq_call_sequence(tmp_path):
 
 def test_fake_module_trt86_passes_explicit_batch(tmp_path):
     """Fake-module test (TRT 8.6): the network is created with the EXPLICIT_BATCH bit."""
-    trt = make_fake_trt("8.6.1", weak_typing=True, calibrators=True, implicit_batch=True)
+    trt = make_fake_trt("8.6.1")
     plan = plan_precision(detect_features(trt), "fp32")
-    build_engine(trt, BuildRequest(tiny_cnn(tmp_path / "m.onnx"), plan, {"input": {"min": [1, 1, 8, 8], "opt": [1, 1, 8, 8], "max": [1, 1, 8, 8]}}))
+    build_engine(trt, EngineBuildSpec(tiny_cnn(tmp_path / "m.onnx"), plan, {"input": {"min": [1, 1, 8, 8], "opt": [1, 1, 8, 8], "max": [1, 1, 8, 8]}}))
     assert _calls(trt, "create_network") == [("create_network", 1)]
 
 
 def test_fake_module_parser_errors_are_all_reported(tmp_path):
     """Fake-module test: every error the ONNX parser records appears in the one-line message."""
-    trt = make_fake_trt("10.3.0", weak_typing=True, calibrators=True,
-                        parser_errors=[("/conv/Conv", "Conv", "weights must be constant"), ("/pool/Pool", "MaxPool", "unsupported dilation")])
+    trt = make_fake_trt("10.3.0", parser_errors=[("/conv/Conv", "Conv", "weights must be constant"), ("/pool/Pool", "MaxPool", "unsupported dilation")])
     plan = plan_precision(detect_features(trt), "fp32")
     with pytest.raises(ExportError) as info:
-        build_engine(trt, BuildRequest(tiny_cnn(tmp_path / "m.onnx"), plan, {}))
+        build_engine(trt, EngineBuildSpec(tiny_cnn(tmp_path / "m.onnx"), plan, {}))
     text = info.value.one_line()
     assert "2 error(s)" in text and "node /conv/Conv (Conv): weights must be constant" in text and "unsupported dilation" in text
 
@@ -93,9 +94,9 @@ def test_fake_module_trt11_int8_build_has_no_precision_flags(tmp_path, use_fake)
     """Fake-module test (TRT 11): INT8 from the QDQ graph, no set_flag, no calibrator; metadata says strongly typed."""
     trt = use_fake(fake_trt_11())
     float_onnx = tiny_cnn(tmp_path / "model.onnx")
-    tiny_qdq_cnn(tmp_path / "qdq_s8s8.onnx")
-    artifact = trt_backend.TensorRTBackend()._build(float_onnx, "int8", tmp_path / "engine", ranges=None,
-                                                    options={"target": T4, "fp16_rest": False, "timing_cache": False})
+    qdq = tiny_qdq_cnn(tmp_path / "qdq_s8s8.onnx")
+    artifact = trt_backend.TensorRTBackend()._build(BuildRequest(float_onnx, "int8", tmp_path / "engine", T4, qdq_graph=qdq,
+                                                                 trt=TrtBuildOptions(fp16_rest=False, use_timing_cache=False)))
     assert artifact.model_file == "model.engine"
     assert _calls(trt, "set_flag") == [] and _calls(trt, "int8_calibrator") == []
     assert _calls(trt, "create_network") == [("create_network", 0)]
@@ -117,8 +118,8 @@ def test_fake_module_trt10_calibrator_reads_our_cache(tmp_path, use_fake):
     trt = use_fake(fake_trt_10())
     float_onnx = tiny_cnn(tmp_path / "model.onnx")
     cache = trt_cache.write_cache(tmp_path / "calibration.cache", {"input": 2.0, "conv_out": 5.0}, trt_version="10.0")
-    artifact = trt_backend.TensorRTBackend()._build(float_onnx, "int8", tmp_path / "engine", ranges=None,
-                                                    options={"int8_mode": "calibrator", "calib_cache": cache, "batch": (1, 4, 16), "timing_cache": False})
+    artifact = trt_backend.TensorRTBackend()._build(BuildRequest(float_onnx, "int8", tmp_path / "engine", T4, calibration_cache=cache,
+                                                                 trt=TrtBuildOptions(batch=(1, 4, 16), use_timing_cache=False)))
     assert _calls(trt, "int8_calibrator") == [("int8_calibrator", "IInt8EntropyCalibrator2")]
     assert _calls(trt, "build_serialized_network") == [("build_serialized_network", ("INT8", "FP16"))]
     assert _calls(trt, "set_calibration_profile") == [("set_calibration_profile", {"input": ([4, 1, 8, 8],) * 3})]
@@ -135,14 +136,14 @@ def test_fake_module_qdq_mode_without_qdq_graph_is_a_usage_error(tmp_path, use_f
     """Fake-module test: INT8 qdq mode with only a float ONNX and no ranges says how to get the QDQ graph."""
     use_fake(fake_trt_10())
     with pytest.raises(UsageError, match="qdq_s8s8.onnx"):
-        trt_backend.TensorRTBackend()._build(tiny_cnn(tmp_path / "model.onnx"), "int8", tmp_path / "e", ranges=None, options={"timing_cache": False})
+        trt_backend.TensorRTBackend()._build(BuildRequest(tiny_cnn(tmp_path / "model.onnx"), "int8", tmp_path / "e", T4, trt=NO_TIMING))
 
 
 def test_fake_module_run_refuses_engine_from_other_trt(tmp_path, use_fake):
     """Fake-module test: an engine built with another TensorRT is refused before deserialization."""
     trt = use_fake(fake_trt_10())
-    artifact = trt_backend.TensorRTBackend()._build(tiny_cnn(tmp_path / "model.onnx"), "fp32", tmp_path / "engine", ranges=None, options={"timing_cache": False})
-    other = use_fake(make_fake_trt("10.8.0", weak_typing=True, calibrators=True))
+    artifact = trt_backend.TensorRTBackend()._build(BuildRequest(tiny_cnn(tmp_path / "model.onnx"), "fp32", tmp_path / "engine", T4, trt=NO_TIMING))
+    other = use_fake(make_fake_trt("10.8.0"))
     with pytest.raises(ArtifactError, match="TensorRT 10.3.0 and this host has TensorRT 10.8.0"):
         trt_backend.TensorRTBackend()._run(Artifact.load(artifact.path), {"input": np.zeros((1, 1, 8, 8), np.float32)})
     assert _calls(other, "deserialize_cuda_engine") == []

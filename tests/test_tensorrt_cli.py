@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
-from tensorrt_models import tiny_cnn, tiny_qdq_cnn
+from tensorrt_models import requires_no_tensorrt, tiny_cnn, tiny_qdq_cnn
 
 from hadmc_deploy.cli import main
 from hadmc_deploy.errors import BackendUnavailableError, UsageError
 
-ENTRY = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "hadmc-deploy"
+#: the CLI as a subprocess, through this interpreter (no venv path assumed).
+ENTRY = [sys.executable, "-m", "hadmc_deploy"]
 
 
 @pytest.fixture
@@ -24,8 +26,9 @@ def build_dir(tmp_path):
     return d
 
 
+@requires_no_tensorrt
 def test_engine_command_exits_with_unavailability_reason(build_dir, tmp_path):
-    proc = subprocess.run([str(ENTRY), "engine", str(build_dir), "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([*ENTRY, "engine", str(build_dir), "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == BackendUnavailableError.exit_code
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -34,6 +37,7 @@ def test_engine_command_exits_with_unavailability_reason(build_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@requires_no_tensorrt
 def test_engine_command_json_error(build_dir, tmp_path, capsys):
     code = main(["engine", str(build_dir), "-o", str(tmp_path / "out"), "--precision", "fp16", "--json"])
     assert code == BackendUnavailableError.exit_code
@@ -51,6 +55,7 @@ def test_engine_command_checks_options_before_backend(build_dir, tmp_path, capsy
     assert words in capsys.readouterr().err
 
 
+@requires_no_tensorrt
 def test_engine_command_int8_qdq_needs_the_qdq_graph(tmp_path, capsys):
     d = tmp_path / "b"
     d.mkdir()
@@ -69,6 +74,7 @@ def test_engine_command_missing_source(tmp_path, capsys):
     assert "neither a build directory nor an .onnx file" in capsys.readouterr().err
 
 
+@requires_no_tensorrt
 def test_check_tensorrt_tool_without_tensorrt_exits_with_one_line(tmp_path):
     tool = Path(__file__).resolve().parents[1] / "tools" / "check_tensorrt.py"
     proc = subprocess.run([sys.executable, str(tool), "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -79,9 +85,7 @@ def test_check_tensorrt_tool_without_tensorrt_exits_with_one_line(tmp_path):
 
 def test_check_tensorrt_markdown_renders_every_row_kind():
     """Formatting only: the rows are hand-made to exercise ok / skipped / error cells, not results."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import check_tensorrt
-
+    check_tensorrt = _tool()
     lat = {"p50_ms": 1.0, "p99_ms": 2.0, "throughput": 1000.0}
     report = {
         "command": "python tools/check_tensorrt.py", "host": "h", "elapsed_s": 1.0, "batches": [1, 8],
@@ -91,10 +95,46 @@ def test_check_tensorrt_markdown_renders_every_row_kind():
              "layers": {"layers": 5, "int8_layers": 0}, "latency": {"1": lat, "8": lat}},
             {"variant": "int8-calibrator-cache", "skipped": "no implicit calibration"},
             {"variant": "fp16", "error": "ExportError: x"},
-        ]}},
+        ], "ratios": [{"variant": "int8-qdq", "over": "fp16", "speedup": {"1": 1.21, "8": 1.4}}]}},
     }
     text = check_tensorrt.markdown(report)
-    rows = [line for line in text.splitlines() if line.startswith("| fp32") or line.startswith("| int8") or line.startswith("| fp16")]
+    rows = [line for line in text.split("Speedup")[0].splitlines() if line.startswith(("| fp32", "| int8", "| fp16"))]
     assert len(rows) == 3 and "1.000/2.000" in rows[0] and "no implicit calibration" in rows[1]
     header = next(line for line in text.splitlines() if line.startswith("| variant"))
     assert rows[0].count("|") == header.count("|")
+    assert "| int8-qdq | fp16 | 1.21x | 1.40x |" in text
+
+
+def _tool():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import check_tensorrt
+
+    return check_tensorrt
+
+
+def test_check_tensorrt_ratios_compare_int8_with_fp16_and_fp32():
+    """Arithmetic only, on hand-made latencies: FP16 p50 / INT8 p50 is the INT8 gain a T4 user would see."""
+    lat = lambda ms: {"1": {"p50_ms": ms}, "8": {"p50_ms": 2 * ms}}  # noqa: E731
+    rows = [{"variant": "fp32", "latency": lat(4.0)}, {"variant": "fp16", "latency": lat(1.5)},
+            {"variant": "int8-qdq", "latency": lat(1.25)}, {"variant": "int8-calibrator-device", "error": "x"}]
+    ratios = {(r["variant"], r["over"]): r["speedup"] for r in _tool().speed_ratios(rows, [1, 8])}
+    assert ratios[("int8-qdq", "fp16")] == {"1": pytest.approx(1.2), "8": pytest.approx(1.2)}
+    assert ratios[("int8-qdq", "fp32")]["1"] == pytest.approx(3.2) and ratios[("fp16", "fp32")]["8"] == pytest.approx(4 / 1.5)
+    assert not any(v == "int8-calibrator-device" for v, _ in ratios)
+
+
+def test_check_tensorrt_device_calibration_gets_data_and_no_cache(tmp_path):
+    """The device-calibration row asks for fresh calibration (data, no cache); the CPU-cache row for the cache only."""
+    tool = _tool()
+    features = types.SimpleNamespace(implicit_calibration=True, version="10.3.0")
+    prep = {"onnx": tiny_cnn(tmp_path / "m.onnx"), "qdq": tiny_qdq_cnn(tmp_path / "q.onnx"), "cache": tmp_path / "c.cache", "calib": "DATA"}
+    prep["cache"].write_text("TRT-100300-EntropyCalibration2\n")
+    reqs = {v: tool.variant_request(v, p, o, prep, tmp_path / v, (1, 8, 32), None) for v, p, o, _ in tool.variants(features)}
+    assert [r.precision for r in reqs.values()] == ["fp32", "fp16", "int8", "int8", "int8"]
+    device = reqs["int8-calibrator-device"]
+    assert device.calibration_data == "DATA" and device.calibration_cache is None and device.qdq_graph is None
+    assert device.trt.int8_mode == "calibrator" and device.trt.batch == (1, 8, 32)
+    assert reqs["int8-calibrator-cpu-cache"].calibration_cache == prep["cache"] and reqs["int8-calibrator-cpu-cache"].calibration_data is None
+    assert reqs["int8-qdq"].qdq_graph == prep["qdq"] and reqs["fp16"].qdq_graph is None
+    eleven = tool.variants(types.SimpleNamespace(implicit_calibration=False, version="11.1.0"))
+    assert [o is None for _, _, o, _ in eleven] == [False, False, False, True, True]

@@ -34,7 +34,7 @@ def test_fake_module_features_trt11():
 def test_fake_module_features_trt86_needs_explicit_batch():
     """Fake-module test: TensorRT 8.6 still has implicit batch, so ONNX networks need EXPLICIT_BATCH."""
     f = detect_features(fake_trt_86())
-    assert f.needs_explicit_batch and f.implicit_calibration
+    assert f.needs_explicit_batch and f.implicit_calibration and not f.strongly_typed_flag
     plan = plan_precision(f, "fp32")
     assert plan.network_flags == ("EXPLICIT_BATCH",)
 
@@ -92,8 +92,12 @@ def test_bad_precision_and_mode_are_usage_errors():
         plan_precision(f, "int8", "ptq")
 
 
-def test_flag_bits_shifts_enum_values():
-    enum = fake_trt_86().NetworkDefinitionCreationFlag
-    assert flag_bits(enum, ("EXPLICIT_BATCH",)) == 1
-    assert flag_bits(enum, ("STRONGLY_TYPED",)) == 2
-    assert flag_bits(enum, ()) == 0
+def test_fake_module_flag_bits_follow_each_release_enum():
+    """Fake-module test: the enum values are NvInfer.h's per release, and flag_bits shifts them."""
+    assert flag_bits(fake_trt_86().NetworkDefinitionCreationFlag, ("EXPLICIT_BATCH",)) == 1
+    assert flag_bits(fake_trt_10().NetworkDefinitionCreationFlag, ("STRONGLY_TYPED",)) == 2
+    assert flag_bits(fake_trt_11().NetworkDefinitionCreationFlag, ("STRONGLY_TYPED",)) == 1  # value 0 on 11
+    assert flag_bits(fake_trt_10().NetworkDefinitionCreationFlag, ()) == 0
+    assert not hasattr(fake_trt_86().NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    assert not hasattr(fake_trt_11().NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
+    assert (int(fake_trt_86().BuilderFlag.TF32), int(fake_trt_10().BuilderFlag.TF32), int(fake_trt_11().BuilderFlag.TF32)) == (7, 6, 6)

@@ -69,15 +69,18 @@ def parse_pbtxt(text: str) -> dict:
     return message(None)
 
 
-def _trt_artifact(tmp_path, profile_max=32):
+def _trt_artifact(tmp_path, profile_max=32, fixed_batch=None):
+    """An engine artifact's metadata as the backend writes it (the engine bytes are a placeholder)."""
     path = tmp_path / "engine"
     path.mkdir()
     (path / "model.engine").write_bytes(b"engine bytes")
+    lead = fixed_batch or -1
+    lo, opt, hi = (fixed_batch,) * 3 if fixed_batch else (1, 8, profile_max)
     meta = {
         "backend": "tensorrt",
-        "inputs": [{"name": "input", "dtype": "FLOAT", "shape": [-1, 1, 28, 28]}],
-        "outputs": [{"name": "output", "dtype": "FLOAT", "shape": [-1, 10]}],
-        "profile": {"input": {"min": [1, 1, 28, 28], "opt": [8, 1, 28, 28], "max": [profile_max, 1, 28, 28]}},
+        "inputs": [{"name": "input", "dtype": "FLOAT", "shape": [lead, 1, 28, 28]}],
+        "outputs": [{"name": "output", "dtype": "FLOAT", "shape": [lead, 10]}],
+        "profile": {"input": {"min": [lo, 1, 28, 28], "opt": [opt, 1, 28, 28], "max": [hi, 1, 28, 28]}},
     }
     artifact = Artifact(path, "model.engine", meta)
     artifact.save_metadata()
@@ -123,6 +126,17 @@ def test_fixed_batch_onnx_gets_max_batch_size_zero_with_full_dims(tmp_path):
     config = parse_pbtxt((write_triton_repo(tmp_path / "repo", Artifact.load(art_dir), "m") / "config.pbtxt").read_text())
     assert config["max_batch_size"] == 0 and "dynamic_batching" not in config
     assert config["input"][0]["dims"] == [1, 1, 8, 8]
+
+
+def test_fixed_batch_engine_gets_max_batch_size_zero_with_full_dims(tmp_path):
+    """An engine whose batch is fixed at 4 (profile 4/4/4): Triton must not batch it, so dims keep the 4."""
+    artifact = _trt_artifact(tmp_path, fixed_batch=4)
+    config = parse_pbtxt((write_triton_repo(tmp_path / "repo", artifact, "fixed") / "config.pbtxt").read_text())
+    assert config["max_batch_size"] == 0 and "dynamic_batching" not in config
+    assert config["input"][0]["dims"] == [4, 1, 28, 28] and config["output"][0]["dims"] == [4, 10]
+    with pytest.raises(UsageError, match="batch dimension is fixed"):
+        write_triton_repo(tmp_path / "repo2", artifact, "fixed", max_batch_size=4)
+    assert not (tmp_path / "repo2").exists()
 
 
 def test_max_batch_beyond_engine_profile_is_refused(tmp_path):

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hadmc_deploy import onnx_passes  # noqa: E402
-from hadmc_deploy.backends import get  # noqa: E402
+from hadmc_deploy.backends import BuildRequest, OrtBuildOptions, get  # noqa: E402
 from hadmc_deploy.backends.onnxruntime import DEFAULT_OFFLINE_LEVEL, OPT_LEVELS, make_session, random_feeds  # noqa: E402
 from hadmc_deploy.export import EXPORTERS, _first_line, _quiet_torch_loggers, simplify_with  # noqa: E402
 from hadmc_deploy.fileio import write_json_atomic, write_text_atomic  # noqa: E402
@@ -163,7 +163,8 @@ def measure_offline(raw_paths: dict[str, dict[str, Path]], names: list[str], wor
         for precision, path in sources.items():
             arts = {}
             for level in levels:
-                art = backend.build(path, "int8" if precision.startswith("int8") else "fp32", workdir / f"art_{name}_{precision[:4]}_{level}", options={"offline_opt": level})
+                art = backend.build(BuildRequest(path, "int8" if precision.startswith("int8") else "fp32", workdir / f"art_{name}_{precision[:4]}_{level}",
+                                                  backend.default_target(), ort=OrtBuildOptions(offline_opt=level)))
                 arts[level] = art
             startup = {level: [] for level in levels}
             samples = {level: [] for level in levels}
@@ -277,7 +278,7 @@ def render(data: dict, command: str) -> str:
         "the same fusions online when the session starts, so what offline optimization can buy is start-up time. "
         f"The artifact default (`DEFAULT_OFFLINE_LEVEL` in backends/onnxruntime.py) is `{DEFAULT_OFFLINE_LEVEL or 'None: a plain copy'}`: "
         "a saved optimized graph holds com.microsoft fused ops tied to the ORT version (and at `all` this CPU's NCHWc layout), "
-        "a cost worth paying only where the table shows a gain. `build(..., options={'offline_opt': 'extended'})` opts in; the "
+        "a cost worth paying only where the table shows a gain. `build(BuildRequest(..., ort=OrtBuildOptions(offline_opt='extended')))` opts in; the "
         "optimized copy must then match the source within rtol 1e-3/atol 1e-4 (fp32) or the build fails."
     )
     return "\n".join(lines) + "\n"

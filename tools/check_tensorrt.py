@@ -9,11 +9,17 @@ ranges on Fashion-MNIST (random normal inputs where the dataset is missing,
 recorded as such), writes the QDQ graph and calibration.cache with the project's
 INT8 stage, then builds every precision path this TensorRT has: FP32, FP16,
 INT8 by explicit quantization (QDQ) and, on 8.6-10.x, INT8 by implicit
-calibration from our cache. Each engine's outputs are compared with ONNX
-Runtime's FP32 outputs on the same inputs (max/mean abs error, top-1 agreement)
-and timed with CUDA events at several batch sizes (p50/p90/p99, throughput).
-Builds stop when the time budget (default 270 s) is spent; what was skipped is
-recorded. Without TensorRT or a GPU it prints one line saying why and exits 13.
+calibration twice: from our CPU cache, and by TensorRT's own entropy calibrator
+on the calibration data. Calibration is fresh on every run: the ranges, QDQ graph
+and cache are recomputed, each engine is built in a new staging directory (no
+earlier calibration.cache can be read), and a device-calibration row whose
+metadata says it read a cache is an error. Each engine's outputs are compared
+with ONNX Runtime's FP32 outputs on the same inputs (max/mean abs error, top-1
+agreement) and timed with CUDA events at several batch sizes (p50/p90/p99,
+throughput); the INT8 rows get speed ratios over FP16 (the baseline a T4 user
+deploys) and FP32, measured side by side. Builds stop when the time budget
+(default 270 s) is spent; what was skipped is recorded. Without TensorRT or a GPU
+it prints one line saying why and exits 13.
 """
 
 from __future__ import annotations
@@ -22,10 +28,14 @@ import argparse
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hadmc_deploy.backends import BuildRequest, TrtBuildOptions
+from hadmc_deploy.targets import get_target
 
 UNAVAILABLE_EXIT = 13
 MODELS = {
@@ -106,17 +116,28 @@ def prepare(name: str, work: Path, args: argparse.Namespace, ui: Any, trt_versio
             "calib": calib, "export_max_abs_err": exported.max_abs_err}
 
 
-def variants(features: Any) -> list[tuple[str, str, dict[str, Any] | None, str]]:
-    """(name, precision, options or None when this TensorRT lacks the path, why skipped)."""
+def variants(features: Any) -> list[tuple[str, str, TrtBuildOptions | None, str]]:
+    """(name, precision, TensorRT options or None when this TensorRT lacks the path, why skipped)."""
     calib_ok = features.implicit_calibration
     why = f"TensorRT {features.version} has no implicit calibration (removed in 11)"
+    calibrator = TrtBuildOptions(int8_mode="calibrator", calibrator="entropy") if calib_ok else None
     return [
-        ("fp32", "fp32", {}, ""),
-        ("fp16", "fp16", {}, ""),
-        ("int8-qdq", "int8", {"int8_mode": "qdq"}, ""),
-        ("int8-calibrator-cache", "int8", {"int8_mode": "calibrator", "calibrator": "entropy"} if calib_ok else None, why),
-        ("int8-calibrator-data", "int8", {"int8_mode": "calibrator", "calibrator": "entropy", "fresh": True} if calib_ok else None, why),
+        ("fp32", "fp32", TrtBuildOptions(), ""),
+        ("fp16", "fp16", TrtBuildOptions(), ""),
+        ("int8-qdq", "int8", TrtBuildOptions(int8_mode="qdq"), ""),
+        ("int8-calibrator-cpu-cache", "int8", calibrator, why),
+        ("int8-calibrator-device", "int8", calibrator, why),
     ]
+
+
+def variant_request(vname: str, precision: str, opts: TrtBuildOptions, prep: dict[str, Any], out_dir: Path,
+                    triple: tuple[int, int, int], ui: Any) -> BuildRequest:
+    """The request for one row: which INT8 input each variant gets is stated, never found on disk."""
+    qdq = prep["qdq"] if vname == "int8-qdq" else None
+    cache = prep["cache"] if vname == "int8-calibrator-cpu-cache" else None
+    data = prep["calib"] if vname == "int8-calibrator-device" else None  # TensorRT's own calibration, fresh
+    return BuildRequest(prep["onnx"], precision, out_dir, get_target("t4"), qdq_graph=qdq, calibration_cache=cache,
+                        calibration_data=data, ui=ui, trt=replace(opts, batch=triple))
 
 
 def run_model(name: str, backend: Any, features: Any, args: argparse.Namespace, start: float, ui: Any) -> dict[str, Any]:
@@ -134,25 +155,38 @@ def run_model(name: str, backend: Any, features: Any, args: argparse.Namespace, 
         if time.perf_counter() - start > args.budget_s:
             out["variants"].append({**row, "skipped": f"time budget of {args.budget_s:.0f} s spent"})
             continue
-        options = {"batch": triple, "ui": ui, **{k: v for k, v in opts.items() if k != "fresh"}}
-        if precision == "int8" and opts["int8_mode"] == "qdq":
-            options["qdq_onnx"] = prep["qdq"]
-        if opts.get("int8_mode") == "calibrator":
-            if opts.get("fresh"):
-                options["calib_data"] = prep["calib"]  # TensorRT's own entropy calibration on our data
-            else:
-                options["calib_cache"] = prep["cache"]  # our CPU ranges, no GPU calibration
         try:
-            artifact = backend.build(prep["onnx"], precision, work / f"engine-{vname}", options=options)
+            artifact = backend.build(variant_request(vname, precision, opts, prep, work / f"engine-{vname}", triple, ui))
+            calibration = artifact.metadata.get("calibration") or {}
+            if vname == "int8-calibrator-device" and calibration.get("read_from_cache"):
+                raise RuntimeError("the device-calibration engine read a calibration cache instead of calibrating")
             got = np.concatenate([backend.run(artifact, {"input": prep["x_eval"][i : i + triple[2]]})[artifact.metadata["output_names"][0]]
                                   for i in range(0, len(prep["x_eval"]), triple[2])])
             row.update(path=artifact.metadata["precision_path"], build_s=artifact.metadata["build_seconds"],
-                       layers=artifact.metadata.get("layers"), calibration=artifact.metadata.get("calibration"), **compare(ref, got))
+                       layers=artifact.metadata.get("layers"), calibration=calibration, **compare(ref, got))
             row["latency"] = {str(b): backend.benchmark(artifact, b, args.warmup, args.runs).to_dict() for b in batches}
         except Exception as exc:  # one failing path must not hide the others' results
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         out["variants"].append(row)
         ui.log(f"{name} {vname}: {row.get('error') or row.get('skipped') or 'ok'}")
+    out["ratios"] = speed_ratios(out["variants"], batches)
+    return out
+
+
+def speed_ratios(rows: list[dict[str, Any]], batches: list[int]) -> list[dict[str, Any]]:
+    """p50 latency of FP16 and FP32 over each INT8 (and FP32 over FP16): > 1 means the first is slower.
+
+    FP16 is the baseline that matters on a T4: INT8 is worth deploying only where it beats it.
+    """
+    timed = {r["variant"]: r["latency"] for r in rows if "latency" in r}
+    pairs = [(v, base) for v in timed if v.startswith("int8") for base in ("fp16", "fp32")] + [("fp16", "fp32")]
+    out = []
+    for variant, base in pairs:
+        if variant not in timed or base not in timed:
+            continue
+        per_batch = {str(b): timed[base][str(b)]["p50_ms"] / timed[variant][str(b)]["p50_ms"] for b in batches
+                     if str(b) in timed[variant] and str(b) in timed[base] and timed[variant][str(b)]["p50_ms"] > 0}
+        out.append({"variant": variant, "over": base, "speedup": per_batch})
     return out
 
 
@@ -187,6 +221,12 @@ def markdown(report: dict[str, Any]) -> str:
             cells.append(f"{lat[str(batches[-1])]['throughput']:.0f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if res.get("ratios"):
+            lines += ["Speedup (p50 of the slower precision / p50 of the faster, same run):", "",
+                      "| variant | over | " + " | ".join(f"b{b}" for b in batches) + " |", "|---|---|" + "---|" * len(batches)]
+            for r in res["ratios"]:
+                lines.append(f"| {r['variant']} | {r['over']} | " + " | ".join(f"{r['speedup'].get(str(b), float('nan')):.2f}x" for b in batches) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -227,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out_dir)
     write_json_atomic(out / "tensorrt_check.json", report)
     write_text_atomic(out / "tensorrt_check.md", markdown(report))
+    for model, res in report["models"].items():
+        for r in res.get("ratios", []):
+            cells = ", ".join(f"b{b} {x:.2f}x" for b, x in r["speedup"].items())
+            print(f"{model}: {r['variant']} over {r['over']}: {cells}")
     print(f"wrote {out / 'tensorrt_check.json'} and {out / 'tensorrt_check.md'} in {report['elapsed_s']:.0f} s")
     failed = [f"{m}/{v['variant']}" for m, r in report["models"].items() for v in r.get("variants", []) if "error" in v]
     failed += [m for m, r in report["models"].items() if "error" in r]

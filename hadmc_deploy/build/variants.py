@@ -24,7 +24,15 @@ def models(ctx: BuildContext) -> list[str]:
 
 
 def precisions(ctx: BuildContext) -> list[str]:
-    return ["fp32"] if ctx.plan.precision == "fp32" else ["fp32", ctx.plan.precision]
+    """FP32, FP16 where the target's backend has fast FP16 kernels (INT8 must beat FP16 there,
+    not just FP32), and the build's precision."""
+    target = ctx.plan.target
+    out = ["fp32"]
+    if target.backend == "tensorrt" and "fp16" in target.precisions:
+        out.append("fp16")
+    if ctx.plan.precision not in out:
+        out.append(ctx.plan.precision)
+    return out
 
 
 def float_onnx(ctx: BuildContext, model: str) -> Path:

@@ -24,7 +24,7 @@ implicit calibration on TensorRT 8.6-10.x). An engine runs only on the GPU model
 version that built it, so run this on the deployment host.
 
 examples:
-  hadmc-deploy engine build/ -o build/engine                       INT8 from qdq_s8s8.onnx (explicit quantization)
+  hadmc-deploy engine build/ -o build/engine                       INT8: qdq_s8s8.onnx if present, else calibration.cache (TensorRT <= 10)
   hadmc-deploy engine build/ --int8-mode calibrator -o build/engine  INT8 from model.onnx + calibration.cache (TensorRT <= 10)
   hadmc-deploy engine model.onnx --precision fp16 --batch 1,8,32 -o fp16_engine
   hadmc-deploy engine build/ -o build/engine --triton-repo models/  also lay out a Triton model repository"""
@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="directory for model.engine and metadata.json")
     parser.add_argument("--target", default="t4", help="target profile (default t4): batch sizes, precisions")
     parser.add_argument("--precision", choices=("int8", "fp16", "fp32"), default=None, help="default: the target's")
-    parser.add_argument("--int8-mode", choices=("qdq", "calibrator"), default="qdq",
-                        help="qdq: explicit quantization from qdq_s8s8.onnx (TensorRT 10/11); "
+    parser.add_argument("--int8-mode", choices=("auto", "qdq", "calibrator"), default="auto",
+                        help="auto (default): qdq when qdq_s8s8.onnx exists, else the calibrator where this TensorRT has one; "
+                        "qdq: explicit quantization from qdq_s8s8.onnx (TensorRT 8.6-11); "
                         "calibrator: implicit calibration from calibration.cache or --calib data (TensorRT 8.6-10.x)")
     parser.add_argument("--calibrator", choices=("entropy", "minmax"), default="entropy", help="calibrator class for --int8-mode calibrator")
     parser.add_argument("--calib-cache", metavar="FILE", help="TensorRT calibration cache (default: calibration.cache in the build directory)")
@@ -68,7 +69,7 @@ def _sources(source: Path) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
-    from hadmc_deploy.backends import get
+    from hadmc_deploy.backends import BuildRequest, TrtBuildOptions, get
     from hadmc_deploy.backends.tensorrt_artifact import batch_triple_from_sizes, parse_batch_triple
     from hadmc_deploy.targets import get_target
 
@@ -86,11 +87,15 @@ def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
     calib_cache = Path(args.calib_cache) if args.calib_cache else found.get("calibration_cache")
     if args.calib_cache and not calib_cache.is_file():
         raise UsageError(f"--calib-cache {calib_cache} does not exist")
-    int8_calibrator = precision == "int8" and args.int8_mode == "calibrator"
-    if precision == "int8" and args.int8_mode == "qdq" and "qdq_onnx" not in found:
+    int8 = precision == "int8"
+    has_calib_input = calib_cache is not None or bool(args.calib)
+    if int8 and args.int8_mode == "qdq" and "qdq_onnx" not in found:
         raise UsageError(f"{source} has no QDQ graph (qdq_s8s8.onnx) for INT8 explicit quantization",
                          hint="run the INT8 stage on the CPU host first, or use --int8-mode calibrator with calibration.cache")
-    if int8_calibrator and calib_cache is None and not args.calib:
+    if int8 and args.int8_mode == "auto" and "qdq_onnx" not in found and not has_calib_input:
+        raise UsageError(f"{source} has no QDQ graph (qdq_s8s8.onnx) and no calibration.cache for INT8",
+                         hint="run the INT8 stage on the CPU host first (`hadmc-deploy build ... --calib DATA`)")
+    if int8 and args.int8_mode == "calibrator" and not has_calib_input:
         raise UsageError("--int8-mode calibrator needs calibration.cache (or --calib-cache FILE) or --calib DATA")
     onnx_path = found.get("float_onnx") or found["qdq_onnx"]
 
@@ -101,19 +106,20 @@ def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
             f"cannot build the TensorRT engine here: {reason}",
             hint="run this command on the GPU host with TensorRT (the engine is valid only on the GPU and TensorRT version that build it)",
         )
-    options: dict[str, Any] = {
-        "target": target, "batch": batch, "int8_mode": args.int8_mode, "calibrator": args.calibrator,
-        "workspace_mb": args.workspace_mb, "ui": ui, "fp16_rest": not args.fp32_rest and "fp16" in target.precisions,
-    }
-    if "qdq_onnx" in found:
-        options["qdq_onnx"] = found["qdq_onnx"]
-    if int8_calibrator:
-        options["calib_cache"] = calib_cache
-        if args.calib:
-            from hadmc_deploy.data import Preprocess, load_data
+    calib_data = None
+    if int8 and args.calib:
+        from hadmc_deploy.data import Preprocess, load_data
 
-            options["calib_data"] = load_data(args.calib, Preprocess(), limit=args.calib_samples)
-    artifact = backend.build(onnx_path, precision, Path(args.output), options=options)
+        calib_data = load_data(args.calib, Preprocess(), limit=args.calib_samples)
+    request = BuildRequest(
+        onnx_path=onnx_path, precision=precision, out_dir=Path(args.output), target=target,
+        qdq_graph=found.get("qdq_onnx") if int8 else None,
+        calibration_cache=calib_cache if int8 and not args.calib else None,
+        calibration_data=calib_data, ui=ui,
+        trt=TrtBuildOptions(int8_mode=args.int8_mode, calibrator=args.calibrator, batch=batch, workspace_mb=args.workspace_mb,
+                            fp16_rest=False if args.fp32_rest else None),
+    )
+    artifact = backend.build(request)
     meta = artifact.metadata
     ui.out.print(f"engine: {artifact.model_path} ({meta['precision_path']}, TensorRT {meta['tensorrt_version']}, "
                  f"{meta['gpu_name']} sm_{str(meta['compute_capability']).replace('.', '')}, built in {meta['build_seconds']:.1f} s)")

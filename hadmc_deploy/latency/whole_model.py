@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hadmc_deploy.backends.request import BuildRequest
 from hadmc_deploy.graph.types import DependencyGraph, WidthPlan
 from hadmc_deploy.ui import UI, quiet_ui
 
@@ -113,7 +114,7 @@ def time_onnx_interleaved(
                 if input_shape is None:
                     raise ValueError("timing INT8 models needs input_shape (for their timing ranges)")
                 ranges = _timing_ranges(path, input_shape)
-            artifacts.append(backend.build(path, precision, Path(tmp) / f"m{i}", ranges=ranges))
+            artifacts.append(backend.build(BuildRequest(path, precision, Path(tmp) / f"m{i}", backend.default_target(), ranges=ranges)))
         if clock == "cpu":  # single-thread CPU time of the built model (see measure.cpu_time_stats)
             from hadmc_deploy.backends.onnxruntime import make_session, random_feeds
             from hadmc_deploy.latency.measure import cpu_time_stats

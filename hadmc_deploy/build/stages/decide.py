@@ -20,6 +20,7 @@ from hadmc_deploy.build.decide import (
     guard_exclusion,
 )
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
+from hadmc_deploy.triton import write_triton_repo
 
 #: interleaved rounds over the candidates at the primary batch.
 ROUNDS = 5
@@ -35,7 +36,8 @@ def primary_batch(ctx: BuildContext) -> int:
 def inputs(ctx: BuildContext) -> dict[str, Any]:
     q = ctx.settings.quantization
     return {"guard": q.max_accuracy_drop, "allow": q.allow_accuracy_drop, "speedup": ctx.settings.search.speedup,
-            "latency_ms": ctx.settings.search.latency_ms, "batch": primary_batch(ctx), "runs": ctx.settings.benchmark.runs}
+            "latency_ms": ctx.settings.search.latency_ms, "batch": primary_batch(ctx), "runs": ctx.settings.benchmark.runs,
+            "triton_repo": ctx.settings.output.triton_repo}
 
 
 def time_interleaved(ctx: BuildContext, rows: list[dict[str, Any]], batch: int) -> tuple[dict[str, float], float]:
@@ -98,6 +100,8 @@ def run(ctx: BuildContext) -> StageResult:
         ctx.ui.warn(warning)
     out = _copy_deployed(ctx, deployed)
     result = decision.to_dict()
+    if ctx.settings.output.triton_repo:
+        result["triton"] = _triton(ctx, out, name)
     result["artifact"] = str(out.relative_to(ctx.plan.out_dir))
     result["source_artifact"] = deployed["artifact"]
     result["_summary"] = f"deploy {name}: {decision.speedup_vs_fp32_original:.2f}x over the FP32 original at batch {batch} ({reason})"
@@ -114,6 +118,13 @@ def _copy_deployed(ctx: BuildContext, row: dict[str, Any]) -> Path:
         shutil.rmtree(dest)
     staging.rename(dest)
     return dest
+
+
+def _triton(ctx: BuildContext, deployed: Path, variant: str) -> dict[str, Any]:
+    """A Triton model repository for the deployed artifact."""
+    name = "".join(c if c.isalnum() or c in "_.-" else "_" for c in Path(str(ctx.plan.model or "model")).stem)
+    path = write_triton_repo(ctx.settings.output.triton_repo, Artifact.load(deployed), name)
+    return {"written": True, "path": str(path), "variant": variant}
 
 
 STAGE = Stage("decide", run, inputs, ("evaluate",))

@@ -46,6 +46,8 @@ def run(ctx: BuildContext) -> StageResult:
             row: dict[str, Any] = {"name": name, "model": model, "precision": precision, "params": params[model], "macs": macs[model], "onnx": onnx_file.name, "onnx_sha256": sha256_file(onnx_file)}
             row["predicted"] = predicted(ctx, model, precision)
             entry = built.get(name)
+            if entry is None and precision == "fp16":
+                continue  # FP16 only means something as an engine built on the target
             if entry is not None:
                 backend = get(entry["backend"])
                 artifact = Artifact.load(ctx.path(entry["artifact"]))
