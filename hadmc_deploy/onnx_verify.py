@@ -77,7 +77,7 @@ def verify(model: nn.Module, onnx_model: onnx.ModelProto, x: np.ndarray, inputs_
     An element fails when |onnx - torch| > atol + rtol * |torch| (numpy.allclose), or
     when exactly one side is not finite.
     """
-    from hadmc_deploy.backends.onnxruntime import make_session
+    from hadmc_deploy.backends.ort_session import make_session
 
     session = make_session(onnx_model.SerializeToString())
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
