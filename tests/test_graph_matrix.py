@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from graph_models import MATRIX, SLOW_ONLY
+from hadmc_deploy.models.zoo import MATRIX, SLOW_ONLY
 
 from hadmc_deploy.graph.check import prune_equivalence
 from hadmc_deploy.graph.trace import trace

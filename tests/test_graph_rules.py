@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from graph_models import LayerNorm2d, convnext_tiny, regnet_x_200mf, shufflenet_v2_x1_0, unetish
+from hadmc_deploy.models.zoo import LayerNorm2d, convnext_tiny, regnet_x_200mf, shufflenet_v2_x1_0, unetish
 from torch import nn
 
 from hadmc_deploy.errors import GraphError

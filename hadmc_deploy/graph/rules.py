@@ -69,6 +69,9 @@ class RuleContext:
             elif isinstance(value, (list, tuple)) and isinstance(node_arg, (list, tuple)):
                 for a, v in zip(node_arg, value, strict=False):
                     visit(a, v)
+            elif isinstance(value, dict) and isinstance(node_arg, dict):
+                for key, v in value.items():
+                    visit(node_arg.get(key), v)
 
         for a, v in zip(self.node.args, self.args, strict=False):
             visit(a, v)
@@ -185,7 +188,9 @@ def elementwise(ctx: RuleContext) -> Info:
 
 
 def _label_tensor(info: ChannelInfo, shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.from_numpy(np.array(info.full(shape), copy=True))
+    # C order: `view` follows the logical (row-major) order of the real tensor, which ran fine;
+    # numpy's default copy would keep a permuted layout and make `view` refuse it
+    return torch.from_numpy(np.array(info.full(shape), copy=True, order="C"))
 
 
 def _const_dims(node: fx.Node, out_ndim: int) -> list[bool] | None:

@@ -27,6 +27,8 @@ from hadmc_deploy.ui import UI, quiet_ui
 
 
 def _function_rule(target: Any) -> Any:
+    if target is getattr:
+        return _tensor_attribute
     if target in R.ELEMENTWISE_TARGETS:
         return R.elementwise
     if target in R.PASSTHROUGH_FUNCTIONS:
@@ -58,6 +60,13 @@ def _method_rule(name: str) -> Any:
     if name in ("size", "dim", "numel"):
         return lambda ctx: None
     return R.unknown
+
+
+def _tensor_attribute(ctx: R.RuleContext) -> Any:
+    """`x.shape`, `x.dtype`, `x.ndim`...: metadata, no channels; `x.T`/`x.mT` move them like a transpose."""
+    if isinstance(ctx.out, torch.Tensor):
+        return R.unknown(ctx)
+    return None
 
 
 class _ChannelInterpreter(fx.Interpreter):

@@ -1,5 +1,8 @@
 """The pruning architecture matrix: torchvision-style definitions, random init, no torchvision.
 
+(One module for the whole matrix, over the usual size: each builder is short and they are
+read side by side; tools/prune_matrix.py and the tests import them from here.)
+
 Each builder follows the torchvision structure that matters to a channel graph
 (residual adds, SE, depthwise and grouped convs, split + shuffle, dense concat,
 flatten -> Linear, channels-last LayerNorm with layer scale, multi-branch
