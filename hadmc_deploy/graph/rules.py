@@ -114,6 +114,9 @@ Rule = Callable[[RuleContext], Any]
 def unknown(ctx: RuleContext) -> Info:
     if not isinstance(ctx.out, torch.Tensor) and not isinstance(ctx.out, (list, tuple)):
         return None  # sizes, dtypes, python numbers: no channels involved
+    for arg, value in ctx.tensor_args():
+        if value is ctx.out:  # returns its input unchanged here (stochastic depth in eval, a wrapped no-op)
+            return ctx.info(arg)
     ctx.lock_inputs("operation not understood by the channel graph")
     return None
 
