@@ -9,10 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from hadmc_deploy.models.zoo import MATRIX, SLOW_ONLY
 
 from hadmc_deploy.graph.check import prune_equivalence
 from hadmc_deploy.graph.trace import trace
+from hadmc_deploy.models.matrix import MATRIX, SLOW_ONLY
 from hadmc_deploy.profile import profile_model
 
 torch.set_num_threads(1)

@@ -361,6 +361,31 @@ def reduction(ctx: RuleContext) -> Info:
     return ChannelInfo(axes, info.labels)
 
 
+def functional_layer_norm(ctx: RuleContext) -> Info:
+    """`F.layer_norm(x, shape, weight, bias)` (torchvision's LayerNorm2d): like nn.LayerNorm, with weight
+    and bias read as parameters (get_attr) that join the channels they scale."""
+    node_args = list(ctx.node.args) + [None] * 4
+    x_arg, x_value = node_args[0], ctx.args[0]
+    x = ctx.info(x_arg)
+    if x is None or not isinstance(x_value, torch.Tensor):
+        return None
+    shape = ctx.args[1] if len(ctx.args) > 1 else ctx.kwargs.get("normalized_shape")
+    ndim = x_value.dim()
+    count = 1 if isinstance(shape, int) else len(shape)
+    if not set(range(ndim - count, ndim)) & set(x.axes):
+        return x  # normalises over space only
+    params = [(node_args[i] if len(ctx.node.args) > i else ctx.node.kwargs.get(k)) for i, k in ((2, "weight"), (3, "bias"))]
+    infos = [ctx.info(p) for p in params if isinstance(p, fx.Node)]
+    if x.axes != (ndim - 1,) or count != 1 or any(i is None or i.labels.shape != x.labels.shape for i in infos) or \
+            len(infos) != sum(isinstance(p, fx.Node) for p in params):
+        ctx.lock_inputs("layer norm over channels and other axes together")
+        return x
+    for info in infos:
+        ctx.state.uf.union_arrays(x.labels, info.labels)
+    ctx.state.mark_inexact(x.labels, f"layer_norm at node {ctx.node.name!r} normalises over these channels")
+    return x
+
+
 def channel_shuffle(groups_of: Callable[[RuleContext], int]) -> Rule:
     def rule(ctx: RuleContext) -> Info:
         info = ctx.info(ctx.tensor_args()[0][0])

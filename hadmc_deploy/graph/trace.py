@@ -40,6 +40,8 @@ def _function_rule(target: Any) -> Any:
         return R.spatial(R.SPATIAL_FUNCTIONS[target])
     if target in R.REDUCTIONS:
         return R.reduction
+    if target in (torch.nn.functional.layer_norm, torch.layer_norm):
+        return R.functional_layer_norm
     if target in (torch.nn.functional.softmax, torch.softmax):
         return R.softmax_like
     if target in (torch.nn.functional.channel_shuffle, torch.channel_shuffle):
