@@ -76,22 +76,84 @@ def _import_from_file(path: Path, name: str) -> Any:
     return getattr(module, name)
 
 
+TORCHVISION_INSTALL = "pip install torchvision==0.28.0 --no-deps"
+#: ops whose fake kernels torchvision registers at import; without its C++ extension they must exist as schemas
+_TORCHVISION_OP_SCHEMAS = {
+    "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+}
+_torchvision_library: list[Any] = []  # keeps the schema library alive
+
+
+def _import_torchvision_models(spec: str) -> Any:
+    """`torchvision.models`, also where its C++ extension does not load (a --no-deps wheel for another build).
+
+    The model definitions are pure Python; only detection ops (nms) need the extension, and
+    torchvision's import registers fake kernels for them. Defining their schemas first lets the
+    import finish; calling those ops would still fail, which no classification model does.
+    """
+    if importlib.util.find_spec("torchvision") is None:
+        raise ArchSpecError(f"--arch {spec} needs torchvision, which is not installed", hint=TORCHVISION_INSTALL)
+    try:
+        return importlib.import_module("torchvision.models")
+    except RuntimeError as exc:
+        if "torchvision::" not in str(exc) or _torchvision_library:
+            raise ArchSpecError(f"--arch {spec}: torchvision does not import here ({_first_line(str(exc))})", hint=TORCHVISION_INSTALL) from exc
+    except Exception as exc:
+        raise ArchSpecError(f"--arch {spec}: torchvision does not import here ({type(exc).__name__}: {_first_line(str(exc))})", hint=TORCHVISION_INSTALL) from exc
+    for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[mod]  # the failed import left half-initialised modules behind
+    lib = torch.library.Library("torchvision", "FRAGMENT")
+    for op, schema in _TORCHVISION_OP_SCHEMAS.items():
+        if not _op_exists(op):
+            lib.define(schema)
+    _torchvision_library.append(lib)
+    return _import_torchvision_models(spec)
+
+
+def _op_exists(op: str) -> bool:
+    try:
+        torch.ops.torchvision.__getattr__(op)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def split_arch_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """`NAME?a=1&b=false` -> (`NAME`, {"a": 1, "b": False}): keyword arguments written into the spec.
+
+    Values are JSON (numbers, true/false/null, quoted strings), Python's True/False/None, or bare strings.
+    """
+    base, sep, query = spec.partition("?")
+    kwargs: dict[str, Any] = {}
+    if not sep:
+        return spec, kwargs
+    for item in filter(None, query.split("&")):
+        key, eq, raw = item.partition("=")
+        if not eq or not key.isidentifier():
+            raise ArchSpecError(f"--arch {spec!r}: {item!r} is not key=value", hint="e.g. --arch torchvision:googlenet?aux_logits=false")
+        literal = {"True": "true", "False": "false", "None": "null"}.get(raw, raw)
+        try:
+            kwargs[key] = json.loads(literal)
+        except json.JSONDecodeError:
+            kwargs[key] = raw
+    return base, kwargs
+
+
 def resolve_arch(spec: str) -> Any:
     """The callable an `--arch` spec names (`pkg.module:fn`, `file.py:fn`, `torchvision:NAME`, `timm:NAME`)."""
+    spec = split_arch_spec(spec)[0]
     if ":" not in spec:
         raise ArchSpecError(f"--arch {spec!r} is not of the form module:callable", hint="e.g. --arch mymodels.py:resnet18 or --arch torchvision:resnet18")
     where, _, name = spec.rpartition(":")
     if not where or not name:
         raise ArchSpecError(f"--arch {spec!r} is not of the form module:callable")
     if where == "torchvision":
-        try:
-            import torchvision.models as tvm
-        except Exception as exc:
-            raise ArchSpecError(f"--arch {spec} needs torchvision, which does not import here: {exc}", hint="pip install the extra 'vision' or use a module:callable spec") from exc
+        tvm = _import_torchvision_models(spec)
         try:
             return tvm.get_model_builder(name)
         except ValueError as exc:
-            raise ArchSpecError(f"torchvision has no model {name!r}") from exc
+            raise ArchSpecError(f"torchvision has no model {name!r}", hint="see torchvision.models.list_models()") from exc
     if where == "timm":
         try:
             import timm
@@ -110,6 +172,8 @@ def resolve_arch(spec: str) -> Any:
 
 
 def build_arch(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """The model an `--arch` spec builds; `kwargs` (from --arch-kwargs) override those in `spec?k=v`."""
+    kwargs = {**split_arch_spec(spec)[1], **(kwargs or {})}
     factory = resolve_arch(spec)
     try:
         model = factory(**(kwargs or {}))

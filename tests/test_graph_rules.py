@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from graph_models import LayerNorm2d, convnext_tiny, regnet_x_200mf, shufflenet_v2_x1_0, unetish
 from torch import nn
 
 from hadmc_deploy.errors import GraphError
@@ -14,6 +13,7 @@ from hadmc_deploy.graph.trace import trace
 from hadmc_deploy.graph.types import WidthPlan
 from hadmc_deploy.models.demo import demo_cnn
 from hadmc_deploy.models.resnet import resnet18
+from hadmc_deploy.models.zoo import LayerNorm2d, convnext_tiny, regnet_x_200mf, shufflenet_v2_x1_0, unetish
 from hadmc_deploy.surgery import apply
 
 torch.set_num_threads(1)
@@ -122,9 +122,12 @@ def test_unknown_op_locks_with_warning_naming_node() -> None:
     g = trace(Odd(), (1, 3, 4, 4))
     assert not g.group("a").prunable and "not understood" in g.group("a").reason
     assert any("cumsum" in w and "node" in w for w in g.warnings)
-    # F.layer_norm with get_attr weights (an unregistered function) is also locked, not guessed
+    # F.layer_norm with get_attr weights (torchvision's LayerNorm2d): its weight and bias join the
+    # channels they scale; prunable, not exactly (the statistics are over those channels)
     ln = nn.Sequential(nn.Conv2d(3, 8, 1), LayerNorm2d(8), nn.Conv2d(8, 2, 1))
-    assert not trace(ln, (1, 3, 4, 4)).group("0").prunable
+    group = trace(ln, (1, 3, 4, 4)).group("0")
+    assert group.prunable and not group.exact and "layer_norm" in group.reason
+    assert {m["tensor"] for m in group.members} >= {"1.weight", "1.bias"}
 
 
 def test_ignore_and_bad_ignore() -> None:

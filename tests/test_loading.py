@@ -175,3 +175,33 @@ def test_bad_arch_kwargs():
         parse_arch_kwargs("{num_classes: 10}")
     with pytest.raises(ArchSpecError, match="object"):
         parse_arch_kwargs("[1, 2]")
+
+
+def test_arch_spec_kwargs_and_torchvision_hint(monkeypatch) -> None:  # noqa: ANN001
+    import importlib.util
+
+    from hadmc_deploy.errors import ArchSpecError
+    from hadmc_deploy.loading import build_arch, split_arch_spec
+
+    assert split_arch_spec("torchvision:googlenet?aux_logits=false&num_classes=7&name=x") == (
+        "torchvision:googlenet", {"aux_logits": False, "num_classes": 7, "name": "x"})
+    model = build_arch("hadmc_deploy.models.demo:demo_cnn?num_classes=3")
+    assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 3)
+    with pytest.raises(ArchSpecError, match="not key=value"):
+        split_arch_spec("torchvision:resnet18?oops")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else real(name, *a))
+    with pytest.raises(ArchSpecError) as info:
+        build_arch("torchvision:resnet50")
+    assert "pip install torchvision==0.28.0 --no-deps" in info.value.one_line() and len(info.value.one_line().splitlines()) == 1
+
+
+def test_torchvision_arch_builds_where_installed() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed")
+    from hadmc_deploy.loading import build_arch
+
+    model = build_arch("torchvision:googlenet?aux_logits=false&init_weights=true", {"num_classes": 5})
+    assert model.aux1 is None and model.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 5)

@@ -178,6 +178,8 @@ def _mapping(positions: np.ndarray, classes: np.ndarray, width: int) -> str:
         return "identity" if off == 0 else f"offset {off}"
     if n % width == 0 and n > width and np.array_equal(classes, np.repeat(np.arange(width), n // width)):
         return f"each channel -> {n // width} features from {int(positions[0])}"
+    if n % width == 0 and n > width and np.array_equal(classes, np.tile(np.arange(width), n // width)):
+        return f"each channel -> {n // width} features every {width} from {int(positions[0])} (channels-last flatten)"
     return f"gather ({n} slices)"
 
 

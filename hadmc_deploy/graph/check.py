@@ -42,6 +42,25 @@ def zero_removed(model: nn.Module, graph: DependencyGraph, kept: dict[str, list[
                 t.index_fill_(ax.axis, torch.as_tensor(sel, dtype=torch.long), 0.0)
 
 
+def output_tensors(out: object) -> list[torch.Tensor]:
+    """Every tensor of a model output (a tensor, or tuples/lists/dicts of them), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for item in out for t in output_tensors(item)]
+    if isinstance(out, dict):
+        return [t for item in out.values() for t in output_tensors(item)]
+    return []
+
+
+def max_output_diff(a: object, b: object) -> float:
+    """Largest |a - b| over every tensor of two outputs of the same structure (inf if they differ in structure)."""
+    left, right = output_tensors(a), output_tensors(b)
+    if len(left) != len(right) or any(x.shape != y.shape for x, y in zip(left, right, strict=True)):
+        return float("inf")
+    return max((float((x - y).abs().max()) for x, y in zip(left, right, strict=True) if x.numel()), default=0.0)
+
+
 @dataclass
 class EquivalenceResult:
     max_abs_diff: float
@@ -77,6 +96,6 @@ def prune_equivalence(
         before = model(x)
         pruned, filled = apply(model, graph, WidthPlan(keep=plan.keep, indices=kept))
         after = pruned.eval()(x)
-    diff = float((before - after).abs().max())
-    effect = float((original - before).abs().max())
+    diff = max_output_diff(before, after)
+    effect = max_output_diff(original, before)
     return EquivalenceResult(diff, pruned, filled, len(kept), sum(1 for g in graph.groups if g.prunable and not g.exact), effect, graph)

@@ -69,6 +69,9 @@ class RuleContext:
             elif isinstance(value, (list, tuple)) and isinstance(node_arg, (list, tuple)):
                 for a, v in zip(node_arg, value, strict=False):
                     visit(a, v)
+            elif isinstance(value, dict) and isinstance(node_arg, dict):
+                for key, v in value.items():
+                    visit(node_arg.get(key), v)
 
         for a, v in zip(self.node.args, self.args, strict=False):
             visit(a, v)
@@ -111,6 +114,9 @@ Rule = Callable[[RuleContext], Any]
 def unknown(ctx: RuleContext) -> Info:
     if not isinstance(ctx.out, torch.Tensor) and not isinstance(ctx.out, (list, tuple)):
         return None  # sizes, dtypes, python numbers: no channels involved
+    for arg, value in ctx.tensor_args():
+        if value is ctx.out:  # returns its input unchanged here (stochastic depth in eval, a wrapped no-op)
+            return ctx.info(arg)
     ctx.lock_inputs("operation not understood by the channel graph")
     return None
 
@@ -185,7 +191,9 @@ def elementwise(ctx: RuleContext) -> Info:
 
 
 def _label_tensor(info: ChannelInfo, shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.from_numpy(np.array(info.full(shape), copy=True))
+    # C order: `view` follows the logical (row-major) order of the real tensor, which ran fine;
+    # numpy's default copy would keep a permuted layout and make `view` refuse it
+    return torch.from_numpy(np.array(info.full(shape), copy=True, order="C"))
 
 
 def _const_dims(node: fx.Node, out_ndim: int) -> list[bool] | None:
@@ -351,6 +359,31 @@ def reduction(ctx: RuleContext) -> Info:
     if info.axes == (1,) and tuple(ctx.out.shape[2:]) in ((1, 1), ()):
         ctx.draft("globalpool", [info.flat()], info.flat())
     return ChannelInfo(axes, info.labels)
+
+
+def functional_layer_norm(ctx: RuleContext) -> Info:
+    """`F.layer_norm(x, shape, weight, bias)` (torchvision's LayerNorm2d): like nn.LayerNorm, with weight
+    and bias read as parameters (get_attr) that join the channels they scale."""
+    node_args = list(ctx.node.args) + [None] * 4
+    x_arg, x_value = node_args[0], ctx.args[0]
+    x = ctx.info(x_arg)
+    if x is None or not isinstance(x_value, torch.Tensor):
+        return None
+    shape = ctx.args[1] if len(ctx.args) > 1 else ctx.kwargs.get("normalized_shape")
+    ndim = x_value.dim()
+    count = 1 if isinstance(shape, int) else len(shape)
+    if not set(range(ndim - count, ndim)) & set(x.axes):
+        return x  # normalises over space only
+    params = [(node_args[i] if len(ctx.node.args) > i else ctx.node.kwargs.get(k)) for i, k in ((2, "weight"), (3, "bias"))]
+    infos = [ctx.info(p) for p in params if isinstance(p, fx.Node)]
+    if x.axes != (ndim - 1,) or count != 1 or any(i is None or i.labels.shape != x.labels.shape for i in infos) or \
+            len(infos) != sum(isinstance(p, fx.Node) for p in params):
+        ctx.lock_inputs("layer norm over channels and other axes together")
+        return x
+    for info in infos:
+        ctx.state.uf.union_arrays(x.labels, info.labels)
+    ctx.state.mark_inexact(x.labels, f"layer_norm at node {ctx.node.name!r} normalises over these channels")
+    return x
 
 
 def channel_shuffle(groups_of: Callable[[RuleContext], int]) -> Rule:

@@ -1,11 +1,13 @@
 """Trace a model with `torch.fx` and follow its channels through every node.
 
-`trace(model, input_shape)` runs the fx graph once at the user's input shape
+`trace(model, input_shape)` captures the fx graph (`capture`: fx symbolic
+tracing that also knows each value, so chunk/split unpacking, len() and
+shape-only branches trace), runs it once at the user's input shape
 (an `fx.Interpreter`: real tensors give every node's shape, like ShapeProp)
 and applies each node's channel rule (`rules`, `module_rules`). `build` turns
 what was learned into a `DependencyGraph`.
 
-Only public APIs are used (fx.symbolic_trace, fx.Interpreter); nothing reads
+Only public APIs are used (fx.Tracer, fx.Interpreter); nothing reads
 autograd internals, which is what breaks other pruners on new PyTorch releases.
 """
 
@@ -20,6 +22,7 @@ from torch import fx, nn
 from hadmc_deploy.errors import GraphError
 from hadmc_deploy.graph import rules as R
 from hadmc_deploy.graph.build import build_graph
+from hadmc_deploy.graph.capture import UntraceableConstruct, capture
 from hadmc_deploy.graph.labels import ChannelInfo, LabelState
 from hadmc_deploy.graph.module_rules import rule_for_module
 from hadmc_deploy.graph.types import DependencyGraph
@@ -27,6 +30,8 @@ from hadmc_deploy.ui import UI, quiet_ui
 
 
 def _function_rule(target: Any) -> Any:
+    if target is getattr:
+        return _tensor_attribute
     if target in R.ELEMENTWISE_TARGETS:
         return R.elementwise
     if target in R.PASSTHROUGH_FUNCTIONS:
@@ -35,6 +40,8 @@ def _function_rule(target: Any) -> Any:
         return R.spatial(R.SPATIAL_FUNCTIONS[target])
     if target in R.REDUCTIONS:
         return R.reduction
+    if target in (torch.nn.functional.layer_norm, torch.layer_norm):
+        return R.functional_layer_norm
     if target in (torch.nn.functional.softmax, torch.softmax):
         return R.softmax_like
     if target in (torch.nn.functional.channel_shuffle, torch.channel_shuffle):
@@ -60,6 +67,13 @@ def _method_rule(name: str) -> Any:
     return R.unknown
 
 
+def _tensor_attribute(ctx: R.RuleContext) -> Any:
+    """`x.shape`, `x.dtype`, `x.ndim`...: metadata, no channels; `x.T`/`x.mT` move them like a transpose."""
+    if isinstance(ctx.out, torch.Tensor):
+        return R.unknown(ctx)
+    return None
+
+
 class _ChannelInterpreter(fx.Interpreter):
     """Runs the graph on real tensors and, beside each value, its channel labels."""
 
@@ -83,18 +97,16 @@ class _ChannelInterpreter(fx.Interpreter):
     def _apply(self, ctx: R.RuleContext) -> Any:
         n = ctx.node
         if n.op == "placeholder":
-            if isinstance(ctx.out, torch.Tensor) and ctx.out.dim() >= 2:
-                atoms = self.state.new_source("input", "input", ctx.out.shape[1])
-                self.state.lock(atoms, "the network input")
-                return R.make_info((1,), atoms)
-            return None
+            if isinstance(ctx.out, (list, tuple)):  # forward(self, *inputs)
+                return [self._input_info(v) for v in ctx.out]
+            return self._input_info(ctx.out)
         if n.op == "get_attr":
             return self._param_info(n, ctx.out)
         if n.op == "output":
             for arg, _ in ctx.tensor_args():
                 info = ctx.info(arg)
                 if info is not None:
-                    self.state.lock(info.labels, "the model output (classes) is never pruned")
+                    self.state.lock(info.labels, "a model output (classes, boxes, features) is never pruned")
             return None
         if n.op == "call_module":
             module = self.module.get_submodule(n.target)
@@ -113,6 +125,13 @@ class _ChannelInterpreter(fx.Interpreter):
         if n.op == "call_method":
             return _method_rule(str(n.target))(ctx)
         return _function_rule(n.target)(ctx)
+
+    def _input_info(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() >= 2:
+            atoms = self.state.new_source("input", "input", value.shape[1])
+            self.state.lock(atoms, "the network input")
+            return R.make_info((1,), atoms)
+        return None
 
     def _lock_ignored(self, ctx: R.RuleContext, result: Any, start_member: int) -> None:
         reason = f"--ignore {ctx.module_name}"
@@ -137,14 +156,14 @@ class _ChannelInterpreter(fx.Interpreter):
         return ChannelInfo((big[0],), atoms)
 
 
-def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
+def _capture(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(model)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return capture(model, (example,))
+    except UntraceableConstruct as exc:
+        where = f" at {exc.where}" if exc.where else ""
         raise GraphError(
-            f"the model cannot be traced by torch.fx ({type(exc).__name__}: {first[:200]})",
-            hint="data-dependent control flow in forward() is not supported; move it out of forward or make it depend only on shapes",
+            f"{type(model).__name__}.forward cannot be traced for the channel graph: {exc.construct}{where}",
+            hint="control flow on tensor values is not supported; make it depend on shapes or module attributes, or move it out of forward",
         ) from exc
 
 
@@ -165,10 +184,10 @@ def trace(
     was_training = model.training
     model.eval()
     try:
-        gm = _symbolic_trace(model)
+        example = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
+        gm = _capture(model, example)
         state = LabelState()
         interp = _ChannelInterpreter(gm, state, ignore)
-        example = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
         try:
             with torch.no_grad():
                 interp.run(example)

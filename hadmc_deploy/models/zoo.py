@@ -1,5 +1,8 @@
 """The pruning architecture matrix: torchvision-style definitions, random init, no torchvision.
 
+(One module for the whole matrix, over the usual size: each builder is short and they are
+read side by side; tools/prune_matrix.py and the tests import them from here.)
+
 Each builder follows the torchvision structure that matters to a channel graph
 (residual adds, SE, depthwise and grouped convs, split + shuffle, dense concat,
 flatten -> Linear, channels-last LayerNorm with layer scale, multi-branch
@@ -10,7 +13,6 @@ full input shape).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -382,21 +384,3 @@ def mobilenet_v2_bn() -> nn.Module:
 
 
 vgg11_bn_small_head = partial(vgg11_bn, hidden=512)
-
-#: name -> (builder, small input shape for the default tests, full input shape for slow runs)
-MATRIX: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], tuple[int, ...]]] = {
-    "resnet18": (resnet18_bn, (1, 3, 64, 64), (1, 3, 224, 224)),
-    "resnet50": (resnet50_bn, (1, 3, 64, 64), (1, 3, 224, 224)),
-    "mobilenet_v2": (mobilenet_v2_bn, (1, 3, 64, 64), (1, 3, 224, 224)),
-    "mobilenet_v3_small": (mobilenet_v3_small, (1, 3, 64, 64), (1, 3, 224, 224)),
-    "efficientnet_b0": (efficientnet_b0, (1, 3, 64, 64), (1, 3, 224, 224)),
-    "shufflenet_v2_x1_0": (shufflenet_v2_x1_0, (1, 3, 64, 64), (1, 3, 224, 224)),
-    "densenet121": (densenet121, (1, 3, 32, 32), (1, 3, 224, 224)),
-    "vgg11_bn_head512": (vgg11_bn_small_head, (1, 3, 32, 32), (1, 3, 224, 224)),
-    "regnet_x_200mf": (regnet_x_200mf, (1, 3, 64, 64), (1, 3, 224, 224)),
-    "convnext_tiny_reduced": (convnext_tiny, (1, 3, 64, 64), (1, 3, 224, 224)),
-    "inception_small": (inception_small, (1, 3, 64, 64), (1, 3, 224, 224)),
-    "unet_groupnorm_prelu_convtranspose": (unetish, (1, 3, 32, 32), (1, 3, 128, 128)),
-}
-#: full-size entries only run with -m slow / in tools/prune_matrix.py
-SLOW_ONLY = {"vgg11_bn": (vgg11_bn, (1, 3, 32, 32), (1, 3, 224, 224))}
