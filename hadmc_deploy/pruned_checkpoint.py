@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from hadmc_deploy.arch import LoadedModel, build_arch, load_state_dict_checked
 from hadmc_deploy.errors import ArchSpecError, ModelFileCorruptError
 from hadmc_deploy.fileio import atomic_path
 from hadmc_deploy.graph.types import WidthPlan
-from hadmc_deploy.loading import LoadedModel, build_arch, load_state_dict_checked
 
 FORMAT = "hadmc-pruned/1"
 
