@@ -9,6 +9,9 @@ Sources (the string a user passes as --train/--calib/--eval):
   * an ImageFolder-style directory (`DIR/<class>/<image>`, needs Pillow).
 Everything comes back as float32 NCHW arrays, resized and normalised the same way
 for every stage, so calibration sees exactly what evaluation and training see.
+
+Long because it holds one small reader per on-disk format (builtin, npz, IDX, image folder)
+behind the one loader every stage uses.
 """
 
 from __future__ import annotations

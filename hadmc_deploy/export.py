@@ -6,6 +6,9 @@ onnxsim), fold any Conv+BatchNormalization the simplifier left, check and infer 
 and finally run the graph in ONNX Runtime against PyTorch on the given inputs. A graph
 that disagrees beyond tolerance raises `VerificationError`; nothing is written then.
 The file is written once, atomically, as a single .onnx (no external-data side file).
+
+Long because exporter choice with its fallback, simplification, BN folding and verification are
+one ordered pass over the same graph, and each step's record goes into the same export record.
 """
 
 from __future__ import annotations

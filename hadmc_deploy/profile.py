@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -13,7 +13,28 @@ class ModelProfile:
     params: int
     macs: int
     per_module_macs: dict[str, int]
+    #: the first output's shape (a classifier's logits)
     output_shape: tuple[int, ...]
+    #: every output's shape, by name ("0", "1", ... for tuples; the keys of a dict output)
+    output_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of a single-output classifier ([N, classes]); None for other outputs."""
+        if len(self.output_shapes) == 1 and len(self.output_shape) == 2:
+            return int(self.output_shape[-1])
+        return None
+
+
+def output_shapes(out: object, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """Shapes of every tensor in a (nested) tuple, list or dict output."""
+    if isinstance(out, torch.Tensor):
+        return {prefix or "0": tuple(out.shape)}
+    items = out.items() if isinstance(out, dict) else enumerate(out) if isinstance(out, (tuple, list)) else []
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, value in items:
+        shapes.update(output_shapes(value, f"{prefix}.{key}" if prefix else str(key)))
+    return shapes
 
 
 def _module_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
@@ -48,8 +69,9 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelProfil
             h.remove()
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())
-    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
-    return ModelProfile(params=params, macs=sum(macs.values()), per_module_macs=macs, output_shape=shape)
+    shapes = output_shapes(out)
+    first = next(iter(shapes.values()), ())
+    return ModelProfile(params=params, macs=sum(macs.values()), per_module_macs=macs, output_shape=first, output_shapes=shapes)
 
 
 def human(n: float) -> str:

@@ -26,6 +26,9 @@ CPU. A NaN/Inf loss stops training and keeps the best state.
 Under `torchrun` (RANK/WORLD_SIZE in the environment) the same call runs DDP:
 gloo on CPU, NCCL on GPU, a `DistributedSampler` so each process sees its
 share, logging and checkpoint writing on rank 0 only. `--batch-size` is per process.
+
+Long because distillation, feature alignment, BN recalibration, divergence handling and DDP are
+parts of one training loop; split apart, each piece would need the loop's state passed around.
 """
 
 from __future__ import annotations

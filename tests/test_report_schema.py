@@ -30,8 +30,8 @@ def test_report_conforms_to_schema(report: dict) -> None:
     (row,) = report["variants"]
     assert row["name"] == "baseline-fp32" and row["backend"] == "onnxruntime"
     assert row["latency"]["1"]["p50_ms"] > 0 and row["latency"]["1"]["runs"] == 3
-    assert row["predicted"]["1"]["source"] in ("lut", "analytic", "lut+analytic")
-    assert report["latency_model"]["source"] == "analytic"
+    assert row["predicted"]["1"]["source"] == report["latency_model"]["source"] == "analytic"
+    assert report["deploy"]["variant"] == "baseline-fp32" and report["deploy"]["artifact"].endswith("deploy")
     assert [s["name"] for s in report["stages"]][-1] == "report"
     statuses = {s["name"]: s["status"] for s in report["stages"]}
     assert statuses["search"] == "skipped" and statuses["calibrate"] == "skipped" and statuses["export"] == "done"
@@ -40,6 +40,7 @@ def test_report_conforms_to_schema(report: dict) -> None:
 def test_markdown_renders_every_variant(report: dict) -> None:
     md = render_markdown(report)
     assert "| baseline-fp32 |" in md and "analytic" in md and "## Stages" in md
+    assert md.splitlines()[0].startswith("**Deploy: `baseline-fp32`**")  # the report leads with the decision
 
 
 def test_schema_violations_are_reported(report: dict) -> None:

@@ -4,6 +4,9 @@ Groups are the connected sets of producers (atoms tied by union-find); each
 union-find class is one channel of its group, numbered in the order the group's
 first producer emits them, so a group's channel i is that layer's output
 channel i whenever the mapping allows.
+
+Long because the union-find over channel labels and the group/layer records it produces are
+one construction.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Registries map module types / functions / method names to a rule; an op that
 is in none of them is *unknown*, and its tensors' channels are locked (never
 pruned) with a warning naming the node and the op. A rule may lock too: being
 conservative can only cost speed, never correctness.
+
+Long because it is the registry of channel rules, one short function per op kind; splitting
+it by kind would scatter the registry.
 """
 
 from __future__ import annotations

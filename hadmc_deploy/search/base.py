@@ -16,6 +16,9 @@ that produce the group (a residual stream is written by every block of its
 stage and carries all of their information). This is a documented heuristic;
 `importance_norm="none"` uses the scores as given (e.g. Taylor scores, which
 are already on a loss scale).
+
+Long because it holds the search problem's data (options per group, the evaluator, the result)
+that every search method shares, and the reachability check all of them run first.
 """
 
 from __future__ import annotations

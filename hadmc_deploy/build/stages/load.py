@@ -18,7 +18,8 @@ def run(ctx: BuildContext) -> StageResult:
         "model_sha256": ctx.plan.model_sha256,
         "params": prof.params,
         "macs": prof.macs,
-        "num_classes": int(prof.output_shape[-1]) if prof.output_shape else None,
+        "num_classes": prof.num_classes,
+        "outputs": {name: list(shape) for name, shape in prof.output_shapes.items()},
         "_summary": f"{loaded.kind} via {loaded.arch}: {prof.params:,} params, {prof.macs:,} MACs",
     }
     return StageResult(result)

@@ -31,8 +31,8 @@ def run(ctx: BuildContext) -> StageResult:
         prof = profile_model(pruned, ctx.plan.input_shape)
     except Exception as exc:  # a wrong graph must never be saved
         raise GraphError(f"the pruned model does not run ({type(exc).__name__}: {str(exc).splitlines()[0]})", hint="report this model; pass --ignore for the layers involved meanwhile") from exc
-    if prof.output_shape != before.output_shape:
-        raise GraphError(f"pruning changed the output shape {before.output_shape} -> {prof.output_shape}")
+    if prof.output_shapes != before.output_shapes:
+        raise GraphError(f"pruning changed the output shapes {before.output_shapes} -> {prof.output_shapes}")
     out = ctx.path(PRUNED_FILE)
     save_pruned(out, pruned, loaded, filled, ctx.plan.input_shape, extra={"stage": "surgery"})
     return StageResult(

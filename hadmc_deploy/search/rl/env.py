@@ -16,6 +16,9 @@ The joint variant (HAD-MC 2.0) also picks a precision per step for the
 quantizable layers the group sizes (layers whose output width it sets; layers
 with a fixed output, like the classifier, go to the group that sizes their
 input). Each precision is costed by the latency model through `LayerSpec.precision`.
+
+Long because the environment's state encoding, action clipping that keeps the budget by
+construction, and the step/reset cycle belong to one Gym-style object.
 """
 
 from __future__ import annotations
