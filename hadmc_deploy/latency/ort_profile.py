@@ -104,24 +104,18 @@ def profile_session(
     threads: int | None = None,
     warmup: int = 3,
     runs: int = 10,
-    opt_level: str = "all",
 ) -> SessionProfile:
     """Run `model` with the deployment session options and the profiler on; median per kernel.
 
     The profiler's per-kernel clock adds a little per node; `run_ms` is measured under
     it too, so callers compare like with like (or rescale to an unprofiled wall time).
     """
-    import onnxruntime as ort
-
-    from hadmc_deploy.backends.ort_session import random_feeds, session_options
+    from hadmc_deploy.backends.ort_session import random_feeds
+    from hadmc_deploy.latency.repeat import measuring_session
 
     with tempfile.TemporaryDirectory(prefix="hadmc-ortprof-") as tmp:
-        so = session_options(threads, opt_level)
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tmp) / "prof")
-        source = model if isinstance(model, bytes) else str(model)
         try:
-            sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+            sess = measuring_session(model, threads, enable_profiling=True, profile_file_prefix=str(Path(tmp) / "prof"))
         except Exception as exc:
             raise LatencyModelError(f"ONNX Runtime cannot load the model to profile: {str(exc).splitlines()[0][:200]}") from exc
         feeds = random_feeds(sess, batch=batch)
