@@ -6,9 +6,8 @@ blocked kernels and everything else in slower generic ones, plus layout
 reorders. The step differs per machine, backend and precision, so it is probed:
 one representative layer per op kind is swept in unit steps of channels over a
 window holding two multiples of the largest candidate step, timed in
-interleaved passes, and the step is the largest candidate whose half-way counts
-run measurably slower than the line through its multiples. The penalty is the
-median ratio of unaligned counts to that line. No monotonicity in width is
+interleaved passes, and the step and the shape of the stair are fitted (see
+`detect_step`). No monotonicity in width is
 assumed anywhere (INT8 convs with 8 output channels ran slower than with 16).
 """
 
@@ -40,19 +39,56 @@ def _line(points: dict[int, float], aligned: list[int], c: int) -> float:
     return (1 - t) * points[lo] + t * points[hi]
 
 
-def detect_step(times: dict[int, float], candidates: tuple[int, ...] = CANDIDATE_STEPS, tolerance: float = TOLERANCE) -> tuple[int, float]:
-    """(step, penalty) from unit-step times {channels: ms}; (1, 1.0) when no step shows."""
+def _ceil(c: int, s: int) -> int:
+    return -(-c // s) * s
+
+
+def _reference(times: dict[int, float], aligned: list[int], c: int, s: int, mode: str) -> float:
+    """What an unaligned count costs before its penalty: its padded count ("pad") or the line ("line")."""
+    return times[_ceil(c, s)] if mode == "pad" else _line(times, aligned, c)
+
+
+def _residual(times: dict[int, float], cs: list[int], ref: dict[int, float]) -> tuple[float, float]:
+    """(median ratio = the penalty, median |relative error| after applying it)."""
+    ratios = [times[c] / ref[c] for c in cs]
+    pen = statistics.median(ratios)
+    return pen, statistics.median(abs(r / pen - 1.0) for r in ratios)
+
+
+def detect_step(times: dict[int, float], candidates: tuple[int, ...] = CANDIDATE_STEPS, tolerance: float = TOLERANCE) -> tuple[int, float, str]:
+    """(step, penalty, mode) from unit-step times {channels: ms}; (1, 1.0, "line") when no step shows.
+
+    Two staircase shapes are seen: "pad" (an unaligned count costs about what the next
+    multiple costs: the kernel pads) and "line" (it leaves the blocked kernel and costs
+    `penalty` times the line between its aligned neighbours). For every candidate step
+    both are fitted to the unaligned counts inside the window; the step is the largest
+    whose best fit is within 25% (+0.5 points) of the best fit of any candidate and clearly
+    better than a straight line through the window without any step.
+    """
+    lo, hi = min(times), max(times)
+    inner = [c for c in times if lo < c < hi]
+    if not inner:
+        return 1, 1.0, "line"
+    smooth = {c: _line(times, [lo, hi], c) for c in inner}
+    _, base_err = _residual(times, inner, smooth)
+    fits: list[tuple[int, float, str, float]] = []
     for s in candidates:
         aligned = sorted(c for c in times if c % s == 0)
-        if len(aligned) < 2:
+        if len(aligned) < 2 or aligned[0] != lo or aligned[-1] != hi:
             continue
-        inner = [c for c in times if aligned[0] < c < aligned[-1] and c % s]
-        half = [c for c in inner if c % s == s // 2]
-        if not half:
-            continue
-        if statistics.median(times[c] / _line(times, aligned, c) for c in half) > 1.0 + tolerance:
-            return s, statistics.median(times[c] / _line(times, aligned, c) for c in inner)
-    return 1, 1.0
+        cs = [c for c in inner if c % s]
+        for mode in ("pad", "line"):
+            pen, err = _residual(times, cs, {c: _reference(times, aligned, c, s, mode) for c in cs})
+            fits.append((s, pen, mode, err))
+    if not fits:
+        return 1, 1.0, "line"
+    best = min(f[3] for f in fits)
+    if best > (1.0 - tolerance) * base_err and base_err > tolerance / 2:
+        return 1, 1.0, "line"
+    s, pen, mode, _ = max((f for f in fits if f[3] <= 1.25 * best + 0.005), key=lambda f: (f[0], -f[3]))
+    if mode == "line" and abs(pen - 1.0) < tolerance:
+        return 1, 1.0, "line"
+    return s, pen, mode
 
 
 def _axes(layer, graph: DependencyGraph) -> tuple[bool, bool]:  # noqa: ANN001
@@ -121,13 +157,13 @@ def probe_staircase(
         if len(timed) < len(specs):
             break
         times = {(s.out_channels if axis == "out" else s.in_channels): r.mom_ms for s, r in timed}
-        step, penalty = detect_step(times)
-        per_op[op] = {"step": step, "penalty": round(penalty, 4), "layer": name, "axis": axis, "window": [min(times), max(times)]}
+        step, penalty, mode = detect_step(times)
+        per_op[op] = {"step": step, "penalty": round(penalty, 4), "mode": mode, "layer": name, "axis": axis, "window": [min(times), max(times)]}
         points += [(s, r.mom_ms, r.spread) for s, r in timed]
     main = per_op.get("conv") or next(iter(per_op.values()), None)
     if main is None:
         return Staircase(1, 1.0, {}), points
-    return Staircase(int(main["step"]), float(main["penalty"]), per_op), points
+    return Staircase(int(main["step"]), float(main["penalty"]), per_op, str(main["mode"])), points
 
 
 def off_grid_specs(graph: DependencyGraph, step: int, *, precision: str, batch: int) -> list[LayerSpec]:

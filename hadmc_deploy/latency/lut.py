@@ -134,17 +134,22 @@ class Staircase:
     step: int
     penalty: float
     per_op: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: "pad": an unaligned count costs penalty x its padded count; "line": penalty x the line
+    #: between its aligned neighbours (it leaves the blocked kernel).
+    mode: str = "line"
 
-    def for_op(self, op: str) -> tuple[int, float]:
+    def for_op(self, op: str) -> tuple[int, float, str]:
         got = self.per_op.get(op)
-        return (int(got["step"]), float(got["penalty"])) if got else (self.step, self.penalty)
+        if got:
+            return int(got["step"]), float(got["penalty"]), str(got.get("mode", "line"))
+        return self.step, self.penalty, self.mode
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "penalty": self.penalty, "per_op": self.per_op}
+        return {"step": self.step, "penalty": self.penalty, "mode": self.mode, "per_op": self.per_op}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Staircase:
-        return cls(int(data["step"]), float(data["penalty"]), dict(data.get("per_op", {})))
+        return cls(int(data["step"]), float(data["penalty"]), dict(data.get("per_op", {})), str(data.get("mode", "line")))
 
 
 @dataclass

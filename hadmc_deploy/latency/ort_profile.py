@@ -7,10 +7,12 @@ reorders inserted around an unaligned one), Q/DQ pairs folded into QLinearConv.
 it runs, so the time of each weighted layer *in context* can be read off.
 
 Mapping ORT's nodes back to layers: fusion renames nodes and the NCHWc/NHWC
-rewrites change shapes, but they never add, drop or reorder weighted ops (Conv,
-Gemm, MatMul and their fused/quantized forms). So the k-th weighted kernel of
-the session is the k-th weighted node of the source ONNX (and of the layer
-graph); the counts are checked and a mismatch is reported, never guessed. The
+rewrites change layouts, but they never add or drop weighted ops (Conv, Gemm,
+MatMul and their fused/quantized forms). They may reorder branches (a ResNet's
+1x1 shortcut conv runs before or after the 3x3 path), so kernels are matched
+to source nodes by key (kind and kernel size from the weight's shape), the
+k-th of a key with the k-th of the same key; the counts per key are checked
+and a mismatch is reported, never guessed. The
 time of the glue between two weighted kernels (reorders, Q/DQ, transposes,
 unfused adds and pools) is split between them: it is the price of their
 boundary.
@@ -46,6 +48,8 @@ class KernelTime:
     name: str
     op: str
     ms: float
+    #: ("conv", kh, kw) or ("linear",): what pairs it with a source node.
+    key: tuple = ()
 
     @property
     def weighted(self) -> bool:
@@ -86,15 +90,52 @@ class SessionProfile:
         return out
 
 
-def source_weighted_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the source graph's weighted nodes, in graph order (MatMul only with a constant weight)."""
-    consts = {i.name for i in model.graph.initializer}
-    consts |= {o for n in model.graph.node if n.op_type in ("Constant", "DequantizeLinear") and all(i in consts or not i for i in n.input[:1]) for o in n.output}
-    names = []
+#: index of the weight among a kernel's inputs (QLinearConv: x, x_scale, x_zero_point, w, ...).
+_WEIGHT_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3}
+
+
+def kernel_key(op: str, weight_shape: list[int] | None) -> tuple:
+    """("conv", kh, kw) for convolutions, ("linear",) for the rest of the weighted ops."""
+    if "Conv" in op:
+        dims = list(weight_shape or [])
+        return ("conv", *dims[2:4]) if len(dims) >= 4 else ("conv",)
+    return ("linear",)
+
+
+def source_weighted_nodes(model: onnx.ModelProto) -> list[tuple[str, tuple]]:
+    """(name, key) of the source graph's weighted nodes, in graph order (MatMul only with a constant weight)."""
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    consts = set(shapes)
+    for n in model.graph.node:  # weights reached through DequantizeLinear (QDQ) or Constant
+        if n.op_type in ("Constant", "DequantizeLinear") and (n.op_type == "Constant" or n.input[0] in consts):
+            consts |= set(n.output)
+            if n.op_type == "DequantizeLinear":
+                shapes[n.output[0]] = shapes.get(n.input[0], [])
+    out = []
     for n in model.graph.node:
         if n.op_type in SOURCE_WEIGHTED and (n.op_type != "MatMul" or any(i in consts for i in n.input[1:2])):
-            names.append(n.name or f"{n.op_type}_{len(names)}")
-    return names
+            weight = n.input[1] if len(n.input) > 1 else ""
+            out.append((n.name or f"{n.op_type}_{len(out)}", kernel_key(n.op_type, shapes.get(weight))))
+    return out
+
+
+def match_by_key(left: list[tuple], right: list[tuple]) -> list[tuple[int, int]] | None:
+    """Pairs (i, j) matching the k-th occurrence of a key in `left` with the k-th in `right`
+    (items are (anything, key)); None when the multisets of keys differ."""
+    from collections import defaultdict
+
+    slots: dict[tuple, list[int]] = defaultdict(list)
+    for j, (_, key) in enumerate(right):
+        slots[key].append(j)
+    seen: dict[tuple, int] = defaultdict(int)
+    pairs = []
+    for i, (_, key) in enumerate(left):
+        k = seen[key]
+        if k >= len(slots[key]):
+            return None
+        pairs.append((i, slots[key][k]))
+        seen[key] += 1
+    return pairs if len(pairs) == len(right) else None
 
 
 def profile_session(
@@ -129,6 +170,7 @@ def parse_profile(events: list[dict[str, Any]], warmup: int = 0) -> SessionProfi
     """Kernels (execution order of the first run) with their median over the runs after `warmup`."""
     order: list[str] = []
     ops: dict[str, str] = {}
+    keys: dict[str, tuple] = {}
     times: dict[str, list[float]] = {}
     run_ms = [e["dur"] / 1000.0 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     for e in events:
@@ -137,13 +179,17 @@ def parse_profile(events: list[dict[str, Any]], warmup: int = 0) -> SessionProfi
         name = e["name"][: -len("_kernel_time")]
         if name not in times:
             order.append(name)
-            ops[name] = str(e.get("args", {}).get("op_name", ""))
+            args = e.get("args", {})
+            ops[name] = str(args.get("op_name", ""))
+            inputs = [next(iter(d.values()), None) for d in args.get("input_type_shape", []) if isinstance(d, dict)]
+            w = _WEIGHT_INPUT.get(ops[name], 1)
+            keys[name] = kernel_key(ops[name], inputs[w] if len(inputs) > w else None)
             times[name] = []
         times[name].append(e["dur"] / 1000.0)
     kernels = []
     for name in order:
         samples = times[name][warmup:] or times[name]
-        kernels.append(KernelTime(name, ops[name], statistics.median(samples)))
+        kernels.append(KernelTime(name, ops[name], statistics.median(samples), keys[name]))
     kept = run_ms[warmup:] or run_ms
     return SessionProfile(kernels, statistics.median(kept) if kept else sum(k.ms for k in kernels), len(kept))
 
@@ -155,14 +201,15 @@ def layer_times(profile: SessionProfile, source: onnx.ModelProto) -> dict[str, f
     one with the source's weighted nodes (an optimizer that merged two convs, a
     weightless MatMul miscounted): no attribution is better than a wrong one.
     """
-    names = source_weighted_nodes(source)
-    times = profile.weighted_times()
-    if len(names) != len(times):
+    nodes = source_weighted_nodes(source)
+    kernels = [(t, k.key) for t, k in zip(profile.weighted_times(), (k for k in profile.kernels if k.weighted), strict=True)]
+    pairs = match_by_key(nodes, kernels)
+    if pairs is None:
         raise LatencyModelError(
-            f"the profiled session runs {len(times)} weighted kernels for {len(names)} weighted nodes of the source graph",
+            f"the profiled session's {len(kernels)} weighted kernels do not pair with the {len(nodes)} weighted nodes of the source graph",
             hint="per-layer in-context timing is not available for this graph; the whole-model correction is used instead",
         )
-    return dict(zip(names, times, strict=True))
+    return {nodes[i][0]: kernels[j][0] for i, j in pairs}
 
 
 @dataclass
@@ -199,7 +246,7 @@ def int8_slow_layers(
     `margin` (relative). Returns (slow node names, timings of every weighted node);
     the names are what `calibration.qdq.write_qdq(float_nodes=...)` takes.
     """
-    src = onnx.load(str(float_onnx), load_external_data=False)
+    src = onnx.load(str(float_onnx), load_external_data=False)  # the names write_qdq(float_nodes=) takes
     best_f: dict[str, float] = {}
     best_q: dict[str, float] = {}
     for _ in range(max(rounds, 1)):

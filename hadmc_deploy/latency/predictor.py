@@ -75,13 +75,23 @@ class _Family:
         self.pen_in: float | None = None
         self.pen_out: float | None = None
 
-    def measured_penalties(self, step: int) -> None:
-        """Penalty of this family's own points just off the grid: t / (aligned line at that count)."""
+    def reference(self, ci: int, co: int, step: int, mode: str) -> tuple[float, str]:
+        """An unaligned point's price before its penalty: at its padded counts ("pad") or on the line."""
+        if mode == "pad":
+            pi = ci if ci in self.ins else _ceil_to(ci, step)
+            po = co if co in self.outs else _ceil_to(co, step)
+            if self.diagonal and ci == co:
+                pi = po = ci if ci in self.diag_values else _ceil_to(ci, step)
+            return self.price_aligned(pi, po, step)
+        return self.price_aligned(ci, co, step)
+
+    def measured_penalties(self, step: int, mode: str) -> None:
+        """Penalty of this family's own points just off the grid: t / (its reference price)."""
         pin, pout = [], []
         for (ci, co), ms in self.extra.items():
             if (ci, co) in self.points:
                 continue
-            base, _ = self.price_aligned(ci, co, step)
+            base, _ = self.reference(ci, co, step, mode)
             if base <= 0:
                 continue
             if ci % step and not co % step:
@@ -109,13 +119,14 @@ class _Family:
             return self._floor(ms, [p for p, _ in corners]), "lut-extrap" if (ex_in or ex_out) else "lut-interp"
         return self._nearest_scaled(ci, co, 1), "lut-extrap"
 
-    def price_staircase(self, ci: int, co: int, step: int, op_penalty: float, weighted: bool) -> tuple[float, str]:
-        """Aligned line times the measured penalty of each unaligned axis (weighted ops only)."""
+    def price_staircase(self, ci: int, co: int, step: int, op_penalty: float, mode: str, weighted: bool) -> tuple[float, str]:
+        """Reference price (padded or line, see Staircase.mode) times the measured penalty of each
+        unaligned axis (weighted ops only)."""
         if (ci, co) in self.extra:
             return self.extra[(ci, co)], "lut"
-        ms, how = self.price_aligned(ci, co, step)
         if not weighted or step <= 1:
-            return ms, how
+            return self.price_aligned(ci, co, max(step, 1))
+        ms, how = self.reference(ci, co, step, mode)
         if co % step and co not in self.outs and not (self.diagonal and ci == co):
             ms *= self.pen_out if self.pen_out is not None else op_penalty
         if ci % step and ci not in self.ins:
@@ -171,7 +182,7 @@ class LutLatencyModel:
         for fam in self.families.values():
             fam.finish()
             if self.staircase is not None:
-                fam.measured_penalties(self.staircase.step)
+                fam.measured_penalties(self.staircase.step, self.staircase.mode)
         self.fallback = fallback
         if fallback is not None and table.entries:
             # Put analytic fill-ins on the table's scale: the roofline's absolute numbers are rough.
@@ -194,8 +205,8 @@ class LutLatencyModel:
             if fam is None or not fam.points:
                 result = self._analytic(spec)
             elif self.staircase is not None:
-                step, penalty = self.staircase.for_op(spec.op)
-                result = fam.price_staircase(spec.in_channels, spec.out_channels, step, penalty, spec.op in _BLOCKED_OPS)
+                step, penalty, mode = self.staircase.for_op(spec.op)
+                result = fam.price_staircase(spec.in_channels, spec.out_channels, step, penalty, mode, spec.op in _BLOCKED_OPS)
             else:
                 result = fam.price(spec.in_channels, spec.out_channels, self.alignment)
             if result[1] == "lut-extrap" and spec.shape_key() not in self._warned:

@@ -59,24 +59,33 @@ def measuring_session(model: str | Path | bytes, threads: int | None = None, **o
     return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
 
 
-def ort_preparer(warmup: int = 3, threads: int | None = None, int8_form: str | None = None) -> Preparer:
-    """ONNX Runtime sessions of single-layer graphs (see `measuring_session`)."""
+def clock_function(clock: str) -> Callable[[], float]:
+    """"wall": time.perf_counter; "cpu": this thread's CPU time (meaningful with one intra-op thread:
+    it counts the work only, whatever else runs on the machine)."""
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"unknown clock {clock!r}")
+    return time.thread_time if clock == "cpu" else time.perf_counter
+
+
+def ort_preparer(warmup: int = 3, threads: int | None = None, int8_form: str | None = None, clock: str = "wall") -> Preparer:
+    """ONNX Runtime sessions of single-layer graphs (see `measuring_session`); clock "cpu" runs one thread."""
     from hadmc_deploy.backends.ort_session import random_feeds
     from hadmc_deploy.layer_onnx import layer_model
 
     def prepare(spec: LayerSpec) -> Prepared:
         model = layer_model(spec, int8_form=int8_form if spec.precision == "int8" else None)
-        session = measuring_session(model.SerializeToString(), threads)
+        session = measuring_session(model.SerializeToString(), 1 if clock == "cpu" else threads)
         feeds = random_feeds(session, batch=spec.batch)
         for _ in range(warmup):
             session.run(None, feeds)
+        now = clock_function(clock)
 
         def run(n: int) -> list[float]:
             samples = []
             for _ in range(n):
-                start = time.perf_counter()
+                start = now()
                 session.run(None, feeds)
-                samples.append((time.perf_counter() - start) * 1000.0)
+                samples.append((now() - start) * 1000.0)
             return samples
 
         return run
