@@ -62,7 +62,7 @@ def detect_step(times: dict[int, float], candidates: tuple[int, ...] = CANDIDATE
     multiple costs: the kernel pads) and "line" (it leaves the blocked kernel and costs
     `penalty` times the line between its aligned neighbours). For every candidate step
     both are fitted to the unaligned counts inside the window; the step is the largest
-    whose best fit is within 25% (+0.5 points) of the best fit of any candidate and clearly
+    whose best fit is within 50% (+1 point) of the best fit of any candidate and clearly
     better than a straight line through the window without any step.
     """
     lo, hi = min(times), max(times)
@@ -85,7 +85,7 @@ def detect_step(times: dict[int, float], candidates: tuple[int, ...] = CANDIDATE
     best = min(f[3] for f in fits)
     if best > (1.0 - tolerance) * base_err and base_err > tolerance / 2:
         return 1, 1.0, "line"
-    s, pen, mode, _ = max((f for f in fits if f[3] <= 1.25 * best + 0.005), key=lambda f: (f[0], -f[3]))
+    s, pen, mode, _ = max((f for f in fits if f[3] <= 1.5 * best + 0.01), key=lambda f: (f[0], -f[3]))
     if mode == "line" and abs(pen - 1.0) < tolerance:
         return 1, 1.0, "line"
     return s, pen, mode

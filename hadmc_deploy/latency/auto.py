@@ -109,7 +109,7 @@ def measure_table(
     prepare = ort_preparer(threads=options.threads, int8_form=target.int8_form, clock=options.clock)
     t0 = time.monotonic()
     if table.staircase is None:
-        staircase, points = probe_staircase(graph, prepare, precision=precision, batch=batch, passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline)
+        staircase, points = probe_staircase(graph, prepare, precision=precision, batch=batch, passes=options.passes + 2, runs_per_pass=options.runs_per_pass, deadline=deadline)
         for spec, mom, spread in points:
             table.add(spec, mom, mom, options.passes * options.runs_per_pass, mom, mom_ms=mom, spread=spread, role="sweep")
         table.staircase = staircase

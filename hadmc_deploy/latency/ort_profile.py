@@ -119,22 +119,22 @@ def source_weighted_nodes(model: onnx.ModelProto) -> list[tuple[str, tuple]]:
     return out
 
 
-def match_by_key(left: list[tuple], right: list[tuple]) -> list[tuple[int, int]] | None:
-    """Pairs (i, j) matching the k-th occurrence of a key in `left` with the k-th in `right`
-    (items are (anything, key)); None when the multisets of keys differ."""
-    from collections import defaultdict
+def _compatible(a: tuple, b: tuple) -> bool:
+    """Same kind, and the same kernel size where both know it (quantized kernels may not report it)."""
+    return a[:1] == b[:1] and (len(a) == 1 or len(b) == 1 or a == b)
 
-    slots: dict[tuple, list[int]] = defaultdict(list)
-    for j, (_, key) in enumerate(right):
-        slots[key].append(j)
-    seen: dict[tuple, int] = defaultdict(int)
+
+def match_by_key(left: list[tuple], right: list[tuple]) -> list[tuple[int, int]] | None:
+    """Pairs (i, j): each item of `left` (in order) with the first unused compatible item of
+    `right` (items are (anything, key)); None when they cannot all pair up."""
+    used = [False] * len(right)
     pairs = []
     for i, (_, key) in enumerate(left):
-        k = seen[key]
-        if k >= len(slots[key]):
+        j = next((j for j, (_, k) in enumerate(right) if not used[j] and _compatible(key, k)), None)
+        if j is None:
             return None
-        pairs.append((i, slots[key][k]))
-        seen[key] += 1
+        used[j] = True
+        pairs.append((i, j))
     return pairs if len(pairs) == len(right) else None
 
 
