@@ -26,6 +26,8 @@ CANDIDATE_STEPS = (32, 16, 8, 4, 2)
 WINDOW = 32
 #: ops whose kernels are blocked on channels (elementwise ops and pools follow their producer).
 WEIGHTED_OPS = ("conv", "gconv", "dwconv", "linear", "convtranspose")
+#: the smallest step the "pad" shape is tried at (see detect_step).
+PAD_MIN_STEP = 8
 #: half-way counts must run this much slower than the aligned line to call a step real.
 TOLERANCE = 0.08
 
@@ -49,10 +51,11 @@ def _reference(times: dict[int, float], aligned: list[int], c: int, s: int, mode
 
 
 def _residual(times: dict[int, float], cs: list[int], ref: dict[int, float]) -> tuple[float, float]:
-    """(median ratio = the penalty, median |relative error| after applying it)."""
+    """(median ratio = the penalty, mean |relative error| after applying it: a median error would
+    hide a model that misprices half of the points)."""
     ratios = [times[c] / ref[c] for c in cs]
     pen = statistics.median(ratios)
-    return pen, statistics.median(abs(r / pen - 1.0) for r in ratios)
+    return pen, statistics.fmean(abs(r / pen - 1.0) for r in ratios)
 
 
 def detect_step(times: dict[int, float], candidates: tuple[int, ...] = CANDIDATE_STEPS, tolerance: float = TOLERANCE) -> tuple[int, float, str]:
@@ -61,8 +64,8 @@ def detect_step(times: dict[int, float], candidates: tuple[int, ...] = CANDIDATE
     Two staircase shapes are seen: "pad" (an unaligned count costs about what the next
     multiple costs: the kernel pads) and "line" (it leaves the blocked kernel and costs
     `penalty` times the line between its aligned neighbours). For every candidate step
-    both are fitted to the unaligned counts inside the window; the step is the largest
-    whose best fit is within 50% (+1 point) of the best fit of any candidate and clearly
+    both are fitted to the unaligned counts inside the window (the half-way counts must
+    fit like the others); the step is the largest whose best fit is within 50% (+1 point) of the best fit of any candidate and clearly
     better than a straight line through the window without any step.
     """
     lo, hi = min(times), max(times)
@@ -77,8 +80,16 @@ def detect_step(times: dict[int, float], candidates: tuple[int, ...] = CANDIDATE
         if len(aligned) < 2 or aligned[0] != lo or aligned[-1] != hi:
             continue
         cs = [c for c in inner if c % s]
-        for mode in ("pad", "line"):
-            pen, err = _residual(times, cs, {c: _reference(times, aligned, c, s, mode) for c in cs})
+        half = [c for c in cs if c % s == s // 2]
+        # "pad" at a step of 2 or 4 says "a count costs what its neighbour costs": true of any
+        # smooth curve, so it is no evidence of a step
+        for mode in ("pad", "line") if s >= PAD_MIN_STEP else ("line",):
+            ref = {c: _reference(times, aligned, c, s, mode) for c in cs}
+            pen, err = _residual(times, cs, ref)
+            # the half-way counts must behave like the other unaligned ones: otherwise a finer
+            # step is the real one (a median fit alone would overlook its few aligned counts)
+            if half and abs(statistics.median(times[c] / ref[c] for c in half) / pen - 1.0) > max(2 * err, tolerance):
+                continue
             fits.append((s, pen, mode, err))
     if not fits:
         return 1, 1.0, "line"
