@@ -6,7 +6,14 @@ import pytest
 
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.latency.alignment import detect_step
-from hadmc_deploy.latency.lut import ContextCorrection, Correction, LatencyTable, LutMeta, Staircase, read_table
+from hadmc_deploy.latency.lut import (
+    ContextCorrection,
+    Correction,
+    LatencyTable,
+    LutMeta,
+    Staircase,
+    read_table,
+)
 from hadmc_deploy.latency.predictor import LutLatencyModel, context_factor, fit_regularised
 from hadmc_deploy.latency.selfcheck import self_check
 from hadmc_deploy.specs import LayerSpec

@@ -119,18 +119,39 @@ def source_weighted_nodes(model: onnx.ModelProto) -> list[tuple[str, tuple]]:
     return out
 
 
+def _resolve_wildcards(left: list[tuple], right: list[tuple]) -> list[tuple]:
+    """Right-hand keys with the kernel size filled in where elimination allows: when the
+    left-hand keys of a kind that no specific right-hand key accounts for are all one key,
+    every wildcard of that kind is that key (quantized kernels do not report their size)."""
+    from collections import Counter
+
+    keys = [k for _, k in right]
+    for kind in {k[:1] for k in keys if len(k) == 1}:
+        rest = Counter(k for _, k in left if k[:1] == kind and len(k) > 1)
+        rest.subtract(Counter(k for k in keys if k[:1] == kind and len(k) > 1))
+        remaining = {k for k, n in rest.items() if n > 0}
+        if len(remaining) == 1:
+            full = remaining.pop()
+            keys = [full if k == kind else k for k in keys]
+    return [(item, k) for (item, _), k in zip(right, keys, strict=True)]
+
+
 def _compatible(a: tuple, b: tuple) -> bool:
-    """Same kind, and the same kernel size where both know it (quantized kernels may not report it)."""
+    """Same kind, and the same kernel size where both know it."""
     return a[:1] == b[:1] and (len(a) == 1 or len(b) == 1 or a == b)
 
 
 def match_by_key(left: list[tuple], right: list[tuple]) -> list[tuple[int, int]] | None:
-    """Pairs (i, j): each item of `left` (in order) with the first unused compatible item of
-    `right` (items are (anything, key)); None when they cannot all pair up."""
+    """Pairs (i, j): the k-th item of a key in `left` with the k-th of that key in `right`
+    (items are (anything, key); unknown kernel sizes resolved by elimination, else matched in
+    order within their kind); None when they cannot all pair up."""
+    right = _resolve_wildcards(left, right)
     used = [False] * len(right)
     pairs = []
     for i, (_, key) in enumerate(left):
-        j = next((j for j, (_, k) in enumerate(right) if not used[j] and _compatible(key, k)), None)
+        j = next((j for j, (_, k) in enumerate(right) if not used[j] and k == key), None)
+        if j is None:
+            j = next((j for j, (_, k) in enumerate(right) if not used[j] and _compatible(key, k)), None)
         if j is None:
             return None
         used[j] = True
