@@ -80,6 +80,8 @@ def detect_step(times: dict[int, float], candidates: tuple[int, ...] = CANDIDATE
         if len(aligned) < 2 or aligned[0] != lo or aligned[-1] != hi:
             continue
         cs = [c for c in inner if c % s]
+        if not cs:
+            continue
         half = [c for c in cs if c % s == s // 2]
         # "pad" at a step of 2 or 4 says "a count costs what its neighbour costs": true of any
         # smooth curve, so it is no evidence of a step
@@ -135,7 +137,8 @@ def sweep_specs(spec: LayerSpec, axis: str) -> list[LayerSpec]:
     width = spec.out_channels if axis == "out" else spec.in_channels
     start = max(WINDOW, WINDOW * ((width - WINDOW // 2) // WINDOW))
     out = []
-    for c in range(start, start + WINDOW + 1):
+    unit = max(spec.groups, 1) if spec.op == "gconv" else 1  # grouped convs: counts divisible by the groups
+    for c in range(start, start + WINDOW + 1, unit):
         if spec.op == "dwconv":
             out.append(spec.with_channels(c, c))
         elif axis == "out":
@@ -194,8 +197,9 @@ def off_grid_specs(graph: DependencyGraph, step: int, *, precision: str, batch: 
                 s = spec.with_channels(spec.in_channels - 1, spec.in_channels - 1)
                 out.setdefault(s.key(), s)
             continue
-        if has_out and spec.out_channels % step == 0 and spec.out_channels > 1:
-            s = spec.with_channels(spec.in_channels, spec.out_channels - 1)
+        unit = max(spec.groups, 1) if spec.op == "gconv" else 1
+        if has_out and spec.out_channels % step == 0 and spec.out_channels > unit and unit < step:
+            s = spec.with_channels(spec.in_channels, spec.out_channels - unit)
             out.setdefault(s.key(), s)
         if has_in and spec.in_channels % step == 0 and spec.in_channels > 1 and spec.op != "gconv":
             s = spec.with_channels(spec.in_channels - 1, spec.out_channels)

@@ -122,7 +122,8 @@ def measure_table(
     off = off_grid_specs(graph, step, precision=precision, batch=batch)
     n_off, failed2 = measure_into_table(off, table, path, prepare, role="off_grid", passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, ui=ui)
     info["phases"]["layers_s"] = round(time.monotonic() - t0, 2)
-    complete = all(s in table for s in grid + off)
+    refused = {line.split(": ", 1)[0] for line in failed + failed2}  # configurations the backend cannot build
+    complete = all(s in table or s.key() in refused for s in grid + off)
     info.update({"step": step, "penalty": table.staircase.penalty, "grid_specs": len(grid), "off_grid_specs": len(off), "measured": n_grid + n_off, "failed": failed + failed2, "complete": complete})
     if complete and options.context and table.context is None:
         from hadmc_deploy.latency.context import fit_context

@@ -129,6 +129,9 @@ def time_interleaved(
             except LatencyModelError as exc:
                 if failed is not None:
                     failed.append(f"{spec.key()}: {exc.one_line()}")
+            except Exception as exc:  # the backend refused this configuration (priced analytically later)
+                if failed is not None:
+                    failed.append(f"{spec.key()}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
         samples: list[list[float]] = [[] for _ in prepared]
         medians: list[list[float]] = [[] for _ in prepared]
         for _ in range(passes):
