@@ -5,6 +5,10 @@ the target, the backend and its version, and a device fingerprint; loading it
 elsewhere refuses (or, with `force`, warns loudly). Writes are atomic, so an
 interrupted measurement leaves either the previous file or the new one, never
 half of one.
+
+Longer than most modules on purpose: every dataclass of the file format (entries,
+staircase, context and whole-model corrections, meta) lives here, so the schema
+is read and versioned in one place.
 """
 
 from __future__ import annotations

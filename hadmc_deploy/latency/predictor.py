@@ -10,6 +10,10 @@ tables with a measured `Staircase` price an unaligned count on the line between
 its aligned neighbours times the measured penalty of unaligned counts (per
 layer family where points just off the grid were measured, else per op kind).
 A `ContextCorrection` (profiled whole deployed graphs) then scales each layer.
+
+Longer than most modules because the corrections that shape a prediction (the
+regularised fits, the context factor, the feedback) are applied here and kept
+next to the code that applies them.
 """
 
 from __future__ import annotations
