@@ -42,3 +42,31 @@ def tiny_graph(batch: int = 1) -> DependencyGraph:
     ]
     groups = [ChannelGroup("g1", 32, True), ChannelGroup("g2", 64, True)]
     return DependencyGraph(groups=groups, layers=layers, input_shape=(batch, 3, HW, HW))
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None if stride == 1 and cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(y + (x if self.down is None else self.down(x)))
+
+
+class ResidualCNN(nn.Module):
+    """The residual CNN of issue 13 (32/64/128 channels, one block per stage, 1x96x96 input)."""
+
+    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), in_ch: int = 1, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        self.stages = nn.Sequential(_Block(widths[0], widths[0], 1), _Block(widths[0], widths[1], 2), _Block(widths[1], widths[2], 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[2], classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))

@@ -43,7 +43,7 @@ def test_schema_round_trip(tmp_path):
     loaded = read_table(path)
     assert loaded.to_dict() == table.to_dict()
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 1 and data["format"] == "hadmc-latency-lut"
+    assert data["schema_version"] == 2 and data["format"] == "hadmc-latency-lut"
     for key in ("target", "backend", "backend_version", "device", "threads", "batch", "precision", "method", "created"):
         assert key in data["meta"]
     entries = list(data["entries"].values())

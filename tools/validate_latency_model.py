@@ -1,307 +1,268 @@
-"""Validate the LUT latency model end to end: predicted vs measured latency of random width plans.
+"""Validate the measured latency model: predicted vs measured latency of random plans, as deployed.
 
-For each architecture: trace it, measure its LUT on the CPU target (ONNX Runtime,
-through the backend's measure_layer; resumable), draw random width plans
-(uniform and non-uniform), prune each with the graph's surgery, export it, build
-and time it in ONNX Runtime (interleaved rounds, median), fit the LUT's
-whole-model correction on three calibration plans (full, 75% and 50% uniform)
-that are NOT among the validation plans, and compare on the validation plans:
+Per cell (model x precision x batch): measure the table the way a build does
+(`hadmc_deploy.latency.auto.measure_table`: staircase probe, interleaved grid,
+off-grid points, per-layer context factors from profiling the deployed full and
+off-grid plans), draw random plans (half aligned to the measured step, half not),
+build each exactly as a build deploys it (export_onnx, backend.build, INT8 with
+write_qdq's ORT placement) and time them interleaved (min over rounds of the
+per-round median). Reported beside the LUT model: a MACs-proportional predictor
+(k fitted on the full model) and the noise floor (the full model timed in every
+round: relative range of its per-round medians).
 
-  * LUT model (measured table + step-aware interpolation + correction)
-  * MACs-proportional predictor (ms = k * MACs, k fitted on the same three plans)
-  * analytic roofline (uncalibrated; rank correlation only is meaningful)
+`--issue` adds issue 13's checks: the demo CNN at 1x1x96x96, plans pruned by ratio
+0.3 and 0.6 without rounding, and a second table measured from scratch (whole-model
+predictions of both tables compared).
 
-Writes docs/latency_model.md's results table (between markers), docs/latency_validation.png
-and docs/latency_validation.json.
-
-    .venv/bin/python tools/validate_latency_model.py                       # resnet18, mobilenet_v2, demo at batch 1
-    .venv/bin/python tools/validate_latency_model.py --archs resnet18 --batch 8
+    .venv/bin/python tools/validate_latency_model.py --issue --clock cpu
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hadmc_deploy.graph.trace import trace  # noqa: E402
-from hadmc_deploy.latency import AnalyticLatencyModel, LutLatencyModel, fit_correction, predict_graph  # noqa: E402
-from hadmc_deploy.latency.lut import Correction, read_table  # noqa: E402
-from hadmc_deploy.latency.measure import (  # noqa: E402
-    backend_timer,
-    cpu_time_timer,
-    get_backend,
-    measure_specs,
-    open_table,
-    specs_for_graph,
-)
-from hadmc_deploy.latency.whole_model import time_plans  # noqa: E402
+from hadmc_deploy.latency.auto import MeasureOptions, measure_table  # noqa: E402
+from hadmc_deploy.latency.context import build_deployed, whole_model_ms  # noqa: E402
+from hadmc_deploy.latency.measure import get_backend  # noqa: E402
+from hadmc_deploy.latency.predictor import LutLatencyModel  # noqa: E402
+from hadmc_deploy.models.demo import demo_cnn  # noqa: E402
+from hadmc_deploy.models.mobilenet import mobilenet_v2  # noqa: E402
+from hadmc_deploy.models.resnet import resnet18  # noqa: E402
 from hadmc_deploy.targets import get_target  # noqa: E402
 from hadmc_deploy.ui import UI  # noqa: E402
 
-ARCHS = {
-    "resnet18": ("hadmc_deploy.models.resnet", "resnet18", (3, 224, 224)),
-    "mobilenet_v2": ("hadmc_deploy.models.mobilenet", "mobilenet_v2", (3, 224, 224)),
-    "resnet50": ("hadmc_deploy.models.resnet", "resnet50", (3, 224, 224)),
-    "demo": ("hadmc_deploy.models.demo", "demo_cnn", (1, 28, 28)),
-}
 DOC_BEGIN, DOC_END = "<!-- validation:begin -->", "<!-- validation:end -->"
 
 
-def build_model(arch: str) -> torch.nn.Module:
-    import importlib
+class GroupedCNN(nn.Module):
+    """A small grouped-conv CNN (ResNeXt-like 3x3 convs with 4 groups) for the grouped-conv cell."""
 
-    module, fn, _ = ARCHS[arch]
-    torch.manual_seed(0)
-    return getattr(importlib.import_module(module), fn)().eval()
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 128, 3, 1, 1, groups=4), nn.BatchNorm2d(128), nn.ReLU(),
+            nn.Conv2d(128, 128, 1), nn.BatchNorm2d(128), nn.ReLU(),
+            nn.Conv2d(128, 256, 3, 2, 1, groups=4), nn.BatchNorm2d(256), nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10))
 
-
-def aligned(width: int, ratio: float, align: int, floor: int) -> int:
-    keep = max(floor, int(round(width * ratio / align)) * align)
-    return min(width, max(keep, align if width >= align else width))
-
-
-def draw_plans(graph, n: int, align: int, seed: int) -> dict[str, dict[str, int]]:
-    """Half uniform ratios, half independent per-group ratios, all aligned to the target."""
-    rng = np.random.default_rng(seed)
-    groups = graph.prunable_groups
-    plans: dict[str, dict[str, int]] = {}
-    for i in range(n):
-        if i % 2 == 0:
-            r = rng.uniform(0.3, 1.0)
-            plans[f"uniform{i:02d}"] = {g.id: aligned(g.width, r, align, g.min_width) for g in groups}
-        else:
-            plans[f"mixed{i:02d}"] = {g.id: aligned(g.width, rng.uniform(0.25, 1.0), align, g.min_width) for g in groups}
-    return plans
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
 
 
-def calibration_plans(graph, align: int) -> dict[str, dict[str, int]]:
-    groups = graph.prunable_groups
-    return {f"calib{int(r * 100)}": {g.id: aligned(g.width, r, align, g.min_width) for g in groups} for r in (1.0, 0.75, 0.5)}
+MODELS = {
+    "resnet18": (lambda: resnet18(), (3, 224, 224)),
+    "mobilenet_v2": (lambda: mobilenet_v2(), (3, 224, 224)),
+    "demo": (lambda: demo_cnn(), (1, 28, 28)),
+    "demo96": (lambda: demo_cnn(), (1, 96, 96)),
+    "grouped": (lambda: GroupedCNN(), (3, 64, 64)),
+}
 
 
 def spearman(a: list[float], b: list[float]) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b).statistic)
-
-
-def stats(pred: list[float], meas: list[float]) -> dict[str, float]:
-    err = [abs(p - m) / m * 100 for p, m in zip(pred, meas, strict=True)]
-    return {"mape_pct": float(np.mean(err)), "max_err_pct": float(np.max(err)), "spearman": spearman(pred, meas)}
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def validate_arch(arch: str, batch: int, args: argparse.Namespace, ui: UI) -> dict:
-    target = get_target("cpu")
-    backend = get_backend(target.backend)
-    align = target.alignment("fp32")
-    model = build_model(arch)
-    shape = (batch, *ARCHS[arch][2])
+def _legal(g, w: int) -> int:  # noqa: ANN001
+    if g.granularity > 1:
+        w = max(g.granularity, (w // g.granularity) * g.granularity)
+    return min(g.width, max(w, g.min_width, 1))
+
+
+def draw_plans(graph, n: int, step: int, seed: int) -> dict[str, dict[str, int]]:  # noqa: ANN001
+    """Half aligned to `step`, half one-off widths (what `prune --ratio` without --round-to gives)."""
+    rng = np.random.default_rng(seed)
+    plans = {}
+    for i in range(n):
+        widths = {}
+        for g in graph.prunable_groups:
+            w = int(round(g.width * rng.uniform(0.3, 1.0)))
+            if i % 2 == 0:
+                w = max(step, int(round(w / step)) * step)
+            elif step > 1 and w % step == 0:
+                w -= 1
+            widths[g.id] = _legal(g, w)
+        plans[f"{'aligned' if i % 2 == 0 else 'unaligned'}{i:02d}"] = widths
+    return plans
+
+
+def ratio_plans(graph, ratios: tuple[float, ...]) -> dict[str, dict[str, int]]:  # noqa: ANN001
+    return {f"ratio{r}": {g.id: _legal(g, int(round(g.width * (1 - r)))) for g in graph.prunable_groups} for r in ratios}
+
+
+def time_deployed(model, graph, plans, shape, precision, rounds, runs, clock, ui):  # noqa: ANN001, ANN201
+    """{plan: [per-round medians]} of the plans built as deployed, interleaved."""
+    backend = get_backend("onnxruntime")
+    with tempfile.TemporaryDirectory(prefix="hadmc-validate-") as tmp:
+        arts = {}
+        for name, widths in ui.track(list(plans.items()), "building plans as deployed"):
+            arts[name] = build_deployed(model, graph, widths, shape, backend, precision, Path(tmp), name)[1]
+        rounds_ms: dict[str, list[float]] = {n: [] for n in plans}
+        for _ in ui.track(range(rounds), "timing plans (interleaved)"):
+            for name, art in arts.items():
+                rounds_ms[name].append(whole_model_ms(art, shape[0], None, runs, clock))
+    return rounds_ms
+
+
+def predict(model: LutLatencyModel, graph, widths, precision: str, batch: int) -> float:  # noqa: ANN001
+    return model.predict([replace(s, precision=precision, batch=batch) for s in graph.layer_specs(widths)]).total_ms
+
+
+def macs(graph, widths) -> int:  # noqa: ANN001
+    return sum(s.macs() for s in graph.layer_specs(widths))
+
+
+def run_cell(arch: str, precision: str, batch: int, args: argparse.Namespace, ui: UI, extra_plans=None) -> dict:  # noqa: ANN001
+    torch.manual_seed(0)
+    build, chw = MODELS[arch]
+    model = build().eval()
+    shape = (batch, *chw)
     graph = trace(model, shape)
-    work = Path(args.workdir) / f"{arch}_b{batch}_{args.clock}"
+    work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-
-    # 1. the LUT (resumable: rerunning continues where an interrupted run stopped)
-    lut_path = work / "lut.json"
-    table = open_table(lut_path, target, backend, precision="fp32", batch=batch, warmup=args.lut_warmup, runs=args.lut_runs, statistic=args.statistic, ui=ui)
-    specs = specs_for_graph(graph, align, precision="fp32", batch=batch, grid_step=args.grid_step)
-    t0 = time.monotonic()
-    timer = cpu_time_timer(args.lut_warmup, args.lut_runs) if args.clock == "cpu" else backend_timer(backend, args.lut_warmup, args.lut_runs)
-    table.meta.method["clock"] = args.clock
-    table.meta.method["statistic"] = args.statistic  # both are stored per entry; layers and models use the same
-    if args.clock == "cpu":
-        table.meta.threads = 1
-    report = measure_specs(specs, table, lut_path, timer, ui=ui)
-    lut_seconds = time.monotonic() - t0
-    ui.log(f"{arch}: LUT {len(table)} entries ({report.measured} measured now in {lut_seconds:.0f}s, {report.cached} cached)")
-
-    # 2. whole-model timings of calibration + validation plans, interleaved (cached per arch)
-    plans = {**calibration_plans(graph, align), **draw_plans(graph, args.plans, align, seed=args.seed)}
-    timings_path = work / "timings.json"
-    if timings_path.exists() and not args.remeasure:
-        timed = json.loads(timings_path.read_text())
-    else:
-        t0 = time.monotonic()
-        timed_list = time_plans(model, graph, plans, shape, backend, workdir=work / "onnx", rounds=args.rounds, runs=args.runs, exporter="fast", clock=args.clock, ui=ui)
-        timed = {
-            "seconds": time.monotonic() - t0,
-            "measured_at": time.strftime("%Y-%m-%d %H:%M"),
-            "load_average": [round(x, 1) for x in os.getloadavg()],
-            "plans": {t.name: t.to_dict() for t in timed_list},
-        }
-        timings_path.write_text(json.dumps(timed, indent=1))
-    key = "min_ms" if args.statistic == "min" else "median_ms"
-    measured = {name: t[key] for name, t in timed["plans"].items()}
-
-    # 3. correction fitted on the calibration plans only, stored in the LUT
-    table = read_table(lut_path)
-    table.meta.method["statistic"] = args.statistic
-    table.correction = None
-    raw = LutLatencyModel(table, AnalyticLatencyModel(target), source=str(lut_path), ui=ui)
-    calib = [n for n in plans if n.startswith("calib")]
-    sums = [predict_graph(raw, graph, plans[n]).total_ms for n in calib]
-    scale, offset = fit_correction(sums, [measured[n] for n in calib])
-    table.correction = Correction(scale, offset, [{"plan": n, "layer_sum_ms": s, "measured_ms": measured[n]} for n, s in zip(calib, sums, strict=True)])
-    table.save(lut_path)
-    lut = LutLatencyModel(table, AnalyticLatencyModel(target), source=str(lut_path), ui=ui)
-    analytic = AnalyticLatencyModel(target)
-
-    def macs(widths: dict[str, int]) -> int:
-        return sum(s.macs() for s in graph.layer_specs(widths))
-
-    k = float(np.mean([measured[n] / macs(plans[n]) for n in calib]))
-    val = [n for n in plans if not n.startswith("calib")]
+    lut = work / f"lut-{arch}-{precision}-b{batch}-{args.clock}.json"
+    if lut.exists() and args.remeasure:
+        lut.unlink()
+    opts = MeasureOptions(clock=args.clock)
+    table, info = measure_table(model, graph, shape, get_target("cpu"), precision, batch, lut, budget_s=args.lut_budget, options=opts, ui=ui)
+    lm = LutLatencyModel(table, source=str(lut))
+    step = table.alignment()
+    plans = {"full": graph.full_widths(), **draw_plans(graph, args.plans, step, args.seed), **(extra_plans(graph) if extra_plans else {})}
+    rounds = time_deployed(model, graph, plans, shape, precision, args.rounds, args.runs, args.clock, ui)
+    measured = {n: min(r) for n, r in rounds.items()}
+    k = measured["full"] / macs(graph, plans["full"])
     rows = []
-    for n in val:
-        pred = predict_graph(lut, graph, plans[n])
-        rows.append(
-            {
-                "plan": n,
-                "measured_ms": measured[n],
-                "lut_ms": pred.total_ms,
-                "lut_source": pred.source,
-                "uncorrected_ms": sum(pred.per_layer_ms) / scale,
-                "macs_ms": k * macs(plans[n]),
-                "analytic_ms": predict_graph(analytic, graph, plans[n]).total_ms,
-                "macs": macs(plans[n]),
-            }
-        )
-    meas = [r["measured_ms"] for r in rows]
-    return {
-        "arch": arch,
-        "batch": batch,
-        "statistic": args.statistic,
-        "clock": args.clock,
-        "input_shape": list(shape),
-        "lut_entries": len(table),
-        "lut_seconds_this_run": round(lut_seconds, 1),
-        "whole_model_seconds": round(timed.get("seconds", 0.0), 1),
-        "timings_measured_at": timed.get("measured_at", "an earlier run of this command (time not recorded)"),
-        "timings_load_average": timed.get("load_average"),
-        "correction": {"scale": scale, "offset_ms": offset},
-        "lut": stats([r["lut_ms"] for r in rows], meas),
-        "lut_uncorrected": stats([r["uncorrected_ms"] for r in rows], meas),
-        "macs": stats([r["macs_ms"] for r in rows], meas),
-        "analytic_spearman": spearman([r["analytic_ms"] for r in rows], meas),
-        "measured_range_ms": [min(meas), max(meas)],
-        "rows": rows,
+    for name, widths in plans.items():
+        p = predict(lm, graph, widths, precision, batch)
+        rows.append({"plan": name, "measured_ms": measured[name], "lut_ms": p, "macs_ms": k * macs(graph, widths),
+                     "lut_err_pct": 100 * (p - measured[name]) / measured[name], "round_spread_pct": 100 * (max(rounds[name]) - measured[name]) / measured[name]})
+    held = [r for r in rows if r["plan"] != "full"]
+    m = [r["measured_ms"] for r in held]
+    full_rounds = rounds["full"]
+    cell = {
+        "arch": arch, "input": list(shape), "precision": precision, "batch": batch, "clock": args.clock,
+        "step": step, "penalty": table.staircase.penalty if table.staircase else None, "mode": table.staircase.mode if table.staircase else None,
+        "table_seconds": info["seconds"], "phases": info["phases"], "entries": len(table), "context": table.context is not None,
+        "context_error": info.get("context_error"),
+        "lut_mape": float(np.mean([abs(r["lut_err_pct"]) for r in held])), "lut_max_err": float(np.max([abs(r["lut_err_pct"]) for r in held])),
+        "lut_spearman": spearman([r["lut_ms"] for r in held], m),
+        "macs_mape": float(np.mean([100 * abs(r["macs_ms"] - r["measured_ms"]) / r["measured_ms"] for r in held])),
+        "macs_spearman": spearman([r["macs_ms"] for r in held], m),
+        "noise_floor_pct": 100 * (max(full_rounds) - min(full_rounds)) / min(full_rounds),
+        "median_round_spread_pct": float(np.median([r["round_spread_pct"] for r in rows])),
+        "rows": rows, "lut": str(lut),
     }
+    ui.log(f"{arch} {precision} b{batch}: LUT MAPE {cell['lut_mape']:.1f}% rho {cell['lut_spearman']:.2f} | MACs {cell['macs_mape']:.1f}% | noise {cell['noise_floor_pct']:.1f}%")
+    return cell
 
 
-def scatter(results: list[dict], path: Path) -> None:
-    import matplotlib
+def repeatability(arch: str, precision: str, batch: int, args: argparse.Namespace, ui: UI, first: dict) -> dict:
+    """A second table from scratch; whole-model predictions of both tables on the cell's plans."""
+    torch.manual_seed(0)
+    build, chw = MODELS[arch]
+    model = build().eval()
+    shape = (batch, *chw)
+    graph = trace(model, shape)
+    lut2 = Path(args.workdir) / f"lut-{arch}-{precision}-b{batch}-{args.clock}-second.json"
+    if lut2.exists():
+        lut2.unlink()
+    table2, _ = measure_table(model, graph, shape, get_target("cpu"), precision, batch, lut2, budget_s=args.lut_budget, options=MeasureOptions(clock=args.clock), ui=ui)
+    from hadmc_deploy.latency.lut import read_table
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ncols = min(3, len(results))
-    nrows = -(-len(results) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 4.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(results):]:
-        ax.set_visible(False)
-    for ax, res in zip(axes.flat, results, strict=False):
-        meas = [r["measured_ms"] for r in res["rows"]]
-        ax.scatter(meas, [r["lut_ms"] for r in res["rows"]], label=f"LUT (MAPE {res['lut']['mape_pct']:.1f}%)", s=22)
-        ax.scatter(meas, [r["macs_ms"] for r in res["rows"]], label=f"MACs (MAPE {res['macs']['mape_pct']:.1f}%)", marker="x", s=22)
-        lo, hi = min(meas) * 0.85, max(meas) * 1.15
-        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_title(f"{res['arch']} b{res['batch']} ({res.get('clock', 'wall')} clock, {res.get('statistic', 'median')})")
-        ax.set_xlabel("measured ms (ONNX Runtime)")
-        ax.set_ylabel("predicted ms")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    lm1, lm2 = LutLatencyModel(read_table(first["lut"])), LutLatencyModel(table2)
+    plans = {"full": graph.full_widths(), **draw_plans(graph, args.plans, 1, args.seed), **ratio_plans(graph, (0.3, 0.6))}
+    diffs = {n: 100 * (predict(lm2, graph, w, precision, batch) / predict(lm1, graph, w, precision, batch) - 1) for n, w in plans.items()}
+    return {"arch": arch, "precision": precision, "batch": batch, "step_first": read_table(first["lut"]).alignment(), "step_second": table2.alignment(),
+            "max_abs_diff_pct": max(abs(v) for v in diffs.values()), "diff_pct": diffs}
 
 
-def table_md(results: list[dict]) -> str:
+def write_doc(results: dict, path: Path) -> None:
     lines = [
-        "| model | batch | clock, statistic | LUT entries | measured range (ms) | LUT MAPE | LUT max err | LUT Spearman | MACs MAPE | MACs max err | MACs Spearman | analytic Spearman | LUT without correction MAPE |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"Measured {results['measured_at']} on {results['machine']} ({results['cores']} logical CPUs, shared: load average {results['load_average']} at the start), "
+        f"clock **{results['clock']}**, {results['plans']} random plans per cell + the full model, {results['rounds']} interleaved rounds. "
+        "Produced by `tools/validate_latency_model.py`.",
+        "",
+        "| model | input | precision | step (mode, penalty) | table s | LUT MAPE | LUT max | LUT Spearman | MACs MAPE | MACs Spearman | noise floor (full model, range over rounds) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
+    for c in results["cells"]:
+        if "error" in c:
+            lines.append(f"| {c['arch']} | | {c['precision']} b{c['batch']} | failed: {c['error'][:80]} | | | | | | | |")
+            continue
         lines.append(
-            f"| {r['arch']} | {r['batch']} | {r.get('clock', 'wall')}, {r.get('statistic', 'median')} | {r['lut_entries']} | {r['measured_range_ms'][0]:.2f}-{r['measured_range_ms'][1]:.2f} "
-            f"| **{r['lut']['mape_pct']:.1f}%** | {r['lut']['max_err_pct']:.1f}% | **{r['lut']['spearman']:.3f}** "
-            f"| {r['macs']['mape_pct']:.1f}% | {r['macs']['max_err_pct']:.1f}% | {r['macs']['spearman']:.3f} "
-            f"| {r['analytic_spearman']:.3f} | {r['lut_uncorrected']['mape_pct']:.1f}% |"
+            f"| {c['arch']} | {'x'.join(map(str, c['input']))} | {c['precision']} | {c['step']} ({c['mode']}, {c['penalty']:.2f}) | {c['table_seconds']:.0f} | "
+            f"**{c['lut_mape']:.1f}%** | {c['lut_max_err']:.1f}% | **{c['lut_spearman']:.2f}** | {c['macs_mape']:.1f}% | {c['macs_spearman']:.2f} | {c['noise_floor_pct']:.1f}% |"
         )
-    return "\n".join(lines)
+    for chk in results.get("issue", []):
+        if "rows" in chk:
+            lines.append("")
+            lines.append(f"Issue 13, unaligned `prune --ratio` plans of the demo CNN at 96x96 ({chk['precision']}, batch {chk['batch']}): " + ", ".join(
+                f"{r['plan']} predicted {r['lut_ms']:.2f} / measured {r['measured_ms']:.2f} ms ({r['lut_err_pct']:+.1f}%)" for r in chk["rows"] if r["plan"].startswith("ratio") or r["plan"] == "full"))
+        if "max_abs_diff_pct" in chk:
+            lines.append("")
+            lines.append(f"Issue 13, two tables measured from scratch ({chk['precision']}): whole-model predictions differ by at most {chk['max_abs_diff_pct']:.1f}% "
+                         f"over {len(chk['diff_pct'])} plans (steps {chk['step_first']} / {chk['step_second']}).")
+    text = path.read_text()
+    start, end = text.index(DOC_BEGIN) + len(DOC_BEGIN), text.index(DOC_END)
+    path.write_text(text[:start] + "\n" + "\n".join(lines) + "\n" + text[end:])
 
 
-def write_outputs(results: list[dict], docs: Path) -> None:
-    """docs/latency_validation.json (every run's rows), the scatter PNG, and the table in the doc."""
-    results = sorted(results, key=lambda r: (r.get("clock", "wall") != "cpu", r["batch"], r["arch"]))
-    env = {"cpu": get_backend("onnxruntime").describe_device(), "python": platform.python_version(), "torch": torch.__version__}
-    (docs / "latency_validation.json").write_text(json.dumps({"environment": env, "results": results}, indent=1, default=str))
-    scatter(results, docs / "latency_validation.png")
-    doc = docs / "latency_model.md"
-    if doc.exists() and DOC_BEGIN in doc.read_text():
-        head, rest = doc.read_text().split(DOC_BEGIN, 1)
-        tail = rest.split(DOC_END, 1)[1]
-        runs = "\n".join(
-            f"- {r['arch']} batch {r['batch']} ({r.get('clock', 'wall')} clock): `{r.get('command', '?')}`, written {r.get('date', '?')}; "
-            f"whole models timed {r.get('timings_measured_at', '?')}"
-            + (f" at load average {r['timings_load_average']}" if r.get("timings_load_average") else "")
-            for r in results
-        )
-        doc.write_text(head + DOC_BEGIN + "\n" + table_md(results) + "\n\nWritten by:\n\n" + runs + "\n" + DOC_END + tail)
-
-
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", default="resnet18,mobilenet_v2,demo")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--plans", type=int, default=20, help="validation plans per model (default 20)")
-    parser.add_argument("--grid-step", type=int, default=None, help="LUT grid step (default: about 8 points per group)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per plan (default 5)")
-    parser.add_argument("--runs", type=int, default=20, help="timed runs per round (default 20)")
-    parser.add_argument("--lut-warmup", type=int, default=5)
-    parser.add_argument("--lut-runs", type=int, default=25)
+    parser.add_argument("--cells", default="demo:fp32:1,demo:int8:1,demo:fp32:32,demo:int8:32,grouped:fp32:1,grouped:int8:1,mobilenet_v2:fp32:1,resnet18:fp32:1")
+    parser.add_argument("--issue", action="store_true", help="add issue 13's checks (demo CNN at 96x96 ratio plans; a second table)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
+    parser.add_argument("--plans", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--lut-budget", type=float, default=180.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--statistic", choices=("median", "min"), default="median", help="median (default) or fastest run, for layers and whole models alike")
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall: backend timing with the deployment threads; cpu: single-thread CPU time (for a shared, overloaded machine)",
-    )
-    parser.add_argument("--workdir", default=str(ROOT / "build" / "latency_validation"))
-    parser.add_argument("--docs", default=str(ROOT / "docs"))
-    parser.add_argument("--remeasure", action="store_true", help="re-time the whole models even if timings are cached")
-    args = parser.parse_args(argv)
+    parser.add_argument("--workdir", default="/tmp/hadmc-latency-validation")
+    parser.add_argument("--remeasure", action="store_true")
+    parser.add_argument("--json", default=str(ROOT / "docs" / "latency_validation.json"))
+    parser.add_argument("--doc", default=str(ROOT / "docs" / "latency_model.md"))
+    args = parser.parse_args()
+    ui = UI(quiet=False)
     torch.set_num_threads(1)
-    ui = UI()
-    results = []
-    docs = Path(args.docs)
-    docs.mkdir(parents=True, exist_ok=True)
-    json_path = docs / "latency_validation.json"
-    previous = json.loads(json_path.read_text())["results"] if json_path.exists() else []
-    command = "python tools/validate_latency_model.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    for arch in args.archs.split(","):
-        res = validate_arch(arch, args.batch, args, ui)
-        res["command"], res["date"], res["load_average"] = command, time.strftime("%Y-%m-%d %H:%M"), [round(x, 1) for x in os.getloadavg()]
-        ui.out.print(f"{arch} b{args.batch}: LUT MAPE {res['lut']['mape_pct']:.2f}% max {res['lut']['max_err_pct']:.1f}% rho {res['lut']['spearman']:.3f} | MACs MAPE {res['macs']['mape_pct']:.2f}% rho {res['macs']['spearman']:.3f}")
-        # keep results of other (arch, batch, clock) runs from earlier, replace this one; write after each model
-        same = (res["arch"], res["batch"], res["clock"])
-        previous = [r for r in previous if (r["arch"], r["batch"], r.get("clock", "wall")) != same] + [res]
-        results.append(res)
-        write_outputs(previous, docs)
-    ui.out.print(table_md(results))
-    ok = all(math.isfinite(r["lut"]["mape_pct"]) for r in results)
-    return 0 if ok else 1
+    results = {"measured_at": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "load_average": [round(x, 1) for x in os.getloadavg()], "clock": args.clock, "plans": args.plans, "rounds": args.rounds, "cells": [], "issue": []}
+    start = time.monotonic()
+    for cell in args.cells.split(","):
+        arch, precision, batch = cell.split(":")
+        try:
+            results["cells"].append(run_cell(arch, precision, int(batch), args, ui))
+        except Exception as exc:  # a cell that cannot run is reported, not hidden
+            results["cells"].append({"arch": arch, "precision": precision, "batch": int(batch), "error": f"{type(exc).__name__}: {exc}"})
+            ui.warn(f"{cell} failed: {exc}")
+    if args.issue:
+        for precision in ("fp32", "int8"):
+            first = run_cell("demo96", precision, 1, args, ui, extra_plans=lambda g: ratio_plans(g, (0.3, 0.6)))
+            results["issue"].append(first)
+            results["issue"].append(repeatability("demo96", precision, 1, args, ui, first))
+    results["seconds"] = round(time.monotonic() - start, 1)
+    Path(args.json).write_text(json.dumps(results, indent=1))
+    write_doc(results, Path(args.doc))
+    print(f"done in {results['seconds']:.0f}s; wrote {args.json} and {args.doc}")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

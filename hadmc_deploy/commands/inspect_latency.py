@@ -53,7 +53,8 @@ def describe_latency(loaded: Any, shape: tuple[int, ...], graph: DependencyGraph
     else:
         precision = getattr(args, "precision", None) or target.default_precision
     batch = shape[0]
-    align = target.alignment(precision)
+    # the measured staircase step when the table has one (removing less than a step costs time there)
+    align = model.table.alignment() if isinstance(model, LutLatencyModel) else target.alignment(precision)
     specs = [replace(s, precision=precision, batch=batch) for s in graph.layer_specs()]
     pred = model.predict(specs)
     savings = group_savings(model, graph, precision, batch, align)

@@ -12,7 +12,14 @@ from hadmc_deploy.targets import get_target
 from hadmc_deploy.ui import UI
 
 HELP = "measure a latency lookup table (LUT) for a model's layers on a target's backend"
-DESCRIPTION = """Measure, for every prunable layer of MODEL, its latency over a grid of (in, out) channel
+DESCRIPTION = """On ONNX Runtime (--target cpu) the table is measured the way docs/latency_model.md
+describes: the channel staircase is probed (unit-step sweep of one layer per op kind), a grid at the
+measured step plus one point just off the grid per layer is timed in interleaved passes (min of
+per-pass medians, spread recorded), and per-layer factors are fitted by profiling the deployed graph
+of the full model and of an off-grid plan with ONNX Runtime's profiler. --legacy-grid (and other
+backends) measure as before:
+
+Measure, for every prunable layer of MODEL, its latency over a grid of (in, out) channel
 counts at the target's alignment step (plus the cheap ops: pooling, add, concat), each as a tiny
 ONNX graph timed by the target's backend exactly as deployment runs it (ONNX Runtime session options
 on the CPU; TensorRT on a GPU host; INT8 layers in the target's QDQ form). The table is flushed to
@@ -54,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "ONNX Runtime, for a CPU shared with other jobs where wall-clock timings are mostly scheduling",
     )
     parser.add_argument("--no-correction", action="store_true", help="skip timing the whole model to fit the correction")
+    parser.add_argument("--grid-points", type=int, default=4, metavar="N", help="grid points per channel axis at the measured step (default 4; ONNX Runtime)")
+    parser.add_argument("--passes", type=int, default=3, help="interleaved timing passes per layer (default 3; ONNX Runtime)")
+    parser.add_argument("--legacy-grid", action="store_true", help="ONNX Runtime: measure the old way (assumed alignment, no probe, no profiling)")
     parser.add_argument("--force", action="store_true", help="extend a table measured on another device or backend version anyway")
 
 
@@ -89,6 +99,8 @@ def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
     graph = trace(loaded.model, shape, ui=ui)
     align = target.alignment(precision)
     out = Path(args.output)
+    if backend.name == "onnxruntime" and not args.legacy_grid:
+        return _run_measured(args, loaded, graph, shape, target, precision, batch, out, ui)
     table = open_table(out, target, backend, precision=precision, batch=batch, warmup=args.warmup, runs=args.runs, statistic=args.statistic, force=args.force, ui=ui)
     if args.clock == "cpu":
         if backend.name != "onnxruntime":
@@ -120,5 +132,40 @@ def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
     ui.out.print(
         f"{out}: {len(table)} entries ({report.measured} measured now, {report.cached} already there"
         f"{', stopped by --budget-minutes' if report.stopped_by_budget else ''}) in {report.seconds:.0f}s"
+    )
+    return result
+
+
+def _run_measured(args: argparse.Namespace, loaded: Any, graph: Any, shape: tuple[int, ...], target: Any, precision: str, batch: int, out: Path, ui: UI) -> dict[str, Any]:
+    """The probe + interleaved grid + profiled context path (hadmc_deploy.latency.auto)."""
+    from hadmc_deploy.errors import LatencyModelError
+    from hadmc_deploy.latency.auto import MeasureOptions, measure_table
+    from hadmc_deploy.latency.lut import read_table
+
+    if args.passes < 1 or args.grid_points < 1:
+        raise UsageError(f"--passes and --grid-points must be >= 1 (got {args.passes}, {args.grid_points})")
+    before = len(read_table(out)) if out.exists() else 0
+    if out.exists():
+        table = read_table(out)
+        if table.meta.precision != precision or table.meta.batch != batch:
+            raise LatencyModelError(f"{out} holds a {table.meta.precision} batch-{table.meta.batch} table, not {precision} batch-{batch}", hint="write it to another file with -o")
+        if table.meta.method.get("clock", "wall") != args.clock:
+            raise UsageError(f"{out} was measured with the {table.meta.method.get('clock', 'wall')} clock", hint="write it to another file with -o")
+    options = MeasureOptions(
+        grid_points=args.grid_points, passes=args.passes, runs_per_pass=max(1, args.runs // args.passes),
+        context=not args.no_correction, clock=args.clock,
+    )
+    budget = None if args.budget_minutes is None else 60.0 * args.budget_minutes
+    table, info = measure_table(loaded.model, graph, shape, target, precision, batch, out, budget_s=budget, options=options, ui=ui)
+    result: dict[str, Any] = {
+        "lut": str(out), "target": target.name, "backend": "onnxruntime", "precision": precision, "batch": batch,
+        "entries": len(table), "requested": len(table) if info["complete"] else info["grid_specs"] + info["off_grid_specs"], "measured": len(table) - before,
+        "cached": before, "stopped_by_budget": not info["complete"], "staircase": table.staircase.to_dict() if table.staircase else None,
+        "context": None if table.context is None else table.context.fitted_on, "phases": info["phases"], "seconds": info["seconds"],
+    }
+    ui.out.print(
+        f"{out}: {len(table)} entries ({result['measured']} measured now) in {info['seconds']:.0f}s; "
+        f"staircase step {table.alignment()} (penalty {table.staircase.penalty:.2f}, {table.staircase.mode})"
+        + ("" if info["complete"] else "; stopped by --budget-minutes: rerun to continue")
     )
     return result

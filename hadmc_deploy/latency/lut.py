@@ -5,6 +5,10 @@ the target, the backend and its version, and a device fingerprint; loading it
 elsewhere refuses (or, with `force`, warns loudly). Writes are atomic, so an
 interrupted measurement leaves either the previous file or the new one, never
 half of one.
+
+Longer than most modules on purpose: every dataclass of the file format (entries,
+staircase, context and whole-model corrections, meta) lives here, so the schema
+is read and versioned in one place.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from hadmc_deploy.specs import LayerSpec
 from hadmc_deploy.ui import UI, quiet_ui
 
 FORMAT = "hadmc-latency-lut"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: older schemas this version still reads (new fields default to "not measured").
+READABLE_SCHEMAS = (1, 2)
 
 #: device-fingerprint keys that describe the machine's identity. Other keys a
 #: backend reports (free memory, load) may differ between runs on the same device.
@@ -55,38 +61,124 @@ def cpu_fingerprint() -> dict[str, Any]:
     }
 
 
-#: the per-entry statistics a table can predict with (`LutMeta.method["statistic"]`).
-STATISTICS = ("median", "min")
+#: the per-entry statistics a table can predict with (`LutMeta.method["statistic"]`):
+#: the median of all timed runs, the fastest run, or the minimum over interleaved passes of
+#: each pass's median ("mom": load from other processes only ever adds time, and a whole
+#: pass is rarely hit throughout, so it is the most repeatable on a shared machine).
+STATISTICS = ("median", "min", "mom")
+#: what an entry is for: a grid point the predictor interpolates between, a point just off
+#: the alignment grid (prices the unaligned penalty of its family), or a staircase-probe point.
+ROLES = ("grid", "off_grid", "sweep")
 
 
 @dataclass
 class LutEntry:
-    """One measured layer: its spec, median, p90 and fastest latency (ms), and the timed runs."""
+    """One measured layer: its spec, median, p90 and fastest latency (ms), and the timed runs.
+
+    `mom_ms` is the minimum of per-pass medians over `passes` interleaved passes and
+    `spread` their relative range ((max - min) / min): the entry's measured noise.
+    """
 
     spec: LayerSpec
     median_ms: float
     p90_ms: float
     runs: int
     min_ms: float | None = None
+    mom_ms: float | None = None
+    spread: float | None = None
+    role: str = "grid"
 
     def value(self, statistic: str) -> float:
-        return self.min_ms if statistic == "min" and self.min_ms is not None else self.median_ms
+        if statistic == "min" and self.min_ms is not None:
+            return self.min_ms
+        if statistic == "mom" and self.mom_ms is not None:
+            return self.mom_ms
+        return self.median_ms
 
     def to_dict(self) -> dict[str, Any]:
-        data = {"spec": self.spec.to_dict(), "median_ms": self.median_ms, "p90_ms": self.p90_ms, "runs": self.runs}
-        if self.min_ms is not None:
-            data["min_ms"] = self.min_ms
+        data: dict[str, Any] = {"spec": self.spec.to_dict(), "median_ms": self.median_ms, "p90_ms": self.p90_ms, "runs": self.runs}
+        for name in ("min_ms", "mom_ms", "spread"):
+            if getattr(self, name) is not None:
+                data[name] = getattr(self, name)
+        if self.role != "grid":
+            data["role"] = self.role
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LutEntry:
+        def opt(name: str) -> float | None:
+            return None if data.get(name) is None else float(data[name])
+
+        role = str(data.get("role", "grid"))
+        if role not in ROLES:
+            raise ValueError(f"unknown entry role {role!r}")
         return cls(
             spec=LayerSpec.from_dict(data["spec"]),
             median_ms=float(data["median_ms"]),
             p90_ms=float(data["p90_ms"]),
             runs=int(data["runs"]),
-            min_ms=None if data.get("min_ms") is None else float(data["min_ms"]),
+            min_ms=opt("min_ms"),
+            mom_ms=opt("mom_ms"),
+            spread=opt("spread"),
+            role=role,
         )
+
+
+@dataclass
+class Staircase:
+    """The measured channel staircase of this backend at the table's precision.
+
+    `step`: channel counts that are multiples of it run the fast (blocked) kernels;
+    `penalty`: median of t(unaligned count) / (t interpolated between the aligned
+    neighbours), from a unit-step sweep of one representative layer per op kind
+    (`per_op`: op -> {"step", "penalty", "layer", "axis"}). Measured, not assumed:
+    it is 16 on AVX-512 ONNX Runtime FP32 here, 8 on AVX2, and may differ for INT8.
+    """
+
+    step: int
+    penalty: float
+    per_op: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: "pad": an unaligned count costs penalty x its padded count; "line": penalty x the line
+    #: between its aligned neighbours (it leaves the blocked kernel).
+    mode: str = "line"
+
+    def for_op(self, op: str) -> tuple[int, float, str]:
+        got = self.per_op.get(op)
+        if got:
+            return int(got["step"]), float(got["penalty"]), str(got.get("mode", "line"))
+        return self.step, self.penalty, self.mode
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "penalty": self.penalty, "mode": self.mode, "per_op": self.per_op}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Staircase:
+        return cls(int(data["step"]), float(data["penalty"]), dict(data.get("per_op", {})), str(data.get("mode", "line")))
+
+
+@dataclass
+class ContextCorrection:
+    """Per-layer factors from profiling whole deployed graphs (see latency/context.py).
+
+    layer i of the graph costs factors[i][regime] * (its table price), regime
+    "aligned" (every channel count of the layer a multiple of `step` or at full
+    width) or "unaligned"; non-weighted layers have factor 0 because the profile
+    charges their kernels (fused adds, pools, reorders, Q/DQ) to the weighted
+    neighbours. `signature` (the layers' shape keys) ties it to one graph.
+    """
+
+    signature: list[str]
+    factors: list[dict[str, float]]
+    overhead_ms: float
+    step: int
+    fitted_on: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"signature": self.signature, "factors": self.factors, "overhead_ms": self.overhead_ms, "step": self.step, "fitted_on": self.fitted_on}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ContextCorrection:
+        return cls(list(data["signature"]), [dict(f) for f in data["factors"]], float(data["overhead_ms"]), int(data["step"]), list(data.get("fitted_on", [])))
 
 
 @dataclass
@@ -171,6 +263,17 @@ class LatencyTable:
     meta: LutMeta
     entries: dict[str, LutEntry] = field(default_factory=dict)
     correction: Correction | None = None
+    staircase: Staircase | None = None
+    context: ContextCorrection | None = None
+    #: measured builds fed back by the self-check (`LutLatencyModel.corrected_with`), applied last.
+    feedback: Correction | None = None
+
+    def alignment(self, precision: str | None = None) -> int:
+        """The channel step to round plans to: measured on this machine when the table has a
+        staircase, else the target's assumed alignment the table was measured with."""
+        if precision is not None and precision != self.meta.precision:
+            raise LatencyModelError(f"this table holds {self.meta.precision} latencies, not {precision}", hint=f"measure a {precision} table")
+        return self.staircase.step if self.staircase is not None else max(int(self.meta.alignment), 1)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -190,8 +293,22 @@ class LatencyTable:
         """The entry's latency under this table's statistic."""
         return entry.value(self.statistic)
 
-    def add(self, spec: LayerSpec, median_ms: float, p90_ms: float, runs: int, min_ms: float | None = None) -> None:
-        self.entries[spec.key()] = LutEntry(spec, float(median_ms), float(p90_ms), int(runs), None if min_ms is None else float(min_ms))
+    def add(
+        self,
+        spec: LayerSpec,
+        median_ms: float,
+        p90_ms: float,
+        runs: int,
+        min_ms: float | None = None,
+        *,
+        mom_ms: float | None = None,
+        spread: float | None = None,
+        role: str = "grid",
+    ) -> None:
+        def opt(v: float | None) -> float | None:
+            return None if v is None else float(v)
+
+        self.entries[spec.key()] = LutEntry(spec, float(median_ms), float(p90_ms), int(runs), opt(min_ms), opt(mom_ms), opt(spread), role)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -199,6 +316,9 @@ class LatencyTable:
             "schema_version": SCHEMA_VERSION,
             "meta": self.meta.to_dict(),
             "correction": None if self.correction is None else self.correction.to_dict(),
+            "staircase": None if self.staircase is None else self.staircase.to_dict(),
+            "context": None if self.context is None else self.context.to_dict(),
+            "feedback": None if self.feedback is None else self.feedback.to_dict(),
             "entries": {key: entry.to_dict() for key, entry in sorted(self.entries.items())},
         }
 
@@ -210,7 +330,7 @@ class LatencyTable:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise LatencyModelError(f"{source} is not a hadmc-deploy latency table", hint="measure one with `hadmc-deploy lut`")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMAS:
             raise LatencyModelError(
                 f"{source} has LUT schema version {version}, this hadmc-deploy reads version {SCHEMA_VERSION}",
                 hint="re-measure it with `hadmc-deploy lut`",
@@ -226,9 +346,12 @@ class LatencyTable:
                     raise ValueError(f"entry {key!r} has a non-positive latency {entry.median_ms}")
                 entries[key] = entry
             correction = None if data.get("correction") is None else Correction.from_dict(data["correction"])
+            staircase = None if data.get("staircase") is None else Staircase.from_dict(data["staircase"])
+            context = None if data.get("context") is None else ContextCorrection.from_dict(data["context"])
+            feedback = None if data.get("feedback") is None else Correction.from_dict(data["feedback"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise LatencyModelError(f"{source} is corrupt: {type(exc).__name__}: {exc}", hint="delete it and re-measure with `hadmc-deploy lut`") from exc
-        return cls(meta=meta, entries=entries, correction=correction)
+        return cls(meta=meta, entries=entries, correction=correction, staircase=staircase, context=context, feedback=feedback)
 
 
 def read_table(path: str | Path) -> LatencyTable:

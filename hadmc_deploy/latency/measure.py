@@ -50,10 +50,10 @@ def auto_grid_step(width: int, align: int, points: int = 8) -> int:
     return max(align, int(math.ceil(width / points / align)) * align)
 
 
-def grid_values(width: int, align: int, step: int | None = None, floor: int = 1) -> list[int]:
+def grid_values(width: int, align: int, step: int | None = None, floor: int = 1, points: int = 8) -> list[int]:
     """Channel counts to measure for a group of `width`: multiples of `step` (itself a multiple
-    of `align`), the smallest aligned count >= `floor`, and `width` itself."""
-    step = step or auto_grid_step(width, align)
+    of `align`; default about `points` of them), the smallest aligned count >= `floor`, and `width` itself."""
+    step = step or auto_grid_step(width, align, points)
     if step % align:
         step = int(math.ceil(step / align)) * align
     lowest = max(align, int(math.ceil(floor / align)) * align)
@@ -76,6 +76,7 @@ def specs_for_graph(
     precision: str = "fp32",
     batch: int | None = None,
     grid_step: int | None = None,
+    points: int = 8,
 ) -> list[LayerSpec]:
     """Every spec of the measurement grid for `graph`, unpruned layers first, no duplicates."""
     groups = {g.id: g for g in graph.groups}
@@ -97,18 +98,18 @@ def specs_for_graph(
         if ins and (out is None or layer.spec.op in ("dwconv",) or (len(ins) == 1 and ins[0] == out)):
             # One free axis (depthwise, elementwise, pooling: in == out, or out fixed).
             g = groups[ins[0]]
-            widths = [{ins[0]: v, **({out: v} if out else {})} for v in grid_values(g.width, align, grid_step, g.min_width)]
+            widths = [{ins[0]: v, **({out: v} if out else {})} for v in grid_values(g.width, align, grid_step, g.min_width, points)]
             if len(ins) > 1:  # concat feeding a layer: scale every input group together
                 widths = [{i: max(1, round(full[i] * w[ins[0]] / full[ins[0]])) for i in ins} for w in widths]
         elif ins:
             gi, go = groups[ins[0]], groups[out]  # type: ignore[index]
-            for vi in grid_values(gi.width, align, grid_step, gi.min_width):
-                for vo in grid_values(go.width, align, grid_step, go.min_width):
+            for vi in grid_values(gi.width, align, grid_step, gi.min_width, points):
+                for vo in grid_values(go.width, align, grid_step, go.min_width, points):
                     w = {i: max(1, round(full[i] * vi / full[ins[0]])) for i in ins}
                     widths.append({**w, out: vo})  # type: ignore[dict-item]
         else:
             go = groups[out]  # type: ignore[index]
-            widths = [{out: v} for v in grid_values(go.width, align, grid_step, go.min_width)]  # type: ignore[dict-item]
+            widths = [{out: v} for v in grid_values(go.width, align, grid_step, go.min_width, points)]  # type: ignore[dict-item]
         rest += [replace(layer.spec_at({**full, **w}), precision=precision, batch=batch or layer.spec.batch) for w in widths]
     # A deterministic shuffle: a budget-limited run still covers every layer's range
     # coarsely, and the machine's load drifts over the whole table instead of biasing one layer.

@@ -1,11 +1,19 @@
 """The measured latency model: table lookup, step-aware interpolation, whole-model correction.
 
-Latency in channels is a staircase: a backend pads channel counts up to its
-alignment (SIMD width, tensor-core tile), so 65 channels cost what 72 do. A
-smooth fit across those steps would tell the search that removing one channel
-buys time when it buys none. So an unaligned count is first rounded UP to the
-alignment (the step), and only aligned grid points are interpolated between,
-bilinearly in (in, out) inside one grid cell.
+Latency in channels is a staircase. Tables without a measured staircase (older
+ones, TensorRT tables) assume padding: an unaligned count is rounded UP to the
+target's alignment and only aligned grid points are interpolated, bilinearly in
+(in, out) inside one grid cell. That assumption was wrong on ONNX Runtime CPU:
+unaligned counts leave the blocked NCHWc kernels and cost MORE than the next
+aligned count (plans pruned to odd widths ran 21-26% slower than predicted). So
+tables with a measured `Staircase` price an unaligned count on the line between
+its aligned neighbours times the measured penalty of unaligned counts (per
+layer family where points just off the grid were measured, else per op kind).
+A `ContextCorrection` (profiled whole deployed graphs) then scales each layer.
+
+Longer than most modules because the corrections that shape a prediction (the
+regularised fits, the context factor, the feedback) are applied here and kept
+next to the code that applies them.
 """
 
 from __future__ import annotations
@@ -18,10 +26,12 @@ from typing import Any
 
 from hadmc_deploy.latency.analytic import AnalyticLatencyModel
 from hadmc_deploy.latency.base import Prediction
-from hadmc_deploy.latency.lut import LatencyTable
+from hadmc_deploy.latency.lut import Correction, LatencyTable
 from hadmc_deploy.specs import LayerSpec
 from hadmc_deploy.ui import UI, quiet_ui
 
+#: ops whose kernels are blocked on channels (the staircase penalty applies to them).
+_BLOCKED_OPS = ("conv", "gconv", "dwconv", "linear", "convtranspose")
 #: extrapolating below the smallest measured width never predicts less than this
 #: fraction of that point's latency (fixed per-layer costs do not shrink to zero).
 _EXTRAPOLATION_FLOOR = 0.25
@@ -64,6 +74,68 @@ class _Family:
 
     def __init__(self) -> None:
         self.points: dict[tuple[int, int], float] = {}
+        #: points off the alignment grid (exact hits only, never interpolated between).
+        self.extra: dict[tuple[int, int], float] = {}
+        self.pen_in: float | None = None
+        self.pen_out: float | None = None
+
+    def reference(self, ci: int, co: int, step: int, mode: str) -> tuple[float, str]:
+        """An unaligned point's price before its penalty: at its padded counts ("pad") or on the line."""
+        if mode == "pad":
+            pi = ci if ci in self.ins else _ceil_to(ci, step)
+            po = co if co in self.outs else _ceil_to(co, step)
+            if self.diagonal and ci == co:
+                pi = po = ci if ci in self.diag_values else _ceil_to(ci, step)
+            return self.price_aligned(pi, po, step)
+        return self.price_aligned(ci, co, step)
+
+    def measured_penalties(self, step: int, mode: str) -> None:
+        """Penalty of this family's own points just off the grid: t / (its reference price)."""
+        pin, pout = [], []
+        for (ci, co), ms in self.extra.items():
+            if (ci, co) in self.points:
+                continue
+            base, _ = self.reference(ci, co, step, mode)
+            if base <= 0:
+                continue
+            if ci % step and not co % step:
+                pin.append(ms / base)
+            elif co % step and not ci % step:
+                pout.append(ms / base)
+        self.pen_in = statistics.median(pin) if pin else None
+        self.pen_out = statistics.median(pout) if pout else None
+
+    def price_aligned(self, ci: int, co: int, step: int) -> tuple[float, str]:
+        """The line through aligned grid points at (ci, co), no padding, no penalty."""
+        if self.diagonal and ci == co:
+            vals = [v for v in self.diag_values if v % step == 0] or self.diag_values
+            weights, extrap = axis_weights(vals, ci, 1)
+            return self._floor(sum(w * self.points[(v, v)] for v, w in weights), [(v, v) for v, _ in weights]), "lut-extrap" if extrap else "lut-interp"
+        ins = [v for v in self.ins if v % step == 0 or v == ci]
+        outs = [v for v in self.outs if v % step == 0 or v == co]
+        ins = ins if len(ins) >= min(2, len(self.ins)) else self.ins
+        outs = outs if len(outs) >= min(2, len(self.outs)) else self.outs
+        w_in, ex_in = axis_weights(ins, ci, 1)
+        w_out, ex_out = axis_weights(outs, co, 1)
+        corners = [((i, o), wi * wo) for i, wi in w_in for o, wo in w_out]
+        if all(p in self.points for p, _ in corners):
+            ms = sum(w * self.points[p] for p, w in corners)
+            return self._floor(ms, [p for p, _ in corners]), "lut-extrap" if (ex_in or ex_out) else "lut-interp"
+        return self._nearest_scaled(ci, co, 1), "lut-extrap"
+
+    def price_staircase(self, ci: int, co: int, step: int, op_penalty: float, mode: str, weighted: bool) -> tuple[float, str]:
+        """Reference price (padded or line, see Staircase.mode) times the measured penalty of each
+        unaligned axis (weighted ops only)."""
+        if (ci, co) in self.extra:
+            return self.extra[(ci, co)], "lut"
+        if not weighted or step <= 1:
+            return self.price_aligned(ci, co, max(step, 1))
+        ms, how = self.reference(ci, co, step, mode)
+        if co % step and co not in self.outs and not (self.diagonal and ci == co):
+            ms *= self.pen_out if self.pen_out is not None else op_penalty
+        if ci % step and ci not in self.ins:
+            ms *= self.pen_in if self.pen_in is not None else op_penalty
+        return ms, how
 
     def finish(self) -> None:
         self.ins = sorted({i for i, _ in self.points})
@@ -103,13 +175,18 @@ class LutLatencyModel:
         self.table = table
         self.source = source
         self.ui = ui or quiet_ui()
-        self.alignment = max(int(table.meta.alignment), 1)
+        self.alignment = table.alignment()
+        self.staircase = table.staircase
         self.families: dict[str, _Family] = defaultdict(_Family)
         for entry in table.entries.values():
             s = entry.spec
-            self.families[s.shape_key()].points[(s.in_channels, s.out_channels)] = table.value(entry)
+            fam = self.families[s.shape_key()]
+            (fam.points if entry.role == "grid" else fam.extra)[(s.in_channels, s.out_channels)] = table.value(entry)
+        self.families = defaultdict(_Family, {k: f for k, f in self.families.items() if f.points})
         for fam in self.families.values():
             fam.finish()
+            if self.staircase is not None:
+                fam.measured_penalties(self.staircase.step, self.staircase.mode)
         self.fallback = fallback
         if fallback is not None and table.entries:
             # Put analytic fill-ins on the table's scale: the roofline's absolute numbers are rough.
@@ -131,15 +208,18 @@ class LutLatencyModel:
             fam = self.families.get(spec.shape_key())
             if fam is None or not fam.points:
                 result = self._analytic(spec)
+            elif self.staircase is not None:
+                step, penalty, mode = self.staircase.for_op(spec.op)
+                result = fam.price_staircase(spec.in_channels, spec.out_channels, step, penalty, mode, spec.op in _BLOCKED_OPS)
             else:
                 result = fam.price(spec.in_channels, spec.out_channels, self.alignment)
-                if result[1] == "lut-extrap" and spec.shape_key() not in self._warned:
-                    self._warned.add(spec.shape_key())
-                    self.ui.warn(
-                        f"{spec.op} at {spec.in_channels}->{spec.out_channels} channels is outside the measured range of "
-                        f"{self.source} (or between points a budget-limited run did not reach): extrapolated from the nearest "
-                        "table points; rerun `hadmc-deploy lut` for this model to measure them"
-                    )
+            if result[1] == "lut-extrap" and spec.shape_key() not in self._warned:
+                self._warned.add(spec.shape_key())
+                self.ui.warn(
+                    f"{spec.op} at {spec.in_channels}->{spec.out_channels} channels is outside the measured range of "
+                    f"{self.source} (or between points a budget-limited run did not reach): extrapolated from the nearest "
+                    "table points; rerun `hadmc-deploy lut` for this model to measure them"
+                )
         self._cache[key] = result
         return result
 
@@ -153,12 +233,30 @@ class LutLatencyModel:
             self.ui.warn(f"latency table {self.source} does not cover every layer (e.g. {spec.op} {spec.key()}): those layers use the analytic model, labelled 'lut+analytic'")
         return self.fallback.layer_ms(spec), "analytic"
 
+    def context_applies(self, specs: list[LayerSpec]) -> bool:
+        ctx = self.table.context
+        return ctx is not None and len(specs) == len(ctx.signature) and all(sp.shape_key() == k for sp, k in zip(specs, ctx.signature, strict=True))
+
     def predict(self, specs: list[LayerSpec]) -> Prediction:
         raw = [self.layer_ms(s) for s in specs]
-        corr = self.table.correction
-        scale, offset = (corr.scale, corr.offset_ms) if corr is not None else (1.0, 0.0)
-        per_layer = [scale * ms for ms, _ in raw]
         kinds = [k for _, k in raw]
+        notes = []
+        ctx = self.table.context
+        if ctx is not None and self.context_applies(specs):
+            per_layer = [context_factor(f, sp, ctx.step) * ms for f, sp, (ms, _) in zip(ctx.factors, specs, raw, strict=True)]
+            offset = ctx.overhead_ms
+            notes.append("per-layer factors from profiled whole deployed graphs (context correction)")
+        else:
+            if ctx is not None:
+                notes.append("the table's per-layer context correction is for another graph: whole-model correction used")
+            corr = self.table.correction
+            scale, offset = (corr.scale, corr.offset_ms) if corr is not None else (1.0, 0.0)
+            per_layer = [scale * ms for ms, _ in raw]
+        total = float(sum(per_layer) + offset)
+        fb = self.table.feedback
+        if fb is not None:
+            total = fb.apply(total)
+            notes.append(f"feedback from measured builds: x{fb.scale:.3f} {fb.offset_ms:+.3f} ms")
         n_analytic = kinds.count("analytic")
         if n_analytic == 0:
             source = "lut"
@@ -166,19 +264,38 @@ class LutLatencyModel:
             source = "analytic"
         else:
             source = "lut+analytic"
-        notes = []
         if n_analytic:
             notes.append(f"{n_analytic} of {len(kinds)} layers priced by the analytic model (not in the table)")
         if "lut-extrap" in kinds:
             notes.append(f"{kinds.count('lut-extrap')} layers extrapolated outside the measured channel range")
         return Prediction(
-            total_ms=float(sum(per_layer) + offset),
+            total_ms=total,
             per_layer_ms=per_layer,
             source=source,
             overhead_ms=offset,
             per_layer_source=kinds,
             notes=notes,
         )
+
+    def corrected_with(self, measurements: list[tuple[list[LayerSpec], float]]) -> LutLatencyModel:
+        """A copy whose predictions absorb measured whole-model latencies [(specs of a plan, measured ms)].
+
+        For the build's self-check: after a miss, the baseline's and the chosen plan's
+        measurements feed a regularised `feedback` (see `fit_regularised`), applied on
+        top of everything else, so a re-search prices plans on the measured scale.
+        """
+        import copy
+
+        table = copy.deepcopy(self.table)
+        table.feedback = None
+        base = LutLatencyModel(table, self.fallback, source=self.source, ui=self.ui)
+        predicted = [base.predict(specs).total_ms for specs, _ in measurements]
+        measured = [float(m) for _, m in measurements]
+        fit = fit_regularised(predicted, measured)
+        table.feedback = Correction(fit.scale, fit.offset_ms, [
+            {"predicted_ms": p, "measured_ms": m, "how": fit.how} for p, m in zip(predicted, measured, strict=True)
+        ])
+        return LutLatencyModel(table, self.fallback, source=self.source, ui=self.ui)
 
     def describe(self) -> dict[str, Any]:
         meta = self.table.meta
@@ -191,6 +308,9 @@ class LutLatencyModel:
             "statistic": self.table.statistic,
             "entries": len(self.table),
             "correction": None if self.table.correction is None else self.table.correction.to_dict(),
+            "staircase": None if self.table.staircase is None else self.table.staircase.to_dict(),
+            "context": None if self.table.context is None else {"overhead_ms": self.table.context.overhead_ms, "fitted_on": self.table.context.fitted_on},
+            "feedback": None if self.table.feedback is None else self.table.feedback.to_dict(),
         }
 
 
@@ -212,3 +332,47 @@ def fit_correction(layer_sums_ms: list[float], measured_ms: list[float]) -> tupl
     if scale <= 0:
         return my / mx, 0.0
     return scale, my - scale * mx
+
+
+def context_factor(factors: dict[str, float], spec: LayerSpec, step: int) -> float:
+    """The layer's in-context factor for its regime at `spec`'s widths (see ContextCorrection)."""
+    full_in, full_out = int(factors.get("full_in", 0)), int(factors.get("full_out", 0))
+    aligned = all(c % step == 0 or c == full for c, full in ((spec.in_channels, full_in), (spec.out_channels, full_out)))
+    return float(factors["aligned" if aligned else "unaligned"])
+
+
+class RegularisedFit:
+    """measured ~= scale * predicted + offset_ms, and how it was obtained."""
+
+    def __init__(self, scale: float, offset_ms: float, how: str) -> None:
+        self.scale, self.offset_ms, self.how = scale, offset_ms, how
+
+
+#: a fitted scale outside this range is refused (clipped to a pure ratio, itself clipped).
+SCALE_RANGE = (0.33, 3.0)
+#: predicted totals closer than this (relative) cannot separate scale from offset.
+MIN_RELATIVE_SPAN = 0.2
+
+
+def fit_regularised(predicted_ms: list[float], measured_ms: list[float]) -> RegularisedFit:
+    """A correction that cannot extrapolate to absurd values.
+
+    Scale and offset are fitted together only when the predictions span at least
+    MIN_RELATIVE_SPAN of their mean and the result is sane (scale in SCALE_RANGE,
+    |offset| below half the smallest measurement); otherwise only the median ratio
+    is kept (offset 0), itself clipped to SCALE_RANGE. Three near-identical plans
+    once gave scale 2.49, offset -13.35 ms; this returns their ratio instead.
+    """
+    if not predicted_ms or len(predicted_ms) != len(measured_ms):
+        raise ValueError("need as many predictions as measurements, at least one")
+    ratio = statistics.median(m / p for p, m in zip(predicted_ms, measured_ms, strict=True) if p > 0) if any(p > 0 for p in predicted_ms) else 1.0
+    lo, hi = SCALE_RANGE
+    clipped = min(max(ratio, lo), hi)
+    how = "ratio" if clipped == ratio else f"ratio clipped to [{lo}, {hi}]"
+    mx = statistics.fmean(predicted_ms)
+    if len(predicted_ms) < 2 or (max(predicted_ms) - min(predicted_ms)) < MIN_RELATIVE_SPAN * mx:
+        return RegularisedFit(clipped, 0.0, how)
+    scale, offset = fit_correction(predicted_ms, measured_ms)
+    if lo <= scale <= hi and abs(offset) <= 0.5 * min(measured_ms):
+        return RegularisedFit(scale, offset, "least squares")
+    return RegularisedFit(clipped, 0.0, how + " (least-squares fit refused: out of range)")

@@ -178,7 +178,7 @@ def fit_table_correction(model: nn.Module, graph: DependencyGraph, shape: tuple[
     from dataclasses import replace
 
     from hadmc_deploy.latency.lut import Correction
-    from hadmc_deploy.latency.predictor import LutLatencyModel, fit_correction
+    from hadmc_deploy.latency.predictor import LutLatencyModel, fit_regularised
 
     ui = ui or quiet_ui()
     plans = {}
@@ -196,8 +196,9 @@ def fit_table_correction(model: nn.Module, graph: DependencyGraph, shape: tuple[
     raw = LutLatencyModel(table, source=str(out))
     sums = [sum(raw.predict([replace(s, precision=precision, batch=batch) for s in graph.layer_specs(t.widths)]).per_layer_ms) for t in timed]
     stat = table.statistic
-    scale, offset = fit_correction(sums, [t.value(stat) for t in timed])
-    table.correction = Correction(scale, offset, [{"plan": t.name, "layer_sum_ms": s, "measured_ms": t.value(stat), "statistic": stat} for t, s in zip(timed, sums, strict=True)])
+    fit = fit_regularised(sums, [t.value(stat) for t in timed])  # refuses ill-conditioned scale+offset fits
+    scale, offset = fit.scale, fit.offset_ms
+    table.correction = Correction(scale, offset, [{"plan": t.name, "layer_sum_ms": s, "measured_ms": t.value(stat), "statistic": stat, "how": fit.how} for t, s in zip(timed, sums, strict=True)])
     table.save(out)
     ui.log(f"correction: measured = {scale:.3f} x layer sum {offset:+.3f} ms (fitted on {len(timed)} whole-model timings, {precision})")
     return table.correction.to_dict()

@@ -1,0 +1,207 @@
+"""The channel staircase, measured: which counts run the fast kernels, and what the others cost.
+
+A backend runs channel counts that are multiples of its block (ONNX Runtime's
+NCHWc block: 16 floats with AVX-512, 8 with AVX2; INT8 kernels their own) in
+blocked kernels and everything else in slower generic ones, plus layout
+reorders. The step differs per machine, backend and precision, so it is probed:
+one representative layer per op kind is swept in unit steps of channels over a
+window holding two multiples of the largest candidate step, timed in
+interleaved passes, and the step and the shape of the stair are fitted (see
+`detect_step`). No monotonicity in width is
+assumed anywhere (INT8 convs with 8 output channels ran slower than with 16).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+
+from hadmc_deploy.graph.types import DependencyGraph
+from hadmc_deploy.latency.lut import Staircase
+from hadmc_deploy.latency.repeat import Preparer, time_interleaved
+from hadmc_deploy.specs import LayerSpec
+
+CANDIDATE_STEPS = (32, 16, 8, 4, 2)
+#: sweep window: two multiples of the largest candidate step.
+WINDOW = 32
+#: ops whose kernels are blocked on channels (elementwise ops and pools follow their producer).
+WEIGHTED_OPS = ("conv", "gconv", "dwconv", "linear", "convtranspose")
+#: the smallest step the "pad" shape is tried at (see detect_step).
+PAD_MIN_STEP = 8
+#: half-way counts must run this much slower than the aligned line to call a step real.
+TOLERANCE = 0.08
+
+
+def _line(points: dict[int, float], aligned: list[int], c: int) -> float:
+    lo = max(a for a in aligned if a <= c)
+    hi = min(a for a in aligned if a >= c)
+    if lo == hi:
+        return points[lo]
+    t = (c - lo) / (hi - lo)
+    return (1 - t) * points[lo] + t * points[hi]
+
+
+def _ceil(c: int, s: int) -> int:
+    return -(-c // s) * s
+
+
+def _reference(times: dict[int, float], aligned: list[int], c: int, s: int, mode: str) -> float:
+    """What an unaligned count costs before its penalty: its padded count ("pad") or the line ("line")."""
+    return times[_ceil(c, s)] if mode == "pad" else _line(times, aligned, c)
+
+
+def _residual(times: dict[int, float], cs: list[int], ref: dict[int, float]) -> tuple[float, float]:
+    """(median ratio = the penalty, mean |relative error| after applying it: a median error would
+    hide a model that misprices half of the points)."""
+    ratios = [times[c] / ref[c] for c in cs]
+    pen = statistics.median(ratios)
+    return pen, statistics.fmean(abs(r / pen - 1.0) for r in ratios)
+
+
+def detect_step(times: dict[int, float], candidates: tuple[int, ...] = CANDIDATE_STEPS, tolerance: float = TOLERANCE) -> tuple[int, float, str]:
+    """(step, penalty, mode) from unit-step times {channels: ms}; (1, 1.0, "line") when no step shows.
+
+    Two staircase shapes are seen: "pad" (an unaligned count costs about what the next
+    multiple costs: the kernel pads) and "line" (it leaves the blocked kernel and costs
+    `penalty` times the line between its aligned neighbours). For every candidate step
+    both are fitted to the unaligned counts inside the window (the half-way counts must
+    fit like the others); the step is the largest whose best fit is within 50% (+1 point) of the best fit of any candidate and clearly
+    better than a straight line through the window without any step.
+    """
+    lo, hi = min(times), max(times)
+    inner = [c for c in times if lo < c < hi]
+    if not inner:
+        return 1, 1.0, "line"
+    smooth = {c: _line(times, [lo, hi], c) for c in inner}
+    _, base_err = _residual(times, inner, smooth)
+    fits: list[tuple[int, float, str, float]] = []
+    for s in candidates:
+        aligned = sorted(c for c in times if c % s == 0)
+        if len(aligned) < 2 or aligned[0] != lo or aligned[-1] != hi:
+            continue
+        cs = [c for c in inner if c % s]
+        if not cs:
+            continue
+        half = [c for c in cs if c % s == s // 2]
+        # "pad" at a step of 2 or 4 says "a count costs what its neighbour costs": true of any
+        # smooth curve, so it is no evidence of a step
+        for mode in ("pad", "line") if s >= PAD_MIN_STEP else ("line",):
+            ref = {c: _reference(times, aligned, c, s, mode) for c in cs}
+            pen, err = _residual(times, cs, ref)
+            # the half-way counts must behave like the other unaligned ones: otherwise a finer
+            # step is the real one (a median fit alone would overlook its few aligned counts)
+            if half and abs(statistics.median(times[c] / ref[c] for c in half) / pen - 1.0) > max(2 * err, tolerance):
+                continue
+            fits.append((s, pen, mode, err))
+    if not fits:
+        return 1, 1.0, "line"
+    best = min(f[3] for f in fits)
+    if best > (1.0 - tolerance) * base_err and base_err > tolerance / 2:
+        return 1, 1.0, "line"
+    s, pen, mode, _ = max((f for f in fits if f[3] <= 1.5 * best + 0.01), key=lambda f: (f[0], -f[3]))
+    if mode == "line" and abs(pen - 1.0) < tolerance:
+        return 1, 1.0, "line"
+    return s, pen, mode
+
+
+def _axes(layer, graph: DependencyGraph) -> tuple[bool, bool]:  # noqa: ANN001
+    prunable = {g.id for g in graph.groups if g.prunable}
+    return any(g in prunable for g in layer.in_groups), layer.out_group in prunable
+
+
+def representative_layers(graph: DependencyGraph, precision: str, batch: int) -> dict[str, tuple[str, LayerSpec, str]]:
+    """Per weighted op kind: (layer name, spec at full width, axis to sweep), the median-MACs layer
+    among those with a prunable output (else input) axis: typical, and cheap enough to sweep."""
+    full = graph.full_widths()
+    chosen: dict[str, tuple[str, LayerSpec, str]] = {}
+    by_op: dict[str, list[tuple[int, str, LayerSpec, str]]] = {}
+    for layer in graph.layers:
+        spec = replace(layer.spec_at(full), precision=precision, batch=batch)
+        if spec.op not in WEIGHTED_OPS:
+            continue
+        has_in, has_out = _axes(layer, graph)
+        axis = "out" if has_out and spec.op != "dwconv" else ("in" if has_in else "")
+        if spec.op == "dwconv" and (has_in or has_out):
+            axis = "in"
+        if axis:
+            by_op.setdefault(spec.op, []).append((spec.macs(), layer.name, spec, axis))
+    for op, rows in by_op.items():
+        rows.sort(key=lambda r: r[0])
+        _, name, spec, axis = rows[len(rows) // 2]
+        chosen[op] = (name, spec, axis)
+    return chosen
+
+
+def sweep_specs(spec: LayerSpec, axis: str) -> list[LayerSpec]:
+    """Unit steps over a window of WINDOW+1 counts starting at a multiple of WINDOW near the layer's width."""
+    width = spec.out_channels if axis == "out" else spec.in_channels
+    start = max(WINDOW, WINDOW * ((width - WINDOW // 2) // WINDOW))
+    out = []
+    unit = max(spec.groups, 1) if spec.op == "gconv" else 1  # grouped convs: counts divisible by the groups
+    for c in range(start, start + WINDOW + 1, unit):
+        if spec.op == "dwconv":
+            out.append(spec.with_channels(c, c))
+        elif axis == "out":
+            out.append(spec.with_channels(spec.in_channels, c))
+        else:
+            out.append(spec.with_channels(c, spec.out_channels))
+    return out
+
+
+def probe_staircase(
+    graph: DependencyGraph,
+    prepare: Preparer,
+    *,
+    precision: str,
+    batch: int,
+    passes: int = 3,
+    runs_per_pass: int = 3,
+    deadline: float | None = None,
+) -> tuple[Staircase, list[tuple[LayerSpec, float, float]]]:
+    """Sweep one layer per weighted op kind; (staircase, [(spec, mom ms, spread)] of every probe point).
+
+    The table-wide step and penalty are those of the conv sweep (the bulk of a CNN's
+    time), else of the first op swept; no sweep at all gives step 1, penalty 1.
+    """
+    per_op: dict[str, dict] = {}
+    points: list[tuple[LayerSpec, float, float]] = []
+    for op, (name, spec, axis) in representative_layers(graph, precision, batch).items():
+        specs = sweep_specs(spec, axis)
+        timed = time_interleaved(specs, prepare, passes=passes, runs_per_pass=runs_per_pass, chunk=len(specs), deadline=deadline)
+        if len(timed) < len(specs):
+            break
+        times = {(s.out_channels if axis == "out" else s.in_channels): r.mom_ms for s, r in timed}
+        step, penalty, mode = detect_step(times)
+        per_op[op] = {"step": step, "penalty": round(penalty, 4), "mode": mode, "layer": name, "axis": axis, "window": [min(times), max(times)]}
+        points += [(s, r.mom_ms, r.spread) for s, r in timed]
+    main = per_op.get("conv") or next(iter(per_op.values()), None)
+    if main is None:
+        return Staircase(1, 1.0, {}), points
+    return Staircase(int(main["step"]), float(main["penalty"]), per_op, str(main["mode"])), points
+
+
+def off_grid_specs(graph: DependencyGraph, step: int, *, precision: str, batch: int) -> list[LayerSpec]:
+    """Per weighted layer, its full width minus one channel on each prunable axis (when the full
+    width is a multiple of `step`): prices that layer's own unaligned penalty."""
+    if step <= 1:
+        return []
+    full = graph.full_widths()
+    out: dict[str, LayerSpec] = {}
+    for layer in graph.layers:
+        spec = replace(layer.spec_at(full), precision=precision, batch=batch)
+        if spec.op not in WEIGHTED_OPS:
+            continue
+        has_in, has_out = _axes(layer, graph)
+        if spec.op == "dwconv":
+            if (has_in or has_out) and spec.in_channels % step == 0 and spec.in_channels > 1:
+                s = spec.with_channels(spec.in_channels - 1, spec.in_channels - 1)
+                out.setdefault(s.key(), s)
+            continue
+        unit = max(spec.groups, 1) if spec.op == "gconv" else 1
+        if has_out and spec.out_channels % step == 0 and spec.out_channels > unit and unit < step:
+            s = spec.with_channels(spec.in_channels, spec.out_channels - unit)
+            out.setdefault(s.key(), s)
+        if has_in and spec.in_channels % step == 0 and spec.in_channels > 1 and spec.op != "gconv":
+            s = spec.with_channels(spec.in_channels - 1, spec.out_channels)
+            out.setdefault(s.key(), s)
+    return list(out.values())

@@ -1,0 +1,182 @@
+"""Measure a latency table for this model on this machine, cheaply, and cache it.
+
+`measured_latency_model` is what a build targeting the CPU it runs on calls by
+default: it returns the cached table for (model graph, machine, backend version,
+precision, batch, method) or measures one: the staircase probe, a coarse grid
+at the measured step (the widths the search can choose), one point just off the
+grid per layer, all timed in interleaved passes, then the per-layer context
+correction from profiling the deployed full-width and off-grid plans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from hadmc_deploy.errors import LatencyModelError
+from hadmc_deploy.graph.types import DependencyGraph
+from hadmc_deploy.latency.alignment import off_grid_specs, probe_staircase
+from hadmc_deploy.latency.analytic import AnalyticLatencyModel
+from hadmc_deploy.latency.lut import IDENTITY_KEYS, LatencyTable, LutMeta
+from hadmc_deploy.latency.measure import backend_identity, get_backend, specs_for_graph
+from hadmc_deploy.latency.predictor import LutLatencyModel
+from hadmc_deploy.latency.repeat import measure_into_table, ort_preparer
+from hadmc_deploy.targets import TargetProfile
+from hadmc_deploy.ui import UI, quiet_ui
+
+#: bump when what a cached table means changes: older cached tables are then re-measured.
+METHOD = "measured-v2"
+
+
+@dataclass
+class MeasureOptions:
+    """How much to measure: grid points per channel axis, interleaved passes, runs per pass."""
+
+    grid_points: int = 4
+    passes: int = 3
+    runs_per_pass: int = 4
+    context: bool = True
+    context_rounds: int = 3
+    threads: int | None = None
+    exporter: str = "deploy"
+    #: "wall": deployment threads, wall clock; "cpu": one thread, CPU time (repeatable on a shared machine).
+    clock: str = "wall"
+
+
+def graph_signature(graph: DependencyGraph) -> str:
+    """sha256 of the layer graph (every layer's spec and groups, every group's width)."""
+    data = {
+        "layers": [[layer.spec.key(), list(layer.in_groups), layer.out_group] for layer in graph.layers],
+        "groups": [[g.id, g.width, g.prunable, g.min_width, g.granularity] for g in graph.groups],
+        "input": list(graph.input_shape),
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def cache_key(graph: DependencyGraph, target: TargetProfile, precision: str, batch: int, backend_version: str, device: dict[str, Any], clock: str = "wall") -> str:
+    """The cache key: model graph, machine identity (CPU model, ISA, cores), backend version, precision, batch."""
+    ident = {k: device.get(k) for k in IDENTITY_KEYS if k in device}
+    blob = json.dumps([METHOD, graph_signature(graph), target.name, precision, batch, backend_version, ident, clock], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def measure_table(
+    model: nn.Module,
+    graph: DependencyGraph,
+    input_shape: tuple[int, ...],
+    target: TargetProfile,
+    precision: str,
+    batch: int,
+    path: Path,
+    *,
+    budget_s: float | None = None,
+    options: MeasureOptions | None = None,
+    baseline_onnx: Path | None = None,
+    ui: UI | None = None,
+) -> tuple[LatencyTable, dict[str, Any]]:
+    """Measure (or finish) the table at `path`; returns it with what was done and how long it took."""
+    ui = ui or quiet_ui()
+    options = options or MeasureOptions()
+    backend = get_backend(target.backend)
+    if backend.name != "onnxruntime":
+        raise LatencyModelError(f"measuring on this machine needs ONNX Runtime; target {target.name!r} uses {backend.name}", hint="pass --lut with a table measured on the target")
+    backend.require()
+    version, device = backend_identity(backend)
+    start = time.monotonic()
+    deadline = None if budget_s is None else start + budget_s
+    shape = (batch, *input_shape[1:])
+    if path.exists():
+        from hadmc_deploy.latency.lut import read_table
+
+        table = read_table(path)
+    else:
+        table = LatencyTable(LutMeta(
+            target=target.name, backend=backend.name, backend_version=version or "unknown", device=device or {},
+            threads=1 if options.clock == "cpu" else options.threads or (device or {}).get("threads"), batch=batch, precision=precision,
+            alignment=target.alignment(precision),
+            method={"statistic": "mom", "passes": options.passes, "runs_per_pass": options.runs_per_pass, "method": METHOD, "clock": options.clock, "spinning": False},
+            int8_form=target.int8_form if precision == "int8" else None,
+        ))
+    info: dict[str, Any] = {"lut": str(path), "phases": {}}
+    if table.meta.method.get("clock", "wall") != options.clock:
+        raise LatencyModelError(f"{path} was measured with the {table.meta.method.get('clock')} clock, not {options.clock}", hint="use another cache directory or file")
+    prepare = ort_preparer(threads=options.threads, int8_form=target.int8_form, clock=options.clock)
+    t0 = time.monotonic()
+    if table.staircase is None:
+        staircase, points = probe_staircase(graph, prepare, precision=precision, batch=batch, passes=options.passes + 2, runs_per_pass=options.runs_per_pass, deadline=deadline)
+        for spec, mom, spread in points:
+            table.add(spec, mom, mom, options.passes * options.runs_per_pass, mom, mom_ms=mom, spread=spread, role="sweep")
+        table.staircase = staircase
+        table.save(path)
+    info["phases"]["staircase_s"] = round(time.monotonic() - t0, 2)
+    step = table.alignment()
+    t0 = time.monotonic()
+    grid = specs_for_graph(graph, step, precision=precision, batch=batch, points=options.grid_points)
+    n_grid, failed = measure_into_table(grid, table, path, prepare, passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, ui=ui)
+    off = off_grid_specs(graph, step, precision=precision, batch=batch)
+    n_off, failed2 = measure_into_table(off, table, path, prepare, role="off_grid", passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, ui=ui)
+    info["phases"]["layers_s"] = round(time.monotonic() - t0, 2)
+    refused = {line.split(": ", 1)[0] for line in failed + failed2}  # configurations the backend cannot build
+    complete = all(s in table or s.key() in refused for s in grid + off)
+    info.update({"step": step, "penalty": table.staircase.penalty, "grid_specs": len(grid), "off_grid_specs": len(off), "measured": n_grid + n_off, "failed": failed + failed2, "complete": complete})
+    if complete and options.context and table.context is None:
+        from hadmc_deploy.latency.context import fit_context
+
+        t0 = time.monotonic()
+        try:
+            fit_context(table, model, graph, shape, backend, rounds=options.context_rounds, threads=options.threads, exporter=options.exporter, baseline_onnx=baseline_onnx, clock=options.clock, ui=ui)
+        except LatencyModelError as exc:
+            ui.warn(f"no per-layer context correction: {exc.one_line()}")
+            info["context_error"] = exc.one_line()
+        info["phases"]["context_s"] = round(time.monotonic() - t0, 2)
+    table.meta.method["complete"] = complete
+    table.save(path)
+    info["seconds"] = round(time.monotonic() - start, 2)
+    return table, info
+
+
+def measured_latency_model(
+    graph: DependencyGraph,
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    target: TargetProfile,
+    precision: str,
+    batch: int,
+    cache_dir: str | Path,
+    *,
+    budget_s: float | None = 60.0,
+    options: MeasureOptions | None = None,
+    baseline_onnx: Path | None = None,
+    ui: UI | None = None,
+) -> tuple[LutLatencyModel, dict[str, Any]]:
+    """The measured model of `graph` on this machine: from `cache_dir` when a complete table for the
+    same graph, machine, backend version, precision and batch is there, else measured now (and cached).
+
+    info: {"cached": bool, "lut": path, "key": ..., "seconds": ..., "step": ..., ...}. A budget-limited
+    (incomplete) table still predicts (uncovered points extrapolate, labelled) and is resumed next time.
+    """
+    ui = ui or quiet_ui()
+    backend = get_backend(target.backend)
+    version, device = backend_identity(backend)
+    if version is None or device is None:
+        raise LatencyModelError(f"{backend.name} is not available on this machine", hint="install onnxruntime, or pass --lut")
+    key = cache_key(graph, target, precision, batch, version, device, (options or MeasureOptions()).clock)
+    path = Path(cache_dir) / f"lut-{precision}-b{batch}-{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        from hadmc_deploy.latency.lut import read_table
+
+        table = read_table(path)
+        if table.meta.method.get("complete"):
+            ui.log(f"latency table from cache: {path}")
+            return LutLatencyModel(table, AnalyticLatencyModel(target), source=str(path), ui=ui), {"cached": True, "lut": str(path), "key": key, "seconds": 0.0}
+    ui.log(f"measuring a {precision} batch-{batch} latency table on this machine (cached as {path})")
+    table, info = measure_table(model, graph, input_shape, target, precision, batch, path, budget_s=budget_s, options=options, baseline_onnx=baseline_onnx, ui=ui)
+    info.update({"cached": False, "key": key})
+    return LutLatencyModel(table, AnalyticLatencyModel(target), source=str(path), ui=ui), info

@@ -1,0 +1,202 @@
+"""Per-layer costs in context: profile a few whole deployed graphs, fit each layer's factor.
+
+The table prices every layer alone. In the deployed graph ONNX Runtime fuses
+convs with their adds and activations, keeps the NCHWc layout between aligned
+convs (and reorders around unaligned ones), folds Q/DQ pairs into integer
+kernels. Instead of one global scale and offset fitted on whole-model totals
+(ill-conditioned on plans of similar size), each weighted layer gets a factor
+per regime (aligned / unaligned): its profiled in-context time (kernel plus its
+share of the neighbouring glue, see ort_profile) divided by its table price,
+the median over the profiled plans where the layer was in that regime.
+
+The graphs profiled are the graphs that deploy: the plan is pruned by surgery,
+exported by `export_onnx` exactly as the build exports (`exporter="deploy"`) and
+built by the backend (`backend.build`: the same offline optimization and, for
+INT8, `write_qdq` with ORT's placement and the target's form), so what is
+profiled is the artifact's model file under the deployment session options.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from hadmc_deploy.errors import LatencyModelError
+from hadmc_deploy.graph.types import DependencyGraph
+from hadmc_deploy.latency.alignment import WEIGHTED_OPS
+from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
+from hadmc_deploy.latency.ort_profile import (
+    kernel_key,
+    layer_times,
+    match_by_key,
+    profile_session,
+    source_weighted_nodes,
+)
+from hadmc_deploy.ui import UI, quiet_ui
+
+#: a layer's factor is clipped to this multiple range of the median factor (a mapping or
+#: timing glitch on one layer must not make it free or 10x dearer).
+FACTOR_CLIP = 4.0
+
+
+def calibration_plans(graph: DependencyGraph, step: int) -> dict[str, dict[str, int]]:
+    """Full width (every layer aligned as the model is) and an off-grid plan (every prunable
+    group at ~75% of its width, one channel off the step): both regimes of every layer."""
+    off: dict[str, int] = {}
+    for g in graph.prunable_groups:
+        w = max(g.min_width, round(g.width * 0.75))
+        if step > 1 and w % step == 0:
+            w -= 1
+        if g.granularity > 1:
+            w = max(g.granularity, (w // g.granularity) * g.granularity)
+        off[g.id] = min(g.width, max(w, g.min_width, 1))
+    return {"full": graph.full_widths(), "offgrid": off}
+
+
+def _random_ranges(onnx_path: Path, input_shape: tuple[int, ...]) -> Any:
+    from hadmc_deploy.latency.whole_model import _timing_ranges
+
+    return _timing_ranges(onnx_path, input_shape)
+
+
+def whole_model_ms(model_path: Path, batch: int, threads: int | None, runs: int, clock: str = "wall") -> float:
+    """Median of `runs` runs of the model file (measuring session; clock "cpu": one thread, CPU time)."""
+    from hadmc_deploy.backends.ort_session import random_feeds
+    from hadmc_deploy.latency.repeat import clock_function, measuring_session
+
+    sess = measuring_session(model_path, 1 if clock == "cpu" else threads)
+    feeds = random_feeds(sess, batch=batch)
+    for _ in range(2):
+        sess.run(None, feeds)
+    now = clock_function(clock)
+    samples = []
+    for _ in range(runs):
+        start = now()
+        sess.run(None, feeds)
+        samples.append((now() - start) * 1000.0)
+    return statistics.median(samples)
+
+
+def build_deployed(
+    model: nn.Module,
+    graph: DependencyGraph,
+    widths: dict[str, int],
+    input_shape: tuple[int, ...],
+    backend: Any,
+    precision: str,
+    workdir: Path,
+    name: str,
+    *,
+    exporter: str = "deploy",
+    float_onnx: Path | None = None,
+) -> tuple[Path, Path]:
+    """(float ONNX of the plan, the built artifact's model file) exactly as a build deploys it."""
+    from hadmc_deploy.latency.whole_model import export_for_timing, pruned_module
+
+    if float_onnx is None:
+        torch.set_num_threads(1)
+        float_onnx = export_for_timing(pruned_module(model, graph, widths), input_shape, workdir / f"{name}.onnx", exporter=exporter)
+    ranges = _random_ranges(float_onnx, input_shape) if precision == "int8" else None
+    art = backend.build(float_onnx, precision, workdir / f"{name}-art", ranges=ranges)
+    return float_onnx, Path(art.model_path)
+
+
+def fit_context(
+    table: LatencyTable,
+    model: nn.Module,
+    graph: DependencyGraph,
+    input_shape: tuple[int, ...],
+    backend: Any,
+    *,
+    plans: dict[str, dict[str, int]] | None = None,
+    rounds: int = 3,
+    runs: int = 8,
+    threads: int | None = None,
+    exporter: str = "deploy",
+    baseline_onnx: Path | None = None,
+    clock: str = "wall",
+    ui: UI | None = None,
+) -> ContextCorrection:
+    """Profile `plans` (default: `calibration_plans`) as deployed, interleaved over `rounds`,
+    and set `table.context`. Raises LatencyModelError when kernels cannot be mapped to layers.
+
+    Every time is the minimum over rounds (load only adds time). With clock "cpu" the
+    sessions run one thread and whole-model times are CPU time; the profiler's kernel
+    times are wall clock, so there they only apportion the measured total."""
+    from hadmc_deploy.latency.predictor import LutLatencyModel
+
+    ui = ui or quiet_ui()
+    precision, batch = table.meta.precision, table.meta.batch
+    step = table.alignment()
+    plans = plans or calibration_plans(graph, step)
+    weighted_idx = [i for i, layer in enumerate(graph.layers) if layer.spec.op in WEIGHTED_OPS]
+    full = graph.full_widths()
+    with tempfile.TemporaryDirectory(prefix="hadmc-context-") as tmp:
+        built = {}
+        for name, widths in ui.track(list(plans.items()), "building deployed plans"):
+            reuse = baseline_onnx if (baseline_onnx is not None and widths == full) else None
+            built[name] = build_deployed(model, graph, widths, input_shape, backend, precision, Path(tmp), name, exporter=exporter, float_onnx=reuse)
+        sources = {name: onnx.load(str(f), load_external_data=False) for name, (f, _) in built.items()}
+        layer_keys = [(i, kernel_key("Conv" if graph.layers[i].spec.op != "linear" else "Gemm", [0, 0, *graph.layers[i].spec.kernel])) for i in weighted_idx]
+        node_of_layer: dict[str, dict[int, str]] = {}
+        for name, src in sources.items():
+            nodes = source_weighted_nodes(src)
+            pairs = match_by_key(layer_keys, nodes)
+            if pairs is None:
+                raise LatencyModelError(
+                    f"plan {name!r} exports {len(nodes)} weighted nodes that do not pair with the {len(weighted_idx)} weighted layers of the graph",
+                    hint="the per-layer context correction is not available for this model",
+                )
+            node_of_layer[name] = {layer_keys[a][0]: nodes[b][0] for a, b in pairs}
+        best: dict[str, list[float]] = {}
+        walls: dict[str, float] = {}
+        for _ in ui.track(range(rounds), "profiling deployed plans (interleaved)"):
+            for name, (_, art) in built.items():
+                prof = profile_session(art, batch=batch, threads=1 if clock == "cpu" else threads, runs=runs)
+                by_node = layer_times(prof, sources[name])
+                times = [by_node[node_of_layer[name][i]] for i in weighted_idx]
+                best[name] = times if name not in best else [min(a, b) for a, b in zip(best[name], times, strict=True)]
+                walls[name] = min(walls.get(name, float("inf")), whole_model_ms(art, batch, threads, runs, clock))
+    raw_model = LutLatencyModel(replace(table, context=None, feedback=None, correction=None), source="<context fit>")
+    estimates: list[dict[str, list[float]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
+    overheads, fitted_on = [], []
+    for name, widths in plans.items():
+        specs = [replace(s, precision=precision, batch=batch) for s in graph.layer_specs(widths)]
+        raw = [raw_model.layer_ms(s)[0] for s in specs]
+        ctx = best[name]
+        kernel_sum = sum(ctx)
+        scale = min(1.0, walls[name] / kernel_sum) if kernel_sum > 0 else 1.0  # the profiler's own cost, if any
+        overheads.append(max(0.0, walls[name] - kernel_sum * scale))
+        full_specs = graph.layer_specs()
+        for i, t in zip(weighted_idx, ctx, strict=True):
+            s, fs = specs[i], full_specs[i]
+            aligned = all(c % step == 0 or c == f for c, f in ((s.in_channels, fs.in_channels), (s.out_channels, fs.out_channels)))
+            estimates[i]["aligned" if aligned else "unaligned"].append(t * scale / max(raw[i], 1e-9))
+        fitted_on.append({"plan": name, "measured_ms": walls[name], "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw)})
+    all_f = [v for e in estimates for lst in e.values() for v in lst]
+    median_f = statistics.median(all_f) if all_f else 1.0
+    factors = []
+    for i, (layer, est) in enumerate(zip(graph.layers, estimates, strict=True)):
+        fs = graph.layer_specs()[i]
+        entry: dict[str, float] = {"full_in": fs.in_channels, "full_out": fs.out_channels, "aligned": 0.0, "unaligned": 0.0}
+        if layer.spec.op in WEIGHTED_OPS:
+            got = {k: statistics.median(v) for k, v in est.items() if v}
+            for regime in ("aligned", "unaligned"):
+                f = got.get(regime, got.get("unaligned" if regime == "aligned" else "aligned", median_f))
+                entry[regime] = min(max(f, median_f / FACTOR_CLIP), median_f * FACTOR_CLIP)
+        factors.append(entry)
+    signature = [replace(s, precision=precision, batch=batch).shape_key() for s in graph.layer_specs()]
+    ctx_corr = ContextCorrection(signature, factors, statistics.median(overheads), step, fitted_on)
+    table.context = ctx_corr
+    check = LutLatencyModel(table, source="<context fit>")
+    for row, widths in zip(fitted_on, plans.values(), strict=True):
+        row["predicted_ms"] = check.predict([replace(s, precision=precision, batch=batch) for s in graph.layer_specs(widths)]).total_ms
+    ui.log("context correction: " + ", ".join(f"{r['plan']} predicted {r['predicted_ms']:.3f} / measured {r['measured_ms']:.3f} ms" for r in fitted_on))
+    return ctx_corr

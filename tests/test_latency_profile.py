@@ -1,0 +1,98 @@
+"""ONNX Runtime profiling of real sessions: kernels mapped to layers, INT8 vs FP32 per layer, measured tables."""
+
+from __future__ import annotations
+
+import onnx  # noqa: E402  (after torch, as elsewhere in the tests)
+import pytest
+import torch
+
+from hadmc_deploy.calibration.qdq import write_qdq
+from hadmc_deploy.graph.trace import trace
+from hadmc_deploy.latency.auto import MeasureOptions, measured_latency_model
+from hadmc_deploy.latency.ort_profile import (
+    KernelTime,
+    SessionProfile,
+    int8_slow_layers,
+    layer_times,
+    match_by_key,
+    parse_profile,
+    profile_session,
+    source_weighted_nodes,
+)
+from hadmc_deploy.latency.whole_model import _timing_ranges, export_for_timing
+from hadmc_deploy.models.demo import demo_cnn
+from hadmc_deploy.targets import get_target
+
+
+def test_glue_is_split_between_neighbouring_weighted_kernels():
+    prof = SessionProfile([
+        KernelTime("q", "QuantizeLinear", 0.1), KernelTime("c1", "QLinearConv", 1.0, ("conv",)),
+        KernelTime("r", "ReorderOutput", 0.4), KernelTime("c2", "Conv", 2.0, ("conv", 1, 1)), KernelTime("dq", "DequantizeLinear", 0.3),
+    ], run_ms=4.0, runs=1)
+    assert prof.weighted_times() == pytest.approx([1.0 + 0.1 + 0.2, 2.0 + 0.2 + 0.3])
+    assert sum(prof.weighted_times()) == pytest.approx(prof.kernel_sum_ms)
+
+
+def test_matching_follows_keys_not_order():
+    layers = [("conv1", ("conv", 3, 3)), ("conv2", ("conv", 3, 3)), ("down", ("conv", 1, 1)), ("fc", ("linear",))]
+    kernels = [("k_down", ("conv", 1, 1)), ("k1", ("conv", 3, 3)), ("k2", ("conv",)), ("k_fc", ("linear",))]
+    pairs = match_by_key(layers, kernels)
+    assert [(layers[i][0], kernels[j][0]) for i, j in pairs] == [("conv1", "k1"), ("conv2", "k2"), ("down", "k_down"), ("fc", "k_fc")]
+    assert match_by_key(layers, kernels[:3]) is None
+
+
+def test_parse_profile_takes_the_median_after_warmup():
+    events = [{"cat": "Node", "name": "c_kernel_time", "dur": d, "args": {"op_name": "Conv", "input_type_shape": [{"float": [1, 3, 8, 8]}, {"float": [4, 3, 3, 3]}]}} for d in (900, 100, 200, 300)]
+    events += [{"cat": "Session", "name": "model_run", "dur": d} for d in (1000, 400, 500, 600)]
+    prof = parse_profile(events, warmup=1)
+    assert prof.kernels[0].ms == pytest.approx(0.2) and prof.kernels[0].key == ("conv", 3, 3) and prof.run_ms == pytest.approx(0.5)
+
+
+@pytest.fixture(scope="module")
+def demo_onnx(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("prof")
+    torch.manual_seed(0)
+    shape = (2, 1, 28, 28)
+    f = export_for_timing(demo_cnn().eval(), shape, tmp / "f.onnx", exporter="fast")
+    q = write_qdq(f, _timing_ranges(f, shape), tmp / "q.onnx", form="qdq_s8s8", placement="onnxruntime")
+    return f, q
+
+
+def test_profiled_session_maps_every_weighted_node(demo_onnx):
+    f, q = demo_onnx
+    src = onnx.load(str(f))
+    names = [n for n, _ in source_weighted_nodes(src)]
+    for path in (f, q):
+        times = layer_times(profile_session(path, batch=2, runs=3), src)
+        assert sorted(times) == sorted(names) and all(t > 0 for t in times.values())
+
+
+def test_int8_slow_layers_times_both_graphs(demo_onnx):
+    f, q = demo_onnx
+    slow, timings = int8_slow_layers(f, q, 2, rounds=1, runs=3)
+    names = {n for n, _ in source_weighted_nodes(onnx.load(str(f)))}
+    assert {t.node for t in timings} == names and set(slow) <= names
+    assert all(t.fp32_ms > 0 and t.int8_ms > 0 for t in timings)
+    assert all(t.slower_in_int8 for t in timings if t.node in slow)
+
+
+def test_measured_model_is_cached_per_graph_and_machine(tmp_path):
+    torch.manual_seed(0)
+    model = demo_cnn().eval()
+    shape = (1, 1, 28, 28)
+    graph = trace(model, shape)
+    opts = MeasureOptions(grid_points=2, passes=2, runs_per_pass=2, context_rounds=1, exporter="fast")
+    lm, info = measured_latency_model(graph, model, shape, get_target("cpu"), "fp32", 1, tmp_path, budget_s=120, options=opts)
+    assert not info["cached"] and info["complete"] and lm.table.staircase is not None
+    assert lm.table.context is not None and len(lm.table.context.factors) == len(graph.layers)  # profiled in context
+    assert lm.table.alignment() == lm.table.staircase.step >= 1
+    assert {e.role for e in lm.table.entries.values()} >= {"grid", "sweep"}
+    assert all(e.spread is not None for e in lm.table.entries.values())
+    pred = lm.predict(graph.layer_specs())
+    assert pred.total_ms > 0 and pred.source == "lut"
+    lm2, info2 = measured_latency_model(graph, model, shape, get_target("cpu"), "fp32", 1, tmp_path, options=opts)
+    assert info2["cached"] and lm2.predict(graph.layer_specs()).total_ms == pytest.approx(pred.total_ms)
+    other = trace(demo_cnn(num_classes=5).eval(), shape)  # another graph: another cache entry
+    from hadmc_deploy.latency.auto import graph_signature
+
+    assert graph_signature(other) != graph_signature(graph)

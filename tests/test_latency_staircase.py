@@ -1,0 +1,125 @@
+"""The measured staircase: step detection, penalty pricing, regularised fits, feedback, self-check."""
+
+from __future__ import annotations
+
+import pytest
+
+from hadmc_deploy.errors import LatencyModelError
+from hadmc_deploy.latency.alignment import detect_step
+from hadmc_deploy.latency.lut import (
+    ContextCorrection,
+    Correction,
+    LatencyTable,
+    LutMeta,
+    Staircase,
+    read_table,
+)
+from hadmc_deploy.latency.predictor import LutLatencyModel, context_factor, fit_regularised
+from hadmc_deploy.latency.selfcheck import self_check
+from hadmc_deploy.specs import LayerSpec
+
+BASE = LayerSpec("conv", 32, 32, (3, 3), (1, 1), (1, 1), in_hw=(16, 16), out_hw=(16, 16), activation="relu")
+
+
+def _ceil(c, s):
+    return -(-c // s) * s
+
+
+def test_detects_a_padding_staircase():
+    times = {c: 1.0 + 0.01 * _ceil(c, 16) for c in range(96, 129)}
+    step, penalty, mode = detect_step(times)
+    assert (step, mode) == (16, "pad") and penalty == pytest.approx(1.0, abs=0.01)
+
+
+def test_detects_unaligned_counts_leaving_the_blocked_kernel():
+    # aligned counts on a line, every other count 1.5x that line (ONNX Runtime's NCHW fallback)
+    times = {c: (0.02 * c) * (1.0 if c % 16 == 0 else 1.5) for c in range(32, 65)}
+    step, penalty, mode = detect_step(times)
+    assert (step, mode) == (16, "line") and penalty == pytest.approx(1.5, rel=0.02)
+
+
+def test_no_step_on_a_smooth_line_and_no_monotonicity_assumed():
+    assert detect_step({c: 0.02 * c for c in range(32, 65)})[0] == 1
+    # INT8-like: the aligned 40 is slower than 48 (not monotone); a step of 8 is still found
+    times = {c: (0.03 * c) * (1.0 if c % 8 == 0 else 1.6) for c in range(32, 65)}
+    times[40] *= 1.3
+    assert detect_step(times)[0] == 8
+
+
+def _table(step: int = 16, penalty: float = 1.5, mode: str = "line") -> LatencyTable:
+    table = LatencyTable(meta=LutMeta("cpu", "onnxruntime", "x", {}, 2, 1, "fp32", 8))
+    for cin in (16, 32, 48, 64):
+        for cout in (16, 32, 48, 64):
+            table.add(BASE.with_channels(cin, cout), 0.001 * cin * cout, 0.0, 1)
+    table.staircase = Staircase(step, penalty, {"conv": {"step": step, "penalty": penalty, "mode": mode}}, mode)
+    return table
+
+
+def test_unaligned_width_is_priced_with_the_measured_penalty():
+    model = LutLatencyModel(_table())
+    aligned = model.predict([BASE.with_channels(32, 48)]).total_ms
+    unaligned = model.predict([BASE.with_channels(32, 40)]).total_ms
+    assert aligned == pytest.approx(0.001 * 32 * 48)
+    assert unaligned == pytest.approx(1.5 * 0.001 * 32 * 40)  # line x penalty, not rounded up to 48
+    assert unaligned > aligned  # slower than the next aligned count: why round_to matters
+    pad = LutLatencyModel(_table(mode="pad", penalty=1.0)).predict([BASE.with_channels(32, 40)]).total_ms
+    assert pad == pytest.approx(aligned)
+
+
+def test_points_just_off_the_grid_set_their_familys_penalty():
+    table = _table(penalty=1.5)
+    table.add(BASE.with_channels(64, 63), 1.2 * 0.001 * 64 * 63, 0.0, 1, role="off_grid")
+    model = LutLatencyModel(table)
+    assert model.predict([BASE.with_channels(64, 40)]).total_ms == pytest.approx(1.2 * 0.001 * 64 * 40)
+
+
+def test_alignment_comes_from_the_table(tmp_path):
+    table = _table(step=16)
+    assert table.alignment() == 16 and table.alignment("fp32") == 16
+    with pytest.raises(LatencyModelError):
+        table.alignment("int8")
+    table.staircase = None
+    assert table.alignment() == 8  # no probe: the target's assumed alignment
+
+
+def test_schema_two_round_trip_and_schema_one_still_reads(tmp_path):
+    table = _table()
+    table.context = ContextCorrection(["a"], [{"aligned": 0.5, "unaligned": 0.9, "full_in": 32, "full_out": 32}], 0.1, 16)
+    table.feedback = Correction(1.1, 0.0)
+    path = tmp_path / "t.json"
+    table.save(path)
+    assert read_table(path).to_dict() == table.to_dict()
+    old = table.to_dict()
+    old["schema_version"] = 1
+    for key in ("staircase", "context", "feedback"):
+        old.pop(key)
+    assert LatencyTable.from_dict(old).staircase is None
+
+
+def test_context_factor_regimes():
+    f = {"aligned": 0.5, "unaligned": 0.9, "full_in": 3, "full_out": 64}
+    assert context_factor(f, BASE.with_channels(3, 48), 16) == 0.5  # 3 is the full (fixed) input
+    assert context_factor(f, BASE.with_channels(3, 47), 16) == 0.9
+
+
+def test_regularised_fit_refuses_ill_conditioned_plans():
+    # three plans whose layer sums barely differ (issue 13 saw scale 2.49, offset -13.35 ms)
+    fit = fit_regularised([8.22, 7.87, 7.92], [7.1, 5.0, 7.6])
+    assert fit.offset_ms == 0.0 and fit.how.startswith("ratio")
+    assert 0.33 <= fit.scale <= 3.0
+    assert fit_regularised([1.0], [100.0]).scale == 3.0  # clipped, never absurd
+    good = fit_regularised([1.0, 2.0, 4.0], [1.7, 3.2, 6.2])
+    assert good.how == "least squares" and good.scale == pytest.approx(1.5, rel=0.05)
+
+
+def test_self_check_feeds_a_miss_back_and_leaves_a_hit_alone():
+    model = LutLatencyModel(_table())
+    full, small = [BASE.with_channels(64, 64)], [BASE.with_channels(32, 32)]
+    p_full, p_small = model.predict(full).total_ms, model.predict(small).total_ms
+    check, same = self_check(model, {"baseline": (full, p_full * 1.05), "plan": (small, p_small * 0.97)})
+    assert not check.flagged and same is model
+    check, corrected = self_check(model, {"baseline": (full, p_full * 2.0), "plan": (small, p_small * 2.0)})
+    assert check.flagged and check.corrected and corrected is not model
+    assert corrected.predict(full).total_ms == pytest.approx(2.0 * p_full, rel=0.02)
+    assert model.predict(full).total_ms == pytest.approx(p_full)  # the original is untouched
+    assert check.to_dict()["max_abs_error"] == pytest.approx(0.5, rel=0.01)
