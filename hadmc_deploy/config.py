@@ -57,7 +57,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("budget_rounds", "int", 3, "search -> build -> measure rounds to meet a latency budget (each miss corrects the latency model)", metavar="N", section="search"),
     Option("ignore", "strs", (), "layers kept intact (repeatable)", metavar="NAME", section="search"),
     Option("lut", "str", None, "latency table (JSON) measured on the target", metavar="LUT", section="latency"),
-    Option("measure_lut", "bool", False, "measure a latency table for this model on this machine's backend first", section="latency"),
+    Option("measure_lut", "bool", None, "measure a latency table for this model through this machine's backend (default: when a latency budget is given and the target is this CPU; tables are cached across builds)", section="latency"),
     Option("lut_minutes", "float", 10.0, "time budget for --measure-lut (an unfinished table resumes on the next build)", metavar="MIN", section="latency"),
     Option("train", "str", None, "training data for recovery (e.g. builtin:fashion-mnist:train)", metavar="DATA", section="data"),
     Option("calib", "str", None, "calibration data for INT8 (default: the --train data)", metavar="DATA", section="data"),

@@ -127,7 +127,7 @@ def build_report(ctx: Any, partial: bool = False) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "build_dir": str(plan.out_dir),
         "model": {"source": plan.model, "arch": load.get("arch", plan.arch), "kind": load.get("kind"), "input_shape": list(plan.input_shape), "params": load.get("params"), "macs": load.get("macs"), "num_classes": load.get("num_classes")},
-        "target": {"name": plan.target.name, "backend": plan.target.backend, "description": plan.target.description, "isa": plan.target.isa, "int8_form": plan.target.int8_form, "precision": plan.precision, "round_to": plan.round_to},
+        "target": {"name": plan.target.name, "backend": plan.target.backend, "description": plan.target.description, "isa": plan.target.isa, "int8_form": plan.target.int8_form, "precision": plan.precision, "round_to": plan.settings.search.round_to or res.get("latency model", {}).get("measured_step") or plan.round_to},
         "options": {k: list(v) if isinstance(v, tuple) else v for k, v in plan.options.items()},
         "stages": [o.to_dict() for o in ctx.outcomes],
         "latency_model": {k: v for k, v in res.get("latency model", {}).items() if not k.startswith("_")},

@@ -17,7 +17,7 @@ from hadmc_deploy.report_md import render_markdown
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("schema") / "b"
-    argv = ["build", "--arch", TINY_ARCH, "--input-shape", "1,1,16,16", "--target", "cpu", "--precision", "fp32", "--eval", DIGITS_TEST,
+    argv = ["build", "--arch", TINY_ARCH, "--input-shape", "1,1,16,16", "--target", "cpu", "--precision", "fp32", "--no-measure-lut", "--eval", DIGITS_TEST,
             "--batch", "1", "--runs", "3", "--warmup", "1", "--out", str(out), "-q"]
     assert main(argv) == 0
     return json.loads((out / "report.json").read_text())

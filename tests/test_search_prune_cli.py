@@ -59,7 +59,7 @@ def test_prune_cli_speedup_end_to_end(tmp_path, capsys) -> None:
     # --precision fp32: prune prices plans at the build's precision (INT8 by default on cpu); this
     # tiny model's FP32 budget is the one this test was written for
     common = [str(ckpt), "--arch", ARCH, "--arch-kwargs", json.dumps(KWARGS), "--input-shape", "1,1,8,8", "--target", "cpu", "--round-to", "4",
-              "--precision", "fp32", "--timing-rounds", "1", "-q"]
+              "--precision", "fp32", "--no-measure-lut", "--timing-rounds", "1", "-q"]
     code = main(["prune", *common, "--speedup", "1.08", "--train", "builtin:digits:train", "--eval", "builtin:digits:test", "--epochs", "1", "-o", str(out), "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err

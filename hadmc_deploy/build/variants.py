@@ -49,3 +49,24 @@ def scales_name(model: str) -> str:
 
 def variant_name(model: str, precision: str) -> str:
     return f"{model}-{precision}"
+
+
+def mixed_name(model: str, form: str) -> str:
+    return f"{'baseline_' if model == 'baseline' else ''}{form}_mixed.onnx"
+
+
+def mixed_models(ctx: BuildContext) -> list[str]:
+    """Models for which the quantize stage wrote a mixed graph (INT8 where it was measured to pay)."""
+    quant = ctx.results.get("quantize", {})
+    return [m for m in models(ctx) if (quant.get(m) or {}).get("mixed")]
+
+
+def all_variants(ctx: BuildContext) -> list[tuple[str, str]]:
+    """(model, precision) of every variant, "mixed" after the model's INT8 one."""
+    out = []
+    mixed = mixed_models(ctx)
+    for model in models(ctx):
+        out += [(model, p) for p in precisions(ctx)]
+        if model in mixed:
+            out.append((model, "mixed"))
+    return out

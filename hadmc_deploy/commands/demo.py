@@ -127,7 +127,6 @@ def demo_build(checkpoint: Path, record: dict[str, Any], *, target: str, speedup
                 "target": target,
                 "out": str(out_dir),
                 "speedup": s,
-                "measure_lut": get_target(target).backend == "onnxruntime",
                 "lut_minutes": 2.0,
                 "train": record.get("train_data"),
                 "eval": record.get("eval_data"),

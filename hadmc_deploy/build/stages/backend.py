@@ -10,7 +10,7 @@ from typing import Any
 from hadmc_deploy.backends import Backend, BuildRequest, get
 from hadmc_deploy.backends.tensorrt_artifact import fallback_message
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.variants import float_onnx, models, precisions, qdq_name, scales_name, variant_name
+from hadmc_deploy.build.variants import all_variants, float_onnx, models, qdq_name, scales_name, variant_name
 from hadmc_deploy.calibration.ranges import ActivationRanges
 from hadmc_deploy.errors import BackendUnavailableError
 from hadmc_deploy.targets import TargetProfile, get_target
@@ -31,22 +31,23 @@ def build_variants(ctx: BuildContext, backend: Backend, target: TargetProfile) -
     quant = ctx.results.get("quantize", {})
     names = models(ctx)
     built = []
-    for model in names:
-        for precision in precisions(ctx):
-            name = variant_name(model, precision)
-            int8 = precision == "int8"
-            qdq = ctx.path(qdq_name(model, ctx.plan.target.int8_form))
-            cache = ctx.path("calibration.cache")
-            request = BuildRequest(
-                onnx_path=float_onnx(ctx, model), precision=precision, out_dir=ctx.path(f"artifacts/{target.name}/{name}"), target=target,
-                ranges=ActivationRanges.load(ctx.path(scales_name(model))) if int8 else None,
-                qdq_graph=qdq if int8 and qdq.is_file() else None,
-                calibration_cache=cache if int8 and model == names[-1] and cache.is_file() else None,
-                float_nodes=tuple(f["node"] for f in quant.get("float_nodes", {}).get(model, [])),
-                ui=ctx.ui,
-            )
-            artifact = backend.build(request)
-            built.append({"name": name, "model": model, "precision": precision, "backend": backend.name, "target": target.name, "artifact": str(Path(artifact.path).relative_to(ctx.plan.out_dir))})
+    for model, precision in all_variants(ctx):
+        name = variant_name(model, precision)
+        int8 = precision in ("int8", "mixed")
+        mixed = (quant.get(model) or {}).get("mixed") if precision == "mixed" else None
+        qdq = ctx.path(mixed["path"] if mixed else qdq_name(model, ctx.plan.target.int8_form))
+        cache = ctx.path("calibration.cache")
+        float_nodes = mixed["float_nodes"] if mixed else [f["node"] for f in quant.get("float_nodes", {}).get(model, [])]
+        request = BuildRequest(
+            onnx_path=float_onnx(ctx, model), precision="int8" if int8 else precision, out_dir=ctx.path(f"artifacts/{target.name}/{name}"), target=target,
+            ranges=ActivationRanges.load(ctx.path(scales_name(model))) if int8 else None,
+            qdq_graph=qdq if int8 and qdq.is_file() else None,
+            calibration_cache=cache if int8 and model == names[-1] and cache.is_file() else None,
+            float_nodes=tuple(float_nodes),
+            ui=ctx.ui,
+        )
+        artifact = backend.build(request)
+        built.append({"name": name, "model": model, "precision": precision, "backend": backend.name, "target": target.name, "artifact": str(Path(artifact.path).relative_to(ctx.plan.out_dir))})
     return built
 
 

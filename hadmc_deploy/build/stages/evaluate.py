@@ -9,7 +9,7 @@ from typing import Any
 from hadmc_deploy.backends import Artifact, get
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import data_hash, dataset, graph, latency_model, with_precision
-from hadmc_deploy.build.variants import float_onnx, models, precisions, qdq_name, variant_name
+from hadmc_deploy.build.variants import all_variants, float_onnx, qdq_name, variant_name
 from hadmc_deploy.evaluate import artifact_accuracy, benchmark_artifact, file_size, onnx_accuracy
 from hadmc_deploy.fileio import sha256_file
 
@@ -23,7 +23,7 @@ def predicted(ctx: BuildContext, model: str, precision: str) -> dict[str, Any]:
     """Latency-model prediction for a variant at each batch size, with what made it."""
     widths = ctx.results.get("search", {}).get("keep", {}) if model == "pruned" else {}
     lm = latency_model(ctx)
-    specs = with_precision(graph(ctx).layer_specs(widths or None), precision)
+    specs = with_precision(graph(ctx).layer_specs(widths or None), "int8" if precision == "mixed" else precision)
     out = {}
     for batch in ctx.plan.batch_sizes:
         pred = lm.predict([replace(s, batch=batch) for s in specs])
@@ -39,29 +39,29 @@ def run(ctx: BuildContext) -> StageResult:
     form = ctx.plan.target.int8_form
     bench = ctx.settings.benchmark
     rows = []
-    for model in models(ctx):
-        for precision in precisions(ctx):
-            name = variant_name(model, precision)
-            onnx_file = float_onnx(ctx, model) if precision != "int8" else ctx.path(qdq_name(model, form))
-            row: dict[str, Any] = {"name": name, "model": model, "precision": precision, "params": params[model], "macs": macs[model], "onnx": onnx_file.name, "onnx_sha256": sha256_file(onnx_file)}
-            row["predicted"] = predicted(ctx, model, precision)
-            entry = built.get(name)
-            if entry is None and precision == "fp16":
-                continue  # FP16 only means something as an engine built on the target
-            if entry is not None:
-                backend = get(entry["backend"])
-                artifact = Artifact.load(ctx.path(entry["artifact"]))
-                row.update({"backend": entry["backend"], "target": entry["target"], "artifact": entry["artifact"], "file_bytes": file_size(artifact.model_path)})
-                row["accuracy"] = artifact_accuracy(backend, artifact, evald, ui=ctx.ui) if evald is not None else None
-                row["accuracy_measured_with"] = f"{entry['backend']} artifact"
-                lat = benchmark_artifact(backend, artifact, ctx.plan.batch_sizes, warmup=bench.warmup, runs=bench.runs, ui=ctx.ui)
-                row["latency"] = {str(b): s for b, s in lat.per_batch.items()}
-                row["session"] = {k: artifact.metadata.get(k) for k in ("session_options", "backend_version", "device", "precision_path", "int8_form") if k in artifact.metadata}
-            else:
-                row.update({"backend": None, "artifact": None, "file_bytes": file_size(onnx_file), "latency": {}})
-                row["accuracy"] = onnx_accuracy(onnx_file, evald, ui=ctx.ui) if evald is not None else None
-                row["accuracy_measured_with"] = "onnxruntime CPU on the portable ONNX (no artifact built here)"
-            rows.append(row)
+    quant = ctx.results.get("quantize", {})
+    for model, precision in all_variants(ctx):
+        name = variant_name(model, precision)
+        onnx_file = {"int8": ctx.path(qdq_name(model, form)), "mixed": ctx.path((quant.get(model) or {}).get("mixed", {}).get("path", ""))}.get(precision, float_onnx(ctx, model))
+        row: dict[str, Any] = {"name": name, "model": model, "precision": precision, "params": params[model], "macs": macs[model], "onnx": onnx_file.name, "onnx_sha256": sha256_file(onnx_file)}
+        row["predicted"] = predicted(ctx, model, precision)
+        entry = built.get(name)
+        if entry is None and precision == "fp16":
+            continue  # FP16 only means something as an engine built on the target
+        if entry is not None:
+            backend = get(entry["backend"])
+            artifact = Artifact.load(ctx.path(entry["artifact"]))
+            row.update({"backend": entry["backend"], "target": entry["target"], "artifact": entry["artifact"], "file_bytes": file_size(artifact.model_path)})
+            row["accuracy"] = artifact_accuracy(backend, artifact, evald, ui=ctx.ui) if evald is not None else None
+            row["accuracy_measured_with"] = f"{entry['backend']} artifact"
+            lat = benchmark_artifact(backend, artifact, ctx.plan.batch_sizes, warmup=bench.warmup, runs=bench.runs, ui=ctx.ui)
+            row["latency"] = {str(b): s for b, s in lat.per_batch.items()}
+            row["session"] = {k: artifact.metadata.get(k) for k in ("session_options", "backend_version", "device", "precision_path", "int8_form") if k in artifact.metadata}
+        else:
+            row.update({"backend": None, "artifact": None, "file_bytes": file_size(onnx_file), "latency": {}})
+            row["accuracy"] = onnx_accuracy(onnx_file, evald, ui=ctx.ui) if evald is not None else None
+            row["accuracy_measured_with"] = "onnxruntime CPU on the portable ONNX (no artifact built here)"
+        rows.append(row)
     add_speedups(rows)
     summary = "; ".join(f"{r['name']} {r['accuracy']:.2f}%" for r in rows if r.get("accuracy") is not None) or f"{len(rows)} variants"
     return StageResult({"variants": rows, "eval_source": ctx.settings.data.eval, "eval_samples": len(evald) if evald is not None else 0, "_summary": summary})

@@ -1,8 +1,12 @@
-"""Stage 3, latency model: a table given (--lut), from the target profile, or measured here
-(--measure-lut) through the target's backend; the analytic roofline, labelled, otherwise."""
+"""Stage 3, latency model: a table given (--lut) or from the target profile; otherwise, when the
+build runs on its target (ONNX Runtime on this CPU), a table measured here for this model,
+cached across builds by graph, machine, backend version, precision and batch; the analytic
+roofline, labelled, only for targets that are not this machine (or with --no-measure-lut)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +15,7 @@ from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import graph, latency_model, loaded_model, with_precision
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.fileio import sha256_file
-from hadmc_deploy.latency.measure import backend_timer, measure_specs, open_table, specs_for_graph
-from hadmc_deploy.latency.whole_model import fit_table_correction
+from hadmc_deploy.latency.auto import MeasureOptions, measured_latency_model
 
 SOURCE_LABELS = {
     "lut": "measured LUT",
@@ -21,16 +24,35 @@ SOURCE_LABELS = {
 }
 
 
+def cache_dir() -> Path:
+    """Where measured tables are kept between builds ($HADMC_CACHE, else the user's cache folder)."""
+    root = os.environ.get("HADMC_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hadmc-deploy")
+    return Path(root) / "lut"
+
+
+def measures_here(ctx: BuildContext) -> bool:
+    """Measure a table when a latency budget needs one and none is given, and the target's backend
+    is this machine's ONNX Runtime (--measure-lut / --no-measure-lut decide explicitly)."""
+    lat = ctx.settings.latency
+    if lat.lut or ctx.plan.target.lut_path:
+        return False
+    if lat.measure_lut is not None:
+        return bool(lat.measure_lut)
+    return ctx.settings.search.latency_budget and ctx.plan.target.backend == "onnxruntime" and get_backend("onnxruntime").available()[0]
+
+
 def inputs(ctx: BuildContext) -> dict[str, Any]:
     lat = ctx.settings.latency
     lut = lat.lut or ctx.plan.target.lut_path
+    measure = measures_here(ctx)
     return {
         "target": ctx.plan.target.to_dict(),
         "lut": lut,
         "lut_sha256": sha256_file(lut) if lut and Path(lut).is_file() else None,
-        "measure_lut": lat.measure_lut,
-        "lut_minutes": lat.lut_minutes if lat.measure_lut else None,
+        "measure": measure,
+        "lut_minutes": lat.lut_minutes if measure else None,
         "precision": ctx.plan.precision,
+        "batch": ctx.plan.input_shape[0],
     }
 
 
@@ -40,17 +62,18 @@ def run(ctx: BuildContext) -> StageResult:
     lut = lat.lut or ctx.plan.target.lut_path
     how = "given with --lut" if lat.lut else ("from the target profile" if lut else "")
     measured = None
-    if lat.measure_lut:
-        # One file per (precision, batch): a table only holds one, and each is reused by later builds.
-        lut_out = ctx.path(f"lut-{ctx.plan.precision}-b{ctx.plan.input_shape[0]}.json")
-        measured = _measure_lut(ctx, lut_out)
-        lut, how = str(lut_out), f"measured here with --measure-lut on {ctx.plan.target.backend} ({measured['measured']} new, {measured['cached']} reused points)"
-        outputs.append(lut_out)
+    if measures_here(ctx):
+        measured, lut = _measure(ctx)
+        how = (f"measured on this machine through {ctx.plan.target.backend} in {measured.get('seconds', 0):.0f} s"
+               if not measured.get("cached") else "measured on this machine earlier (cached table for this graph, machine and backend)")
+        outputs.append(Path(lut))
     ctx.results["latency model"] = {"lut_path": lut}
+    ctx.forget("latency")
     lm = latency_model(ctx)
     specs = with_precision(graph(ctx).layer_specs(), ctx.plan.precision)
     pred = lm.predict(specs)
     label = SOURCE_LABELS.get(pred.source, pred.source)
+    table = getattr(lm, "table", None)
     result = {
         "source": pred.source,
         "label": label,
@@ -58,33 +81,41 @@ def run(ctx: BuildContext) -> StageResult:
         "lut_how": how or "none: the analytic model from the target's datasheet",
         "baseline_predicted_ms": float(pred.total_ms),
         "precision": ctx.plan.precision,
+        # the channel step measured on this machine (None: the target's assumed alignment applies)
+        "measured_step": table.alignment() if table is not None and getattr(table, "staircase", None) is not None else None,
         "measured": measured,
         "_summary": f"{label}; baseline predicted {pred.total_ms:.3f} ms at batch {ctx.plan.input_shape[0]}",
     }
-    if pred.source != "lut" and (ctx.settings.search.latency_budget or ctx.settings.latency.lut):
-        ctx.ui.warn(f"latency model: {label}" + ("; pass --lut or --measure-lut for measured numbers" if pred.source == "analytic" else ""))
+    if pred.source != "lut" and (ctx.settings.search.latency_budget or lat.lut):
+        ctx.ui.warn(f"latency model: {label}" + ("; pass --lut, or build on the target for a measured table" if pred.source == "analytic" else ""))
     return StageResult(result, outputs)
 
 
-def _measure_lut(ctx: BuildContext, lut_out: Path) -> dict[str, Any]:
-    """Time this model's layers over a width grid through the target's backend (resumable)."""
+def _measure(ctx: BuildContext) -> tuple[dict[str, Any], str]:
+    """A table for this model measured through the target's backend (or reused from the cache),
+    copied into the build directory so the build stays reproducible from its own files."""
     target = ctx.plan.target
     backend = get_backend(target.backend)
     ok, reason = backend.available()
     if not ok:
-        raise LatencyModelError(f"--measure-lut needs the {target.backend} backend on this machine: {reason}", hint=f"measure on the {target.name} host with `hadmc-deploy lut`, then pass --lut")
-    batch, precision = ctx.plan.input_shape[0], ctx.plan.precision
-    warmup, runs = 5, 20
-    table = open_table(lut_out, target, backend, precision=precision, batch=batch, warmup=warmup, runs=runs, ui=ctx.ui)
-    specs = specs_for_graph(graph(ctx), ctx.plan.round_to, precision=precision, batch=batch)
-    report = measure_specs(specs, table, lut_out, backend_timer(backend, warmup, runs), budget_minutes=ctx.settings.latency.lut_minutes, ui=ctx.ui)
-    out = report.to_dict()
-    if not report.stopped_by_budget and not report.failed and (table.correction is None or report.measured):
-        # Without the whole-model correction a layer sum misprices the fused graph (for INT8
-        # badly: a 2.00x prediction measured 1.06x on the demo), so fit it on every complete table.
-        out["correction"] = fit_table_correction(loaded_model(ctx).model, graph(ctx), ctx.plan.input_shape, table, lut_out, backend, ctx.plan.round_to, ctx.ui)
-    ctx.forget("latency")
-    return out
+        raise LatencyModelError(f"measuring a latency table needs the {target.backend} backend on this machine: {reason}", hint=f"measure on the {target.name} host with `hadmc-deploy lut`, then pass --lut")
+    batch = ctx.plan.input_shape[0]
+    lm, info = measured_latency_model(
+        graph(ctx), loaded_model(ctx).model, ctx.plan.input_shape, target, ctx.plan.precision, batch, cache_dir(),
+        budget_s=ctx.settings.latency.lut_minutes * 60, options=MeasureOptions(clock="wall"), ui=ctx.ui,
+    )
+    local = ctx.path(f"lut-{ctx.plan.precision}-b{batch}.json")
+    shutil.copyfile(info["lut"], local)
+    info = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool, type(None), dict, list))}
+    return info, str(local)
+
+
+def round_to(ctx: BuildContext) -> int:
+    """The channel multiple plans are rounded to: --round-to, else the step measured here, else the target's."""
+    if ctx.settings.search.round_to:
+        return int(ctx.settings.search.round_to)
+    step = ctx.results.get("latency model", {}).get("measured_step")
+    return int(step) if step else ctx.plan.round_to
 
 
 STAGE = Stage("latency model", run, inputs, ("trace",), dry_run=True)

@@ -17,6 +17,7 @@ import numpy as np
 from hadmc_deploy.build.correction import LatencyCorrection
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import data_hash, dataset, graph, latency_model, loaded_model, with_precision
+from hadmc_deploy.build.stages.latency import round_to as plan_round_to
 from hadmc_deploy.errors import UsageError
 from hadmc_deploy.fileio import atomic_path, sha256_file, write_text_atomic
 from hadmc_deploy.graph.types import WidthPlan
@@ -55,7 +56,7 @@ def inputs(ctx: BuildContext) -> dict[str, Any]:
         "budget": {"speedup": s.speedup, "latency_ms": s.latency_ms, "ratio": s.ratio, "macs_ratio": s.macs_ratio},
         "search": s.search, "importance": s.importance, "seed": ctx.settings.data.seed, "min_keep_ratio": s.min_keep_ratio,
         "episodes": s.episodes if learned else None, "joint_precision": s.joint_precision if learned else None,
-        "round_to": ctx.plan.round_to,
+        "round_to": plan_round_to(ctx),
         "importance_data": data_hash(ctx, "data") if needs_data else None,
         "importance_samples": s.importance_samples if needs_data else None,
         "eval": data_hash(ctx, "eval") if learned else None,
@@ -89,9 +90,9 @@ def run(ctx: BuildContext) -> StageResult:
         check_plan(g, given)
         result = price_plan(g, dict(given.keep), lm, "given (--widths)")
     elif s.ratio is not None:
-        result = price_plan(g, keep_for_ratio(g, s.ratio, ctx.plan.round_to), lm, f"uniform ratio {s.ratio:g} (--ratio)")
+        result = price_plan(g, keep_for_ratio(g, s.ratio, plan_round_to(ctx)), lm, f"uniform ratio {s.ratio:g} (--ratio)")
     elif s.macs_ratio is not None:
-        result = price_plan(g, keep_for_macs_ratio(g, s.macs_ratio, ctx.plan.round_to), lm, f"uniform MACs ratio {s.macs_ratio:g} (--macs-ratio)")
+        result = price_plan(g, keep_for_macs_ratio(g, s.macs_ratio, plan_round_to(ctx)), lm, f"uniform MACs ratio {s.macs_ratio:g} (--macs-ratio)")
     else:
         rl_options = None
         if s.search in ("amc", "ppo"):  # learned policies score candidates on real data
@@ -101,7 +102,7 @@ def run(ctx: BuildContext) -> StageResult:
             }
         result = search(
             g, scores, lm, method=s.search, speedup=s.speedup, latency_ms=s.latency_ms,
-            round_to=ctx.plan.round_to, min_keep_ratio=s.min_keep_ratio, rl_options=rl_options, ui=ctx.ui,
+            round_to=plan_round_to(ctx), min_keep_ratio=s.min_keep_ratio, rl_options=rl_options, ui=ctx.ui,
         )
     result.print_plan(ctx.ui)
     plan_path, scores_path = ctx.path(PLAN_FILE), ctx.path(SCORES_FILE)
