@@ -42,7 +42,10 @@ def run(ctx: BuildContext) -> StageResult:
     quant = ctx.results.get("quantize", {})
     for model, precision in all_variants(ctx):
         name = variant_name(model, precision)
-        onnx_file = {"int8": ctx.path(qdq_name(model, form)), "mixed": ctx.path((quant.get(model) or {}).get("mixed", {}).get("path", ""))}.get(precision, float_onnx(ctx, model))
+        if precision == "mixed":
+            onnx_file = ctx.path(quant[model]["mixed"]["path"])
+        else:
+            onnx_file = ctx.path(qdq_name(model, form)) if precision == "int8" else float_onnx(ctx, model)
         row: dict[str, Any] = {"name": name, "model": model, "precision": precision, "params": params[model], "macs": macs[model], "onnx": onnx_file.name, "onnx_sha256": sha256_file(onnx_file)}
         row["predicted"] = predicted(ctx, model, precision)
         entry = built.get(name)
