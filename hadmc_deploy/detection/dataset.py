@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hadmc_deploy.data import IMAGE_SUFFIXES, ArrayDataset, Preprocess
+from hadmc_deploy.data import IMAGE_SUFFIXES, ArrayDataset, Preprocess, load_data
 from hadmc_deploy.errors import DataError
 
 YOLO_PREFIX = "yolo:"
@@ -231,3 +231,14 @@ def load_detection(source: str, preprocess: Preprocess | None = None, *, limit: 
     mean, std = preprocess.stats_for(channels)
     x = (x - np.asarray(mean, np.float32)[None, :, None, None]) / np.asarray(std, np.float32)[None, :, None, None]
     return DetectionDataset(np.ascontiguousarray(x, np.float32), index.astype(np.int64), source, {**preprocess.to_dict(), "mean": mean, "std": std}, labels, names)
+
+
+def load_source(source: str, preprocess: Preprocess | None = None, *, limit: int | None = None, seed: int = 0) -> ArrayDataset:
+    """Any data source: a detection set (YOLO format) as a `DetectionDataset`, anything else via `load_data`.
+
+    The one call the build's data stage needs, so calibration, export verification and
+    evaluation read detection sets without knowing the task.
+    """
+    if is_detection_source(source):
+        return load_detection(source, preprocess, limit=limit, seed=seed)
+    return load_data(source, preprocess, limit=limit, seed=seed)
