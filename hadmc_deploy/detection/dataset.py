@@ -61,9 +61,6 @@ class DetectionDataset(ArrayDataset):
     def take(self, order: np.ndarray, source: str | None = None) -> DetectionDataset:
         return DetectionDataset(self.x[order], self.y[order], source or self.source, self.preprocess, [self.labels[i] for i in order], self.class_names)
 
-    def batch_labels(self, start: int, stop: int) -> list[np.ndarray]:
-        return self.labels[start:stop]
-
 
 def is_detection_source(source: str) -> bool:
     """True for `yolo:...`, a data.yaml, or a directory holding one (so the task can be inferred)."""
