@@ -59,6 +59,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("lut", "str", None, "latency table (JSON) measured on the target", metavar="LUT", section="latency"),
     Option("measure_lut", "bool", None, "measure a latency table for this model through this machine's backend (default: when a latency budget is given and the target is this CPU; tables are cached across builds)", section="latency"),
     Option("lut_minutes", "float", 10.0, "time budget for --measure-lut (an unfinished table resumes on the next build)", metavar="MIN", section="latency"),
+    Option("task", "str", None, "what the model does (default: detect when the data is a detection set, else classify)", choices=("classify", "detect"), section="data"),
     Option("train", "str", None, "training data for recovery (e.g. builtin:fashion-mnist:train)", metavar="DATA", section="data"),
     Option("calib", "str", None, "calibration data for INT8 (default: the --train data)", metavar="DATA", section="data"),
     Option("eval", "str", None, "evaluation data for accuracy (e.g. builtin:fashion-mnist:test)", metavar="DATA", section="data"),

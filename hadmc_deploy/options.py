@@ -59,6 +59,7 @@ class LatencyOptions:
 
 @dataclass(frozen=True)
 class DataOptions:
+    task: str | None
     train: str | None
     calib: str | None
     eval: str | None

@@ -72,6 +72,7 @@ def _accuracy_story(ctx: Any, variants: list[dict[str, Any]]) -> dict[str, Any]:
         "final": by.get(final_name) if final_name else None,
         "final_variant": final_name,
         "eval_source": ctx.plan.options.get("eval"),
+        "metric": ctx.results.get("evaluate", {}).get("metric", "top-1 accuracy (%)"),
     }
     steps: dict[str, float | None] = {"pruning": None, "recovery": None, "quantization": None}
     if baseline is not None and story["pruned_before_recovery"] is not None:
@@ -126,7 +127,7 @@ def build_report(ctx: Any, partial: bool = False) -> dict[str, Any]:
         "complete": not partial,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "build_dir": str(plan.out_dir),
-        "model": {"source": plan.model, "arch": load.get("arch", plan.arch), "kind": load.get("kind"), "input_shape": list(plan.input_shape), "params": load.get("params"), "macs": load.get("macs"), "num_classes": load.get("num_classes")},
+        "model": {"source": plan.model, "arch": load.get("arch", plan.arch), "kind": load.get("kind"), "input_shape": list(plan.input_shape), "params": load.get("params"), "macs": load.get("macs"), "num_classes": load.get("num_classes"), "outputs": load.get("outputs")},
         "target": {"name": plan.target.name, "backend": plan.target.backend, "description": plan.target.description, "isa": plan.target.isa, "int8_form": plan.target.int8_form, "precision": plan.precision, "round_to": plan.settings.search.round_to or res.get("latency model", {}).get("measured_step") or plan.round_to},
         "options": {k: list(v) if isinstance(v, tuple) else v for k, v in plan.options.items()},
         "stages": [o.to_dict() for o in ctx.outcomes],

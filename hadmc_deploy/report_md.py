@@ -59,6 +59,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["**Incomplete build**: see the stage list for the stage that failed.", ""]
     out += decision_section(report)
     out += [
+        f"- accuracy metric: {report['accuracy'].get('metric', 'top-1 accuracy (%)')}",
         f"- target: {target['name']} ({target['description']}); backend {target['backend']}; precision {target['precision']}; INT8 form {target['int8_form']}; channel multiple {target['round_to']}",
         f"- model: {model['arch']} ({model['kind']}), input {model['input_shape']}, {fmt_num(model['params'])} params, {fmt_num(model['macs'])} MACs",
         f"- latency model: {report['latency_model'].get('label', '-')} ({report['latency_model'].get('lut_how', '-')})",

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hadmc_deploy.backends.request import BuildRequest
 from hadmc_deploy.calibration.collect import collect_ranges
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.export import export_onnx
@@ -60,7 +61,7 @@ def deploy_check(model: torch.nn.Module, pruned: torch.nn.Module, shape: tuple[i
             out["n_outputs"] = len(res.output_names)
             ranges = collect_ranges(res.path, calib, method="minmax", num_samples=len(x))
             for precision in ("fp32", "int8"):
-                artifacts[f"{tag}_{precision}"] = backend.build(res.path, precision, Path(tmp) / f"{tag}_{precision}", ranges=ranges if precision == "int8" else None)
+                artifacts[f"{tag}_{precision}"] = backend.build(BuildRequest(onnx_path=res.path, precision=precision, out_dir=Path(tmp) / f"{tag}_{precision}", target=backend.default_target(), ranges=ranges if precision == "int8" else None))
         times: dict[str, list[float]] = {k: [] for k in artifacts}
         for art in artifacts.values():  # warm-up
             backend.benchmark(art, batch=shape[0], warmup=5, runs=5)

@@ -10,7 +10,9 @@ from dataclasses import replace
 from typing import Any
 
 from hadmc_deploy.build.engine import BuildContext
-from hadmc_deploy.data import ArrayDataset, Preprocess, check_matches_model, load_data
+from hadmc_deploy.build.metric import CLASSIFY, infer_task
+from hadmc_deploy.data import ArrayDataset, Preprocess, check_matches_model
+from hadmc_deploy.detection.dataset import load_source
 from hadmc_deploy.graph.trace import trace
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency import load_latency_model
@@ -38,11 +40,18 @@ def dataset(ctx: BuildContext, kind: str) -> ArrayDataset | None:
         shape = ctx.plan.input_shape
         pre = Preprocess(resize=(shape[2], shape[3]), channels=shape[1], mean=d.mean, std=d.std)
         limit = {"train": d.train_limit, "calib": None, "eval": d.eval_limit, "data": d.train_limit}[kind]
-        data = load_data(source, pre, limit=limit, seed=d.seed)
-        check_matches_model(data, shape, ctx.results.get("load", {}).get("num_classes"), role=kind)
+        data = load_source(source, pre, limit=limit, seed=d.seed)
+        classes = ctx.results.get("load", {}).get("num_classes") if task(ctx) == CLASSIFY else None
+        check_matches_model(data, shape, classes, role=kind if task(ctx) == CLASSIFY else "calib")
         return data
 
     return ctx.lazy(f"data:{kind}", make)
+
+
+def task(ctx: BuildContext) -> str:
+    """classify or detect (--task, else inferred from the data sources)."""
+    d = ctx.settings.data
+    return infer_task(d.task, [d.train, d.calib, d.eval])
 
 
 def data_hash(ctx: BuildContext, kind: str) -> str | None:

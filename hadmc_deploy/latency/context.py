@@ -28,6 +28,7 @@ import onnx
 import torch
 from torch import nn
 
+from hadmc_deploy.backends.request import BuildRequest
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency.alignment import WEIGHTED_OPS
@@ -104,7 +105,7 @@ def build_deployed(
         torch.set_num_threads(1)
         float_onnx = export_for_timing(pruned_module(model, graph, widths), input_shape, workdir / f"{name}.onnx", exporter=exporter)
     ranges = _random_ranges(float_onnx, input_shape) if precision == "int8" else None
-    art = backend.build(float_onnx, precision, workdir / f"{name}-art", ranges=ranges)
+    art = backend.build(BuildRequest(onnx_path=float_onnx, precision=precision, out_dir=workdir / f"{name}-art", target=backend.default_target(), ranges=ranges))
     return float_onnx, Path(art.model_path)
 
 

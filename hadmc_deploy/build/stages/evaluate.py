@@ -8,9 +8,10 @@ from typing import Any
 
 from hadmc_deploy.backends import Artifact, get
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.inputs import data_hash, dataset, graph, latency_model, with_precision
+from hadmc_deploy.build.inputs import data_hash, dataset, graph, latency_model, task, with_precision
 from hadmc_deploy.build.variants import all_variants, float_onnx, qdq_name, variant_name
-from hadmc_deploy.evaluate import artifact_accuracy, benchmark_artifact, file_size, onnx_accuracy
+from hadmc_deploy.build.metric import METRIC_NAMES, artifact_score, onnx_score
+from hadmc_deploy.evaluate import benchmark_artifact, file_size
 from hadmc_deploy.fileio import sha256_file
 
 
@@ -55,19 +56,19 @@ def run(ctx: BuildContext) -> StageResult:
             backend = get(entry["backend"])
             artifact = Artifact.load(ctx.path(entry["artifact"]))
             row.update({"backend": entry["backend"], "target": entry["target"], "artifact": entry["artifact"], "file_bytes": file_size(artifact.model_path)})
-            row["accuracy"] = artifact_accuracy(backend, artifact, evald, ui=ctx.ui) if evald is not None else None
+            row["accuracy"], row["detection"] = artifact_score(backend, artifact, evald, ui=ctx.ui) if evald is not None else (None, None)
             row["accuracy_measured_with"] = f"{entry['backend']} artifact"
             lat = benchmark_artifact(backend, artifact, ctx.plan.batch_sizes, warmup=bench.warmup, runs=bench.runs, ui=ctx.ui)
             row["latency"] = {str(b): s for b, s in lat.per_batch.items()}
             row["session"] = {k: artifact.metadata.get(k) for k in ("session_options", "backend_version", "device", "precision_path", "int8_form") if k in artifact.metadata}
         else:
             row.update({"backend": None, "artifact": None, "file_bytes": file_size(onnx_file), "latency": {}})
-            row["accuracy"] = onnx_accuracy(onnx_file, evald, ui=ctx.ui) if evald is not None else None
+            row["accuracy"], row["detection"] = onnx_score(onnx_file, evald, ui=ctx.ui) if evald is not None else (None, None)
             row["accuracy_measured_with"] = "onnxruntime CPU on the portable ONNX (no artifact built here)"
         rows.append(row)
     add_speedups(rows)
     summary = "; ".join(f"{r['name']} {r['accuracy']:.2f}%" for r in rows if r.get("accuracy") is not None) or f"{len(rows)} variants"
-    return StageResult({"variants": rows, "eval_source": ctx.settings.data.eval, "eval_samples": len(evald) if evald is not None else 0, "_summary": summary})
+    return StageResult({"variants": rows, "metric": METRIC_NAMES[task(ctx)], "eval_source": ctx.settings.data.eval, "eval_samples": len(evald) if evald is not None else 0, "_summary": summary})
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:

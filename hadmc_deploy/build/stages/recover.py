@@ -17,7 +17,9 @@ from hadmc_deploy.build.inputs import data_hash, dataset, loaded_model
 from hadmc_deploy.build.stages.search import PLAN_FILE
 from hadmc_deploy.build.stages.surgery import PRUNED_FILE
 from hadmc_deploy.data import ArrayDataset
-from hadmc_deploy.evaluate import torch_accuracy
+from hadmc_deploy.build.inputs import task
+from hadmc_deploy.build.metric import DETECT, torch_score
+from hadmc_deploy.detection.distill import distill_detector
 from hadmc_deploy.graph.types import WidthPlan
 from hadmc_deploy.loading import load_model
 from hadmc_deploy.options import RecoverySettings
@@ -65,7 +67,7 @@ def run(ctx: BuildContext) -> StageResult:
     train, evald = dataset(ctx, "train"), dataset(ctx, "eval")
     acc: dict[str, float | None] = {"baseline": None, "pruned": None, "bn_recalibrated": None, "recovered": None}
     if train is not None:
-        tr, val = split_held_out(train, seed)
+        tr, val = split_held_out(train, seed) if task(ctx) != DETECT else (train, None)
         bn_data = tr
     else:
         calib = dataset(ctx, "calib")
@@ -75,16 +77,21 @@ def run(ctx: BuildContext) -> StageResult:
         tr, val = None, calib.subset(2048, seed=seed)
         bn_data = val
     if evald is not None:
-        acc["baseline"] = torch_accuracy(teacher.model, evald)
-        acc["pruned"] = torch_accuracy(student, evald)
+        acc["baseline"] = torch_score(teacher.model, evald)[0]
+        acc["pruned"] = torch_score(student, evald)[0]
         bn_only = copy.deepcopy(student)
         recalibrate_bn(bn_only, bn_data)
-        acc["bn_recalibrated"] = torch_accuracy(bn_only.eval(), evald)
-    options = recovery_options(ctx.settings.recovery, seed, len(tr) if tr is not None else 0)
-    outcome = recover(student, teacher.model, tr, val, options, ctx.ui)
-    student = outcome.model.eval()
+        acc["bn_recalibrated"] = torch_score(bn_only.eval(), evald)[0]
+    r = ctx.settings.recovery
+    if task(ctx) == DETECT:
+        # a detector's training loss is not ours to know: distil its raw outputs (detection/distill.py)
+        outcome = distill_detector(student, teacher.model, train, epochs=r.epochs if train is not None else 0, lr=r.lr / 10, batch_size=min(r.batch_size, 32), seed=seed, ui=ctx.ui)
+    else:
+        outcome = recover(student, teacher.model, tr, val, recovery_options(r, seed, len(tr) if tr is not None else 0), ctx.ui)
+        student = outcome.model
+    student = student.eval()
     if evald is not None:
-        acc["recovered"] = torch_accuracy(student, evald)
+        acc["recovered"] = torch_score(student, evald)[0]
     out = ctx.path(RECOVERED_FILE)
     save_pruned(out, student, teacher, _surgery_plan(ctx), ctx.plan.input_shape, extra={"stage": "recover"})
     ctx.forget(f"model:{RECOVERED_FILE}")
