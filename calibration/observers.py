@@ -94,8 +94,8 @@ class AbsHistogram:
         return np.linspace(0.0, self.range, self.num_bins + 1)
 
 
-class _HistogramObserver:
-    """Shared by the histogram-based methods: exact |x| extremes plus a 2048-bin |x| histogram."""
+class HistogramObserver:
+    """Exact |x| extremes plus a 2048-bin |x| histogram: every method's threshold from one pass."""
 
     def __init__(self) -> None:
         self.stats = _Stats()
@@ -105,8 +105,14 @@ class _HistogramObserver:
         self.stats.update(batch)
         self.hist.add(batch)
 
+    def amax_by_method(self, percentile: float = DEFAULT_PERCENTILE) -> dict[str, float]:
+        """The threshold each method would choose, from the same histogram (what "auto" picks among)."""
+        entropy = guarded_entropy_threshold(self.hist, self.stats.absmax)
+        pct = percentile_threshold(self.hist.counts, self.hist.edges, percentile, self.stats.absmax)
+        return {"entropy": float(entropy), "percentile": float(pct), "minmax": float(self.stats.absmax)}
 
-class PercentileObserver(_HistogramObserver):
+
+class PercentileObserver(HistogramObserver):
     def __init__(self, percentile: float = DEFAULT_PERCENTILE) -> None:
         if not 0.0 < percentile <= 100.0:
             raise ValueError(f"percentile must be in (0, 100], got {percentile}")
@@ -117,29 +123,32 @@ class PercentileObserver(_HistogramObserver):
         return percentile_threshold(self.hist.counts, self.hist.edges, self.percentile, self.stats.absmax)
 
 
-class EntropyObserver(_HistogramObserver):
+class EntropyObserver(HistogramObserver):
     def amax(self) -> float:
-        """The KL threshold, unless it quantizes worse than not clipping at all (then |x| max).
-
-        Why the check: KL compares the SHAPES of the clipped and the quantized histograms,
-        so it never sees how far clipped values move. A tensor whose values stay away from
-        zero (hardsigmoid gates near 0.5, SE means, a data input with a few grey levels)
-        has empty low bins; the candidate that ends at its first occupied bin folds all the
-        mass into that one bin, P equals Q there, KL is 0 and wins: every value is clipped
-        to the tensor's minimum. Measured on a MobileNetV3-style digits model: the SE gates
-        were clipped to a constant and INT8 fell from 98.9% to 54.2% (docs/int8.md).
-        """
-        if self.hist.range == 0.0:
-            return 0.0
-        absmax = self.stats.absmax
-        kl = min(entropy_threshold(self.hist.counts, self.hist.edges), absmax)
-        if histogram_sq_error(self.hist.counts, self.hist.edges, kl) > histogram_sq_error(self.hist.counts, self.hist.edges, absmax):
-            return absmax
-        return kl
+        return guarded_entropy_threshold(self.hist, self.stats.absmax)
 
     def amax_kl_only(self) -> float:
         """TensorRT's EntropyCalibration2 threshold alone, without the clipping check."""
         return 0.0 if self.hist.range == 0.0 else min(entropy_threshold(self.hist.counts, self.hist.edges), self.stats.absmax)
+
+
+def guarded_entropy_threshold(hist: AbsHistogram, absmax: float) -> float:
+    """The KL threshold, unless it quantizes worse than not clipping at all (then |x| max).
+
+    Why the check: KL compares the SHAPES of the clipped and the quantized histograms,
+    so it never sees how far clipped values move. A tensor whose values stay away from
+    zero (hardsigmoid gates near 0.5, SE means, a data input with a few grey levels)
+    has empty low bins; the candidate that ends at its first occupied bin folds all the
+    mass into that one bin, P equals Q there, KL is 0 and wins: every value is clipped
+    to the tensor's minimum. Measured on a MobileNetV3-style digits model: the SE gates
+    were clipped to a constant and INT8 fell from 98.9% to 54.2% (docs/int8.md).
+    """
+    if hist.range == 0.0:
+        return 0.0
+    kl = min(entropy_threshold(hist.counts, hist.edges), absmax)
+    if histogram_sq_error(hist.counts, hist.edges, kl) > histogram_sq_error(hist.counts, hist.edges, absmax):
+        return absmax
+    return kl
 
 
 def make_observer(method: str, percentile: float = DEFAULT_PERCENTILE) -> Observer:
