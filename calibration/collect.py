@@ -22,7 +22,7 @@ import onnx
 
 from hadmc_deploy.calibration.observers import DEFAULT_PERCENTILE, HistogramObserver, make_observer
 from hadmc_deploy.calibration.ranges import ActivationRanges, TensorRange
-from hadmc_deploy.calibration.select import HeldOutError
+from hadmc_deploy.calibration.select import CANDIDATE_METHODS, HeldOutError
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import DataError
 from hadmc_deploy.fileio import sha256_file
@@ -186,12 +186,26 @@ def collect_ranges(
 
 def _choose_per_tensor(model: _AugmentedModel, observers: dict, x: np.ndarray, percentile: float, form: str, ui: UI) -> dict[str, TensorRange]:
     candidates = {
-        name: {m: TensorRange(amax, obs.stats.min, obs.stats.max) for m, amax in obs.amax_by_method(percentile).items()}
+        name: {m: TensorRange(amax, obs.stats.min, obs.stats.max) for m, amax in sorted(obs.amax_by_method(percentile).items(), key=lambda kv: CANDIDATE_METHODS.index(kv[0]))}
         for name, obs in observers.items()
     }
+    return choose_by_heldout_error(model, candidates, x, form, ui)
+
+
+def choose_by_heldout_error(model: _AugmentedModel, candidates: dict[str, dict[str, TensorRange]], x: np.ndarray, form: str, ui: UI) -> dict[str, TensorRange]:
+    """Per tensor, the candidate range whose quantize-dequantize in `form` is closest to float on `x`."""
     scorer = HeldOutError(candidates, symmetric=form == "qdq_s8s8")
     with ui.progress("choose ranges per tensor", model.usable(len(x))) as task:
         for values in model.tensors(x, task):
             for name, value in values.items():
                 scorer.observe(name, value)
     return scorer.best()
+
+
+def merge_by_heldout_error(
+    onnx_path: str | Path, data: ArrayDataset, candidates: dict[str, ActivationRanges], x: np.ndarray, form: str, ui: UI | None = None
+) -> dict[str, TensorRange]:
+    """Per tensor, the best of several complete range sets (e.g. a given set and freshly chosen "auto" ranges)."""
+    model = _AugmentedModel(onnx_path, data)
+    per_tensor = {name: {label: ranges.tensors[name] for label, ranges in candidates.items() if name in ranges} for name in model.names}
+    return choose_by_heldout_error(model, per_tensor, x, form, ui or quiet_ui())

@@ -17,7 +17,7 @@ import numpy as np
 
 from hadmc_deploy.calibration.ranges import TensorRange
 
-CANDIDATE_METHODS = ("entropy", "percentile", "minmax")  # ties go to the earlier one
+CANDIDATE_METHODS = ("entropy", "percentile", "minmax")  # in this order: ties go to the earlier one
 
 
 def fake_quantize(x: np.ndarray, rng: TensorRange, symmetric: bool) -> np.ndarray:
@@ -50,7 +50,8 @@ class HeldOutError:
         """The lowest-error candidate per tensor, its method recorded in the range."""
         chosen = {}
         for name, errs in self.errors.items():
-            method = min(CANDIDATE_METHODS, key=lambda m: (errs.get(m, np.inf), CANDIDATE_METHODS.index(m)))
-            rng = self.candidates[name][method]
-            chosen[name] = TensorRange(rng.amax, rng.min, rng.max, method=method)
+            order = list(errs)  # ties go to the earlier candidate
+            key = min(order, key=lambda m: (errs[m], order.index(m)))
+            rng = self.candidates[name][key]
+            chosen[name] = TensorRange(rng.amax, rng.min, rng.max, method=rng.method or key)
         return chosen
