@@ -204,23 +204,58 @@ def entropy_threshold(counts: np.ndarray, edges: np.ndarray, num_quantized_bins:
     if n < num_quantized_bins or bins.sum() == 0:
         return float(edges[-1])
     bins[0] = bins[1]
+    kl = _kl_all_candidates(bins, num_quantized_bins)
+    # The last minimum wins, like TensorRT's `<=` scan; values equal up to rounding are ties
+    # (the closed form leaves ~1e-15 where the scan computes an exact 0).
+    finite = kl[np.isfinite(kl)]
+    if finite.size == 0:
+        return float(edges[-1])
+    lowest = float(finite.min())
+    best = int(np.flatnonzero(kl <= lowest + 1e-12 + 1e-9 * abs(lowest))[-1])
+    return float(edges[num_quantized_bins + best])
+
+
+def _kl_all_candidates(bins: np.ndarray, levels: int) -> np.ndarray:
+    """KL(P_i || Q_i) for every candidate i = levels..n at once, from prefix sums.
+
+    Same quantity as `_kl_divergence(ref_i, cand_i)` per candidate (the loop TensorRT's
+    description gives), computed in closed form so a 2048-bin histogram costs a few
+    milliseconds instead of half a second: level l of candidate i holds bins
+    [ceil(l*i/levels), ceil((l+1)*i/levels)), and each bin's term p*log(p/q) splits into
+    sums of b*log(b) and b over a level, which prefix sums give directly.
+    """
+    n = len(bins)
     total = bins.sum()
-    suffix = np.concatenate([np.cumsum(bins[::-1])[::-1], [0.0]])  # suffix[i] = sum(bins[i:])
-    best_i, best_kl = n, np.inf
-    for i in range(num_quantized_bins, n + 1):
-        ref = bins[:i].copy()
-        ref[-1] += suffix[i]
-        # Level of each of the i bins: floor(j * 128 / i), TensorRT's linspace/digitize split.
-        level = (np.arange(i) * num_quantized_bins) // i
-        nonzero = bins[:i] != 0
-        level_sum = np.bincount(level, weights=bins[:i], minlength=num_quantized_bins)
-        level_nonzero = np.bincount(level, weights=nonzero.astype(np.float64), minlength=num_quantized_bins)
-        per_bin = np.divide(level_sum, level_nonzero, out=np.zeros_like(level_sum), where=level_nonzero > 0)
-        cand = np.where(nonzero, per_bin[level], 0.0)
-        kl = _kl_divergence(ref / total, cand)
-        if kl <= best_kl:  # `<=`: the last minimum wins, like TensorRT
-            best_kl, best_i = kl, i
-    return float(edges[best_i])
+    logb = np.log(bins, out=np.zeros_like(bins), where=bins > 0)
+    csum = np.concatenate([[0.0], np.cumsum(bins)])  # csum[k] = sum(bins[:k])
+    cnz = np.concatenate([[0.0], np.cumsum(bins > 0)])
+    cblogb = np.concatenate([[0.0], np.cumsum(bins * logb)])
+    cand = np.arange(levels, n + 1)
+    lev = np.arange(levels)
+    start = (lev[None, :] * cand[:, None] + levels - 1) // levels
+    end = ((lev[None, :] + 1) * cand[:, None] + levels - 1) // levels
+    level_sum = csum[end] - csum[start]
+    level_nz = cnz[end] - cnz[start]
+    level_blogb = cblogb[end] - cblogb[start]
+    avg = np.divide(level_sum, level_nz, out=np.ones_like(level_sum), where=level_nz > 0)
+    log_avg = np.log(avg, out=np.zeros_like(avg), where=avg > 0)
+    kept = csum[cand]  # q's total: the mass of the first i bins
+    log_kept = np.log(kept, out=np.zeros_like(kept), where=kept > 0)
+    # sum over every non-empty bin j < i of b_j * (log b_j - log avg_level(j) + log kept - log total)
+    body = (level_blogb - level_sum * log_avg).sum(axis=1) + kept * (log_kept - np.log(total))
+    # the last bin also carries the clipped tail: replace its term
+    last = bins[cand - 1]
+    tail = total - kept
+    last_level = ((cand - 1) * levels) // cand
+    log_avg_last = log_avg[np.arange(len(cand)), last_level]
+    ref_last = last + tail
+    common = log_kept - np.log(total) - log_avg_last
+    old_term = np.where(last > 0, last * (logb[cand - 1] + common), 0.0)
+    log_ref_last = np.log(ref_last, out=np.zeros_like(ref_last), where=ref_last > 0)
+    new_term = np.where(ref_last > 0, ref_last * (log_ref_last + common), 0.0)
+    kl = (body - old_term + new_term) / total
+    kl[(kept == 0) | ((last == 0) & (tail > 0))] = np.inf  # q empty, or p's tail lands on a bin q leaves empty
+    return kl
 
 
 def _kl_divergence(p: np.ndarray, q: np.ndarray) -> float:

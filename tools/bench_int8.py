@@ -270,13 +270,19 @@ def main(argv: list[str] | None = None) -> int:
             v["path"] = Path(v["path"]).name
         results.append({"model": entry["name"], "note": entry["note"], "variants": variants})
         ui.log(summarize(results)[-1])
-    import nncf
     import onnxruntime
+
+    try:
+        import nncf
+
+        nncf_version = nncf.__version__
+    except ImportError:
+        nncf_version = "not installed"
 
     meta = {
         "command": "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute() else sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "cpu": cpu_model_name(), "cores": os.cpu_count(), "isa": detect_cpu_isa(), "onnxruntime": onnxruntime.__version__,
-        "nncf": nncf.__version__, "torch": torch.__version__, "python": platform.python_version(),
+        "nncf": nncf_version, "torch": torch.__version__, "python": platform.python_version(),
         "rounds": args.rounds, "per_round": args.per_round, "load_before": load_before,
         "load_after": " ".join(f"{v:.1f}" for v in os.getloadavg()),
     }
