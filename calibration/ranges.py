@@ -141,7 +141,7 @@ def _versions() -> dict[str, str]:
 def load_or_collect(
     onnx_path: str | Path,
     data: ArrayDataset,
-    method: str = "entropy",
+    method: str = "auto",
     cache_path: str | Path | None = None,
     *,
     num_samples: int = 512,

@@ -26,6 +26,7 @@ from hadmc_deploy.calibration.ranges import ActivationRanges
 from hadmc_deploy.calibration.verify_qdq import ort_session, run_batches
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import UsageError
+from hadmc_deploy.evaluate import top1_accuracy
 from hadmc_deploy.ui import UI, quiet_ui
 
 
@@ -103,7 +104,7 @@ def _evaluate(onnx_path: Path, data: ArrayDataset) -> np.ndarray:
 
 
 def _accuracy(logits: np.ndarray, data: ArrayDataset) -> float:
-    return 100.0 * float((logits.argmax(1) == data.y).mean())
+    return top1_accuracy(logits, data.y)
 
 
 def layer_sensitivities(
