@@ -13,20 +13,26 @@ bar, and the result as our `ActivationRanges`.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
-from hadmc_deploy.calibration.observers import DEFAULT_PERCENTILE, make_observer
+from hadmc_deploy.calibration.observers import DEFAULT_PERCENTILE, HistogramObserver, make_observer
 from hadmc_deploy.calibration.ranges import ActivationRanges, TensorRange
+from hadmc_deploy.calibration.select import CANDIDATE_METHODS, HeldOutError
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import DataError
 from hadmc_deploy.fileio import sha256_file
 from hadmc_deploy.ui import UI, quiet_ui
 
 MIN_CALIBRATION_SAMPLES = 16  # fewer images give thresholds that are mostly noise
-METHODS = ("entropy", "minmax", "percentile")
+#: "auto" chooses per tensor among the other three (see collect_ranges); the default by
+#: measurement in docs/int8.md.
+METHODS = ("entropy", "minmax", "percentile", "auto")
+DEFAULT_METHOD = "auto"
 _BATCH_BYTES = 256 << 20  # activations of one calibration batch, all tensors together
 
 
@@ -73,76 +79,133 @@ def check_input_shape(model: onnx.ModelProto, data: ArrayDataset) -> str:
     return inputs[0].name
 
 
-def collect_ranges(
-    onnx_path: str | Path,
-    data: ArrayDataset,
-    method: str = "entropy",
-    num_samples: int = 512,
-    percentile: float = DEFAULT_PERCENTILE,
-    ui: UI | None = None,
-) -> ActivationRanges:
-    """Run `num_samples` calibration samples through the model and return each float tensor's range."""
-    import onnxruntime as ort
+class _AugmentedModel:
+    """The float model with every float tensor as an output, in one ORT session (no graph rewrites)."""
 
-    ui = ui or quiet_ui()
-    if method not in METHODS:
-        raise DataError(f"unknown calibration method {method!r}", hint=f"use one of {', '.join(METHODS)}")
-    model = onnx.load(str(onnx_path))
-    input_name = check_input_shape(model, data)
-    subset = calibration_subset(data, num_samples)
-    if len(subset) < num_samples:
-        ui.warn(f"calibration data has {len(subset)} samples, fewer than the {num_samples} asked for; using all of them")
-    names = float_tensor_names(model)
-    existing = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in existing:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    # No graph rewrites: every tensor must be computed exactly as the float model defines it.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    with tempfile.TemporaryDirectory(prefix="hadmc-calib-") as tmp:
-        augmented = Path(tmp) / "augmented.onnx"
-        onnx.save(model, str(augmented))
-        session = ort.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
-    output_names = [o.name for o in session.get_outputs()]
-    observers = {name: make_observer(method, percentile) for name in names}
-    # A model exported with a fixed batch takes only batches of exactly that size.
-    static_batch = session.get_inputs()[0].shape[0]
-    static_batch = static_batch if isinstance(static_batch, int) and static_batch > 0 else None
-    if static_batch is not None and len(subset) < static_batch:
-        raise DataError(f"the model takes a fixed batch of {static_batch}, more than the {len(subset)} calibration samples", hint=f"pass at least {static_batch} samples")
-    batch_size = static_batch or 1
-    limit = len(subset) - len(subset) % static_batch if static_batch else len(subset)
-    done = 0
-    with ui.progress(f"calibrate ({method})", limit) as task:
+    def __init__(self, onnx_path: str | Path, data: ArrayDataset) -> None:
+        import onnxruntime as ort
+
+        model = onnx.load(str(onnx_path))
+        self.input_name = check_input_shape(model, data)
+        self.names = float_tensor_names(model)
+        existing = {o.name for o in model.graph.output}
+        for name in self.names:
+            if name not in existing:
+                model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        options = ort.SessionOptions()
+        # No graph rewrites: every tensor must be computed exactly as the float model defines it.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        with tempfile.TemporaryDirectory(prefix="hadmc-calib-") as tmp:
+            augmented = Path(tmp) / "augmented.onnx"
+            onnx.save(model, str(augmented))
+            self.session = ort.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        # A model exported with a fixed batch takes only batches of exactly that size.
+        static = self.session.get_inputs()[0].shape[0]
+        self.static_batch = static if isinstance(static, int) and static > 0 else None
+
+    def usable(self, n: int) -> int:
+        """How many of n samples can run (a fixed batch drops the remainder)."""
+        if self.static_batch is None:
+            return n
+        if n < self.static_batch:
+            raise DataError(f"the model takes a fixed batch of {self.static_batch}, more than the {n} calibration samples", hint=f"pass at least {self.static_batch} samples")
+        return n - n % self.static_batch
+
+    def tensors(self, x: np.ndarray, task: Any = None) -> Iterator[dict[str, np.ndarray]]:
+        """Per batch of `x`: tensor name -> value; the first NaN/Inf tensor (graph order) raises, named."""
+        limit, done = self.usable(len(x)), 0
+        batch_size = self.static_batch or 1
         while done < limit:
-            xb = subset.x[done : done + batch_size]
-            outputs = session.run(output_names, {input_name: xb})
-            by_name = dict(zip(output_names, outputs, strict=True))
-            for name in names:  # graph order, so the first non-finite tensor is the one named
+            xb = x[done : done + batch_size]
+            outputs = self.session.run(self.output_names, {self.input_name: xb})
+            by_name = dict(zip(self.output_names, outputs, strict=True))
+            for name in self.names:
                 value = by_name[name]
                 if not np.isfinite(value).all():
                     bad = int(np.argwhere(~np.isfinite(value).reshape(len(xb), -1).all(axis=1))[0, 0]) + done
-                    raise DataError(
-                        f"tensor {name!r} holds NaN/Inf on calibration sample {bad}",
-                        hint="check the model weights and the data's preprocessing",
-                    )
-                observers[name].observe(value)
-            if done == 0 and static_batch is None:  # size later batches from what one sample's activations weigh
+                    raise DataError(f"tensor {name!r} holds NaN/Inf on calibration sample {bad}", hint="check the model weights and the data's preprocessing")
+            yield {name: by_name[name] for name in self.names}
+            if done == 0 and self.static_batch is None:  # size later batches from what one sample's activations weigh
                 per_sample = sum(o.nbytes for o in outputs) / len(xb)
                 batch_size = int(max(1, min(64, _BATCH_BYTES // max(per_sample, 1))))
             done += len(xb)
-            task.advance(len(xb))
-    tensors = {}
-    for name, obs in observers.items():
-        stats = obs.stats
-        tensors[name] = TensorRange(amax=float(obs.amax()), min=stats.min, max=stats.max)
+            if task is not None:
+                task.advance(len(xb))
+
+
+def heldout_split(n: int) -> int:
+    """How many of n calibration samples "auto" holds out to choose among the methods (0: too few to split)."""
+    return n // 4 if n >= 4 * MIN_CALIBRATION_SAMPLES else 0
+
+
+def collect_ranges(
+    onnx_path: str | Path,
+    data: ArrayDataset,
+    method: str = DEFAULT_METHOD,
+    num_samples: int = 512,
+    percentile: float = DEFAULT_PERCENTILE,
+    form: str = "qdq_u8s8",
+    ui: UI | None = None,
+) -> ActivationRanges:
+    """Run `num_samples` calibration samples through the model and return each float tensor's range.
+
+    method "auto": histograms on 3/4 of the samples give each tensor an entropy, a
+    percentile and a minmax range; the held-out quarter picks, per tensor, the one whose
+    quantize-dequantize in `form` is closest to the float tensor (calibration/select.py).
+    """
+    ui = ui or quiet_ui()
+    if method not in METHODS:
+        raise DataError(f"unknown calibration method {method!r}", hint=f"use one of {', '.join(METHODS)}")
+    subset = calibration_subset(data, num_samples)
+    if len(subset) < num_samples:
+        ui.warn(f"calibration data has {len(subset)} samples, fewer than the {num_samples} asked for; using all of them")
+    model = _AugmentedModel(onnx_path, subset)
+    held = heldout_split(len(subset)) if method == "auto" else 0
+    fit_x, held_x = subset.x[: len(subset) - held], subset.x[len(subset) - held :]
+    observers = {name: HistogramObserver() if method == "auto" else make_observer(method, percentile) for name in model.names}
+    with ui.progress(f"calibrate ({method})", model.usable(len(fit_x))) as task:
+        for values in model.tensors(fit_x, task):
+            for name, value in values.items():
+                observers[name].observe(value)
+    if method == "auto":
+        tensors = _choose_per_tensor(model, observers, held_x if held else fit_x, percentile, form, ui)
+    else:
+        tensors = {name: TensorRange(amax=float(obs.amax()), min=obs.stats.min, max=obs.stats.max) for name, obs in observers.items()}
     return ActivationRanges(
         tensors=tensors,
         method=method,
         num_samples=len(subset),
         model_sha256=sha256_file(onnx_path),
         data_sha256=subset.sha256(),
-        percentile=percentile if method == "percentile" else None,
+        percentile=percentile if method in ("percentile", "auto") else None,
+        form=form if method == "auto" else None,
     )
+
+
+def _choose_per_tensor(model: _AugmentedModel, observers: dict, x: np.ndarray, percentile: float, form: str, ui: UI) -> dict[str, TensorRange]:
+    candidates = {
+        name: {m: TensorRange(amax, obs.stats.min, obs.stats.max) for m, amax in sorted(obs.amax_by_method(percentile).items(), key=lambda kv: CANDIDATE_METHODS.index(kv[0]))}
+        for name, obs in observers.items()
+    }
+    return choose_by_heldout_error(model, candidates, x, form, ui)
+
+
+def choose_by_heldout_error(model: _AugmentedModel, candidates: dict[str, dict[str, TensorRange]], x: np.ndarray, form: str, ui: UI) -> dict[str, TensorRange]:
+    """Per tensor, the candidate range whose quantize-dequantize in `form` is closest to float on `x`."""
+    scorer = HeldOutError(candidates, symmetric=form == "qdq_s8s8")
+    with ui.progress("choose ranges per tensor", model.usable(len(x))) as task:
+        for values in model.tensors(x, task):
+            for name, value in values.items():
+                scorer.observe(name, value)
+    return scorer.best()
+
+
+def merge_by_heldout_error(
+    onnx_path: str | Path, data: ArrayDataset, candidates: dict[str, ActivationRanges], x: np.ndarray, form: str, ui: UI | None = None
+) -> dict[str, TensorRange]:
+    """Per tensor, the best of several complete range sets (e.g. a given set and freshly chosen "auto" ranges)."""
+    model = _AugmentedModel(onnx_path, data)
+    per_tensor = {name: {label: ranges.tensors[name] for label, ranges in candidates.items() if name in ranges} for name in model.names}
+    return choose_by_heldout_error(model, per_tensor, x, form, ui or quiet_ui())

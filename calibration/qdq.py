@@ -8,7 +8,8 @@ to quantize from precomputed ranges.
 
 Two forms x two placements:
 * form: `qdq_s8s8` (int8 activations, zero point 0) or `qdq_u8s8` (uint8 activations,
-  asymmetric); weights are always int8, symmetric, per output channel (axis 0).
+  asymmetric); weights are always int8, symmetric, per output channel (axis 0) unless
+  `per_channel=False` (one scale per tensor, what ORT's quantize_static does by default).
 * placement `tensorrt` (default for qdq_s8s8): Q/DQ only where TensorRT fuses - the
   inputs of Conv/Gemm/MatMul, never their outputs (so Conv+BN+ReLU fuse and no Q/DQ
   sits between a conv and its ReLU), biases left in float (TensorRT quantizes them
@@ -51,6 +52,7 @@ def write_qdq(
     float_nodes: Iterable[str] = (),
     reduce_range: bool = False,
     placement: str | None = None,
+    per_channel: bool = True,
 ) -> Path:
     """Quantize `float_onnx` with `ranges` into `out_path` (atomic); `float_nodes` stay in float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -101,7 +103,7 @@ def write_qdq(
                 calibration_data_reader=None,
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
-                per_channel=True,
+                per_channel=per_channel,
                 reduce_range=reduce_range,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,

@@ -1,6 +1,6 @@
 """`ActivationRanges`: the one thing calibration hands to the quantizer, saved as scales.json.
 
-Per tensor we keep the chosen clipping threshold `amax` (symmetric INT8 scale =
+Per tensor we keep the chosen clipping threshold `amax` (and, for "auto", the method that chose it) (symmetric INT8 scale =
 amax / 127) and the exact observed min/max (asymmetric uint8 forms use them, clipped to
 [-amax, amax]). The method, sample count and the sha256 of the model and of the data
 make the file a cache entry: `load_or_collect` reuses it only when all of them match.
@@ -31,6 +31,7 @@ class TensorRange:
     amax: float
     min: float
     max: float
+    method: str | None = None  # which method chose amax, where ranges mix methods ("auto")
 
     def clipped(self) -> tuple[float, float]:
         """(rmin, rmax) for asymmetric forms: the observed range clipped to the chosen threshold."""
@@ -45,6 +46,7 @@ class ActivationRanges:
     model_sha256: str
     data_sha256: str
     percentile: float | None = None
+    form: str | None = None  # the INT8 form "auto" measured its per-tensor choice for
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     versions: dict[str, str] = field(default_factory=lambda: _versions())
 
@@ -61,13 +63,26 @@ class ActivationRanges:
         """What TensorRT's calibration cache takes (scale = amax / 127 per tensor)."""
         return {name: r.amax for name, r in self.tensors.items()}
 
-    def matches(self, model_sha256: str, data_sha256: str, method: str, num_samples: int, percentile: float | None) -> bool:
+    def method_counts(self) -> dict[str, int]:
+        """How many tensors each method chose (one entry for single-method ranges)."""
+        counts: dict[str, int] = {}
+        for t in self.tensors.values():
+            counts[t.method or self.method] = counts.get(t.method or self.method, 0) + 1
+        return counts
+
+    def scaled(self, factor: float) -> ActivationRanges:
+        """Every range multiplied by `factor` (tests break calibration on purpose with it)."""
+        tensors = {n: TensorRange(t.amax * factor, t.min * factor, t.max * factor, t.method) for n, t in self.tensors.items()}
+        return ActivationRanges(tensors, self.method, self.num_samples, self.model_sha256, self.data_sha256, self.percentile, self.form)
+
+    def matches(self, model_sha256: str, data_sha256: str, method: str, num_samples: int, percentile: float | None, form: str | None = None) -> bool:
         return (
             self.model_sha256 == model_sha256
             and self.data_sha256 == data_sha256
             and self.method == method
             and self.num_samples == num_samples
-            and (method != "percentile" or self.percentile == percentile)
+            and (method not in ("percentile", "auto") or self.percentile == percentile)
+            and (method != "auto" or self.form == form)
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,7 +95,7 @@ class ActivationRanges:
         if data.get("format") != FORMAT:
             raise DataError(f"{source} is not a hadmc scales file (format {data.get('format')!r})", hint="delete it to recalibrate")
         try:
-            tensors = {name: TensorRange(float(t["amax"]), float(t["min"]), float(t["max"])) for name, t in data["tensors"].items()}
+            tensors = {name: TensorRange(float(t["amax"]), float(t["min"]), float(t["max"]), t.get("method")) for name, t in data["tensors"].items()}
             return cls(
                 tensors=tensors,
                 method=str(data["method"]),
@@ -88,6 +103,7 @@ class ActivationRanges:
                 model_sha256=str(data["model_sha256"]),
                 data_sha256=str(data["data_sha256"]),
                 percentile=data.get("percentile"),
+                form=data.get("form"),
                 created=str(data.get("created", "")),
                 versions=dict(data.get("versions", {})),
             )
@@ -125,11 +141,12 @@ def _versions() -> dict[str, str]:
 def load_or_collect(
     onnx_path: str | Path,
     data: ArrayDataset,
-    method: str = "entropy",
+    method: str = "auto",
     cache_path: str | Path | None = None,
     *,
     num_samples: int = 512,
     percentile: float = 99.99,
+    form: str = "qdq_u8s8",
     ui: UI | None = None,
 ) -> tuple[ActivationRanges, bool]:
     """Ranges for (model, data, method): from `cache_path` when its hashes match, else collected and saved.
@@ -147,9 +164,9 @@ def load_or_collect(
             cached = ActivationRanges.load(cache_path)
         except DataError:
             cached = None
-        if cached is not None and cached.matches(model_sha, data_sha, method, len(subset), percentile):
+        if cached is not None and cached.matches(model_sha, data_sha, method, len(subset), percentile, form):
             return cached, True
-    ranges = collect_ranges(onnx_path, data, method=method, num_samples=num_samples, percentile=percentile, ui=ui)
+    ranges = collect_ranges(onnx_path, data, method=method, num_samples=num_samples, percentile=percentile, form=form, ui=ui)
     if cache_path is not None:
         ranges.save(cache_path)
     return ranges, False

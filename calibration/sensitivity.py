@@ -1,5 +1,9 @@
 """Mixed precision by measured sensitivity, and the INT8-or-float decision by measured latency.
 
+`node_sensitivities` (used by calibration/guard.py) ranks every quantized node by the
+output SNR with only it quantized, on any model (no labels needed). The older
+`select_float_layers` below ranks weighted layers by accuracy on labelled data.
+
 Sensitivity of a layer = how far the model's outputs move when ONLY that layer is
 quantized (everything else float), measured in ONNX Runtime on eval data. Quantizing
 one layer at a time isolates its own error; ranking by the continuous output error
@@ -22,6 +26,7 @@ from hadmc_deploy.calibration.ranges import ActivationRanges
 from hadmc_deploy.calibration.verify_qdq import ort_session, run_batches
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import UsageError
+from hadmc_deploy.evaluate import top1_accuracy
 from hadmc_deploy.ui import UI, quiet_ui
 
 
@@ -54,12 +59,52 @@ def quantizable_nodes(onnx_path: str | Path) -> list[tuple[str, str]]:
     return [(n.name, n.op_type) for n in model.graph.node if n.op_type in WEIGHTED_OPS]
 
 
+def quantized_nodes(float_onnx: str | Path, qdq_onnx: str | Path) -> list[str]:
+    """Nodes of the float graph that run quantized in `qdq_onnx` (a DequantizeLinear feeds them), in graph order.
+
+    Why from the written graph: which ops ORT quantizes depends on the placement and on
+    ORT's own rules (HardSwish, Mul, pools, Add ...), not only on the weighted layers.
+    """
+    qmodel = onnx.load(str(qdq_onnx), load_external_data=False)
+    dq_outputs = {o for n in qmodel.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    fed = {n.name for n in qmodel.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(i in dq_outputs for i in n.input)}
+    model = onnx.load(str(float_onnx), load_external_data=False)
+    return [n.name for n in model.graph.node if n.name in fed]
+
+
+@dataclass(frozen=True)
+class NodeSensitivity:
+    node: str
+    op_type: str
+    snr_db: float  # of the model's outputs with only this node quantized (lower = more sensitive)
+
+
+def node_sensitivities(
+    float_onnx: str | Path, ranges: ActivationRanges, x: np.ndarray, nodes: list[str], *, qdq_kwargs: dict, keep_float: list[str] | tuple[str, ...] = (), ui: UI | None = None
+) -> list[NodeSensitivity]:
+    """Each of `nodes` quantized alone (all others float); most sensitive (lowest output SNR) first."""
+    from hadmc_deploy.calibration.verify_qdq import compare_outputs, run_all_outputs
+
+    ui = ui or quiet_ui()
+    model = onnx.load(str(float_onnx), load_external_data=False)
+    op_of = {n.name: n.op_type for n in model.graph.node}
+    reference = run_all_outputs(ort_session(float_onnx), x)
+    result = []
+    with tempfile.TemporaryDirectory(prefix="hadmc-sens-") as tmp, ui.progress("node sensitivity", len(nodes)) as task:
+        for name in nodes:
+            path = write_qdq(float_onnx, ranges, Path(tmp) / "one.onnx", float_nodes=[*keep_float, *(n for n in nodes if n != name)], **qdq_kwargs)
+            check = compare_outputs(reference, run_all_outputs(ort_session(path), x))
+            result.append(NodeSensitivity(name, op_of.get(name, "?"), check.snr_db))
+            task.advance()
+    return sorted(result, key=lambda s: s.snr_db)
+
+
 def _evaluate(onnx_path: Path, data: ArrayDataset) -> np.ndarray:
     return run_batches(ort_session(onnx_path), data.x, batch_size=128)
 
 
 def _accuracy(logits: np.ndarray, data: ArrayDataset) -> float:
-    return 100.0 * float((logits.argmax(1) == data.y).mean())
+    return top1_accuracy(logits, data.y)
 
 
 def layer_sensitivities(

@@ -32,13 +32,19 @@ from typing import Any
 from hadmc_deploy.errors import DataError
 from hadmc_deploy.fileio import write_text_atomic
 
-#: header algorithm names, as TensorRT spells them, by our short names.
+#: header algorithm names by our short names: TensorRT's spelling where TensorRT has the
+#: algorithm; for our percentile and per-tensor ("auto") ranges, which no TensorRT calibrator
+#: computes, an honest name of the same form. TensorRT reads a cache only under its own
+#: calibrator's name, so backends/tensorrt_calibrator.py rewrites the header on load
+#: (`retarget_header`); for trtexec, rewrite the first line to its calibrator's name.
 ALGORITHMS = {
     "entropy": "EntropyCalibration2",
     "entropy2": "EntropyCalibration2",
     "entropy1": "EntropyCalibration",
     "minmax": "MinMaxCalibration",
     "legacy": "LegacyCalibration",
+    "percentile": "PercentileCalibration",
+    "auto": "PerTensorCalibration",
 }
 INT8_MAX = 127.0
 _HEADER = re.compile(r"^TRT-(\d+)-([A-Za-z0-9]+)$")
@@ -96,9 +102,21 @@ def _amax_table(ranges_or_amax: Any) -> Mapping[str, Any]:
 MIN_AMAX = 1e-12
 
 
-def render_cache(ranges_or_amax: Any, trt_version: str = "10.0", algo: str = "EntropyCalibration2") -> str:
-    """The cache text for tensor -> amax (scale = amax / 127)."""
-    lines = [header_line(trt_version, algo)]
+def algorithm_of(ranges_or_amax: Any, algo: str | None = None) -> str:
+    """The header's algorithm: `algo` when given, else the method the ranges were collected with.
+
+    A plain tensor -> amax mapping carries no method; it is labelled EntropyCalibration2,
+    TensorRT's default calibrator.
+    """
+    if algo is not None:
+        return algo
+    method = getattr(ranges_or_amax, "method", None)
+    return ALGORITHMS.get(str(method), "EntropyCalibration2") if method else "EntropyCalibration2"
+
+
+def render_cache(ranges_or_amax: Any, trt_version: str = "10.0", algo: str | None = None) -> str:
+    """The cache text for tensor -> amax (scale = amax / 127); the header names the ranges' method."""
+    lines = [header_line(trt_version, algorithm_of(ranges_or_amax, algo))]
     for name, value in _amax_table(ranges_or_amax).items():
         amax = _amax_of(value)
         if not math.isfinite(amax) or amax < 0:
@@ -115,7 +133,7 @@ def write_cache(
     path: str | Path,
     ranges_or_amax: Any,
     trt_version: str = "10.0",
-    algo: str = "EntropyCalibration2",
+    algo: str | None = None,
 ) -> Path:
     """Write a TensorRT calibration cache for tensor -> amax; returns the path (written atomically)."""
     path = Path(path)

@@ -21,11 +21,33 @@ from hadmc_deploy.ui import UI, quiet_ui
 EVAL_BATCH = 256
 
 
-def torch_accuracy(model: Any, data: ArrayDataset, batch_size: int = EVAL_BATCH) -> float:
-    """Top-1 accuracy (percent) of a PyTorch model in eval mode."""
-    from hadmc_deploy.train import evaluate_accuracy
+def correct_count(logits: np.ndarray, labels: np.ndarray) -> int:
+    """Rows whose argmax is the label; a row holding NaN/Inf counts as wrong (never as a lucky argmax)."""
+    flat = np.asarray(logits).reshape(len(labels), -1)
+    finite = np.isfinite(flat).all(axis=1)
+    return int(((flat.argmax(axis=1) == np.asarray(labels)) & finite).sum())
 
-    return float(evaluate_accuracy(model, data, batch_size=batch_size))
+
+def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy in percent of logits (N, classes) against labels; the project's one definition."""
+    return 100.0 * correct_count(logits, labels) / max(len(labels), 1)
+
+
+def torch_accuracy(model: Any, data: ArrayDataset, batch_size: int = EVAL_BATCH, device: Any = "cpu") -> float:
+    """Top-1 accuracy (percent) of a PyTorch model in eval mode; its train/eval mode is restored."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        with torch.no_grad():
+            for xb, yb in data.batches(batch_size):
+                logits = model(torch.from_numpy(xb).to(device)).float().cpu().numpy()
+                correct += correct_count(logits, yb)
+    finally:
+        model.train(was_training)
+    return 100.0 * correct / max(len(data), 1)
 
 
 def _accuracy_from_logits(run_batch: Any, data: ArrayDataset, batch_size: int, ui: UI, desc: str) -> float:
@@ -33,19 +55,21 @@ def _accuracy_from_logits(run_batch: Any, data: ArrayDataset, batch_size: int, u
     n_batches = (len(data) + batch_size - 1) // batch_size
     with ui.progress(desc, n_batches) as task:
         for xb, yb in data.batches(batch_size):
-            logits = np.asarray(run_batch(np.ascontiguousarray(xb, dtype=np.float32)))
-            correct += int((logits.reshape(len(xb), -1).argmax(1) == yb).sum())
+            correct += correct_count(np.asarray(run_batch(np.ascontiguousarray(xb, dtype=np.float32))), yb)
             task.advance()
     return 100.0 * correct / max(len(data), 1)
 
 
-def onnx_accuracy(onnx_path: str | Path, data: ArrayDataset, *, batch_size: int = EVAL_BATCH, ui: UI | None = None) -> float:
-    """Top-1 accuracy of an ONNX file in an ONNX Runtime CPU session (float or QDQ graphs)."""
+def onnx_accuracy(onnx_or_session: str | Path | Any, data: ArrayDataset, *, batch_size: int = EVAL_BATCH, ui: UI | None = None) -> float:
+    """Top-1 accuracy of an ONNX file (or an open ONNX Runtime session) on the CPU: float or QDQ graphs."""
     import onnxruntime as ort
 
     ui = ui or quiet_ui()
-    opts = ort.SessionOptions()
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    if isinstance(onnx_or_session, (str, Path)):
+        sess = ort.InferenceSession(str(onnx_or_session), ort.SessionOptions(), providers=["CPUExecutionProvider"])
+        desc = f"accuracy {Path(onnx_or_session).name}"
+    else:
+        sess, desc = onnx_or_session, "accuracy"
     name = sess.get_inputs()[0].name
     fixed = sess.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) and fixed > 0 else batch_size
@@ -55,7 +79,7 @@ def onnx_accuracy(onnx_path: str | Path, data: ArrayDataset, *, batch_size: int 
             return sess.run(None, {name: xb})[0]
         return np.concatenate([sess.run(None, {name: xb[i : i + 1]})[0] for i in range(len(xb))])
 
-    return _accuracy_from_logits(run, data, step, ui, f"accuracy {Path(onnx_path).name}")
+    return _accuracy_from_logits(run, data, step, ui, desc)
 
 
 def artifact_accuracy(backend: Any, artifact: Any, data: ArrayDataset, *, batch_size: int = EVAL_BATCH, ui: UI | None = None) -> float:
@@ -68,6 +92,30 @@ def artifact_accuracy(backend: Any, artifact: Any, data: ArrayDataset, *, batch_
         return outputs.get("output", next(iter(outputs.values())))
 
     return _accuracy_from_logits(run, data, batch_size, ui, f"accuracy {artifact.path.name}")
+
+
+#: accuracy within this many points of chance (or below it) is "chance level".
+CHANCE_MARGIN_POINTS = 5.0
+
+
+def chance_level_warning(accuracy: float, num_classes: int, *, what: str = "the original model") -> str | None:
+    """A warning when `accuracy` is near 100/num_classes (the model guesses), naming the likely cause; else None.
+
+    Why: a baseline at chance is almost always data that does not match training (wrong
+    --mean/--std, [0,255] vs [0,1] pixels, wrong channel order or size), and every later
+    number (pruning cost, INT8 drop, the accuracy guard) is then meaningless.
+    """
+    if num_classes < 2:
+        return None
+    chance = 100.0 / num_classes
+    margin = max(CHANCE_MARGIN_POINTS, 0.5 * chance)
+    if accuracy > chance + margin:
+        return None
+    return (
+        f"{what} scores {accuracy:.2f}% on the evaluation data, chance level for {num_classes} classes ({chance:.1f}%): "
+        "the data is probably not preprocessed as in training - check --mean/--std (normalisation), the pixel scale, "
+        "--channels and --resize, and that the labels match the model's classes"
+    )
 
 
 @dataclass

@@ -47,6 +47,7 @@ from torch import nn
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.distributed import epoch_order, init_distributed, sync_buffers
 from hadmc_deploy.errors import TrainingDivergedError, UsageError
+from hadmc_deploy.evaluate import torch_accuracy
 from hadmc_deploy.fileio import atomic_path
 from hadmc_deploy.ui import UI, quiet_ui
 
@@ -149,17 +150,9 @@ def recalibrate_bn(model: nn.Module, data: ArrayDataset, *, batches: int = 32, b
     return len(norms)
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, data: ArrayDataset, *, batch_size: int = 256, device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy in percent; NaN outputs count as wrong."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for xb, yb in data.batches(batch_size):
-        pred = model(torch.from_numpy(xb).to(device)).argmax(1).cpu()
-        correct += int((pred == torch.from_numpy(yb)).sum())
-    model.train(was_training)
-    return 100.0 * correct / max(len(data), 1)
+    """Top-1 accuracy in percent; NaN outputs count as wrong (`evaluate.torch_accuracy`)."""
+    return torch_accuracy(model, data, batch_size=batch_size, device=device)
 
 
 # -- feature taps ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from torch import nn
 
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import TrainingDivergedError
+from hadmc_deploy.evaluate import torch_accuracy
 from hadmc_deploy.ui import UI, quiet_ui
 
 
@@ -23,17 +24,9 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@torch.no_grad()
 def evaluate_accuracy(model: nn.Module, data: ArrayDataset, batch_size: int = 256) -> float:
-    """Top-1 accuracy in percent."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for xb, yb in data.batches(batch_size):
-        logits = model(torch.from_numpy(xb))
-        correct += int((logits.argmax(1).numpy() == yb).sum())
-    model.train(was_training)
-    return 100.0 * correct / max(len(data), 1)
+    """Top-1 accuracy in percent (the project's one definition: `evaluate.torch_accuracy`)."""
+    return torch_accuracy(model, data, batch_size=batch_size)
 
 
 def train_classifier(

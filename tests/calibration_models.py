@@ -61,3 +61,22 @@ def tiny_digits_onnx() -> tuple[Path, ArrayDataset, ArrayDataset]:
     model = trained_tiny(train)
     path = Path(tempfile.mkdtemp(prefix="hadmc-calib-tests-")) / "tiny.onnx"
     return export(model, (1, 1, 8, 8), path, verify_inputs=test.x[:32]), train, test
+
+
+@functools.cache
+def mbv3_digits_onnx() -> tuple[Path, ArrayDataset, ArrayDataset]:
+    """(float ONNX of a MobileNetV3-style net - depthwise, SE, hardswish - trained on digits in [0, 1], train, test)."""
+    from hadmc_deploy.data import Preprocess
+    from hadmc_deploy.models.mobilenet_v3 import mobilenet_v3_small
+
+    pre = Preprocess(mean=(0.0,), std=(1.0,))  # inputs in [0, 1], as the user's model took them
+    train, test = load_data("builtin:digits:train", pre), load_data("builtin:digits:test", pre)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = train_classifier(mobilenet_v3_small(), train, epochs=5, lr=0.05, batch_size=64, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    path = Path(tempfile.mkdtemp(prefix="hadmc-calib-tests-")) / "mbv3.onnx"
+    return export(model, (1, 1, 8, 8), path, verify_inputs=test.x[:32]), train, test

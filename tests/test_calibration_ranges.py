@@ -64,6 +64,24 @@ def test_save_load_roundtrip_and_reuse(tmp_path):
     assert not reused
 
 
+def test_auto_picks_per_tensor_on_held_out_samples_and_is_keyed_on_form(tmp_path):
+    path, train, _ = tiny_digits_onnx()
+    cache = tmp_path / "scales.json"
+    auto, reused = load_or_collect(path, train, "auto", cache, num_samples=128, form="qdq_u8s8")
+    assert not reused and auto.form == "qdq_u8s8" and auto.num_samples == 128
+    assert set(auto.method_counts()) <= {"entropy", "percentile", "minmax"} and sum(auto.method_counts().values()) == len(auto)
+    # Each tensor's range is one of the three candidates computed on the 96 non-held-out samples.
+    fit = _dataset(train.subset(128).x[:96])
+    by_method = {m: collect_ranges(path, fit, method=m, num_samples=96) for m in ("entropy", "percentile", "minmax")}
+    for name, rng in auto.tensors.items():
+        assert rng.amax == pytest.approx(by_method[rng.method].amax(name), rel=1e-6), name
+    assert ActivationRanges.load(cache).tensors == auto.tensors  # the chosen method survives scales.json
+    _, reused = load_or_collect(path, train, "auto", cache, num_samples=128, form="qdq_u8s8")
+    assert reused
+    _, reused = load_or_collect(path, train, "auto", cache, num_samples=128, form="qdq_s8s8")  # chosen for another form
+    assert not reused
+
+
 def test_corrupt_scales_file_is_a_data_error(tmp_path):
     bad = tmp_path / "scales.json"
     bad.write_text(json.dumps({"format": "hadmc-scales/1", "tensors": {"x": {"amax": 1.0}}}))

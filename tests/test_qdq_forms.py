@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from hadmc_deploy.calibration.collect import collect_ranges
 from hadmc_deploy.calibration.qdq import write_qdq
-from hadmc_deploy.calibration.quantize import quantize_for_target
+from hadmc_deploy.calibration.quantize import Int8Options, quantize_int8
 from hadmc_deploy.calibration.trt_cache import read_cache
 from hadmc_deploy.calibration.verify_qdq import ort_session, run_batches
 from hadmc_deploy.errors import DataError, UsageError
@@ -85,8 +85,10 @@ def test_onnxruntime_u8s8_form_structure(tiny, tmp_path):
 @pytest.mark.parametrize("form", ["qdq_s8s8", "qdq_u8s8"])
 def test_qdq_runs_close_to_float_and_keeps_accuracy(tiny, tmp_path, form):
     path, train, test, ranges = tiny
-    result = quantize_for_target(path, train, tmp_path, form=form, num_samples=128)
-    assert result.check.top1_agreement >= 0.95 and result.check.rel_err < 0.1
+    result = quantize_int8(path, train, tmp_path, Int8Options(method="entropy", form=form, samples=128))
+    assert result.deployable and result.guard is not None and result.guard.mode == "agreement"
+    assert result.check.top1_agreement >= 0.95 and result.check.snr_db > 15 and result.check.rel_err < 0.1
+    assert result.heldout_source.startswith("256 held-out samples")  # the check ran on samples the ranges never saw
     float_logits = run_batches(ort_session(path), test.x)
     int8_logits = run_batches(ort_session(result.qdq_path), test.x)
     float_acc = 100 * (float_logits.argmax(1) == test.y).mean()
@@ -94,8 +96,9 @@ def test_qdq_runs_close_to_float_and_keeps_accuracy(tiny, tmp_path, form):
     assert float_acc > 85 and float_acc - int8_acc <= 1.5, (float_acc, int8_acc)
     scales = read_cache(result.trt_cache_path)  # TensorRT cache next to scales.json, scale = amax / 127
     assert scales["input"] == pytest.approx(ranges.amax("input") / 127, rel=1e-6)
-    again = quantize_for_target(path, train, tmp_path, form=form, num_samples=128, verify=False)
-    assert again.ranges_reused
+    assert result.trt_cache_header == "EntropyCalibration2"
+    again = quantize_int8(path, train, tmp_path, Int8Options(method="entropy", form=form, samples=128, guard=None))
+    assert again.ranges_reused and again.deployable
 
 
 def test_float_nodes_stay_float_and_bad_options_fail(tiny, tmp_path):

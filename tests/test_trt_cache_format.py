@@ -88,3 +88,13 @@ def test_write_cache_takes_activation_ranges(tmp_path):
 
     ranges = ActivationRanges({"x": TensorRange(2.54, -1.0, 2.54)}, "entropy", 8, "m", "d")
     assert trt_cache.read_cache(trt_cache.write_cache(tmp_path / "c.cache", ranges)) == {"x": pytest.approx(0.02)}
+
+
+@pytest.mark.parametrize(("method", "header"), [("entropy", "EntropyCalibration2"), ("minmax", "MinMaxCalibration"), ("percentile", "PercentileCalibration"), ("auto", "PerTensorCalibration")])
+def test_header_names_the_method_of_the_ranges(tmp_path, method, header):
+    from hadmc_deploy.calibration.ranges import ActivationRanges, TensorRange
+
+    ranges = ActivationRanges({"x": TensorRange(2.54, -1.0, 2.54)}, method, 16, "m", "d")
+    path = trt_cache.write_cache(tmp_path / "c.cache", ranges, trt_version="10.3")
+    assert trt_cache.read_header(path) == (100300, header)
+    assert trt_cache.read_header(trt_cache.write_cache(tmp_path / "d.cache", ranges, algo="minmax"))[1] == "MinMaxCalibration"  # explicit wins

@@ -1,0 +1,78 @@
+"""The accuracy guard and the one INT8 call: broken ranges trip it, its repair restores accuracy, disagreement is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from calibration_models import tiny_digits_onnx
+
+from hadmc_deploy.calibration.collect import collect_ranges
+from hadmc_deploy.calibration.guard import GuardSettings
+from hadmc_deploy.calibration.quantize import Int8Options, quantize_int8
+from hadmc_deploy.calibration.trt_cache import read_header
+from hadmc_deploy.calibration.verify_qdq import compare_outputs, judge
+from hadmc_deploy.errors import UsageError
+from hadmc_deploy.evaluate import onnx_accuracy
+
+
+def _broken_cache(path, train, out_dir, method="entropy"):
+    """scales.json whose hashes match (so it is reused) but whose ranges are 100x too small."""
+    good = collect_ranges(path, train, method=method, num_samples=256)
+    good.scaled(0.01).save(out_dir / "scales.json")
+    return good
+
+
+def test_broken_ranges_trip_the_guard_and_the_repair_restores_accuracy(tmp_path):
+    path, train, test = tiny_digits_onnx()
+    _broken_cache(path, train, tmp_path)
+    float_acc = onnx_accuracy(path, test)
+    result = quantize_int8(path, train, tmp_path, Int8Options(method="entropy", samples=256, guard=GuardSettings(max_accuracy_drop=1.0)), eval_data=test)
+    guard = result.guard
+    assert result.ranges_reused and guard is not None and guard.mode == "accuracy"
+    first = guard.steps[0]
+    assert not first.holds and float_acc - first.accuracy > 20  # the sabotage really broke INT8, and the guard saw it
+    assert guard.holds and result.deployable and len(guard.steps) >= 2
+    assert "within the 1.0 point guard" in guard.reason
+    # Measured independently on the graph it wrote, on all the eval data:
+    assert float_acc - onnx_accuracy(result.qdq_path, test) <= 1.0
+    assert result.method == "auto" and sum(result.method_counts.values()) == len(collect_ranges(path, train, "minmax", 256))
+    assert read_header(result.trt_cache_path)[1] == "PerTensorCalibration"  # the cache says what its ranges are
+
+
+def test_without_eval_data_disagreement_is_refused_or_repaired(tmp_path):
+    path, train, _ = tiny_digits_onnx()
+    _broken_cache(path, train, tmp_path / "refused")
+    (tmp_path / "refused").mkdir(exist_ok=True)
+    refused = quantize_int8(path, train, tmp_path / "refused", Int8Options(method="entropy", samples=256, guard=GuardSettings(repair=False)))
+    assert not refused.deployable and refused.guard.mode == "agreement" and not refused.guard.holds
+    assert "disagrees with FP32" in refused.reason and "refusing" in refused.reason
+    assert refused.check.snr_db < 10
+    (tmp_path / "repaired").mkdir()
+    _broken_cache(path, train, tmp_path / "repaired")
+    repaired = quantize_int8(path, train, tmp_path / "repaired", Int8Options(method="entropy", samples=256))
+    assert repaired.deployable and repaired.check.top1_agreement >= 0.95 and repaired.check.snr_db > 15
+
+
+def test_minmax_cache_header_and_bad_options(tmp_path):
+    path, train, _ = tiny_digits_onnx()
+    result = quantize_int8(path, train, tmp_path, Int8Options(method="minmax", samples=64, guard=None, verify_samples=64))
+    assert read_header(result.trt_cache_path) == (100000, "MinMaxCalibration")
+    assert result.guard is None and result.deployable and result.float_nodes == []
+    with pytest.raises(UsageError, match="calibration method"):
+        quantize_int8(path, train, tmp_path, Int8Options(method="kl"))
+    with pytest.raises(UsageError, match="max-accuracy-drop"):
+        quantize_int8(path, train, tmp_path, Int8Options(guard=GuardSettings(max_accuracy_drop=-1)))
+
+
+def test_check_covers_every_output_with_snr():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((200, 10))
+    boxes = rng.standard_normal((200, 5, 4))  # a detector head: not class scores
+    good = judge(compare_outputs([logits, boxes], [logits + 0.01 * rng.standard_normal(logits.shape), boxes + 0.01 * rng.standard_normal(boxes.shape)], ["logits", "boxes"]))
+    assert good.passed and good.top1_agreement > 0.95 and good.snr_db > 30
+    # The classifier head agrees; the regression head is noise: the check fails and names it.
+    bad = judge(compare_outputs([logits, boxes], [logits, rng.standard_normal(boxes.shape)], ["logits", "boxes"]))
+    assert not bad.passed and bad.top1_agreement == 1.0 and "boxes: SNR" in bad.reason and "logits" not in bad.reason
+    # A model with no classifier output is judged on SNR alone.
+    only = judge(compare_outputs(boxes, boxes * 1.001))
+    assert only.top1_agreement is None and only.passed

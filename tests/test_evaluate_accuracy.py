@@ -1,0 +1,59 @@
+"""The one top-1 accuracy (torch, ONNX, logits) and the chance-level warning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hadmc_deploy.data import ArrayDataset
+from hadmc_deploy.evaluate import chance_level_warning, onnx_accuracy, top1_accuracy, torch_accuracy
+from hadmc_deploy.export import export_onnx
+from hadmc_deploy.recover import accuracy as recover_accuracy
+from hadmc_deploy.train import evaluate_accuracy
+
+
+class _Fixed(nn.Module):
+    """Returns preset logits row by row (so NaN rows can be planted)."""
+
+    def __init__(self, logits: np.ndarray) -> None:
+        super().__init__()
+        self.logits = torch.from_numpy(logits)
+        self.lin = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits[x[:, 0, 0, 0].long()]
+
+
+def test_nan_rows_count_as_wrong_everywhere():
+    logits = np.eye(4, dtype=np.float32)[[0, 1, 2, 3]]
+    logits[1, :] = np.nan  # argmax of a NaN row is 0 in numpy and torch: it must not count
+    logits[3, 3] = np.nan
+    labels = np.array([0, 0, 2, 3])
+    assert top1_accuracy(logits, labels) == pytest.approx(50.0)
+    data = ArrayDataset(np.arange(4, dtype=np.float32).reshape(4, 1, 1, 1), labels, "planted")
+    model = _Fixed(logits).train()
+    for measure in (torch_accuracy, evaluate_accuracy, recover_accuracy):
+        assert measure(model, data) == pytest.approx(50.0)
+        assert model.training  # the caller's mode is restored
+
+
+def test_onnx_accuracy_matches_torch(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = np.random.default_rng(0).standard_normal((50, 1, 4, 4)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 3, 50)
+    data = ArrayDataset(x, y, "random")
+    path = tmp_path / "m.onnx"
+    export_onnx(model, (1, 1, 4, 4), path)
+    assert onnx_accuracy(path, data) == pytest.approx(torch_accuracy(model, data))
+
+
+def test_chance_level_is_flagged_with_the_likely_cause():
+    warning = chance_level_warning(10.8, 10)
+    assert warning is not None and "--mean/--std" in warning and "10.0%" in warning
+    assert chance_level_warning(52.0, 2) is not None  # a coin flip on two classes
+    assert chance_level_warning(91.0, 10) is None
+    assert chance_level_warning(30.0, 10) is None
+    assert chance_level_warning(5.0, 1) is None  # one class: no chance level to speak of
