@@ -76,7 +76,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("kd_alpha", "float", 0.7, "weight of the distillation term vs the labels", metavar="A", section="recovery"),
     Option("feature_weight", "float", 1.0, "weight of feature alignment (0: logits only)", metavar="W", section="recovery"),
     Option("feature_layers", "strs", (), "module names to align (default: the last 3 main blocks; repeatable)", metavar="NAME", section="recovery"),
-    Option("calib_method", "str", "entropy", "activation range method", choices=("entropy", "minmax", "percentile"), section="quantization"),
+    Option("calib_method", "str", "auto", "activation range method (auto: per tensor, the range with the least quantization error on held-out samples)", choices=("auto", "entropy", "minmax", "percentile"), section="quantization"),
     Option("precision", "str", None, "artifact precision (default: the target's)", choices=("int8", "fp16", "fp32"), section="quantization"),
     Option("max_accuracy_drop", "float", None, "accuracy guard: points the deployed artifact may lose (default 1.0 with --eval); INT8 is repaired (range method per tensor, sensitive layers in float) before it fails", metavar="P", section="quantization"),
     Option("allow_accuracy_drop", "bool", False, "report but do not fail when the accuracy guard is exceeded (the guard then does not restrict what deploys)", section="quantization"),

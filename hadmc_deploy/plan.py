@@ -16,6 +16,7 @@ from typing import Any
 from hadmc_deploy import __version__
 from hadmc_deploy.config import OPTIONS
 from hadmc_deploy.data import check_source_exists
+from hadmc_deploy.detection.dataset import check_detection_source, is_detection_source
 from hadmc_deploy.errors import UsageError
 from hadmc_deploy.fileio import sha256_file, write_json_atomic
 from hadmc_deploy.options import BuildOptions
@@ -146,7 +147,11 @@ def make_plan(
         raise UsageError("INT8 needs calibration data", hint="pass --calib DATA (e.g. builtin:fashion-mnist:train) or --precision fp32")
     for name in ("train", "calib", "eval", "data"):
         if options[name]:
-            check_source_exists(str(options[name]))
+            source = str(options[name])
+            if is_detection_source(source):
+                check_detection_source(source)
+            else:
+                check_source_exists(source)
     options = dict(options)
     if options["max_accuracy_drop"] is None and options["eval"]:
         options["max_accuracy_drop"] = DEFAULT_ACCURACY_GUARD  # the guard is on whenever accuracy can be measured

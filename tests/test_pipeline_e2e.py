@@ -27,20 +27,20 @@ def statuses(out: Path) -> dict[str, str]:
 
 def test_failure_resume_then_cache_hit(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "b"
-    import hadmc_deploy.build.stages.calibrate as collect  # the stage's own reference to collect_ranges
+    import hadmc_deploy.build.stages.calibrate as collect  # the stage's own reference to load_or_collect
 
-    real = collect.collect_ranges
+    real = collect.load_or_collect
 
     def broken(*args, **kwargs):  # noqa: ANN002, ANN003
         raise RuntimeError("simulated crash in calibration")
 
-    monkeypatch.setattr(collect, "collect_ranges", broken)
+    monkeypatch.setattr(collect, "load_or_collect", broken)
     assert main(["build", str(tiny), "--target", "cpu", "--ratio", "0.3", "--out", str(out), "--allow-accuracy-drop", *BASE]) == 70
     first = statuses(out)
     assert first["calibrate"] == "failed" and first["export"] == "done" and first["evaluate"] == "not run"
     assert not json.loads((out / "report.json").read_text())["complete"]
 
-    monkeypatch.setattr(collect, "collect_ranges", real)
+    monkeypatch.setattr(collect, "load_or_collect", real)
     assert main(["build", "--resume", str(out), "-q"]) == 0
     second = statuses(out)
     for stage in ("load", "trace", "latency model", "search", "surgery", "recover", "export"):

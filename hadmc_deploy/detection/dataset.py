@@ -70,6 +70,14 @@ def is_detection_source(source: str) -> bool:
     return path.name == DATA_YAML or (path.is_dir() and (path / DATA_YAML).is_file())
 
 
+def check_detection_source(source: str) -> None:
+    """Fail before any stage runs when a detection source names no dataset."""
+    path = Path(_split_source(source)[0])
+    root = path.parent if path.name == DATA_YAML else path
+    if not (root / DATA_YAML).is_file():
+        raise DataError(f"detection data {source}: no {DATA_YAML} in {root}", hint="pass yolo:DIR[:split] where DIR holds data.yaml, images/ and labels/")
+
+
 def _split_source(source: str) -> tuple[str, str | None]:
     body = source[len(YOLO_PREFIX):] if source.startswith(YOLO_PREFIX) else source
     if Path(body).exists():

@@ -1,4 +1,6 @@
-"""Stage 8, calibrate: activation ranges of every float model on the calibration data."""
+"""Stage 8, calibrate: activation ranges of every float model on the calibration data (the
+`auto` method by default: per tensor, the range whose quantization error on held-out
+samples is smallest), saved as scales.json and reused by the quantize stage."""
 
 from __future__ import annotations
 
@@ -7,14 +9,14 @@ from typing import Any
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import data_hash, dataset
 from hadmc_deploy.build.variants import float_onnx, models, scales_name
-from hadmc_deploy.calibration.collect import collect_ranges
-from hadmc_deploy.calibration.trt_cache import write_cache
+from hadmc_deploy.calibration.ranges import load_or_collect
 
 
 def inputs(ctx: BuildContext) -> dict[str, Any]:
     int8 = ctx.plan.precision == "int8"
     d, q = ctx.settings.data, ctx.settings.quantization
-    return {"precision": ctx.plan.precision, "calib": data_hash(ctx, "calib") if int8 else None, "method": q.calib_method, "samples": d.calib_samples}
+    return {"precision": ctx.plan.precision, "calib": data_hash(ctx, "calib") if int8 else None, "method": q.calib_method,
+            "samples": d.calib_samples, "form": ctx.plan.target.int8_form}
 
 
 def run(ctx: BuildContext) -> StageResult:
@@ -25,11 +27,10 @@ def run(ctx: BuildContext) -> StageResult:
     outputs, result = [], {}
     names = models(ctx)
     for model in names:
-        ranges = collect_ranges(float_onnx(ctx, model), data, method=method, num_samples=samples, ui=ctx.ui)
-        outputs.append(ranges.save(ctx.path(scales_name(model))))
-        result[model] = {"tensors": len(ranges), "method": ranges.method, "num_samples": ranges.num_samples}
-        if model == names[-1]:
-            outputs.append(write_cache(ctx.path("calibration.cache"), ranges))
+        path = ctx.path(scales_name(model))
+        ranges, reused = load_or_collect(float_onnx(ctx, model), data, method, path, num_samples=samples, form=ctx.plan.target.int8_form, ui=ctx.ui)
+        outputs.append(path)
+        result[model] = {"tensors": len(ranges), "method": ranges.method, "method_counts": ranges.method_counts(), "num_samples": ranges.num_samples, "reused": reused}
     result["_summary"] = f"{method} ranges on {result[names[-1]]['num_samples']} samples of {ctx.plan.calib_source}"
     return StageResult(result, outputs)
 

@@ -49,6 +49,9 @@ def run(ctx: BuildContext) -> StageResult:
             onnx_file = ctx.path(qdq_name(model, form)) if precision == "int8" else float_onnx(ctx, model)
         row: dict[str, Any] = {"name": name, "model": model, "precision": precision, "params": params[model], "macs": macs[model], "onnx": onnx_file.name, "onnx_sha256": sha256_file(onnx_file)}
         row["predicted"] = predicted(ctx, model, precision)
+        qinfo = quant.get(model) or {}
+        if precision in ("int8", "mixed") and qinfo.get("deployable") is False:
+            row["agreement"] = {"refused": True, "reason": qinfo.get("reason")}
         entry = built.get(name)
         if entry is None and precision == "fp16":
             continue  # FP16 only means something as an engine built on the target

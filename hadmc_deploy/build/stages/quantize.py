@@ -1,47 +1,79 @@
-"""Stage 9, quantize: the QDQ graph of every model in the target's INT8 form, with the layers
-that the accuracy guard's sensitivity search keeps in float."""
+"""Stage 9, quantize: per model, the QDQ graph in the target's INT8 form through the one INT8
+call (`calibration.quantize.quantize_int8`): checked against FP32 on held-out calibration
+samples, guarded on --eval accuracy and repaired (range method per tensor, then the most
+sensitive layers in float) before it is refused; then, on ONNX Runtime, a mixed graph that
+keeps in float the layers measured slower in INT8."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.inputs import data_hash, dataset
+from hadmc_deploy.build.inputs import data_hash, dataset, task
+from hadmc_deploy.build.metric import DETECT
 from hadmc_deploy.build.variants import float_onnx, mixed_name, models, qdq_name, scales_name
-from hadmc_deploy.calibration.qdq import write_qdq
+from hadmc_deploy.calibration.guard import GuardSettings
+from hadmc_deploy.calibration.qdq import cpu_reduce_range, write_qdq
+from hadmc_deploy.calibration.quantize import Int8Options, quantize_int8
 from hadmc_deploy.calibration.ranges import ActivationRanges
-from hadmc_deploy.calibration.sensitivity import select_float_layers
 from hadmc_deploy.latency.ort_profile import int8_slow_layers
+from hadmc_deploy.targets import detect_cpu_isa
 
-#: eval samples the mixed-precision search measures each candidate on.
-MIXED_PRECISION_SAMPLES = 2000
+#: eval samples the guard's repair measures each candidate on; the final accuracy uses all of --eval.
+GUARD_SAMPLES = 2000
 
 
 def inputs(ctx: BuildContext) -> dict[str, Any]:
-    guard = ctx.settings.quantization.max_accuracy_drop
-    return {"form": ctx.plan.target.int8_form, "max_accuracy_drop": guard, "eval": data_hash(ctx, "eval") if guard is not None else None,
-            "batch": ctx.plan.input_shape[0]}
+    q = ctx.settings.quantization
+    return {"form": ctx.plan.target.int8_form, "guard": q.max_accuracy_drop, "allow": q.allow_accuracy_drop, "method": q.calib_method,
+            "eval": data_hash(ctx, "eval") if q.max_accuracy_drop is not None else None, "batch": ctx.plan.input_shape[0]}
+
+
+def options(ctx: BuildContext) -> Int8Options:
+    q, target = ctx.settings.quantization, ctx.plan.target
+    guard = None
+    if not q.allow_accuracy_drop:
+        # without labelled data (or for a detector, whose accuracy is not top-1) the guard
+        # compares INT8 with FP32 outputs on held-out calibration samples instead
+        guard = GuardSettings(max_accuracy_drop=q.max_accuracy_drop if q.max_accuracy_drop is not None else 1.0, eval_samples=GUARD_SAMPLES)
+    return Int8Options(
+        method=q.calib_method, samples=ctx.settings.data.calib_samples, form=target.int8_form,
+        reduce_range=target.backend == "onnxruntime" and cpu_reduce_range(detect_cpu_isa()), guard=guard,
+    )
 
 
 def run(ctx: BuildContext) -> StageResult:
     if ctx.plan.precision != "int8":
         return StageResult({}, skipped=f"precision {ctx.plan.precision}: nothing to quantize")
     form = ctx.plan.target.int8_form
+    calib = dataset(ctx, "calib")
+    evald = dataset(ctx, "eval") if task(ctx) != DETECT else None
+    if evald is not None:
+        evald = evald.subset(GUARD_SAMPLES, seed=ctx.settings.data.seed)
+    opts = options(ctx)
     outputs: list[Path] = []
     result: dict[str, Any] = {"form": form, "float_nodes": {}}
     for model in models(ctx):
+        prefix = "baseline_" if model == "baseline" else ""
+        r = quantize_int8(float_onnx(ctx, model), calib, ctx.plan.out_dir, opts, eval_data=evald, prefix=prefix, ui=ctx.ui)
+        outputs += [Path(r.qdq_path), Path(r.scales_path)] + ([Path(r.trt_cache_path)] if r.trt_cache_path else [])
+        result["float_nodes"][model] = [{"node": n, "reason": r.float_node_reasons.get(n, "")} for n in r.float_nodes]
         ranges = ActivationRanges.load(ctx.path(scales_name(model)))
-        float_nodes, why, mixed = _float_nodes(ctx, model, ranges, form)
-        out = write_qdq(float_onnx(ctx, model), ranges, ctx.path(qdq_name(model, form)), form=form, float_nodes=float_nodes)
-        outputs.append(Path(out))
-        result["float_nodes"][model] = [{"node": n, "reason": why.get(n, "")} for n in float_nodes]
-        result[model] = {"path": qdq_name(model, form), "mixed_precision": mixed, "mixed": _speed_mixed(ctx, model, ranges, form, float_nodes, outputs)}
-    result["_summary"] = f"{form} QDQ graphs for {', '.join(models(ctx))}"
+        result[model] = {
+            "path": qdq_name(model, form), "deployable": r.deployable, "reason": r.reason, "method": r.method, "method_counts": r.method_counts,
+            "check": r.check.to_dict(),
+            "guard": json.loads(json.dumps(asdict(r.guard), default=str)) if r.guard is not None else None,
+            "mixed": _speed_mixed(ctx, model, ranges, form, list(r.float_nodes), opts.reduce_range, outputs) if r.deployable else None,
+        }
+    result["_summary"] = f"{form} QDQ graphs for {', '.join(models(ctx))}" + "".join(
+        f"; {m}: {result[m]['reason']}" for m in models(ctx) if not result[m]["deployable"])
     return StageResult(result, outputs)
 
 
-def _speed_mixed(ctx: BuildContext, model: str, ranges: ActivationRanges, form: str, float_nodes: list[str], outputs: list[Path]) -> dict[str, Any] | None:
+def _speed_mixed(ctx: BuildContext, model: str, ranges: ActivationRanges, form: str, float_nodes: list[str], reduce_range: bool, outputs: list[Path]) -> dict[str, Any] | None:
     """A second QDQ graph with the layers that run slower in INT8 than in FP32 (ONNX Runtime's
     profiler on the real graphs, Q/DQ overhead included) kept in float; measured as a variant."""
     if ctx.plan.target.backend != "onnxruntime":
@@ -52,7 +84,7 @@ def _speed_mixed(ctx: BuildContext, model: str, ranges: ActivationRanges, form: 
     keep_float = sorted(set(slow) - set(float_nodes))
     if not keep_float or weighted <= set(slow) | set(float_nodes):
         return None  # INT8 pays everywhere, or nowhere (then the FP32 variant is the mixed one)
-    out = write_qdq(source, ranges, ctx.path(mixed_name(model, form)), form=form, float_nodes=[*float_nodes, *keep_float])
+    out = write_qdq(source, ranges, ctx.path(mixed_name(model, form)), form=form, float_nodes=[*float_nodes, *keep_float], reduce_range=reduce_range)
     outputs.append(Path(out))
     ctx.ui.log(f"{model}: {len(keep_float)} of {len(weighted)} layers run slower in INT8 here; a mixed graph keeps them in float")
     return {
@@ -60,19 +92,6 @@ def _speed_mixed(ctx: BuildContext, model: str, ranges: ActivationRanges, form: 
         "float_nodes": [*float_nodes, *keep_float],
         "slow_in_int8": [{"node": t.node, "fp32_ms": t.fp32_ms, "int8_ms": t.int8_ms} for t in timings if t.node in keep_float],
     }
-
-
-def _float_nodes(ctx: BuildContext, model: str, ranges: ActivationRanges, form: str) -> tuple[list[str], dict[str, str], dict[str, Any] | None]:
-    """Layers left in float: chosen by measured sensitivity when an accuracy guard is set."""
-    evald = dataset(ctx, "eval")
-    guard = ctx.settings.quantization.max_accuracy_drop
-    if guard is None or evald is None:
-        return [], {}, None
-    # A fixed subset keeps the search affordable; the final accuracy is measured on all of --eval.
-    subset = evald.subset(MIXED_PRECISION_SAMPLES, seed=ctx.settings.data.seed)
-    choice = select_float_layers(float_onnx(ctx, model), ranges, subset, max_accuracy_drop=guard, form=form, ui=ctx.ui)
-    summary = {k: v for k, v in choice.to_dict().items() if k != "sensitivities"}
-    return list(choice.float_nodes), dict(choice.reasons), summary
 
 
 STAGE = Stage("quantize", run, inputs, ("calibrate", "export"))
