@@ -63,7 +63,9 @@ def _accuracy_story(ctx: Any, variants: list[dict[str, Any]]) -> dict[str, Any]:
     """Where the accuracy went: pruning, recovery, quantization; and the guard's verdict."""
     rec = ctx.results.get("recover", {}).get("accuracy", {}) or {}
     by = {v["name"]: v.get("accuracy") for v in variants}
-    final_name = variants[-1]["name"] if variants else None
+    names = [v["name"] for v in variants]
+    wanted = [f"{m}-{ctx.plan.precision}" for m in ("pruned", "baseline")]  # the pipeline's own variant
+    final_name = next((n for n in wanted if n in names), names[-1] if names else None)
     baseline = by.get("baseline-fp32", rec.get("baseline"))
     story: dict[str, Any] = {
         "baseline": baseline,

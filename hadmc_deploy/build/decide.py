@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: order of "simplicity": on a tie within noise the earlier wins (fewer transformations).
-SIMPLICITY = ("baseline-fp32", "baseline-fp16", "pruned-fp32", "pruned-fp16", "baseline-mixed", "baseline-int8", "pruned-mixed", "pruned-int8")
+SIMPLICITY = ("baseline-fp32", "baseline-fp16", "pruned-fp32", "pruned-fp16", "baseline-int8", "baseline-mixed", "pruned-int8", "pruned-mixed")
 
 
 @dataclass(frozen=True)

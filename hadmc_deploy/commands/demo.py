@@ -131,7 +131,7 @@ def demo_build(checkpoint: Path, record: dict[str, Any], *, target: str, speedup
                 "train": record.get("train_data"),
                 "eval": record.get("eval_data"),
                 "train_limit": 30000,
-                "epochs": 1.0,
+                "epochs": 3.0,
                 "calib_samples": 512,
                 "batch": [1, 32],
                 "runs": 30,
