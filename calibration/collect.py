@@ -209,3 +209,35 @@ def merge_by_heldout_error(
     model = _AugmentedModel(onnx_path, data)
     per_tensor = {name: {label: ranges.tensors[name] for label, ranges in candidates.items() if name in ranges} for name in model.names}
     return choose_by_heldout_error(model, per_tensor, x, form, ui or quiet_ui())
+
+
+def load_or_collect(
+    onnx_path: str | Path,
+    data: ArrayDataset,
+    method: str = "auto",
+    cache_path: str | Path | None = None,
+    *,
+    num_samples: int = 512,
+    percentile: float = 99.99,
+    form: str = "qdq_u8s8",
+    ui: UI | None = None,
+) -> tuple[ActivationRanges, bool]:
+    """Ranges for (model, data, method): from `cache_path` when its hashes match, else collected and saved.
+
+    Returns (ranges, reused). A stale or corrupt cache is recomputed and overwritten,
+    never trusted.
+    """
+    subset = calibration_subset(data, num_samples)
+    model_sha = sha256_file(onnx_path)
+    data_sha = subset.sha256()
+    if cache_path is not None and Path(cache_path).is_file():
+        try:
+            cached = ActivationRanges.load(cache_path)
+        except DataError:
+            cached = None
+        if cached is not None and cached.matches(model_sha, data_sha, method, len(subset), percentile, form):
+            return cached, True
+    ranges = collect_ranges(onnx_path, data, method=method, num_samples=num_samples, percentile=percentile, form=form, ui=ui)
+    if cache_path is not None:
+        ranges.save(cache_path)
+    return ranges, False

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hadmc_deploy.calibration.collect import DEFAULT_METHOD, METHODS, calibration_subset
+from hadmc_deploy.calibration.collect import DEFAULT_METHOD, METHODS, calibration_subset, load_or_collect
 from hadmc_deploy.calibration.guard import GuardOutcome, GuardSettings, guard_int8
 from hadmc_deploy.calibration.observers import DEFAULT_PERCENTILE
 from hadmc_deploy.calibration.qdq import DEFAULT_PLACEMENT, FORMS, write_qdq
-from hadmc_deploy.calibration.ranges import load_or_collect
 from hadmc_deploy.calibration.trt_cache import algorithm_of, write_cache
 from hadmc_deploy.calibration.verify_qdq import (
     DEFAULT_MIN_SNR_DB,

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hadmc_deploy.errors import DataError
-from hadmc_deploy.fileio import sha256_file, write_json_atomic
+from hadmc_deploy.fileio import write_json_atomic
 
 if TYPE_CHECKING:
-    from hadmc_deploy.data import ArrayDataset
-    from hadmc_deploy.ui import UI
+    pass
 
 FORMAT = "hadmc-scales/1"
 
@@ -136,37 +135,3 @@ def _versions() -> dict[str, str]:
     import onnxruntime
 
     return {"python": platform.python_version(), "numpy": numpy.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-
-
-def load_or_collect(
-    onnx_path: str | Path,
-    data: ArrayDataset,
-    method: str = "auto",
-    cache_path: str | Path | None = None,
-    *,
-    num_samples: int = 512,
-    percentile: float = 99.99,
-    form: str = "qdq_u8s8",
-    ui: UI | None = None,
-) -> tuple[ActivationRanges, bool]:
-    """Ranges for (model, data, method): from `cache_path` when its hashes match, else collected and saved.
-
-    Returns (ranges, reused). A stale or corrupt cache is recomputed and overwritten,
-    never trusted.
-    """
-    from hadmc_deploy.calibration.collect import calibration_subset, collect_ranges
-
-    subset = calibration_subset(data, num_samples)
-    model_sha = sha256_file(onnx_path)
-    data_sha = subset.sha256()
-    if cache_path is not None and Path(cache_path).is_file():
-        try:
-            cached = ActivationRanges.load(cache_path)
-        except DataError:
-            cached = None
-        if cached is not None and cached.matches(model_sha, data_sha, method, len(subset), percentile, form):
-            return cached, True
-    ranges = collect_ranges(onnx_path, data, method=method, num_samples=num_samples, percentile=percentile, form=form, ui=ui)
-    if cache_path is not None:
-        ranges.save(cache_path)
-    return ranges, False

@@ -10,8 +10,8 @@ import pytest
 from calibration_models import tiny_digits_onnx
 from onnx import TensorProto, helper
 
-from hadmc_deploy.calibration.collect import MIN_CALIBRATION_SAMPLES, collect_ranges
-from hadmc_deploy.calibration.ranges import ActivationRanges, load_or_collect
+from hadmc_deploy.calibration.collect import MIN_CALIBRATION_SAMPLES, collect_ranges, load_or_collect
+from hadmc_deploy.calibration.ranges import ActivationRanges
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import DataError
 

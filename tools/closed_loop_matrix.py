@@ -41,6 +41,9 @@ class Arch:
     size: int
     channels: int
     epochs: int
+    #: normalisation (None: the data module's default); the MobileNetV3 case takes [0, 1] inputs as is
+    mean: float | None = None
+    std: float | None = None
 
 
 ARCHS = {
@@ -49,7 +52,7 @@ ARCHS = {
         Arch("demo", "hadmc_deploy.models.demo:demo_cnn", {"num_classes": 10, "in_channels": 1}, "fashion", 28, 1, 2),
         Arch("resnet20", "hadmc_deploy.models.resnet:cifar_resnet", {"depth": 20, "num_classes": 10, "in_channels": 1, "width": 16}, "fashion", 28, 1, 2),
         Arch("mobilenet_v2", "hadmc_deploy.models.mobilenet:mobilenet_v2", {"num_classes": 10, "width_mult": 0.5, "in_channels": 1}, "digits", 32, 1, 15),
-        Arch("mobilenet_v3", "hadmc_deploy.models.zoo:mobilenet_v3_small", {"num_classes": 10}, "digits", 32, 3, 15),
+        Arch("mobilenet_v3", "hadmc_deploy.models.mobilenet_v3:mobilenet_v3_small", {"num_classes": 10, "in_channels": 1}, "digits", 32, 1, 15, 0.0, 1.0),
         Arch("shufflenet_v2", "hadmc_deploy.models.zoo:shufflenet_v2_x1_0", {"num_classes": 10, "repeats": [2, 2, 2]}, "digits", 32, 3, 15),
         Arch("vgg11_bn", "hadmc_deploy.models.zoo:vgg11_bn", {"num_classes": 10, "hidden": 256}, "digits", 32, 3, 10),
         Arch("regnet_x", "hadmc_deploy.models.zoo:regnet_x_200mf", {"num_classes": 10}, "digits", 32, 3, 15),
@@ -72,7 +75,8 @@ def train(arch: Arch, out: Path, train_limit: int) -> tuple[Path, float]:
     if ckpt.is_file() and record.is_file():
         return ckpt, json.loads(record.read_text())["accuracy"]
     tr, te = sources(arch)
-    pre = Preprocess(resize=(arch.size, arch.size), channels=arch.channels)
+    norm = {"mean": (arch.mean,), "std": (arch.std,)} if arch.mean is not None else {}
+    pre = Preprocess(resize=(arch.size, arch.size), channels=arch.channels, **norm)
     train_set, test_set = load_data(tr, pre, limit=train_limit, seed=0), load_data(te, pre)
     torch.manual_seed(0)
     model = build_arch(arch.spec, dict(arch.kwargs))
@@ -89,6 +93,8 @@ def build(arch: Arch, ckpt: Path, speedup: float, out: Path, batch: int, train_l
            "--input-shape", f"{batch},{arch.channels},{arch.size},{arch.size}", "--batch", str(batch),
            "--train", tr, "--eval", te, "--train-limit", str(train_limit), "--epochs", "1", "--runs", "20",
            "--lut-minutes", "2", "--out", str(out), "-q"]
+    if arch.mean is not None:
+        cmd += ["--mean", str(arch.mean), "--std", str(arch.std)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - start

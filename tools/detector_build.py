@@ -84,6 +84,8 @@ def main() -> None:
     seconds = time.perf_counter() - start
     print(proc.stderr[-3000:])
     report = json.loads((Path(args.out) / "report.json").read_text())
+    if not (report.get("decision") or {}).get("deploy"):
+        sys.exit(f"the build stopped before a decision (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1]}; nothing written")
     Path(args.doc).write_text(render(report, cmd, proc.returncode, seconds))
     Path(args.doc).with_suffix(".json").write_text(json.dumps({"exit": proc.returncode, "decision": report.get("decision"), "variants": report["variants"],
                                                               "closed_loop": report.get("closed_loop")}, indent=1, default=str))

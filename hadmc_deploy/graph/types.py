@@ -32,7 +32,7 @@ class ChannelGroup:
     granularity: int = 1
     #: the smallest count the group may keep (never remove a whole layer unless asked).
     min_width: int = 1
-    # -- added by the graph module (issue 3) --
+    # -- added by the graph module --
     #: False when removing channels changes the others slightly (LayerNorm over channels):
     #: still prunable, but not exactly function-preserving.
     exact: bool = True
@@ -69,7 +69,7 @@ class CostedLayer:
     in_groups: tuple[str, ...] = ()
     out_group: str | None = None
     in_multiplier: int = 1
-    # -- added by the graph module (issue 3) --
+    # -- added by the graph module --
     #: exact input/output composition: (group id, positions this layer sees, the group's full
     #: width). Concat, split and channel shuffle see parts of groups; when present these
     #: terms take precedence (positions scale with the group's kept fraction).
@@ -112,7 +112,7 @@ class DependencyGraph:
     layers: list[CostedLayer]
     input_shape: tuple[int, ...]
     warnings: list[str] = field(default_factory=list)
-    # -- added by the graph module (issue 3) --
+    # -- added by the graph module --
     #: every tensor axis that follows channels (`hadmc_deploy.graph.build.TensorAxis`), for surgery
     #: and importance; not JSON (numpy index arrays)
     axes: list[Any] = field(default_factory=list)

@@ -9,6 +9,9 @@ included), so what was measured is kept and the file is never half-written.
 
 Timing goes through `Backend.measure_layer`, so the same code measures a CPU
 table with ONNX Runtime here and a T4 table with TensorRT on a GPU host.
+
+Long because the resumable, budgeted table measurement (grid, resume, budget, failures) is one
+loop with its bookkeeping.
 """
 
 from __future__ import annotations

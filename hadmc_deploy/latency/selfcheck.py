@@ -16,7 +16,7 @@ from hadmc_deploy.latency.base import LatencyModel
 from hadmc_deploy.latency.predictor import LutLatencyModel
 from hadmc_deploy.specs import LayerSpec
 
-#: relative error beyond which a prediction is flagged (issue 13: 10%).
+#: relative error beyond which a prediction is flagged (10%).
 DEFAULT_TOLERANCE = 0.10
 
 

@@ -9,6 +9,9 @@ flatten -> Linear, channels-last LayerNorm with layer scale, multi-branch
 concat). Some are shallower than the originals to keep the tests fast; the
 block structure is the same. `MATRIX` maps name -> (builder, small input shape,
 full input shape).
+
+Long because it is a catalogue: a dozen small reference architectures the matrix and tests
+share; each definition stands alone.
 """
 
 from __future__ import annotations

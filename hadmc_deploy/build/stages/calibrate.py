@@ -9,7 +9,7 @@ from typing import Any
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import data_hash, dataset
 from hadmc_deploy.build.variants import float_onnx, models, scales_name
-from hadmc_deploy.calibration.ranges import load_or_collect
+from hadmc_deploy.calibration.collect import load_or_collect
 
 
 def inputs(ctx: BuildContext) -> dict[str, Any]:
