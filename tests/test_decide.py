@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from hadmc_deploy.build.correction import LatencyCorrection, MeasuredPoint
-from hadmc_deploy.build.decide import Candidate, budget_verdict, chance_level_warning, choose, guard_exclusion
+from hadmc_deploy.build.decide import (
+    Candidate,
+    budget_verdict,
+    chance_level_warning,
+    choose,
+    guard_exclusion,
+    verdict,
+)
 from hadmc_deploy.latency.base import Prediction
 
 
@@ -58,3 +65,21 @@ def test_correction_refuses_ill_conditioned_fits() -> None:
 def test_chance_level_warning_names_normalisation() -> None:
     assert "--mean/--std" in chance_level_warning(10.5, 10)
     assert chance_level_warning(88.0, 10) is None
+
+
+def test_verdict_follows_what_was_asked() -> None:
+    cands = [Candidate("baseline-fp32", 10.0, 90.0), Candidate("baseline-int8", 4.0, 90.0),
+             Candidate("pruned-int8", 2.0, 87.0, excluded="loses 3.00 points"), Candidate("pruned-mixed", 2.5, 89.5)]
+    # a pruned variant within the guard meets 1.5x over the INT8 original: exit 0 even though pruned-int8 was excluded
+    assert verdict("pruned-mixed", cands, "baseline-int8", 1.5, 0.05, False, "int8")[0] == 0
+    # only the excluded variant would meet 1.9x: the guard is why (15)
+    code, why = verdict("pruned-mixed", cands, "baseline-int8", 1.9, 0.05, False, "int8")
+    assert code == 15 and why.startswith("pruned-int8 would deliver it")
+    # nothing reaches 3x: the budget (14)
+    assert verdict("pruned-mixed", cands, "baseline-int8", 3.0, 0.05, False, "int8")[0] == 14
+    # no budget: FP32 deployed because INT8 measured slower is not a failure
+    slow_int8 = [Candidate("baseline-fp32", 1.0, 90.0), Candidate("baseline-int8", 1.5, 90.0)]
+    assert verdict("baseline-fp32", slow_int8, "baseline-int8", None, 0.05, False, "int8")[0] == 0
+    # no budget, every INT8 graph outside the guard: 15
+    broken = [Candidate("baseline-fp32", 1.0, 90.0), Candidate("baseline-int8", 0.5, 20.0, excluded="loses 70.00 points")]
+    assert verdict("baseline-fp32", broken, "baseline-int8", None, 0.05, False, "int8")[0] == 15

@@ -87,7 +87,8 @@ def test_accuracy_guard(tiny: Path, tmp_path: Path) -> None:
     assert guard["exceeded"] and guard["drop"] > 0
     assert report["accuracy"]["change_points"]["pruning"] is not None
     assert report["deploy"]["variant"] == "baseline-fp32"  # never hand back something worse than the original
-    assert report["decision"]["guard"]["pipeline_variant_excluded"].startswith("loses")
+    verdict = report["decision"]["verdict"]
+    assert verdict["exit_code"] == 15 and "pruned-" in verdict["why"] and "loses" in verdict["why"]
     assert main([*args, *rest, "--allow-accuracy-drop"]) == 0
 
 

@@ -42,6 +42,8 @@ class Decision:
     noise: float = 0.0
     budget: dict[str, Any] | None = None
     guard: dict[str, Any] | None = None
+    #: {"exit_code": 0 | 14 | 15, "why": ...}: what the build's exit code will be, and why
+    verdict: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,3 +95,31 @@ def chance_level_warning(accuracy: float | None, num_classes: int | None) -> str
         return (f"the original model scores {accuracy:.2f}% on the evaluation data, near chance ({chance:.1f}% for {num_classes} classes): "
                 "the data is probably not normalised as in training; check --mean/--std (and the input range) before trusting any number here")
     return None
+
+
+def delivers(name: str, p50: dict[str, float], reference: str, goal_speedup: float | None, noise: float, pruning_asked: bool, precision: str) -> bool:
+    """Whether a variant delivers what the build was asked for: the latency budget when one was
+    given (measured over the original at the build's precision), else a pruned model when pruning
+    was asked, else the build's precision (INT8, or its mixed graph)."""
+    if goal_speedup is not None:
+        return p50[reference] / p50[name] >= goal_speedup * (1 - noise)
+    if pruning_asked:
+        return name.startswith("pruned-")
+    return name.endswith((f"-{precision}", "-mixed"))
+
+
+def verdict(deployed: str, candidates: list[Candidate], reference: str, goal_speedup: float | None, noise: float,
+            pruning_asked: bool, precision: str) -> tuple[int, str]:
+    """(exit code, why). 0: the deployed variant delivers what was asked. 15: a variant that would
+    have delivered it exists but the accuracy guard excluded it. 14: no measured variant met the
+    latency budget. Deploying FP32 because INT8 measured slower is not a failure."""
+    p50 = {c.name: c.p50_ms for c in candidates}
+    if delivers(deployed, p50, reference, goal_speedup, noise, pruning_asked, precision):
+        return 0, f"{deployed} delivers what was asked"
+    lost = [c for c in candidates if c.excluded and delivers(c.name, p50, reference, goal_speedup, noise, pruning_asked, precision)]
+    if lost:
+        best = min(lost, key=lambda c: c.p50_ms)
+        return 15, f"{best.name} would deliver it but {best.excluded}"
+    if goal_speedup is not None:
+        return 14, f"no measured variant reaches {goal_speedup:.2f}x"
+    return 0, f"{deployed} is the best measured variant (the others were measured slower)"

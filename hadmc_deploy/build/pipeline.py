@@ -136,17 +136,18 @@ def build(plan: BuildPlan, ui: UI | None = None) -> dict[str, Any]:
 
 
 def raise_on_unmet(report: dict[str, Any]) -> None:
-    """The exit code follows the measurement: what was asked and not delivered is an error,
-    raised after the report and the deployed artifact (the best measured) are written."""
+    """The exit code follows the measurement (`build/decide.py` `verdict`): what was asked and not
+    delivered is an error, raised after the report and the deployed artifact are written."""
     decision = report.get("decision") or {}
-    guard = decision.get("guard") or {}
-    if guard.get("pipeline_variant_excluded") and not guard.get("allowed_by_flag"):
+    code = (decision.get("verdict") or {}).get("exit_code", 0)
+    why = (decision.get("verdict") or {}).get("why", "")
+    if code == AccuracyGuardError.exit_code:
         raise AccuracyGuardError(
-            f"{guard['pipeline_variant']} {guard['pipeline_variant_excluded']}; deployed {decision['deploy']} instead ({decision.get('artifact')})",
+            f"{why}; deployed {decision['deploy']} instead ({decision.get('artifact')})",
             hint="see report.md; recover longer (--epochs), or pass --allow-accuracy-drop to accept the loss",
         )
     budget = decision.get("budget") or {}
-    if budget and not budget.get("met"):
+    if code == BudgetError.exit_code:
         raise BudgetError(
             f"the budget of {budget['goal_speedup']:.2f}x was not met when measured: the best measured is {decision['deploy']} at "
             f"{budget['measured_speedup']:.2f}x over the original at the same precision ({decision.get('artifact')})",

@@ -17,7 +17,9 @@ from hadmc_deploy.build.decide import (
     budget_verdict,
     chance_level_warning,
     choose,
+    delivers,
     guard_exclusion,
+    verdict,
 )
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.triton import write_triton_repo
@@ -76,9 +78,17 @@ def run(ctx: BuildContext) -> StageResult:
         if r["name"] == "baseline-fp32":
             excluded = ""  # what the user gave us can always be handed back
         candidates.append(Candidate(r["name"], medians[r["name"]], r.get("accuracy"), excluded))
-    name, reason = choose(candidates, noise)
-    deployed = by_name[name]
     precision_ref = by_name.get(f"baseline-{ctx.plan.precision}", original)
+    s = ctx.settings.search
+    goal = s.speedup if s.speedup is not None else (medians[precision_ref["name"]] / s.latency_ms if s.latency_ms else None)
+    pruning_asked = s.ratio is not None or s.macs_ratio is not None or bool(s.widths)
+    name, reason = choose(candidates, noise)
+    meeting = [c for c in candidates if not c.excluded and delivers(c.name, medians, precision_ref["name"], goal, noise, pruning_asked, ctx.plan.precision)]
+    if goal is not None and meeting and name not in {c.name for c in meeting}:
+        # a simpler variant within noise of the fastest, but short of the budget: the budget wins
+        best = min(meeting, key=lambda c: c.p50_ms)
+        name, reason = best.name, f"the fastest allowed variant that meets the budget ({best.p50_ms:.3f} ms p50)"
+    deployed = by_name[name]
     decision = Decision(
         deploy=name, reason=reason, primary_batch=batch, noise=noise,
         candidates=[{"name": c.name, "p50_ms": c.p50_ms, "accuracy": c.accuracy, "excluded": c.excluded} for c in candidates],
@@ -86,14 +96,12 @@ def run(ctx: BuildContext) -> StageResult:
         speedup_vs_original_at_precision=medians[precision_ref["name"]] / medians[name],
         accuracy_change=(deployed.get("accuracy") - reference_acc) if deployed.get("accuracy") is not None and reference_acc is not None else None,
     )
-    s = ctx.settings.search
-    goal = s.speedup if s.speedup is not None else (medians[precision_ref["name"]] / s.latency_ms if s.latency_ms else None)
     decision.budget = budget_verdict(goal, decision.speedup_vs_original_at_precision, noise)
+    code, why = verdict(name, candidates, precision_ref["name"], goal, noise, pruning_asked, ctx.plan.precision)
+    decision.verdict = {"exit_code": code, "why": why}
     if q.max_accuracy_drop is not None and reference_acc is not None:
-        wanted = f"pruned-{ctx.plan.precision}" if f"pruned-{ctx.plan.precision}" in by_name else f"baseline-{ctx.plan.precision}"
-        excluded = {c.name: c.excluded for c in candidates}
-        decision.guard = {"allowed": q.max_accuracy_drop, "reference": reference_acc, "pipeline_variant": wanted,
-                          "pipeline_variant_excluded": excluded.get(wanted, ""), "allowed_by_flag": q.allow_accuracy_drop}
+        decision.guard = {"allowed": q.max_accuracy_drop, "reference": reference_acc, "allowed_by_flag": q.allow_accuracy_drop,
+                          "excluded": {c.name: c.excluded for c in candidates if c.excluded}}
     warning = chance_level_warning(reference_acc, ctx.results["load"].get("num_classes"))
     if warning:
         decision.warnings.append(warning)
