@@ -168,6 +168,7 @@ def main() -> None:
     p.add_argument("--train-limit", type=int, default=6000)
     p.add_argument("--workdir", default="build/closed_loop")
     p.add_argument("--out", default="docs/closed_loop.md")
+    p.add_argument("--merge", action="store_true", help="keep the rows of other architectures from the existing .json (re-run a few only)")
     args = p.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -179,6 +180,13 @@ def main() -> None:
             row = build(arch, ckpt, speedup, work / f"{name}-x{speedup:g}", args.batch, args.train_limit)
             rows.append(row)
             print(json.dumps(row), flush=True)
+    previous = Path(args.out).with_suffix(".json")
+    if args.merge and previous.is_file():
+        old = json.loads(previous.read_text())
+        rerun = set(args.archs)
+        rows = [r for r in old["rows"] if r["arch"] not in rerun] + rows
+        rows.sort(key=lambda r: (list(ARCHS).index(r["arch"]), r["speedup"]))
+        accs = {**old["fp32_accuracy"], **accs}
     Path(args.out).write_text(markdown(rows, accs, args))
     Path(args.out).with_suffix(".json").write_text(json.dumps({"rows": rows, "fp32_accuracy": accs}, indent=1))
     print(f"wrote {args.out}")

@@ -56,9 +56,12 @@ def export_for_timing(model: nn.Module, input_shape: tuple[int, ...], path: Path
 
     from hadmc_deploy.fileio import atomic_path
 
-    with warnings.catch_warnings(), torch.no_grad(), atomic_path(path) as tmp:
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, torch.zeros(input_shape), str(tmp), dynamo=False, opset_version=opset, input_names=["input"], output_names=["output"])
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), atomic_path(path) as tmp:
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, torch.zeros(input_shape), str(tmp), dynamo=False, opset_version=opset, input_names=["input"], output_names=["output"])
+    except Exception:  # the TorchScript exporter refuses some ops (adaptive pooling to a non-divisor): the deploy path does not
+        return export_for_timing(model, input_shape, path, exporter="deploy", opset=opset)
     return path
 
 
