@@ -99,7 +99,23 @@ def test_correction_applies_and_fits():
 
 
 def test_tiny_model_against_tiny_measured_lut(tmp_path):
-    """Measure a small grid for TinyNet, fit the correction on two plans, predict a third."""
+    """Measure a small grid for TinyNet, fit the correction on two plans, predict a third.
+
+    The layers here take tens of microseconds, so one burst of load from the other test worker
+    can reorder two close plans: the whole measurement is repeated (at most three times) and
+    must hold once. A systematic misprediction fails every attempt."""
+    failures = []
+    for attempt in range(3):
+        try:
+            _tiny_model_against_tiny_measured_lut(tmp_path / f"attempt{attempt}")
+            return
+        except AssertionError as exc:
+            failures.append(str(exc).splitlines()[0])
+    raise AssertionError("every attempt failed: " + " | ".join(failures))
+
+
+def _tiny_model_against_tiny_measured_lut(tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     target = get_target("cpu")
     backend = get_backend("onnxruntime")
     graph = tiny_graph()
