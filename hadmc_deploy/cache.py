@@ -76,7 +76,7 @@ def import_closure(modules: tuple[str, ...]) -> set[str]:
         if path is None:
             continue
         files.add(path)
-        todo.extend(_project_imports(name, path))
+        todo.extend(project_imports(name, path))
     return files
 
 
@@ -90,8 +90,11 @@ def _module_file(name: str) -> str | None:
     return origin if origin and origin.endswith(".py") and Path(origin).is_file() else None
 
 
-def _project_imports(name: str, path: str) -> list[str]:
-    """Project modules named by the import statements of one source file."""
+def project_imports(name: str, path: str, parents: bool = True) -> list[str]:
+    """Project modules named by the import statements of one source file (anywhere in it).
+
+    With `parents`, every parent package of an imported module too: its `__init__` runs on
+    import, so it belongs to a closure (not to an import-cycle check)."""
     tree = ast.parse(Path(path).read_text(), filename=path)
     package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
     found: list[str] = []
@@ -112,7 +115,7 @@ def _project_imports(name: str, path: str) -> list[str]:
         if mod == PACKAGE or mod.startswith(PACKAGE + "."):
             # a parent package's __init__ runs too
             parts = mod.split(".")
-            out += [".".join(parts[: i + 1]) for i in range(len(parts))]
+            out += [".".join(parts[: i + 1]) for i in range(len(parts))] if parents else [mod]
     return out
 
 

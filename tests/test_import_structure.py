@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from hadmc_deploy.cache import project_imports
+
 ROOT = Path(__file__).resolve().parents[1]
 #: top-level folders and the package names they install as.
 PACKAGES = {"hadmc_deploy": "hadmc_deploy", "backends": "hadmc_deploy.backends", "calibration": "hadmc_deploy.calibration"}
@@ -27,23 +29,8 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """Project modules imported anywhere in the file (function-level imports included)."""
-    tree = ast.parse(path.read_text())
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                mod = f"{base}.{node.module}" if node.module else base
-            else:
-                mod = node.module or ""
-            names = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod for a in node.names]
-        found |= {n for n in names if n in known and n != name}
-    return found
+    """Project modules imported anywhere in the file (function-level imports included), parents not counted."""
+    return {m for m in project_imports(name, str(path), parents=False) if m in known and m != name}
 
 
 def _graph() -> dict[str, set[str]]:

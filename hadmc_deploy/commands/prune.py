@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from hadmc_deploy.build.inputs import loaded_model
 from hadmc_deploy.build.pipeline import compress
 from hadmc_deploy.commands.build import plan_from_args
 from hadmc_deploy.commands.common import add_model_argument
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
     rounds = plan.settings.benchmark.timing_rounds
     measured = None
     if rounds > 0:
-        original = ctx.lazy("loaded", lambda: load_model(plan.model, plan.arch, plan.arch_kwargs, trust_model=plan.trust_model)).model
+        original = loaded_model(ctx).model
         measured = measure_side_by_side(original, load_model(output).model, plan.input_shape, plan.out_dir, rounds=rounds, ui=ui)
     acc = res["recover"].get("accuracy") or {}
     notes = list(search.get("notes", []))
