@@ -194,3 +194,50 @@ def test_pruned_model_exports_and_verifies(tmp_path):
     assert first_conv.out_channels < 32  # it really is narrower
     x = np.random.default_rng(5).standard_normal((2, 1, 28, 28)).astype(np.float32)
     np.testing.assert_allclose(ort_out(tmp_path / "pruned.onnx", x), torch_out(pruned, x), rtol=1e-3, atol=1e-4)
+
+
+class _LargeLogits(torch.nn.Module):
+    """Logits in the hundreds (as from random-BN ResNet-50s), one column exactly zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(16, 4)
+        with torch.no_grad():
+            self.fc.weight.normal_(0, 100.0)
+            self.fc.weight[3] = 0.0
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def _shift_zero_column(model_proto: onnx.ModelProto, by: float) -> onnx.ModelProto:
+    from onnx import numpy_helper
+
+    for init in model_proto.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if w.shape == (4, 16) or w.shape == (16, 4):
+            w = w.copy()
+            if w.shape == (4, 16):
+                w[3] += by
+            else:
+                w[:, 3] += by
+            init.CopyFrom(numpy_helper.from_array(w, init.name))
+    return model_proto
+
+
+def test_verification_tolerance_scales_with_the_output(tmp_path):
+    """An error of ~1e-3 on an element near zero is float32 noise beside logits of ~4e2
+    (passes), but an error of ~1 is not (fails): the absolute tolerance follows the output's scale."""
+    model = _LargeLogits().eval()
+    x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    path = tmp_path / "big.onnx"
+    torch.onnx.export(model, (torch.from_numpy(x[:1]),), str(path), input_names=["input"], output_names=["output"], dynamo=False,
+                      dynamic_axes={"input": {0: "n"}, "output": {0: "n"}})
+    assert verify_file(model, path, x).passed
+    onnx.save(_shift_zero_column(onnx.load(str(path)), 3e-4), str(path))
+    result = verify_file(model, path, x)
+    assert result.passed and result.max_abs_err > 1e-4  # over the old fixed atol, within the output's scale
+    onnx.save(_shift_zero_column(onnx.load(str(path)), 0.3), str(path))
+    with pytest.raises(VerificationError, match="disagrees"):
+        verify_file(model, path, x)

@@ -58,6 +58,7 @@ def deploy_check(model: torch.nn.Module, pruned: torch.nn.Module, shape: tuple[i
             res = export_onnx(m, shape, Path(tmp) / f"{tag}.onnx", dynamic_batch=False, exporters=exporters)
             out[f"{tag}_onnx_err"] = res.max_abs_err
             out[f"{tag}_onnx_rel"] = res.max_rel_err
+            out[f"{tag}_onnx_passed"] = res.verification.passed
             out["n_outputs"] = len(res.output_names)
             ranges = collect_ranges(res.path, calib, method="minmax", num_samples=len(x))
             for precision in ("fp32", "int8"):
@@ -144,7 +145,7 @@ def render(rows: list[dict], ratios: list[float], command: str, with_tp: bool, t
         "- **after r**: params / MACs after removing r of every prunable group's channels (L1 importance, `hadmc-deploy prune --ratio r`).",
         "- **equivalence**: zero-then-prune with random channel choices over the exactly prunable groups; max |output difference| "
         "over every output (pass < 1e-5) and, in brackets, how much the zeroing moved the output (so the check is not vacuous).",
-        "- **ONNX**: `export_onnx` of the original / the pruned model (at the largest ratio), max |ORT - torch| over all outputs (pass: max |ORT - torch| / (|torch| + 1e-4) < 1e-3, export_onnx's own check); "
+        "- **ONNX**: `export_onnx` of the original / the pruned model (at the largest ratio), max |ORT - torch| over all outputs (pass: |ORT - torch| <= 1e-4 + 1e-3 |torch| for every element, export_onnx's own check, numpy.allclose); "
         "**outputs**: how many outputs the exported graph has.",
         "- **ms FP32 / INT8 / pruned FP32 / pruned INT8**: ONNX Runtime CPU backend, batch as in *input*, median of per-round medians, "
         "the four interleaved. INT8 ranges come from random inputs (speed only). The machine is shared by several jobs: timings are noisy "
@@ -176,9 +177,9 @@ def render(rows: list[dict], ratios: list[float], command: str, with_tp: bool, t
             cells.append(f"{ok} {d['eq_diff']:.1e} ({d['eq_effect']:.1e})")
         dep = row.get("deploy")
         if dep:
-            # relative to the output's size (random-BN ResNet-50 logits reach ~1e2): export_onnx's own rtol
-            rel = max(dep.get("orig_onnx_rel", dep["orig_onnx_err"]), dep.get("pruned_onnx_rel", dep["pruned_onnx_err"]))
-            ok = "pass" if rel < 1e-3 else "FAIL"
+            # export_onnx's own check (numpy.allclose: |ORT - torch| <= 1e-4 + 1e-3 |torch| per element): random-BN
+            # ResNet-50 logits reach ~4e2, where float32 sums differ by ~3e-4; a per-element ratio would fail on its near-zero logits
+            ok = "pass" if dep.get("orig_onnx_passed", True) and dep.get("pruned_onnx_passed", True) else "FAIL"
             ms = dep["ms"]
             cells += [f"{ok} {dep['orig_onnx_err']:.1e} / {dep['pruned_onnx_err']:.1e}", str(dep["n_outputs"]),
                       " / ".join(f"{ms[k]:.2f}" for k in ("orig_fp32", "orig_int8", "pruned_fp32", "pruned_int8"))]
