@@ -16,7 +16,7 @@ from hadmc_deploy.commands.build import plan_from_args
 from hadmc_deploy.commands.common import add_model_argument
 from hadmc_deploy.commands.prune_report import measure_side_by_side, print_summary, summary_markdown
 from hadmc_deploy.config import add_build_arguments
-from hadmc_deploy.errors import UsageError
+from hadmc_deploy.errors import BudgetError, UsageError
 from hadmc_deploy.fileio import atomic_path, write_json_atomic, write_text_atomic
 from hadmc_deploy.loading import load_model
 from hadmc_deploy.ui import UI
@@ -132,4 +132,19 @@ def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
     summary["summary_json"] = str(plan.out_dir / "summary.json")
     summary["summary_md"] = str(plan.out_dir / "summary.md")
     print_summary(summary, ui)
+    raise_if_budget_missed(res.get("latency check") or {}, output)
     return summary
+
+
+def raise_if_budget_missed(check: dict[str, Any], output: Path) -> None:
+    """The exit code follows the measurement, as in `build`: a latency budget that the build's
+    own side-by-side check measured as missed (beyond its noise) exits 14, after the best
+    measured checkpoint and its summary are written."""
+    if not check.get("checked") or check.get("met"):
+        return
+    raise BudgetError(
+        f"the budget of {check['goal_speedup']:.2f}x was not met when measured: the best plan measured {check['measured_speedup']:.2f}x "
+        f"over the original ({check.get('precision')}, batch {check.get('batch')}, noise ±{100 * check.get('noise', 0):.0f}%); its checkpoint is {output}",
+        hint="see summary.md; ask for less, raise --budget-rounds, or lower --min-keep-ratio",
+        best_speedup=check["measured_speedup"],
+    )
