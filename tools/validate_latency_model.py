@@ -47,8 +47,6 @@ from hadmc_deploy.models.resnet import resnet18  # noqa: E402
 from hadmc_deploy.targets import get_target  # noqa: E402
 from hadmc_deploy.ui import UI  # noqa: E402
 
-DOC_BEGIN, DOC_END = "<!-- validation:begin -->", "<!-- validation:end -->"
-
 
 class GroupedCNN(nn.Module):
     """A small grouped-conv CNN (ResNeXt-like 3x3 convs with 4 groups) for the grouped-conv cell."""
@@ -194,7 +192,8 @@ def repeatability(arch: str, precision: str, batch: int, args: argparse.Namespac
             "max_abs_diff_pct": max(abs(v) for v in diffs.values()), "diff_pct": diffs}
 
 
-def write_doc(results: dict, path: Path) -> None:
+def write_doc(results: dict, path: Path, section: str = "validation") -> None:
+    """Replace the text between `<!-- SECTION:begin -->` and `<!-- SECTION:end -->` in `path`."""
     lines = [
         f"Measured {results['measured_at']} on {results['machine']} ({results['cores']} logical CPUs, shared: load average {results['load_average']} at the start), "
         f"clock **{results['clock']}**, {results['plans']} random plans per cell + the full model, {results['rounds']} interleaved rounds. "
@@ -220,8 +219,11 @@ def write_doc(results: dict, path: Path) -> None:
             lines.append("")
             lines.append(f"Issue 13, two tables measured from scratch ({chk['precision']}): whole-model predictions differ by at most {chk['max_abs_diff_pct']:.1f}% "
                          f"over {len(chk['diff_pct'])} plans (steps {chk['step_first']} / {chk['step_second']}).")
+    begin, finish = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
     text = path.read_text()
-    start, end = text.index(DOC_BEGIN) + len(DOC_BEGIN), text.index(DOC_END)
+    if begin not in text:
+        text += f"\n{begin}\n{finish}\n"
+    start, end = text.index(begin) + len(begin), text.index(finish)
     path.write_text(text[:start] + "\n" + "\n".join(lines) + "\n" + text[end:])
 
 
@@ -239,7 +241,12 @@ def main() -> int:
     parser.add_argument("--remeasure", action="store_true")
     parser.add_argument("--json", default=str(ROOT / "docs" / "latency_validation.json"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "latency_model.md"))
+    parser.add_argument("--section", default="validation", help="the doc's marked section to replace (validation, validation-wall, ...)")
+    parser.add_argument("--render", metavar="JSON", help="only write the doc section from a results JSON of an earlier run")
     args = parser.parse_args()
+    if args.render:
+        write_doc(json.loads(Path(args.render).read_text()), Path(args.doc), args.section)
+        return 0
     ui = UI(quiet=False)
     torch.set_num_threads(1)
     results = {"measured_at": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -259,7 +266,7 @@ def main() -> int:
             results["issue"].append(repeatability("demo96", precision, 1, args, ui, first))
     results["seconds"] = round(time.monotonic() - start, 1)
     Path(args.json).write_text(json.dumps(results, indent=1))
-    write_doc(results, Path(args.doc))
+    write_doc(results, Path(args.doc), args.section)
     print(f"done in {results['seconds']:.0f}s; wrote {args.json} and {args.doc}")
     return 0
 
