@@ -76,7 +76,14 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--out", default="build/detector-build")
     p.add_argument("--doc", default="docs/detection_build.md")
+    p.add_argument("--render", action="store_true", help="only rewrite the doc from the build in --out (its report.json) and the doc's .json")
     args = p.parse_args()
+    if args.render:
+        record = json.loads(Path(args.doc).with_suffix(".json").read_text())
+        report = json.loads((Path(args.out) / "report.json").read_text())
+        Path(args.doc).write_text(render(report, record["cmd"], record["exit"], record["seconds"]))
+        print(f"rewrote {args.doc} from {args.out}/report.json")
+        return
     info = json.loads((Path(args.ckpt).parent / "train_detector.json").read_text())
     shape = info["input_shape"]
     cmd = [sys.executable, "-m", "hadmc_deploy", "build", args.ckpt, "--arch", args.arch, "--arch-kwargs", json.dumps(info["arch_kwargs"]),
@@ -91,7 +98,7 @@ def main() -> None:
     if not (report.get("decision") or {}).get("deploy"):
         sys.exit(f"the build stopped before a decision (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1]}; nothing written")
     Path(args.doc).write_text(render(report, cmd, proc.returncode, seconds))
-    Path(args.doc).with_suffix(".json").write_text(json.dumps({"exit": proc.returncode, "decision": report.get("decision"), "variants": report["variants"],
+    Path(args.doc).with_suffix(".json").write_text(json.dumps({"exit": proc.returncode, "cmd": cmd, "seconds": round(seconds), "decision": report.get("decision"), "variants": report["variants"],
                                                               "closed_loop": report.get("closed_loop")}, indent=1, default=str))
     print(f"wrote {args.doc} (build exit {proc.returncode})")
 
