@@ -7,6 +7,7 @@ distillation-based recovery lives in `recover.py`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -39,8 +40,11 @@ def train_classifier(
     weight_decay: float = 5e-4,
     seed: int = 0,
     ui: UI | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
-    """SGD with momentum and a cosine schedule; stops with a clear error if the loss turns NaN."""
+    """SGD with momentum and a cosine schedule; stops with a clear error if the loss turns NaN.
+    `on_epoch(epoch, model)` runs after every epoch (in eval mode; training resumes after it),
+    e.g. to record test accuracy and show where training converged."""
     ui = ui or quiet_ui()
     gen = seed_everything(seed)
     x = torch.from_numpy(train.x)
@@ -71,5 +75,10 @@ def train_classifier(
                 total_loss += float(loss.detach()) * len(idx)
                 task.advance()
                 task.update(info=f"epoch {epoch + 1}/{epochs} loss {total_loss / seen:.3f} acc {100 * correct / seen:.1f}%")
+            if on_epoch is not None:
+                model.eval()
+                with torch.no_grad():
+                    on_epoch(epoch + 1, model)
+                model.train()
     model.eval()
     return model
