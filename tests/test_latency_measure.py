@@ -147,8 +147,9 @@ def test_int8_layers_measure_through_the_backend(tmp_path):
 def test_cpu_clock_timer_measures_single_thread_cpu_time(tmp_path):
     from hadmc_deploy.latency.measure import cpu_time_timer
 
-    timer = cpu_time_timer(1, 3)
-    small, big = SPECS[0], SPECS[0].with_channels(16, 96)
+    timer = cpu_time_timer(2, 5)
+    # 64x the work: at 4x (tens of microseconds each) another job's load once reordered the two
+    small, big = SPECS[0], SPECS[0].with_channels(64, 384)
     a, b = timer(small), timer(big)
-    assert a.runs == 3 and a.p50_ms > 0
-    assert b.p50_ms > a.p50_ms  # 4x the work costs more CPU time
+    assert a.runs == 5 and a.p50_ms > 0
+    assert b.p50_ms > a.p50_ms  # far more work costs more CPU time
