@@ -65,12 +65,10 @@ def test_prune_cli_speedup_end_to_end(tmp_path, capsys) -> None:
     assert code == 0, captured.err
     result = json.loads(captured.out)
     assert result["predicted"]["source"] == "analytic" and any("analytic" in n for n in result["notes"])
-    if result["search"].get("forced_plan") or result["search"].get("correction"):
-        # the closed loop measured a miss, corrected the model and re-planned (or kept its best
-        # measured plan): the budget is judged on the measurement, and exit 0 says it was met
-        # there (prune exits 14 otherwise); the analytic prediction is no longer the criterion
-        assert result["search"].get("correction") is not None or result["search"].get("forced_plan")
-    else:
+    # when the closed loop measured a miss and re-planned (a correction, or its best measured plan
+    # kept), the budget is judged on the measurement: exit 0 above says it was met there (prune
+    # exits 14 otherwise), and the first round's analytic prediction is no longer the criterion
+    if not (result["search"].get("forced_plan") or result["search"].get("correction")):
         assert result["predicted"]["speedup"] >= 1.08 - 1e-9
     assert result["measured"]["original_ms"] > 0 and result["measured"]["pruned_ms"] > 0
     assert result["params"]["pruned"] < result["params"]["original"]
