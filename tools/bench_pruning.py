@@ -12,7 +12,8 @@
    --epochs over the whole training set) and both end in the build's measured decision: the
    deployed artifact (FP32, INT8 or mixed, pruned or not) within the accuracy guard.
 3. Where `torch_pruning` installs, Torch-Pruning itself prunes the base model at the uniform
-   plan's keep ratio (its MagnitudePruner, L1, channels rounded to the same step); the result
+   plan's keep ratio (its MagnitudePruner, L1, channels rounded to 8, Torch-Pruning's usual
+   `round_to`: the uniform plan itself follows the step measured on this CPU); the result
    gets the same recovery (the build's recovery function and options) and is then built with
    `hadmc-deploy build --trust-model` without a budget (export, INT8, decision).
 4. Every deployed artifact and the original's FP32 and INT8 artifacts are then timed side by
@@ -38,7 +39,7 @@ from hadmc_deploy.backends import Artifact, get
 from hadmc_deploy.build.stages.recover import recovery_options, split_held_out
 from hadmc_deploy.data import Preprocess, load_data
 from hadmc_deploy.fileio import write_json_atomic, write_text_atomic
-from hadmc_deploy.loading import build_arch
+from hadmc_deploy.loading import build_arch, load_model
 from hadmc_deploy.options import RecoverySettings
 from hadmc_deploy.recover import recover
 from hadmc_deploy.train import evaluate_accuracy, train_classifier
@@ -144,13 +145,7 @@ def torch_pruning_model(ckpt: Path, keep_ratio: float, step: int, out: Path, arg
     path = out / "tp_recovered.pth"
     if path.is_file():
         return path
-    loaded = torch.load(ckpt, weights_only=True)
-    teacher = build_arch(ARCH, dict(loaded["arch_kwargs"]))
-    teacher.load_state_dict(loaded["state_dict"])
-    teacher.eval()
-    student = build_arch(ARCH, dict(loaded["arch_kwargs"]))
-    student.load_state_dict(loaded["state_dict"])
-    student.eval()
+    teacher, student = load_model(ckpt).model.eval(), load_model(ckpt).model.eval()
     pruner = tp.pruner.MagnitudePruner(student, torch.randn(*SHAPE), importance=tp.importance.MagnitudeImportance(p=1),
                                       pruning_ratio=1 - keep_ratio, round_to=step, ignored_layers=[student.fc])
     pruner.step()
@@ -168,9 +163,8 @@ def time_side_by_side(artifacts: dict[str, str], batch: int, rounds: int) -> dic
     """Median over interleaved rounds of each artifact's p50 at `batch` (one process, one machine state).
 
     The sessions are ONNX Runtime's deployment sessions except that idle worker threads block
-    instead of spinning (`latency.repeat.measuring_session`): with eight sessions alive, the
-    spinning workers of one steal the two cores from the next (the FP32 original read 11.8 ms
-    here against 7.8 ms inside each build)."""
+    instead of spinning (`latency.repeat.measuring_session`): with eight sessions alive, spinning
+    workers of one session would compete with the next for the two cores."""
     from hadmc_deploy.backends.ort_session import random_feeds
     from hadmc_deploy.latency.repeat import measuring_session
 
@@ -197,7 +191,6 @@ def width_probe(ckpt: Path, work: Path, rounds: int) -> dict[str, dict[str, floa
     interleaved at batch 32: whether narrowing pays at each precision on this CPU."""
     from hadmc_deploy.graph.trace import trace
     from hadmc_deploy.latency.whole_model import time_plans
-    from hadmc_deploy.loading import load_model
 
     model = load_model(ckpt).model.eval()
     shape = (32, *SHAPE[1:])
@@ -276,7 +269,7 @@ def markdown(res: dict[str, Any], args: argparse.Namespace) -> str:
         f"measured against the original at {args.precision.upper()}, batch 32. The first row is the same build without a budget "
         "(no pruning; INT8 deployed where it was measured faster). Recovery is the build's distillation (logit KD T=4, alpha 0.7, feature alignment) "
         f"over the whole training set for {args.recover_epochs:g} epochs, the same for every method; the build then deploys the fastest "
-        f"measured variant within {args.guard:g} points of the FP32 original. Torch-Pruning rows: its MagnitudePruner (L1) at the uniform "
+        f"measured variant within {args.guard:g} points of the FP32 original. Torch-Pruning rows: its MagnitudePruner (L1, channels rounded to 8) at the uniform "
         "plan's keep ratio, the same recovery, then `hadmc-deploy build --trust-model` without a budget.",
         "",
         f"**Latency.** Every deployed artifact and the original's FP32 and INT8 artifacts timed side by side in one process "
