@@ -28,6 +28,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 INT8_MODES = ("auto", "qdq", "calibrator")
 CALIBRATORS = ("entropy", "minmax")
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus")
+#: trt.ProfilingVerbosity members by our lower-case name.
+PROFILING_VERBOSITY = ("detailed", "layer_names_only", "none")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,10 @@ class TrtBuildOptions:
     use_timing_cache: bool = True
     hardware_compatibility: str = "none"
     builder_optimization_level: int | None = None
+    #: "detailed" keeps each fused layer's ONNX node names, precisions and tactics in the engine (the
+    #: per-layer profiler and the engine inspector read them; documented as negligible at run time);
+    #: "layer_names_only" keeps names only; "none" leaves layers reported as decimal indices.
+    profiling_verbosity: str = "detailed"
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,8 @@ class BuildRequest:
             raise UsageError(f"calib_batch and workspace_mb must be >= 1 (got {t.calib_batch}, {t.workspace_mb})")
         if t.hardware_compatibility not in HARDWARE_COMPATIBILITY:
             raise UsageError(f"unknown hardware compatibility {t.hardware_compatibility!r}", hint="use none or ampere_plus")
+        if t.profiling_verbosity not in PROFILING_VERBOSITY:
+            raise UsageError(f"unknown profiling verbosity {t.profiling_verbosity!r}", hint=f"use one of {', '.join(PROFILING_VERBOSITY)}")
         if t.batch is not None and (len(t.batch) != 3 or not 1 <= t.batch[0] <= t.batch[1] <= t.batch[2]):
             raise UsageError(f"batch {t.batch} must be MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX")
         if self.ort.threads is not None and self.ort.threads < 1:

@@ -6,7 +6,9 @@ The work is split by job: `tensorrt_features` (what this TensorRT can do and the
 precision path that follows), `tensorrt_build` (parse + configure + build),
 `tensorrt_inputs` (which graph and calibration a request gets),
 `tensorrt_calibrator` (implicit calibration), `tensorrt_runtime` (run + time),
-`tensorrt_artifact` (metadata, compatibility, profiles, fallback; no GPU needed).
+`tensorrt_profile` (per-layer times from TensorRT's IProfiler) with `tensorrt_layer_map`
+(layer names -> ONNX nodes; no GPU needed), `tensorrt_artifact` (metadata, compatibility,
+profiles, fallback; no GPU needed).
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from hadmc_deploy.backends.tensorrt_artifact import (
     derive_profile,
     engine_metadata,
     onnx_input_shapes,
+    profile_shapes,
     timing_cache_path,
 )
 from hadmc_deploy.backends.tensorrt_features import MIN_VERSION_TEXT, detect_features, plan_precision
 from hadmc_deploy.backends.tensorrt_inputs import choose_int8_mode, graph_for, prepare_calibration
-from hadmc_deploy.errors import UsageError
 from hadmc_deploy.fileio import sha256_file, write_bytes_atomic
 from hadmc_deploy.specs import LayerSpec
 from hadmc_deploy.targets import TargetProfile, get_target
@@ -137,7 +139,7 @@ class TensorRTBackend(Backend):
                 timing_cache=timing_path, calibrator=calib.calibrator if calib else None,
                 calibration_shapes=calib.shapes if calib else {}, hardware_compatibility=opts.hardware_compatibility,
                 builder_optimization_level=opts.builder_optimization_level, tf32=opts.tf32,
-                cache_scales=calib.cache_scales if calib else None,
+                cache_scales=calib.cache_scales if calib else None, profiling_verbosity=opts.profiling_verbosity,
             )
             result = build_engine(trt, spec, ui)
             write_bytes_atomic(staging / ENGINE_FILE, result.engine)
@@ -156,6 +158,7 @@ class TensorRTBackend(Backend):
                     "timing_cache": str(timing_path) if timing_path else None,
                     "workspace_mb": int(opts.workspace_mb),
                     "tf32": opts.tf32,
+                    "profiling_verbosity": opts.profiling_verbosity,
                     "hardware_compatibility": opts.hardware_compatibility,
                     "target": request.target.name,
                     "preprocess": request.preprocess,
@@ -198,14 +201,7 @@ class TensorRTBackend(Backend):
         return self._session(artifact).run(inputs)
 
     def _benchmark(self, artifact: Artifact, batch: int, warmup: int, runs: int) -> LatencyStats:
-        profile = artifact.metadata.get("profile", {})
-        shapes = {}
-        for name, p in profile.items():
-            lo, hi = p["min"][0], p["max"][0]
-            if not lo <= batch <= hi:
-                raise UsageError(f"batch {batch} is outside the engine's profile {lo}..{hi} for input {name!r}",
-                                 hint="rebuild with --batch MIN,OPT,MAX covering it")
-            shapes[name] = (batch, *p["opt"][1:])
+        shapes = profile_shapes(artifact.metadata.get("profile", {}), batch)
         samples = self._session(artifact).time_runs(shapes, warmup, runs)
         return LatencyStats.from_samples(samples, batch=batch, warmup=warmup)
 

@@ -92,6 +92,18 @@ def derive_profile(
     return profile
 
 
+def profile_shapes(profile: dict[str, dict[str, list[int]]], batch: int) -> dict[str, tuple[int, ...]]:
+    """Each input's shape at `batch` (the other axes from the profile's OPT); refused outside MIN..MAX."""
+    shapes = {}
+    for name, p in profile.items():
+        lo, hi = p["min"][0], p["max"][0]
+        if not lo <= batch <= hi:
+            raise UsageError(f"batch {batch} is outside the engine's profile {lo}..{hi} for input {name!r}",
+                             hint="rebuild with --batch MIN,OPT,MAX covering it")
+        shapes[name] = (batch, *p["opt"][1:])
+    return shapes
+
+
 def onnx_input_shapes(onnx_path: str | Path) -> dict[str, list[int | str | None]]:
     """Each graph input's dims (int, or the symbol / None of a dynamic axis); initializers excluded."""
     import onnx

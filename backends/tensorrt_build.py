@@ -42,6 +42,9 @@ class EngineBuildSpec:
     #: tensor names the calibration cache gives scales for (implicit path from a cache): layers whose
     #: outputs it does not name get no INT8 scale and run in higher precision; they are listed.
     cache_scales: frozenset[str] | None = None
+    #: trt.ProfilingVerbosity member, lower case: "detailed" (default: fused layers named after their
+    #: ONNX nodes, which `tensorrt_profile` maps back), "layer_names_only" or "none".
+    profiling_verbosity: str = "detailed"
 
 
 @dataclass
@@ -128,8 +131,8 @@ def configure(trt: Any, builder: Any, network: Any, req: EngineBuildSpec) -> Any
     if not req.tf32 and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)  # on by default: an "FP32" engine would compute in TF32
     if hasattr(trt, "ProfilingVerbosity"):
-        # DETAILED keeps layer names and precisions for the engine inspector.
-        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        # DETAILED keeps layer names, source ONNX nodes and precisions for the inspector and the profiler.
+        config.profiling_verbosity = getattr(trt.ProfilingVerbosity, req.profiling_verbosity.upper())
     if req.builder_optimization_level is not None:
         config.builder_optimization_level = int(req.builder_optimization_level)
     if req.hardware_compatibility not in ("none", ""):

@@ -90,6 +90,12 @@ class EngineSession:
         if not self.context.execute_async_v3(self.stream.cuda_stream if self.stream is not None else 0):
             raise ArtifactError("TensorRT execute_async_v3 reported failure")
 
+    def execute_and_wait(self) -> None:
+        """One execution on the bound buffers, returned from only when the GPU has finished it."""
+        self._execute()
+        if self.stream is not None:
+            self.stream.synchronize()
+
     def _device_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
         feeds = {}
         for name, array in inputs.items():

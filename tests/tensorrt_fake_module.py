@@ -21,6 +21,9 @@ where real TensorRT would:
   factory-returned-nullptr error); create_execution_context() may return None.
 Its layer list imitates TensorRT splitting one ONNX Gemm into two layers with a
 tensor of its own between them (the name is made up; real names differ).
+Per-layer profiling: trt.IProfiler and IExecutionContext.profiler / enqueue_emits_profile /
+report_to_profiler() as the bindings name them (8.2+). The layer names and times it reports are
+whatever the test hands it (`layer_times`): they are not what a real engine would report.
 """
 
 from __future__ import annotations
@@ -61,12 +64,15 @@ def _trampoline(where: str, fn: Any, default: Any) -> Any:
 
 
 def make_fake_trt(version: str, *, parser_errors: list[tuple[str, str, str]] | None = None, builder_fails: bool = False,
-                  context_fails: bool = False, runnable: bool = False) -> types.ModuleType:
+                  context_fails: bool = False, runnable: bool = False,
+                  layer_times: list[list[tuple[str, float]]] | None = None) -> types.ModuleType:
     """A stand-in `tensorrt` module shaped like release `version` (8.6, 10.x or 11.x).
 
     parser_errors: (node name, op, description) the parser reports. builder_fails: trt.Builder raises
     TypeError. runnable: deserialize_cuda_engine returns a fake engine whose context records bindings
-    (execute does nothing); context_fails: its create_execution_context returns None.
+    (execute does nothing); context_fails: its create_execution_context returns None. layer_times: what an
+    attached profiler is told per execution, (layer name, ms) pairs, the k-th execution getting entry k modulo
+    their number (default: nothing).
     """
     major = _release(version)
     weak_typing, calibrators, implicit_batch = major <= 10, major <= 10, major < 10
@@ -87,7 +93,7 @@ def make_fake_trt(version: str, *, parser_errors: list[tuple[str, str, str]] | N
         net_flags = {"STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2}
     trt.NetworkDefinitionCreationFlag = _Enum(**net_flags)
     trt.MemoryPoolType = _Enum(WORKSPACE=0)
-    trt.ProfilingVerbosity = _Enum(LAYER_NAMES_ONLY=0, DETAILED=2)
+    trt.ProfilingVerbosity = _Enum(LAYER_NAMES_ONLY=0, NONE=1, DETAILED=2)
     trt.TensorIOMode = _Enum(NONE=0, INPUT=1, OUTPUT=2)
     trt.DataType = _Enum(FLOAT=0, HALF=1, INT8=2, INT32=3)
     trt.LayerInformationFormat = _Enum(ONELINE=0, JSON=1)
@@ -99,6 +105,15 @@ def make_fake_trt(version: str, *, parser_errors: list[tuple[str, str, str]] | N
             pass
 
     trt.ILogger = ILogger
+
+    class IProfiler:
+        def __init__(self) -> None:
+            pass
+
+        def report_layer_time(self, layer_name: str, ms: float) -> None:
+            raise NotImplementedError  # the bindings' base is pure virtual
+
+    trt.IProfiler = IProfiler
 
     class Tensor:
         def __init__(self, name: str, shape: list[int]) -> None:
@@ -267,6 +282,7 @@ def make_fake_trt(version: str, *, parser_errors: list[tuple[str, str, str]] | N
 
         def build_serialized_network(self, network: Network, config: IBuilderConfig) -> bytes | None:
             calls.append(("build_serialized_network", tuple(config.flag_names)))
+            calls.append(("profiling_verbosity", getattr(config.profiling_verbosity, "name", None)))
             calibrator = getattr(config, "_calibrator", None)
             if calibrator is not None and not self._calibrate(network, calibrator):
                 self.logger.log(ILogger.Severity.ERROR, "Calibration failure occurred with no scaling factors detected.")
@@ -298,6 +314,21 @@ def make_fake_trt(version: str, *, parser_errors: list[tuple[str, str, str]] | N
         def __init__(self) -> None:
             self.addresses: dict[str, int] = {}
             self.shapes: dict[str, tuple[int, ...]] = {}
+            self.profiler: Any = None
+            self.enqueue_emits_profile = True
+            self.executions = 0
+            self._pending: list[tuple[str, float]] = []
+
+        def report_to_profiler(self) -> bool:
+            """Hand the profiler the last execution's layer times (when enqueue did not)."""
+            calls.append(("report_to_profiler", len(self._pending)))
+            self._report()
+            return True
+
+        def _report(self) -> None:
+            for name, ms in self._pending:
+                self.profiler.report_layer_time(name, ms)
+            self._pending = []
 
         def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
             self.shapes[name] = tuple(shape)
@@ -313,6 +344,11 @@ def make_fake_trt(version: str, *, parser_errors: list[tuple[str, str, str]] | N
 
         def execute_async_v3(self, stream: int) -> bool:
             calls.append(("execute_async_v3", dict(self.addresses)))
+            if self.profiler is not None and layer_times:
+                self._pending = list(layer_times[self.executions % len(layer_times)])
+                if self.enqueue_emits_profile:
+                    self._report()
+            self.executions += 1
             return True  # computes nothing: the fake runs no kernels
 
     class ICudaEngine:
@@ -326,6 +362,9 @@ def make_fake_trt(version: str, *, parser_errors: list[tuple[str, str, str]] | N
 
         def get_tensor_dtype(self, name: str) -> Any:
             return trt.DataType.FLOAT
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            return (-1, 1, 8, 8) if name == "input" else (-1, 4)
 
         def create_execution_context(self) -> IExecutionContext | None:
             return None if context_fails else IExecutionContext()

@@ -17,7 +17,10 @@ metadata says it read a cache is an error. Each engine's outputs are compared
 with ONNX Runtime's FP32 outputs on the same inputs (max/mean abs error, top-1
 agreement) and timed with CUDA events at several batch sizes (p50/p90/p99,
 throughput); the INT8 rows get speed ratios over FP16 (the baseline a T4 user
-deploys) and FP32, measured side by side. Builds stop when the time budget
+deploys) and FP32, measured side by side. Every engine is built with detailed
+profiling verbosity and profiled with TensorRT's IProfiler at the largest batch: the
+per-ONNX-node table is printed, and the per-layer sum is checked against the measured
+p50 (check_tensorrt_profile.py says what passes). Builds stop when the time budget
 (default 270 s) is spent; what was skipped is recorded. Without TensorRT or a GPU
 it prints one line saying why and exits 13.
 """
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from check_tensorrt_profile import print_profile, profile_markdown, profile_variant
 
 from hadmc_deploy.backends import BuildRequest, TrtBuildOptions
 from hadmc_deploy.targets import get_target
@@ -120,11 +124,12 @@ def variants(features: Any) -> list[tuple[str, str, TrtBuildOptions | None, str]
     """(name, precision, TensorRT options or None when this TensorRT lacks the path, why skipped)."""
     calib_ok = features.implicit_calibration
     why = f"TensorRT {features.version} has no implicit calibration (removed in 11)"
-    calibrator = TrtBuildOptions(int8_mode="calibrator", calibrator="entropy") if calib_ok else None
+    base = TrtBuildOptions(profiling_verbosity="detailed")  # layer names carry the ONNX nodes the profile maps to
+    calibrator = replace(base, int8_mode="calibrator", calibrator="entropy") if calib_ok else None
     return [
-        ("fp32", "fp32", TrtBuildOptions(), ""),
-        ("fp16", "fp16", TrtBuildOptions(), ""),
-        ("int8-qdq", "int8", TrtBuildOptions(int8_mode="qdq"), ""),
+        ("fp32", "fp32", base, ""),
+        ("fp16", "fp16", base, ""),
+        ("int8-qdq", "int8", replace(base, int8_mode="qdq"), ""),
         ("int8-calibrator-cpu-cache", "int8", calibrator, why),
         ("int8-calibrator-device", "int8", calibrator, why),
     ]
@@ -167,6 +172,15 @@ def run_model(name: str, backend: Any, features: Any, args: argparse.Namespace, 
             row["latency"] = {str(b): backend.benchmark(artifact, b, args.warmup, args.runs).to_dict() for b in batches}
         except Exception as exc:  # one failing path must not hide the others' results
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if "latency" in row:
+            try:  # after the benchmark: the profiler never runs beside the timed executions
+                big = max(batches)
+                row["profile"] = profile_variant(artifact, big, row["latency"][str(big)]["p50_ms"], args.runs, args.warmup)
+                print_profile(name, vname, row["profile"])
+                if row["profile"]["problem"]:
+                    row["profile_error"] = row["profile"]["problem"]
+            except Exception as exc:
+                row["profile_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         out["variants"].append(row)
         ui.log(f"{name} {vname}: {row.get('error') or row.get('skipped') or 'ok'}")
     out["ratios"] = speed_ratios(out["variants"], batches)
@@ -221,6 +235,7 @@ def markdown(report: dict[str, Any]) -> str:
             cells.append(f"{lat[str(batches[-1])]['throughput']:.0f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        lines += profile_markdown(model, res.get("variants", []))
         if res.get("ratios"):
             lines += ["Speedup (p50 of the slower precision / p50 of the faster, same run):", "",
                       "| variant | over | " + " | ".join(f"b{b}" for b in batches) + " |", "|---|---|" + "---|" * len(batches)]
@@ -273,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model}: {r['variant']} over {r['over']}: {cells}")
     print(f"wrote {out / 'tensorrt_check.json'} and {out / 'tensorrt_check.md'} in {report['elapsed_s']:.0f} s")
     failed = [f"{m}/{v['variant']}" for m, r in report["models"].items() for v in r.get("variants", []) if "error" in v]
+    failed += [f"{m}/{v['variant']} profile ({v['profile_error']})" for m, r in report["models"].items()
+               for v in r.get("variants", []) if "profile_error" in v]
     failed += [m for m, r in report["models"].items() if "error" in r]
     if failed:
         print(f"check_tensorrt: failed: {', '.join(failed)}", file=sys.stderr)
