@@ -123,3 +123,50 @@ def test_self_check_feeds_a_miss_back_and_leaves_a_hit_alone():
     assert corrected.predict(full).total_ms == pytest.approx(2.0 * p_full, rel=0.02)
     assert model.predict(full).total_ms == pytest.approx(p_full)  # the original is untouched
     assert check.to_dict()["max_abs_error"] == pytest.approx(0.5, rel=0.01)
+
+
+def test_context_factor_follows_the_curve_over_the_layer_size():
+    """A layer's factor is read off its regime's curve at its MACs fraction: linear between the
+    profiled sizes, flat beyond them; a table without curves keeps its single factor."""
+    curve = [[0.25, 0.9], [1.0, 0.5]]
+    f = {"aligned": 0.7, "unaligned": 1.2, "full_in": 64, "full_out": 64, "aligned_curve": curve, "unaligned_curve": [[0.5, 1.4]]}
+    assert context_factor(f, BASE.with_channels(64, 64), 16) == pytest.approx(0.5)  # full width
+    assert context_factor(f, BASE.with_channels(64, 32), 16) == pytest.approx(0.9 + (0.5 - 0.9) * (0.5 - 0.25) / 0.75)
+    assert context_factor(f, BASE.with_channels(16, 16), 16) == pytest.approx(0.9)  # 1/16 of the MACs: flat
+    assert context_factor(f, BASE.with_channels(64, 47), 16) == pytest.approx(1.4)  # unaligned curve
+    assert context_factor({k: v for k, v in f.items() if not k.endswith("_curve")}, BASE.with_channels(64, 32), 16) == 0.7
+
+
+def test_calibration_plans_cover_sizes_and_both_regimes():
+    """Profiled plans: full, uniform plans on the step's grid, and odd (off every step) plans."""
+    from torch import nn
+
+    from hadmc_deploy.graph.trace import trace
+    from hadmc_deploy.latency.context import calibration_plans
+
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 48, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, 10)).eval()
+    graph = trace(model, (1, 3, 16, 16))
+    plans = calibration_plans(graph, 16)
+    assert plans["full"] == graph.full_widths()
+    aligned = [p for n, p in plans.items() if n.startswith("aligned")]
+    offgrid = [p for n, p in plans.items() if n.startswith("offgrid")]
+    assert len(aligned) >= 2 and len(offgrid) == 2
+    assert all(w % 16 == 0 for p in aligned for w in p.values())
+    assert all(w % 2 == 1 for p in offgrid for w in p.values())
+    assert len({tuple(sorted(p.items())) for p in plans.values()}) == len(plans)  # no plan profiled twice
+    assert not any(n.startswith("offgrid") for n in calibration_plans(graph, 1))  # no step: no regimes
+
+
+def test_alignment_takes_the_context_step_only_when_leaving_it_costs():
+    """A staircase probe that found no step yields to the deployed chain's evidence (penalty > 10%)."""
+    table = _table()
+    table.staircase = Staircase(1, 1.0)
+    table.context = ContextCorrection(["a"], [{"aligned": 0.5, "unaligned": 0.9}], 0.0, 16, unaligned_penalty=1.6)
+    assert table.alignment() == 16
+    table.context.unaligned_penalty = 1.04
+    assert table.alignment() == 1
+    table.staircase = Staircase(8, 1.3)
+    table.context.unaligned_penalty = 2.0
+    assert table.alignment() == 8  # a measured staircase step stands
+    assert ContextCorrection.from_dict(table.context.to_dict()).unaligned_penalty == 2.0

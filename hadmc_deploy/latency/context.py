@@ -7,7 +7,13 @@ kernels. Instead of one global scale and offset fitted on whole-model totals
 (ill-conditioned on plans of similar size), each weighted layer gets a factor
 per regime (aligned / unaligned): its profiled in-context time (kernel plus its
 share of the neighbouring glue, see ort_profile) divided by its table price,
-the median over the profiled plans where the layer was in that regime.
+as a function of the layer's size: the profiled plans span full width down to
+about a third, so each layer has a factor curve over its MACs fraction per
+regime, interpolated between the profiled points. One factor per regime (the
+first version, fitted on a full and one ~75% plan) over-priced the full model
+of ResNet-18 by 21% and under-priced narrower plans by 25-40% (wall clock, a
+quiet machine): in context a narrow layer keeps costs that do not shrink with it
+(reorders, the glue between kernels), which an isolated table does not see.
 
 The graphs profiled are the graphs that deploy: the plan is pruned by surgery,
 exported by `export_onnx` exactly as the build exports (`exporter="deploy"`) and
@@ -40,6 +46,7 @@ from hadmc_deploy.latency.ort_profile import (
     profile_session,
     source_weighted_nodes,
 )
+from hadmc_deploy.specs import LayerSpec
 from hadmc_deploy.ui import UI, quiet_ui
 
 #: a layer's factor is clipped to this multiple range of the median factor (a mapping or
@@ -47,18 +54,67 @@ from hadmc_deploy.ui import UI, quiet_ui
 FACTOR_CLIP = 4.0
 
 
+#: uniform width fractions profiled on the step's grid, and one channel off it (when the
+#: measured step is > 1): the range a search explores, both regimes of every layer.
+ALIGNED_FRACTIONS = (0.7, 0.5, 0.3)
+OFFGRID_FRACTIONS = (0.75, 0.45)
+
+
+def _legal_width(g: Any, w: int) -> int:
+    if g.granularity > 1:
+        w = max(g.granularity, (w // g.granularity) * g.granularity)
+    return min(g.width, max(w, g.min_width, 1))
+
+
 def calibration_plans(graph: DependencyGraph, step: int) -> dict[str, dict[str, int]]:
-    """Full width (every layer aligned as the model is) and an off-grid plan (every prunable
-    group at ~75% of its width, one channel off the step): both regimes of every layer."""
-    off: dict[str, int] = {}
-    for g in graph.prunable_groups:
-        w = max(g.min_width, round(g.width * 0.75))
-        if step > 1 and w % step == 0:
-            w -= 1
-        if g.granularity > 1:
-            w = max(g.granularity, (w // g.granularity) * g.granularity)
-        off[g.id] = min(g.width, max(w, g.min_width, 1))
-    return {"full": graph.full_widths(), "offgrid": off}
+    """Full width, uniform plans on the step's grid, and off-grid plans (every prunable group
+    one channel off the step) when there is a step: each layer's factor curve over its size,
+    in both regimes. Plans that come out identical (tiny groups) are profiled once."""
+    plans: dict[str, dict[str, int]] = {"full": graph.full_widths()}
+    for frac in ALIGNED_FRACTIONS:
+        plans[f"aligned{int(frac * 100)}"] = {
+            g.id: _legal_width(g, max(step, int(round(g.width * frac / step)) * step)) for g in graph.prunable_groups
+        }
+    if step > 1:
+        for frac in OFFGRID_FRACTIONS:
+            off = {}
+            for g in graph.prunable_groups:
+                w = max(g.min_width, round(g.width * frac))
+                if w % 2 == 0:  # odd: off every step > 1, not only this one
+                    w -= 1
+                off[g.id] = _legal_width(g, w)
+            plans[f"offgrid{int(frac * 100)}"] = off
+    unique: dict[str, dict[str, int]] = {}
+    for name, widths in plans.items():
+        if widths not in unique.values():
+            unique[name] = widths
+    return unique
+
+
+def context_step(table: LatencyTable) -> int:
+    """The step whose regimes the context profiles: the staircase's when it found one, else the
+    CPU's blocked-layout width (16 fp32 lanes with AVX-512, 8 otherwise). The isolated probe can
+    miss a step that only shows in a chain: an aligned conv alone pays its own layout reorders,
+    in a chain of aligned convs the blocked layout is kept and only unaligned ones pay them."""
+    step = table.alignment()
+    if step > 1:
+        return step
+    isa = str((table.meta.device or {}).get("isa", ""))
+    return 16 if "avx512" in isa else 8
+
+
+def size_fraction(spec: LayerSpec, full_in: int, full_out: int) -> float:
+    """The layer's MACs at `spec`'s widths over its MACs at full width (the factor curves' axis)."""
+    full_macs = spec.with_channels(full_in, full_out).macs()
+    return spec.macs() / full_macs if full_macs > 0 else 1.0
+
+
+def factor_curve(points: list[tuple[float, float]]) -> list[list[float]]:
+    """Sorted [size fraction, factor] points, the factors of equal fractions averaged."""
+    by_size: dict[float, list[float]] = {}
+    for size, factor in points:
+        by_size.setdefault(round(size, 4), []).append(factor)
+    return [[size, statistics.fmean(fs)] for size, fs in sorted(by_size.items())]
 
 
 def _random_ranges(onnx_path: Path, input_shape: tuple[int, ...]) -> Any:
@@ -131,11 +187,11 @@ def fit_context(
     Every time is the minimum over rounds (load only adds time). With clock "cpu" the
     sessions run one thread and whole-model times are CPU time; the profiler's kernel
     times are wall clock, so there they only apportion the measured total."""
-    from hadmc_deploy.latency.predictor import LutLatencyModel
+    from hadmc_deploy.latency.predictor import LutLatencyModel, context_factor
 
     ui = ui or quiet_ui()
     precision, batch = table.meta.precision, table.meta.batch
-    step = table.alignment()
+    step = context_step(table)
     plans = plans or calibration_plans(graph, step)
     weighted_idx = [i for i, layer in enumerate(graph.layers) if layer.spec.op in WEIGHTED_OPS]
     full = graph.full_widths()
@@ -166,7 +222,7 @@ def fit_context(
                 best[name] = times if name not in best else [min(a, b) for a, b in zip(best[name], times, strict=True)]
                 walls[name] = min(walls.get(name, float("inf")), whole_model_ms(art, batch, threads, runs, clock))
     raw_model = LutLatencyModel(replace(table, context=None, feedback=None, correction=None), source="<context fit>")
-    estimates: list[dict[str, list[float]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
+    estimates: list[dict[str, list[tuple[float, float]]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
     overheads, fitted_on = [], []
     for name, widths in plans.items():
         specs = [replace(s, precision=precision, batch=batch) for s in graph.layer_specs(widths)]
@@ -179,25 +235,40 @@ def fit_context(
         for i, t in zip(weighted_idx, ctx, strict=True):
             s, fs = specs[i], full_specs[i]
             aligned = all(c % step == 0 or c == f for c, f in ((s.in_channels, fs.in_channels), (s.out_channels, fs.out_channels)))
-            estimates[i]["aligned" if aligned else "unaligned"].append(t * scale / max(raw[i], 1e-9))
+            size = size_fraction(s, fs.in_channels, fs.out_channels)
+            estimates[i]["aligned" if aligned else "unaligned"].append((size, t * scale / max(raw[i], 1e-9)))
         fitted_on.append({"plan": name, "measured_ms": walls[name], "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw)})
-    all_f = [v for e in estimates for lst in e.values() for v in lst]
+    all_f = [f for e in estimates for lst in e.values() for _, f in lst]
     median_f = statistics.median(all_f) if all_f else 1.0
-    factors = []
+
+    def clip(f: float) -> float:
+        return min(max(f, median_f / FACTOR_CLIP), median_f * FACTOR_CLIP)
+
+    factors: list[dict[str, Any]] = []
     for i, (layer, est) in enumerate(zip(graph.layers, estimates, strict=True)):
         fs = graph.layer_specs()[i]
-        entry: dict[str, float] = {"full_in": fs.in_channels, "full_out": fs.out_channels, "aligned": 0.0, "unaligned": 0.0}
+        entry: dict[str, Any] = {"full_in": fs.in_channels, "full_out": fs.out_channels, "aligned": 0.0, "unaligned": 0.0}
         if layer.spec.op in WEIGHTED_OPS:
-            got = {k: statistics.median(v) for k, v in est.items() if v}
+            curves = {k: factor_curve([(size, clip(f)) for size, f in v]) for k, v in est.items() if v}
             for regime in ("aligned", "unaligned"):
-                f = got.get(regime, got.get("unaligned" if regime == "aligned" else "aligned", median_f))
-                entry[regime] = min(max(f, median_f / FACTOR_CLIP), median_f * FACTOR_CLIP)
+                curve = curves.get(regime, curves.get("unaligned" if regime == "aligned" else "aligned", [[1.0, median_f]]))
+                entry[regime] = statistics.median(f for _, f in curve)  # the scalar older readers use
+                entry[f"{regime}_curve"] = curve
         factors.append(entry)
     signature = [replace(s, precision=precision, batch=batch).shape_key() for s in graph.layer_specs()]
-    ctx_corr = ContextCorrection(signature, factors, statistics.median(overheads), step, fitted_on)
+    overhead = statistics.median(overheads)
+    penalties = []
+    for name, widths in plans.items():
+        if name.startswith("offgrid"):  # priced with the aligned curves (step 1: every count aligned)
+            specs = [replace(sp, precision=precision, batch=batch) for sp in graph.layer_specs(widths)]
+            as_aligned = sum(context_factor(f, sp, 1) * raw_model.layer_ms(sp)[0] for f, sp in zip(factors, specs, strict=True)) + overhead
+            penalties.append(walls[name] / as_aligned)
+    ctx_corr = ContextCorrection(signature, factors, overhead, step, fitted_on, statistics.median(penalties) if penalties else None)
     table.context = ctx_corr
     check = LutLatencyModel(table, source="<context fit>")
     for row, widths in zip(fitted_on, plans.values(), strict=True):
         row["predicted_ms"] = check.predict([replace(s, precision=precision, batch=batch) for s in graph.layer_specs(widths)]).total_ms
     ui.log("context correction: " + ", ".join(f"{r['plan']} predicted {r['predicted_ms']:.3f} / measured {r['measured_ms']:.3f} ms" for r in fitted_on))
+    if ctx_corr.unaligned_penalty is not None:
+        ui.log(f"context step {step}: off-grid plans measured x{ctx_corr.unaligned_penalty:.2f} of their aligned-regime price")
     return ctx_corr

@@ -156,11 +156,18 @@ class Staircase:
         return cls(int(data["step"]), float(data["penalty"]), dict(data.get("per_op", {})), str(data.get("mode", "line")))
 
 
+#: an off-grid plan measured this much slower than its aligned-regime prediction means the
+#: step pays in context (10%: beyond the whole-model noise of a quiet machine).
+CONTEXT_STEP_PENALTY = 1.10
+
+
 @dataclass
 class ContextCorrection:
     """Per-layer factors from profiling whole deployed graphs (see latency/context.py).
 
-    layer i of the graph costs factors[i][regime] * (its table price), regime
+    layer i of the graph costs factor * (its table price), the factor read off
+    factors[i][regime + "_curve"] (points [MACs fraction of full width, factor],
+    interpolated) or, in tables without curves, factors[i][regime]; regime
     "aligned" (every channel count of the layer a multiple of `step` or at full
     width) or "unaligned"; non-weighted layers have factor 0 because the profile
     charges their kernels (fused adds, pools, reorders, Q/DQ) to the weighted
@@ -168,17 +175,31 @@ class ContextCorrection:
     """
 
     signature: list[str]
-    factors: list[dict[str, float]]
+    factors: list[dict[str, Any]]
     overhead_ms: float
     step: int
     fitted_on: list[dict[str, Any]] = field(default_factory=list)
+    #: measured / predicted-as-if-aligned for the off-grid plans (median): what leaving `step`
+    #: costs in the deployed chain; None when no off-grid plan was profiled.
+    unaligned_penalty: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"signature": self.signature, "factors": self.factors, "overhead_ms": self.overhead_ms, "step": self.step, "fitted_on": self.fitted_on}
+        return {
+            "signature": self.signature, "factors": self.factors, "overhead_ms": self.overhead_ms, "step": self.step,
+            "fitted_on": self.fitted_on, "unaligned_penalty": self.unaligned_penalty,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContextCorrection:
-        return cls(list(data["signature"]), [dict(f) for f in data["factors"]], float(data["overhead_ms"]), int(data["step"]), list(data.get("fitted_on", [])))
+        penalty = data.get("unaligned_penalty")
+        return cls(
+            list(data["signature"]), [dict(f) for f in data["factors"]], float(data["overhead_ms"]), int(data["step"]),
+            list(data.get("fitted_on", [])), None if penalty is None else float(penalty),
+        )
+
+    def step_pays(self) -> bool:
+        """Whether unaligned widths measurably cost more in context (> CONTEXT_STEP_PENALTY)."""
+        return self.step > 1 and self.unaligned_penalty is not None and self.unaligned_penalty > CONTEXT_STEP_PENALTY
 
 
 @dataclass
@@ -270,10 +291,14 @@ class LatencyTable:
 
     def alignment(self, precision: str | None = None) -> int:
         """The channel step to round plans to: measured on this machine when the table has a
-        staircase, else the target's assumed alignment the table was measured with."""
+        staircase (or, where the isolated probe found none, the context's step when the profiled
+        deployed graphs show that leaving it costs), else the target's assumed alignment."""
         if precision is not None and precision != self.meta.precision:
             raise LatencyModelError(f"this table holds {self.meta.precision} latencies, not {precision}", hint=f"measure a {precision} table")
-        return self.staircase.step if self.staircase is not None else max(int(self.meta.alignment), 1)
+        step = self.staircase.step if self.staircase is not None else max(int(self.meta.alignment), 1)
+        if step == 1 and self.context is not None and self.context.step_pays():
+            return self.context.step  # the isolated probe found no step, the deployed chain did
+        return step
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -334,11 +334,30 @@ def fit_correction(layer_sums_ms: list[float], measured_ms: list[float]) -> tupl
     return scale, my - scale * mx
 
 
-def context_factor(factors: dict[str, float], spec: LayerSpec, step: int) -> float:
-    """The layer's in-context factor for its regime at `spec`'s widths (see ContextCorrection)."""
+def context_factor(factors: dict[str, Any], spec: LayerSpec, step: int) -> float:
+    """The layer's in-context factor for its regime at `spec`'s widths (see ContextCorrection):
+    interpolated on the regime's curve over the layer's size when the table has one (linear
+    between profiled sizes, flat beyond them), else the regime's single factor."""
     full_in, full_out = int(factors.get("full_in", 0)), int(factors.get("full_out", 0))
     aligned = all(c % step == 0 or c == full for c, full in ((spec.in_channels, full_in), (spec.out_channels, full_out)))
-    return float(factors["aligned" if aligned else "unaligned"])
+    regime = "aligned" if aligned else "unaligned"
+    curve = factors.get(f"{regime}_curve")
+    if not curve:
+        return float(factors[regime])
+    full_macs = spec.with_channels(full_in, full_out).macs() if full_in and full_out else 0
+    size = spec.macs() / full_macs if full_macs > 0 else 1.0
+    return _interp(size, [(float(p[0]), float(p[1])) for p in curve])
+
+
+def _interp(x: float, points: list[tuple[float, float]]) -> float:
+    """Piecewise-linear through sorted (x, y) points, flat beyond the ends."""
+    if x <= points[0][0]:
+        return points[0][1]
+    if x >= points[-1][0]:
+        return points[-1][1]
+    i = bisect.bisect_right([p[0] for p in points], x)
+    (x0, y0), (x1, y1) = points[i - 1], points[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
 class RegularisedFit:
