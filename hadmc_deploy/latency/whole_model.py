@@ -73,6 +73,11 @@ class TimedPlan:
     round_ms: list[float]
     min_ms: float
 
+    @property
+    def min_round_ms(self) -> float:
+        """The fastest round's median: the plan's time when the machine was least loaded."""
+        return min(self.round_ms) if self.round_ms else self.median_ms
+
     def value(self, statistic: str) -> float:
         return self.min_ms if statistic == "min" else self.median_ms
 

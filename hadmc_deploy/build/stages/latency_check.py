@@ -5,8 +5,12 @@ Why here: a pruned model's speed does not depend on its weights, so the budget c
 verified right after surgery. Both models are exported, built by the target's backend at
 the build's precision (INT8 with speed-only ranges: ranges change scales, never the
 graph) and timed in interleaved rounds at the search batch, so load from other processes
-hits both alike. The spread of the per-round ratios is the measurement's noise: a plan
-misses the budget only when it misses it by more than that. The pipeline corrects the
+hits both alike. The measured speedup is the ratio of each model's fastest round (load only
+adds time, as in the latency tables): on these shared 2-vCPU machines the second core comes
+and goes for seconds at a time, and a median of per-round ratios mixed the two regimes (one
+demo build read 1.47, 1.28, 1.22, 1.88, 1.88 for one plan). The spread of the per-round
+ratios is the measurement's noise: a plan misses the budget only when it misses it by more
+than that. The pipeline corrects the
 latency model with these numbers and searches again (`build/pipeline.py`).
 """
 
@@ -21,7 +25,7 @@ from hadmc_deploy.build.inputs import graph, loaded_model
 from hadmc_deploy.latency.whole_model import time_plans
 
 #: interleaved rounds; each round times both models once.
-ROUNDS = 5
+ROUNDS = 7
 
 
 def inputs(ctx: BuildContext) -> dict[str, Any]:
@@ -45,11 +49,11 @@ def run(ctx: BuildContext) -> StageResult:
     )
     base, plan = timed
     ratios = [b / p for b, p in zip(base.round_ms, plan.round_ms, strict=True) if p > 0]
-    measured = statistics.median(ratios)
+    measured = base.min_round_ms / plan.min_round_ms if plan.min_round_ms > 0 else statistics.median(ratios)
     # the spread of the per-round ratios around their median: what this machine's noise allows
     noise = (max(ratios) - min(ratios)) / 2 / measured if len(ratios) > 1 else 0.0
     noise = min(noise, 0.10)  # never let a noisy run excuse more than a 10% miss
-    goal = s.speedup if s.speedup is not None else base.median_ms / s.latency_ms
+    goal = s.speedup if s.speedup is not None else base.min_round_ms / s.latency_ms
     met = measured >= goal * (1 - noise)
     result = {
         "checked": True,
@@ -58,7 +62,8 @@ def run(ctx: BuildContext) -> StageResult:
         "goal_speedup": goal,
         "predicted_speedup": search["predicted_speedup"],
         "predicted_ms": {"baseline": search["baseline_ms"], "plan": search["predicted_ms"]},
-        "measured_ms": {"baseline": base.median_ms, "plan": plan.median_ms},
+        "measured_ms": {"baseline": base.min_round_ms, "plan": plan.min_round_ms},
+        "median_ms": {"baseline": base.median_ms, "plan": plan.median_ms},
         "measured_speedup": measured,
         "round_ratios": ratios,
         "noise": noise,
