@@ -30,8 +30,9 @@ from hadmc_deploy.latency.repeat import measure_into_table, ort_preparer
 from hadmc_deploy.targets import TargetProfile
 from hadmc_deploy.ui import UI, quiet_ui
 
-#: bump when what a cached table means changes: older cached tables are then re-measured.
-METHOD = "measured-v2"
+#: bump when what a cached table means changes: older cached tables are then re-measured
+#: (v3: context factor curves over the layer size and the context step).
+METHOD = "measured-v3"
 
 
 @dataclass
