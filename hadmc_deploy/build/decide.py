@@ -79,6 +79,14 @@ def guard_exclusion(accuracy: float | None, reference: float | None, max_drop: f
     return ""
 
 
+def budget_reference(p50: dict[str, float], at_precision: str, fp32_original: str) -> str:
+    """The variant a latency budget is measured against: what the user could deploy without
+    pruning, i.e. the original at the build's precision, or the FP32 original where that measured
+    faster. INT8 that does not pay must not let the unpruned FP32 model "meet" a pruning budget
+    (MobileNetV3 on digits: FP32 original 1.6x faster than its INT8, exit 0 at --speedup 1.3)."""
+    return min((at_precision, fp32_original), key=lambda name: p50[name])
+
+
 def budget_verdict(goal_speedup: float | None, measured_speedup: float | None, noise: float) -> dict[str, Any] | None:
     if goal_speedup is None:
         return None

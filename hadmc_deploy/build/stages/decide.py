@@ -17,6 +17,7 @@ from hadmc_deploy.build.decide import (
     budget_verdict,
     chance_level_warning,
     choose,
+    budget_reference,
     delivers,
     guard_exclusion,
     verdict,
@@ -81,11 +82,12 @@ def run(ctx: BuildContext) -> StageResult:
             excluded = ""  # what the user gave us can always be handed back
         candidates.append(Candidate(r["name"], fastest[r["name"]], r.get("accuracy"), excluded))
     precision_ref = by_name.get(f"baseline-{ctx.plan.precision}", original)
+    budget_ref = by_name[budget_reference(fastest, precision_ref["name"], original["name"])]
     s = ctx.settings.search
-    goal = s.speedup if s.speedup is not None else (fastest[precision_ref["name"]] / s.latency_ms if s.latency_ms else None)
+    goal = s.speedup if s.speedup is not None else (fastest[budget_ref["name"]] / s.latency_ms if s.latency_ms else None)
     pruning_asked = s.ratio is not None or s.macs_ratio is not None or bool(s.widths)
     name, reason = choose(candidates, noise)
-    meeting = [c for c in candidates if not c.excluded and delivers(c.name, fastest, precision_ref["name"], goal, noise, pruning_asked, ctx.plan.precision)]
+    meeting = [c for c in candidates if not c.excluded and delivers(c.name, fastest, budget_ref["name"], goal, noise, pruning_asked, ctx.plan.precision)]
     if goal is not None and meeting and name not in {c.name for c in meeting}:
         # a simpler variant within noise of the fastest, but short of the budget: the budget wins
         best = min(meeting, key=lambda c: c.p50_ms)
@@ -98,8 +100,10 @@ def run(ctx: BuildContext) -> StageResult:
         speedup_vs_original_at_precision=fastest[precision_ref["name"]] / fastest[name],
         accuracy_change=(deployed.get("accuracy") - reference_acc) if deployed.get("accuracy") is not None and reference_acc is not None else None,
     )
-    decision.budget = budget_verdict(goal, decision.speedup_vs_original_at_precision, noise)
-    code, why = verdict(name, candidates, precision_ref["name"], goal, noise, pruning_asked, ctx.plan.precision)
+    decision.budget = budget_verdict(goal, fastest[budget_ref["name"]] / fastest[name], noise)
+    if decision.budget is not None:
+        decision.budget["reference"] = budget_ref["name"]
+    code, why = verdict(name, candidates, budget_ref["name"], goal, noise, pruning_asked, ctx.plan.precision)
     decision.verdict = {"exit_code": code, "why": why}
     if q.max_accuracy_drop is not None and reference_acc is not None:
         decision.guard = {"allowed": q.max_accuracy_drop, "reference": reference_acc, "allowed_by_flag": q.allow_accuracy_drop,
