@@ -24,6 +24,13 @@ from hadmc_deploy.ui import quiet_ui
 DATA_KINDS = ("train", "calib", "eval", "data")
 
 
+#: calibration images loaded beyond the ones the ranges see: the held-out checks (INT8 vs FP32
+#: agreement, per-tensor range choice) and BN recalibration draw from them. Loading the whole
+#: source instead preprocessed all 60,000 Fashion-MNIST images to 3x224x224 float32 for a
+#: ResNet-18 build (36 GB): the process was killed for memory after the latency check.
+CALIB_BEYOND_RANGES = 4096
+
+
 def loaded_model(ctx: BuildContext) -> LoadedModel:
     plan = ctx.plan
     return ctx.lazy("loaded", lambda: load_model(plan.model, plan.arch, plan.arch_kwargs, trust_model=plan.trust_model))
@@ -39,7 +46,7 @@ def dataset(ctx: BuildContext, kind: str) -> ArrayDataset | None:
             return None
         shape = ctx.plan.input_shape
         pre = Preprocess(resize=(shape[2], shape[3]), channels=shape[1], mean=d.mean, std=d.std)
-        limit = {"train": d.train_limit, "calib": None, "eval": d.eval_limit, "data": d.train_limit}[kind]
+        limit = {"train": d.train_limit, "calib": d.calib_samples + CALIB_BEYOND_RANGES, "eval": d.eval_limit, "data": d.train_limit}[kind]
         data = load_source(source, pre, limit=limit, seed=d.seed)
         classes = ctx.results.get("load", {}).get("num_classes") if task(ctx) == CLASSIFY else None
         check_matches_model(data, shape, classes, role=kind if task(ctx) == CLASSIFY else "calib")

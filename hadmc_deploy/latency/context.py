@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-import torch
 from torch import nn
 
 from hadmc_deploy.backends.request import BuildRequest
@@ -155,11 +154,11 @@ def build_deployed(
     float_onnx: Path | None = None,
 ) -> tuple[Path, Path]:
     """(float ONNX of the plan, the built artifact's model file) exactly as a build deploys it."""
-    from hadmc_deploy.latency.whole_model import export_for_timing, pruned_module
+    from hadmc_deploy.latency.whole_model import export_for_timing, pruned_module, single_torch_thread
 
     if float_onnx is None:
-        torch.set_num_threads(1)
-        float_onnx = export_for_timing(pruned_module(model, graph, widths), input_shape, workdir / f"{name}.onnx", exporter=exporter)
+        with single_torch_thread():
+            float_onnx = export_for_timing(pruned_module(model, graph, widths), input_shape, workdir / f"{name}.onnx", exporter=exporter)
     ranges = _random_ranges(float_onnx, input_shape) if precision == "int8" else None
     art = backend.build(BuildRequest(onnx_path=float_onnx, precision=precision, out_dir=workdir / f"{name}-art", target=backend.default_target(), ranges=ranges))
     return float_onnx, Path(art.model_path)
