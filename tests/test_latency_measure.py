@@ -153,3 +153,23 @@ def test_cpu_clock_timer_measures_single_thread_cpu_time(tmp_path):
     a, b = timer(small), timer(big)
     assert a.runs == 5 and a.p50_ms > 0
     assert b.p50_ms > a.p50_ms  # far more work costs more CPU time
+
+
+def test_timing_exports_restore_torchs_thread_count() -> None:
+    """Surgery and export beside timing run PyTorch on one thread; the build's later stages
+    (recovery, BN recalibration) must get their threads back."""
+    import torch
+
+    from hadmc_deploy.latency.whole_model import single_torch_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with single_torch_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), single_torch_thread():
+            raise RuntimeError("an export failed")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
