@@ -53,8 +53,8 @@ from hadmc_deploy.ui import UI, quiet_ui
 FACTOR_CLIP = 4.0
 
 
-#: uniform width fractions profiled on the step's grid, and one channel off it (when the
-#: measured step is > 1): the range a search explores, both regimes of every layer.
+#: uniform width fractions profiled on the step's grid, and at odd widths (when the step is
+#: > 1): the range a search explores, both regimes of every layer.
 ALIGNED_FRACTIONS = (0.7, 0.5, 0.3)
 OFFGRID_FRACTIONS = (0.75, 0.45)
 
@@ -66,9 +66,9 @@ def _legal_width(g: Any, w: int) -> int:
 
 
 def calibration_plans(graph: DependencyGraph, step: int) -> dict[str, dict[str, int]]:
-    """Full width, uniform plans on the step's grid, and off-grid plans (every prunable group
-    one channel off the step) when there is a step: each layer's factor curve over its size,
-    in both regimes. Plans that come out identical (tiny groups) are profiled once."""
+    """Full width, uniform plans on the step's grid, and off-grid plans (every prunable group at
+    an odd width, off every step > 1) when there is a step: each layer's factor curve over its
+    size, in both regimes. Plans that come out identical (tiny groups) are profiled once."""
     plans: dict[str, dict[str, int]] = {"full": graph.full_widths()}
     for frac in ALIGNED_FRACTIONS:
         plans[f"aligned{int(frac * 100)}"] = {
