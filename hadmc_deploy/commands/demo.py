@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--retrain", action="store_true", help="train again even if a cached checkpoint matches")
     parser.add_argument("--target", default="cpu", help="target to build for (default cpu)")
-    parser.add_argument("--speedup", type=float, default=1.4, help="measured speedup the pruning must deliver at batch 32 over the original at the same precision (default 1.4)")
+    parser.add_argument("--speedup", type=float, default=1.25, help="measured speedup the pruning must deliver at batch 32 over the original at the same precision (default 1.25)")
     parser.add_argument("--no-build", action="store_true", help="only train and cache the checkpoint")
 
 
