@@ -391,3 +391,27 @@ def fake_trt_11() -> types.ModuleType:
 
 def fake_trt_86() -> types.ModuleType:
     return make_fake_trt("8.6.1")
+
+
+#: the GPU the fake module stands for (what `device_info` reports while it is installed).
+FAKE_DEVICE = {"backend": "tensorrt", "available": True, "gpu_name": "Tesla T4", "compute_capability": "7.5"}
+
+
+def fake_installer(monkeypatch: Any, *, cpu_buffers: bool) -> Any:
+    """install(trt): put a FAKE tensorrt module in sys.modules and describe FAKE_DEVICE for it;
+    `cpu_buffers` also moves the runtime's and the calibrator's buffers to the CPU (no CUDA here)."""
+    import hadmc_deploy.backends.tensorrt as trt_backend
+
+    if cpu_buffers:
+        import hadmc_deploy.backends.tensorrt_calibrator as trt_calibrator
+        import hadmc_deploy.backends.tensorrt_runtime as trt_runtime
+
+        monkeypatch.setattr(trt_calibrator, "CALIBRATION_DEVICE", "cpu")
+        monkeypatch.setattr(trt_runtime, "RUNTIME_DEVICE", "cpu")
+
+    def install(trt: types.ModuleType) -> types.ModuleType:
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        monkeypatch.setattr(trt_backend, "device_info", lambda t: {**FAKE_DEVICE, "tensorrt_version": t.__version__})
+        return trt
+
+    return install

@@ -10,11 +10,16 @@ tools/check_tensorrt.py's job on a GPU host.
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
-from tensorrt_fake_module import FAKE_ENGINE, fake_trt_10, fake_trt_11, make_fake_trt
+from tensorrt_fake_module import (
+    FAKE_ENGINE,
+    fake_installer,
+    fake_trt_10,
+    fake_trt_11,
+    make_fake_trt,
+)
 from tensorrt_models import tiny_cnn, tiny_qdq_cnn
 
 import hadmc_deploy.backends.tensorrt as trt_backend
@@ -28,19 +33,12 @@ from hadmc_deploy.errors import ArtifactError, ExportError, UsageError
 from hadmc_deploy.targets import T4
 
 NO_TIMING = TrtBuildOptions(use_timing_cache=False)
-FAKE_DEVICE = {"backend": "tensorrt", "available": True, "gpu_name": "Tesla T4", "compute_capability": "7.5"}
 
 
 @pytest.fixture
 def use_fake(monkeypatch):
     """Install a fake tensorrt module and a fake T4 device description; returns an installer."""
-
-    def install(trt):
-        monkeypatch.setitem(sys.modules, "tensorrt", trt)
-        monkeypatch.setattr(trt_backend, "device_info", lambda t: {**FAKE_DEVICE, "tensorrt_version": t.__version__})
-        return trt
-
-    return install
+    return fake_installer(monkeypatch, cpu_buffers=False)
 
 
 def _calls(trt, name):

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import gc
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tensorrt_fake_module import fake_trt_10, fake_trt_11, make_fake_trt
+from tensorrt_fake_module import fake_installer, fake_trt_10, fake_trt_11, make_fake_trt
 from tensorrt_models import tiny_cnn, tiny_qdq_cnn
 
 import hadmc_deploy.backends.tensorrt as trt_backend
@@ -35,22 +34,13 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
-FAKE_DEVICE = {"backend": "tensorrt", "available": True, "gpu_name": "Tesla T4", "compute_capability": "7.5"}
 OPTS = TrtBuildOptions(use_timing_cache=False)
 
 
 @pytest.fixture
 def use_fake(monkeypatch):
     """Install a fake tensorrt module, a fake T4 description and CPU buffers; returns the installer."""
-    monkeypatch.setattr(trt_calibrator, "CALIBRATION_DEVICE", "cpu")
-    monkeypatch.setattr(trt_runtime, "RUNTIME_DEVICE", "cpu")
-
-    def install(trt):
-        monkeypatch.setitem(sys.modules, "tensorrt", trt)
-        monkeypatch.setattr(trt_backend, "device_info", lambda t: {**FAKE_DEVICE, "tensorrt_version": t.__version__})
-        return trt
-
-    return install
+    return fake_installer(monkeypatch, cpu_buffers=True)
 
 
 def _calls(trt, name):

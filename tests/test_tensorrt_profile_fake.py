@@ -12,13 +12,12 @@ job on a GPU host).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
 import torch
-from tensorrt_fake_module import make_fake_trt
+from tensorrt_fake_module import fake_installer, make_fake_trt
 from tensorrt_models import tiny_cnn
 from torch import nn
 
@@ -39,7 +38,6 @@ from hadmc_deploy.errors import ArtifactError, UsageError
 from hadmc_deploy.latency.ort_profile import source_weighted_nodes
 from hadmc_deploy.targets import T4
 
-FAKE_DEVICE = {"backend": "tensorrt", "available": True, "gpu_name": "Tesla T4", "compute_capability": "7.5"}
 WEIGHTED = ["/conv1/Conv", "/conv2/Conv", "/down/Conv", "/fc/Gemm"]
 
 
@@ -185,14 +183,7 @@ def test_map_numeric_layer_names_are_indices_not_tensors(tmp_path):
 @pytest.fixture
 def use_fake(monkeypatch):
     """Install a fake tensorrt module, a fake T4 description and CPU buffers; returns the installer."""
-    monkeypatch.setattr(trt_runtime, "RUNTIME_DEVICE", "cpu")
-
-    def install(trt):
-        monkeypatch.setitem(sys.modules, "tensorrt", trt)
-        monkeypatch.setattr(trt_backend, "device_info", lambda t: {**FAKE_DEVICE, "tensorrt_version": t.__version__})
-        return trt
-
-    return install
+    return fake_installer(monkeypatch, cpu_buffers=True)
 
 
 CONV, POOL = "/conv/Conv + /relu/Relu", "/pool/GlobalAveragePool"
