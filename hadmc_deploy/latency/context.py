@@ -223,9 +223,11 @@ def fit_context(
     raw_model = LutLatencyModel(replace(table, context=None, feedback=None, correction=None), source="<context fit>")
     estimates: list[dict[str, list[tuple[float, float]]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
     overheads, fitted_on = [], []
+    priced: dict[str, tuple[list[LayerSpec], list[float]]] = {}  # plan -> (its specs, their table prices)
     for name, widths in plans.items():
         specs = [replace(s, precision=precision, batch=batch) for s in graph.layer_specs(widths)]
         raw = [raw_model.layer_ms(s)[0] for s in specs]
+        priced[name] = (specs, raw)
         ctx = best[name]
         kernel_sum = sum(ctx)
         scale = min(1.0, walls[name] / kernel_sum) if kernel_sum > 0 else 1.0  # the profiler's own cost, if any
@@ -257,16 +259,15 @@ def fit_context(
     signature = [replace(s, precision=precision, batch=batch).shape_key() for s in graph.layer_specs()]
     overhead = statistics.median(overheads)
     penalties = []
-    for name, widths in plans.items():
+    for name, (specs, raw) in priced.items():
         if name.startswith("offgrid"):  # priced with the aligned curves (step 1: every count aligned)
-            specs = [replace(sp, precision=precision, batch=batch) for sp in graph.layer_specs(widths)]
-            as_aligned = sum(context_factor(f, sp, 1) * raw_model.layer_ms(sp)[0] for f, sp in zip(factors, specs, strict=True)) + overhead
+            as_aligned = sum(context_factor(f, sp, 1) * ms for f, sp, ms in zip(factors, specs, raw, strict=True)) + overhead
             penalties.append(walls[name] / as_aligned)
     ctx_corr = ContextCorrection(signature, factors, overhead, step, fitted_on, statistics.median(penalties) if penalties else None)
     table.context = ctx_corr
     check = LutLatencyModel(table, source="<context fit>")
-    for row, widths in zip(fitted_on, plans.values(), strict=True):
-        row["predicted_ms"] = check.predict([replace(s, precision=precision, batch=batch) for s in graph.layer_specs(widths)]).total_ms
+    for row, (specs, _) in zip(fitted_on, priced.values(), strict=True):
+        row["predicted_ms"] = check.predict(specs).total_ms
     ui.log("context correction: " + ", ".join(f"{r['plan']} predicted {r['predicted_ms']:.3f} / measured {r['measured_ms']:.3f} ms" for r in fitted_on))
     if ctx_corr.unaligned_penalty is not None:
         ui.log(f"context step {step}: off-grid plans measured x{ctx_corr.unaligned_penalty:.2f} of their aligned-regime price")

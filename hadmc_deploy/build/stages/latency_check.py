@@ -51,7 +51,7 @@ def run(ctx: BuildContext) -> StageResult:
     ratios = [b / p for b, p in zip(base.round_ms, plan.round_ms, strict=True) if p > 0]
     measured = base.min_round_ms / plan.min_round_ms if plan.min_round_ms > 0 else statistics.median(ratios)
     # the spread of the per-round ratios around their median: what this machine's noise allows
-    noise = (max(ratios) - min(ratios)) / 2 / measured if len(ratios) > 1 else 0.0
+    noise = (max(ratios) - min(ratios)) / 2 / statistics.median(ratios) if len(ratios) > 1 else 0.0
     noise = min(noise, 0.10)  # never let a noisy run excuse more than a 10% miss
     goal = s.speedup if s.speedup is not None else base.min_round_ms / s.latency_ms
     met = measured >= goal * (1 - noise)
