@@ -225,16 +225,20 @@ def _image_folder(directory: Path, resize: tuple[int, int] | None) -> tuple[np.n
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
-def _builtin(name: str, split: str | None) -> tuple[np.ndarray, np.ndarray]:
-    split = split or "train"
+def _check_builtin(name: str, split: str) -> None:
+    """The builtin's name, split and (for Fashion-MNIST) files, without reading any image."""
+    if name not in ("fashion-mnist", "digits"):
+        raise DataError(f"unknown builtin dataset {name!r}", hint="use builtin:fashion-mnist or builtin:digits")
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r} for builtin:{name}", hint="use :train or :test")
+    if name == "fashion-mnist" and not FASHION_MNIST_DIR.is_dir():
+        raise DataError(f"builtin:fashion-mnist needs {FASHION_MNIST_DIR}", hint="apt-get install dataset-fashion-mnist, or use builtin:digits")
+
+
+def _builtin(name: str, split: str | None) -> tuple[np.ndarray, np.ndarray]:
+    split = split or "train"
+    _check_builtin(name, split)
     if name == "fashion-mnist":
-        if not FASHION_MNIST_DIR.is_dir():
-            raise DataError(
-                f"builtin:fashion-mnist needs {FASHION_MNIST_DIR}",
-                hint="apt-get install dataset-fashion-mnist, or use builtin:digits",
-            )
         return _idx_dir(FASHION_MNIST_DIR, split)
     if name == "digits":
         try:
@@ -249,12 +253,14 @@ def _builtin(name: str, split: str | None) -> tuple[np.ndarray, np.ndarray]:
         part = order[:cut] if split == "train" else order[cut:]
         part.sort()
         return x[part], y[part]
-    raise DataError(f"unknown builtin dataset {name!r}", hint="use builtin:fashion-mnist or builtin:digits")
+    raise AssertionError(f"builtin {name!r} passed _check_builtin but has no reader")
 
 
 def check_source_exists(source: str) -> None:
     """Cheap up-front check (no reading) so a build fails before its heavy stages, not after."""
     if source.startswith("builtin:"):
+        name, _, split = source[len("builtin:") :].partition(":")
+        _check_builtin(name, split or "train")
         return
     if Path(source).exists():
         return

@@ -137,3 +137,21 @@ def test_build_rejects_missing_data_before_any_stage(tmp_path):
     assert res.returncode == 8
     assert "missing.npz does not exist" in _one_error_line(res)
     assert not out.exists()
+
+
+def test_bad_builtin_data_and_demo_budget_fail_before_any_work(tmp_path):
+    """A mistyped builtin dataset, and a demo budget that cannot be asked, are one line each
+    before any stage runs (no table measured, no demo model trained)."""
+    ckpt = tmp_path / "m.pth"
+    from hadmc_deploy.models.demo import demo_cnn
+
+    torch.save({"arch": ARCH, "state_dict": demo_cnn().state_dict(), "input_shape": [1, 1, 28, 28]}, ckpt)
+    out = tmp_path / "build"
+    res = cli("build", str(ckpt), "--speedup", "2", "--calib", "builtin:fashion-mnst:train", "--out", str(out))
+    assert res.returncode == 8 and "unknown builtin dataset 'fashion-mnst'" in _one_error_line(res)
+    assert not out.exists()
+    res = cli("build", str(ckpt), "--calib", "builtin:digits:val", "--out", str(out))
+    assert res.returncode == 8 and "unknown split 'val'" in _one_error_line(res)
+    res = cli("demo", "--speedup", "0.5", "--out", str(tmp_path / "demo"))
+    assert res.returncode == 2 and "must be greater than 1" in _one_error_line(res)
+    assert not (tmp_path / "demo" / "demo.pth").exists()

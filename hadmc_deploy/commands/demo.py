@@ -13,7 +13,7 @@ import torch
 from hadmc_deploy.build.pipeline import build
 from hadmc_deploy.config import merge_options
 from hadmc_deploy.data import FASHION_MNIST_DIR, Preprocess, load_data
-from hadmc_deploy.errors import BudgetError
+from hadmc_deploy.errors import BudgetError, UsageError
 from hadmc_deploy.fileio import atomic_path, sha256_bytes, write_json_atomic
 from hadmc_deploy.models.demo import DEMO_ARCH, DEMO_INPUT_SHAPE, demo_cnn
 from hadmc_deploy.plan import BuildPlan, make_plan
@@ -99,6 +99,8 @@ def train_demo_model(args: argparse.Namespace, ui: UI) -> tuple[Path, dict[str, 
 
 
 def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
+    if not args.no_build and args.speedup <= 1:  # before training, not after it
+        raise UsageError(f"--speedup {args.speedup:g} must be greater than 1", hint="e.g. --speedup 1.5")
     ckpt, record = train_demo_model(args, ui)
     result: dict[str, Any] = {"checkpoint": str(ckpt), "demo_model": record}
     if args.no_build:
