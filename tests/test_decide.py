@@ -12,6 +12,7 @@ from hadmc_deploy.build.decide import (
     budget_verdict,
     chance_level_warning,
     choose,
+    delivers,
     guard_exclusion,
     verdict,
 )
@@ -44,6 +45,17 @@ def test_guard_and_budget_verdicts() -> None:
     assert budget_verdict(2.0, 1.95, 0.05)["met"] is True
     assert budget_verdict(2.0, 1.6, 0.05)["met"] is False
     assert budget_verdict(None, 1.6, 0.05) is None
+
+
+def test_noise_never_lets_the_original_meet_a_budget() -> None:
+    """A 1.08x budget with ±10% noise: 0.98x-1.00x (the original itself) is not met, 1.02x is."""
+    assert budget_verdict(1.08, 1.00, 0.10)["met"] is False
+    assert budget_verdict(1.08, 0.98, 0.10)["met"] is False
+    assert budget_verdict(1.08, 1.02, 0.10)["met"] is True
+    p50 = {"baseline-int8": 1.0, "pruned-int8": 0.98}
+    assert not delivers("baseline-int8", p50, "baseline-int8", 1.08, 0.10, False, "int8")
+    assert delivers("pruned-int8", p50, "baseline-int8", 1.08, 0.10, False, "int8")
+    assert budget_verdict(0.9, 1.0, 0.0)["met"] is True  # a budget looser than the original
 
 
 def test_correction_fits_the_unpriced_overhead() -> None:
@@ -97,3 +109,22 @@ def test_a_budget_is_measured_against_the_faster_original() -> None:
     assert verdict("baseline-fp32", cands, "baseline-int8", 1.3, 0.05, False, "int8")[0] == 0  # the old reference let it pass
     # INT8 that pays stays the reference (the demo: a budget over the INT8 original)
     assert budget_reference({"baseline-fp32": 2.0, "baseline-int8": 1.2}, "baseline-int8", "baseline-fp32") == "baseline-int8"
+
+
+def test_demo_retries_the_plan_it_measured(tmp_path) -> None:  # noqa: ANN001
+    """After a missed budget whose fastest variant was pruned, the demo's retry reuses that
+    build's width plan (a copy beside the build); after one that deployed the original, none."""
+    import json
+
+    from hadmc_deploy.commands.demo import _measured_pruned_plan
+
+    out = tmp_path / "build-cpu"
+    out.mkdir()
+    (out / "width_plan.json").write_text('{"keep": {"conv1": 16}}')
+    (out / "report.json").write_text(json.dumps({"decision": {"deploy": "pruned-int8"}}))
+    kept = _measured_pruned_plan(out)
+    assert kept is not None and kept.parent == tmp_path and json.loads(kept.read_text()) == {"keep": {"conv1": 16}}
+    (out / "report.json").write_text(json.dumps({"decision": {"deploy": "baseline-int8"}}))
+    assert _measured_pruned_plan(out) is None
+    (out / "report.json").unlink()
+    assert _measured_pruned_plan(out) is None

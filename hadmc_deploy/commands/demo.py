@@ -14,7 +14,7 @@ from hadmc_deploy.build.pipeline import build
 from hadmc_deploy.config import merge_options
 from hadmc_deploy.data import FASHION_MNIST_DIR, Preprocess, load_data
 from hadmc_deploy.errors import BudgetError, UsageError
-from hadmc_deploy.fileio import atomic_path, sha256_bytes, write_json_atomic
+from hadmc_deploy.fileio import atomic_path, sha256_bytes, write_json_atomic, write_text_atomic
 from hadmc_deploy.models.demo import DEMO_ARCH, DEMO_INPUT_SHAPE, demo_cnn
 from hadmc_deploy.plan import BuildPlan, make_plan
 from hadmc_deploy.targets import get_target
@@ -123,12 +123,13 @@ def demo_build(checkpoint: Path, record: dict[str, Any], *, target: str, speedup
     reachable speedup (never silently).
     """
 
-    def plan_for(s: float) -> BuildPlan:
+    def plan_for(s: float, widths: Path | None = None) -> BuildPlan:
         options = merge_options(
             {
                 "target": target,
                 "out": str(out_dir),
                 "speedup": s,
+                "widths": str(widths) if widths else None,
                 "lut_minutes": 2.0,
                 "train": record.get("train_data"),
                 "eval": record.get("eval_data"),
@@ -152,7 +153,27 @@ def demo_build(checkpoint: Path, record: dict[str, Any], *, target: str, speedup
             raise
         # 0.9 of the best: the best plan keeps every group at or near its minimum width.
         reachable = max(1.01, round(0.9 * best, 2))
-        ui.warn(f"--speedup {speedup:g} is out of reach for this model on this target ({exc.message}); the demo builds at --speedup {reachable:g} instead")
-        plan = plan_for(reachable)
+        measured_plan = _measured_pruned_plan(out_dir)
+        again = f"the plan it measured at {best:.2f}x" if measured_plan else "a new plan"
+        ui.warn(f"--speedup {speedup:g} is out of reach for this model on this target ({exc.message}); the demo builds {again} at --speedup {reachable:g} instead")
+        plan = plan_for(reachable, measured_plan)
         report = build(plan, ui)
     return {"report": str(plan.out_dir / "report.json"), "speedup_requested": speedup, "speedup_built": plan.options["speedup"], "variants": report.get("variants", []), "accuracy": report.get("accuracy", {})}
+
+
+def _measured_pruned_plan(out_dir: Path) -> Path | None:
+    """The width plan of a build whose deployed (fastest) variant was pruned, copied beside the
+    build: a retry at a budget below what that plan measured builds the same plan again rather
+    than searching anew (a search at a looser budget prunes less, and on CPUs where narrower
+    INT8 layers do not pay, a less pruned plan measured no faster than the original)."""
+    try:
+        report = json.loads((out_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    deployed = str((report.get("decision") or {}).get("deploy") or "")
+    plan = out_dir / "width_plan.json"
+    if not deployed.startswith("pruned-") or not plan.exists():
+        return None
+    kept = out_dir.parent / f"{out_dir.name}-measured-width-plan.json"
+    write_text_atomic(kept, plan.read_text())
+    return kept

@@ -37,6 +37,7 @@ from hadmc_deploy.backends.request import BuildRequest
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency.alignment import WEIGHTED_OPS
+from hadmc_deploy.latency.floor import FloorTiming, floor_times, session_timer
 from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
 from hadmc_deploy.latency.ort_profile import (
     kernel_key,
@@ -122,6 +123,22 @@ def _random_ranges(onnx_path: Path, input_shape: tuple[int, ...]) -> Any:
     return _timing_ranges(onnx_path, input_shape)
 
 
+def whole_model_floors(model_paths: dict[str, Path], batch: int, threads: int | None, clock: str = "wall", ui: UI | None = None, **span: Any) -> dict[str, FloorTiming]:
+    """Each model file's unloaded time (`latency.floor`), all timed interleaved in measuring
+    sessions (clock "cpu": one thread, CPU time)."""
+    from hadmc_deploy.backends.ort_session import random_feeds
+    from hadmc_deploy.latency.repeat import clock_function, measuring_session
+
+    timers = {}
+    for name, path in model_paths.items():
+        sess = measuring_session(path, 1 if clock == "cpu" else threads)
+        feeds = random_feeds(sess, batch=batch)
+        for _ in range(2):
+            sess.run(None, feeds)
+        timers[name] = session_timer(sess, feeds, clock_function(clock))
+    return floor_times(timers, ui=ui, label="timing deployed plans (interleaved, fastest round)", **span)
+
+
 def whole_model_ms(model_path: Path, batch: int, threads: int | None, runs: int, clock: str = "wall") -> float:
     """Median of `runs` runs of the model file (measuring session; clock "cpu": one thread, CPU time)."""
     from hadmc_deploy.backends.ort_session import random_feeds
@@ -183,7 +200,8 @@ def fit_context(
     """Profile `plans` (default: `calibration_plans`) as deployed, interleaved over `rounds`,
     and set `table.context`. Raises LatencyModelError when kernels cannot be mapped to layers.
 
-    Every time is the minimum over rounds (load only adds time). With clock "cpu" the
+    Kernel times are the minimum over rounds (load only adds time); whole-model times are
+    floors (`latency.floor`: many short interleaved rounds over seconds). With clock "cpu" the
     sessions run one thread and whole-model times are CPU time; the profiler's kernel
     times are wall clock, so there they only apportion the measured total."""
     from hadmc_deploy.latency.predictor import LutLatencyModel, context_factor
@@ -212,14 +230,14 @@ def fit_context(
                 )
             node_of_layer[name] = {layer_keys[a][0]: nodes[b][0] for a, b in pairs}
         best: dict[str, list[float]] = {}
-        walls: dict[str, float] = {}
         for _ in ui.track(range(rounds), "profiling deployed plans (interleaved)"):
             for name, (_, art) in built.items():
                 prof = profile_session(art, batch=batch, threads=1 if clock == "cpu" else threads, runs=runs)
                 by_node = layer_times(prof, sources[name])
                 times = [by_node[node_of_layer[name][i]] for i in weighted_idx]
                 best[name] = times if name not in best else [min(a, b) for a, b in zip(best[name], times, strict=True)]
-                walls[name] = min(walls.get(name, float("inf")), whole_model_ms(art, batch, threads, runs, clock))
+        floors = whole_model_floors({name: art for name, (_, art) in built.items()}, batch, threads, clock, ui=ui)
+        walls = {name: t.floor_ms for name, t in floors.items()}
     raw_model = LutLatencyModel(replace(table, context=None, feedback=None, correction=None), source="<context fit>")
     estimates: list[dict[str, list[tuple[float, float]]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
     overheads, fitted_on = [], []
@@ -238,7 +256,7 @@ def fit_context(
             aligned = all(c % step == 0 or c == f for c, f in ((s.in_channels, fs.in_channels), (s.out_channels, fs.out_channels)))
             size = size_fraction(s, fs.in_channels, fs.out_channels)
             estimates[i]["aligned" if aligned else "unaligned"].append((size, t * scale / max(raw[i], 1e-9)))
-        fitted_on.append({"plan": name, "measured_ms": walls[name], "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw)})
+        fitted_on.append({"plan": name, "measured_ms": walls[name], "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw), "timing": floors[name].to_dict()})
     all_f = [f for e in estimates for lst in e.values() for _, f in lst]
     median_f = statistics.median(all_f) if all_f else 1.0
 

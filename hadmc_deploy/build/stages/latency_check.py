@@ -20,6 +20,7 @@ import statistics
 from typing import Any
 
 from hadmc_deploy.backends import get as get_backend
+from hadmc_deploy.build.decide import meets
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import graph, loaded_model
 from hadmc_deploy.latency.whole_model import time_plans
@@ -54,7 +55,7 @@ def run(ctx: BuildContext) -> StageResult:
     noise = (max(ratios) - min(ratios)) / 2 / statistics.median(ratios) if len(ratios) > 1 else 0.0
     noise = min(noise, 0.10)  # never let a noisy run excuse more than a 10% miss
     goal = s.speedup if s.speedup is not None else base.min_round_ms / s.latency_ms
-    met = measured >= goal * (1 - noise)
+    met = meets(measured, goal, noise)
     result = {
         "checked": True,
         "batch": ctx.plan.input_shape[0],

@@ -1,0 +1,99 @@
+"""Trace this machine's speed: one model run back to back for a while, then how repeatable
+each latency estimator is on that trace.
+
+Why: the latency model and the build's side-by-side timing need an estimator that two
+measurements minutes apart agree on. This tool records a trace of single runs (a small CNN at
+batch 32, 2 threads, and the same on 1 thread), prints the fastest and the median run per
+2 s window (the machine's phases), then draws estimators at random start times from the
+trace and prints how far two such estimates lie apart: the median over rounds, the fastest
+of 3 rounds of 8 runs a few seconds apart, and `latency.floor`'s many short rounds.
+
+    .venv/bin/python tools/trace_machine_speed.py --seconds 90
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hadmc_deploy.latency.repeat import measuring_session  # noqa: E402
+
+#: (name, rounds, runs per round, seconds between round starts)
+ESTIMATORS = (("3 rounds x 8 runs, 3 s apart", 3, 8, 3.0), ("7 rounds x 20 runs, back to back", 7, 20, 0.0), ("floor: 3-run rounds over 6 s", 60, 3, 0.1))
+
+
+def trace(seconds: float, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).eval()
+    x = torch.randn(32, 1, 28, 28)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        torch.onnx.export(model, x, str(path), dynamo=False, input_names=["input"])
+        sess = measuring_session(path, threads)
+    feeds = {"input": x.numpy()}
+    for _ in range(5):
+        sess.run(None, feeds)
+    start = time.perf_counter()
+    stamps, times = [], []
+    while time.perf_counter() - start < seconds:
+        a = time.perf_counter()
+        sess.run(None, feeds)
+        b = time.perf_counter()
+        stamps.append(a - start)
+        times.append((b - a) * 1000.0)
+    return np.array(stamps), np.array(times)
+
+
+def estimate(stamps: np.ndarray, times: np.ndarray, start: float, rounds: int, runs: int, gap: float) -> float | None:
+    medians = []
+    t = start
+    for _ in range(rounds):
+        i = bisect.bisect_left(stamps, t)
+        seg = times[i : i + runs]
+        if len(seg) < runs:
+            return None
+        medians.append(float(np.median(seg)))
+        t = max(t + gap, stamps[min(i + runs, len(stamps) - 1)])
+    return min(medians)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=90.0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    for threads in (2, 1):
+        stamps, times = trace(args.seconds, threads)
+        print(f"\n{threads} thread(s): {len(times)} runs over {args.seconds:.0f} s; per 2 s window: fastest / median run (ms)")
+        windows = [(s, times[(stamps >= s) & (stamps < s + 2)]) for s in np.arange(0, args.seconds, 2)]
+        print("  " + "  ".join(f"{s:.0f}s {w.min():.2f}/{np.median(w):.2f}" for s, w in windows if len(w)))
+        for name, rounds, runs, gap in ESTIMATORS:
+            draws = [estimate(stamps, times, s, rounds, runs, gap) for s in rng.uniform(0, args.seconds * 0.7, 300)]
+            xs = np.array([d for d in draws if d is not None])
+            if len(xs) < 2:
+                continue
+            a, b = rng.choice(xs, 1000), rng.choice(xs, 1000)
+            diff = 100 * np.abs(a - b) / np.minimum(a, b)
+            print(f"  {name}: two estimates differ by {np.median(diff):.1f}% (median pair), {np.percentile(diff, 90):.1f}% (90th percentile); {np.mean(diff > 5):.0%} of pairs > 5%")
+        median_all = [float(np.median(times[(stamps >= s) & (stamps < s + 6)])) for s in rng.uniform(0, args.seconds - 6, 300)]
+        a, b = rng.choice(median_all, 1000), rng.choice(median_all, 1000)
+        diff = 100 * np.abs(a - b) / np.minimum(a, b)
+        print(f"  median of all runs in 6 s: two estimates differ by {np.median(diff):.1f}% (median pair), {np.percentile(diff, 90):.1f}% (90th percentile)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
