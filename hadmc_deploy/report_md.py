@@ -166,7 +166,9 @@ def decision_section(report: dict[str, Any]) -> list[str]:
             p = predicted.get(name, {})
             if not p.get("ms"):
                 return "-"
-            return f"{fmt_ms(p['ms'])} ({100 * (p['ms'] / measured - 1):+.0f}%, {p.get('source')})"
+            if p.get("source") != "lut":  # a datasheet estimate, not a measured model: no error to quote
+                return f"{fmt_ms(p['ms'])} ({p.get('source')})"
+            return f"{fmt_ms(p['ms'])} ({100 * (p['ms'] / measured - 1):+.0f}%)"
 
         rows = [[c["name"], fmt_ms(c["p50_ms"]), pred_cell(c["name"], c["p50_ms"]), "-" if c["accuracy"] is None else f"{c['accuracy']:.2f}%", c["excluded"] or "yes"] for c in decision["candidates"]]
         out += [_table(["variant", "p50 ms (fastest round)", "predicted ms", "accuracy", "may deploy"], rows), ""]

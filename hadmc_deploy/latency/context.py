@@ -139,24 +139,6 @@ def whole_model_floors(model_paths: dict[str, Path], batch: int, threads: int | 
     return floor_times(timers, ui=ui, label="timing deployed plans (interleaved, fastest round)", **span)
 
 
-def whole_model_ms(model_path: Path, batch: int, threads: int | None, runs: int, clock: str = "wall") -> float:
-    """Median of `runs` runs of the model file (measuring session; clock "cpu": one thread, CPU time)."""
-    from hadmc_deploy.backends.ort_session import random_feeds
-    from hadmc_deploy.latency.repeat import clock_function, measuring_session
-
-    sess = measuring_session(model_path, 1 if clock == "cpu" else threads)
-    feeds = random_feeds(sess, batch=batch)
-    for _ in range(2):
-        sess.run(None, feeds)
-    now = clock_function(clock)
-    samples = []
-    for _ in range(runs):
-        start = now()
-        sess.run(None, feeds)
-        samples.append((now() - start) * 1000.0)
-    return statistics.median(samples)
-
-
 def build_deployed(
     model: nn.Module,
     graph: DependencyGraph,

@@ -1,16 +1,19 @@
 """The unloaded ("floor") latency of several models: many short interleaved rounds over a span.
 
-Why: on these shared 2-vCPU machines speed comes in phases. A 90 s trace of one model
-(batch 32, 2 threads, a run every ~3 ms; `tools/trace_machine_speed.py`) read 4.4 ms in
-fast phases and 5.4-7.4 ms in slow ones, phases lasting up to ~20 s, while the same model
-on one thread barely moved: the second vCPU comes and goes. Within a fast phase the runs
-agree within a few percent. A median, or the fastest of 3 rounds of 8 runs a few seconds
-apart (what the context fit used), lands in whichever phase those rounds hit: two such
-estimates of the same model, drawn at random times from the trace, differed by 12.7% at the
-median pair and 28% at the 90th percentile. Rounds of 3 runs, all models interleaved,
-repeated over at least 6 s, and the fastest round's median: 1.7-3% at the median pair. This
-is the latency the model predicts (the machine's speed when nothing else takes it) and what
-a build compares its predictions with; p50s under load are reported beside it.
+Why: on these shared 2-vCPU machines speed comes in phases (`tools/trace_machine_speed.py`
+runs one model back to back for 90 s and prints the fastest and the median run per 2 s
+window). In one trace the fastest run per window went from 4.3 to 7.6 ms on 2 threads and
+from 8.7 to 15.6 ms on one, phases lasting seconds to tens of seconds: the host's other
+tenants take the vCPUs and give them back. Load only ever adds time, so each model's time here is its fastest round's
+median, the rounds short (3 runs), every model in every round (a phase hits all alike), and
+the rounds spread over seconds so that a fast phase is likely to be among them. That is the
+latency the model predicts: the machine's speed when nothing else takes it.
+
+What it does not fix: a window of seconds can sit wholly in one phase, and phases last
+longer than that. Two such estimates at random times of one trace differed by 4.6-16% at the
+median pair, depending on the moment; the fastest of 3 rounds of 8 runs (the earlier
+timing) by 5.3-14%, the median by 5.3-18%; no estimator over 6 s was repeatable to 5% on
+these machines. `split_half` states each run's own reproducibility.
 """
 
 from __future__ import annotations

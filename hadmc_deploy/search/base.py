@@ -218,10 +218,8 @@ class SearchResult:
             style = None if c.after != c.before else "dim"
             table.add_row(c.id, f"{c.before} -> {c.after}", f"{100 * c.after / c.before:.0f}%", f"{c.saved_ms:.4f}", style=style)
         ui.out.print(table)
-        ui.out.print(
-            f"predicted {self.baseline_ms:.3f} ms -> {self.predicted_ms:.3f} ms "
-            f"({self.predicted_speedup:.2f}x; budget {self.budget_ms:.3f} ms), importance kept {100 * self.importance_kept:.1f}%"
-        )
+        kept = "" if math.isnan(self.importance_kept) else f", importance kept {100 * self.importance_kept:.1f}%"  # a given plan has no scores
+        ui.out.print(f"predicted {self.baseline_ms:.3f} ms -> {self.predicted_ms:.3f} ms ({self.predicted_speedup:.2f}x; budget {self.budget_ms:.3f} ms){kept}")
         for note in self.notes:
             ui.out.print(f"note: {note}")
 
