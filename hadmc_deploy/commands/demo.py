@@ -123,7 +123,7 @@ def demo_build(checkpoint: Path, record: dict[str, Any], *, target: str, speedup
     reachable speedup (never silently).
     """
 
-    def plan_for(s: float, widths: Path | None = None) -> BuildPlan:
+    def plan_for(s: float | None, widths: Path | None = None) -> BuildPlan:
         options = merge_options(
             {
                 "target": target,
@@ -151,12 +151,16 @@ def demo_build(checkpoint: Path, record: dict[str, Any], *, target: str, speedup
         best = exc.best_speedup
         if best is None or best <= 1.05:
             raise
-        # 0.9 of the best: the best plan keeps every group at or near its minimum width.
-        reachable = max(1.01, round(0.9 * best, 2))
         measured_plan = _measured_pruned_plan(out_dir)
-        again = f"the plan it measured at {best:.2f}x" if measured_plan else "a new plan"
-        ui.warn(f"--speedup {speedup:g} is out of reach for this model on this target ({exc.message}); the demo builds {again} at --speedup {reachable:g} instead")
-        plan = plan_for(reachable, measured_plan)
+        if measured_plan is not None:
+            # --widths replaces the search (and its budget): the build deploys the fastest measured variant of that plan
+            ui.warn(f"--speedup {speedup:g} is out of reach for this model on this target ({exc.message}); the demo builds the plan it measured at {best:.2f}x again, without a budget")
+            plan = plan_for(None, measured_plan)
+        else:
+            # 0.9 of the best: the best plan keeps every group at or near its minimum width.
+            reachable = max(1.01, round(0.9 * best, 2))
+            ui.warn(f"--speedup {speedup:g} is out of reach for this model on this target ({exc.message}); the demo builds at --speedup {reachable:g} instead")
+            plan = plan_for(reachable)
         report = build(plan, ui)
     return {"report": str(plan.out_dir / "report.json"), "speedup_requested": speedup, "speedup_built": plan.options["speedup"], "variants": report.get("variants", []), "accuracy": report.get("accuracy", {})}
 
