@@ -108,7 +108,7 @@ def prediction_misses(ctx: Any, variants: list[dict[str, Any]]) -> list[dict[str
     # the latency model predicts the least-loaded time: at the primary batch it is compared with
     # the decide stage's fastest side-by-side round, elsewhere with the evaluate stage's p50
     decide = ctx.results.get("decide", {})
-    floors = {c["name"]: c["p50_ms"] for c in decide.get("candidates") or []}
+    fastest_round = {c["name"]: c["p50_ms"] for c in decide.get("candidates") or []}
     primary = str(decide.get("primary_batch"))
     for row in variants:
         for batch, stats in (row.get("latency") or {}).items():
@@ -116,10 +116,10 @@ def prediction_misses(ctx: Any, variants: list[dict[str, Any]]) -> list[dict[str
             if pred.get("source") != "lut":
                 continue  # an analytic (datasheet) estimate is labelled as such, not a measured model's miss
             p = pred.get("ms")
-            unloaded = batch == primary and row["name"] in floors
-            m = floors[row["name"]] if unloaded else stats.get("p50_ms")
+            side_by_side = batch == primary and row["name"] in fastest_round
+            m = fastest_round[row["name"]] if side_by_side else stats.get("p50_ms")
             if p and m and abs(p / m - 1) > PREDICTION_TOLERANCE:
-                what = f"{row['name']} latency at batch {batch} (ms{', p50 of the fastest side-by-side round' if unloaded else ', p50'})"
+                what = f"{row['name']} latency at batch {batch} (ms{', p50 of the fastest side-by-side round' if side_by_side else ', p50'})"
                 misses.append({"what": what, "predicted": p, "measured": m, "error": p / m - 1})
     return misses
 

@@ -128,3 +128,19 @@ def test_demo_retries_the_plan_it_measured(tmp_path) -> None:  # noqa: ANN001
     assert _measured_pruned_plan(out) is None
     (out / "report.json").unlink()
     assert _measured_pruned_plan(out) is None
+
+
+def test_predictions_at_the_primary_batch_meet_the_side_by_side_measurement() -> None:
+    """At the decide stage's batch a LUT prediction is checked against the fastest side-by-side
+    round (the definition the model predicts), elsewhere against the evaluate stage's p50;
+    analytic estimates are never flagged."""
+    from types import SimpleNamespace
+
+    from hadmc_deploy.report import prediction_misses
+
+    ctx = SimpleNamespace(results={"decide": {"primary_batch": 32, "candidates": [{"name": "baseline-int8", "p50_ms": 1.0}]}})
+    row = {"name": "baseline-int8", "predicted": {"32": {"ms": 1.05, "source": "lut"}, "1": {"ms": 0.10, "source": "lut"}},
+           "latency": {"32": {"p50_ms": 1.5}, "1": {"p50_ms": 0.2}}}
+    analytic = {"name": "baseline-fp32", "predicted": {"32": {"ms": 9.0, "source": "analytic"}}, "latency": {"32": {"p50_ms": 2.0}}}
+    misses = prediction_misses(ctx, [row, analytic])
+    assert [m["what"] for m in misses] == ["baseline-int8 latency at batch 1 (ms, p50)"]

@@ -3,11 +3,11 @@
 Why: on these shared 2-vCPU machines speed comes in phases (`tools/trace_machine_speed.py`
 runs one model back to back for 90 s and prints the fastest and the median run per 2 s
 window). In one trace the fastest run per window went from 4.3 to 7.6 ms on 2 threads and
-from 8.7 to 15.6 ms on one, phases lasting seconds to tens of seconds: the host's other
-tenants take the vCPUs and give them back. Load only ever adds time, so each model's time here is its fastest round's
-median, the rounds short (3 runs), every model in every round (a phase hits all alike), and
-the rounds spread over seconds so that a fast phase is likely to be among them. That is the
-latency the model predicts: the machine's speed when nothing else takes it.
+from 8.7 to 15.6 ms on one, in phases lasting seconds to tens of seconds (presumably the
+host's other tenants). Load only ever adds time, so each model's time here is its fastest
+round's median, the rounds short (3 runs), every model in every round (a phase hits all
+alike), and the rounds spread over seconds so that a fast phase is likely to be among them.
+That is the latency the model predicts: the machine's speed when nothing else takes it.
 
 What it does not fix: a window of seconds can sit wholly in one phase, and phases last
 longer than that. Two such estimates at random times of one trace differed by 4.6-16% at the
@@ -77,6 +77,8 @@ def floor_times(
     """Round after round, every model `runs` times, until at least `min_rounds` rounds and
     `min_span_s` seconds have passed (or `max_span_s`, after two rounds at least)."""
     ui = ui or quiet_ui()
+    if not timers:
+        return {}
     out = {name: FloorTiming() for name in timers}
     start = time.monotonic()
     with ui.progress(label, None) as bar:
