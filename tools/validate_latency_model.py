@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from hadmc_deploy.graph.trace import trace  # noqa: E402
 from hadmc_deploy.latency.auto import MeasureOptions, measure_table  # noqa: E402
-from hadmc_deploy.latency.context import build_deployed, whole_model_floors  # noqa: E402
+from hadmc_deploy.latency.context import build_deployed  # noqa: E402
+from hadmc_deploy.latency.context_probe import whole_model_floors  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
 from hadmc_deploy.latency.predictor import LutLatencyModel  # noqa: E402
 from hadmc_deploy.models.demo import demo_cnn  # noqa: E402

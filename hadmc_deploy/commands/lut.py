@@ -129,11 +129,30 @@ def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
         from hadmc_deploy.latency.whole_model import fit_table_correction
 
         result["correction"] = fit_table_correction(loaded.model, graph, shape, table, out, backend, align, ui)
+    if backend.name == "tensorrt" and complete and not args.no_correction:
+        result["context"] = _fit_tensorrt_context(loaded.model, graph, shape, table, out, backend, ui)
     ui.out.print(
         f"{out}: {len(table)} entries ({report.measured} measured now, {report.cached} already there"
         f"{', stopped by --budget-minutes' if report.stopped_by_budget else ''}) in {report.seconds:.0f}s"
     )
     return result
+
+
+def _fit_tensorrt_context(model: Any, graph: Any, shape: tuple[int, ...], table: Any, out: Path, backend: Any, ui: UI) -> dict[str, Any] | None:
+    """Per-layer factors in context from TensorRT's profiler on the deployed engines (on the GPU
+    host; `latency/context_probe.py`); the whole-model correction stays when it cannot be fitted."""
+    from hadmc_deploy.errors import LatencyModelError
+    from hadmc_deploy.latency.context import fit_context
+
+    if table.context is not None:
+        return {"fitted_on": table.context.fitted_on, "cached": True}
+    try:
+        ctx = fit_context(table, model, graph, shape, backend, ui=ui)
+    except LatencyModelError as exc:
+        ui.warn(f"no per-layer context correction: {exc.one_line()}")
+        return {"error": exc.one_line()}
+    table.save(out)
+    return {"fitted_on": ctx.fitted_on}
 
 
 def _run_measured(args: argparse.Namespace, loaded: Any, graph: Any, shape: tuple[int, ...], target: Any, precision: str, batch: int, out: Path, ui: UI) -> dict[str, Any]:

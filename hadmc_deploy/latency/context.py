@@ -20,6 +20,8 @@ exported by `export_onnx` exactly as the build exports (`exporter="deploy"`) and
 built by the backend (`backend.build`: the same offline optimization and, for
 INT8, `write_qdq` with ORT's placement and the target's form), so what is
 profiled is the artifact's model file under the deployment session options.
+What is read from each deployed plan comes from the backend's probe
+(`latency/context_probe.py`): ONNX Runtime's profiler here, TensorRT's IProfiler on a GPU host.
 """
 
 from __future__ import annotations
@@ -37,15 +39,9 @@ from hadmc_deploy.backends.request import BuildRequest
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency.alignment import WEIGHTED_OPS
-from hadmc_deploy.latency.floor import FloorTiming, floor_times, session_timer
+from hadmc_deploy.latency.context_probe import probe_for
 from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
-from hadmc_deploy.latency.ort_profile import (
-    kernel_key,
-    layer_times,
-    match_by_key,
-    profile_session,
-    source_weighted_nodes,
-)
+from hadmc_deploy.latency.ort_profile import kernel_key, match_by_key, source_weighted_nodes
 from hadmc_deploy.specs import LayerSpec
 from hadmc_deploy.ui import UI, quiet_ui
 
@@ -123,22 +119,6 @@ def _random_ranges(onnx_path: Path, input_shape: tuple[int, ...]) -> Any:
     return _timing_ranges(onnx_path, input_shape)
 
 
-def whole_model_floors(model_paths: dict[str, Path], batch: int, threads: int | None, clock: str = "wall", ui: UI | None = None, **span: Any) -> dict[str, FloorTiming]:
-    """Each model file's unloaded time (`latency.floor`), all timed interleaved in measuring
-    sessions (clock "cpu": one thread, CPU time)."""
-    from hadmc_deploy.backends.ort_session import random_feeds
-    from hadmc_deploy.latency.repeat import clock_function, measuring_session
-
-    timers = {}
-    for name, path in model_paths.items():
-        sess = measuring_session(path, 1 if clock == "cpu" else threads)
-        feeds = random_feeds(sess, batch=batch)
-        for _ in range(2):
-            sess.run(None, feeds)
-        timers[name] = session_timer(sess, feeds, clock_function(clock))
-    return floor_times(timers, ui=ui, label="timing deployed plans (interleaved, fastest round)", **span)
-
-
 def build_deployed(
     model: nn.Module,
     graph: DependencyGraph,
@@ -153,6 +133,24 @@ def build_deployed(
     float_onnx: Path | None = None,
 ) -> tuple[Path, Path]:
     """(float ONNX of the plan, the built artifact's model file) exactly as a build deploys it."""
+    float_onnx, art = build_deployed_artifact(model, graph, widths, input_shape, backend, precision, workdir, name, exporter=exporter, float_onnx=float_onnx)
+    return float_onnx, Path(art.model_path)
+
+
+def build_deployed_artifact(
+    model: nn.Module,
+    graph: DependencyGraph,
+    widths: dict[str, int],
+    input_shape: tuple[int, ...],
+    backend: Any,
+    precision: str,
+    workdir: Path,
+    name: str,
+    *,
+    exporter: str = "deploy",
+    float_onnx: Path | None = None,
+) -> tuple[Path, Any]:
+    """(float ONNX of the plan, the backend's Artifact) exactly as a build deploys it."""
     from hadmc_deploy.latency.whole_model import export_for_timing, pruned_module, single_torch_thread
 
     if float_onnx is None:
@@ -160,7 +158,7 @@ def build_deployed(
             float_onnx = export_for_timing(pruned_module(model, graph, widths), input_shape, workdir / f"{name}.onnx", exporter=exporter)
     ranges = _random_ranges(float_onnx, input_shape) if precision == "int8" else None
     art = backend.build(BuildRequest(onnx_path=float_onnx, precision=precision, out_dir=workdir / f"{name}-art", target=backend.default_target(), ranges=ranges))
-    return float_onnx, Path(art.model_path)
+    return float_onnx, art
 
 
 def fit_context(
@@ -189,6 +187,7 @@ def fit_context(
     from hadmc_deploy.latency.predictor import LutLatencyModel, context_factor
 
     ui = ui or quiet_ui()
+    probe = probe_for(backend, threads, clock)
     precision, batch = table.meta.precision, table.meta.batch
     step = context_step(table)
     plans = plans or calibration_plans(graph, step)
@@ -198,7 +197,7 @@ def fit_context(
         built = {}
         for name, widths in ui.track(list(plans.items()), "building deployed plans"):
             reuse = baseline_onnx if (baseline_onnx is not None and widths == full) else None
-            built[name] = build_deployed(model, graph, widths, input_shape, backend, precision, Path(tmp), name, exporter=exporter, float_onnx=reuse)
+            built[name] = build_deployed_artifact(model, graph, widths, input_shape, backend, precision, Path(tmp), name, exporter=exporter, float_onnx=reuse)
         sources = {name: onnx.load(str(f), load_external_data=False) for name, (f, _) in built.items()}
         layer_keys = [(i, kernel_key("Conv" if graph.layers[i].spec.op != "linear" else "Gemm", [0, 0, *graph.layers[i].spec.kernel])) for i in weighted_idx]
         node_of_layer: dict[str, dict[int, str]] = {}
@@ -214,11 +213,14 @@ def fit_context(
         best: dict[str, list[float]] = {}
         for _ in ui.track(range(rounds), "profiling deployed plans (interleaved)"):
             for name, (_, art) in built.items():
-                prof = profile_session(art, batch=batch, threads=1 if clock == "cpu" else threads, runs=runs)
-                by_node = layer_times(prof, sources[name])
+                by_node = probe.node_times(art, sources[name], batch, runs)
+                missing = [node_of_layer[name][i] for i in weighted_idx if node_of_layer[name][i] not in by_node]
+                if missing:
+                    raise LatencyModelError(f"the {backend.name} profile of plan {name!r} has no time for {len(missing)} weighted node(s) ({', '.join(missing[:3])})",
+                                            hint="the per-layer context correction is not available for this model")
                 times = [by_node[node_of_layer[name][i]] for i in weighted_idx]
                 best[name] = times if name not in best else [min(a, b) for a, b in zip(best[name], times, strict=True)]
-        floors = whole_model_floors({name: art for name, (_, art) in built.items()}, batch, threads, clock, ui=ui)
+        floors = probe.floors({name: art for name, (_, art) in built.items()}, batch, ui)
         walls = {name: t.floor_ms for name, t in floors.items()}
     raw_model = LutLatencyModel(replace(table, context=None, feedback=None, correction=None), source="<context fit>")
     estimates: list[dict[str, list[tuple[float, float]]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
