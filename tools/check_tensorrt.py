@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--budget-s", type=float, default=270.0, help="stop starting new builds after this many seconds")
+    p.add_argument("--context-minutes", type=float, default=4.0,
+                   help="`hadmc-deploy lut --target t4` on the demo CNN: layer timing budget before the TensorRT context fit (0 skips)")
     return p.parse_args(argv)
 
 
@@ -245,6 +247,37 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: a context fit must reproduce the plans it was fitted on within this (it fits them exactly on ONNX Runtime).
+CONTEXT_TOLERANCE = 0.10
+
+
+def context_fit(work: Path, minutes: float) -> dict[str, Any]:
+    """The latency table's TensorRT context fit (`latency/context_probe.py`), for real: the demo
+    CNN's table measured with `hadmc-deploy lut --target t4`, then each fitted plan's prediction
+    against its measured engine. Only here does the IProfiler path meet a real engine."""
+    import json
+    import subprocess
+
+    work.mkdir(parents=True, exist_ok=True)
+    lut = work / "lut-t4-demo.json"
+    cmd = [sys.executable, "-m", "hadmc_deploy", "lut", "--arch", "hadmc_deploy.models.demo:demo_cnn", "--input-shape", "8,1,28,28",
+           "--target", "t4", "--precision", "fp16", "--budget-minutes", f"{minutes:g}", "-o", str(lut)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    out: dict[str, Any] = {"command": " ".join(cmd[2:]), "exit": proc.returncode, "last_line": (proc.stderr.strip().splitlines() or [""])[-1]}
+    context = json.loads(lut.read_text()).get("context") if lut.exists() else None
+    if not context:
+        out["problem"] = f"no context in {lut} (exit {proc.returncode}: {out['last_line']})"
+        return out
+    rows = [{"plan": r["plan"], "predicted_ms": r.get("predicted_ms"), "measured_ms": r["measured_ms"]} for r in context.get("fitted_on", [])]
+    out["fitted_on"] = rows
+    off = [r for r in rows if r["predicted_ms"] and abs(r["predicted_ms"] / r["measured_ms"] - 1) > CONTEXT_TOLERANCE]
+    if off:
+        out["problem"] = ", ".join(f"{r['plan']} predicted {r['predicted_ms']:.3f} vs measured {r['measured_ms']:.3f} ms" for r in off)
+    for r in rows:
+        print(f"context fit: {r['plan']} predicted {r['predicted_ms']:.3f} / measured {r['measured_ms']:.3f} ms")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from hadmc_deploy.backends import get
@@ -278,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             report["models"][name] = run_model(name, backend, features, args, start, ui)
         except Exception as exc:
             report["models"][name] = {"error": f"{type(exc).__name__}: {exc}", "variants": []}
+    if args.context_minutes > 0:
+        report["context"] = context_fit(Path(args.work_dir), args.context_minutes)
     report["elapsed_s"] = time.perf_counter() - start
     out = Path(args.out_dir)
     write_json_atomic(out / "tensorrt_check.json", report)
@@ -291,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     failed += [f"{m}/{v['variant']} profile ({v['profile_error']})" for m, r in report["models"].items()
                for v in r.get("variants", []) if "profile_error" in v]
     failed += [m for m, r in report["models"].items() if "error" in r]
+    if report.get("context", {}).get("problem"):
+        failed.append(f"context fit ({report['context']['problem']})")
     if failed:
         print(f"check_tensorrt: failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
