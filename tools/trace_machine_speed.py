@@ -6,7 +6,8 @@ measurements minutes apart agree on. This tool records a trace of single runs (a
 batch 32, 2 threads, and the same on 1 thread), prints the fastest and the median run per
 2 s window (the machine's phases), then draws estimators at random start times from the
 trace and prints how far two such estimates lie apart: the median over rounds, the fastest
-of 3 rounds of 8 runs a few seconds apart, and `latency.floor`'s many short rounds.
+of 3 rounds of 8 runs a few seconds apart (the context fit's timing), and the fastest of many
+short rounds over 6 s (a 'floor': tried in the context fit and reverted, see docs/latency_model.md).
 
     .venv/bin/python tools/trace_machine_speed.py --seconds 90
 """

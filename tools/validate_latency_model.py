@@ -5,11 +5,10 @@ Per cell (model x precision x batch): measure the table the way a build does
 off-grid points, per-layer context factors from profiling the deployed full and
 off-grid plans), draw random plans (half aligned to the measured step, half not),
 build each exactly as a build deploys it (export_onnx, backend.build, INT8 with
-write_qdq's ORT placement) and time them as the context fit does (`latency.floor`:
-short interleaved rounds over at least 6 s, the fastest round's median). Reported
-beside the LUT model: a MACs-proportional predictor (k fitted on the full model) and
-the noise floor (the full model's floor from the even rounds vs from the odd rounds:
-how reproducible the measurement itself is in that run).
+write_qdq's ORT placement) and time them interleaved (min over rounds of the
+per-round median). Reported beside the LUT model: a MACs-proportional predictor
+(k fitted on the full model) and the noise floor (the full model timed in every
+round: relative range of its per-round medians).
 
 `--issue` adds issue 13's checks: the demo CNN at 1x1x96x96, plans pruned by ratio
 0.3 and 0.6 without rounding, and a second table measured from scratch (whole-model
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from hadmc_deploy.graph.trace import trace  # noqa: E402
 from hadmc_deploy.latency.auto import MeasureOptions, measure_table  # noqa: E402
 from hadmc_deploy.latency.context import build_deployed  # noqa: E402
-from hadmc_deploy.latency.context_probe import whole_model_floors  # noqa: E402
+from hadmc_deploy.latency.context_probe import whole_model_ms  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
 from hadmc_deploy.latency.predictor import LutLatencyModel  # noqa: E402
 from hadmc_deploy.models.demo import demo_cnn  # noqa: E402
@@ -108,14 +107,18 @@ def ratio_plans(graph, ratios: tuple[float, ...]) -> dict[str, dict[str, int]]: 
     return {f"ratio{r}": {g.id: _legal(g, int(round(g.width * (1 - r)))) for g in graph.prunable_groups} for r in ratios}
 
 
-def time_deployed(model, graph, plans, shape, precision, min_rounds, runs, clock, ui):  # noqa: ANN001, ANN201
-    """{plan: FloorTiming} of the plans built as deployed, timed interleaved as the context fit times them."""
+def time_deployed(model, graph, plans, shape, precision, rounds, runs, clock, ui):  # noqa: ANN001, ANN201
+    """{plan: [per-round medians]} of the plans built as deployed, interleaved."""
     backend = get_backend("onnxruntime")
     with tempfile.TemporaryDirectory(prefix="hadmc-validate-") as tmp:
         arts = {}
         for name, widths in ui.track(list(plans.items()), "building plans as deployed"):
             arts[name] = build_deployed(model, graph, widths, shape, backend, precision, Path(tmp), name)[1]
-        return whole_model_floors(arts, shape[0], None, clock, ui=ui, runs=runs, min_rounds=min_rounds)
+        rounds_ms: dict[str, list[float]] = {n: [] for n in plans}
+        for _ in ui.track(range(rounds), "timing plans (interleaved)"):
+            for name, art in arts.items():
+                rounds_ms[name].append(whole_model_ms(art, shape[0], None, runs, clock))
+    return rounds_ms
 
 
 def predict(model: LutLatencyModel, graph, widths, precision: str, batch: int) -> float:  # noqa: ANN001
@@ -142,20 +145,21 @@ def run_cell(arch: str, precision: str, batch: int, args: argparse.Namespace, ui
     lm = LutLatencyModel(table, source=str(lut))
     step = table.alignment()
     plans = {"full": graph.full_widths(), **draw_plans(graph, args.plans, step, args.seed), **(extra_plans(graph) if extra_plans else {})}
-    timed = time_deployed(model, graph, plans, shape, precision, args.rounds, args.runs, args.clock, ui)
-    measured = {n: t.floor_ms for n, t in timed.items()}
+    rounds = time_deployed(model, graph, plans, shape, precision, args.rounds, args.runs, args.clock, ui)
+    measured = {n: min(r) for n, r in rounds.items()}
     k = measured["full"] / macs(graph, plans["full"])
     rows = []
     for name, widths in plans.items():
         p = predict(lm, graph, widths, precision, batch)
         rows.append({"plan": name, "measured_ms": measured[name], "lut_ms": p, "macs_ms": k * macs(graph, widths),
-                     "lut_err_pct": 100 * (p - measured[name]) / measured[name], "round_spread_pct": 100 * (timed[name].median_ms - measured[name]) / measured[name]})
+                     "lut_err_pct": 100 * (p - measured[name]) / measured[name], "round_spread_pct": 100 * (max(rounds[name]) - measured[name]) / measured[name]})
     full_row = rows[0]
     for r in rows:  # speedups over the full model timed in the same rounds: what a budget search compares
         r["lut_ratio_err_pct"] = 100 * ((r["lut_ms"] / full_row["lut_ms"]) / (r["measured_ms"] / full_row["measured_ms"]) - 1)
     held = [r for r in rows if r["plan"] != "full"]
     fit_full = next((f["measured_ms"] for f in (table.context.fitted_on if table.context else []) if f["plan"] == "full"), None)
     m = [r["measured_ms"] for r in held]
+    full_rounds = rounds["full"]
     cell = {
         "arch": arch, "input": list(shape), "precision": precision, "batch": batch, "clock": args.clock,
         "step": step, "penalty": table.staircase.penalty if table.staircase else None, "mode": table.staircase.mode if table.staircase else None,
@@ -167,8 +171,7 @@ def run_cell(arch: str, precision: str, batch: int, args: argparse.Namespace, ui
         "fit_full_ms": fit_full, "drift_pct": None if fit_full is None else 100 * (measured["full"] / fit_full - 1),
         "macs_mape": float(np.mean([100 * abs(r["macs_ms"] - r["measured_ms"]) / r["measured_ms"] for r in held])),
         "macs_spearman": spearman([r["macs_ms"] for r in held], m),
-        "noise_floor_pct": 100 * timed["full"].split_half,
-        "full_load_pct": 100 * (timed["full"].median_ms / timed["full"].floor_ms - 1), "rounds_timed": len(timed["full"].round_ms),
+        "noise_floor_pct": 100 * (max(full_rounds) - min(full_rounds)) / min(full_rounds),
         "median_round_spread_pct": float(np.median([r["round_spread_pct"] for r in rows])),
         "rows": rows, "lut": str(lut),
     }
@@ -216,10 +219,10 @@ def write_doc(results: dict, path: Path, section: str = "validation") -> None:
     """Replace the text between `<!-- SECTION:begin -->` and `<!-- SECTION:end -->` in `path`."""
     lines = [
         f"Measured {results['measured_at']} on {results['machine']} ({results['cores']} logical CPUs, shared: load average {results['load_average']} at the start), "
-        f"clock **{results['clock']}**, {results['plans']} random plans per cell + the full model, timed interleaved (at least {results['rounds']} rounds of {results.get('runs', '?')} runs over 6 s, the fastest round's median). "
+        f"clock **{results['clock']}**, {results['plans']} random plans per cell + the full model, {results['rounds']} interleaved rounds. "
         "Produced by `tools/validate_latency_model.py`.",
         "",
-        "| model | input | precision | step (mode, penalty) | table s | LUT MAPE | LUT max | LUT Spearman | LUT MAPE of speedups | MACs MAPE (speedups) | MACs Spearman | noise floor (full model, floor of even vs odd rounds) | full model: table fit -> validation |",
+        "| model | input | precision | step (mode, penalty) | table s | LUT MAPE | LUT max | LUT Spearman | LUT MAPE of speedups | MACs MAPE (speedups) | MACs Spearman | noise floor (full model, range over rounds) | full model: table fit -> validation |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in results["cells"]:
@@ -256,8 +259,8 @@ def main() -> int:
     parser.add_argument("--issue", action="store_true", help="add issue 13's checks (demo CNN at 96x96 ratio plans; a second table)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
     parser.add_argument("--plans", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds at least (they go on for 6 s at least)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per model per round")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--lut-budget", type=float, default=180.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="/tmp/hadmc-latency-validation")
@@ -273,7 +276,7 @@ def main() -> int:
     ui = UI(quiet=False)
     torch.set_num_threads(1)
     results = {"measured_at": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "load_average": [round(x, 1) for x in os.getloadavg()], "clock": args.clock, "plans": args.plans, "rounds": args.rounds, "runs": args.runs, "cells": [], "issue": []}
+               "load_average": [round(x, 1) for x in os.getloadavg()], "clock": args.clock, "plans": args.plans, "rounds": args.rounds, "cells": [], "issue": []}
     start = time.monotonic()
     for cell in filter(None, args.cells.split(",")):  # --cells "": only the --issue checks
         arch, precision, batch = cell.split(":")

@@ -180,8 +180,8 @@ def fit_context(
     """Profile `plans` (default: `calibration_plans`) as deployed, interleaved over `rounds`,
     and set `table.context`. Raises LatencyModelError when kernels cannot be mapped to layers.
 
-    Kernel times are the minimum over rounds (load only adds time); whole-model times are
-    floors (`latency.floor`: many short interleaved rounds over seconds). With clock "cpu" the
+    Every time is the minimum over rounds (load only adds time), whole-model times the fastest
+    round's median: what the build's latency check and decide stage measure. With clock "cpu" the
     sessions run one thread and whole-model times are CPU time; the profiler's kernel
     times are wall clock, so there they only apportion the measured total."""
     from hadmc_deploy.latency.predictor import LutLatencyModel, context_factor
@@ -211,6 +211,7 @@ def fit_context(
                 )
             node_of_layer[name] = {layer_keys[a][0]: nodes[b][0] for a, b in pairs}
         best: dict[str, list[float]] = {}
+        walls: dict[str, float] = {}
         for _ in ui.track(range(rounds), "profiling deployed plans (interleaved)"):
             for name, (_, art) in built.items():
                 by_node = probe.node_times(art, sources[name], batch, runs)
@@ -220,8 +221,7 @@ def fit_context(
                                             hint="the per-layer context correction is not available for this model")
                 times = [by_node[node_of_layer[name][i]] for i in weighted_idx]
                 best[name] = times if name not in best else [min(a, b) for a, b in zip(best[name], times, strict=True)]
-        floors = probe.floors({name: art for name, (_, art) in built.items()}, batch, ui)
-        walls = {name: t.floor_ms for name, t in floors.items()}
+                walls[name] = min(walls.get(name, float("inf")), probe.model_ms(art, batch, runs))
     raw_model = LutLatencyModel(replace(table, context=None, feedback=None, correction=None), source="<context fit>")
     estimates: list[dict[str, list[tuple[float, float]]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
     overheads, fitted_on = [], []
@@ -240,7 +240,7 @@ def fit_context(
             aligned = all(c % step == 0 or c == f for c, f in ((s.in_channels, fs.in_channels), (s.out_channels, fs.out_channels)))
             size = size_fraction(s, fs.in_channels, fs.out_channels)
             estimates[i]["aligned" if aligned else "unaligned"].append((size, t * scale / max(raw[i], 1e-9)))
-        fitted_on.append({"plan": name, "measured_ms": walls[name], "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw), "timing": floors[name].to_dict()})
+        fitted_on.append({"plan": name, "measured_ms": walls[name], "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw)})
     all_f = [f for e in estimates for lst in e.values() for _, f in lst]
     median_f = statistics.median(all_f) if all_f else 1.0
 

@@ -1,10 +1,10 @@
 """What the context fit measures on a deployed plan, per backend: each weighted ONNX node's
-in-context time (a profiler of the real engine or session) and the whole model's floor.
+in-context time (a profiler of the real engine or session) and the whole model's time.
 
-ONNX Runtime: its own profiler (`ort_profile`) and measuring sessions (`latency.floor`).
+ONNX Runtime: its own profiler (`ort_profile`) and measuring sessions.
 TensorRT, on a GPU host: TensorRT's IProfiler (`backends/tensorrt_profile.py`), its layers
 mapped back to the ONNX nodes they fused (`backends/tensorrt_layer_map.py`), and the engine
-timed through `Backend.benchmark` in short interleaved rounds. The TensorRT probe is tested
+timed through `Backend.benchmark`. The TensorRT probe is tested
 here only against the fake `tensorrt` module; `tools/check_tensorrt_profile.py` checks the
 real thing on a GPU host.
 """
@@ -17,16 +17,14 @@ from typing import Any, Protocol
 import onnx
 
 from hadmc_deploy.errors import LatencyModelError
-from hadmc_deploy.latency.floor import FloorTiming, floor_times, session_timer
-from hadmc_deploy.ui import UI
 
 
 class ContextProbe(Protocol):
     def node_times(self, artifact: Any, source: onnx.ModelProto, batch: int, runs: int) -> dict[str, float]:
         """Weighted ONNX node name (of the float graph `source`) -> ms in the deployed graph."""
 
-    def floors(self, artifacts: dict[str, Any], batch: int, ui: UI | None) -> dict[str, FloorTiming]:
-        """Each artifact's whole-model floor, all timed interleaved."""
+    def model_ms(self, artifact: Any, batch: int, runs: int) -> float:
+        """The whole deployed model's median over `runs` runs (one round)."""
 
 
 class OrtProbe:
@@ -41,8 +39,8 @@ class OrtProbe:
         prof = profile_session(Path(artifact.model_path), batch=batch, threads=1 if self.clock == "cpu" else self.threads, runs=runs)
         return layer_times(prof, source)
 
-    def floors(self, artifacts: dict[str, Any], batch: int, ui: UI | None) -> dict[str, FloorTiming]:
-        return whole_model_floors({n: Path(a.model_path) for n, a in artifacts.items()}, batch, self.threads, self.clock, ui=ui)
+    def model_ms(self, artifact: Any, batch: int, runs: int) -> float:
+        return whole_model_ms(Path(artifact.model_path), batch, self.threads, runs, self.clock)
 
 
 class TensorRTProbe:
@@ -56,16 +54,8 @@ class TensorRTProbe:
 
         return onnx_node_times(profile_engine(artifact, batch=batch, runs=runs, warmup=max(2, runs // 4)), parsed_onnx(artifact))
 
-    def floors(self, artifacts: dict[str, Any], batch: int, ui: UI | None) -> dict[str, FloorTiming]:
-        timers = {}
-        for name, artifact in artifacts.items():
-            self.backend.benchmark(artifact, batch=batch, warmup=5, runs=1)
-
-            def timer(n: int, artifact: Any = artifact) -> float:
-                return self.backend.benchmark(artifact, batch=batch, warmup=0, runs=n).p50_ms
-
-            timers[name] = timer
-        return floor_times(timers, ui=ui, label="timing deployed engines (interleaved, fastest round)")
+    def model_ms(self, artifact: Any, batch: int, runs: int) -> float:
+        return float(self.backend.benchmark(artifact, batch=batch, warmup=2, runs=runs).p50_ms)
 
 
 def probe_for(backend: Any, threads: int | None, clock: str) -> ContextProbe:
@@ -78,17 +68,21 @@ def probe_for(backend: Any, threads: int | None, clock: str) -> ContextProbe:
     raise LatencyModelError(f"no in-context profiler for the {backend.name} backend", hint="the per-layer context correction is available for onnxruntime and tensorrt")
 
 
-def whole_model_floors(model_paths: dict[str, Path], batch: int, threads: int | None, clock: str = "wall", ui: UI | None = None, **span: Any) -> dict[str, FloorTiming]:
-    """Each ONNX Runtime model file's floor (`latency.floor`), all timed interleaved in measuring
-    sessions (clock "cpu": one thread, CPU time)."""
+def whole_model_ms(model_path: Path, batch: int, threads: int | None, runs: int, clock: str = "wall") -> float:
+    """Median of `runs` runs of the model file (measuring session; clock "cpu": one thread, CPU time)."""
+    import statistics
+
     from hadmc_deploy.backends.ort_session import random_feeds
     from hadmc_deploy.latency.repeat import clock_function, measuring_session
 
-    timers = {}
-    for name, path in model_paths.items():
-        sess = measuring_session(path, 1 if clock == "cpu" else threads)
-        feeds = random_feeds(sess, batch=batch)
-        for _ in range(2):
-            sess.run(None, feeds)
-        timers[name] = session_timer(sess, feeds, clock_function(clock))
-    return floor_times(timers, ui=ui, label="timing deployed plans (interleaved, fastest round)", **span)
+    sess = measuring_session(model_path, 1 if clock == "cpu" else threads)
+    feeds = random_feeds(sess, batch=batch)
+    for _ in range(2):
+        sess.run(None, feeds)
+    now = clock_function(clock)
+    samples = []
+    for _ in range(runs):
+        start = now()
+        sess.run(None, feeds)
+        samples.append((now() - start) * 1000.0)
+    return statistics.median(samples)
