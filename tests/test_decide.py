@@ -126,6 +126,9 @@ def test_demo_retries_the_plan_it_measured(tmp_path) -> None:  # noqa: ANN001
     assert kept is not None and kept.parent == tmp_path and json.loads(kept.read_text()) == {"keep": {"conv1": 16}}
     (out / "report.json").write_text(json.dumps({"decision": {"deploy": "baseline-int8"}}))
     assert _measured_pruned_plan(out) is None
+    # the original deployed as simpler within noise, the pruned plan measured fastest: that plan is retried
+    (out / "report.json").write_text(json.dumps({"decision": {"deploy": "baseline-int8", "budget": {"best": {"variant": "pruned-int8", "speedup": 1.06}}}}))
+    assert _measured_pruned_plan(out) is not None
     (out / "report.json").unlink()
     assert _measured_pruned_plan(out) is None
 
@@ -144,3 +147,15 @@ def test_predictions_at_the_primary_batch_meet_the_side_by_side_measurement() ->
     analytic = {"name": "baseline-fp32", "predicted": {"32": {"ms": 9.0, "source": "analytic"}}, "latency": {"32": {"p50_ms": 2.0}}}
     misses = prediction_misses(ctx, [row, analytic])
     assert [m["what"] for m in misses] == ["baseline-int8 latency at batch 1 (ms, p50)"]
+
+
+def test_a_missed_budget_names_the_fastest_measured_variant() -> None:
+    """The deployed original (simpler, within noise) is not called the best measured."""
+    from hadmc_deploy.build.pipeline import raise_on_unmet
+    from hadmc_deploy.errors import BudgetError
+
+    report = {"decision": {"deploy": "baseline-int8", "artifact": "artifacts/cpu/deploy", "verdict": {"exit_code": 14, "why": ""},
+                           "budget": {"goal_speedup": 1.25, "measured_speedup": 1.0, "best": {"variant": "pruned-int8", "speedup": 1.06}}}}
+    with pytest.raises(BudgetError, match="best measured is pruned-int8 at 1.06x.*deployed baseline-int8") as err:
+        raise_on_unmet(report)
+    assert err.value.best_speedup == 1.06

@@ -148,11 +148,13 @@ def raise_on_unmet(report: dict[str, Any]) -> None:
         )
     budget = decision.get("budget") or {}
     if code == BudgetError.exit_code:
+        best = budget.get("best") or {"variant": decision["deploy"], "speedup": budget["measured_speedup"]}
+        deployed = "" if best["variant"] == decision["deploy"] else f"; deployed {decision['deploy']} ({budget['measured_speedup']:.2f}x), simpler and within the measured noise"
         raise BudgetError(
-            f"the budget of {budget['goal_speedup']:.2f}x was not met when measured: the best measured is {decision['deploy']} at "
-            f"{budget['measured_speedup']:.2f}x over the original at the same precision ({decision.get('artifact')})",
+            f"the budget of {budget['goal_speedup']:.2f}x was not met when measured: the best measured is {best['variant']} at "
+            f"{best['speedup']:.2f}x over the original at the same precision{deployed} ({decision.get('artifact')})",
             hint="see report.md for each round's plan, prediction and measurement; ask for less, or lower --min-keep-ratio",
-            best_speedup=budget["measured_speedup"],
+            best_speedup=best["speedup"],
         )
 
 

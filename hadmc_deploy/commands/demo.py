@@ -166,7 +166,7 @@ def demo_build(checkpoint: Path, record: dict[str, Any], *, target: str, speedup
 
 
 def _measured_pruned_plan(out_dir: Path) -> Path | None:
-    """The width plan of a build whose deployed (fastest) variant was pruned, copied beside the
+    """The width plan of a build whose fastest allowed variant was pruned, copied beside the
     build: a retry at a budget below what that plan measured builds the same plan again rather
     than searching anew (a search at a looser budget prunes less, and on CPUs where narrower
     INT8 layers do not pay, a less pruned plan measured no faster than the original)."""
@@ -174,9 +174,9 @@ def _measured_pruned_plan(out_dir: Path) -> Path | None:
         report = json.loads((out_dir / "report.json").read_text())
     except (OSError, ValueError):
         return None
-    deployed = str((report.get("decision") or {}).get("deploy") or "")
+    best = str((((report.get("decision") or {}).get("budget") or {}).get("best") or {}).get("variant") or (report.get("decision") or {}).get("deploy") or "")
     plan = out_dir / "width_plan.json"
-    if not deployed.startswith("pruned-") or not plan.exists():
+    if not best.startswith("pruned-") or not plan.exists():
         return None
     kept = out_dir.parent / f"{out_dir.name}-measured-width-plan.json"
     write_text_atomic(kept, plan.read_text())

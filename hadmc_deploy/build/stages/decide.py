@@ -103,6 +103,9 @@ def run(ctx: BuildContext) -> StageResult:
     decision.budget = budget_verdict(goal, fastest[budget_ref["name"]] / fastest[name], noise)
     if decision.budget is not None:
         decision.budget["reference"] = budget_ref["name"]
+        allowed = [c for c in candidates if not c.excluded]
+        best = min(allowed, key=lambda c: c.p50_ms)  # the deployed one may be a simpler variant within noise of it
+        decision.budget["best"] = {"variant": best.name, "speedup": fastest[budget_ref["name"]] / best.p50_ms}
     code, why = verdict(name, candidates, budget_ref["name"], goal, noise, pruning_asked, ctx.plan.precision)
     decision.verdict = {"exit_code": code, "why": why}
     if q.max_accuracy_drop is not None and reference_acc is not None:
