@@ -3,7 +3,7 @@
 Fake-module tests: they show that `fit_context` builds each plan as a TensorRT engine, reads
 each weighted layer's in-context time from the IProfiler through the layer map and times the
 engines in the same interleaved rounds. They are not proof that an engine builds or that the factors
-are right on a GPU: `tools/check_tensorrt_profile.py` checks that on a host with TensorRT.
+are right on a GPU: `tools/check_tensorrt.py` (its context-fit step) checks that on a host with TensorRT.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ ONNX Runtime: its own profiler (`ort_profile`) and measuring sessions.
 TensorRT, on a GPU host: TensorRT's IProfiler (`backends/tensorrt_profile.py`), its layers
 mapped back to the ONNX nodes they fused (`backends/tensorrt_layer_map.py`), and the engine
 timed through `Backend.benchmark`. The TensorRT probe is tested
-here only against the fake `tensorrt` module; `tools/check_tensorrt_profile.py` checks the
+here only against the fake `tensorrt` module; `tools/check_tensorrt.py` (its context-fit step) checks the
 real thing on a GPU host.
 """
 
