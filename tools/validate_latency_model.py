@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from hadmc_deploy.graph.trace import trace  # noqa: E402
 from hadmc_deploy.latency.auto import MeasureOptions, measure_table  # noqa: E402
-from hadmc_deploy.latency.context import build_deployed  # noqa: E402
+from hadmc_deploy.latency.context import build_deployed_artifact  # noqa: E402
 from hadmc_deploy.latency.context_probe import whole_model_ms  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
 from hadmc_deploy.latency.predictor import LutLatencyModel  # noqa: E402
@@ -113,7 +113,7 @@ def time_deployed(model, graph, plans, shape, precision, rounds, runs, clock, ui
     with tempfile.TemporaryDirectory(prefix="hadmc-validate-") as tmp:
         arts = {}
         for name, widths in ui.track(list(plans.items()), "building plans as deployed"):
-            arts[name] = build_deployed(model, graph, widths, shape, backend, precision, Path(tmp), name)[1]
+            arts[name] = Path(build_deployed_artifact(model, graph, widths, shape, backend, precision, Path(tmp), name)[1].model_path)
         rounds_ms: dict[str, list[float]] = {n: [] for n in plans}
         for _ in ui.track(range(rounds), "timing plans (interleaved)"):
             for name, art in arts.items():

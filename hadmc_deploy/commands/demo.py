@@ -151,15 +151,16 @@ def demo_build(checkpoint: Path, record: dict[str, Any], *, target: str, speedup
         best = exc.best_speedup
         if best is None or best <= 1.05:
             raise
+        out_of_reach = f"--speedup {speedup:g} is out of reach for this model on this target ({exc.message})"
         measured_plan = _measured_pruned_plan(out_dir)
         if measured_plan is not None:
             # --widths replaces the search (and its budget): the build deploys the fastest measured variant of that plan
-            ui.warn(f"--speedup {speedup:g} is out of reach for this model on this target ({exc.message}); the demo builds the plan it measured at {best:.2f}x again, without a budget")
+            ui.warn(f"{out_of_reach}; the demo builds the plan it measured at {best:.2f}x again, without a budget")
             plan = plan_for(None, measured_plan)
         else:
             # 0.9 of the best: the best plan keeps every group at or near its minimum width.
             reachable = max(1.01, round(0.9 * best, 2))
-            ui.warn(f"--speedup {speedup:g} is out of reach for this model on this target ({exc.message}); the demo builds at --speedup {reachable:g} instead")
+            ui.warn(f"{out_of_reach}; the demo builds at --speedup {reachable:g} instead")
             plan = plan_for(reachable)
         report = build(plan, ui)
     return {"report": str(plan.out_dir / "report.json"), "speedup_requested": speedup, "speedup_built": plan.options["speedup"], "variants": report.get("variants", []), "accuracy": report.get("accuracy", {})}
@@ -174,7 +175,9 @@ def _measured_pruned_plan(out_dir: Path) -> Path | None:
         report = json.loads((out_dir / "report.json").read_text())
     except (OSError, ValueError):
         return None
-    best = str((((report.get("decision") or {}).get("budget") or {}).get("best") or {}).get("variant") or (report.get("decision") or {}).get("deploy") or "")
+    decision = report.get("decision") or {}
+    best_measured = (decision.get("budget") or {}).get("best") or {}
+    best = str(best_measured.get("variant") or decision.get("deploy") or "")
     plan = out_dir / "width_plan.json"
     if not best.startswith("pruned-") or not plan.exists():
         return None

@@ -119,24 +119,6 @@ def _random_ranges(onnx_path: Path, input_shape: tuple[int, ...]) -> Any:
     return _timing_ranges(onnx_path, input_shape)
 
 
-def build_deployed(
-    model: nn.Module,
-    graph: DependencyGraph,
-    widths: dict[str, int],
-    input_shape: tuple[int, ...],
-    backend: Any,
-    precision: str,
-    workdir: Path,
-    name: str,
-    *,
-    exporter: str = "deploy",
-    float_onnx: Path | None = None,
-) -> tuple[Path, Path]:
-    """(float ONNX of the plan, the built artifact's model file) exactly as a build deploys it."""
-    float_onnx, art = build_deployed_artifact(model, graph, widths, input_shape, backend, precision, workdir, name, exporter=exporter, float_onnx=float_onnx)
-    return float_onnx, Path(art.model_path)
-
-
 def build_deployed_artifact(
     model: nn.Module,
     graph: DependencyGraph,
