@@ -65,6 +65,7 @@ def write_qdq(
         raise UsageError(f"unknown Q/DQ placement {placement!r}", hint=f"use one of {', '.join(PLACEMENTS)}")
     model = onnx.load(str(float_onnx))
     _fold_weight_identities(model)
+    _constants_to_initializers(model)
     needed = float_tensor_names(model)
     missing = [n for n in needed if n not in ranges]
     if missing:
@@ -147,6 +148,28 @@ def _fold_weight_identities(model: onnx.ModelProto) -> None:
         for k, name in enumerate(node.input):
             if name in rename:
                 node.input[k] = rename[name]
+
+
+def _constants_to_initializers(model: onnx.ModelProto) -> None:
+    """Turn `Constant` nodes (tensor-valued) into initializers of the same name.
+
+    The legacy exporter writes GELU's 0.5 and sqrt(2) as Constant nodes; ORT's quantizer would
+    then want activation ranges for them (`float_tensor_names` rightly has none: they are
+    constants) and fail with "Quantization parameters are not specified". Simplified exports
+    already carry them as initializers.
+    """
+    outputs = {o.name for o in model.graph.output}
+    for node in list(model.graph.node):
+        if node.op_type != "Constant" or node.output[0] in outputs:
+            continue
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if value is None:  # value_float / value_ints ...: rare in exports, left as they are
+            continue
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(value.t)
+        tensor.name = node.output[0]
+        model.graph.initializer.append(tensor)
+        model.graph.node.remove(node)
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:

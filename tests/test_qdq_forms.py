@@ -116,3 +116,26 @@ def test_float_nodes_stay_float_and_bad_options_fail(tiny, tmp_path):
     with pytest.raises(DataError, match="recalibrate"):
         write_qdq(path, partial, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_constant_nodes_of_a_legacy_export_quantize(tmp_path):
+    """GELU through the legacy exporter carries 0.5 and sqrt(2) as Constant nodes; the QDQ
+    graph is written (ORT's quantizer once failed: "Quantization parameters are not
+    specified") and runs close to float."""
+    import torch
+    from torch import nn
+
+    from hadmc_deploy.data import ArrayDataset
+    from hadmc_deploy.latency.whole_model import export_for_timing
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    path = tmp_path / "gelu.onnx"
+    export_for_timing(model, (32, 1, 8, 8), path, exporter="fast")  # the latency check's export
+    assert any(n.op_type == "Constant" for n in onnx.load(str(path)).graph.node)
+    x = np.random.default_rng(0).standard_normal((32, 1, 8, 8)).astype(np.float32)
+    ranges = collect_ranges(path, ArrayDataset(x, np.zeros(32, np.int64), "random"), method="minmax", num_samples=32)
+    out = write_qdq(path, ranges, tmp_path / "gelu_qdq.onnx", form="qdq_u8s8")
+    got = ort_session(out).run(None, {"input": x})[0]
+    want = model(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
