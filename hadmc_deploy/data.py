@@ -318,18 +318,29 @@ def load_data(source: str, preprocess: Preprocess | None = None, *, limit: int |
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     x = x.astype(np.float32) / scale
     channels = x.shape[1]
+    repeat = False
     if preprocess.channels is not None and preprocess.channels != channels:
         if channels == 1 and preprocess.channels == 3:
-            x = np.repeat(x, 3, axis=1)
-            channels = 3
+            repeat = True  # done last, on the resized images, fused with the normalisation
         else:
             raise DataError(f"{source} has {channels}-channel images but {preprocess.channels} channels were asked for")
+    mean, std = preprocess.stats_for(3 if repeat else channels)
+    # checked on the small source: interpolation stays within its range, and the normalisation is finite
+    # wherever its largest value over the smallest std is
+    bound = (float(np.abs(x).max()) + max(abs(m) for m in mean)) / min(std) if np.isfinite(x).all() else np.inf
+    if not np.isfinite(np.float32(bound)):
+        raise DataError(f"{source} holds NaN or Inf values after preprocessing")
+    # Resize first, at the source's channel count, then repeat and normalise in one pass: for
+    # 4,224 Fashion-MNIST images to 3x224x224 this took 33 s the other way round (normalising and
+    # checking 2.5 GB, interpolating three identical channels), a fifth of a ResNet-18 build.
     if preprocess.resize is not None:
         x = _resize(x, preprocess.resize)
-    mean, std = preprocess.stats_for(channels)
-    x = (x - np.asarray(mean, np.float32)[None, :, None, None]) / np.asarray(std, np.float32)[None, :, None, None]
-    if not np.isfinite(x).all():
-        raise DataError(f"{source} holds NaN or Inf values after preprocessing")
+    out_channels = 3 if repeat else channels
+    out = np.empty((len(x), out_channels, *x.shape[2:]), np.float32) if repeat else x
+    for c in range(out_channels):
+        np.subtract(x[:, 0 if repeat else c], np.float32(mean[c]), out=out[:, c])
+        out[:, c] /= np.float32(std[c])
+    x = out
     return ArrayDataset(np.ascontiguousarray(x, dtype=np.float32), y, source, {**preprocess.to_dict(), "mean": mean, "std": std})
 
 
