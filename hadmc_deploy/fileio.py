@@ -51,3 +51,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def user_cache_root() -> Path:
+    """hadmc-deploy's cache folder: $HADMC_CACHE, else the user's cache folder (measured tables, the speed anchor)."""
+    return Path(os.environ.get("HADMC_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hadmc-deploy"))

@@ -42,6 +42,10 @@ from hadmc_deploy.latency.context import build_deployed_artifact  # noqa: E402
 from hadmc_deploy.latency.context_probe import whole_model_ms  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
 from hadmc_deploy.latency.predictor import LutLatencyModel  # noqa: E402
+from hadmc_deploy.latency.speed_anchor import table_anchor  # noqa: E402
+
+#: the machine's anchor references of a validation run (latency/speed_anchor.py), in its workdir.
+ANCHOR_STORE = "speed-anchor.json"
 from hadmc_deploy.models.demo import demo_cnn  # noqa: E402
 from hadmc_deploy.models.mobilenet import mobilenet_v2  # noqa: E402
 from hadmc_deploy.models.resnet import resnet18  # noqa: E402
@@ -107,18 +111,39 @@ def ratio_plans(graph, ratios: tuple[float, ...]) -> dict[str, dict[str, int]]: 
     return {f"ratio{r}": {g.id: _legal(g, int(round(g.width * (1 - r)))) for g in graph.prunable_groups} for r in ratios}
 
 
-def time_deployed(model, graph, plans, shape, precision, rounds, runs, clock, ui):  # noqa: ANN001, ANN201
-    """{plan: [per-round medians]} of the plans built as deployed, interleaved."""
+def time_deployed(model, graph, plans, shape, precision, rounds, runs, clock, ui, anchor=None):  # noqa: ANN001, ANN201
+    """({plan: [per-round medians]}, {plan: ran a round in a fast window}) of the plans built as
+    deployed, interleaved. With the table's speed anchor (latency/speed_anchor.py) a plan none of
+    whose rounds ran in a fast window of the machine gets up to 4 more, as the table's entries did."""
     backend = get_backend("onnxruntime")
     with tempfile.TemporaryDirectory(prefix="hadmc-validate-") as tmp:
         arts = {}
         for name, widths in ui.track(list(plans.items()), "building plans as deployed"):
             arts[name] = Path(build_deployed_artifact(model, graph, widths, shape, backend, precision, Path(tmp), name)[1].model_path)
         rounds_ms: dict[str, list[float]] = {n: [] for n in plans}
+        quiet = dict.fromkeys(plans, anchor is None)
+
+        def time_round(names: list[str]) -> None:
+            for name in names:
+                if anchor is not None:
+                    quiet[name] |= anchor.is_quiet()
+                rounds_ms[name].append(whole_model_ms(arts[name], shape[0], None, runs, clock))
+
         for _ in ui.track(range(rounds), "timing plans (interleaved)"):
-            for name, art in arts.items():
-                rounds_ms[name].append(whole_model_ms(art, shape[0], None, runs, clock))
-    return rounds_ms
+            time_round(list(arts))
+        for _ in range(4 if anchor is not None else 0):
+            slow = [n for n, q in quiet.items() if not q]
+            if not slow:
+                break
+            time_round(slow)
+    return rounds_ms, quiet
+
+
+def table_quiet(table) -> str | None:  # noqa: ANN001
+    """Context plans timed in a fast window of the machine, of all (None: no anchor)."""
+    rows = table.context.fitted_on if table.context else []
+    flags = [r["quiet"] for r in rows if "quiet" in r]
+    return f"{sum(flags)}/{len(flags)}" if flags else None
 
 
 def predict(model: LutLatencyModel, graph, widths, precision: str, batch: int) -> float:  # noqa: ANN001
@@ -140,18 +165,20 @@ def run_cell(arch: str, precision: str, batch: int, args: argparse.Namespace, ui
     lut = work / f"lut-{arch}-{precision}-b{batch}-{args.clock}.json"
     if lut.exists() and args.remeasure:
         lut.unlink()
-    opts = MeasureOptions(clock=args.clock)
+    # the machine's anchor reference is kept in the workdir: shared by the cells, as by every table of a machine
+    opts = MeasureOptions(clock=args.clock, anchor=not args.no_anchor, anchor_store=work / ANCHOR_STORE)
     table, info = measure_table(model, graph, shape, get_target("cpu"), precision, batch, lut, budget_s=args.lut_budget, options=opts, ui=ui)
     lm = LutLatencyModel(table, source=str(lut))
     step = table.alignment()
     plans = {"full": graph.full_widths(), **draw_plans(graph, args.plans, step, args.seed), **(extra_plans(graph) if extra_plans else {})}
-    rounds = time_deployed(model, graph, plans, shape, precision, args.rounds, args.runs, args.clock, ui)
+    anchor = None if args.no_anchor else table_anchor(table, None)
+    rounds, quiet = time_deployed(model, graph, plans, shape, precision, args.rounds, args.runs, args.clock, ui, anchor)
     measured = {n: min(r) for n, r in rounds.items()}
     k = measured["full"] / macs(graph, plans["full"])
     rows = []
     for name, widths in plans.items():
         p = predict(lm, graph, widths, precision, batch)
-        rows.append({"plan": name, "measured_ms": measured[name], "lut_ms": p, "macs_ms": k * macs(graph, widths),
+        rows.append({"plan": name, "measured_ms": measured[name], "quiet": quiet[name], "rounds": len(rounds[name]), "lut_ms": p, "macs_ms": k * macs(graph, widths),
                      "lut_err_pct": 100 * (p - measured[name]) / measured[name], "round_spread_pct": 100 * (max(rounds[name]) - measured[name]) / measured[name]})
     full_row = rows[0]
     for r in rows:  # speedups over the full model timed in the same rounds: what a budget search compares
@@ -166,6 +193,8 @@ def run_cell(arch: str, precision: str, batch: int, args: argparse.Namespace, ui
         "table_seconds": info["seconds"], "phases": info["phases"], "entries": len(table), "context": table.context is not None,
         "context_error": info.get("context_error"),
         "lut_mape": float(np.mean([abs(r["lut_err_pct"]) for r in held])), "lut_max_err": float(np.max([abs(r["lut_err_pct"]) for r in held])),
+        "anchor": None if anchor is None else {**anchor.to_dict(), "slowdown": anchor.slowdown()},
+        "quiet_plans": sum(quiet.values()), "table_quiet": table_quiet(table),
         "lut_spearman": spearman([r["lut_ms"] for r in held], m),
         "lut_ratio_mape": float(np.mean([abs(r["lut_ratio_err_pct"]) for r in held])),
         "fit_full_ms": fit_full, "drift_pct": None if fit_full is None else 100 * (measured["full"] / fit_full - 1),
@@ -189,7 +218,7 @@ def repeatability(arch: str, precision: str, batch: int, args: argparse.Namespac
     lut2 = Path(args.workdir) / f"lut-{arch}-{precision}-b{batch}-{args.clock}-second.json"
     if lut2.exists():
         lut2.unlink()
-    table2, _ = measure_table(model, graph, shape, get_target("cpu"), precision, batch, lut2, budget_s=args.lut_budget, options=MeasureOptions(clock=args.clock), ui=ui)
+    table2, _ = measure_table(model, graph, shape, get_target("cpu"), precision, batch, lut2, budget_s=args.lut_budget, options=MeasureOptions(clock=args.clock, anchor=not args.no_anchor, anchor_store=Path(args.workdir) / ANCHOR_STORE), ui=ui)
     from hadmc_deploy.latency.lut import read_table
 
     lm1, lm2 = LutLatencyModel(read_table(first["lut"])), LutLatencyModel(table2)
@@ -197,14 +226,30 @@ def repeatability(arch: str, precision: str, batch: int, args: argparse.Namespac
     p1 = {n: predict(lm1, graph, w, precision, batch) for n, w in plans.items()}
     p2 = {n: predict(lm2, graph, w, precision, batch) for n, w in plans.items()}
     diffs = {n: 100 * (p2[n] / p1[n] - 1) for n in plans}
+    anchors = [t.meta.method.get("anchor") or {} for t in (read_table(first["lut"]), table2)]
     ratio_diffs = {n: 100 * ((p2[n] / p2["full"]) / (p1[n] / p1["full"]) - 1) for n in plans if n != "full"}
+    refs = [a.get("reference_ms") for a in anchors]
     return {"arch": arch, "precision": precision, "batch": batch, "step_first": read_table(first["lut"]).alignment(), "step_second": table2.alignment(),
+            "anchor_reference_ms": refs, "anchor_calibrated_ms": [a.get("calibrated_ms") for a in anchors],
             "max_abs_diff_pct": max(abs(v) for v in diffs.values()), "diff_pct": diffs,
             "max_abs_ratio_diff_pct": max(abs(v) for v in ratio_diffs.values()), "ratio_diff_pct": ratio_diffs}
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}%"
+
+
+def _quiet(cell: dict) -> str:
+    """Plans with a round in a fast window of the machine, of all plans timed (the anchor's gate)."""
+    if cell.get("quiet_plans") is None:
+        return "-"
+    return f"{cell['quiet_plans']}/{len(cell['rows'])}"
+
+
+def _slowdown(cell: dict) -> str:
+    """The anchor's median time during the validation rounds over the table's reference."""
+    anchor = cell.get("anchor")
+    return "-" if not anchor else f"x{anchor['slowdown']:.2f}"
 
 
 def _drift(cell: dict) -> str:
@@ -222,28 +267,31 @@ def write_doc(results: dict, path: Path, section: str = "validation") -> None:
         f"clock **{results['clock']}**, {results['plans']} random plans per cell + the full model, {results['rounds']} interleaved rounds. "
         "Produced by `tools/validate_latency_model.py`.",
         "",
-        "| model | input | precision | step (mode, penalty) | table s | LUT MAPE | LUT max | LUT Spearman | LUT MAPE of speedups | MACs MAPE (speedups) | MACs Spearman | noise floor (full model, range over rounds) | full model: table fit -> validation |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | input | precision | step (mode, penalty) | table s | LUT MAPE | LUT max | LUT Spearman | LUT MAPE of speedups | MACs MAPE (speedups) | MACs Spearman | noise floor (full model, range over rounds) | plans timed in a fast window | anchor: median / reference | full model: table fit -> validation |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in results["cells"]:
         if "error" in c:
-            lines.append(f"| {c['arch']} | | {c['precision']} b{c['batch']} | failed: {c['error'][:80]} | | | | | | | | | |")
+            lines.append(f"| {c['arch']} | | {c['precision']} b{c['batch']} | failed: {c['error'][:80]} | | | | | | | | | | | |")
             continue
         lines.append(
             f"| {c['arch']} | {'x'.join(map(str, c['input']))} | {c['precision']} | {c['step']} ({c['mode']}, {c['penalty']:.2f}) | {c['table_seconds']:.0f} | "
             f"**{c['lut_mape']:.1f}%** | {c['lut_max_err']:.1f}% | **{c['lut_spearman']:.2f}** | {_pct(c.get('lut_ratio_mape'))} | {c['macs_mape']:.1f}% | "
-            f"{c['macs_spearman']:.2f} | {c['noise_floor_pct']:.1f}% | {_drift(c)} |"
+            f"{c['macs_spearman']:.2f} | {c['noise_floor_pct']:.1f}% | {_quiet(c)} | {_slowdown(c)} | {_drift(c)} |"
         )
     for chk in results.get("issue", []):
         if "rows" in chk:
             lines.append("")
             lines.append(f"Issue 13, unaligned `prune --ratio` plans of the demo CNN at 96x96 ({chk['precision']}, batch {chk['batch']}): " + ", ".join(
-                f"{r['plan']} predicted {r['lut_ms']:.2f} / measured {r['measured_ms']:.2f} ms ({r['lut_err_pct']:+.1f}%)" for r in chk["rows"] if r["plan"].startswith("ratio") or r["plan"] == "full"))
+                f"{r['plan']} predicted {r['lut_ms']:.2f} / measured {r['measured_ms']:.2f} ms ({r['lut_err_pct']:+.1f}%)"
+                for r in chk["rows"] if r["plan"].startswith("ratio") or r["plan"] == "full"))
         if "max_abs_diff_pct" in chk:
             lines.append("")
             ratio = chk.get("max_abs_ratio_diff_pct")
+            refs = chk.get("anchor_reference_ms") or []
+            ref_text = f", anchor reference {refs[0]:.3f} / {refs[1]:.3f} ms" if len(refs) == 2 and all(refs) else ""
             lines.append(f"Issue 13, two tables measured from scratch ({chk['precision']}): whole-model predictions differ by at most {chk['max_abs_diff_pct']:.1f}% "
-                         f"over {len(chk['diff_pct'])} plans (steps {chk['step_first']} / {chk['step_second']})"
+                         f"over {len(chk['diff_pct'])} plans (steps {chk['step_first']} / {chk['step_second']}{ref_text})"
                          + ("." if ratio is None else f"; their predicted speedups over the full model by at most {ratio:.1f}%."))
     begin, finish = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
     text = path.read_text()
@@ -265,6 +313,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="/tmp/hadmc-latency-validation")
     parser.add_argument("--remeasure", action="store_true")
+    parser.add_argument("--no-anchor", action="store_true", help="time the plans without the speed anchor's gate")
     parser.add_argument("--json", default=str(ROOT / "docs" / "latency_validation.json"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "latency_model.md"))
     parser.add_argument("--section", default="validation", help="the doc's marked section to replace (validation, validation-wall, ...)")
@@ -275,6 +324,9 @@ def main() -> int:
         return 0
     ui = UI(quiet=False)
     torch.set_num_threads(1)
+    store = Path(args.workdir) / ANCHOR_STORE
+    if args.remeasure and store.exists():  # from scratch: the machine's anchor reference too
+        store.unlink()
     results = {"measured_at": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "load_average": [round(x, 1) for x in os.getloadavg()], "clock": args.clock, "plans": args.plans, "rounds": args.rounds, "cells": [], "issue": []}
     start = time.monotonic()

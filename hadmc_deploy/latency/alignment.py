@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import replace
+from typing import Any
 
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency.lut import Staircase
@@ -157,6 +158,7 @@ def probe_staircase(
     passes: int = 3,
     runs_per_pass: int = 3,
     deadline: float | None = None,
+    anchor: Any = None,
 ) -> tuple[Staircase, list[tuple[LayerSpec, float, float]]]:
     """Sweep one layer per weighted op kind; (staircase, [(spec, mom ms, spread)] of every probe point).
 
@@ -167,7 +169,7 @@ def probe_staircase(
     points: list[tuple[LayerSpec, float, float]] = []
     for op, (name, spec, axis) in representative_layers(graph, precision, batch).items():
         specs = sweep_specs(spec, axis)
-        timed = time_interleaved(specs, prepare, passes=passes, runs_per_pass=runs_per_pass, chunk=len(specs), deadline=deadline)
+        timed = time_interleaved(specs, prepare, passes=passes, runs_per_pass=runs_per_pass, chunk=len(specs), deadline=deadline, anchor=anchor)
         if len(timed) < len(specs):
             break
         times = {(s.out_channels if axis == "out" else s.in_channels): r.mom_ms for s, r in timed}

@@ -27,13 +27,15 @@ from hadmc_deploy.latency.lut import IDENTITY_KEYS, LatencyTable, LutMeta
 from hadmc_deploy.latency.measure import backend_identity, get_backend, specs_for_graph
 from hadmc_deploy.latency.predictor import LutLatencyModel
 from hadmc_deploy.latency.repeat import measure_into_table, ort_preparer
+from hadmc_deploy.latency.speed_anchor import default_store, machine_anchor
 from hadmc_deploy.targets import TargetProfile
 from hadmc_deploy.ui import UI, quiet_ui
 
 #: bump when what a cached table means changes: older cached tables are then re-measured
 #: (v3: context factor curves over the layer size and the context step; v4: whole-model times
-#: as floors, reverted in v5: they predicted ~25% below what the build itself measures).
-METHOD = "measured-v5"
+#: as floors, reverted in v5: they predicted ~25% below what the build itself measures;
+#: v6: every entry and context plan timed at least once in a fast window of the speed anchor).
+METHOD = "measured-v6"
 
 
 @dataclass
@@ -49,6 +51,11 @@ class MeasureOptions:
     exporter: str = "deploy"
     #: "wall": deployment threads, wall clock; "cpu": one thread, CPU time (repeatable on a shared machine).
     clock: str = "wall"
+    #: time the speed anchor beside the measurement and re-time what never ran in a fast window
+    #: of the machine (latency/speed_anchor.py).
+    anchor: bool = True
+    #: the JSON file of the machine's anchor references (None: the user's cache, shared by every table)
+    anchor_store: Path | None = None
 
 
 def graph_signature(graph: DependencyGraph) -> str:
@@ -109,9 +116,18 @@ def measure_table(
     if table.meta.method.get("clock", "wall") != options.clock:
         raise LatencyModelError(f"{path} was measured with the {table.meta.method.get('clock')} clock, not {options.clock}", hint="use another cache directory or file")
     prepare = ort_preparer(threads=options.threads, int8_form=target.int8_form, clock=options.clock)
+    anchor = None
+    if options.anchor:
+        t0 = time.monotonic()
+        anchor = machine_anchor(options.anchor_store or default_store(), device or {}, version or "unknown", options.threads, options.clock)
+        recorded = table.meta.method.get("anchor")
+        if recorded and table.entries:  # a resumed table keeps the scale its entries were measured on
+            anchor.reference_ms = float(recorded["reference_ms"])
+        table.meta.method["anchor"] = anchor.to_dict()
+        info["phases"]["anchor_s"] = round(time.monotonic() - t0, 2)
     t0 = time.monotonic()
     if table.staircase is None:
-        staircase, points = probe_staircase(graph, prepare, precision=precision, batch=batch, passes=options.passes + 2, runs_per_pass=options.runs_per_pass, deadline=deadline)
+        staircase, points = probe_staircase(graph, prepare, precision=precision, batch=batch, passes=options.passes + 2, runs_per_pass=options.runs_per_pass, deadline=deadline, anchor=anchor)
         for spec, mom, spread in points:
             table.add(spec, mom, mom, options.passes * options.runs_per_pass, mom, mom_ms=mom, spread=spread, role="sweep")
         table.staircase = staircase
@@ -120,9 +136,9 @@ def measure_table(
     step = table.alignment()
     t0 = time.monotonic()
     grid = specs_for_graph(graph, step, precision=precision, batch=batch, points=options.grid_points)
-    n_grid, failed = measure_into_table(grid, table, path, prepare, passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, ui=ui)
+    n_grid, failed = measure_into_table(grid, table, path, prepare, passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, anchor=anchor, ui=ui)
     off = off_grid_specs(graph, step, precision=precision, batch=batch)
-    n_off, failed2 = measure_into_table(off, table, path, prepare, role="off_grid", passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, ui=ui)
+    n_off, failed2 = measure_into_table(off, table, path, prepare, role="off_grid", passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, anchor=anchor, ui=ui)
     info["phases"]["layers_s"] = round(time.monotonic() - t0, 2)
     refused = {line.split(": ", 1)[0] for line in failed + failed2}  # configurations the backend cannot build
     complete = all(s in table or s.key() in refused for s in grid + off)
@@ -132,12 +148,15 @@ def measure_table(
 
         t0 = time.monotonic()
         try:
-            fit_context(table, model, graph, shape, backend, rounds=options.context_rounds, threads=options.threads, exporter=options.exporter, baseline_onnx=baseline_onnx, clock=options.clock, ui=ui)
+            fit_context(table, model, graph, shape, backend, rounds=options.context_rounds, threads=options.threads, exporter=options.exporter, baseline_onnx=baseline_onnx, clock=options.clock, anchor=anchor, ui=ui)
         except LatencyModelError as exc:
             ui.warn(f"no per-layer context correction: {exc.one_line()}")
             info["context_error"] = exc.one_line()
         info["phases"]["context_s"] = round(time.monotonic() - t0, 2)
     table.meta.method["complete"] = complete
+    if anchor is not None:
+        table.meta.method["anchor"] = anchor.to_dict()
+        info["anchor"] = {"reference_ms": anchor.reference_ms, "slowdown": round(anchor.slowdown(), 3)}
     table.save(path)
     info["seconds"] = round(time.monotonic() - start, 2)
     return table, info

@@ -50,6 +50,10 @@ from hadmc_deploy.ui import UI, quiet_ui
 FACTOR_CLIP = 4.0
 
 
+#: more rounds for a plan none of whose rounds ran while the speed anchor said the machine was fast.
+MAX_EXTRA_ROUNDS = 4
+
+
 #: uniform width fractions profiled on the step's grid, and at odd widths (when the step is
 #: > 1): the range a search explores, both regimes of every layer.
 ALIGNED_FRACTIONS = (0.7, 0.5, 0.3)
@@ -157,13 +161,16 @@ def fit_context(
     exporter: str = "deploy",
     baseline_onnx: Path | None = None,
     clock: str = "wall",
+    anchor: Any = None,
     ui: UI | None = None,
 ) -> ContextCorrection:
     """Profile `plans` (default: `calibration_plans`) as deployed, interleaved over `rounds`,
     and set `table.context`. Raises LatencyModelError when kernels cannot be mapped to layers.
 
     Every time is the minimum over rounds (load only adds time), whole-model times the fastest
-    round's median: what the build's latency check and decide stage measure. With clock "cpu" the
+    round's median: what the build's latency check and decide stage measure. With a speed `anchor`
+    (latency/speed_anchor.py) a plan none of whose rounds ran in a fast window of the machine gets
+    up to `MAX_EXTRA_ROUNDS` more, as the table's layers get more passes. With clock "cpu" the
     sessions run one thread and whole-model times are CPU time; the profiler's kernel
     times are wall clock, so there they only apportion the measured total."""
     from hadmc_deploy.latency.predictor import LutLatencyModel, context_factor
@@ -194,8 +201,13 @@ def fit_context(
             node_of_layer[name] = {layer_keys[a][0]: nodes[b][0] for a, b in pairs}
         best: dict[str, list[float]] = {}
         walls: dict[str, float] = {}
-        for _ in ui.track(range(rounds), "profiling deployed plans (interleaved)"):
-            for name, (_, art) in built.items():
+        quiet = dict.fromkeys(built, False)
+
+        def time_round(names: list[str]) -> None:
+            for name in names:
+                if anchor is not None:
+                    quiet[name] |= anchor.is_quiet()
+                art = built[name][1]
                 by_node = probe.node_times(art, sources[name], batch, runs)
                 missing = [node_of_layer[name][i] for i in weighted_idx if node_of_layer[name][i] not in by_node]
                 if missing:
@@ -204,6 +216,14 @@ def fit_context(
                 times = [by_node[node_of_layer[name][i]] for i in weighted_idx]
                 best[name] = times if name not in best else [min(a, b) for a, b in zip(best[name], times, strict=True)]
                 walls[name] = min(walls.get(name, float("inf")), probe.model_ms(art, batch, runs))
+
+        for _ in ui.track(range(rounds), "profiling deployed plans (interleaved)"):
+            time_round(list(built))
+        for _ in range(MAX_EXTRA_ROUNDS if anchor is not None else 0):
+            slow = [name for name, q in quiet.items() if not q]
+            if not slow:
+                break
+            time_round(slow)
     raw_model = LutLatencyModel(replace(table, context=None, feedback=None, correction=None), source="<context fit>")
     estimates: list[dict[str, list[tuple[float, float]]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
     overheads, fitted_on = [], []
@@ -222,7 +242,8 @@ def fit_context(
             aligned = all(c % step == 0 or c == f for c, f in ((s.in_channels, fs.in_channels), (s.out_channels, fs.out_channels)))
             size = size_fraction(s, fs.in_channels, fs.out_channels)
             estimates[i]["aligned" if aligned else "unaligned"].append((size, t * scale / max(raw[i], 1e-9)))
-        fitted_on.append({"plan": name, "measured_ms": walls[name], "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw)})
+        fitted_on.append({"plan": name, "measured_ms": walls[name], "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw),
+                          **({"quiet": quiet[name]} if anchor is not None else {})})
     all_f = [f for e in estimates for lst in e.values() for _, f in lst]
     median_f = statistics.median(all_f) if all_f else 1.0
 

@@ -40,6 +40,8 @@ class Repeated:
     mom_ms: float
     spread: float
     runs: int
+    #: at least one pass ran while the speed anchor said the machine was in its fast state (None: no anchor)
+    quiet: bool | None = None
 
 
 def measuring_session(model: str | Path | bytes, threads: int | None = None, **options: Any) -> Any:
@@ -116,8 +118,15 @@ def time_interleaved(
     deadline: float | None = None,
     on_chunk: Callable[[list[tuple[LayerSpec, Repeated]]], None] | None = None,
     failed: list[str] | None = None,
+    anchor: Any = None,
+    max_extra_passes: int = 4,
 ) -> list[tuple[LayerSpec, Repeated]]:
-    """Time `specs` in chunks, each in `passes` interleaved passes; stops at `deadline` (monotonic s)."""
+    """Time `specs` in chunks, each in `passes` interleaved passes; stops at `deadline` (monotonic s).
+
+    With a speed `anchor` (latency/speed_anchor.py), a layer none of whose passes ran while the
+    machine was in its fast state gets up to `max_extra_passes` more passes: an entry's value is the
+    fastest pass, so one pass in a fast window is enough, and a chunk that fell entirely into a
+    slow phase (the anchor 20-55% slower for seconds at a time) is timed again instead of kept."""
     done: list[tuple[LayerSpec, Repeated]] = []
     for start in range(0, len(specs), chunk):
         if deadline is not None and time.monotonic() > deadline:
@@ -134,13 +143,19 @@ def time_interleaved(
                     failed.append(f"{spec.key()}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
         samples: list[list[float]] = [[] for _ in prepared]
         medians: list[list[float]] = [[] for _ in prepared]
-        for _ in range(passes):
-            for i, (_, run) in enumerate(prepared):
-                got = run(runs_per_pass)
+        quiet = [False] * len(prepared)
+        for n in range(passes + (max_extra_passes if anchor is not None else 0)):
+            which = [i for i, q in enumerate(quiet) if n < passes or not q]
+            if n >= passes and (not which or (deadline is not None and time.monotonic() > deadline)):
+                break
+            for i in which:
+                if anchor is not None:
+                    quiet[i] |= anchor.is_quiet()
+                got = prepared[i][1](runs_per_pass)
                 samples[i] += got
                 medians[i].append(statistics.median(got))
         results = []
-        for (spec, _), s, m in zip(prepared, samples, medians, strict=True):
+        for (spec, _), s, m, q in zip(prepared, samples, medians, quiet, strict=True):
             s_sorted = sorted(s)
             mom = min(m)
             results.append((spec, Repeated(
@@ -150,6 +165,7 @@ def time_interleaved(
                 mom_ms=mom,
                 spread=(max(m) - mom) / mom if mom > 0 else 0.0,
                 runs=len(s),
+                quiet=q if anchor is not None else None,
             )))
         done += results
         if on_chunk is not None:
@@ -167,6 +183,7 @@ def measure_into_table(
     passes: int = 3,
     runs_per_pass: int = 5,
     deadline: float | None = None,
+    anchor: Any = None,
     ui: UI | None = None,
 ) -> tuple[int, list[str]]:
     """Time the specs missing from `table` into it (saved atomically after every chunk); (measured, failures)."""
@@ -182,5 +199,5 @@ def measure_into_table(
         bar.advance(len(results))
 
     with ui.progress(f"measuring layers ({role})", len(todo)) as bar:
-        done = time_interleaved(todo, prepare, passes=passes, runs_per_pass=runs_per_pass, deadline=deadline, on_chunk=store, failed=failed)
+        done = time_interleaved(todo, prepare, passes=passes, runs_per_pass=runs_per_pass, deadline=deadline, on_chunk=store, failed=failed, anchor=anchor)
     return len(done), failed

@@ -14,7 +14,7 @@ from hadmc_deploy.backends import get as get_backend
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import graph, latency_model, loaded_model, with_precision
 from hadmc_deploy.errors import LatencyModelError
-from hadmc_deploy.fileio import sha256_file
+from hadmc_deploy.fileio import sha256_file, user_cache_root
 from hadmc_deploy.latency.auto import MeasureOptions, measured_latency_model
 
 SOURCE_LABELS = {
@@ -26,8 +26,7 @@ SOURCE_LABELS = {
 
 def cache_dir() -> Path:
     """Where measured tables are kept between builds ($HADMC_CACHE, else the user's cache folder)."""
-    root = os.environ.get("HADMC_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hadmc-deploy")
-    return Path(root) / "lut"
+    return user_cache_root() / "lut"
 
 
 def measures_here(ctx: BuildContext) -> bool:
