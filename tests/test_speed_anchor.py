@@ -46,10 +46,12 @@ def test_a_layer_timed_only_in_slow_windows_gets_extra_passes():
     anchor = scripted_anchor([2.0, 2.0, 2.0, 2.0, 1.0])
     timed = time_interleaved([spec(8), spec(16)], prepare, passes=2, runs_per_pass=3, anchor=anchor, max_extra_passes=4)
     assert calls == {8: 3, 16: 3} and all(r.quiet for _, r in timed)
+    assert (anchor.gated, anchor.gated_quiet) == (2, 2)  # what the table records and warns on
     # never fast: every layer gets all extra passes and says so
     calls.clear()
-    timed = time_interleaved([spec(8)], prepare, passes=2, runs_per_pass=3, anchor=scripted_anchor([2.0]), max_extra_passes=4)
-    assert calls == {8: 6} and timed[0][1].quiet is False
+    slow = scripted_anchor([2.0])
+    timed = time_interleaved([spec(8)], prepare, passes=2, runs_per_pass=3, anchor=slow, max_extra_passes=4)
+    assert calls == {8: 6} and timed[0][1].quiet is False and slow.quiet_fraction() == 0.0
     # no anchor: the passes asked for, no verdict
     calls.clear()
     timed = time_interleaved([spec(8)], prepare, passes=2, runs_per_pass=3)

@@ -166,12 +166,13 @@ def run_cell(arch: str, precision: str, batch: int, args: argparse.Namespace, ui
     if lut.exists() and args.remeasure:
         lut.unlink()
     # the machine's anchor reference is kept in the workdir: shared by the cells, as by every table of a machine
-    opts = MeasureOptions(clock=args.clock, anchor=not args.no_anchor, anchor_store=work / ANCHOR_STORE)
+    opts = MeasureOptions(clock=args.clock, anchor=True, speed_gate=args.speed_gate, anchor_store=work / ANCHOR_STORE)
     table, info = measure_table(model, graph, shape, get_target("cpu"), precision, batch, lut, budget_s=args.lut_budget, options=opts, ui=ui)
     lm = LutLatencyModel(table, source=str(lut))
     step = table.alignment()
     plans = {"full": graph.full_widths(), **draw_plans(graph, args.plans, step, args.seed), **(extra_plans(graph) if extra_plans else {})}
-    anchor = None if args.no_anchor else table_anchor(table, None)
+    monitor = table_anchor(table, None)  # the machine's speed now against its reference (calibrated here)
+    anchor = monitor if args.speed_gate else None
     rounds, quiet = time_deployed(model, graph, plans, shape, precision, args.rounds, args.runs, args.clock, ui, anchor)
     measured = {n: min(r) for n, r in rounds.items()}
     k = measured["full"] / macs(graph, plans["full"])
@@ -194,7 +195,9 @@ def run_cell(arch: str, precision: str, batch: int, args: argparse.Namespace, ui
         "context_error": info.get("context_error"),
         "lut_mape": float(np.mean([abs(r["lut_err_pct"]) for r in held])), "lut_max_err": float(np.max([abs(r["lut_err_pct"]) for r in held])),
         "anchor": None if anchor is None else {**anchor.to_dict(), "slowdown": anchor.slowdown()},
-        "quiet_plans": sum(quiet.values()), "table_quiet": table_quiet(table),
+        "slowdown": {"table": (table.meta.method.get("anchor") or {}).get("slowdown"),
+                     "validation": monitor.calibrated_ms / monitor.reference_ms if monitor and monitor.calibrated_ms else None},
+        "quiet_plans": sum(quiet.values()) if anchor is not None else None, "table_quiet": table_quiet(table),
         "lut_spearman": spearman([r["lut_ms"] for r in held], m),
         "lut_ratio_mape": float(np.mean([abs(r["lut_ratio_err_pct"]) for r in held])),
         "fit_full_ms": fit_full, "drift_pct": None if fit_full is None else 100 * (measured["full"] / fit_full - 1),
@@ -218,7 +221,7 @@ def repeatability(arch: str, precision: str, batch: int, args: argparse.Namespac
     lut2 = Path(args.workdir) / f"lut-{arch}-{precision}-b{batch}-{args.clock}-second.json"
     if lut2.exists():
         lut2.unlink()
-    table2, _ = measure_table(model, graph, shape, get_target("cpu"), precision, batch, lut2, budget_s=args.lut_budget, options=MeasureOptions(clock=args.clock, anchor=not args.no_anchor, anchor_store=Path(args.workdir) / ANCHOR_STORE), ui=ui)
+    table2, _ = measure_table(model, graph, shape, get_target("cpu"), precision, batch, lut2, budget_s=args.lut_budget, options=MeasureOptions(clock=args.clock, anchor=True, speed_gate=args.speed_gate, anchor_store=Path(args.workdir) / ANCHOR_STORE), ui=ui)
     from hadmc_deploy.latency.lut import read_table
 
     lm1, lm2 = LutLatencyModel(read_table(first["lut"])), LutLatencyModel(table2)
@@ -235,21 +238,48 @@ def repeatability(arch: str, precision: str, batch: int, args: argparse.Namespac
             "max_abs_ratio_diff_pct": max(abs(v) for v in ratio_diffs.values()), "ratio_diff_pct": ratio_diffs}
 
 
+def anchor_ab(precision: str, pairs: int, args: argparse.Namespace, ui: UI) -> dict:
+    """`pairs` tables of the demo CNN at 96x96 measured alternately with and without the speed
+    anchor's gate (one machine reference shared by the gated ones, as on a machine); how far apart
+    each group's whole-model predictions lie (max / min - 1 over its tables, per plan)."""
+    torch.manual_seed(0)
+    build, chw = MODELS["demo96"]
+    model = build().eval()
+    shape = (1, *chw)
+    graph = trace(model, shape)
+    plans = {"full": graph.full_widths(), **ratio_plans(graph, (0.3, 0.6))}
+    work = Path(args.workdir) / "anchor-ab"
+    work.mkdir(parents=True, exist_ok=True)
+    store = work / ANCHOR_STORE
+    if store.exists():
+        store.unlink()
+    predictions: dict[str, list[dict[str, float]]] = {"gated": [], "plain": []}
+    for i in range(pairs):
+        for group, gated in (("gated", True), ("plain", False)):
+            lut = work / f"lut-{precision}-{group}-{i}.json"
+            if lut.exists():
+                lut.unlink()
+            table, _ = measure_table(model, graph, shape, get_target("cpu"), precision, 1, lut, budget_s=args.lut_budget,
+                                     options=MeasureOptions(clock=args.clock, anchor=True, speed_gate=gated, anchor_store=store), ui=ui)
+            lm = LutLatencyModel(table)
+            predictions[group].append({n: predict(lm, graph, w, precision, 1) for n, w in plans.items()})
+            ui.log(f"anchor A/B {precision} {group} {i}: " + ", ".join(f"{n} {v:.3f} ms" for n, v in predictions[group][-1].items()))
+    spread = {g: {n: 100 * (max(p[n] for p in ps) / min(p[n] for p in ps) - 1) for n in plans} for g, ps in predictions.items()}
+    return {"precision": precision, "pairs": pairs, "predictions": predictions, "spread_pct": spread}
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}%"
 
 
-def _quiet(cell: dict) -> str:
-    """Plans with a round in a fast window of the machine, of all plans timed (the anchor's gate)."""
-    if cell.get("quiet_plans") is None:
-        return "-"
-    return f"{cell['quiet_plans']}/{len(cell['rows'])}"
-
-
 def _slowdown(cell: dict) -> str:
-    """The anchor's median time during the validation rounds over the table's reference."""
-    anchor = cell.get("anchor")
-    return "-" if not anchor else f"x{anchor['slowdown']:.2f}"
+    """How much slower than its reference the speed anchor ran around the table and at the validation
+    (with the gate: the plans timed in a fast window, of all)."""
+    slow = cell.get("slowdown") or {}
+    text = " / ".join("-" if slow.get(k) is None else f"x{slow[k]:.2f}" for k in ("table", "validation"))
+    if cell.get("quiet_plans") is not None:
+        text += f" (gate: {cell['quiet_plans']}/{len(cell['rows'])} plans in a fast window)"
+    return text
 
 
 def _drift(cell: dict) -> str:
@@ -267,18 +297,26 @@ def write_doc(results: dict, path: Path, section: str = "validation") -> None:
         f"clock **{results['clock']}**, {results['plans']} random plans per cell + the full model, {results['rounds']} interleaved rounds. "
         "Produced by `tools/validate_latency_model.py`.",
         "",
-        "| model | input | precision | step (mode, penalty) | table s | LUT MAPE | LUT max | LUT Spearman | LUT MAPE of speedups | MACs MAPE (speedups) | MACs Spearman | noise floor (full model, range over rounds) | plans timed in a fast window | anchor: median / reference | full model: table fit -> validation |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | input | precision | step (mode, penalty) | table s | LUT MAPE | LUT max | LUT Spearman | LUT MAPE of speedups | MACs MAPE (speedups) | MACs Spearman | noise floor (full model, range over rounds) | machine speed (speed anchor / its reference): table, validation | full model: table fit -> validation |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if not results["cells"]:  # only the --issue / --anchor-ab checks were run
+        lines = [f"Measured {results['measured_at']} on {results['machine']} ({results['cores']} logical CPUs, shared: load average "
+                 f"{results['load_average']} at the start), clock **{results['clock']}**. Produced by `tools/validate_latency_model.py`."]
     for c in results["cells"]:
         if "error" in c:
-            lines.append(f"| {c['arch']} | | {c['precision']} b{c['batch']} | failed: {c['error'][:80]} | | | | | | | | | | | |")
+            lines.append(f"| {c['arch']} | | {c['precision']} b{c['batch']} | failed: {c['error'][:80]} | | | | | | | | | | |")
             continue
         lines.append(
             f"| {c['arch']} | {'x'.join(map(str, c['input']))} | {c['precision']} | {c['step']} ({c['mode']}, {c['penalty']:.2f}) | {c['table_seconds']:.0f} | "
             f"**{c['lut_mape']:.1f}%** | {c['lut_max_err']:.1f}% | **{c['lut_spearman']:.2f}** | {_pct(c.get('lut_ratio_mape'))} | {c['macs_mape']:.1f}% | "
-            f"{c['macs_spearman']:.2f} | {c['noise_floor_pct']:.1f}% | {_quiet(c)} | {_slowdown(c)} | {_drift(c)} |"
+            f"{c['macs_spearman']:.2f} | {c['noise_floor_pct']:.1f}% | {_slowdown(c)} | {_drift(c)} |"
         )
+    for ab in results.get("anchor_ab", []):
+        lines.append("")
+        lines.append(f"Speed anchor A/B ({ab['precision']}, demo CNN at 96x96, {ab['pairs']} tables with the gate and {ab['pairs']} without, alternately): "
+                     "predictions spread (max/min - 1) " + "; ".join(
+                         f"{n}: {ab['spread_pct']['gated'][n]:.1f}% gated, {ab['spread_pct']['plain'][n]:.1f}% plain" for n in ab["spread_pct"]["gated"]) + ".")
     for chk in results.get("issue", []):
         if "rows" in chk:
             lines.append("")
@@ -313,7 +351,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="/tmp/hadmc-latency-validation")
     parser.add_argument("--remeasure", action="store_true")
-    parser.add_argument("--no-anchor", action="store_true", help="time the plans without the speed anchor's gate")
+    parser.add_argument("--speed-gate", action="store_true", help="measure tables and time the plans with the speed anchor's gate (off by default, as in builds)")
+    parser.add_argument("--anchor-ab", type=int, default=0, metavar="PAIRS",
+                        help="also measure PAIRS demo-CNN tables with and without the speed anchor's gate, alternately, per precision")
     parser.add_argument("--json", default=str(ROOT / "docs" / "latency_validation.json"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "latency_model.md"))
     parser.add_argument("--section", default="validation", help="the doc's marked section to replace (validation, validation-wall, ...)")
@@ -342,6 +382,8 @@ def main() -> int:
             first = run_cell("demo96", precision, 1, args, ui, extra_plans=lambda g: ratio_plans(g, (0.3, 0.6)))
             results["issue"].append(first)
             results["issue"].append(repeatability("demo96", precision, 1, args, ui, first))
+    if args.anchor_ab:
+        results["anchor_ab"] = [anchor_ab(precision, args.anchor_ab, args, ui) for precision in ("fp32", "int8")]
     results["seconds"] = round(time.monotonic() - start, 1)
     Path(args.json).write_text(json.dumps(results, indent=1))
     write_doc(results, Path(args.doc), args.section)

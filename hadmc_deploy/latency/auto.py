@@ -33,9 +33,8 @@ from hadmc_deploy.ui import UI, quiet_ui
 
 #: bump when what a cached table means changes: older cached tables are then re-measured
 #: (v3: context factor curves over the layer size and the context step; v4: whole-model times
-#: as floors, reverted in v5: they predicted ~25% below what the build itself measures;
-#: v6: every entry and context plan timed at least once in a fast window of the speed anchor).
-METHOD = "measured-v6"
+#: as floors, reverted in v5: they predicted ~25% below what the build itself measures).
+METHOD = "measured-v5"
 
 
 @dataclass
@@ -51,9 +50,13 @@ class MeasureOptions:
     exporter: str = "deploy"
     #: "wall": deployment threads, wall clock; "cpu": one thread, CPU time (repeatable on a shared machine).
     clock: str = "wall"
-    #: time the speed anchor beside the measurement and re-time what never ran in a fast window
-    #: of the machine (latency/speed_anchor.py).
-    anchor: bool = True
+    #: calibrate the speed anchor before and after the table (latency/speed_anchor.py) and record the
+    #: machine's slowdown against its reference. An instrument for the validation tools, off in builds:
+    #: the anchor's slowdown did not track a model's own drift (docs/latency_model.md).
+    anchor: bool = False
+    #: with `anchor`, also time it beside every measurement and re-time what never ran in a fast
+    #: window (the gate); in two A/B runs it did not make tables reliably more repeatable.
+    speed_gate: bool = False
     #: the JSON file of the machine's anchor references (None: the user's cache, shared by every table)
     anchor_store: Path | None = None
 
@@ -117,7 +120,7 @@ def measure_table(
         raise LatencyModelError(f"{path} was measured with the {table.meta.method.get('clock')} clock, not {options.clock}", hint="use another cache directory or file")
     prepare = ort_preparer(threads=options.threads, int8_form=target.int8_form, clock=options.clock)
     anchor = None
-    if options.anchor:
+    if options.anchor or options.speed_gate:
         t0 = time.monotonic()
         anchor = machine_anchor(options.anchor_store or default_store(), device or {}, version or "unknown", options.threads, options.clock)
         recorded = table.meta.method.get("anchor")
@@ -125,9 +128,10 @@ def measure_table(
             anchor.reference_ms = float(recorded["reference_ms"])
         table.meta.method["anchor"] = anchor.to_dict()
         info["phases"]["anchor_s"] = round(time.monotonic() - t0, 2)
+    gate = anchor if options.speed_gate else None
     t0 = time.monotonic()
     if table.staircase is None:
-        staircase, points = probe_staircase(graph, prepare, precision=precision, batch=batch, passes=options.passes + 2, runs_per_pass=options.runs_per_pass, deadline=deadline, anchor=anchor)
+        staircase, points = probe_staircase(graph, prepare, precision=precision, batch=batch, passes=options.passes + 2, runs_per_pass=options.runs_per_pass, deadline=deadline, anchor=gate)
         for spec, mom, spread in points:
             table.add(spec, mom, mom, options.passes * options.runs_per_pass, mom, mom_ms=mom, spread=spread, role="sweep")
         table.staircase = staircase
@@ -136,9 +140,9 @@ def measure_table(
     step = table.alignment()
     t0 = time.monotonic()
     grid = specs_for_graph(graph, step, precision=precision, batch=batch, points=options.grid_points)
-    n_grid, failed = measure_into_table(grid, table, path, prepare, passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, anchor=anchor, ui=ui)
+    n_grid, failed = measure_into_table(grid, table, path, prepare, passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, anchor=gate, ui=ui)
     off = off_grid_specs(graph, step, precision=precision, batch=batch)
-    n_off, failed2 = measure_into_table(off, table, path, prepare, role="off_grid", passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, anchor=anchor, ui=ui)
+    n_off, failed2 = measure_into_table(off, table, path, prepare, role="off_grid", passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, anchor=gate, ui=ui)
     info["phases"]["layers_s"] = round(time.monotonic() - t0, 2)
     refused = {line.split(": ", 1)[0] for line in failed + failed2}  # configurations the backend cannot build
     complete = all(s in table or s.key() in refused for s in grid + off)
@@ -148,15 +152,19 @@ def measure_table(
 
         t0 = time.monotonic()
         try:
-            fit_context(table, model, graph, shape, backend, rounds=options.context_rounds, threads=options.threads, exporter=options.exporter, baseline_onnx=baseline_onnx, clock=options.clock, anchor=anchor, ui=ui)
+            fit_context(table, model, graph, shape, backend, rounds=options.context_rounds, threads=options.threads, exporter=options.exporter, baseline_onnx=baseline_onnx, clock=options.clock, anchor=gate, ui=ui)
         except LatencyModelError as exc:
             ui.warn(f"no per-layer context correction: {exc.one_line()}")
             info["context_error"] = exc.one_line()
         info["phases"]["context_s"] = round(time.monotonic() - t0, 2)
     table.meta.method["complete"] = complete
     if anchor is not None:
+        start_ms = anchor.calibrated_ms or 0.0
+        end_ms = anchor.calibrate(0.5)
         table.meta.method["anchor"] = anchor.to_dict()
-        info["anchor"] = {"reference_ms": anchor.reference_ms, "slowdown": round(anchor.slowdown(), 3)}
+        slowdown = min(start_ms, end_ms) / anchor.reference_ms if anchor.reference_ms > 0 else 1.0
+        table.meta.method["anchor"]["slowdown"] = round(slowdown, 3)
+        info["anchor"] = {"reference_ms": anchor.reference_ms, "slowdown": round(slowdown, 3), "quiet_fraction": anchor.quiet_fraction()}
     table.save(path)
     info["seconds"] = round(time.monotonic() - start, 2)
     return table, info

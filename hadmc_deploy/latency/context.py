@@ -224,6 +224,9 @@ def fit_context(
             if not slow:
                 break
             time_round(slow)
+        if anchor is not None:
+            for q in quiet.values():
+                anchor.record(q)
     raw_model = LutLatencyModel(replace(table, context=None, feedback=None, correction=None), source="<context fit>")
     estimates: list[dict[str, list[tuple[float, float]]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
     overheads, fitted_on = [], []

@@ -156,6 +156,8 @@ def time_interleaved(
                 medians[i].append(statistics.median(got))
         results = []
         for (spec, _), s, m, q in zip(prepared, samples, medians, quiet, strict=True):
+            if anchor is not None:
+                anchor.record(q)
             s_sorted = sorted(s)
             mom = min(m)
             results.append((spec, Repeated(

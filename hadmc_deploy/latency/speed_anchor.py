@@ -1,4 +1,4 @@
-"""The machine's speed now: a fixed reference workload timed beside every measurement.
+"""The machine's speed now: a fixed reference workload timed around (or beside) a measurement.
 
 On the shared 2-vCPU machines here the same model runs in phases: over 90 s a small
 CNN's median per 3 s window moved between 1.12 and 1.78 ms (+55%) while nothing else
@@ -6,18 +6,26 @@ ran in the container, phases last seconds to minutes, and no estimator over a wi
 of seconds is repeatable to 5% (`tools/trace_machine_speed.py`). Two tables
 measured minutes apart disagreed by 30-38%.
 
-The anchor is a small fixed CNN (2 threads, like the deployment), timed for a few
-runs every `gap_s` while a table is measured. Its reference is this machine's
-anchor time in a fast phase: the 10th percentile of a calibration burst, lowered by
-every later calibration that finds the machine faster, and persisted in the user's
-cache, so every table of the machine shares it. The measurement then makes sure each
-entry had at least one pass (each context plan one round) while the anchor ran within
-`QUIET_TOLERANCE` of its reference, adding passes for those that had none. It
-gates, it does not rescale: dividing each time by the anchor's slowdown was tried
-first and made tables less repeatable (full-model predictions of the demo CNN at
-96x96 spread 24% over four tables, against 2% for three of four plain tables),
-because a slow phase slows a 2-thread 1 ms anchor by up to 40% and a 0.1 ms layer
-that barely uses the second thread by far less.
+The anchor is a small fixed CNN run with the measurement's threads. Its reference is
+this machine's anchor time in a fast phase: the 10th percentile of a calibration
+burst, lowered by every later calibration that finds the machine faster, persisted in
+the user's cache per machine, thread count and backend version. With
+`MeasureOptions.anchor` a table is measured between two calibrations and records how
+much slower than the reference the machine ran. That is an instrument of the
+validation tools, off in builds: in a wall-clock validation the anchor's slowdown did
+not track the models' own drift between a table and its validation (the anchor x1.34
+-> x1.68 while the demo CNN ran 11% faster), so it could not say by how much a table
+is off, nor warn on it.
+
+Two ways of *using* the anchor to make tables repeatable were tried and measured
+(docs/latency_model.md):
+* rescaling each time by the anchor's slowdown made four tables of the demo CNN at
+  96x96 disagree by 24% on the full model (three of four plain tables: 2%): a slow
+  phase slows the 2-thread anchor by up to 40% and a 0.1 ms layer far less;
+* the gate (`SpeedAnchor.is_quiet` checked before every pass; entries with no pass in
+  a fast window re-timed) helped in one A/B run and hurt in the next, and cannot help
+  when a slow phase outlasts its extra passes. It stays available
+  (`MeasureOptions.speed_gate`, `tools/validate_latency_model.py --speed-gate / --anchor-ab`) and off.
 """
 
 from __future__ import annotations
@@ -87,6 +95,9 @@ class SpeedAnchor:
     window_s: float = 1.0
     runs: int = 5
     samples: list[tuple[float, float]] = field(default_factory=list)
+    #: measurements gated by this anchor, and how many of them had a pass in a fast window
+    gated: int = 0
+    gated_quiet: int = 0
     _run: Callable[[], float] | None = field(default=None, repr=False)
 
     def _runner(self) -> Callable[[], float]:
@@ -138,6 +149,14 @@ class SpeedAnchor:
         """The anchor now runs within `tolerance` of its reference (no reference: always)."""
         return self.reference_ms <= 0 or self.current_ms() <= self.reference_ms * (1 + tolerance)
 
+    def record(self, quiet: bool) -> None:
+        """Count one gated measurement (an entry, a context plan) and whether it had a fast pass."""
+        self.gated += 1
+        self.gated_quiet += int(quiet)
+
+    def quiet_fraction(self) -> float | None:
+        return self.gated_quiet / self.gated if self.gated else None
+
     def slowdown(self) -> float:
         """Median anchor time over the reference across this anchor's samples (1.0: the reference speed)."""
         if not self.samples or self.reference_ms <= 0:
@@ -151,6 +170,7 @@ class SpeedAnchor:
             "calibrated_ms": None if self.calibrated_ms is None else round(self.calibrated_ms, 5), "threads": self.threads, "clock": self.clock,
             "samples": len(times), "median_ms": round(statistics.median(times), 5) if times else None,
             "min_ms": round(min(times), 5) if times else None, "max_ms": round(max(times), 5) if times else None,
+            "gated": self.gated, "gated_quiet": self.gated_quiet,
         }
 
 
