@@ -159,3 +159,14 @@ def test_a_missed_budget_names_the_fastest_measured_variant() -> None:
     with pytest.raises(BudgetError, match="best measured is pruned-int8 at 1.06x.*deployed baseline-int8") as err:
         raise_on_unmet(report)
     assert err.value.best_speedup == 1.06
+
+
+def test_a_budget_met_only_within_noise_says_so():
+    from hadmc_deploy.report_md import budget_phrase
+
+    within = budget_phrase({"goal_speedup": 1.25, "measured_speedup": 1.13, "noise": 0.1, "met": True, "reference": "baseline-int8"})
+    assert "met within the measured noise" in within and "1.13x over baseline-int8" in within and "±10%" in within
+    clean = budget_phrase({"goal_speedup": 1.25, "measured_speedup": 1.31, "noise": 0.1, "met": True, "reference": "baseline-int8"})
+    assert "**met** when measured (1.31x" in clean
+    missed = budget_phrase({"goal_speedup": 1.25, "measured_speedup": 1.01, "noise": 0.1, "met": False, "reference": "baseline-int8"})
+    assert "NOT met" in missed and "1.01x" in missed
