@@ -97,6 +97,13 @@ def test_measured_model_is_cached_per_graph_and_machine(tmp_path):
     assert all(e.spread is not None for e in lm.table.entries.values())
     pred = lm.predict(graph.layer_specs())
     assert pred.total_ms > 0 and pred.source == "lut"
+    # what a build without a budget reuses for its predictions: this table, and none for another batch
+    from pathlib import Path
+
+    from hadmc_deploy.latency.auto import cached_table
+
+    assert cached_table(graph, get_target("cpu"), "fp32", 1, tmp_path) == Path(info["lut"])
+    assert cached_table(graph, get_target("cpu"), "fp32", 2, tmp_path) is None
     lm2, info2 = measured_latency_model(graph, model, shape, get_target("cpu"), "fp32", 1, tmp_path, options=opts)
     assert info2["cached"] and lm2.predict(graph.layer_specs()).total_ms == pytest.approx(pred.total_ms)
     other = trace(demo_cnn(num_classes=5).eval(), shape)  # another graph: another cache entry

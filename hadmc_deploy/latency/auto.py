@@ -170,6 +170,24 @@ def measure_table(
     return table, info
 
 
+def cached_table(graph: DependencyGraph, target: TargetProfile, precision: str, batch: int, cache_dir: str | Path, clock: str = "wall") -> Path | None:
+    """The complete table `measured_latency_model` cached for this graph, machine, backend version,
+    precision and batch (None when there is none, or the backend is not here): free to reuse."""
+    backend = get_backend(target.backend)
+    version, device = backend_identity(backend)
+    if version is None or device is None:
+        return None
+    path = Path(cache_dir) / f"lut-{precision}-b{batch}-{cache_key(graph, target, precision, batch, version, device, clock)}.json"
+    if not path.exists():
+        return None
+    from hadmc_deploy.latency.lut import read_table
+
+    try:
+        return path if read_table(path).meta.method.get("complete") else None
+    except LatencyModelError:
+        return None
+
+
 def measured_latency_model(
     graph: DependencyGraph,
     model: nn.Module,

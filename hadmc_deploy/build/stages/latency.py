@@ -15,7 +15,7 @@ from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import graph, latency_model, loaded_model, with_precision
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.fileio import sha256_file, user_cache_root
-from hadmc_deploy.latency.auto import MeasureOptions, measured_latency_model
+from hadmc_deploy.latency.auto import MeasureOptions, cached_table, measured_latency_model
 
 SOURCE_LABELS = {
     "lut": "measured LUT",
@@ -40,11 +40,23 @@ def measures_here(ctx: BuildContext) -> bool:
     return ctx.settings.search.latency_budget and ctx.plan.target.backend == "onnxruntime" and get_backend("onnxruntime").available()[0]
 
 
+def reusable_table(ctx: BuildContext) -> Path | None:
+    """Without a budget nothing is measured, but a complete table this machine measured earlier for
+    this graph costs nothing to reuse: the report then prices every variant with it, not with the
+    analytic roofline (a demo retry with --widths was priced analytically beside its cached table)."""
+    lat = ctx.settings.latency
+    if lat.lut or ctx.plan.target.lut_path or lat.measure_lut is False or measures_here(ctx) or ctx.plan.target.backend != "onnxruntime":
+        return None
+    return cached_table(graph(ctx), ctx.plan.target, ctx.plan.precision, ctx.plan.input_shape[0], cache_dir())
+
+
 def inputs(ctx: BuildContext) -> dict[str, Any]:
     lat = ctx.settings.latency
     lut = lat.lut or ctx.plan.target.lut_path
     measure = measures_here(ctx)
+    reuse = reusable_table(ctx)
     return {
+        "reused_lut_sha256": sha256_file(reuse) if reuse else None,
         "target": ctx.plan.target.to_dict(),
         "lut": lut,
         "lut_sha256": sha256_file(lut) if lut and Path(lut).is_file() else None,
@@ -66,6 +78,13 @@ def run(ctx: BuildContext) -> StageResult:
         how = (f"measured on this machine through {ctx.plan.target.backend} in {measured.get('seconds', 0):.0f} s"
                if not measured.get("cached") else "measured on this machine earlier (cached table for this graph, machine and backend)")
         outputs.append(Path(lut))
+    reused = None
+    if measured is None and (reuse := reusable_table(ctx)) is not None:
+        reused = reuse
+        lut = str(ctx.path(f"lut-{ctx.plan.precision}-b{ctx.plan.input_shape[0]}.json"))
+        shutil.copyfile(reuse, lut)
+        how = "measured on this machine earlier (cached table for this graph, machine and backend; reused without a budget)"
+        outputs.append(Path(lut))
     ctx.results["latency model"] = {"lut_path": lut}
     ctx.forget("latency")
     lm = latency_model(ctx)
@@ -80,8 +99,9 @@ def run(ctx: BuildContext) -> StageResult:
         "lut_how": how or "none: the analytic model from the target's datasheet",
         "baseline_predicted_ms": float(pred.total_ms),
         "precision": ctx.plan.precision,
-        # the channel step measured on this machine (None: the target's assumed alignment applies)
-        "measured_step": table.alignment() if table is not None and getattr(table, "staircase", None) is not None else None,
+        # the channel step measured on this machine (None: the target's assumed alignment applies). A table
+        # reused without a budget only prices: a --ratio plan must not depend on what the cache holds.
+        "measured_step": table.alignment() if table is not None and reused is None and getattr(table, "staircase", None) is not None else None,
         "measured": measured,
         "_summary": f"{label}; baseline predicted {pred.total_ms:.3f} ms at batch {ctx.plan.input_shape[0]}",
     }
