@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import replace
-from typing import Any
 
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency.lut import Staircase
-from hadmc_deploy.latency.repeat import Preparer, time_interleaved
+from hadmc_deploy.latency.repeat import Preparer, SpeedGate, time_interleaved
 from hadmc_deploy.specs import LayerSpec
 
 CANDIDATE_STEPS = (32, 16, 8, 4, 2)
@@ -158,7 +157,7 @@ def probe_staircase(
     passes: int = 3,
     runs_per_pass: int = 3,
     deadline: float | None = None,
-    anchor: Any = None,
+    anchor: SpeedGate | None = None,
 ) -> tuple[Staircase, list[tuple[LayerSpec, float, float]]]:
     """Sweep one layer per weighted op kind; (staircase, [(spec, mom ms, spread)] of every probe point).
 

@@ -42,6 +42,7 @@ from hadmc_deploy.latency.alignment import WEIGHTED_OPS
 from hadmc_deploy.latency.context_probe import probe_for
 from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
 from hadmc_deploy.latency.ort_profile import kernel_key, match_by_key, source_weighted_nodes
+from hadmc_deploy.latency.repeat import SpeedGate
 from hadmc_deploy.specs import LayerSpec
 from hadmc_deploy.ui import UI, quiet_ui
 
@@ -161,7 +162,7 @@ def fit_context(
     exporter: str = "deploy",
     baseline_onnx: Path | None = None,
     clock: str = "wall",
-    anchor: Any = None,
+    anchor: SpeedGate | None = None,
     ui: UI | None = None,
 ) -> ContextCorrection:
     """Profile `plans` (default: `calibration_plans`) as deployed, interleaved over `rounds`,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.latency.lut import LatencyTable
@@ -28,6 +28,16 @@ from hadmc_deploy.ui import UI, quiet_ui
 Prepared = Callable[[int], list[float]]
 #: builds (and warms up) what times one spec.
 Preparer = Callable[[LayerSpec], Prepared]
+
+
+class SpeedGate(Protocol):
+    """What a measurement asks of the speed anchor (latency/speed_anchor.py) when it gates."""
+
+    def is_quiet(self) -> bool:
+        """The machine runs in its fast state now."""
+
+    def record(self, quiet: bool) -> None:
+        """Count one gated measurement and whether it had a pass in a fast window."""
 
 
 @dataclass
@@ -118,7 +128,7 @@ def time_interleaved(
     deadline: float | None = None,
     on_chunk: Callable[[list[tuple[LayerSpec, Repeated]]], None] | None = None,
     failed: list[str] | None = None,
-    anchor: Any = None,
+    anchor: SpeedGate | None = None,
     max_extra_passes: int = 4,
 ) -> list[tuple[LayerSpec, Repeated]]:
     """Time `specs` in chunks, each in `passes` interleaved passes; stops at `deadline` (monotonic s).
@@ -185,7 +195,7 @@ def measure_into_table(
     passes: int = 3,
     runs_per_pass: int = 5,
     deadline: float | None = None,
-    anchor: Any = None,
+    anchor: SpeedGate | None = None,
     ui: UI | None = None,
 ) -> tuple[int, list[str]]:
     """Time the specs missing from `table` into it (saved atomically after every chunk); (measured, failures)."""
