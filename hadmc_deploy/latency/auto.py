@@ -170,16 +170,23 @@ def measure_table(
     return table, info
 
 
+def cache_path(graph: DependencyGraph, target: TargetProfile, precision: str, batch: int, cache_dir: str | Path, clock: str = "wall") -> tuple[Path, str] | None:
+    """(file, key) of the table cached for this graph, machine, backend version, precision, batch and
+    clock (None: the target's backend is not on this machine)."""
+    version, device = backend_identity(get_backend(target.backend))
+    if version is None or device is None:
+        return None
+    key = cache_key(graph, target, precision, batch, version, device, clock)
+    return Path(cache_dir) / f"lut-{precision}-b{batch}-{key}.json", key
+
+
 def cached_table(graph: DependencyGraph, target: TargetProfile, precision: str, batch: int, cache_dir: str | Path, clock: str = "wall") -> Path | None:
     """The complete table `measured_latency_model` cached for this graph, machine, backend version,
     precision and batch (None when there is none, or the backend is not here): free to reuse."""
-    backend = get_backend(target.backend)
-    version, device = backend_identity(backend)
-    if version is None or device is None:
+    found = cache_path(graph, target, precision, batch, cache_dir, clock)
+    if found is None or not found[0].exists():
         return None
-    path = Path(cache_dir) / f"lut-{precision}-b{batch}-{cache_key(graph, target, precision, batch, version, device, clock)}.json"
-    if not path.exists():
-        return None
+    path = found[0]
     from hadmc_deploy.latency.lut import read_table
 
     try:
@@ -209,12 +216,10 @@ def measured_latency_model(
     (incomplete) table still predicts (uncovered points extrapolate, labelled) and is resumed next time.
     """
     ui = ui or quiet_ui()
-    backend = get_backend(target.backend)
-    version, device = backend_identity(backend)
-    if version is None or device is None:
-        raise LatencyModelError(f"{backend.name} is not available on this machine", hint="install onnxruntime, or pass --lut")
-    key = cache_key(graph, target, precision, batch, version, device, (options or MeasureOptions()).clock)
-    path = Path(cache_dir) / f"lut-{precision}-b{batch}-{key}.json"
+    found = cache_path(graph, target, precision, batch, cache_dir, (options or MeasureOptions()).clock)
+    if found is None:
+        raise LatencyModelError(f"{target.backend} is not available on this machine", hint="install onnxruntime, or pass --lut")
+    path, key = found
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         from hadmc_deploy.latency.lut import read_table

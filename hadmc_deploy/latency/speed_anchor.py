@@ -19,8 +19,9 @@ is off, nor warn on it.
 
 Two ways of *using* the anchor to make tables repeatable were tried and measured
 (docs/latency_model.md):
-* rescaling each time by the anchor's slowdown made four tables of the demo CNN at
-  96x96 disagree by 24% on the full model (three of four plain tables: 2%): a slow
+* rescaling each time by the anchor's slowdown (a development scratch run; that code
+  was removed) made four tables of the demo CNN at 96x96 disagree by 24% on the full
+  model (three of four plain tables: 2%): a slow
   phase slows the 2-thread anchor by up to 40% and a 0.1 ms layer far less;
 * the gate (`SpeedAnchor.is_quiet` checked before every pass; entries with no pass in
   a fast window re-timed) helped in one A/B run and hurt in the next, and cannot help
