@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from hadmc_deploy.errors import UsageError
+
 
 @dataclass
 class ModelProfile:
@@ -64,6 +66,10 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelProfil
     model.eval()
     try:
         out = model(torch.zeros(input_shape))
+    except (RuntimeError, ValueError, IndexError) as exc:  # a shape the model cannot take: the user's input, not a bug
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"the model does not run on an input of shape {list(input_shape)}: {first}",
+                         hint="pass --input-shape N,C,H,W as the model takes it") from exc
     finally:
         for h in handles:
             h.remove()

@@ -155,3 +155,17 @@ def test_bad_builtin_data_and_demo_budget_fail_before_any_work(tmp_path):
     res = cli("demo", "--speedup", "0.5", "--out", str(tmp_path / "demo"))
     assert res.returncode == 2 and "must be greater than 1" in _one_error_line(res)
     assert not (tmp_path / "demo" / "demo.pth").exists()
+
+
+def test_an_input_shape_the_model_cannot_take_is_a_usage_error():
+    """A wrong --input-shape (3 channels into a 1-channel stem) was an 'internal error' with a RuntimeError."""
+    import pytest
+    from torch import nn
+
+    from hadmc_deploy.errors import UsageError
+    from hadmc_deploy.profile import profile_model
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten())
+    assert profile_model(model, (2, 1, 8, 8)).macs > 0
+    with pytest.raises(UsageError, match=r"does not run on an input of shape \[2, 3, 8, 8\]"):
+        profile_model(model, (2, 3, 8, 8))

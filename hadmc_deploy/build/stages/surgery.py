@@ -30,7 +30,8 @@ def run(ctx: BuildContext) -> StageResult:
     try:
         prof = profile_model(pruned, ctx.plan.input_shape)
     except Exception as exc:  # a wrong graph must never be saved
-        raise GraphError(f"the pruned model does not run ({type(exc).__name__}: {str(exc).splitlines()[0]})", hint="report this model; pass --ignore for the layers involved meanwhile") from exc
+        cause = exc.__cause__ or exc  # profile_model words a failed run as a usage error; here it is the surgery's
+        raise GraphError(f"the pruned model does not run ({type(cause).__name__}: {str(cause).splitlines()[0]})", hint="report this model; pass --ignore for the layers involved meanwhile") from exc
     if prof.output_shapes != before.output_shapes:
         raise GraphError(f"pruning changed the output shapes {before.output_shapes} -> {prof.output_shapes}")
     out = ctx.path(PRUNED_FILE)
