@@ -79,10 +79,18 @@ def test_sources_exact_extrapolated_and_analytic(capsys):
     pred = model.predict([BASE.with_channels(16, 80)])
     assert pred.per_layer_source == ["lut-extrap"] and pred.source == "lut"
     assert "outside the measured range" in capsys.readouterr().err
+    assert model.predict([BASE.with_channels(16, 96), BASE.with_channels(16, 112)]).per_layer_source == ["lut-extrap"] * 2
+    assert capsys.readouterr().err == ""  # one warning per model, not one per layer shape
     other = LayerSpec("linear", 64, 10)
     pred = model.predict([BASE.with_channels(16, 16), other])
     assert pred.source == "lut+analytic" and pred.per_layer_source == ["lut", "analytic"]
     assert model.predict([other]).source == "analytic"
+
+
+def test_a_caller_pricing_off_table_plans_on_purpose_is_not_warned(capsys):
+    model = LutLatencyModel(_staircase_table(), source="<context fit>", warn_extrapolation=False)
+    assert model.predict([BASE.with_channels(16, 80)]).per_layer_source == ["lut-extrap"]
+    assert capsys.readouterr().err == ""
 
 
 def test_correction_applies_and_fits():

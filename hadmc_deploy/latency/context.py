@@ -228,7 +228,7 @@ def fit_context(
         if anchor is not None:
             for q in quiet.values():
                 anchor.record(q)
-    raw_model = LutLatencyModel(replace(table, context=None, feedback=None, correction=None), source="<context fit>")
+    raw_model = LutLatencyModel(replace(table, context=None, feedback=None, correction=None), source="<context fit>", warn_extrapolation=False)
     estimates: list[dict[str, list[tuple[float, float]]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
     overheads, fitted_on = [], []
     priced: dict[str, tuple[list[LayerSpec], list[float]]] = {}  # plan -> (its specs, their table prices)
@@ -274,7 +274,7 @@ def fit_context(
             penalties.append(walls[name] / as_aligned)
     ctx_corr = ContextCorrection(signature, factors, overhead, step, fitted_on, statistics.median(penalties) if penalties else None)
     table.context = ctx_corr
-    check = LutLatencyModel(table, source="<context fit>")
+    check = LutLatencyModel(table, source="<context fit>", warn_extrapolation=False)
     for row, (specs, _) in zip(fitted_on, priced.values(), strict=True):
         row["predicted_ms"] = check.predict(specs).total_ms
     ui.log("context correction: " + ", ".join(f"{r['plan']} predicted {r['predicted_ms']:.3f} / measured {r['measured_ms']:.3f} ms" for r in fitted_on))

@@ -171,8 +171,13 @@ class LutLatencyModel:
 
     kind = "lut"
 
-    def __init__(self, table: LatencyTable, fallback: AnalyticLatencyModel | None = None, *, source: str = "<memory>", ui: UI | None = None) -> None:
+    def __init__(
+        self, table: LatencyTable, fallback: AnalyticLatencyModel | None = None, *, source: str = "<memory>", ui: UI | None = None, warn_extrapolation: bool = True
+    ) -> None:
+        """`warn_extrapolation` False: a caller that prices deliberately off-table plans (the context
+        fit's odd widths) says so itself; the user is warned once, about the plans they asked for."""
         self.table = table
+        self.warn_extrapolation = warn_extrapolation
         self.source = source
         self.ui = ui or quiet_ui()
         self.alignment = table.alignment()
@@ -213,12 +218,13 @@ class LutLatencyModel:
                 result = fam.price_staircase(spec.in_channels, spec.out_channels, step, penalty, mode, spec.op in _BLOCKED_OPS)
             else:
                 result = fam.price(spec.in_channels, spec.out_channels, self.alignment)
-            if result[1] == "lut-extrap" and spec.shape_key() not in self._warned:
-                self._warned.add(spec.shape_key())
+            if result[1] == "lut-extrap" and self.warn_extrapolation and "extrapolated" not in self._warned:
+                # once per model: a plan outside the table has many such layers, and one line says what to do
+                self._warned.add("extrapolated")
                 self.ui.warn(
-                    f"{spec.op} at {spec.in_channels}->{spec.out_channels} channels is outside the measured range of "
-                    f"{self.source} (or between points a budget-limited run did not reach): extrapolated from the nearest "
-                    "table points; rerun `hadmc-deploy lut` for this model to measure them"
+                    f"{spec.op} at {spec.in_channels}->{spec.out_channels} channels (and any other layer priced outside the table) is outside "
+                    f"the measured range of {self.source} (or between points a budget-limited run did not reach): extrapolated from the "
+                    "nearest table points, labelled 'lut-extrap'; rerun `hadmc-deploy lut` for this model to measure them"
                 )
         self._cache[key] = result
         return result
