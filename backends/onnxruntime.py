@@ -39,6 +39,7 @@ from .ort_artifact import (
     versions,
 )
 from .ort_example import EXAMPLE_SCRIPT
+from .ort_optimizer_choice import artifact_disabled_optimizers, choose_disabled_optimizers
 from .ort_session import (  # re-exported: the latency tables import session helpers from here
     DEFAULT_OPT_LEVEL,
     LEVEL_FROM_ORT_NAME,
@@ -164,6 +165,7 @@ class OnnxRuntimeBackend(Backend):
                 to_deploy.unlink()
             deployed = onnx.load(str(model_path), load_external_data=False)
             inputs, outputs = io_shapes(deployed)
+            disabled, disabled_measured = choose_disabled_optimizers(model_path, threads, opt_level) if precision == "int8" else ([], None)
             metadata = {
                 "format": ARTIFACT_FORMAT,
                 "target": request.target.name,
@@ -189,6 +191,8 @@ class OnnxRuntimeBackend(Backend):
                     "graph_optimization_level": ORT_LEVEL_NAMES[opt_level],
                     "offline_optimization": ORT_LEVEL_NAMES[offline] if offline else None,
                     "offline_max_abs_err": offline_err,
+                    "disabled_optimizers": disabled,
+                    "disabled_optimizers_measured": disabled_measured,
                 },
                 "versions": versions(),
                 "hashes": {
@@ -235,11 +239,12 @@ class OnnxRuntimeBackend(Backend):
         sess_meta = artifact.metadata.get("session_options") or {}
         threads = resolve_threads(sess_meta.get("intra_op_num_threads"))
         level = LEVEL_FROM_ORT_NAME.get(sess_meta.get("graph_optimization_level"), DEFAULT_OPT_LEVEL)
+        disabled = tuple(artifact_disabled_optimizers(artifact.metadata))
         path = artifact.model_path
-        key = (str(path.resolve()), path.stat().st_mtime, threads, level)
+        key = (str(path.resolve()), path.stat().st_mtime, threads, level, disabled)
         if key not in self._sessions:
             try:
-                self._sessions[key] = make_session(path, threads, level)
+                self._sessions[key] = make_session(path, threads, level, disabled_optimizers=disabled)
             except UsageError:
                 raise
             except Exception as exc:

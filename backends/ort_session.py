@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,20 @@ def session_options(threads: int | None = None, opt_level: str = DEFAULT_OPT_LEV
     return so
 
 
-def make_session(model: str | Path | bytes, threads: int | None = None, opt_level: str = DEFAULT_OPT_LEVEL, optimized_model_path: str | Path | None = None) -> Any:
-    """A CPU InferenceSession from a path or serialized bytes."""
+def make_session(
+    model: str | Path | bytes,
+    threads: int | None = None,
+    opt_level: str = DEFAULT_OPT_LEVEL,
+    optimized_model_path: str | Path | None = None,
+    disabled_optimizers: Sequence[str] = (),
+) -> Any:
+    """A CPU InferenceSession from a path or serialized bytes; `disabled_optimizers` are ORT graph
+    transformers to skip (an artifact records them, see ort_optimizer_choice)."""
     import onnxruntime as ort
 
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, session_options(threads, opt_level, optimized_model_path), providers=["CPUExecutionProvider"])
+    extra = {"disabled_optimizers": set(disabled_optimizers)} if disabled_optimizers else {}
+    return ort.InferenceSession(source, session_options(threads, opt_level, optimized_model_path), providers=["CPUExecutionProvider"], **extra)
 
 
 def random_feeds(session: Any, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:

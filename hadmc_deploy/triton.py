@@ -166,6 +166,7 @@ def write_triton_repo(
         raise UsageError("the ONNX model has a fixed batch axis; Triton batching needs a dynamic one", hint="use max_batch_size 0")
     text = render_config(name, platform, inputs, outputs, max_batch_size=max_batch_size,
                          preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us, instance_kind=kind)
+    text = _unsupported_session_options_note(artifact) + text
     model_dir = Path(repo_dir) / name
     version_dir = model_dir / str(version)
     version_dir.mkdir(parents=True, exist_ok=True)
@@ -173,3 +174,20 @@ def write_triton_repo(
         shutil.copyfile(artifact.model_path, tmp)
     write_text_atomic(model_dir / "config.pbtxt", text)
     return model_dir
+
+
+def _unsupported_session_options_note(artifact: Artifact) -> str:
+    """A comment heading config.pbtxt when the artifact was measured faster with ORT graph
+    transformers disabled: Triton's onnxruntime backend has no setting for that, so the served
+    model runs with them (slower by what metadata.json records)."""
+    options = artifact.metadata.get("session_options")
+    disabled = (options or {}).get("disabled_optimizers") if isinstance(options, dict) else None
+    if not disabled:
+        return ""
+    measured = options.get("disabled_optimizers_measured") or {}
+    times = ""
+    if measured.get("default_ms") and measured.get("without_qdq_propagation_ms"):
+        times = f" (measured {measured['without_qdq_propagation_ms']:.3f} ms without, {measured['default_ms']:.3f} ms with, batch {measured.get('batch', 1)})"
+    return (f"# note: hadmc-deploy measured this model faster with the ONNX Runtime optimizer(s) {', '.join(disabled)} disabled{times};\n"
+            "# Triton's onnxruntime backend cannot disable them, so this server runs them (see the artifact's example.py).\n")
+

@@ -291,3 +291,52 @@ def test_int8_input_choice_takes_only_a_qdq_graph_in_ort_form(exported, tmp_path
     s8_ort = write_qdq(src, ranges, tmp_path / "s8_ort.onnx", form="qdq_s8s8", placement="onnxruntime")
     with pytest.raises(UsageError, match="qdq_u8s8"):
         backend.build(request(src, "int8", tmp_path / "d", qdq_graph=s8_ort, target=u8s8))
+
+
+def _int8_artifact(src, out, float_nodes=()):
+    from hadmc_deploy.calibration import collect
+    from hadmc_deploy.data import ArrayDataset
+
+    x = np.random.default_rng(0).standard_normal((32, *SHAPE[1:])).astype(np.float32)
+    ranges = collect.collect_ranges(src, ArrayDataset(x, np.zeros(32, np.int64), "random", {}), method="minmax", num_samples=32)
+    u8s8 = replace(cpu_profile(), int8_form="qdq_u8s8")
+    return get("onnxruntime").build(request(src, "int8", out, ranges=ranges, target=u8s8, float_nodes=tuple(float_nodes))), x
+
+
+def test_a_partly_float_int8_artifact_records_which_optimizers_it_was_measured_faster_without(exported, tmp_path):
+    """A layer kept in float beside INT8 ones: the backend times the graph with and without ORT's
+    QDQ propagation side by side and records the choice; every session on the artifact applies it."""
+    from hadmc_deploy.backends.ort_optimizer_choice import (
+        MIN_GAIN,
+        QDQ_PROPAGATION,
+        has_float_and_int8_layers,
+    )
+
+    model, src, _ = exported
+    first_conv = next(n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Conv")
+    all_int8, _ = _int8_artifact(src, tmp_path / "all")
+    assert not has_float_and_int8_layers(onnx.load(str(all_int8.model_path)))
+    assert all_int8.metadata["session_options"]["disabled_optimizers"] == []
+    assert all_int8.metadata["session_options"]["disabled_optimizers_measured"] is None  # nothing to choose: not timed
+
+    art, x = _int8_artifact(src, tmp_path / "mixed", [first_conv])
+    assert has_float_and_int8_layers(onnx.load(str(art.model_path)))
+    so = art.metadata["session_options"]
+    measured = so["disabled_optimizers_measured"]
+    disabled = measured["without_qdq_propagation_ms"] < measured["default_ms"] * (1 - MIN_GAIN)
+    assert so["disabled_optimizers"] == ([QDQ_PROPAGATION] if disabled else [])
+    assert measured["chosen"] == ("without_qdq_propagation" if disabled else "default")
+
+    # force the choice, then every way of opening the artifact must honour it and still compute the model
+    meta = json.loads((art.path / "metadata.json").read_text())
+    meta["session_options"]["disabled_optimizers"] = [QDQ_PROPAGATION]
+    (art.path / "metadata.json").write_text(json.dumps(meta))
+    forced = Artifact.load(art.path)
+    backend = get("onnxruntime")
+    out = backend.run(forced, {"input": x[:1]})["output"]
+    assert any(key[-1] == (QDQ_PROPAGATION,) for key in backend._sessions)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x[:1])).numpy()
+    assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max() + 0.05
+    res = subprocess.run([sys.executable, str(art.path / "example.py")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr

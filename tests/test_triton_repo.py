@@ -154,3 +154,15 @@ def test_bad_name_and_unknown_backend(tmp_path):
     Artifact(other, "m.bin", {"backend": "openvino"}).save_metadata()
     with pytest.raises(ArtifactError, match="openvino"):
         write_triton_repo(tmp_path / "repo", Artifact.load(other), "m")
+
+
+def test_an_onnxruntime_artifact_measured_faster_without_an_optimizer_says_triton_cannot_do_that(tmp_path):
+    art_dir = tmp_path / "cpu"
+    art_dir.mkdir()
+    tiny_cnn(art_dir / "model.onnx", channels=3, hw=16, classes=5)
+    measured = {"batch": 1, "default_ms": 4.5, "without_qdq_propagation_ms": 2.8}
+    Artifact(art_dir, "model.onnx", {"backend": "onnxruntime", "session_options": {"disabled_optimizers": ["QDQPropagationTransformer"],
+                                                                                "disabled_optimizers_measured": measured}}).save_metadata()
+    text = (write_triton_repo(tmp_path / "repo", Artifact.load(art_dir), "demo_cpu") / "config.pbtxt").read_text()
+    assert text.startswith("# note:") and "QDQPropagationTransformer" in text and "2.800 ms without, 4.500 ms with" in text
+    assert parse_pbtxt(text)["platform"] == "onnxruntime_onnx"  # still a valid config

@@ -165,10 +165,12 @@ def time_side_by_side(artifacts: dict[str, str], batch: int, rounds: int) -> dic
     The sessions are ONNX Runtime's deployment sessions except that idle worker threads block
     instead of spinning (`latency.repeat.measuring_session`): with eight sessions alive, spinning
     workers of one session would compete with the next for the two cores."""
+    from hadmc_deploy.backends.ort_optimizer_choice import artifact_disabled_optimizers
     from hadmc_deploy.backends.ort_session import random_feeds
     from hadmc_deploy.latency.repeat import measuring_session
 
-    sessions = {name: measuring_session(Artifact.load(Path(p)).model_path) for name, p in artifacts.items()}
+    loaded = {name: Artifact.load(Path(p)) for name, p in artifacts.items()}
+    sessions = {name: measuring_session(a.model_path, None, artifact_disabled_optimizers(a.metadata)) for name, a in loaded.items()}
     feeds = {name: random_feeds(sess, batch=batch) for name, sess in sessions.items()}
     runs = 40 if batch == 1 else 15
     for name, sess in sessions.items():  # warm-up: arenas, caches, thread pools

@@ -11,6 +11,7 @@ real thing on a GPU host.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,13 +35,17 @@ class OrtProbe:
         self.threads, self.clock = threads, clock
 
     def node_times(self, artifact: Any, source: onnx.ModelProto, batch: int, runs: int) -> dict[str, float]:
+        from hadmc_deploy.backends.ort_optimizer_choice import artifact_disabled_optimizers
         from hadmc_deploy.latency.ort_profile import layer_times, profile_session
 
-        prof = profile_session(Path(artifact.model_path), batch=batch, threads=1 if self.clock == "cpu" else self.threads, runs=runs)
+        prof = profile_session(Path(artifact.model_path), batch=batch, threads=1 if self.clock == "cpu" else self.threads, runs=runs,
+                               disabled_optimizers=artifact_disabled_optimizers(artifact.metadata))
         return layer_times(prof, source)
 
     def model_ms(self, artifact: Any, batch: int, runs: int) -> float:
-        return whole_model_ms(Path(artifact.model_path), batch, self.threads, runs, self.clock)
+        from hadmc_deploy.backends.ort_optimizer_choice import artifact_disabled_optimizers
+
+        return whole_model_ms(Path(artifact.model_path), batch, self.threads, runs, self.clock, artifact_disabled_optimizers(artifact.metadata))
 
 
 class TensorRTProbe:
@@ -68,14 +73,14 @@ def probe_for(backend: Any, threads: int | None, clock: str) -> ContextProbe:
     raise LatencyModelError(f"no in-context profiler for the {backend.name} backend", hint="the per-layer context correction is available for onnxruntime and tensorrt")
 
 
-def whole_model_ms(model_path: Path, batch: int, threads: int | None, runs: int, clock: str = "wall") -> float:
+def whole_model_ms(model_path: Path, batch: int, threads: int | None, runs: int, clock: str = "wall", disabled_optimizers: Sequence[str] = ()) -> float:
     """Median of `runs` runs of the model file (measuring session; clock "cpu": one thread, CPU time)."""
     import statistics
 
     from hadmc_deploy.backends.ort_session import random_feeds
     from hadmc_deploy.latency.repeat import clock_function, measuring_session
 
-    sess = measuring_session(model_path, 1 if clock == "cpu" else threads)
+    sess = measuring_session(model_path, 1 if clock == "cpu" else threads, disabled_optimizers)
     feeds = random_feeds(sess, batch=batch)
     for _ in range(2):
         sess.run(None, feeds)

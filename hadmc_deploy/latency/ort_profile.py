@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,7 @@ def profile_session(
     threads: int | None = None,
     warmup: int = 3,
     runs: int = 10,
+    disabled_optimizers: Sequence[str] = (),
 ) -> SessionProfile:
     """Run `model` with the deployment session options and the profiler on; median per kernel.
 
@@ -177,7 +179,7 @@ def profile_session(
 
     with tempfile.TemporaryDirectory(prefix="hadmc-ortprof-") as tmp:
         try:
-            sess = measuring_session(model, threads, enable_profiling=True, profile_file_prefix=str(Path(tmp) / "prof"))
+            sess = measuring_session(model, threads, disabled_optimizers, enable_profiling=True, profile_file_prefix=str(Path(tmp) / "prof"))
         except Exception as exc:
             raise LatencyModelError(f"ONNX Runtime cannot load the model to profile: {str(exc).splitlines()[0][:200]}") from exc
         feeds = random_feeds(sess, batch=batch)

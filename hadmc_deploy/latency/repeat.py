@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,7 +54,7 @@ class Repeated:
     quiet: bool | None = None
 
 
-def measuring_session(model: str | Path | bytes, threads: int | None = None, **options: Any) -> Any:
+def measuring_session(model: str | Path | bytes, threads: int | None = None, disabled_optimizers: Sequence[str] = (), **options: Any) -> Any:
     """A CPU session with the deployment options, except that idle worker threads block instead
     of spinning. Several sessions alive at once (interleaved timing) would otherwise steal the
     cores from each other: on this 2-core shared machine a 1.1 ms conv timed at 2-25 ms with
@@ -68,7 +68,8 @@ def measuring_session(model: str | Path | bytes, threads: int | None = None, **o
     for key, value in options.items():
         setattr(so, key, value)
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+    extra = {"disabled_optimizers": set(disabled_optimizers)} if disabled_optimizers else {}
+    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"], **extra)
 
 
 def clock_function(clock: str) -> Callable[[], float]:
