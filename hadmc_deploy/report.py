@@ -13,6 +13,7 @@ from typing import Any
 
 from hadmc_deploy.fileio import write_json_atomic, write_text_atomic
 from hadmc_deploy.plots import plot_pareto, plot_widths
+from hadmc_deploy.report_md import MEASURED_PREDICTORS
 
 SCHEMA = "hadmc-deploy/report"
 SCHEMA_VERSION = 1
@@ -113,7 +114,7 @@ def prediction_misses(ctx: Any, variants: list[dict[str, Any]]) -> list[dict[str
     for row in variants:
         for batch, stats in (row.get("latency") or {}).items():
             pred = (row.get("predicted") or {}).get(batch, {})
-            if pred.get("source") != "lut":
+            if pred.get("source") not in MEASURED_PREDICTORS:
                 continue  # an analytic (datasheet) estimate is labelled as such, not a measured model's miss
             p = pred.get("ms")
             side_by_side = batch == primary and row["name"] in fastest_round

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+#: prediction sources made from measurements on this machine (a table, in-context profiles): their misses are flagged.
+MEASURED_PREDICTORS = ("lut", "lut+profile")
+
 
 def fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
@@ -178,7 +181,7 @@ def decision_section(report: dict[str, Any]) -> list[str]:
             p = predicted.get(name, {})
             if not p.get("ms"):
                 return "-"
-            if p.get("source") != "lut":  # a datasheet estimate, not a measured model: no error to quote
+            if p.get("source") not in MEASURED_PREDICTORS:  # a datasheet estimate or a stand-in: no error to quote
                 return f"{fmt_ms(p['ms'])} ({p.get('source')})"
             return f"{fmt_ms(p['ms'])} ({100 * (p['ms'] / measured - 1):+.0f}%)"
 

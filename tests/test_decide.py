@@ -170,3 +170,27 @@ def test_a_budget_met_only_within_noise_says_so():
     assert "**met** when measured (1.31x" in clean
     missed = budget_phrase({"goal_speedup": 1.25, "measured_speedup": 1.01, "noise": 0.1, "met": False, "reference": "baseline-int8"})
     assert "NOT met" in missed and "1.01x" in missed
+
+
+def test_a_mixed_variant_is_priced_with_the_profiled_gain_of_its_float_layers(monkeypatch) -> None:
+    """Not the INT8 plan's price copied: minus what the profiles that chose its float layers
+    measured them to save, at the profiled batch; at other batches labelled as the INT8 price."""
+    from types import SimpleNamespace
+
+    from hadmc_deploy.build.stages import evaluate
+    from hadmc_deploy.report import prediction_misses
+    from hadmc_deploy.specs import LayerSpec
+
+    spec = LayerSpec("conv", 8, 8)
+    monkeypatch.setattr(evaluate, "graph", lambda ctx: SimpleNamespace(layer_specs=lambda widths=None: [spec]))
+    monkeypatch.setattr(evaluate, "latency_model", lambda ctx: SimpleNamespace(predict=lambda specs: SimpleNamespace(total_ms=2.0, source="lut")))
+    slow = [{"node": "a", "fp32_ms": 0.10, "int8_ms": 0.30}, {"node": "b", "fp32_ms": 0.20, "int8_ms": 0.25}]
+    ctx = SimpleNamespace(results={"search": {}, "quantize": {"baseline": {"mixed": {"slow_in_int8": slow}}}},
+                          plan=SimpleNamespace(batch_sizes=(1, 8), input_shape=(1, 3, 8, 8)))
+    pred = evaluate.predicted(ctx, "baseline", "mixed")
+    assert pred["1"] == {"ms": pytest.approx(2.0 - 0.25), "source": "lut+profile"}
+    assert pred["8"] == {"ms": 2.0, "source": "lut (as all-INT8)"}
+    assert evaluate.predicted(ctx, "baseline", "int8")["1"] == {"ms": 2.0, "source": "lut"}
+    # the profiled price is a measured model's prediction: its miss is flagged; the stand-in is not
+    row = {"name": "baseline-mixed", "predicted": pred, "latency": {"1": {"p50_ms": 1.0}, "8": {"p50_ms": 1.0}}}
+    assert [m["what"] for m in prediction_misses(SimpleNamespace(results={}), [row])] == ["baseline-mixed latency at batch 1 (ms, p50)"]

@@ -21,14 +21,27 @@ def inputs(ctx: BuildContext) -> dict[str, Any]:
 
 
 def predicted(ctx: BuildContext, model: str, precision: str) -> dict[str, Any]:
-    """Latency-model prediction for a variant at each batch size, with what made it."""
+    """Latency-model prediction for a variant at each batch size, with what made it.
+
+    A mixed variant is its INT8 plan's price plus, for each layer it keeps in float, the
+    difference between that layer's in-context FP32 and INT8 times in the profiles that chose
+    it (quantize stage), at the batch they were profiled at: "lut+profile"."""
     widths = ctx.results.get("search", {}).get("keep", {}) if model == "pruned" else {}
     lm = latency_model(ctx)
     specs = with_precision(graph(ctx).layer_specs(widths or None), "int8" if precision == "mixed" else precision)
+    mixed = ((ctx.results.get("quantize", {}).get(model) or {}).get("mixed") or {}) if precision == "mixed" else {}
+    profiled_delta = sum(t["fp32_ms"] - t["int8_ms"] for t in mixed.get("slow_in_int8") or [])
+    profiled_batch = ctx.plan.input_shape[0]
     out = {}
     for batch in ctx.plan.batch_sizes:
         pred = lm.predict([replace(s, batch=batch) for s in specs])
-        out[str(batch)] = {"ms": float(pred.total_ms), "source": pred.source}
+        entry = {"ms": float(pred.total_ms), "source": pred.source}
+        if precision == "mixed":
+            if batch == profiled_batch and pred.source == "lut" and mixed.get("slow_in_int8"):
+                entry = {"ms": float(pred.total_ms + profiled_delta), "source": "lut+profile"}
+            else:  # no profile at this batch: the INT8 plan's price, labelled as what it is
+                entry["source"] = f"{pred.source} (as all-INT8)"
+        out[str(batch)] = entry
     return out
 
 
