@@ -194,3 +194,19 @@ def test_a_mixed_variant_is_priced_with_the_profiled_gain_of_its_float_layers(mo
     # the profiled price is a measured model's prediction: its miss is flagged; the stand-in is not
     row = {"name": "baseline-mixed", "predicted": pred, "latency": {"1": {"p50_ms": 1.0}, "8": {"p50_ms": 1.0}}}
     assert [m["what"] for m in prediction_misses(SimpleNamespace(results={}), [row])] == ["baseline-mixed latency at batch 1 (ms, p50)"]
+
+
+def test_a_budget_missed_because_of_the_guards_float_layers_says_so() -> None:
+    from hadmc_deploy.build.pipeline import raise_on_unmet
+    from hadmc_deploy.errors import BudgetError
+
+    budget = {"goal_speedup": 2.0, "measured_speedup": 1.77, "best": {"variant": "pruned-int8", "speedup": 1.77},
+              "guard_float_layers": 3, "plan_all_int8_speedup": 2.02}
+    report = {"decision": {"deploy": "pruned-int8", "artifact": "artifacts/cpu/deploy", "verdict": {"exit_code": 14, "why": ""}, "budget": budget}}
+    with pytest.raises(BudgetError) as err:
+        raise_on_unmet(report)
+    assert "2.02x all-INT8" in err.value.hint and "kept 3 of its layers in float" in err.value.hint and "--allow-accuracy-drop" in err.value.hint
+    budget["guard_float_layers"] = 0  # nothing kept in float: the usual advice
+    with pytest.raises(BudgetError) as err:
+        raise_on_unmet(report)
+    assert "ask for less" in err.value.hint

@@ -165,9 +165,20 @@ def raise_on_unmet(report: dict[str, Any]) -> None:
         raise BudgetError(
             f"the budget of {budget['goal_speedup']:.2f}x was not met when measured: the best measured is {best['variant']} at "
             f"{best['speedup']:.2f}x over the original at the same precision{deployed} ({decision.get('artifact')})",
-            hint="see report.md for each round's plan, prediction and measurement; ask for less, or lower --min-keep-ratio",
+            hint=_budget_hint(budget),
             best_speedup=best["speedup"],
         )
+
+
+def _budget_hint(budget: dict[str, Any]) -> str:
+    """What to do about a missed budget; when the accuracy guard's float layers are what the plan's
+    all-INT8 check did not see, say so and name the options that address it."""
+    floats, all_int8 = budget.get("guard_float_layers") or 0, budget.get("plan_all_int8_speedup")
+    if floats and all_int8 is not None and all_int8 > (budget.get("best") or {}).get("speedup", 0.0):
+        return (f"the plan measured {all_int8:.2f}x all-INT8 in the latency check, but the accuracy guard kept {floats} of its layers in "
+                "float (report.md, Quantization): give labelled --eval data so the guard judges accuracy instead of agreement with FP32, "
+                "pass --allow-accuracy-drop to deploy it all-INT8, or ask for more speedup to leave room for them")
+    return "see report.md for each round's plan, prediction and measurement; ask for less, or lower --min-keep-ratio"
 
 
 def _write_partial(ctx: BuildContext) -> None:

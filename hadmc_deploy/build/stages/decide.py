@@ -106,6 +106,10 @@ def run(ctx: BuildContext) -> StageResult:
         allowed = [c for c in candidates if not c.excluded]
         best = min(allowed, key=lambda c: c.p50_ms)  # the deployed one may be a simpler variant within noise of it
         decision.budget["best"] = {"variant": best.name, "speedup": fastest[budget_ref["name"]] / best.p50_ms}
+        decision.budget["guard_float_layers"] = _guard_float_layers(ctx, best.name)
+        check = ctx.results.get("latency check", {})
+        if check.get("checked"):
+            decision.budget["plan_all_int8_speedup"] = check.get("measured_speedup")
     code, why = verdict(name, candidates, budget_ref["name"], goal, noise, pruning_asked, ctx.plan.precision)
     decision.verdict = {"exit_code": code, "why": why}
     if q.max_accuracy_drop is not None and reference_acc is not None:
@@ -123,6 +127,15 @@ def run(ctx: BuildContext) -> StageResult:
     result["source_artifact"] = deployed["artifact"]
     result["_summary"] = f"deploy {name}: {decision.speedup_vs_fp32_original:.2f}x over the FP32 original at batch {batch} ({reason})"
     return StageResult(result, [out])
+
+
+def _guard_float_layers(ctx: BuildContext, variant: str) -> int:
+    """How many layers the accuracy guard kept in float in `variant`'s model (0 for float variants):
+    the latency check timed the plan all-INT8, so these are what it did not see."""
+    model, _, precision = variant.partition("-")
+    if precision not in ("int8", "mixed"):
+        return 0
+    return len((ctx.results.get("quantize", {}).get("float_nodes") or {}).get(model) or [])
 
 
 def _copy_deployed(ctx: BuildContext, row: dict[str, Any]) -> Path:
