@@ -4,8 +4,7 @@
 load -> trace -> latency model -> [search -> surgery -> latency check] -> recover -> export
 -> calibrate -> quantize -> backend build -> evaluate -> decide, then the report. The
 bracketed stages repeat (at most --budget-rounds times) while the measured speedup misses
-the budget or meets it only within the measured noise: each such round corrects the latency
-model with what was measured. `prune` runs the
+the budget: each miss corrects the latency model with what was measured. `prune` runs the
 same stages up to recover, with the same options, so one plan gives one checkpoint.
 """
 
@@ -62,8 +61,7 @@ def compress(plan: BuildPlan, ui: UI | None = None) -> BuildContext:
 
 def plan_rounds(ctx: BuildContext) -> list[dict[str, Any]]:
     """search -> surgery -> latency check, again with a corrected latency model while the
-    measured speedup misses the budget or meets it only within the measured noise; ends on the
-    round that met it clearly, else on the best measured plan. Returns the rounds."""
+    measured speedup misses the budget; ends on the best measured plan. Returns the rounds."""
     rounds: list[dict[str, Any]] = []
     limit = max(1, ctx.settings.search.budget_rounds)
     for index in range(limit):
@@ -76,37 +74,27 @@ def plan_rounds(ctx: BuildContext) -> list[dict[str, Any]]:
             break
         check, found = ctx.results["latency check"], ctx.results["search"]
         record = {"round": index + 1, "keep": found.get("keep"), "predicted_speedup": found.get("predicted_speedup"),
-                  "measured_speedup": check.get("measured_speedup"), "met": check.get("met"), "goal_speedup": check.get("goal_speedup"),
-                  "correction": found.get("correction")}
+                  "measured_speedup": check.get("measured_speedup"), "met": check.get("met"), "correction": found.get("correction")}
         rounds.append(record)
-        if not check.get("checked") or _met_clearly(record) or (check["met"] and index + 1 == limit):
+        if not check.get("checked") or check["met"]:
             break
-        # missed, or met only within the measured noise (the decide stage, timing the deployed
-        # graphs later, can land on the wrong side of it): search again with the correction
         if index + 1 < limit and rounds[-1]["keep"] in [r.get("keep") for r in rounds[:-1]]:
             break  # the corrected model chose a plan already measured: another round cannot help
         _add_measured_points(ctx, len(rounds))
         ctx.loop.correction = LatencyCorrection.fit(ctx.loop.points)
     measured = [r for r in rounds if r.get("measured_speedup") is not None]
     best = max(measured, key=lambda r: r["measured_speedup"], default=None)
-    if best is not None and best is not rounds[-1] and not _met_clearly(rounds[-1]):
-        # the last round did not clearly meet the budget and an earlier one measured faster: rebuild that plan
+    if best is not None and best is not rounds[-1] and not rounds[-1].get("met"):
+        # the last round measured worse than an earlier one: rebuild the best measured plan
         ctx.loop.forced_plan = best["keep"]
         run_stages(ctx, list(PLAN_STAGES))
         rounds.append({"round": "final", "keep": best["keep"], "reused_round": best["round"],
-                       "measured_speedup": ctx.results["latency check"].get("measured_speedup"), "met": ctx.results["latency check"].get("met"),
-                       "goal_speedup": ctx.results["latency check"].get("goal_speedup")})
+                       "measured_speedup": ctx.results["latency check"].get("measured_speedup"), "met": ctx.results["latency check"].get("met")})
     ctx.loop.rounds = rounds
     if len(rounds) > 1 or (rounds and rounds[0].get("met") is False):
         for r in rounds:
             ctx.ui.log(f"round {r['round']}: predicted {_fmt(r.get('predicted_speedup'))}, measured {_fmt(r.get('measured_speedup'))}" + (f" ({r['stopped']})" if r.get("stopped") else ""))
     return rounds
-
-
-def _met_clearly(record: dict[str, Any]) -> bool:
-    """A round met its budget with the measured speedup itself at or above the goal, not only within the noise."""
-    measured, goal = record.get("measured_speedup"), record.get("goal_speedup")
-    return bool(record.get("met")) and measured is not None and (goal is None or measured >= goal)
 
 
 def _fmt(value: float | None) -> str:
