@@ -113,8 +113,9 @@ class _Measure:
 
 #: samples the sensitivity ranking runs each one-node-quantized graph on. It only orders the nodes
 #: (the guard then re-measures each step on all its samples); over up to 2,000 eval samples it ran
-#: one full pass per quantized node: 81 s of a ResNet-18 build at 224 with 43 nodes.
-SENSITIVITY_SAMPLES = 64
+#: one full pass per quantized node: 81 s of a ResNet-18 build at 224 with 43 nodes; 64 samples
+#: still spent 13 s of 24 running graphs. 32 images give each SNR tens of thousands of outputs.
+SENSITIVITY_SAMPLES = 32
 
 
 def guard_int8(

@@ -145,7 +145,9 @@ def benchmark_artifact(backend: Any, artifact: Any, batches: tuple[int, ...], *,
             probe = backend.benchmark(artifact, batch=batch, warmup=1, runs=2)
             per_run_s = max(probe.p50_ms, 1e-3) / 1000.0
             n_runs = min(runs, max(MIN_TIMED_RUNS, int(max_seconds / per_run_s)))
-            n_warmup = min(warmup, max(1, int(0.25 * max_seconds / per_run_s)))
+            # the probe's three runs warmed this session (the backend keeps it): a run over a
+            # quarter of the time cap needs no more
+            n_warmup = min(warmup, int(0.25 * max_seconds / per_run_s))
         stats = backend.benchmark(artifact, batch=batch, warmup=n_warmup, runs=n_runs)
         out.per_batch[batch] = stats.to_dict()
     return out

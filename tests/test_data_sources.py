@@ -135,3 +135,12 @@ def test_unlabelled_npz_calibrates_but_does_not_evaluate(tmp_path):
     check_matches_model(ds, (1, 1, 8, 8), 10, role="calib")
     with pytest.raises(DataError, match="--eval data .* has no labels"):
         check_matches_model(ds, (1, 1, 8, 8), 10, role="eval")
+
+
+def test_the_calibration_images_loaded_beyond_the_ranges_cover_their_consumers():
+    """BN recalibration and the guard's held-out check draw on the images loaded beyond the ranges."""
+    from hadmc_deploy.build.inputs import CALIB_BEYOND_RANGES
+    from hadmc_deploy.build.stages.recover import BN_CALIB_SAMPLES
+    from hadmc_deploy.calibration.quantize import Int8Options
+
+    assert CALIB_BEYOND_RANGES >= BN_CALIB_SAMPLES and Int8Options().verify_samples <= CALIB_BEYOND_RANGES
