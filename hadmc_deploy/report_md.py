@@ -192,12 +192,31 @@ def decision_section(report: dict[str, Any]) -> list[str]:
     if loop.get("rounds"):
         rows = [[str(r.get("round")), _x(r.get("predicted_speedup")), _x(r.get("measured_speedup")), {True: "met", False: "missed"}.get(r.get("met"), r.get("stopped", "-"))] for r in loop["rounds"]]
         out += ["### Closed loop: plan, prediction, measurement", "", _table(["round", "predicted", "measured", "budget"], rows), ""]
+    out += self_check_lines(decision.get("self_check") or {})
     misses = report.get("prediction_misses") or []
     if misses:
         out += ["### Predictions that missed by more than 10%", ""]
         out += [f"- {m['what']}: predicted {m['predicted']:.3f}, measured {m['measured']:.3f} ({100 * m['error']:+.0f}%)" for m in misses]
         out.append("")
     return out
+
+
+def self_check_lines(check: dict[str, Any]) -> list[str]:
+    """The table against what deployed (build/self_check.py), and what it changed for the next build."""
+    if not check:
+        return []
+    if not check.get("checked"):
+        return [f"Self-check of the latency table: not run ({check.get('why', '')}).", ""]
+    plans = "; ".join(f"{p['name']} predicted {p['predicted_ms']:.3f}, measured {p['measured_ms']:.3f} ms ({100 * p['error']:+.0f}%)" for p in check["plans"])
+    tol = 100 * check.get("tolerance", 0.1)
+    if check.get("feedback_written_to"):
+        what = f"beyond ±{tol:.0f}%: the cached table now carries feedback x{check['feedback']['scale']:.3f}, so the next build on this machine prices on the measured scale"
+    elif check.get("flagged"):
+        what = f"beyond ±{tol:.0f}%; the table is not a cached one this build measured, so it is left as it is"
+    else:
+        what = f"within ±{tol:.0f}%"
+    skipped = "".join(f" Not checked: {s}." for s in check.get("skipped") or [])
+    return [f"Self-check of the latency table against the side-by-side timings: {plans}: {what}.{skipped}", ""]
 
 
 def _x(value: float | None) -> str:

@@ -170,3 +170,14 @@ def test_alignment_takes_the_context_step_only_when_leaving_it_costs():
     table.context.unaligned_penalty = 2.0
     assert table.alignment() == 8  # a measured staircase step stands
     assert ContextCorrection.from_dict(table.context.to_dict()).unaligned_penalty == 2.0
+
+
+def test_scale_only_feedback_keeps_the_ratio_and_no_offset():
+    model = LutLatencyModel(_table())
+    full, small = [BASE.with_channels(64, 64)], [BASE.with_channels(32, 32)]
+    p_full, p_small = model.predict(full).total_ms, model.predict(small).total_ms
+    _, both = self_check(model, {"baseline": (full, p_full * 0.8 + 0.5), "plan": (small, p_small * 0.8 + 0.5)})
+    assert both.table.feedback.offset_ms != 0.0  # two points pin an offset down
+    _, scale = self_check(model, {"baseline": (full, p_full * 0.8 + 0.5), "plan": (small, p_small * 0.8 + 0.5)}, scale_only_feedback=True)
+    fb = scale.table.feedback
+    assert fb.offset_ms == 0.0 and fb.scale == pytest.approx(((0.8 * p_full + 0.5) / p_full + (0.8 * p_small + 0.5) / p_small) / 2, rel=1e-6)

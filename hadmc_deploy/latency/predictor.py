@@ -283,12 +283,13 @@ class LutLatencyModel:
             notes=notes,
         )
 
-    def corrected_with(self, measurements: list[tuple[list[LayerSpec], float]]) -> LutLatencyModel:
+    def corrected_with(self, measurements: list[tuple[list[LayerSpec], float]], *, scale_only: bool = False) -> LutLatencyModel:
         """A copy whose predictions absorb measured whole-model latencies [(specs of a plan, measured ms)].
 
         For the build's self-check: after a miss, the baseline's and the chosen plan's
-        measurements feed a regularised `feedback` (see `fit_regularised`), applied on
-        top of everything else, so a re-search prices plans on the measured scale.
+        measurements feed a regularised `feedback` (see `fit_regularised`; `scale_only`: the
+        median ratio alone, clipped), applied on top of everything else, so a re-search prices
+        plans on the measured scale.
         """
         import copy
 
@@ -297,7 +298,7 @@ class LutLatencyModel:
         base = LutLatencyModel(table, self.fallback, source=self.source, ui=self.ui)
         predicted = [base.predict(specs).total_ms for specs, _ in measurements]
         measured = [float(m) for _, m in measurements]
-        fit = fit_regularised(predicted, measured)
+        fit = fit_regularised(predicted, measured, scale_only=scale_only)
         table.feedback = Correction(fit.scale, fit.offset_ms, [
             {"predicted_ms": p, "measured_ms": m, "how": fit.how} for p, m in zip(predicted, measured, strict=True)
         ])
@@ -379,10 +380,10 @@ SCALE_RANGE = (0.33, 3.0)
 MIN_RELATIVE_SPAN = 0.2
 
 
-def fit_regularised(predicted_ms: list[float], measured_ms: list[float]) -> RegularisedFit:
+def fit_regularised(predicted_ms: list[float], measured_ms: list[float], *, scale_only: bool = False) -> RegularisedFit:
     """A correction that cannot extrapolate to absurd values.
 
-    Scale and offset are fitted together only when the predictions span at least
+    With `scale_only`, the median ratio alone. Scale and offset are fitted together only when the predictions span at least
     MIN_RELATIVE_SPAN of their mean and the result is sane (scale in SCALE_RANGE,
     |offset| below half the smallest measurement); otherwise only the median ratio
     is kept (offset 0), itself clipped to SCALE_RANGE. Three near-identical plans
@@ -395,7 +396,7 @@ def fit_regularised(predicted_ms: list[float], measured_ms: list[float]) -> Regu
     clipped = min(max(ratio, lo), hi)
     how = "ratio" if clipped == ratio else f"ratio clipped to [{lo}, {hi}]"
     mx = statistics.fmean(predicted_ms)
-    if len(predicted_ms) < 2 or (max(predicted_ms) - min(predicted_ms)) < MIN_RELATIVE_SPAN * mx:
+    if scale_only or len(predicted_ms) < 2 or (max(predicted_ms) - min(predicted_ms)) < MIN_RELATIVE_SPAN * mx:
         return RegularisedFit(clipped, 0.0, how)
     scale, offset = fit_correction(predicted_ms, measured_ms)
     if lo <= scale <= hi and abs(offset) <= 0.5 * min(measured_ms):

@@ -71,6 +71,7 @@ def self_check(
     measured: dict[str, tuple[list[LayerSpec], float]],
     *,
     tolerance: float = DEFAULT_TOLERANCE,
+    scale_only_feedback: bool = False,
 ) -> tuple[SelfCheck, LatencyModel]:
     """Check `model` against measured plans {name: (layer specs of the plan, measured ms)}.
 
@@ -84,7 +85,7 @@ def self_check(
     if not check.flagged:
         return check, model
     if isinstance(model, LutLatencyModel):
-        corrected = model.corrected_with([(specs, ms) for specs, ms in measured.values()])
+        corrected = model.corrected_with([(specs, ms) for specs, ms in measured.values()], scale_only=scale_only_feedback)
         check.corrected = True
         fb = corrected.table.feedback
         if fb is not None:

@@ -23,6 +23,7 @@ from hadmc_deploy.build.decide import (
     verdict,
 )
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
+from hadmc_deploy.build.self_check import check_deployed
 from hadmc_deploy.triton import write_triton_repo
 
 #: interleaved rounds over the candidates at the primary batch.
@@ -121,6 +122,11 @@ def run(ctx: BuildContext) -> StageResult:
         ctx.ui.warn(warning)
     out = _copy_deployed(ctx, deployed)
     result = decision.to_dict()
+    result["self_check"] = check_deployed(ctx, fastest, batch)
+    if result["self_check"].get("feedback_written_to"):
+        fb = result["self_check"]["feedback"]
+        ctx.ui.log(f"self-check: the table missed what deployed by more than {result['self_check']['tolerance']:.0%}; "
+                   f"its cached copy now carries feedback x{fb['scale']:.3f} for the next build ({result['self_check']['feedback_written_to']})")
     if ctx.settings.output.triton_repo:
         result["triton"] = _triton(ctx, out, name)
     result["artifact"] = str(out.relative_to(ctx.plan.out_dir))

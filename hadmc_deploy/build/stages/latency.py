@@ -103,6 +103,8 @@ def run(ctx: BuildContext) -> StageResult:
         # reused without a budget only prices: a --ratio plan must not depend on what the cache holds.
         "measured_step": table.alignment() if table is not None and reused is None and getattr(table, "staircase", None) is not None else None,
         "measured": measured,
+        # the cached table this build measured or reused: where the decide stage's self-check leaves its feedback
+        "cache_file": (measured or {}).get("lut") or (str(reused) if reused is not None else None),
         "_summary": f"{label}; baseline predicted {pred.total_ms:.3f} ms at batch {ctx.plan.input_shape[0]}",
     }
     if pred.source != "lut" and (ctx.settings.search.latency_budget or lat.lut):

@@ -1,0 +1,71 @@
+"""The build's self-check against what it deployed, and the feedback it leaves for the next build.
+
+The decide stage times the baseline and the pruned model side by side at the primary batch.
+Where those graphs are what the measured table prices (its precision and batch, no layers
+kept in float by the accuracy guard), the table's predictions are checked against them
+(`latency.selfcheck.self_check`). Beyond the tolerance the measurements become the cached
+table's `feedback`, so the next build on this machine prices plans on the measured scale
+instead of repeating the miss. Only a scale is persisted: one build's two timings pin an
+offset down exactly, noise included, and an offset would steer the next search's speedups;
+within a build the closed loop's correction (build/correction.py) already fits both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from hadmc_deploy.build.engine import BuildContext
+from hadmc_deploy.build.inputs import graph, latency_model, with_precision
+
+
+def _float_layers(ctx: BuildContext, model: str) -> int:
+    return len((ctx.results.get("quantize", {}).get("float_nodes") or {}).get(model) or [])
+
+
+def check_deployed(ctx: BuildContext, fastest: dict[str, float], batch: int) -> dict[str, Any]:
+    """{"checked": bool, ...}: the self-check record for the report (and the feedback written, if any)."""
+    from hadmc_deploy.latency.predictor import LutLatencyModel
+    from hadmc_deploy.latency.selfcheck import self_check
+
+    lm = latency_model(ctx)
+    if not isinstance(lm, LutLatencyModel):
+        return {"checked": False, "why": "the latency model is not a measured table: nothing to check or correct"}
+    meta, precision = lm.table.meta, ctx.plan.precision
+    if meta.precision != precision or meta.batch != batch:
+        return {"checked": False, "why": f"the table prices {meta.precision} at batch {meta.batch}; the candidates were timed at {precision}, batch {batch}"}
+    keep = ctx.results.get("search", {}).get("keep") or {}
+    measured: dict[str, tuple[list[Any], float]] = {}
+    skipped: list[str] = []
+    for model, widths in (("baseline", None), ("pruned", keep or None)):
+        name = f"{model}-{precision}"
+        if name not in fastest or (model == "pruned" and not keep):
+            continue
+        if precision != "fp32" and _float_layers(ctx, model):
+            skipped.append(f"{name}: the accuracy guard kept {_float_layers(ctx, model)} layer(s) in float, which the table prices in {precision}")
+            continue
+        specs = [replace(s, batch=batch) for s in with_precision(graph(ctx).layer_specs(widths), precision)]
+        measured[model] = (specs, fastest[name])
+    if not measured:
+        return {"checked": False, "why": "; ".join(skipped) or "no candidate the table prices was timed"}
+    check, corrected = self_check(lm, measured, scale_only_feedback=True)
+    record: dict[str, Any] = {"checked": True, **check.to_dict(), "skipped": skipped, "feedback_written_to": None}
+    if check.corrected and corrected is not lm:
+        record["feedback"] = corrected.table.feedback.to_dict() if corrected.table.feedback is not None else None
+        record["feedback_written_to"] = _persist_feedback(ctx, corrected.table.feedback)
+    return record
+
+
+def _persist_feedback(ctx: BuildContext, feedback: Any) -> str | None:
+    """Write `feedback` into the cached table this build measured or reused (never into a table the
+    user gave with --lut, nor into the build directory's copy, which is the latency stage's record)."""
+    from hadmc_deploy.latency.lut import read_table
+
+    source = ctx.results.get("latency model", {}).get("cache_file")
+    if not source or not Path(source).is_file():
+        return None
+    table = read_table(source)
+    table.feedback = feedback
+    table.save(source)  # atomic
+    return str(source)

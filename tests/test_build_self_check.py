@@ -1,0 +1,67 @@
+"""The build's self-check against the deployed timings (build/self_check.py): what it checks,
+what it skips, and the feedback it leaves in the cached table for the next build."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from hadmc_deploy.build import self_check as sc
+from hadmc_deploy.latency.lut import LatencyTable, LutMeta, read_table
+from hadmc_deploy.latency.predictor import LutLatencyModel
+from hadmc_deploy.report_md import self_check_lines
+from hadmc_deploy.specs import LayerSpec
+
+BASE = LayerSpec("conv", 32, 32, (3, 3), (1, 1), (1, 1), in_hw=(16, 16), out_hw=(16, 16), activation="relu", precision="int8")
+
+
+def _setup(monkeypatch: pytest.MonkeyPatch, tmp_path, float_nodes: dict | None = None, batch: int = 1):
+    table = LatencyTable(meta=LutMeta("cpu", "onnxruntime", "x", {}, 2, batch, "int8", 16))
+    for cin in (16, 32, 48, 64):
+        for cout in (16, 32, 48, 64):
+            table.add(BASE.with_channels(cin, cout), 0.001 * cin * cout, 0.0, 1)
+    cache = tmp_path / "lut-int8-b1-key.json"
+    table.save(cache)
+    model = LutLatencyModel(read_table(cache))
+    full_widths = {"g": 64}
+    graph = SimpleNamespace(layer_specs=lambda widths=None: [BASE.with_channels(64, (widths or full_widths)["g"])])
+    monkeypatch.setattr(sc, "latency_model", lambda ctx: model)
+    monkeypatch.setattr(sc, "graph", lambda ctx: graph)
+    ctx = SimpleNamespace(plan=SimpleNamespace(precision="int8"), results={
+        "search": {"keep": {"g": 32}}, "quantize": {"float_nodes": float_nodes or {}}, "latency model": {"cache_file": str(cache)}})
+    p_full = model.predict([BASE.with_channels(64, 64)]).total_ms
+    p_plan = model.predict([BASE.with_channels(64, 32)]).total_ms
+    return ctx, cache, p_full, p_plan
+
+
+def test_a_miss_leaves_scale_feedback_in_the_cached_table(monkeypatch, tmp_path):
+    ctx, cache, p_full, p_plan = _setup(monkeypatch, tmp_path)
+    record = sc.check_deployed(ctx, {"baseline-int8": 0.7 * p_full, "pruned-int8": 0.7 * p_plan, "baseline-fp32": 9.0}, batch=1)
+    assert record["checked"] and record["flagged"] and record["feedback_written_to"] == str(cache)
+    fb = read_table(cache).feedback
+    assert fb is not None and fb.scale == pytest.approx(0.7, rel=1e-6) and fb.offset_ms == 0.0
+    assert LutLatencyModel(read_table(cache)).predict([BASE.with_channels(64, 64)]).total_ms == pytest.approx(0.7 * p_full, rel=1e-6)
+    assert "cached table now carries feedback x0.700" in " ".join(self_check_lines(record))
+
+
+def test_a_hit_changes_nothing(monkeypatch, tmp_path):
+    ctx, cache, p_full, p_plan = _setup(monkeypatch, tmp_path)
+    record = sc.check_deployed(ctx, {"baseline-int8": 1.05 * p_full, "pruned-int8": 0.96 * p_plan}, batch=1)
+    assert record["checked"] and not record["flagged"] and record["feedback_written_to"] is None
+    assert read_table(cache).feedback is None
+    assert "within ±10%" in self_check_lines(record)[0]
+
+
+def test_a_graph_with_layers_the_guard_kept_in_float_is_not_held_against_the_table(monkeypatch, tmp_path):
+    ctx, cache, p_full, p_plan = _setup(monkeypatch, tmp_path, float_nodes={"pruned": [{"node": "n1"}, {"node": "n2"}]})
+    record = sc.check_deployed(ctx, {"baseline-int8": p_full, "pruned-int8": 3.0 * p_plan}, batch=1)
+    assert [p["name"] for p in record["plans"]] == ["baseline"] and not record["flagged"]
+    assert "kept 2 layer(s) in float" in record["skipped"][0]
+
+
+def test_another_batch_is_not_checked(monkeypatch, tmp_path):
+    ctx, _, p_full, _ = _setup(monkeypatch, tmp_path, batch=32)
+    record = sc.check_deployed(ctx, {"baseline-int8": p_full}, batch=1)
+    assert not record["checked"] and "batch 32" in record["why"]
+    assert "not run" in self_check_lines(record)[0]
