@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-#: prediction sources made from measurements on this machine (a table, in-context profiles): their misses are flagged.
-MEASURED_PREDICTORS = ("lut", "lut+profile")
+#: prediction sources that predict the variant's own graph from measurements on this machine: their misses are flagged.
+MEASURED_PREDICTORS = ("lut",)
 
 
 def fmt_ms(value: float | None) -> str:
