@@ -170,3 +170,18 @@ def test_loose_budget_prunes_nothing() -> None:
     result = search(graph, random_scores(graph), MacLatencyDouble(), speedup=1.0, round_to=8)
     assert result.plan.keep == {"g0": 32, "g1": 32}
     assert any("nothing was pruned" in n for n in result.notes)
+
+
+def test_a_group_offers_the_search_a_bounded_number_of_aligned_counts():
+    """Step 1 (no staircase measured) on a 512-wide group: at most MAX_GROUP_OPTIONS counts, still
+    multiples of the step, from the floor to the full width (the search's cost grows with their square)."""
+    import numpy as np
+
+    from hadmc_deploy.search.base import MAX_GROUP_OPTIONS, group_options
+
+    for step in (1, 3, 16):
+        g = group_options("g", 512, np.linspace(1.0, 2.0, 512), step=step, min_width=1, min_keep_ratio=0.25, producers=1, importance_norm="mean")
+        assert len(g.options) <= MAX_GROUP_OPTIONS and g.options[-1] == 512 and g.options[0] == g.floor
+        assert all(k % step == 0 for k in g.options[:-1]) and g.options == sorted(set(g.options))
+    narrow = group_options("n", 64, np.ones(64), step=4, min_width=1, min_keep_ratio=0.25, producers=1, importance_norm="mean")
+    assert narrow.options == list(range(16, 65, 4))  # within the bound: every aligned count, as before
