@@ -67,7 +67,10 @@ def test_prune_cli_speedup_end_to_end(tmp_path, capsys) -> None:
     assert code in (0, 14), captured.err
     if code == 14:
         assert "was not met when measured" in captured.err.strip().splitlines()[-1]
-    result = json.loads(captured.out)
+    # stdout carries the summary on success and the error on exit 14: summary.json has it both times
+    result = json.loads((tmp_path / "tiny_pruned-prune" / "summary.json").read_text())
+    if code == 0:
+        assert json.loads(captured.out)["params"] == result["params"]
     assert result["predicted"]["source"] == "analytic" and any("analytic" in n for n in result["notes"])
     # when the closed loop measured a miss and re-planned (a correction, or its best measured plan
     # kept), the budget is judged on the measurement, and the first round's analytic prediction is
