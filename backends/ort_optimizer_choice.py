@@ -3,10 +3,10 @@
 An INT8 graph with layers kept in float (the accuracy guard's repairs, the mixed
 variant) has float->INT8 boundaries. ORT's QDQPropagationTransformer moves the
 QuantizeLinear after a float MaxPool above it, so the pool runs on uint8 in NCHW,
-a slow generic kernel: ResNet-18 at 224 with only its stem conv in float ran 1.8x
+a slow generic kernel: ResNet-18 at 224 with only its stem conv in float ran 1.7-1.8x
 slower with the transformer than without it (the pool then stays in float);
-all-INT8 graphs, and MobileNetV2 (no MaxPool) either way, ran the same
-(`tools/bench_qdq_propagation.py`, docs/qdq_propagation.md).
+all-INT8 graphs, and MobileNetV2 (no MaxPool) either way, ran the same within the
+run's noise (`tools/bench_qdq_propagation.py`, docs/qdq_propagation.md).
 
 Which way is faster depends on the graph and the CPU, so the backend times both
 side by side when the graph has float layers beside quantized ones and records

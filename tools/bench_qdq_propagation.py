@@ -90,7 +90,7 @@ def main() -> None:
     from hadmc_deploy.targets import cpu_model_name, detect_cpu_isa
 
     lines = ["# INT8 graphs with float layers: ONNX Runtime's QDQ propagation, on and off", "",
-             f"Written by `python tools/bench_qdq_propagation.py --model {' '.join(args.model)} --size {args.size} --channels {args.channels}"
+             f"Written by `python tools/bench_qdq_propagation.py --model {' '.join(args.model)} --size {args.size} --channels {args.channels} --rounds {args.rounds} --runs {args.runs}"
              f"{' --out ' + str(args.out) if args.out else ''}` on {cpu_model_name()} ({detect_cpu_isa()}), "
              f"{time.strftime('%Y-%m-%d %H:%M %Z')}. Random-initialised models (speed only), batch 1, the deployment session "
              f"options; each cell is the fastest of {args.rounds} interleaved rounds' p50 of {args.runs} runs. Timings on this shared "
