@@ -29,6 +29,8 @@ QDQ_PROPAGATION = "QDQPropagationTransformer"
 MIN_GAIN = 0.05
 ROUNDS = 5
 RUNS = 10
+#: timed milliseconds per session and round at most (never fewer than 3 runs).
+TIME_PER_ROUND_MS = 200.0
 
 
 def has_float_and_int8_layers(model: onnx.ModelProto) -> bool:
@@ -59,20 +61,28 @@ def choose_disabled_optimizers(model_path: Path, threads: int, opt_level: str) -
         "without_qdq_propagation": make_session(model_path, threads, opt_level, disabled_optimizers=(QDQ_PROPAGATION,)),
     }
     feeds = {name: random_feeds(sess, batch=1) for name, sess in candidates.items()}
+    # a large model (a detector at 640) gets fewer runs: a few seconds at most, whatever its size
+    candidates["default"].run(None, feeds["default"])
+    start = time.perf_counter()
+    candidates["default"].run(None, feeds["default"])
+    one_ms = (time.perf_counter() - start) * 1000.0
+    runs = max(3, min(RUNS, int(TIME_PER_ROUND_MS / max(one_ms, 1e-3))))
+    n_rounds = ROUNDS if one_ms < TIME_PER_ROUND_MS / RUNS else 3
     rounds: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(ROUNDS):  # interleaved: load from other processes hits both alike
+    for _ in range(n_rounds):  # interleaved: load from other processes hits both alike
         for name, sess in candidates.items():
             for _ in range(2):
                 sess.run(None, feeds[name])
             samples = []
-            for _ in range(RUNS):
+            for _ in range(runs):
                 start = time.perf_counter()
                 sess.run(None, feeds[name])
                 samples.append((time.perf_counter() - start) * 1000.0)
             rounds[name].append(statistics.median(samples))
     default_ms, without_ms = min(rounds["default"]), min(rounds["without_qdq_propagation"])
     disable = without_ms < default_ms * (1.0 - MIN_GAIN)
-    measured = {"batch": 1, "default_ms": default_ms, "without_qdq_propagation_ms": without_ms, "rounds": ROUNDS, "runs": RUNS, "chosen": "without_qdq_propagation" if disable else "default"}
+    measured = {"batch": 1, "default_ms": default_ms, "without_qdq_propagation_ms": without_ms, "rounds": n_rounds, "runs": runs,
+                "chosen": "without_qdq_propagation" if disable else "default"}
     return ([QDQ_PROPAGATION] if disable else []), measured
 
 

@@ -340,3 +340,16 @@ def test_a_partly_float_int8_artifact_records_which_optimizers_it_was_measured_f
     assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max() + 0.05
     res = subprocess.run([sys.executable, str(art.path / "example.py")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+def test_the_optimizer_choice_takes_fewer_runs_of_a_slow_model(exported, tmp_path, monkeypatch):
+    """A detector-sized model gets 3 rounds of 3 runs (a few seconds), not 5 of 10: stood in for by
+    a time cap so small that any model is slow against it."""
+    from hadmc_deploy.backends import ort_optimizer_choice as choice
+
+    _, src, _ = exported
+    first_conv = next(n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Conv")
+    monkeypatch.setattr(choice, "TIME_PER_ROUND_MS", 1e-6)
+    art, _ = _int8_artifact(src, tmp_path / "slow", [first_conv])
+    measured = art.metadata["session_options"]["disabled_optimizers_measured"]
+    assert (measured["rounds"], measured["runs"]) == (3, 3)
