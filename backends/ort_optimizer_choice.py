@@ -16,8 +16,6 @@ session opened on the artifact applies (the backend's, `example.py`'s).
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +49,7 @@ def has_float_and_int8_layers(model: onnx.ModelProto) -> bool:
 
 def choose_disabled_optimizers(model_path: Path, threads: int, opt_level: str) -> tuple[list[str], dict[str, Any] | None]:
     """([] or [QDQ_PROPAGATION], the measurement or None when nothing was measured)."""
-    from .ort_session import make_session, random_feeds
+    from .ort_session import make_session, random_feeds, time_session
 
     model = onnx.load(str(model_path), load_external_data=False)
     if not has_float_and_int8_layers(model):
@@ -62,23 +60,13 @@ def choose_disabled_optimizers(model_path: Path, threads: int, opt_level: str) -
     }
     feeds = {name: random_feeds(sess, batch=1) for name, sess in candidates.items()}
     # a large model (a detector at 640) gets fewer runs: a few seconds at most, whatever its size
-    candidates["default"].run(None, feeds["default"])
-    start = time.perf_counter()
-    candidates["default"].run(None, feeds["default"])
-    one_ms = (time.perf_counter() - start) * 1000.0
+    one_ms = time_session(candidates["default"], feeds["default"], 1, 1, 1).p50_ms
     runs = max(3, min(RUNS, int(TIME_PER_ROUND_MS / max(one_ms, 1e-3))))
     n_rounds = ROUNDS if one_ms < TIME_PER_ROUND_MS / RUNS else 3
     rounds: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(n_rounds):  # interleaved: load from other processes hits both alike
         for name, sess in candidates.items():
-            for _ in range(2):
-                sess.run(None, feeds[name])
-            samples = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                sess.run(None, feeds[name])
-                samples.append((time.perf_counter() - start) * 1000.0)
-            rounds[name].append(statistics.median(samples))
+            rounds[name].append(time_session(sess, feeds[name], 2, runs, 1).p50_ms)
     default_ms, without_ms = min(rounds["default"]), min(rounds["without_qdq_propagation"])
     disable = without_ms < default_ms * (1.0 - MIN_GAIN)
     measured = {"batch": 1, "default_ms": default_ms, "without_qdq_propagation_ms": without_ms, "rounds": n_rounds, "runs": runs,

@@ -16,7 +16,6 @@ interleaved rounds. It prints the fastest round's p50 per cell, which is what
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import onnx
 
 from hadmc_deploy.backends.ort_optimizer_choice import QDQ_PROPAGATION, has_float_and_int8_layers
-from hadmc_deploy.backends.ort_session import make_session, random_feeds
+from hadmc_deploy.backends.ort_session import make_session, random_feeds, time_session
 from hadmc_deploy.calibration.qdq import write_qdq
 from hadmc_deploy.latency.whole_model import _timing_ranges, export_for_timing
 
@@ -60,14 +59,7 @@ def measure(model_name: str, shape: tuple[int, ...], rounds_n: int, runs: int) -
         rounds: dict[tuple[str, str], list[float]] = {k: [] for k in sessions}
         for _ in range(rounds_n):
             for key, sess in sessions.items():
-                for _ in range(3):
-                    sess.run(None, feeds[key])
-                samples = []
-                for _ in range(runs):
-                    start = time.perf_counter()
-                    sess.run(None, feeds[key])
-                    samples.append((time.perf_counter() - start) * 1000.0)
-                rounds[key].append(statistics.median(samples))
+                rounds[key].append(time_session(sess, feeds[key], 3, runs, 1).p50_ms)
         lines = [f"### {model_name}, input {list(shape)}", "",
                  f"| graph | float and INT8 layers | {QDQ_PROPAGATION} on (ms) | off (ms) | on / off |", "|---|---|---|---|---|"]
         for label, path in graphs.items():
