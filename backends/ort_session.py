@@ -70,8 +70,12 @@ def make_session(
     import onnxruntime as ort
 
     source = model if isinstance(model, bytes) else str(model)
-    extra = {"disabled_optimizers": set(disabled_optimizers)} if disabled_optimizers else {}
-    return ort.InferenceSession(source, session_options(threads, opt_level, optimized_model_path), providers=["CPUExecutionProvider"], **extra)
+    return ort.InferenceSession(source, session_options(threads, opt_level, optimized_model_path), providers=["CPUExecutionProvider"], **disabled_kwargs(disabled_optimizers))
+
+
+def disabled_kwargs(disabled_optimizers: Sequence[str]) -> dict[str, Any]:
+    """InferenceSession's keyword for graph transformers to skip (none: no keyword at all)."""
+    return {"disabled_optimizers": set(disabled_optimizers)} if disabled_optimizers else {}
 
 
 def random_feeds(session: Any, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:

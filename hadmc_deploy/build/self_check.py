@@ -20,7 +20,8 @@ from hadmc_deploy.build.engine import BuildContext
 from hadmc_deploy.build.inputs import graph, latency_model, with_precision
 
 
-def _float_layers(ctx: BuildContext, model: str) -> int:
+def guard_float_layers(ctx: BuildContext, model: str) -> int:
+    """How many layers the accuracy guard kept in float in `model`'s ("baseline"/"pruned") INT8 graph."""
     return len((ctx.results.get("quantize", {}).get("float_nodes") or {}).get(model) or [])
 
 
@@ -42,8 +43,8 @@ def check_deployed(ctx: BuildContext, fastest: dict[str, float], batch: int) -> 
         name = f"{model}-{precision}"
         if name not in fastest or (model == "pruned" and not keep):
             continue
-        if precision != "fp32" and _float_layers(ctx, model):
-            skipped.append(f"{name}: the accuracy guard kept {_float_layers(ctx, model)} layer(s) in float, which the table prices in {precision}")
+        if precision != "fp32" and guard_float_layers(ctx, model):
+            skipped.append(f"{name}: the accuracy guard kept {guard_float_layers(ctx, model)} layer(s) in float, which the table prices in {precision}")
             continue
         specs = [replace(s, batch=batch) for s in with_precision(graph(ctx).layer_specs(widths), precision)]
         measured[model] = (specs, fastest[name])

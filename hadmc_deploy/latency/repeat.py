@@ -61,15 +61,14 @@ def measuring_session(model: str | Path | bytes, threads: int | None = None, dis
     spinning and 1.1-2.4 ms (the staircase) without. Whole models are timed the same way."""
     import onnxruntime as ort
 
-    from hadmc_deploy.backends.ort_session import session_options
+    from hadmc_deploy.backends.ort_session import disabled_kwargs, session_options
 
     so = session_options(threads)
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     for key, value in options.items():
         setattr(so, key, value)
     source = model if isinstance(model, bytes) else str(model)
-    extra = {"disabled_optimizers": set(disabled_optimizers)} if disabled_optimizers else {}
-    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"], **extra)
+    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"], **disabled_kwargs(disabled_optimizers))
 
 
 def clock_function(clock: str) -> Callable[[], float]:

@@ -23,7 +23,7 @@ from hadmc_deploy.build.decide import (
     verdict,
 )
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.self_check import check_deployed
+from hadmc_deploy.build.self_check import check_deployed, guard_float_layers
 from hadmc_deploy.triton import write_triton_repo
 
 #: interleaved rounds over the candidates at the primary batch.
@@ -139,9 +139,7 @@ def _guard_float_layers(ctx: BuildContext, variant: str) -> int:
     """How many layers the accuracy guard kept in float in `variant`'s model (0 for float variants):
     the latency check timed the plan all-INT8, so these are what it did not see."""
     model, _, precision = variant.partition("-")
-    if precision not in ("int8", "mixed"):
-        return 0
-    return len((ctx.results.get("quantize", {}).get("float_nodes") or {}).get(model) or [])
+    return guard_float_layers(ctx, model) if precision in ("int8", "mixed") else 0
 
 
 def _copy_deployed(ctx: BuildContext, row: dict[str, Any]) -> Path:
