@@ -3,8 +3,9 @@
 Criterion. With labelled eval data: top-1 accuracy of INT8 within `max_accuracy_drop`
 points of float, measured on (a fixed subset of) that data. Without: INT8 against
 FP32 on calibration samples held out from the ranges, every output checked (top-1
-agreement on classifier outputs, SNR on all, so detectors and multi-head models are
-covered); see verify_qdq.judge.
+agreement on classifier outputs, plain or weighted by FP32's confidence so that flips
+between classes FP32 itself cannot tell apart do not count as errors; SNR on all, so
+detectors and multi-head models are covered); see verify_qdq.judge.
 
 Repair, each step re-measured and logged:
 1. ranges per tensor: fresh "auto" ranges (entropy / percentile / minmax, whichever
@@ -54,6 +55,7 @@ class GuardStep:
     top1_agreement: float | None
     snr_db: float
     holds: bool
+    confidence_agreement: float | None = None  # top-1 agreement weighted by FP32's confidence (verify_qdq)
 
 
 @dataclass
@@ -197,12 +199,14 @@ def _better(a: _Graph, b: _Graph) -> bool:
 
 
 def _step(action: str, graph: _Graph) -> GuardStep:
-    return GuardStep(action, tuple(graph.float_nodes), graph.accuracy, graph.check.top1_agreement, graph.check.snr_db, graph.holds)
+    return GuardStep(action, tuple(graph.float_nodes), graph.accuracy, graph.check.top1_agreement, graph.check.snr_db, graph.holds, graph.check.confidence_agreement)
 
 
 def _describe(step: GuardStep, float_accuracy: float | None) -> str:
     acc = f"accuracy {step.accuracy:.2f}% (float {float_accuracy:.2f}%), " if step.accuracy is not None else ""
     agree = f"top-1 agreement {step.top1_agreement:.1%}, " if step.top1_agreement is not None else ""
+    if step.confidence_agreement is not None and step.top1_agreement is not None and step.confidence_agreement != step.top1_agreement:
+        agree = f"top-1 agreement {step.top1_agreement:.1%} ({step.confidence_agreement:.1%} weighted by FP32 confidence), "
     return f"guard: {step.action}: {acc}{agree}SNR {step.snr_db:.1f} dB -> {'holds' if step.holds else 'fails'}"
 
 

@@ -143,6 +143,8 @@ def quantize_int8(
         reason = f"INT8 vs FP32 on {heldout_source}: " + (check.reason or "agrees")
     assert check is not None
     agree = f"top-1 agreement {check.top1_agreement:.1%}, " if check.top1_agreement is not None else ""
+    if check.confidence_agreement is not None and check.confidence_agreement != check.top1_agreement:
+        agree += f"{check.confidence_agreement:.1%} weighted by FP32 confidence, "
     ui.log(f"checked {qdq_path.name} on {heldout_source}: {agree}output SNR {check.snr_db:.1f} dB")
     if not deployable:
         ui.warn(reason)

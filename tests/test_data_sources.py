@@ -144,3 +144,12 @@ def test_the_calibration_images_loaded_beyond_the_ranges_cover_their_consumers()
     from hadmc_deploy.calibration.quantize import Int8Options
 
     assert CALIB_BEYOND_RANGES >= BN_CALIB_SAMPLES and Int8Options().verify_samples <= CALIB_BEYOND_RANGES
+
+
+def test_bn_recalibration_images_shrink_only_for_expensive_models():
+    from hadmc_deploy.build.stages.recover import BN_CALIB_MIN_SAMPLES, BN_CALIB_SAMPLES, bn_calib_samples
+
+    assert bn_calib_samples(None) == BN_CALIB_SAMPLES
+    assert bn_calib_samples(2_000_000) == BN_CALIB_SAMPLES  # a 28x28 CNN: every image
+    assert bn_calib_samples(800_000_000) == 375  # a pruned ResNet-18 at 224: 0.3 TMACs of passes
+    assert bn_calib_samples(50_000_000_000) == BN_CALIB_MIN_SAMPLES

@@ -57,3 +57,31 @@ def test_chance_level_is_flagged_with_the_likely_cause():
     assert chance_level_warning(91.0, 10) is None
     assert chance_level_warning(30.0, 10) is None
     assert chance_level_warning(5.0, 1) is None  # one class: no chance level to speak of
+
+
+def test_slow_runs_are_timed_fewer_times_but_never_fewer_than_the_minimum():
+    from hadmc_deploy.evaluate import MIN_TIMED_RUNS, benchmark_artifact
+
+    class Stats:
+        def __init__(self, ms: float, runs: int) -> None:
+            self.p50_ms, self.runs = ms, runs
+
+        def to_dict(self) -> dict:
+            return {"p50_ms": self.p50_ms, "runs": self.runs}
+
+    class FakeBackend:  # records what it was asked to time; each run "takes" ms_by_batch[batch]
+        def __init__(self, ms_by_batch: dict[int, float]) -> None:
+            self.ms_by_batch, self.calls = ms_by_batch, []
+
+        def benchmark(self, artifact, batch: int, warmup: int, runs: int):  # noqa: ANN001
+            self.calls.append((batch, warmup, runs))
+            return Stats(self.ms_by_batch[batch], runs)
+
+    class Art:
+        metadata: dict = {}
+
+    backend = FakeBackend({1: 5.0, 32: 800.0})
+    out = benchmark_artifact(backend, Art(), (1, 32), warmup=10, runs=50)
+    assert out.per_batch[1]["runs"] == 50  # a fast model gets every run asked for
+    assert out.per_batch[32]["runs"] == MIN_TIMED_RUNS  # 0.8 s a run: the minimum, no extra warm-up
+    assert backend.calls[-1] == (32, 0, MIN_TIMED_RUNS)

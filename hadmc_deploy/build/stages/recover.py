@@ -30,8 +30,22 @@ RECOVERED_FILE = "recovered.pth"
 #: at most this many training samples are held out to choose the best epoch.
 HELD_OUT = 2000
 #: calibration images BatchNorm statistics are re-estimated on when no --train is given (a plain
-#: average over 8 batches of 128: 2048 took 27 s of a 5-minute ResNet-18 build at 224).
+#: average over 8 batches of 128: 2048 took 27 s of a 5-minute ResNet-18 build at 224), at most...
 BN_CALIB_SAMPLES = 1024
+#: ... and at least, when the pruned model is expensive: the forward passes stop near BN_CALIB_MACS
+#: multiply-adds (1,024 images through a pruned ResNet-18 at 224, 0.8 GMACs each, took 16 s of a
+#: build). Each image gives every channel H x W values, so 256 images still average over 12,544
+#: per channel at the last 7x7 stage; small inputs keep all 1,024.
+BN_CALIB_MIN_SAMPLES = 256
+BN_CALIB_MACS = 3e11
+
+
+def bn_calib_samples(macs_per_sample: int | None) -> int:
+    """Images BatchNorm recalibration runs when there is no --train: all BN_CALIB_SAMPLES unless the
+    model is so expensive that they would cost more than BN_CALIB_MACS."""
+    if not macs_per_sample:
+        return BN_CALIB_SAMPLES
+    return int(min(BN_CALIB_SAMPLES, max(BN_CALIB_MIN_SAMPLES, BN_CALIB_MACS // macs_per_sample)))
 
 
 def inputs(ctx: BuildContext) -> dict[str, Any]:
@@ -79,7 +93,8 @@ def run(ctx: BuildContext) -> StageResult:
         # No training data: `recover` only re-estimates BatchNorm statistics on these images; their
         # labels (if any) are not scored: calibration images need not be labelled for this model.
         tr, val = None, None
-        bn_data = calib.subset(BN_CALIB_SAMPLES, seed=seed)
+        macs = ctx.results["surgery"].get("macs")  # at the input shape, its batch included
+        bn_data = calib.subset(bn_calib_samples(macs // max(1, ctx.plan.input_shape[0]) if macs else None), seed=seed)
     if evald is not None:
         acc["baseline"] = torch_score(teacher.model, evald)[0]
         acc["pruned"] = torch_score(student, evald)[0]
