@@ -40,7 +40,8 @@ from hadmc_deploy.ui import UI, quiet_ui
 @dataclass(frozen=True)
 class GuardSettings:
     max_accuracy_drop: float = 1.0  # points, with eval data
-    min_top1_agreement: float = 0.90  # without eval data (classifier outputs)
+    min_top1_agreement: float = 0.90  # without eval data (classifier outputs)...
+    min_confidence_agreement: float = 0.97  # ... or this, weighted by FP32's confidence (verify_qdq)
     min_snr_db: float = 10.0  # without eval data (every output)
     repair: bool = True
     max_float_nodes: int = 8  # nodes step 2 may return to float before giving up
@@ -102,6 +103,7 @@ class _Measure:
         check = judge(
             compare_outputs(self.ref_heldout, run_all_outputs(session, self.heldout_x), self.names),
             min_top1_agreement=self.settings.min_top1_agreement,
+            min_confidence_agreement=self.settings.min_confidence_agreement,
             min_snr_db=self.settings.min_snr_db,
         )
         accuracy = None

@@ -20,6 +20,11 @@ import numpy as np
 from hadmc_deploy.errors import VerificationError
 
 DEFAULT_MIN_TOP1_AGREEMENT = 0.90
+#: the bar for top-1 agreement weighted by the float model's confidence (`confidence_agreement`):
+#: an expected relative accuracy loss of at most 3%. Stricter than the plain bar, as an estimate
+#: that rests on the float model's probabilities: a pruned, unrecovered CNN on digits measured
+#: 82.8% plain / 98.3% weighted and lost 1.7 of its 39.4 points on the labelled test set.
+DEFAULT_MIN_CONFIDENCE_AGREEMENT = 0.97
 # Noise power at 1/10 of the signal. Healthy INT8 graphs measure 20-40 dB here
 # (docs/int8.md); ranges broken 100x measure below 3 dB.
 DEFAULT_MIN_SNR_DB = 10.0
@@ -144,14 +149,16 @@ def compare_outputs(reference: np.ndarray | list[np.ndarray], candidate: np.ndar
     )
 
 
-def judge(check: QdqCheck, *, min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT, min_snr_db: float = DEFAULT_MIN_SNR_DB) -> QdqCheck:
-    """The same check with `passed`/`reason` set: top-1 agreement (classifier outputs; plain or
-    weighted by the float model's confidence, either may reach the bar) and SNR (all outputs)."""
+def judge(check: QdqCheck, *, min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT, min_snr_db: float = DEFAULT_MIN_SNR_DB,
+          min_confidence_agreement: float = DEFAULT_MIN_CONFIDENCE_AGREEMENT) -> QdqCheck:
+    """The same check with `passed`/`reason` set: top-1 agreement (classifier outputs; plain, or
+    weighted by the float model's confidence against its own bar) and SNR (all outputs)."""
     problems = []
     for out in check.outputs:
         weighted = out.confidence_agreement if out.confidence_agreement is not None else out.top1_agreement
-        if out.top1_agreement is not None and out.top1_agreement < min_top1_agreement and weighted < min_top1_agreement:
-            problems.append(f"{out.name}: top-1 agreement {out.top1_agreement:.1%}, {weighted:.1%} weighted by FP32 confidence (need {min_top1_agreement:.0%})")
+        if out.top1_agreement is not None and out.top1_agreement < min_top1_agreement and weighted < min_confidence_agreement:
+            problems.append(f"{out.name}: top-1 agreement {out.top1_agreement:.1%} (need {min_top1_agreement:.0%}), "
+                            f"{weighted:.1%} weighted by FP32 confidence (need {min_confidence_agreement:.0%})")
         if out.snr_db < min_snr_db:
             problems.append(f"{out.name}: SNR {out.snr_db:.1f} dB (need {min_snr_db:.0f} dB)")
     reason = "; ".join(problems)

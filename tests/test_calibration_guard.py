@@ -91,6 +91,7 @@ def test_flips_between_classes_float_cannot_tell_apart_do_not_fail_the_agreement
     flipped[flip, second[flip]] = tied[flip].max(axis=1) + 1e-3  # the runner-up wins on 30% of rows
     soft = judge(compare_outputs(tied, flipped))
     assert soft.top1_agreement < 0.75 and soft.confidence_agreement > 0.99 and soft.passed
+    assert not judge(compare_outputs(tied, flipped), min_confidence_agreement=0.9999).passed  # the weighted bar is its own
     confident = tied.copy()
     confident[np.arange(n), tied.argmax(1)] += 8.0  # the same top-1s, now with ~0.99 probability
     wrong = confident.copy()
