@@ -33,8 +33,9 @@ from hadmc_deploy.ui import UI, quiet_ui
 
 #: bump when what a cached table means changes: older cached tables are then re-measured
 #: (v3: context factor curves over the layer size and the context step; v4: whole-model times
-#: as floors, reverted in v5: they predicted ~25% below what the build itself measures).
-METHOD = "measured-v5"
+#: as floors, reverted in v5: they predicted ~25% below what the build itself measures; v6: deployed
+#: plans timed and profiled with spinning workers, as they deploy).
+METHOD = "measured-v6"
 
 
 @dataclass

@@ -38,8 +38,9 @@ class OrtProbe:
         from hadmc_deploy.backends.ort_optimizer_choice import artifact_disabled_optimizers
         from hadmc_deploy.latency.ort_profile import layer_times, profile_session
 
+        # one session alive at a time: spinning as deployed (latency.repeat.measuring_session)
         prof = profile_session(Path(artifact.model_path), batch=batch, threads=1 if self.clock == "cpu" else self.threads, runs=runs,
-                               disabled_optimizers=artifact_disabled_optimizers(artifact.metadata))
+                               disabled_optimizers=artifact_disabled_optimizers(artifact.metadata), allow_spinning=True)
         return layer_times(prof, source)
 
     def model_ms(self, artifact: Any, batch: int, runs: int) -> float:
@@ -74,13 +75,15 @@ def probe_for(backend: Any, threads: int | None, clock: str) -> ContextProbe:
 
 
 def whole_model_ms(model_path: Path, batch: int, threads: int | None, runs: int, clock: str = "wall", disabled_optimizers: Sequence[str] = ()) -> float:
-    """Median of `runs` runs of the model file (measuring session; clock "cpu": one thread, CPU time)."""
+    """Median of `runs` runs of the model file in a session of its own, spinning as deployed (no
+    other session may be alive meanwhile: see latency.repeat.measuring_session); clock "cpu": one
+    thread, CPU time."""
     import statistics
 
     from hadmc_deploy.backends.ort_session import random_feeds
     from hadmc_deploy.latency.repeat import clock_function, measuring_session
 
-    sess = measuring_session(model_path, 1 if clock == "cpu" else threads, disabled_optimizers)
+    sess = measuring_session(model_path, 1 if clock == "cpu" else threads, disabled_optimizers, allow_spinning=True)
     feeds = random_feeds(sess, batch=batch)
     for _ in range(2):
         sess.run(None, feeds)

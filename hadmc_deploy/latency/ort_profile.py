@@ -168,8 +168,10 @@ def profile_session(
     warmup: int = 3,
     runs: int = 10,
     disabled_optimizers: Sequence[str] = (),
+    allow_spinning: bool = False,
 ) -> SessionProfile:
     """Run `model` with the deployment session options and the profiler on; median per kernel.
+    `allow_spinning`: see `latency.repeat.measuring_session` (True only with no other session alive).
 
     The profiler's per-kernel clock adds a little per node; `run_ms` is measured under
     it too, so callers compare like with like (or rescale to an unprofiled wall time).
@@ -179,7 +181,7 @@ def profile_session(
 
     with tempfile.TemporaryDirectory(prefix="hadmc-ortprof-") as tmp:
         try:
-            sess = measuring_session(model, threads, disabled_optimizers, enable_profiling=True, profile_file_prefix=str(Path(tmp) / "prof"))
+            sess = measuring_session(model, threads, disabled_optimizers, allow_spinning=allow_spinning, enable_profiling=True, profile_file_prefix=str(Path(tmp) / "prof"))
         except Exception as exc:
             raise LatencyModelError(f"ONNX Runtime cannot load the model to profile: {str(exc).splitlines()[0][:200]}") from exc
         feeds = random_feeds(sess, batch=batch)

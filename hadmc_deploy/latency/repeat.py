@@ -54,17 +54,24 @@ class Repeated:
     quiet: bool | None = None
 
 
-def measuring_session(model: str | Path | bytes, threads: int | None = None, disabled_optimizers: Sequence[str] = (), **options: Any) -> Any:
+def measuring_session(model: str | Path | bytes, threads: int | None = None, disabled_optimizers: Sequence[str] = (), *,
+                      allow_spinning: bool = False, **options: Any) -> Any:
     """A CPU session with the deployment options, except that idle worker threads block instead
     of spinning. Several sessions alive at once (interleaved timing) would otherwise steal the
     cores from each other: on this 2-core shared machine a 1.1 ms conv timed at 2-25 ms with
-    spinning and 1.1-2.4 ms (the staircase) without. Whole models are timed the same way."""
+    spinning and 1.1-2.4 ms (the staircase) without.
+
+    `allow_spinning=True` keeps the deployment's spinning, for a caller that holds one session at a
+    time (whole deployed models): blocking workers wake up late on every parallel op, which made
+    the demo CNN at batch 1 run 19-31% slower than its deployed session, and 2-8% at batch 32 or
+    for a ResNet-18 at 224 (one session alive at a time, interleaved)."""
     import onnxruntime as ort
 
     from hadmc_deploy.backends.ort_session import disabled_kwargs, session_options
 
     so = session_options(threads)
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not allow_spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     for key, value in options.items():
         setattr(so, key, value)
     source = model if isinstance(model, bytes) else str(model)
