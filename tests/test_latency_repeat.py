@@ -31,7 +31,7 @@ def test_measuring_sessions_block_unless_asked_to_spin(tmp_path):
 
 def test_whole_deployed_models_are_timed_spinning_as_deployed(tmp_path, monkeypatch):
     """The context fit's whole-model times set the table's level: they must come from sessions that
-    run as the deployed one does (blocking workers ran the demo CNN 19-31% slower at batch 1)."""
+    run as the deployed one does (blocking workers ran the demo CNN up to 1.33x slower at batch 1)."""
     seen = []
     real = measuring_session
 

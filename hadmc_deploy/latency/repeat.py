@@ -63,8 +63,9 @@ def measuring_session(model: str | Path | bytes, threads: int | None = None, dis
 
     `allow_spinning=True` keeps the deployment's spinning, for a caller that holds one session at a
     time (whole deployed models): blocking workers wake up late on every parallel op, which made
-    the demo CNN at batch 1 run 19-31% slower than its deployed session, and 2-8% at batch 32 or
-    for a ResNet-18 at 224 (one session alive at a time, interleaved)."""
+    the demo CNN at 28x28 and batch 1 run 1.13-1.33x slower than its deployed session, 1.07-1.08x at
+    96x96, 1.01-1.03x at batch 32 and a ResNet-18 at 224 no slower (tools/bench_spinning.py,
+    docs/spinning.md: one session alive at a time, interleaved)."""
     import onnxruntime as ort
 
     from hadmc_deploy.backends.ort_session import disabled_kwargs, session_options
