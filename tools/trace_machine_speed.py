@@ -8,8 +8,13 @@ batch 32, 2 threads, and the same on 1 thread), prints the fastest and the media
 trace and prints how far two such estimates lie apart: the median over rounds, the fastest
 of 3 rounds of 8 runs a few seconds apart (the context fit's timing), and the fastest of many
 short rounds over 6 s (a 'floor': tried in the context fit and reverted, see docs/latency_model.md).
+Then the same for longer windows (6, 30, 120 s where the trace is long enough): the fastest run,
+the 25th percentile and the median of every run in a window, as a table measured over that long
+would see the machine.
 
     .venv/bin/python tools/trace_machine_speed.py --seconds 90
+    .venv/bin/python tools/trace_machine_speed.py --seconds 300 --save /tmp/trace   # then, again from the files:
+    .venv/bin/python tools/trace_machine_speed.py --load /tmp/trace
 """
 
 from __future__ import annotations
@@ -79,15 +84,46 @@ def estimate(stamps: np.ndarray, times: np.ndarray, start: float, rounds: int, r
     return float(np.percentile(medians, {"p10": 10, "p25": 25, "p50": 50}[statistic]))
 
 
+#: window lengths (s) of the long-window estimators, and the statistics drawn over each window's runs.
+WINDOWS = (6, 30, 120)
+WINDOW_STATISTICS = (("fastest run", 0), ("25th percentile", 25), ("median", 50))
+
+
+def window_repeatability(stamps: np.ndarray, times: np.ndarray, rng: np.random.Generator) -> list[str]:
+    """How far two estimates from windows of W seconds at random times lie apart, per W and statistic."""
+    lines = []
+    span = float(stamps[-1])
+    for w in WINDOWS:
+        if w > span / 2:
+            continue
+        for name, q in WINDOW_STATISTICS:
+            ests = []
+            for start in rng.uniform(0, span - w, 300):
+                seg = times[(stamps >= start) & (stamps < start + w)]
+                if len(seg):
+                    ests.append(float(np.percentile(seg, q)))
+            xs = np.array(ests)
+            a, b = rng.choice(xs, 2000), rng.choice(xs, 2000)
+            diff = 100 * np.abs(a - b) / np.minimum(a, b)
+            lines.append(f"  {name} over {w} s windows: two estimates differ by {np.median(diff):.1f}% (median pair), "
+                         f"{np.percentile(diff, 90):.1f}% (90th percentile); {np.mean(diff > 5):.0%} of pairs > 5%")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=90.0)
     parser.add_argument("--save", metavar="PREFIX", help="also save each trace as PREFIX-<threads>t.npy (stamps, ms)")
+    parser.add_argument("--load", metavar="PREFIX", help="analyse traces saved with --save instead of recording new ones")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     for threads in (2, 1):
-        stamps, times = trace(args.seconds, threads)
+        if args.load:
+            stamps, times = np.load(f"{args.load}-{threads}t.npy")
+            args.seconds = float(stamps[-1])
+        else:
+            stamps, times = trace(args.seconds, threads)
         print(f"\n{threads} thread(s): {len(times)} runs over {args.seconds:.0f} s; per 2 s window: fastest / median run (ms)")
         windows = [(s, times[(stamps >= s) & (stamps < s + 2)]) for s in np.arange(0, args.seconds, 2)]
         print("  " + "  ".join(f"{s:.0f}s {w.min():.2f}/{np.median(w):.2f}" for s, w in windows if len(w)))
@@ -101,6 +137,7 @@ def main() -> int:
             a, b = rng.choice(xs, 1000), rng.choice(xs, 1000)
             diff = 100 * np.abs(a - b) / np.minimum(a, b)
             print(f"  {name}: two estimates differ by {np.median(diff):.1f}% (median pair), {np.percentile(diff, 90):.1f}% (90th percentile); {np.mean(diff > 5):.0%} of pairs > 5%")
+        print("\n".join(window_repeatability(stamps, times, rng)))
     return 0
 
 
