@@ -97,25 +97,33 @@ def _is_classifier(output: np.ndarray) -> bool:
     return output.ndim == 2 and output.shape[1] > 1
 
 
-def class_probabilities(scores: np.ndarray) -> np.ndarray:
+def class_probabilities(scores: np.ndarray) -> np.ndarray | None:
     """(N, classes) probabilities: the scores themselves when they already are (non-negative rows
-    summing to 1: a model ending in softmax), else their softmax (logits)."""
+    summing to 1: a model ending in softmax), their softmax when they look like logits (some score
+    outside [0, 1]); None for scores all in [0, 1] that are not a distribution (independent
+    sigmoids: a softmax of those would flatten every row and make any flip look free)."""
     s = scores.astype(np.float64)
-    if np.all(s >= 0) and np.allclose(s.sum(axis=1), 1.0, atol=1e-3):
+    inside = bool(np.all((s >= 0) & (s <= 1)))
+    if inside and np.allclose(s.sum(axis=1), 1.0, atol=1e-3):
         return s
+    if inside:
+        return None
     e = np.exp(s - s.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
 
-def confidence_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+def confidence_agreement(reference: np.ndarray, candidate: np.ndarray) -> float | None:
     """INT8's expected top-1 accuracy over the float model's, taking the float model's own class
     probabilities as the label distribution: sum p_float[int8's top-1] / sum p_float[float's top-1].
 
     Why: without labels, plain top-1 agreement counts a flip between two classes the float model
     itself cannot tell apart (a 0.501 / 0.499 split, or an untrained model's near-uniform scores)
     as a full error, although the expected accuracy does not move. A flip away from a confident
-    prediction still costs all of it, so on confident models this is top-1 agreement again."""
+    prediction still costs all of it, so on confident models this is top-1 agreement again.
+    None when the scores are neither logits nor a distribution (`class_probabilities`)."""
     p = class_probabilities(reference)
+    if p is None:
+        return None
     rows = np.arange(len(p))
     best = float(p[rows, reference.argmax(1)].sum())
     return float(p[rows, candidate.argmax(1)].sum()) / best if best > 0 else 1.0

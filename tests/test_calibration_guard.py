@@ -108,3 +108,8 @@ def test_probability_outputs_are_not_softmaxed_again():
     assert np.allclose(class_probabilities(probs), probs)
     logits = np.log(probs) + 3.0
     assert np.allclose(class_probabilities(logits), probs)
+    sigmoids = np.array([[0.9, 0.8, 0.1], [0.2, 0.7, 0.6]])  # multi-label: no distribution to weigh by
+    assert class_probabilities(sigmoids) is None
+    flipped = sigmoids[:, [1, 0, 2]]
+    check = judge(compare_outputs(sigmoids, flipped))
+    assert check.confidence_agreement is None and check.top1_agreement == 0.0 and not check.passed
