@@ -113,7 +113,7 @@ def measure_table(
             target=target.name, backend=backend.name, backend_version=version or "unknown", device=device or {},
             threads=1 if options.clock == "cpu" else options.threads or (device or {}).get("threads"), batch=batch, precision=precision,
             alignment=target.alignment(precision),
-            method={"statistic": "mom", "passes": options.passes, "runs_per_pass": options.runs_per_pass, "method": METHOD, "clock": options.clock, "spinning": False},
+            method={"statistic": "mom", "passes": options.passes, "runs_per_pass": options.runs_per_pass, "method": METHOD, "clock": options.clock, "spinning": False, "context_spinning": True},
             int8_form=target.int8_form if precision == "int8" else None,
         ))
     info: dict[str, Any] = {"lut": str(path), "phases": {}}
