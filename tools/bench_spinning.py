@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hadmc_deploy.backends import get  # noqa: E402
-from hadmc_deploy.backends.ort_session import random_feeds  # noqa: E402
+from hadmc_deploy.backends.ort_session import random_feeds, time_session  # noqa: E402
 from hadmc_deploy.backends.request import BuildRequest  # noqa: E402
 from hadmc_deploy.latency.repeat import measuring_session  # noqa: E402
 from hadmc_deploy.latency.whole_model import _timing_ranges, export_for_timing  # noqa: E402
@@ -52,17 +50,10 @@ def build_model(name: str, channels: int):  # noqa: ANN201 - a torch module
 def time_once(path: Path, batch: int, spinning: bool, runs: int) -> float:
     """Median of `runs` runs in a fresh session (the only one alive), after 3 warm-up runs."""
     session = measuring_session(path, None, allow_spinning=spinning)
-    feeds = random_feeds(session, batch=batch)
-    for _ in range(3):
-        session.run(None, feeds)
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        samples.append((time.perf_counter() - start) * 1000.0)
+    p50 = time_session(session, random_feeds(session, batch=batch), warmup=3, runs=runs, batch=batch).p50_ms
     del session
     gc.collect()
-    return statistics.median(samples)
+    return p50
 
 
 def main() -> int:
