@@ -110,3 +110,22 @@ def test_measured_model_is_cached_per_graph_and_machine(tmp_path):
     from hadmc_deploy.latency.auto import graph_signature
 
     assert graph_signature(other) != graph_signature(graph)
+
+
+def test_cpu_clock_context_fit_takes_more_rounds_within_its_time(tmp_path):
+    """On the CPU clock the context fit goes on past its rounds while they took less than
+    `cpu_context_seconds` (the minimum over more rounds is a floor that repeats); on the wall
+    clock it stops at its rounds."""
+    from hadmc_deploy.latency.auto import measure_table
+    from hadmc_deploy.latency.context import MAX_CONTEXT_ROUNDS
+
+    torch.manual_seed(0)
+    model = demo_cnn().eval()
+    shape = (1, 1, 28, 28)
+    graph = trace(model, shape)
+    rounds = {}
+    for clock, seconds in (("cpu", 60.0), ("wall", 60.0)):
+        opts = MeasureOptions(grid_points=2, passes=1, runs_per_pass=2, context_rounds=2, exporter="fast", clock=clock, cpu_context_seconds=seconds)
+        table, _ = measure_table(model, graph, shape, get_target("cpu"), "fp32", 1, tmp_path / f"{clock}.json", options=opts)
+        rounds[clock] = {row["rounds"] for row in table.context.fitted_on}
+    assert rounds == {"cpu": {MAX_CONTEXT_ROUNDS}, "wall": {2}}

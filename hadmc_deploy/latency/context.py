@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ FACTOR_CLIP = 4.0
 
 #: more rounds for a plan none of whose rounds ran while the speed anchor said the machine was fast.
 MAX_EXTRA_ROUNDS = 4
+#: rounds of the context fit at most, with `more_rounds_seconds` (the CPU clock's floor).
+MAX_CONTEXT_ROUNDS = 20
 
 
 #: uniform width fractions profiled on the step's grid, and at odd widths (when the step is
@@ -163,6 +166,7 @@ def fit_context(
     baseline_onnx: Path | None = None,
     clock: str = "wall",
     anchor: SpeedGate | None = None,
+    more_rounds_seconds: float = 0.0,
     ui: UI | None = None,
 ) -> ContextCorrection:
     """Profile `plans` (default: `calibration_plans`) as deployed, interleaved over `rounds`,
@@ -173,7 +177,10 @@ def fit_context(
     (latency/speed_anchor.py) a plan none of whose rounds ran in a fast window of the machine gets
     up to `MAX_EXTRA_ROUNDS` more, as the table's layers get more passes. With clock "cpu" the
     sessions run one thread and whole-model times are CPU time; the profiler's kernel
-    times are wall clock, so there they only apportion the measured total."""
+    times are wall clock, so there they only apportion the measured total. With
+    `more_rounds_seconds`, rounds go on while the rounds so far took less than that (at most
+    MAX_CONTEXT_ROUNDS): the minimum over more rounds is a floor that repeats (see
+    MeasureOptions.cpu_context_seconds)."""
     from hadmc_deploy.latency.predictor import LutLatencyModel, context_factor
 
     ui = ui or quiet_ui()
@@ -218,8 +225,13 @@ def fit_context(
                 best[name] = times if name not in best else [min(a, b) for a, b in zip(best[name], times, strict=True)]
                 walls[name] = min(walls.get(name, float("inf")), probe.model_ms(art, batch, runs))
 
+        started = time.monotonic()
         for _ in ui.track(range(rounds), "profiling deployed plans (interleaved)"):
             time_round(list(built))
+        done = rounds
+        while done < MAX_CONTEXT_ROUNDS and time.monotonic() - started < more_rounds_seconds:
+            time_round(list(built))
+            done += 1
         for _ in range(MAX_EXTRA_ROUNDS if anchor is not None else 0):
             slow = [name for name, q in quiet.items() if not q]
             if not slow:
@@ -246,7 +258,7 @@ def fit_context(
             aligned = all(c % step == 0 or c == f for c, f in ((s.in_channels, fs.in_channels), (s.out_channels, fs.out_channels)))
             size = size_fraction(s, fs.in_channels, fs.out_channels)
             estimates[i]["aligned" if aligned else "unaligned"].append((size, t * scale / max(raw[i], 1e-9)))
-        fitted_on.append({"plan": name, "measured_ms": walls[name], "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw),
+        fitted_on.append({"plan": name, "measured_ms": walls[name], "rounds": done, "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw),
                           **({"quiet": quiet[name]} if anchor is not None else {})})
     all_f = [f for e in estimates for lst in e.values() for _, f in lst]
     median_f = statistics.median(all_f) if all_f else 1.0
