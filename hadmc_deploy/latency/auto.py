@@ -49,9 +49,10 @@ class MeasureOptions:
     context_rounds: int = 3
     #: clock "cpu" only: further context rounds while the rounds so far took less than this many
     #: seconds (at most MAX_CONTEXT_ROUNDS in all). On one thread the fastest CPU time is a floor
-    #: that repeats; the more rounds reach it, the closer two tables agree: two tables of the demo
-    #: CNN at 96x96 priced its full model 10.7% apart at 3 rounds and 1.2-1.6% apart at 20 (FP32),
-    #: 3.0% (INT8), with no measurable cost in table time for a model that small.
+    #: that repeats; the more rounds reach it, the closer two tables agree: with 20 rounds two tables
+    #: of the demo CNN at 96x96 priced its full model 1.3% (FP32) and 6.7% (INT8) apart
+    #: (`tools/validate_latency_model.py --cells "" --issue --clock cpu`); a pair at 3 rounds, 10.7%
+    #: (FP32), with no measurable cost in table time for a model that small.
     cpu_context_seconds: float = 15.0
     threads: int | None = None
     exporter: str = "deploy"
