@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hadmc_deploy.backends.base import Artifact
+from hadmc_deploy.backends.ort_optimizer_choice import artifact_disabled_optimizers
 from hadmc_deploy.errors import ArtifactError, UsageError
 from hadmc_deploy.fileio import atomic_path, write_text_atomic
 
@@ -180,11 +181,10 @@ def _unsupported_session_options_note(artifact: Artifact) -> str:
     """A comment heading config.pbtxt when the artifact was measured faster with ORT graph
     transformers disabled: Triton's onnxruntime backend has no setting for that, so the served
     model runs with them (slower by what metadata.json records)."""
-    options = artifact.metadata.get("session_options")
-    disabled = (options or {}).get("disabled_optimizers") if isinstance(options, dict) else None
+    disabled = artifact_disabled_optimizers(artifact.metadata)
     if not disabled:
         return ""
-    measured = options.get("disabled_optimizers_measured") or {}
+    measured = artifact.metadata["session_options"].get("disabled_optimizers_measured") or {}
     times = ""
     if measured.get("default_ms") and measured.get("without_qdq_propagation_ms"):
         times = f" (measured {measured['without_qdq_propagation_ms']:.3f} ms without, {measured['default_ms']:.3f} ms with, batch {measured.get('batch', 1)})"
