@@ -90,7 +90,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     acc = report["accuracy"]
     out += ["## Where the accuracy went", ""]
     if acc.get("baseline") is None:
-        out += ["No --eval data: accuracy not measured.", ""]
+        out += ["No --eval data: accuracy not measured." + (" The pruned model was compared with the original instead (Recovery)." if report["recovery"].get("agreement") else ""), ""]
     else:
         cp = acc.get("change_points", {})
         rows = [
@@ -108,6 +108,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["## Recovery", "", f"- mode: {rec.get('mode', '-')}"]
     if rec.get("statement"):
         out.append(f"- {rec['statement']}")
+    agreement = rec.get("agreement")
+    if agreement:
+        out.append("- without --eval, the pruned model against the original: " + _agreement_text(agreement))
     out.append("")
     if report["width_plan"]:
         s = report["search"]
@@ -133,6 +136,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["## Versions and hashes", "", "- " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
     out += [f"- {k}: `{v}`" for k, v in report["hashes"].items() if v]
     return "\n".join(out) + "\n"
+
+
+def _agreement_text(a: dict) -> str:
+    """One line on the pruned model's agreement with the original (`build/fidelity.py`)."""
+    if not a.get("judged"):
+        return f"no classifier output to compare on {a.get('source')}: not judged (give labelled --eval data)"
+    weighted = a.get("confidence_agreement")
+    text = f"top-1 agreement {a['top1_agreement']:.1%}" + (f", {weighted:.1%} weighted by the original's confidence" if weighted is not None else "")
+    verdict = "passed" if a.get("passed") else f"FAILED ({a.get('reason')}): the pruned variants may not deploy"
+    return f"{text}, on {a.get('source')}: {verdict}"
 
 
 def _pct(v: float | None) -> str:

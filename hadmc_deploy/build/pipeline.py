@@ -161,7 +161,7 @@ def raise_on_unmet(report: dict[str, Any]) -> None:
     if code == AccuracyGuardError.exit_code:
         raise AccuracyGuardError(
             f"{why}; deployed {decision['deploy']} instead ({decision.get('artifact')})",
-            hint="see report.md; recover longer (--epochs), or pass --allow-accuracy-drop to accept the loss",
+            hint=(decision.get("verdict") or {}).get("hint") or "see report.md; recover longer (--epochs), or pass --allow-accuracy-drop to accept the loss",
         )
     budget = decision.get("budget") or {}
     if code == BudgetError.exit_code:

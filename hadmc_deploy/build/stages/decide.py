@@ -79,6 +79,8 @@ def run(ctx: BuildContext) -> StageResult:
         agreement = r.get("agreement") or {}
         if not excluded and agreement.get("refused"):
             excluded = f"its outputs disagree with FP32 ({agreement.get('reason')})"
+        if not excluded and not q.allow_accuracy_drop and r["model"] == "pruned" and r.get("accuracy") is None:
+            excluded = pruned_exclusion(ctx.results.get("recover", {}).get("agreement"))
         if r["name"] == "baseline-fp32":
             excluded = ""  # what the user gave us can always be handed back
         candidates.append(Candidate(r["name"], fastest[r["name"]], r.get("accuracy"), excluded))
@@ -113,6 +115,9 @@ def run(ctx: BuildContext) -> StageResult:
             decision.budget["plan_all_int8_speedup"] = check.get("measured_speedup")
     code, why = verdict(name, candidates, budget_ref["name"], goal, noise, pruning_asked, ctx.plan.precision)
     decision.verdict = {"exit_code": code, "why": why}
+    if code == 15 and PRUNED_DISAGREES in why:
+        decision.verdict["hint"] = ("give --train data so recovery distils the pruned model from the original (or more --epochs), labelled "
+                                    "--eval data to judge accuracy instead of agreement, or --allow-accuracy-drop to deploy it anyway")
     if q.max_accuracy_drop is not None and reference_acc is not None:
         decision.guard = {"allowed": q.max_accuracy_drop, "reference": reference_acc, "allowed_by_flag": q.allow_accuracy_drop,
                           "excluded": {c.name: c.excluded for c in candidates if c.excluded}}
@@ -133,6 +138,17 @@ def run(ctx: BuildContext) -> StageResult:
     result["source_artifact"] = deployed["artifact"]
     result["_summary"] = f"deploy {name}: {decision.speedup_vs_fp32_original:.2f}x over the FP32 original at batch {batch} ({reason})"
     return StageResult(result, [out])
+
+
+#: the start of the exclusion a pruned model gets when it disagrees with the original (no --eval)
+PRUNED_DISAGREES = "the pruned model disagrees with the original"
+
+
+def pruned_exclusion(agreement: dict[str, Any] | None) -> str:
+    """Why a pruned variant may not deploy without labelled data (`build/fidelity.py`), or ""."""
+    if not agreement or not agreement.get("judged") or agreement.get("passed"):
+        return ""
+    return f"{PRUNED_DISAGREES} on {agreement['source']} ({agreement['reason']})"
 
 
 def _guard_float_layers(ctx: BuildContext, variant: str) -> int:

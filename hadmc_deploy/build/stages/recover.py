@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
+from hadmc_deploy.build.fidelity import PrunedAgreement, check_samples, held_out_images, pruned_agreement
 from hadmc_deploy.build.inputs import data_hash, dataset, loaded_model
 from hadmc_deploy.build.stages.search import PLAN_FILE
 from hadmc_deploy.build.stages.surgery import PRUNED_FILE
@@ -83,6 +84,8 @@ def run(ctx: BuildContext) -> StageResult:
     student = load_model(ctx.path(PRUNED_FILE)).model
     train, evald = dataset(ctx, "train"), dataset(ctx, "eval")
     acc: dict[str, float | None] = {"baseline": None, "pruned": None, "bn_recalibrated": None, "recovered": None}
+    macs = ctx.results["surgery"].get("macs")  # at the input shape, its batch included
+    per_image = macs // max(1, ctx.plan.input_shape[0]) if macs else None
     if train is not None:
         tr, val = split_held_out(train, seed) if task(ctx) != DETECT else (train, None)
         bn_data = tr
@@ -93,8 +96,7 @@ def run(ctx: BuildContext) -> StageResult:
         # No training data: `recover` only re-estimates BatchNorm statistics on these images; their
         # labels (if any) are not scored: calibration images need not be labelled for this model.
         tr, val = None, None
-        macs = ctx.results["surgery"].get("macs")  # at the input shape, its batch included
-        bn_data = calib.subset(bn_calib_samples(macs // max(1, ctx.plan.input_shape[0]) if macs else None), seed=seed)
+        bn_data = calib.subset(bn_calib_samples(per_image), seed=seed)
     if evald is not None:
         acc["baseline"] = torch_score(teacher.model, evald)[0]
         acc["pruned"] = torch_score(student, evald)[0]
@@ -111,12 +113,32 @@ def run(ctx: BuildContext) -> StageResult:
     student = student.eval()
     if evald is not None:
         acc["recovered"] = torch_score(student, evald)[0]
+    agreement = _agreement(ctx, teacher.model, student, val, bn_data) if evald is None and task(ctx) != DETECT else None
     out = ctx.path(RECOVERED_FILE)
     save_pruned(out, student, teacher, _surgery_plan(ctx), ctx.plan.input_shape, extra={"stage": "recover"})
     ctx.forget(f"model:{RECOVERED_FILE}")
     summary = outcome.mode + (f": eval accuracy {acc['pruned']:.2f}% -> {acc['recovered']:.2f}% (baseline {acc['baseline']:.2f}%)" if acc["recovered"] is not None else "")
+    if agreement is not None and agreement.judged:
+        summary += f"; top-1 agreement with the original {agreement.top1_agreement:.1%} ({agreement.confidence_agreement or agreement.top1_agreement:.1%} weighted) on {agreement.source}"
+        if not agreement.passed:
+            ctx.ui.warn(f"the pruned model disagrees with the original ({agreement.reason}) on {agreement.source}: "
+                        "a build will not deploy it; give --train data to recover it, or labelled --eval data to measure its accuracy")
     detail = json.loads(json.dumps(outcome.to_dict(), default=str))
-    return StageResult({"mode": outcome.mode, "accuracy": acc, "detail": detail, "final": RECOVERED_FILE, "_summary": summary}, [out])
+    return StageResult({"mode": outcome.mode, "accuracy": acc, "agreement": agreement.to_dict() if agreement else None, "detail": detail,
+                        "final": RECOVERED_FILE, "_summary": summary}, [out])
+
+
+def _agreement(ctx: BuildContext, original: Any, recovered: Any, val: ArrayDataset | None, bn_data: ArrayDataset) -> PrunedAgreement:
+    """The pruned model against the original on images recovery did not train or recalibrate on:
+    the held-out split of --train, else the calibration images past BatchNorm's share."""
+    macs = ctx.results["load"].get("macs")
+    count = check_samples(macs // max(1, ctx.plan.input_shape[0]) if macs else None)
+    if val is not None:
+        x, source = val.x[:count], f"{min(count, len(val))} images held out of {val.source.split('[')[0]}"
+    else:
+        calib = dataset(ctx, "calib")
+        x, source = held_out_images(calib, len(bn_data), count, ctx.settings.data.seed)
+    return pruned_agreement(original, recovered, x, source)
 
 
 def _surgery_plan(ctx: BuildContext) -> WidthPlan:

@@ -1,0 +1,107 @@
+"""Without labelled --eval data, how far the pruned model's outputs moved from the original's.
+
+Why: a build without --eval measured no accuracy, so nothing stopped it deploying a pruned model
+that had lost most of what the original knew (a VGG-style CNN on digits, pruned to 1.4x with
+BatchNorm recalibration only, agreed with its 98.6%-accurate original on 27.8% of the test
+images, and the build exited 0). The check compares the two models' classifier outputs on
+images that neither the recovery nor the BatchNorm statistics saw, with the INT8 check's two
+measures (`calibration.verify_qdq`): plain top-1 agreement, and agreement weighted by the
+original's own confidence (an estimate of the relative loss of expected accuracy that does not
+punish flips between classes the original cannot tell apart, as in a random-weight model).
+Outputs that are not classifier scores cannot be judged without labels: they are recorded, not
+judged, and the report says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from hadmc_deploy.calibration.verify_qdq import compare_outputs
+from hadmc_deploy.data import ArrayDataset
+
+#: a pruned classifier passes when its top-1 agreement with the original, plain or weighted by the
+#: original's confidence, reaches this: an expected relative accuracy loss of at most 3%, the bar
+#: the INT8 check sets for its weighted agreement (`DEFAULT_MIN_CONFIDENCE_AGREEMENT`). Pruning is
+#: given no looser bar than INT8: both change what the user gave us, and with --eval the default
+#: guard allows 1 point for the two together.
+MIN_PRUNED_AGREEMENT = 0.97
+#: images compared at most, and at least when the model is expensive (see `check_samples`)
+MAX_SAMPLES, MIN_SAMPLES = 512, 128
+#: multiply-adds of the original's forward passes the check aims at: 512 images of a small CNN,
+#: 128 of a ResNet-18 at 224 (1.8 GMACs each: about 2 s on 2 cores, both models together)
+CHECK_MACS = 1e11
+
+
+@dataclass(frozen=True)
+class PrunedAgreement:
+    samples: int
+    source: str  # which images, and whether they were held out
+    top1_agreement: float | None  # the worst classifier output's; None: no classifier output
+    confidence_agreement: float | None
+    snr_db: float  # the worst output's (recorded; not judged: pruning changes logit scales)
+    judged: bool  # False: no classifier output, so without labels nothing can be judged
+    passed: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_samples(macs_per_sample: int | None) -> int:
+    """Images to compare: MAX_SAMPLES unless the original's passes would cost more than CHECK_MACS."""
+    if not macs_per_sample:
+        return MAX_SAMPLES
+    return int(min(MAX_SAMPLES, max(MIN_SAMPLES, CHECK_MACS // macs_per_sample)))
+
+
+def held_out_images(data: ArrayDataset, used: int, count: int, seed: int) -> tuple[np.ndarray, str]:
+    """Up to `count` images of `data` past the first `used` of its seeded shuffle (the images
+    `ArrayDataset.subset(used, seed)` took); the last ones reused, and said so, when none are left."""
+    order = np.random.default_rng(seed).permutation(len(data))
+    rest = np.sort(order[used : used + count])
+    if len(rest) >= min(count, 64):
+        return data.x[rest], f"{len(rest)} held-out images of {data.source}"
+    x = data.x[np.sort(order[:used])][-count:]
+    return x, f"{len(x)} images of {data.source} that BatchNorm recalibration also saw (none held out: pass more to --calib)"
+
+
+def model_outputs(model: Any, x: np.ndarray, batch_size: int = 64) -> list[np.ndarray]:
+    """Every output of a PyTorch model in eval mode over `x` (tensors, or tuples/lists/dicts of them)."""
+    import torch
+
+    def flat(out: Any) -> list[torch.Tensor]:
+        if isinstance(out, torch.Tensor):
+            return [out]
+        if isinstance(out, dict):
+            out = list(out.values())
+        return [t for item in out for t in flat(item)] if isinstance(out, (list, tuple)) else []
+
+    was_training = model.training
+    model.eval()
+    chunks: list[list[np.ndarray]] = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                chunks.append([t.float().cpu().numpy() for t in flat(model(torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))))])
+    finally:
+        model.train(was_training)
+    return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))] if chunks else []
+
+
+def pruned_agreement(original: Any, pruned: Any, x: np.ndarray, source: str, *, min_agreement: float = MIN_PRUNED_AGREEMENT) -> PrunedAgreement:
+    """Compare the pruned model with the original on `x`; see the module docstring for the criterion."""
+    check = compare_outputs(model_outputs(original, x), model_outputs(pruned, x))
+    problems = []
+    for out in check.outputs:
+        if out.top1_agreement is None:
+            continue
+        weighted = out.confidence_agreement if out.confidence_agreement is not None else out.top1_agreement
+        if out.top1_agreement < min_agreement and weighted < min_agreement:
+            problems.append(f"{out.name}: top-1 agreement {out.top1_agreement:.1%}, {weighted:.1%} weighted by the original's confidence "
+                            f"(need {min_agreement:.0%})")
+    judged = check.top1_agreement is not None
+    return PrunedAgreement(check.samples, source, check.top1_agreement, check.confidence_agreement, check.snr_db, judged,
+                           passed=not problems, reason="; ".join(problems))

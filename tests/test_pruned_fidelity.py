@@ -1,0 +1,121 @@
+"""Without labelled --eval data, a pruned model that no longer agrees with the original does not
+deploy (`build/fidelity.py`): the check's measures on hand-made outputs, its held-out images, and a
+real build of a trained digits CNN pruned until it forgets, which exits 15 with the original deployed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pipeline_models import DIGITS_TRAIN, TINY_ARCH, train_tiny
+from torch import nn
+
+from hadmc_deploy.build.fidelity import (
+    MAX_SAMPLES,
+    MIN_SAMPLES,
+    check_samples,
+    held_out_images,
+    pruned_agreement,
+)
+from hadmc_deploy.build.stages.decide import pruned_exclusion
+from hadmc_deploy.cli import main
+from hadmc_deploy.data import ArrayDataset
+
+
+class Fixed(nn.Module):
+    """Returns stored outputs for the rows it is given (indexed by the input's first pixel)."""
+
+    def __init__(self, outputs: np.ndarray) -> None:
+        super().__init__()
+        self.outputs = torch.from_numpy(outputs.astype(np.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outputs[x[:, 0, 0, 0].long()]
+
+
+def _index_images(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1)
+
+
+def test_same_model_passes_and_a_forgetful_one_fails() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 8, (200, 10))  # confident
+    x = _index_images(200)
+    same = pruned_agreement(Fixed(logits), Fixed(logits.copy()), x, "test images")
+    assert same.judged and same.passed and same.top1_agreement == 1.0
+    shuffled = logits[rng.permutation(200)]
+    worse = pruned_agreement(Fixed(logits), Fixed(shuffled), x, "test images")
+    assert worse.judged and not worse.passed and worse.top1_agreement < 0.5
+    assert "top-1 agreement" in worse.reason and "need 97%" in worse.reason
+
+
+def test_flips_between_classes_the_original_cannot_tell_apart_cost_little() -> None:
+    """Near-uniform scores (an untrained original): plain agreement is low, the expected accuracy
+    does not move, so the weighted measure passes; the same flips on confident scores fail."""
+    rng = np.random.default_rng(1)
+    flat = rng.normal(0, 0.01, (300, 10))
+    flipped = flat + rng.normal(0, 0.01, flat.shape)
+    near_uniform = pruned_agreement(Fixed(flat), Fixed(flipped), _index_images(300), "x")
+    assert near_uniform.top1_agreement < 0.6 and near_uniform.confidence_agreement > 0.99 and near_uniform.passed
+    confident = pruned_agreement(Fixed(flat * 1000), Fixed(flipped * 1000), _index_images(300), "x")
+    assert not confident.passed
+
+
+def test_outputs_that_are_not_class_scores_are_recorded_not_judged() -> None:
+    maps = np.random.default_rng(2).normal(size=(50, 4, 3, 3))
+    check = pruned_agreement(Fixed(maps), Fixed(-maps), _index_images(50), "x")
+    assert not check.judged and check.passed and check.top1_agreement is None and check.snr_db < 0
+    assert pruned_exclusion(check.to_dict()) == ""
+
+
+def test_exclusion_text_only_for_a_failed_judged_check() -> None:
+    assert pruned_exclusion(None) == ""
+    assert pruned_exclusion({"judged": True, "passed": True}) == ""
+    text = pruned_exclusion({"judged": True, "passed": False, "source": "64 held-out images", "reason": "output0: top-1 agreement 30%"})
+    assert text.startswith("the pruned model disagrees with the original") and "64 held-out images" in text
+
+
+def test_held_out_images_are_the_ones_batchnorm_did_not_see() -> None:
+    data = ArrayDataset(_index_images(300), np.zeros(300, dtype=np.int64), "d")
+    seen = set(data.subset(200, seed=3).x.ravel().tolist())
+    x, source = held_out_images(data, 200, 80, seed=3)
+    assert len(x) == 80 and not seen & set(x.ravel().tolist()) and "held-out" in source
+    # nothing left: the last images BatchNorm saw are reused, and the source says so
+    x, source = held_out_images(data, 300, 80, seed=3)
+    assert len(x) == 80 and set(x.ravel().tolist()) <= set(range(300)) and "none held out" in source
+
+
+def test_samples_shrink_with_an_expensive_model() -> None:
+    assert check_samples(None) == MAX_SAMPLES and check_samples(10**6) == MAX_SAMPLES
+    assert check_samples(int(1.8e9)) == MIN_SAMPLES
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("fidelity") / "tiny.pth", epochs=3)
+
+
+def test_build_without_eval_keeps_a_pruned_model_that_forgot_from_deploying(tiny: Path, tmp_path: Path) -> None:
+    """2 of 48 channels in each conv, BatchNorm recalibration only: the pruned model disagrees with
+    the trained original; the build deploys the original and exits 15 naming the way out."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"keep": {"0": 2, "3": 2}}))
+    common = [str(tiny), "--arch", TINY_ARCH, "--target", "cpu", "--precision", "fp32", "--widths", str(plan), "--calib", DIGITS_TRAIN,
+              "--no-measure-lut", "--batch", "1", "--runs", "3", "--warmup", "1", "-q"]
+    out = tmp_path / "b"
+    assert main(["build", *common, "--out", str(out)]) == 15
+    report = json.loads((out / "report.json").read_text())
+    agreement = report["recovery"]["agreement"]
+    assert agreement["judged"] and not agreement["passed"] and agreement["top1_agreement"] < 0.9
+    excluded = {c["name"]: c["excluded"] for c in report["decision"]["candidates"]}
+    assert excluded["pruned-fp32"].startswith("the pruned model disagrees") and not excluded["baseline-fp32"]
+    assert report["decision"]["deploy"] == "baseline-fp32" and (out / "artifacts" / "cpu" / "deploy").is_dir()
+    assert "--train" in report["decision"]["verdict"]["hint"] and "FAILED" in (out / "report.md").read_text()
+    # accepted on purpose: the pruned model may deploy again
+    allowed = tmp_path / "allowed"
+    assert main(["build", *common, "--out", str(allowed), "--allow-accuracy-drop"]) == 0
+    decision = json.loads((allowed / "report.json").read_text())["decision"]
+    assert not any(c["excluded"] for c in decision["candidates"])
