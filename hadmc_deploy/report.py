@@ -165,6 +165,8 @@ def build_report(ctx: Any, partial: bool = False) -> dict[str, Any]:
     report["deploy"] = _deploy_summary(report["decision"])
     if res.get("recover", {}).get("mode") == "bn-recalibration":
         report["recovery"]["statement"] = "no --train data: recovery was BatchNorm statistics recalibration only (no fine-tuning)"
+    elif res.get("recover", {}).get("agreement_after_bn"):
+        report["recovery"]["statement"] = "no --train data: distilled from the original on the calibration images (their labels unused)"
     return report
 
 

@@ -4,10 +4,14 @@ Why: a build without --eval measured no accuracy, so nothing stopped it deployin
 that had lost most of what the original knew (a VGG-style CNN on digits, pruned to 1.4x with
 BatchNorm recalibration only, agreed with its 98.6%-accurate original on 27.8% of the test
 images, and the build exited 0). The check compares the two models' classifier outputs on
-images that neither the recovery nor the BatchNorm statistics saw, with the INT8 check's two
-measures (`calibration.verify_qdq`): plain top-1 agreement, and agreement weighted by the
-original's own confidence (an estimate of the relative loss of expected accuracy that does not
-punish flips between classes the original cannot tell apart, as in a random-weight model).
+images that neither the recovery nor the BatchNorm statistics saw, by top-1 agreement: the share
+of images on which both pick the same class. Whatever the labels, the pruned model's top-1 accuracy
+is at most that share's complement below the original's, so the check bounds the loss without
+labels. The agreement weighted by the original's confidence (`calibration.verify_qdq`) is recorded
+beside it but does not pass a model: it rests on the original's probabilities being calibrated, and
+a digits CNN whose original scored 78.6% measured 97.7% weighted (83.0% plain) while losing 12.8
+points on the labelled test set. A random-weight original therefore fails the check after most
+prunings: build it with --allow-accuracy-drop when only speed matters.
 Outputs that are not classifier scores cannot be judged without labels: they are recorded, not
 judged, and the report says so.
 """
@@ -22,11 +26,9 @@ import numpy as np
 from hadmc_deploy.calibration.verify_qdq import compare_outputs
 from hadmc_deploy.data import ArrayDataset
 
-#: a pruned classifier passes when its top-1 agreement with the original, plain or weighted by the
-#: original's confidence, reaches this: an expected relative accuracy loss of at most 3%, the bar
-#: the INT8 check sets for its weighted agreement (`DEFAULT_MIN_CONFIDENCE_AGREEMENT`). Pruning is
-#: given no looser bar than INT8: both change what the user gave us, and with --eval the default
-#: guard allows 1 point for the two together.
+#: a pruned classifier passes when its top-1 agreement with the original reaches this, which bounds
+#: its accuracy loss to 3 points on data like the held-out images. Pruning is given no looser bar
+#: than the INT8 check's 90%-or-97%-weighted; with --eval the default guard allows 1 point.
 MIN_PRUNED_AGREEMENT = 0.97
 #: images compared at most, and at least when the model is expensive (see `check_samples`)
 MAX_SAMPLES, MIN_SAMPLES = 512, 128
@@ -40,7 +42,7 @@ class PrunedAgreement:
     samples: int
     source: str  # which images, and whether they were held out
     top1_agreement: float | None  # the worst classifier output's; None: no classifier output
-    confidence_agreement: float | None
+    confidence_agreement: float | None  # recorded, not judged (see the module docstring)
     snr_db: float  # the worst output's (recorded; not judged: pruning changes logit scales)
     judged: bool  # False: no classifier output, so without labels nothing can be judged
     passed: bool
@@ -98,10 +100,8 @@ def pruned_agreement(original: Any, pruned: Any, x: np.ndarray, source: str, *, 
     for out in check.outputs:
         if out.top1_agreement is None:
             continue
-        weighted = out.confidence_agreement if out.confidence_agreement is not None else out.top1_agreement
-        if out.top1_agreement < min_agreement and weighted < min_agreement:
-            problems.append(f"{out.name}: top-1 agreement {out.top1_agreement:.1%}, {weighted:.1%} weighted by the original's confidence "
-                            f"(need {min_agreement:.0%})")
+        if out.top1_agreement < min_agreement:
+            problems.append(f"{out.name}: top-1 agreement {out.top1_agreement:.1%} (need {min_agreement:.0%})")
     judged = check.top1_agreement is not None
     return PrunedAgreement(check.samples, source, check.top1_agreement, check.confidence_agreement, check.snr_db, judged,
                            passed=not problems, reason="; ".join(problems))
