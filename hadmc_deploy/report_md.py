@@ -114,6 +114,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             out.append(f"- after BatchNorm recalibration alone: top-1 agreement {rec['agreement_after_bn']['top1_agreement']:.1%}; "
                        "then distilled from the original on the calibration images (labels unused)")
         out.append("- the pruned model against the original: " + _agreement_text(agreement, bool(rec.get("agreement_decides"))))
+        if rec.get("not_distilled"):
+            out.append(f"- {rec['not_distilled']}")
     out.append("")
     if report["width_plan"]:
         s = report["search"]

@@ -139,3 +139,20 @@ def test_distillation_on_calibration_images_wins_agreement_back(tiny: Path, tmp_
     assert rec["mode"] == "distillation" and after > before + 0.2
     assert any("distilled from the original on" in m for m in rec["detail"]["messages"])
     assert "held-out" in rec["agreement"]["source"]
+
+
+def test_distillation_effort_is_bounded_and_names_the_epochs_that_fit_it() -> None:
+    """A small CNN gets CALIB_DISTILL_STEPS; a ResNet-18 at 224 (1.8 GMACs) fits under
+    MIN_DISTILL_STEPS in the MACs budget, and the --epochs that would fit them are named."""
+    from types import SimpleNamespace
+
+    from hadmc_deploy.build.stages.recover import CALIB_DISTILL_STEPS, MIN_DISTILL_STEPS, distil_steps
+
+    def ctx(macs: int, student: int, epochs: float = 1.0) -> SimpleNamespace:
+        return SimpleNamespace(settings=SimpleNamespace(recovery=SimpleNamespace(epochs=epochs, batch_size=128)),
+                               plan=SimpleNamespace(input_shape=(1, 3, 224, 224)), results={"load": {"macs": macs}, "surgery": {"macs": student}})
+
+    assert distil_steps(ctx(5 * 10**6, 2 * 10**6))[0] == CALIB_DISTILL_STEPS
+    steps, needed = distil_steps(ctx(int(1.8e9), int(0.9e9)))
+    assert steps < MIN_DISTILL_STEPS and needed > 1
+    assert distil_steps(ctx(int(1.8e9), int(0.9e9), epochs=needed))[0] >= MIN_DISTILL_STEPS

@@ -11,6 +11,13 @@ measured noise, or loses more accuracy than the guard allows.
 
     python tools/closed_loop_matrix.py                     # writes docs/closed_loop.md and .json
     python tools/closed_loop_matrix.py --archs demo resnet20 --budgets 1.5
+    python tools/closed_loop_matrix.py --unlabelled --budgets 1.3 --out docs/closed_loop_unlabelled.md
+
+`--unlabelled` builds as a user without labelled data would: `--calib` images only, no `--train`
+or `--eval`. The build then judges the pruned model by its agreement with the original
+(`build/fidelity.py`), and the tool measures afterwards, on the labelled test set the build never
+saw, what the deployed artifact lost; there a regression is an exit 0 that lost more than
+UNLABELLED_BOUND points (the loss the agreement check bounds) or runs slower.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from hadmc_deploy.data import FASHION_MNIST_DIR, Preprocess, load_data
 from hadmc_deploy.train import evaluate_accuracy, train_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
+#: points an unlabelled build may lose: 100 x (1 - the agreement check's bar, MIN_PRUNED_AGREEMENT)
+UNLABELLED_BOUND = 3.0
 
 
 @dataclass(frozen=True)
@@ -89,12 +98,12 @@ def train(arch: Arch, out: Path, train_limit: int) -> tuple[Path, float]:
     return ckpt, acc
 
 
-def build(arch: Arch, ckpt: Path, speedup: float, out: Path, batch: int, train_limit: int) -> dict[str, Any]:
+def build(arch: Arch, ckpt: Path, speedup: float, out: Path, batch: int, train_limit: int, unlabelled: bool = False) -> dict[str, Any]:
     tr, te = sources(arch)
+    data = ["--calib", tr] if unlabelled else ["--train", tr, "--eval", te, "--train-limit", str(train_limit), "--epochs", "1"]
     cmd = [sys.executable, "-m", "hadmc_deploy", "build", str(ckpt), "--target", "cpu", "--speedup", str(speedup),
            "--input-shape", f"{batch},{arch.channels},{arch.size},{arch.size}", "--batch", str(batch),
-           "--train", tr, "--eval", te, "--train-limit", str(train_limit), "--epochs", "1", "--runs", "20",
-           "--lut-minutes", "2", "--out", str(out), "-q"]
+           *data, "--runs", "20", "--lut-minutes", "2", "--out", str(out), "-q"]
     if arch.mean is not None:
         cmd += ["--mean", str(arch.mean), "--std", str(arch.std)]
     start = time.perf_counter()
@@ -123,10 +132,31 @@ def build(arch: Arch, ckpt: Path, speedup: float, out: Path, batch: int, train_l
     })
     if row["predicted"] and row["measured"]:
         row["prediction_error"] = row["predicted"] / row["measured"] - 1
+    if unlabelled:
+        agreement = (report.get("recovery") or {}).get("agreement") or {}
+        row["agreement"] = agreement.get("top1_agreement")
+        row["accuracy_change"] = deployed_accuracy_change(arch, out, decision)
+        guard = UNLABELLED_BOUND
     slower = row["vs_fp32_original"] is not None and row["vs_fp32_original"] < 1 - (row["noise"] or 0)
     worse = guard is not None and row["accuracy_change"] is not None and -row["accuracy_change"] > guard
     row["regression"] = proc.returncode == 0 and (slower or worse)
     return row
+
+
+def deployed_accuracy_change(arch: Arch, out: Path, decision: dict[str, Any]) -> float | None:
+    """Points the deployed artifact lost against the FP32 original, both run through ONNX Runtime on
+    the labelled test set the unlabelled build never saw."""
+    from hadmc_deploy.backends import Artifact, get
+    from hadmc_deploy.evaluate import artifact_accuracy
+
+    if not decision.get("artifact"):
+        return None
+    norm = {"mean": (arch.mean,), "std": (arch.std,)} if arch.mean is not None else {}
+    test = load_data(sources(arch)[1], Preprocess(resize=(arch.size, arch.size), channels=arch.channels, **norm))
+    deployed = Artifact.load(out / decision["artifact"])
+    original = Artifact.load(out / "artifacts" / "cpu" / "baseline-fp32")
+    backend = get("onnxruntime")
+    return artifact_accuracy(backend, deployed, test) - artifact_accuracy(backend, original, test)
 
 
 def fmt(v: Any, spec: str = ".2f", suffix: str = "") -> str:
@@ -137,18 +167,26 @@ def markdown(rows: list[dict[str, Any]], accs: dict[str, float], args: argparse.
     lines = [
         "# Closed-loop builds: what deploys, and never a regression with exit 0",
         "",
-        f"`python tools/closed_loop_matrix.py --budgets {' '.join(map(str, args.budgets))} --batch {args.batch}` on this machine "
-        f"({time.strftime('%Y-%m-%d')}). Models trained briefly here on real data (digits upsampled, Fashion-MNIST); every build is "
+        f"`python tools/closed_loop_matrix.py {'--unlabelled ' if args.unlabelled else ''}--budgets {' '.join(map(str, args.budgets))} --batch {args.batch}` "
+        f"on this machine ({time.strftime('%Y-%m-%d')}). Models trained briefly here on real data (digits upsampled, Fashion-MNIST); every build is "
         "`hadmc-deploy build --target cpu --speedup S` in a fresh process. Speedups are measured side by side inside each build; "
         "the machine is shared, so timings move 20-30% between runs.",
         "",
-        "| arch | FP32 acc | budget | exit | deployed | x FP32 original | x original, same precision | acc change | rounds | predicted | measured | prediction error | regression |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    if args.unlabelled:
+        lines += [f"**Unlabelled builds**: `--calib` images only, no `--train` or `--eval`. The build judged the pruned model by its top-1 "
+                  "agreement with the original on held-out calibration images (column *agreement*; a pruned model below 97% may not deploy), "
+                  "distilling it from the original on the calibration images first where BatchNorm recalibration left it below. *acc change* "
+                  "is measured afterwards by this tool, on the labelled test set the build never saw: the deployed artifact against the FP32 "
+                  f"original, both in ONNX Runtime. A regression is an exit 0 that lost more than {UNLABELLED_BOUND:g} points or runs slower.", ""]
+    lines += [
+        "| arch | FP32 acc | budget | exit | deployed | x FP32 original | x original, same precision | acc change | agreement | rounds | predicted | measured | prediction error | regression |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['arch']} | {fmt(accs.get(r['arch']), '.1f', '%')} | {r['speedup']:g}x | {r['exit']} | {r.get('deploy') or '-'} | {fmt(r.get('vs_fp32_original'), '.2f', 'x')} "
-            f"| {fmt(r.get('vs_original_at_precision'), '.2f', 'x')} | {fmt(r.get('accuracy_change'), '+.2f')} | {r.get('rounds', '-')} | {fmt(r.get('predicted'), '.2f', 'x')} "
+            f"| {fmt(r.get('vs_original_at_precision'), '.2f', 'x')} | {fmt(r.get('accuracy_change'), '+.2f')} | {fmt(r.get('agreement'), '.1%')} | {r.get('rounds', '-')} | {fmt(r.get('predicted'), '.2f', 'x')} "
             f"| {fmt(r.get('measured'), '.2f', 'x')} | {fmt(r.get('prediction_error'), '+.0%')} | {'**YES**' if r.get('regression') else 'no'} |"
         )
     n = sum(1 for r in rows if r.get("regression"))
@@ -171,6 +209,7 @@ def main() -> None:
     p.add_argument("--workdir", default="build/closed_loop")
     p.add_argument("--out", default="docs/closed_loop.md")
     p.add_argument("--merge", action="store_true", help="keep the rows of other architectures from the existing .json (re-run a few only)")
+    p.add_argument("--unlabelled", action="store_true", help="build with --calib images only (no --train/--eval); measure the deployed artifact on the test set afterwards")
     args = p.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -179,7 +218,7 @@ def main() -> None:
         arch = ARCHS[name]
         ckpt, accs[name] = train(arch, work, args.train_limit)
         for speedup in args.budgets:
-            row = build(arch, ckpt, speedup, work / f"{name}-x{speedup:g}", args.batch, args.train_limit)
+            row = build(arch, ckpt, speedup, work / f"{name}-x{speedup:g}{'-unlabelled' if args.unlabelled else ''}", args.batch, args.train_limit, args.unlabelled)
             rows.append(row)
             print(json.dumps(row), flush=True)
     previous = Path(args.out).with_suffix(".json")

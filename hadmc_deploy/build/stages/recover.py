@@ -46,8 +46,11 @@ BN_CALIB_MACS = 3e11
 #: steps (x --epochs): a VGG-style CNN on digits, pruned to 1.4x, went from 39.7% to 97.8% test
 #: accuracy (original 98.6%) in 80 steps of 64 images, and held there to 160 ...
 CALIB_DISTILL_STEPS = 100
-#: ... and at most this many multiply-adds of training: about 20 s on 2 cores.
+#: ... and at most this many multiply-adds of training (x --epochs): about 20 s on 2 cores ...
 CALIB_DISTILL_MACS = 1e12
+#: ... and not at all when fewer steps than this fit (a ResNet-18 at 224 fits 1: 74 s of a build,
+#: mostly the passes around that step, for nothing); the log names the --epochs that fit them.
+MIN_DISTILL_STEPS = 10
 #: fewer held-out calibration images than twice this are not halved between check and choice
 MIN_SELECT_IMAGES = 64
 
@@ -123,14 +126,20 @@ def run(ctx: BuildContext) -> StageResult:
         student = outcome.model
     student = student.eval()
     agreement = after_bn = None
+    not_distilled = ""
     if task(ctx) != DETECT and (evald is None or train is None):
         check_x, source, select_x = _check_images(ctx, val, bn_data)
         agreement = pruned_agreement(teacher.model, student, check_x, source)
-        if train is None and not agreement.passed and r.epochs > 0:
+        steps, needed_epochs = distil_steps(ctx)
+        if train is None and not agreement.passed and r.epochs > 0 and steps < MIN_DISTILL_STEPS:
+            not_distilled = (f"not distilled on the calibration images: {steps} steps fit in --epochs {r.epochs:g}, "
+                             f"--epochs {needed_epochs:g} allows {MIN_DISTILL_STEPS}")
+            ctx.ui.log(f"the pruned model disagrees with the original ({agreement.reason}); {not_distilled}")
+        elif train is None and not agreement.passed and r.epochs > 0:
             ctx.ui.log(f"BatchNorm recalibration left the pruned model disagreeing with the original ({agreement.reason}): "
-                       "distilling it from the original on the calibration images")
+                       f"distilling it from the original on the calibration images ({steps} steps)")
             after_bn = agreement
-            outcome = distil_on_images(ctx, student, teacher.model, bn_data, select_x)
+            outcome = distil_on_images(ctx, student, teacher.model, bn_data, select_x, steps)
             student = outcome.model.eval()
             agreement = pruned_agreement(teacher.model, student, check_x, source)
     if evald is not None:
@@ -142,11 +151,13 @@ def run(ctx: BuildContext) -> StageResult:
     if agreement is not None and agreement.judged:
         summary += f"; top-1 agreement with the original {agreement.top1_agreement:.1%} ({agreement.confidence_agreement or agreement.top1_agreement:.1%} weighted) on {agreement.source}"
         if not agreement.passed and evald is None:
-            ctx.ui.warn(f"the pruned model disagrees with the original ({agreement.reason}) on {agreement.source}: "
-                        "a build will not deploy it; give --train data to recover it, or labelled --eval data to measure its accuracy")
+            then = ("--allow-accuracy-drop lets a build deploy it anyway" if ctx.settings.quantization.allow_accuracy_drop
+                    else "a build will not deploy it; give --train data to recover it, or labelled --eval data to measure its accuracy")
+            ctx.ui.warn(f"the pruned model disagrees with the original ({agreement.reason}) on {agreement.source}: {then}")
     detail = json.loads(json.dumps(outcome.to_dict(), default=str))
     return StageResult({"mode": outcome.mode, "accuracy": acc, "agreement": agreement.to_dict() if agreement else None,
                         "agreement_decides": agreement is not None and evald is None, "agreement_after_bn": after_bn.to_dict() if after_bn else None,
+                        "not_distilled": not_distilled,
                         "detail": detail,
                         "final": RECOVERED_FILE, "_summary": summary}, [out])
 
@@ -168,24 +179,26 @@ def _check_images(ctx: BuildContext, val: ArrayDataset | None, bn_data: ArrayDat
     return x[:half], f"{half} held-out images of {calib.source}", x[half:]
 
 
-def distil_steps(teacher_macs: int | None, student_macs: int | None, batch: int, epochs: float) -> int:
-    """Optimizer steps of a distillation on calibration images: CALIB_DISTILL_STEPS (scaled by
-    --epochs), fewer where they would cost more than CALIB_DISTILL_MACS (a step runs the original
-    forward and the pruned model forward and backward, about 3x its forward)."""
-    steps = max(1, math.ceil(CALIB_DISTILL_STEPS * epochs))
-    if teacher_macs and student_macs:
-        steps = min(steps, max(1, int(CALIB_DISTILL_MACS // (batch * (teacher_macs + 3 * student_macs)))))
-    return steps
+def distil_steps(ctx: BuildContext) -> tuple[int, int]:
+    """(optimizer steps a distillation on calibration images takes, the --epochs that would give it
+    MIN_DISTILL_STEPS): CALIB_DISTILL_STEPS x --epochs, fewer where they would cost more than
+    CALIB_DISTILL_MACS x --epochs (a step runs the original forward and the pruned model forward
+    and backward, about 3x its forward)."""
+    r, n_in = ctx.settings.recovery, max(1, ctx.plan.input_shape[0])
+    teacher_macs, student_macs = ((m or 0) // n_in for m in (ctx.results["load"].get("macs"), ctx.results["surgery"].get("macs")))
+    steps = math.ceil(CALIB_DISTILL_STEPS * r.epochs)
+    if not (teacher_macs and student_macs):
+        return steps, 1
+    per_step = r.batch_size * (teacher_macs + 3 * student_macs)
+    return min(steps, int(CALIB_DISTILL_MACS * r.epochs // per_step)), math.ceil(MIN_DISTILL_STEPS * per_step / CALIB_DISTILL_MACS)
 
 
-def distil_on_images(ctx: BuildContext, student: Any, teacher: Any, images: ArrayDataset, select_x: np.ndarray) -> RecoveryResult:
+def distil_on_images(ctx: BuildContext, student: Any, teacher: Any, images: ArrayDataset, select_x: np.ndarray, steps: int) -> RecoveryResult:
     """Distil the pruned model from the original on unlabelled images: the original's outputs are
     the targets (logit KD with alpha 1, so labels carry no weight, plus feature alignment), and the
     original's top-1 labels the held-out images an epoch is chosen on (the starting point counts,
     so this never returns a model that agrees less than it was given)."""
-    r, seed, n_in = ctx.settings.recovery, ctx.settings.data.seed, max(1, ctx.plan.input_shape[0])
-    macs = (ctx.results["load"].get("macs"), ctx.results["surgery"].get("macs"))
-    steps = distil_steps(*(m // n_in if m else None for m in macs), r.batch_size, r.epochs)
+    r, seed = ctx.settings.recovery, ctx.settings.data.seed
     per_epoch = max(1, math.ceil(len(images) / r.batch_size))
     train = ArrayDataset(images.x, _top1(teacher, images.x), f"{images.source} (labels: the original's top-1)", images.preprocess)
     select = ArrayDataset(select_x, _top1(teacher, select_x), "held-out calibration images (labels: the original's top-1)", images.preprocess)
