@@ -5,13 +5,14 @@ that had lost most of what the original knew (a VGG-style CNN on digits, pruned 
 BatchNorm recalibration only, agreed with its 98.6%-accurate original on 27.8% of the test
 images, and the build exited 0). The check compares the two models' classifier outputs on
 images that neither the recovery nor the BatchNorm statistics saw, by top-1 agreement: the share
-of images on which both pick the same class. Whatever the labels, the pruned model's top-1 accuracy
-is at most that share's complement below the original's, so the check bounds the loss without
-labels. The agreement weighted by the original's confidence (`calibration.verify_qdq`) is recorded
-beside it but does not pass a model: it rests on the original's probabilities being calibrated, and
-a digits CNN whose original scored 78.6% measured 97.7% weighted (83.0% plain) while losing 12.8
-points on the labelled test set. A random-weight original therefore fails the check after most
-prunings: build it with --allow-accuracy-drop when only speed matters.
+of images on which both pick the same class. Whatever the labels, the pruned model's top-1
+accuracy is at most that share's complement below the original's, so the check bounds the loss
+without labels (on images like the check's: see MIN_PRUNED_AGREEMENT for why that is no
+guarantee). The agreement weighted by the original's confidence (`calibration.verify_qdq`) is
+recorded beside it but does not pass a model: it rests on the original's probabilities being
+calibrated, and a digits CNN whose original scored 78.6% measured 97.7% weighted (83.0% plain)
+while losing 12.8 points on the labelled test set. A random-weight original therefore fails the
+check after most prunings: build it with --allow-accuracy-drop when only speed matters.
 Outputs that are not classifier scores cannot be judged without labels: they are recorded, not
 judged, and the report says so.
 """
@@ -25,11 +26,14 @@ import numpy as np
 
 from hadmc_deploy.calibration.verify_qdq import compare_outputs
 from hadmc_deploy.data import ArrayDataset
+from hadmc_deploy.plan import DEFAULT_ACCURACY_GUARD
 
-#: a pruned classifier passes when its top-1 agreement with the original reaches this, which bounds
-#: its accuracy loss to 3 points on data like the held-out images. Pruning is given no looser bar
-#: than the INT8 check's 90%-or-97%-weighted; with --eval the default guard allows 1 point.
-MIN_PRUNED_AGREEMENT = 0.97
+#: a pruned classifier passes when its top-1 agreement with the original reaches this: its accuracy
+#: loss on images like the held-out ones is then at most the 1 point the guard allows with --eval
+#: (DEFAULT_ACCURACY_GUARD). A looser 97% let a ShuffleNetV2 on digits deploy at 98.5% agreement on
+#: held-out training images while it lost 3.3 points on the test set: an original fits its own
+#: training images better than unseen ones, so agreement measured there is optimistic.
+MIN_PRUNED_AGREEMENT = 1.0 - DEFAULT_ACCURACY_GUARD / 100.0
 #: images compared at most, and at least when the model is expensive (see `check_samples`)
 MAX_SAMPLES, MIN_SAMPLES = 512, 128
 #: multiply-adds of the original's forward passes the check aims at: 512 images of a small CNN,
@@ -47,6 +51,8 @@ class PrunedAgreement:
     judged: bool  # False: no classifier output, so without labels nothing can be judged
     passed: bool
     reason: str
+    #: True when the model has one output, (N, classes) scores: what distillation can train on
+    single_classifier_output: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,5 +109,6 @@ def pruned_agreement(original: Any, pruned: Any, x: np.ndarray, source: str, *, 
         if out.top1_agreement < min_agreement:
             problems.append(f"{out.name}: top-1 agreement {out.top1_agreement:.1%} (need {min_agreement:.0%})")
     judged = check.top1_agreement is not None
+    single = len(check.outputs) == 1 and check.outputs[0].top1_agreement is not None
     return PrunedAgreement(check.samples, source, check.top1_agreement, check.confidence_agreement, check.snr_db, judged,
-                           passed=not problems, reason="; ".join(problems))
+                           passed=not problems, reason="; ".join(problems), single_classifier_output=single)

@@ -9,14 +9,14 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.fidelity import check_samples, held_out_images, model_outputs, pruned_agreement
+from hadmc_deploy.build.fidelity import PrunedAgreement, check_samples, held_out_images, model_outputs, pruned_agreement
 from hadmc_deploy.build.inputs import data_hash, dataset, loaded_model, task
 from hadmc_deploy.build.metric import DETECT, torch_score
 from hadmc_deploy.build.stages.search import PLAN_FILE
@@ -125,23 +125,10 @@ def run(ctx: BuildContext) -> StageResult:
         outcome = recover(student, teacher.model, tr, val, recovery_options(r, seed, len(tr) if tr is not None else 0), ctx.ui, bn_data=bn_data)
         student = outcome.model
     student = student.eval()
-    agreement = after_bn = None
-    not_distilled = ""
+    fidelity = Fidelity()
     if task(ctx) != DETECT and (evald is None or train is None):
-        check_x, source, select_x = _check_images(ctx, val, bn_data)
-        agreement = pruned_agreement(teacher.model, student, check_x, source)
-        steps, needed_epochs = distil_steps(ctx)
-        if train is None and not agreement.passed and r.epochs > 0 and steps < MIN_DISTILL_STEPS:
-            not_distilled = (f"not distilled on the calibration images: {steps} steps fit in --epochs {r.epochs:g}, "
-                             f"--epochs {needed_epochs:g} allows {MIN_DISTILL_STEPS}")
-            ctx.ui.log(f"the pruned model disagrees with the original ({agreement.reason}); {not_distilled}")
-        elif train is None and not agreement.passed and r.epochs > 0:
-            ctx.ui.log(f"BatchNorm recalibration left the pruned model disagreeing with the original ({agreement.reason}): "
-                       f"distilling it from the original on the calibration images ({steps} steps)")
-            after_bn = agreement
-            outcome = distil_on_images(ctx, student, teacher.model, bn_data, select_x, steps)
-            student = outcome.model.eval()
-            agreement = pruned_agreement(teacher.model, student, check_x, source)
+        student, outcome, fidelity = judge_and_distil(ctx, teacher.model, student, outcome, val, bn_data, may_distil=train is None)
+    agreement = fidelity.agreement
     if evald is not None:
         acc["recovered"] = torch_score(student, evald)[0]
     out = ctx.path(RECOVERED_FILE)
@@ -153,13 +140,51 @@ def run(ctx: BuildContext) -> StageResult:
         if not agreement.passed and evald is None:
             then = ("--allow-accuracy-drop lets a build deploy it anyway" if ctx.settings.quantization.allow_accuracy_drop
                     else "a build will not deploy it; give --train data to recover it, or labelled --eval data to measure its accuracy")
-            ctx.ui.warn(f"the pruned model disagrees with the original ({agreement.reason}) on {agreement.source}: {then}")
+            ctx.ui.warn(f"the pruned model disagrees with the original ({agreement.reason}) on {agreement.source}: {then}"
+                        + (f" ({fidelity.not_distilled})" if fidelity.not_distilled else ""))
     detail = json.loads(json.dumps(outcome.to_dict(), default=str))
     return StageResult({"mode": outcome.mode, "accuracy": acc, "agreement": agreement.to_dict() if agreement else None,
-                        "agreement_decides": agreement is not None and evald is None, "agreement_after_bn": after_bn.to_dict() if after_bn else None,
-                        "not_distilled": not_distilled,
+                        "agreement_decides": agreement is not None and evald is None, "agreement_after_bn": fidelity.after_bn.to_dict() if fidelity.after_bn else None,
+                        "not_distilled": fidelity.not_distilled,
                         "detail": detail,
                         "final": RECOVERED_FILE, "_summary": summary}, [out])
+
+
+@dataclass
+class Fidelity:
+    """The pruned model against the original (`build/fidelity.py`), and what was done about it."""
+
+    agreement: PrunedAgreement | None = None
+    #: the agreement BatchNorm recalibration alone left, when a distillation on calibration images followed
+    after_bn: PrunedAgreement | None = None
+    #: why a pruned model that disagreed was not distilled on the calibration images ("" when it was, or agreed)
+    not_distilled: str = ""
+
+
+def judge_and_distil(ctx: BuildContext, teacher: Any, student: Any, outcome: RecoveryResult, val: ArrayDataset | None,
+                     bn_data: ArrayDataset, *, may_distil: bool) -> tuple[Any, RecoveryResult, Fidelity]:
+    """Compare the recovered model with the original; when it disagrees and `may_distil` (no --train),
+    distil it on the calibration images and compare again. Returns (model, outcome, fidelity)."""
+    check_x, source, select_x = _check_images(ctx, val, bn_data)
+    fidelity = Fidelity(pruned_agreement(teacher, student, check_x, source))
+    r = ctx.settings.recovery
+    if fidelity.agreement.passed or not may_distil or r.epochs <= 0:
+        return student, outcome, fidelity
+    steps, needed_epochs = distil_steps(ctx)
+    if not fidelity.agreement.single_classifier_output:
+        fidelity.not_distilled = "not distilled on the calibration images: the model has more outputs than one classifier's scores"
+    elif steps < MIN_DISTILL_STEPS:
+        fidelity.not_distilled = (f"not distilled on the calibration images: {steps} steps fit in --epochs {r.epochs:g}, "
+                                  f"--epochs {needed_epochs:g} allows {MIN_DISTILL_STEPS}")
+    if fidelity.not_distilled:
+        ctx.ui.log(f"the pruned model disagrees with the original ({fidelity.agreement.reason}); {fidelity.not_distilled}")
+        return student, outcome, fidelity
+    ctx.ui.log(f"BatchNorm recalibration left the pruned model disagreeing with the original ({fidelity.agreement.reason}): "
+               f"distilling it from the original on the calibration images ({steps} steps)")
+    outcome = distil_on_images(ctx, student, teacher, bn_data, select_x, steps)
+    student = outcome.model.eval()
+    fidelity.after_bn, fidelity.agreement = fidelity.agreement, pruned_agreement(teacher, student, check_x, source)
+    return student, outcome, fidelity
 
 
 def _check_images(ctx: BuildContext, val: ArrayDataset | None, bn_data: ArrayDataset) -> tuple[np.ndarray, str, np.ndarray]:
