@@ -89,8 +89,14 @@ class AbsHistogram:
             # Doubling the range merges bin pairs exactly; no counts move between bins.
             self.counts = np.concatenate([self.counts.reshape(-1, 2).sum(1), np.zeros(self.num_bins // 2)])
             self.range *= 2.0
-        hist, _ = np.histogram(absx, bins=self.num_bins, range=(0.0, self.range))
-        self.counts += hist
+        # Uniform bins by index arithmetic and bincount, not np.histogram: that converts to float64
+        # and corrects every value against its bin edges (about 10 passes), and was 45% of a
+        # ResNet-18's calibration at 224 (5.6 of 12.5 s). A value within float32 rounding of an
+        # edge may land in the neighbouring bin: 1/2048 of the range, below what a threshold resolves.
+        # (intp indices: bincount converts anything narrower first, which tripled its time)
+        index = (absx * np.float32(self.num_bins / self.range)).astype(np.intp)
+        np.minimum(index, self.num_bins - 1, out=index)
+        self.counts += np.bincount(index, minlength=self.num_bins)
 
     @property
     def edges(self) -> np.ndarray:
