@@ -25,8 +25,9 @@ DATA_KINDS = ("train", "calib", "eval", "data")
 
 
 #: calibration images loaded beyond the ones the ranges see: what the guard's held-out checks
-#: (INT8 vs FP32, 256: `Int8Options.verify_samples`) and BN recalibration (1,024 drawn from the
-#: whole set: `stages.recover.BN_CALIB_SAMPLES`) draw on. Loading the whole source instead
+#: (INT8 vs FP32, 256: `Int8Options.verify_samples`), BN recalibration (1,024 drawn from the
+#: whole set: `stages.recover.BN_CALIB_SAMPLES`) and the pruned model's agreement check (the
+#: images past BN's share: `build/fidelity.py`) draw on. Loading the whole source instead
 #: preprocessed all 60,000 Fashion-MNIST images to 3x224x224 float32 for a ResNet-18 build
 #: (36 GB) and was killed for memory; 4,096 extra (2.5 GB at 224) spent 12 s loading and 8 s
 #: hashing of a ResNet-18 build. tests/test_data_sources.py checks the two still fit.

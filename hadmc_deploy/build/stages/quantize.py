@@ -24,6 +24,19 @@ from hadmc_deploy.targets import detect_cpu_isa
 
 #: eval samples the guard's repair measures each candidate on; the final accuracy uses all of --eval.
 GUARD_SAMPLES = 2000
+#: held-out calibration samples INT8 is compared with FP32 on (`Int8Options.verify_samples`, 256), fewer
+#: for an expensive model: both graphs over 256 images took 12 s of a ResNet-18 build at 224 per
+#: model; the passes stop near VERIFY_MACS multiply-adds of the float model, never under 128 images.
+VERIFY_MACS = 1e11
+MIN_VERIFY_SAMPLES = 128
+
+
+def verify_samples(macs_per_sample: int | None) -> int:
+    """Held-out samples the INT8 check runs: the default 256 unless the float model makes them cost more than VERIFY_MACS."""
+    default = Int8Options.verify_samples
+    if not macs_per_sample:
+        return default
+    return int(min(default, max(MIN_VERIFY_SAMPLES, VERIFY_MACS // macs_per_sample)))
 
 
 def inputs(ctx: BuildContext) -> dict[str, Any]:
@@ -39,8 +52,10 @@ def options(ctx: BuildContext) -> Int8Options:
         # without labelled data (or for a detector, whose accuracy is not top-1) the guard
         # compares INT8 with FP32 outputs on held-out calibration samples instead
         guard = GuardSettings(max_accuracy_drop=q.max_accuracy_drop if q.max_accuracy_drop is not None else 1.0, eval_samples=GUARD_SAMPLES)
+    macs = ctx.results["load"].get("macs")
     return Int8Options(
         method=q.calib_method, samples=ctx.settings.data.calib_samples, form=target.int8_form,
+        verify_samples=verify_samples(macs // max(1, ctx.plan.input_shape[0]) if macs else None),
         reduce_range=target.backend == "onnxruntime" and cpu_reduce_range(detect_cpu_isa()), guard=guard,
     )
 
