@@ -156,3 +156,13 @@ def test_distillation_effort_is_bounded_and_names_the_epochs_that_fit_it() -> No
     steps, needed = distil_steps(ctx(int(1.8e9), int(0.9e9)))
     assert steps < MIN_DISTILL_STEPS and needed > 1
     assert distil_steps(ctx(int(1.8e9), int(0.9e9), epochs=needed))[0] >= MIN_DISTILL_STEPS
+
+
+def test_prune_says_when_its_checkpoint_disagrees_with_the_original(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"keep": {"0": 2, "3": 2}}))
+    assert main(["prune", str(tiny), "--arch", TINY_ARCH, "--target", "cpu", "--widths", str(plan), "--calib", DIGITS_TRAIN,
+                 "--timing-rounds", "0", "-o", str(tmp_path / "p.pth"), "--json", "-q"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert not summary["recovery"]["agreement"]["passed"]
+    assert any(n.startswith("the pruned model disagrees with the original") for n in summary["notes"])

@@ -116,8 +116,9 @@ def run(ctx: BuildContext) -> StageResult:
     code, why = verdict(name, candidates, budget_ref["name"], goal, noise, pruning_asked, ctx.plan.precision)
     decision.verdict = {"exit_code": code, "why": why}
     if code == 15 and PRUNED_DISAGREES in why:
-        decision.verdict["hint"] = ("give --train data so recovery distils the pruned model from the original (or more --epochs), labelled "
-                                    "--eval data to judge accuracy instead of agreement, or --allow-accuracy-drop to deploy it anyway")
+        decision.verdict["hint"] = ("give --train data so recovery fine-tunes the pruned model from the original, or raise --epochs (without "
+                                    "--train it distils on the calibration images, longer with more epochs); labelled --eval data to judge "
+                                    "accuracy instead of agreement; or --allow-accuracy-drop to deploy it anyway")
     if q.max_accuracy_drop is not None and reference_acc is not None:
         decision.guard = {"allowed": q.max_accuracy_drop, "reference": reference_acc, "allowed_by_flag": q.allow_accuracy_drop,
                           "excluded": {c.name: c.excluded for c in candidates if c.excluded}}
