@@ -85,11 +85,11 @@ def test_exclusion_text_only_for_a_failed_judged_check() -> None:
 def test_held_out_images_are_the_ones_batchnorm_did_not_see() -> None:
     data = ArrayDataset(_index_images(300), np.zeros(300, dtype=np.int64), "d")
     seen = set(data.subset(200, seed=3).x.ravel().tolist())
-    x, source = held_out_images(data, 200, 80, seed=3)
-    assert len(x) == 80 and not seen & set(x.ravel().tolist()) and "held-out" in source
+    x, source, held_out = held_out_images(data, 200, 80, seed=3)
+    assert held_out and len(x) == 80 and not seen & set(x.ravel().tolist()) and "held-out" in source
     # nothing left: the last images BatchNorm saw are reused, and the source says so
-    x, source = held_out_images(data, 300, 80, seed=3)
-    assert len(x) == 80 and set(x.ravel().tolist()) <= set(range(300)) and "none held out" in source
+    x, source, held_out = held_out_images(data, 300, 80, seed=3)
+    assert not held_out and len(x) == 80 and set(x.ravel().tolist()) <= set(range(300)) and "none held out" in source
 
 
 def test_samples_shrink_with_an_expensive_model() -> None:

@@ -66,15 +66,16 @@ def check_samples(macs_per_sample: int | None) -> int:
     return int(min(MAX_SAMPLES, max(MIN_SAMPLES, CHECK_MACS // macs_per_sample)))
 
 
-def held_out_images(data: ArrayDataset, used: int, count: int, seed: int) -> tuple[np.ndarray, str]:
-    """Up to `count` images of `data` past the first `used` of its seeded shuffle (the images
-    `ArrayDataset.subset(used, seed)` took); the last ones reused, and said so, when none are left."""
+def held_out_images(data: ArrayDataset, used: int, count: int, seed: int) -> tuple[np.ndarray, str, bool]:
+    """(up to `count` images of `data` past the first `used` of its seeded shuffle (the images
+    `ArrayDataset.subset(used, seed)` took), where they came from, whether they are held out): the
+    last used ones are reused, and the source says so, when fewer than 64 are left."""
     order = np.random.default_rng(seed).permutation(len(data))
     rest = np.sort(order[used : used + count])
     if len(rest) >= min(count, 64):
-        return data.x[rest], f"{len(rest)} held-out images of {data.source}"
+        return data.x[rest], f"{len(rest)} held-out images of {data.source}", True
     x = data.x[np.sort(order[:used])][-count:]
-    return x, f"{len(x)} images of {data.source} that BatchNorm recalibration also saw (none held out: pass more to --calib)"
+    return x, f"{len(x)} images of {data.source} that BatchNorm recalibration also saw (none held out: pass more to --calib)", False
 
 
 def model_outputs(model: Any, x: np.ndarray, batch_size: int = 64) -> list[np.ndarray]:
@@ -90,11 +91,13 @@ def model_outputs(model: Any, x: np.ndarray, batch_size: int = 64) -> list[np.nd
 
     was_training = model.training
     model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # recovery may have left it on a GPU
     chunks: list[list[np.ndarray]] = []
     try:
         with torch.no_grad():
             for start in range(0, len(x), batch_size):
-                chunks.append([t.float().cpu().numpy() for t in flat(model(torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))))])
+                xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
+                chunks.append([t.float().cpu().numpy() for t in flat(model(xb))])
     finally:
         model.train(was_training)
     return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))] if chunks else []

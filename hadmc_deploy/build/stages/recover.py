@@ -98,8 +98,6 @@ def run(ctx: BuildContext) -> StageResult:
     student = load_model(ctx.path(PRUNED_FILE)).model
     train, evald = dataset(ctx, "train"), dataset(ctx, "eval")
     acc: dict[str, float | None] = {"baseline": None, "pruned": None, "bn_recalibrated": None, "recovered": None}
-    macs = ctx.results["surgery"].get("macs")  # at the input shape, its batch included
-    per_image = macs // max(1, ctx.plan.input_shape[0]) if macs else None
     if train is not None:
         tr, val = split_held_out(train, seed) if task(ctx) != DETECT else (train, None)
         bn_data = tr
@@ -110,7 +108,8 @@ def run(ctx: BuildContext) -> StageResult:
         # No training data: `recover` only re-estimates BatchNorm statistics on these images; their
         # labels (if any) are not scored: calibration images need not be labelled for this model.
         tr, val = None, None
-        bn_data = calib.subset(bn_calib_samples(per_image), seed=seed)
+        macs = ctx.results["surgery"].get("macs")  # at the input shape, its batch included
+        bn_data = calib.subset(bn_calib_samples(macs // max(1, ctx.plan.input_shape[0]) if macs else None), seed=seed)
     if evald is not None:
         acc["baseline"] = torch_score(teacher.model, evald)[0]
         acc["pruned"] = torch_score(student, evald)[0]
@@ -197,8 +196,8 @@ def _check_images(ctx: BuildContext, val: ArrayDataset | None, bn_data: ArrayDat
     if val is not None:
         return val.x[:count], f"{min(count, len(val))} images held out of {val.source.split('[')[0]}", val.x[count : 2 * count]
     calib = dataset(ctx, "calib")
-    x, source = held_out_images(calib, len(bn_data), 2 * count, ctx.settings.data.seed)
-    if "held-out" not in source or len(x) < 2 * MIN_SELECT_IMAGES:
+    x, source, held_out = held_out_images(calib, len(bn_data), 2 * count, ctx.settings.data.seed)
+    if not held_out or len(x) < 2 * MIN_SELECT_IMAGES:
         return x[:count], source, x[:count]  # too few to halve: the choice uses the check's images
     half = min(count, len(x) // 2)
     return x[:half], f"{half} held-out images of {calib.source}", x[half:]
