@@ -113,7 +113,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         if rec.get("agreement_after_bn"):
             out.append(f"- after BatchNorm recalibration alone: top-1 agreement {rec['agreement_after_bn']['top1_agreement']:.1%}; "
                        "then distilled from the original on the calibration images (labels unused)")
-        out.append("- the pruned model against the original: " + _agreement_text(agreement, bool(rec.get("agreement_decides"))))
+        if not rec.get("agreement_decides"):
+            consequence = "recorded: the --eval accuracy decides what deploys"
+        elif report["options"].get("allow_accuracy_drop"):
+            consequence = "accepted with --allow-accuracy-drop"
+        else:
+            consequence = "the pruned variants may not deploy"
+        out.append("- the pruned model against the original: " + _agreement_text(agreement, consequence))
         if rec.get("not_distilled"):
             out.append(f"- {rec['not_distilled']}")
     out.append("")
@@ -143,19 +149,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _agreement_text(a: dict, decides: bool) -> str:
-    """One line on the pruned model's agreement with the original (`build/fidelity.py`); `decides`:
-    no --eval, so the agreement decides whether the pruned variants may deploy."""
+def _agreement_text(a: dict, consequence: str) -> str:
+    """One line on the pruned model's agreement with the original (`build/fidelity.py`), and what a
+    failed check meant for the build."""
     if not a.get("judged"):
         return f"no classifier output to compare on {a.get('source')}: not judged (give labelled --eval data)"
     weighted = a.get("confidence_agreement")
     text = f"top-1 agreement {a['top1_agreement']:.1%}" + (f" ({weighted:.1%} weighted by the original's confidence, not judged)" if weighted is not None else "")
-    if a.get("passed"):
-        verdict = "passed"
-    elif decides:
-        verdict = f"FAILED ({a.get('reason')}): the pruned variants may not deploy"
-    else:
-        verdict = f"FAILED ({a.get('reason')}; recorded: the --eval accuracy decides what deploys)"
+    verdict = "passed" if a.get("passed") else f"FAILED ({a.get('reason')}): {consequence}"
     return f"{text}, on {a.get('source')}: {verdict}"
 
 

@@ -127,6 +127,7 @@ def test_build_without_eval_keeps_a_pruned_model_that_forgot_from_deploying(tiny
     # accepted on purpose: the pruned model may deploy again
     rc, report = _build(tiny, tmp_path, 2, "allowed", "--allow-accuracy-drop")
     assert rc == 0 and not any(c["excluded"] for c in report["decision"]["candidates"])
+    assert "accepted with --allow-accuracy-drop" in (tmp_path / "allowed" / "report.md").read_text()
 
 
 def test_distillation_on_calibration_images_wins_agreement_back(tiny: Path, tmp_path: Path) -> None:
