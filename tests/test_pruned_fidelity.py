@@ -72,14 +72,16 @@ def test_outputs_that_are_not_class_scores_are_recorded_not_judged() -> None:
     maps = np.random.default_rng(2).normal(size=(50, 4, 3, 3))
     check = pruned_agreement(Fixed(maps), Fixed(-maps), _index_images(50), "x")
     assert not check.judged and check.passed and check.top1_agreement is None and check.snr_db < 0
-    assert pruned_exclusion(check.to_dict()) == ""
+    assert pruned_exclusion({"agreement": check.to_dict()}) == ""
 
 
-def test_exclusion_text_only_for_a_failed_judged_check() -> None:
-    assert pruned_exclusion(None) == ""
-    assert pruned_exclusion({"judged": True, "passed": True}) == ""
-    text = pruned_exclusion({"judged": True, "passed": False, "source": "64 held-out images", "reason": "output0: top-1 agreement 30%"})
+def test_exclusion_text_only_for_a_failed_judged_check_or_no_check_at_all() -> None:
+    assert pruned_exclusion({}) == pruned_exclusion({"agreement": None}) == ""
+    assert pruned_exclusion({"agreement": {"judged": True, "passed": True}}) == ""
+    assert pruned_exclusion({"agreement": {"judged": False, "passed": True}}) == ""
+    text = pruned_exclusion({"agreement": {"judged": True, "passed": False, "source": "64 held-out images", "reason": "output0: top-1 agreement 30%"}})
     assert text.startswith("the pruned model disagrees with the original") and "64 held-out images" in text
+    assert pruned_exclusion({"unchecked": True}).startswith("the pruned model was checked on no data")
 
 
 def test_held_out_images_are_the_ones_batchnorm_did_not_see() -> None:
@@ -167,3 +169,18 @@ def test_prune_says_when_its_checkpoint_disagrees_with_the_original(tiny: Path, 
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert not summary["recovery"]["agreement"]["passed"]
     assert any(n.startswith("the pruned model disagrees with the original") for n in summary["notes"])
+
+
+def test_build_with_no_images_at_all_does_not_deploy_an_unchecked_pruned_model(tiny: Path, tmp_path: Path) -> None:
+    """No --train, --calib or --eval: the pruned model keeps the original's BatchNorm statistics and
+    nothing can check it, so the original deploys (exit 15) unless the loss is accepted."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"keep": {"0": 24, "3": 24}}))
+    common = [str(tiny), "--arch", TINY_ARCH, "--target", "cpu", "--precision", "fp32", "--widths", str(plan),
+              "--no-measure-lut", "--batch", "1", "--runs", "3", "--warmup", "1", "-q"]
+    assert main(["build", *common, "--out", str(tmp_path / "b")]) == 15
+    decision = json.loads((tmp_path / "b" / "report.json").read_text())["decision"]
+    excluded = {c["name"]: c["excluded"] for c in decision["candidates"]}
+    assert excluded["pruned-fp32"].startswith("the pruned model was checked on no data") and decision["deploy"] == "baseline-fp32"
+    assert "--calib" in decision["verdict"]["hint"]
+    assert main(["build", *common, "--out", str(tmp_path / "a"), "--allow-accuracy-drop"]) == 0

@@ -80,7 +80,7 @@ def run(ctx: BuildContext) -> StageResult:
         if not excluded and agreement.get("refused"):
             excluded = f"its outputs disagree with FP32 ({agreement.get('reason')})"
         if not excluded and not q.allow_accuracy_drop and r["model"] == "pruned" and r.get("accuracy") is None:
-            excluded = pruned_exclusion(ctx.results.get("recover", {}).get("agreement"))
+            excluded = pruned_exclusion(ctx.results.get("recover", {}))
         if r["name"] == "baseline-fp32":
             excluded = ""  # what the user gave us can always be handed back
         candidates.append(Candidate(r["name"], fastest[r["name"]], r.get("accuracy"), excluded))
@@ -115,7 +115,10 @@ def run(ctx: BuildContext) -> StageResult:
             decision.budget["plan_all_int8_speedup"] = check.get("measured_speedup")
     code, why = verdict(name, candidates, budget_ref["name"], goal, noise, pruning_asked, ctx.plan.precision)
     decision.verdict = {"exit_code": code, "why": why}
-    if code == 15 and PRUNED_DISAGREES in why:
+    if code == 15 and PRUNED_UNCHECKED in why:
+        decision.verdict["hint"] = ("give --calib images (no labels needed) so the pruned model is recalibrated and compared with the original, "
+                                    "--train data to recover it, or --allow-accuracy-drop to deploy it unchecked")
+    elif code == 15 and PRUNED_DISAGREES in why:
         decision.verdict["hint"] = ("give --train data so recovery fine-tunes the pruned model from the original, or raise --epochs (without "
                                     "--train it distils on the calibration images, longer with more epochs); labelled --eval data to judge "
                                     "accuracy instead of agreement; or --allow-accuracy-drop to deploy it anyway")
@@ -145,8 +148,17 @@ def run(ctx: BuildContext) -> StageResult:
 PRUNED_DISAGREES = "the pruned model disagrees with the original"
 
 
-def pruned_exclusion(agreement: dict[str, Any] | None) -> str:
-    """Why a pruned variant may not deploy without labelled data (`build/fidelity.py`), or ""."""
+#: the exclusion of a pruned model that no data could check
+PRUNED_UNCHECKED = "the pruned model was checked on no data"
+
+
+def pruned_exclusion(recovered: dict[str, Any]) -> str:
+    """Why a pruned variant may not deploy without labelled data, or "": it disagrees with the
+    original (`build/fidelity.py`), or there were no images at all to check it on (its BatchNorm
+    statistics are then the original's, stale for the narrower layers)."""
+    if recovered.get("unchecked"):
+        return f"{PRUNED_UNCHECKED} (no --train, --calib or --eval images)"
+    agreement = recovered.get("agreement")
     if not agreement or not agreement.get("judged") or agreement.get("passed"):
         return ""
     return f"{PRUNED_DISAGREES} on {agreement['source']} ({agreement['reason']})"

@@ -104,7 +104,8 @@ def run(ctx: BuildContext) -> StageResult:
     else:
         calib = dataset(ctx, "calib")
         if calib is None:
-            return StageResult({"mode": "none", "accuracy": acc, "final": PRUNED_FILE}, [ctx.path(PRUNED_FILE)], skipped="no --train or --calib data: the pruned model is used as is")
+            return StageResult({"mode": "none", "accuracy": acc, "final": PRUNED_FILE, "unchecked": evald is None}, [ctx.path(PRUNED_FILE)],
+                               skipped="no --train or --calib data: the pruned model is used as is" + ("" if evald is not None else ", unchecked"))
         # No training data: `recover` only re-estimates BatchNorm statistics on these images; their
         # labels (if any) are not scored: calibration images need not be labelled for this model.
         tr, val = None, None
