@@ -42,7 +42,9 @@ def test_dry_run_uses_config_and_cli_override(tmp_path: Path, capsys: pytest.Cap
     cfg = tmp_path / "build.toml"
     cfg.write_text('speedup = 3.0\nprecision = "fp32"\nsearch = "uniform"\n')
     out = tmp_path / "dry"
-    argv = ["build", "--arch", TINY_ARCH, "--input-shape", "1,1,16,16", "--config", str(cfg), "--speedup", "1.5", "--round-to", "4", "--out", str(out), "--dry-run", "--json", "-q"]
+    # the analytic latency model: a table measured on a loaded machine may judge 1.5x out of reach (exit 14), which is not what this tests
+    argv = ["build", "--arch", TINY_ARCH, "--input-shape", "1,1,16,16", "--config", str(cfg), "--speedup", "1.5", "--round-to", "4", "--out", str(out),
+            "--no-measure-lut", "--dry-run", "--json", "-q"]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["dry_run"] and result["predicted_speedup"] >= 1.5 and result["narrowed"]
