@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from hadmc_deploy.build.inputs import samples_within
 from hadmc_deploy.calibration.verify_qdq import compare_outputs
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.plan import DEFAULT_ACCURACY_GUARD
@@ -61,9 +62,7 @@ class PrunedAgreement:
 
 def check_samples(macs_per_sample: int | None) -> int:
     """Images to compare: MAX_SAMPLES unless the original's passes would cost more than CHECK_MACS."""
-    if not macs_per_sample:
-        return MAX_SAMPLES
-    return int(min(MAX_SAMPLES, max(MIN_SAMPLES, CHECK_MACS // macs_per_sample)))
+    return samples_within(macs_per_sample, most=MAX_SAMPLES, least=MIN_SAMPLES, macs_budget=CHECK_MACS)
 
 
 def held_out_images(data: ArrayDataset, used: int, count: int, seed: int) -> tuple[np.ndarray, str, bool]:

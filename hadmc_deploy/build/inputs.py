@@ -92,3 +92,18 @@ def final_torch_model(ctx: BuildContext) -> Any:
         path = ctx.path(name)
         return ctx.lazy(f"model:{name}", lambda: load_model(path).model.eval())
     return loaded_model(ctx).model
+
+
+def macs_per_image(ctx: BuildContext, stage: str = "load") -> int | None:
+    """Multiply-adds of one image through the model a stage recorded ("load": the original,
+    "surgery": the pruned one); the stages record them at the input shape, its batch included."""
+    macs = ctx.results.get(stage, {}).get("macs")
+    return macs // max(1, ctx.plan.input_shape[0]) if macs else None
+
+
+def samples_within(macs_per_sample: int | None, *, most: int, least: int, macs_budget: float) -> int:
+    """How many images a pass over data should take: `most`, fewer when they would cost more than
+    `macs_budget` multiply-adds, never fewer than `least` (unknown cost: `most`)."""
+    if not macs_per_sample:
+        return most
+    return int(min(most, max(least, macs_budget // macs_per_sample)))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.inputs import data_hash, dataset, task
+from hadmc_deploy.build.inputs import data_hash, dataset, macs_per_image, samples_within, task
 from hadmc_deploy.build.metric import DETECT
 from hadmc_deploy.build.variants import float_onnx, mixed_name, models, qdq_name, scales_name
 from hadmc_deploy.calibration.guard import GuardSettings
@@ -33,10 +33,7 @@ MIN_VERIFY_SAMPLES = 128
 
 def verify_samples(macs_per_sample: int | None) -> int:
     """Held-out samples the INT8 check runs: the default 256 unless the float model makes them cost more than VERIFY_MACS."""
-    default = Int8Options.verify_samples
-    if not macs_per_sample:
-        return default
-    return int(min(default, max(MIN_VERIFY_SAMPLES, VERIFY_MACS // macs_per_sample)))
+    return samples_within(macs_per_sample, most=Int8Options.verify_samples, least=MIN_VERIFY_SAMPLES, macs_budget=VERIFY_MACS)
 
 
 def inputs(ctx: BuildContext) -> dict[str, Any]:
@@ -52,10 +49,9 @@ def options(ctx: BuildContext) -> Int8Options:
         # without labelled data (or for a detector, whose accuracy is not top-1) the guard
         # compares INT8 with FP32 outputs on held-out calibration samples instead
         guard = GuardSettings(max_accuracy_drop=q.max_accuracy_drop if q.max_accuracy_drop is not None else 1.0, eval_samples=GUARD_SAMPLES)
-    macs = ctx.results["load"].get("macs")
     return Int8Options(
         method=q.calib_method, samples=ctx.settings.data.calib_samples, form=target.int8_form,
-        verify_samples=verify_samples(macs // max(1, ctx.plan.input_shape[0]) if macs else None),
+        verify_samples=verify_samples(macs_per_image(ctx)),
         reduce_range=target.backend == "onnxruntime" and cpu_reduce_range(detect_cpu_isa()), guard=guard,
     )
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.fidelity import PrunedAgreement, check_samples, held_out_images, model_outputs, pruned_agreement
-from hadmc_deploy.build.inputs import data_hash, dataset, loaded_model, task
+from hadmc_deploy.build.inputs import data_hash, dataset, loaded_model, macs_per_image, samples_within, task
 from hadmc_deploy.build.metric import DETECT, torch_score
 from hadmc_deploy.build.stages.search import PLAN_FILE
 from hadmc_deploy.build.stages.surgery import PRUNED_FILE
@@ -58,9 +58,7 @@ MIN_SELECT_IMAGES = 64
 def bn_calib_samples(macs_per_sample: int | None) -> int:
     """Images BatchNorm recalibration runs when there is no --train: all BN_CALIB_SAMPLES unless the
     model is so expensive that they would cost more than BN_CALIB_MACS."""
-    if not macs_per_sample:
-        return BN_CALIB_SAMPLES
-    return int(min(BN_CALIB_SAMPLES, max(BN_CALIB_MIN_SAMPLES, BN_CALIB_MACS // macs_per_sample)))
+    return samples_within(macs_per_sample, most=BN_CALIB_SAMPLES, least=BN_CALIB_MIN_SAMPLES, macs_budget=BN_CALIB_MACS)
 
 
 def inputs(ctx: BuildContext) -> dict[str, Any]:
@@ -109,8 +107,7 @@ def run(ctx: BuildContext) -> StageResult:
         # No training data: `recover` only re-estimates BatchNorm statistics on these images; their
         # labels (if any) are not scored: calibration images need not be labelled for this model.
         tr, val = None, None
-        macs = ctx.results["surgery"].get("macs")  # at the input shape, its batch included
-        bn_data = calib.subset(bn_calib_samples(macs // max(1, ctx.plan.input_shape[0]) if macs else None), seed=seed)
+        bn_data = calib.subset(bn_calib_samples(macs_per_image(ctx, "surgery")), seed=seed)
     if evald is not None:
         acc["baseline"] = torch_score(teacher.model, evald)[0]
         acc["pruned"] = torch_score(student, evald)[0]
@@ -192,8 +189,7 @@ def _check_images(ctx: BuildContext, val: ArrayDataset | None, bn_data: ArrayDat
     calibration images chooses its epoch on): the held-out split of --train, else calibration
     images recovery did not see, halved between the check and the choice so that the check's
     images chose nothing."""
-    macs = ctx.results["load"].get("macs")
-    count = check_samples(macs // max(1, ctx.plan.input_shape[0]) if macs else None)
+    count = check_samples(macs_per_image(ctx))
     if val is not None:
         return val.x[:count], f"{min(count, len(val))} images held out of {val.source.split('[')[0]}", val.x[count : 2 * count]
     calib = dataset(ctx, "calib")
@@ -209,8 +205,8 @@ def distil_steps(ctx: BuildContext) -> tuple[int, int]:
     MIN_DISTILL_STEPS): CALIB_DISTILL_STEPS x --epochs, fewer where they would cost more than
     CALIB_DISTILL_MACS x --epochs (a step runs the original forward and the pruned model forward
     and backward, about 3x its forward)."""
-    r, n_in = ctx.settings.recovery, max(1, ctx.plan.input_shape[0])
-    teacher_macs, student_macs = ((m or 0) // n_in for m in (ctx.results["load"].get("macs"), ctx.results["surgery"].get("macs")))
+    r = ctx.settings.recovery
+    teacher_macs, student_macs = macs_per_image(ctx), macs_per_image(ctx, "surgery")
     steps = math.ceil(CALIB_DISTILL_STEPS * r.epochs)
     if not (teacher_macs and student_macs):
         return steps, 1
