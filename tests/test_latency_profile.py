@@ -129,3 +129,33 @@ def test_cpu_clock_context_fit_takes_more_rounds_within_its_time(tmp_path):
         table, _ = measure_table(model, graph, shape, get_target("cpu"), "fp32", 1, tmp_path / f"{clock}.json", options=opts)
         rounds[clock] = {row["rounds"] for row in table.context.fitted_on}
     assert rounds == {"cpu": {MAX_CONTEXT_ROUNDS}, "wall": {2}}
+
+
+def test_no_step_in_isolation_puts_the_grid_on_the_cpus_blocked_width(tmp_path):
+    """Where the staircase probe finds no step, the grid (and the off-grid points) sit on the
+    CPU's blocked width, the step the context then profiles: two tables whose probes answered
+    "none" and that width price from the same grid."""
+    from hadmc_deploy.latency.alignment import blocked_layout_width
+    from hadmc_deploy.latency.auto import measure_table
+    from hadmc_deploy.latency.lut import LatencyTable, LutMeta, Staircase
+    from hadmc_deploy.latency.measure import backend_identity, get_backend
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 24, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(24, 40, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(40, 10)).eval()
+    shape = (1, 3, 16, 16)
+    graph = trace(model, shape)
+    version, device = backend_identity(get_backend("onnxruntime"))
+    path = tmp_path / "t.json"
+    table = LatencyTable(LutMeta("cpu", "onnxruntime", version or "x", device or {}, 1, 1, "fp32", 8))
+    table.staircase = Staircase(1, 1.0, {})  # as a probe that found no step
+    table.save(path)
+    opts = MeasureOptions(grid_points=2, passes=1, runs_per_pass=1, context=False)
+    table, info = measure_table(model, graph, shape, get_target("cpu"), "fp32", 1, path, options=opts)
+    block = blocked_layout_width(table.meta.device)
+    full = {24, 40, 10, 3}
+    grid = [e.spec for e in table.entries.values() if e.role == "grid"]
+    assert info["complete"] and grid
+    assert all(c % block == 0 or c in full for s in grid for c in (s.in_channels, s.out_channels))
+    off = [e.spec for e in table.entries.values() if e.role == "off_grid"]
+    assert all(s.out_channels in (23, 39) or s.in_channels in (23, 39) for s in off)

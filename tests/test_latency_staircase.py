@@ -46,6 +46,33 @@ def test_no_step_on_a_smooth_line_and_no_monotonicity_assumed():
     assert detect_step(times)[0] == 8
 
 
+# Two sweeps of the demo CNN's layer3.0.conv1 at 96x96 (out channels 96..128, ms, one thread's
+# CPU time) measured on an AVX-512 Xeon here, on which the old rule answered a step that the next
+# probe minutes later did not repeat (scratch probes; docs/latency_model.md).
+_FP32_NO_STAIR = [0.1268, 0.1436, 0.1412, 0.1344, 0.1363, 0.1418, 0.1361, 0.1414, 0.135, 0.1588, 0.141, 0.1458, 0.141, 0.1464, 0.1428, 0.1485, 0.1563,
+                  0.1612, 0.1896, 0.1537, 0.1913, 0.155, 0.2189, 0.1886, 0.1718, 0.1701, 0.1512, 0.1604, 0.1538, 0.1563, 0.1616, 0.1598, 0.15]
+_INT8_INVERTED = [0.0404, 0.0387, 0.0386, 0.0394, 0.044, 0.0389, 0.0389, 0.0396, 0.0438, 0.039, 0.0387, 0.0397, 0.0439, 0.0396, 0.0395, 0.0401, 0.0441,
+                  0.0402, 0.0407, 0.041, 0.0484, 0.0409, 0.0407, 0.0416, 0.0482, 0.0412, 0.0413, 0.0415, 0.0486, 0.0416, 0.0425, 0.0431, 0.0482]
+
+
+def test_a_step_seen_only_at_the_windows_ends_is_no_step():
+    # old rule: step 32 "line", penalty 1.087, from the window's two ends alone
+    assert detect_step(dict(zip(range(96, 129), _FP32_NO_STAIR, strict=True)))[0] == 1
+
+
+def test_an_inverted_ripple_is_no_reason_to_round_up():
+    # multiples of 4 ran ~10% slower than their neighbours (old rule: step 4 "line", penalty 0.89)
+    assert detect_step(dict(zip(range(96, 129), _INT8_INVERTED, strict=True)))[0] == 1
+    synthetic = {c: 0.02 * c * (1.1 if c % 8 == 0 else 1.0) for c in range(32, 65)}
+    assert detect_step(synthetic)[0] == 1  # neither "line" (penalty < 1) nor "pad" (far below its padded count)
+
+
+def test_a_padding_staircase_with_noise_is_still_found():
+    rng = __import__("random").Random(0)
+    times = {c: (0.12 + 0.001 * _ceil(c, 16)) * rng.uniform(0.98, 1.02) for c in range(96, 129)}  # 10% stairs, 2% noise
+    assert detect_step(times)[:1] == (16,) and detect_step(times)[2] == "pad"
+
+
 def _table(step: int = 16, penalty: float = 1.5, mode: str = "line") -> LatencyTable:
     table = LatencyTable(meta=LutMeta("cpu", "onnxruntime", "x", {}, 2, 1, "fp32", 8))
     for cin in (16, 32, 48, 64):

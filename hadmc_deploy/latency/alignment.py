@@ -32,6 +32,14 @@ PAD_MIN_STEP = 8
 TOLERANCE = 0.08
 
 
+def blocked_layout_width(device: dict) -> int:
+    """The CPU's blocked-layout width (ONNX Runtime's NCHWc block): 16 fp32 lanes with AVX-512,
+    8 otherwise, from the ISA the device fingerprint detected at run time. Used where the
+    isolated probe finds no step: an aligned conv timed alone pays its own layout reorders, while
+    in a chain of aligned convs the blocked layout is kept and only unaligned ones pay them."""
+    return 16 if "avx512" in str((device or {}).get("isa", "")) else 8
+
+
 def _line(points: dict[int, float], aligned: list[int], c: int) -> float:
     lo = max(a for a in aligned if a <= c)
     hi = min(a for a in aligned if a >= c)
@@ -65,19 +73,29 @@ def detect_step(times: dict[int, float], candidates: tuple[int, ...] = CANDIDATE
     multiple costs: the kernel pads) and "line" (it leaves the blocked kernel and costs
     `penalty` times the line between its aligned neighbours). For every candidate step
     both are fitted to the unaligned counts inside the window (the half-way counts must
-    fit like the others); the step is the largest whose best fit is within 50% (+1 point) of the best fit of any candidate and clearly
-    better than a straight line through the window without any step.
+    fit like the others); the step is the largest whose fit is within 50% (+1 point) of the
+    best candidate's.
+
+    A candidate counts as evidence of a step only when (each rule answers a step that the next
+    probe of the same layer, minutes later, did not repeat; docs/latency_model.md):
+    - the window holds an aligned count besides its two ends (else its "line" is the no-step
+      line times a constant);
+    - its unaligned counts cost more than the line through their aligned neighbours ("line"),
+      or about what their padded count costs ("pad"): an inverted ripple, aligned counts
+      slower (INT8 convs here, at multiples of 4), is no reason to round up to them;
+    And the best candidate must fit clearly better than a straight line through the window's
+    ends without any step.
     """
     lo, hi = min(times), max(times)
     inner = [c for c in times if lo < c < hi]
     if not inner:
         return 1, 1.0, "line"
     smooth = {c: _line(times, [lo, hi], c) for c in inner}
-    _, base_err = _residual(times, inner, smooth)
+    base_pen, base_err = _residual(times, inner, smooth)
     fits: list[tuple[int, float, str, float]] = []
     for s in candidates:
         aligned = sorted(c for c in times if c % s == 0)
-        if len(aligned) < 2 or aligned[0] != lo or aligned[-1] != hi:
+        if len(aligned) < 3 or aligned[0] != lo or aligned[-1] != hi:
             continue
         cs = [c for c in inner if c % s]
         if not cs:
@@ -92,15 +110,18 @@ def detect_step(times: dict[int, float], candidates: tuple[int, ...] = CANDIDATE
             # step is the real one (a median fit alone would overlook its few aligned counts)
             if half and abs(statistics.median(times[c] / ref[c] for c in half) / pen - 1.0) > max(2 * err, tolerance):
                 continue
+            if (mode == "line" and pen < 1.0 + tolerance) or (mode == "pad" and pen < 1.0 - tolerance):
+                continue
             fits.append((s, pen, mode, err))
     if not fits:
         return 1, 1.0, "line"
     best = min(f[3] for f in fits)
-    if best > (1.0 - tolerance) * base_err and base_err > tolerance / 2:
+    # a small error of the no-step line hides a real step only when the inner counts as a whole
+    # cost unlike the window's (aligned) ends: a sparse staircase, whose few aligned counts a
+    # mean error barely sees
+    if best > (1.0 - tolerance) * base_err and (base_err > tolerance / 2 or abs(base_pen - 1.0) < tolerance):
         return 1, 1.0, "line"
     s, pen, mode, _ = max((f for f in fits if f[3] <= 1.5 * best + 0.01), key=lambda f: (f[0], -f[3]))
-    if mode == "line" and abs(pen - 1.0) < tolerance:
-        return 1, 1.0, "line"
     return s, pen, mode
 
 

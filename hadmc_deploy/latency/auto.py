@@ -21,7 +21,7 @@ from torch import nn
 
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
-from hadmc_deploy.latency.alignment import off_grid_specs, probe_staircase
+from hadmc_deploy.latency.alignment import blocked_layout_width, off_grid_specs, probe_staircase
 from hadmc_deploy.latency.analytic import AnalyticLatencyModel
 from hadmc_deploy.latency.lut import IDENTITY_KEYS, LatencyTable, LutMeta
 from hadmc_deploy.latency.measure import backend_identity, get_backend, specs_for_graph
@@ -34,8 +34,9 @@ from hadmc_deploy.ui import UI, quiet_ui
 #: bump when what a cached table means changes: older cached tables are then re-measured
 #: (v3: context factor curves over the layer size and the context step; v4: whole-model times
 #: as floors, reverted in v5: they predicted ~25% below what the build itself measures; v6: deployed
-#: plans timed and profiled with spinning workers, as they deploy).
-METHOD = "measured-v6"
+#: plans timed and profiled with spinning workers, as they deploy; v7: stricter staircase evidence
+#: and, where the probe finds no step, the grid on the CPU's blocked width).
+METHOD = "measured-v7"
 
 
 @dataclass
@@ -146,10 +147,14 @@ def measure_table(
         table.save(path)
     info["phases"]["staircase_s"] = round(time.monotonic() - t0, 2)
     step = table.alignment()
+    # no step in isolation: the grid (and the off-grid points) sit on the CPU's blocked width, the
+    # step the context profiles then; a grid of arbitrary counts would mix both regimes, and two
+    # tables whose probes answered "none" and "16" would price from different grids
+    grid_step = step if step > 1 else blocked_layout_width(table.meta.device)
     t0 = time.monotonic()
-    grid = specs_for_graph(graph, step, precision=precision, batch=batch, points=options.grid_points)
+    grid = specs_for_graph(graph, grid_step, precision=precision, batch=batch, points=options.grid_points)
     n_grid, failed = measure_into_table(grid, table, path, prepare, passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, anchor=gate, ui=ui)
-    off = off_grid_specs(graph, step, precision=precision, batch=batch)
+    off = off_grid_specs(graph, grid_step, precision=precision, batch=batch)
     n_off, failed2 = measure_into_table(off, table, path, prepare, role="off_grid", passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, anchor=gate, ui=ui)
     info["phases"]["layers_s"] = round(time.monotonic() - t0, 2)
     refused = {line.split(": ", 1)[0] for line in failed + failed2}  # configurations the backend cannot build

@@ -39,7 +39,7 @@ from torch import nn
 from hadmc_deploy.backends.request import BuildRequest
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
-from hadmc_deploy.latency.alignment import WEIGHTED_OPS
+from hadmc_deploy.latency.alignment import WEIGHTED_OPS, blocked_layout_width
 from hadmc_deploy.latency.context_probe import probe_for
 from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
 from hadmc_deploy.latency.ort_profile import kernel_key, match_by_key, source_weighted_nodes
@@ -101,10 +101,7 @@ def context_step(table: LatencyTable) -> int:
     miss a step that only shows in a chain: an aligned conv alone pays its own layout reorders,
     in a chain of aligned convs the blocked layout is kept and only unaligned ones pay them."""
     step = table.alignment()
-    if step > 1:
-        return step
-    isa = str((table.meta.device or {}).get("isa", ""))
-    return 16 if "avx512" in isa else 8
+    return step if step > 1 else blocked_layout_width(table.meta.device)
 
 
 def size_fraction(spec: LayerSpec, full_in: int, full_out: int) -> float:
