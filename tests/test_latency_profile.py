@@ -159,3 +159,25 @@ def test_no_step_in_isolation_puts_the_grid_on_the_cpus_blocked_width(tmp_path):
     assert all(c % block == 0 or c in full for s in grid for c in (s.in_channels, s.out_channels))
     off = [e.spec for e in table.entries.values() if e.role == "off_grid"]
     assert all(s.out_channels in (23, 39) or s.in_channels in (23, 39) for s in off)
+
+
+def test_the_probes_points_on_the_grid_are_grid_points(tmp_path):
+    """The staircase sweep times the representative layers at their full width (and at other grid
+    counts) before the grid; those points are not timed again, and must still be interpolation
+    points of their family: without them the swept layer was priced by extrapolation between
+    its full width and the grid below the sweep window (issue 13; the demo's fc at 80 inputs)."""
+    from hadmc_deploy.latency.auto import measure_table
+    from hadmc_deploy.latency.predictor import LutLatencyModel
+
+    torch.manual_seed(0)
+    model = demo_cnn().eval()
+    shape = (1, 1, 28, 28)
+    graph = trace(model, shape)
+    opts = MeasureOptions(grid_points=4, passes=1, runs_per_pass=1, context=False)
+    table, _ = measure_table(model, graph, shape, get_target("cpu"), "fp32", 1, tmp_path / "t.json", options=opts)
+    fc = next(e.spec for e in table.entries.values() if e.spec.op == "linear" and e.spec.in_channels == 128)
+    assert table.get(fc).role == "grid"  # timed by the sweep, on the grid
+    lm = LutLatencyModel(table, warn_extrapolation=False)
+    step = table.alignment() if table.alignment() > 1 else 16
+    ms, how = lm.layer_ms(fc.with_channels(128 - 3 * step, fc.out_channels))
+    assert how != "lut-extrap" and ms > 0

@@ -35,8 +35,9 @@ from hadmc_deploy.ui import UI, quiet_ui
 #: (v3: context factor curves over the layer size and the context step; v4: whole-model times
 #: as floors, reverted in v5: they predicted ~25% below what the build itself measures; v6: deployed
 #: plans timed and profiled with spinning workers, as they deploy; v7: stricter staircase evidence
-#: and, where the probe finds no step, the grid on the CPU's blocked width).
-METHOD = "measured-v7"
+#: and, where the probe finds no step, the grid on the CPU's blocked width; v8: the probe's points
+#: on the grid count as grid points: the swept layer's family had lacked its full-width row).
+METHOD = "measured-v8"
 
 
 @dataclass
@@ -153,6 +154,10 @@ def measure_table(
     grid_step = step if step > 1 else blocked_layout_width(table.meta.device)
     t0 = time.monotonic()
     grid = specs_for_graph(graph, grid_step, precision=precision, batch=batch, points=options.grid_points)
+    for spec in grid:  # the probe's points on the grid are grid points (timed the same way, so not timed again)
+        entry = table.get(spec)
+        if entry is not None and entry.role == "sweep":
+            entry.role = "grid"
     n_grid, failed = measure_into_table(grid, table, path, prepare, passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, anchor=gate, ui=ui)
     off = off_grid_specs(graph, grid_step, precision=precision, batch=batch)
     n_off, failed2 = measure_into_table(off, table, path, prepare, role="off_grid", passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, anchor=gate, ui=ui)
