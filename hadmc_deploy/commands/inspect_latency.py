@@ -16,6 +16,7 @@ from rich.table import Table
 
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency import load_latency_model
+from hadmc_deploy.latency.alignment import grid_step
 from hadmc_deploy.latency.predictor import LutLatencyModel
 from hadmc_deploy.targets import get_target
 from hadmc_deploy.ui import UI
@@ -53,8 +54,10 @@ def describe_latency(loaded: Any, shape: tuple[int, ...], graph: DependencyGraph
     else:
         precision = getattr(args, "precision", None) or target.default_precision
     batch = shape[0]
-    # the measured staircase step when the table has one (removing less than a step costs time there)
-    align = model.table.alignment() if isinstance(model, LutLatencyModel) else target.alignment(precision)
+    # the measured step when the table has one (removing less than a step costs time there), else
+    # the step its grid was measured on: one channel off it was timed slower than the full width
+    # in tables whose probe saw no step (their off-grid points)
+    align = grid_step(model.table) if isinstance(model, LutLatencyModel) else target.alignment(precision)
     specs = [replace(s, precision=precision, batch=batch) for s in graph.layer_specs()]
     pred = model.predict(specs)
     savings = group_savings(model, graph, precision, batch, align)

@@ -17,7 +17,7 @@ import statistics
 from dataclasses import replace
 
 from hadmc_deploy.graph.types import DependencyGraph
-from hadmc_deploy.latency.lut import Staircase
+from hadmc_deploy.latency.lut import LatencyTable, Staircase
 from hadmc_deploy.latency.repeat import Preparer, SpeedGate, time_interleaved
 from hadmc_deploy.specs import LayerSpec
 
@@ -38,6 +38,14 @@ def blocked_layout_width(device: dict) -> int:
     isolated probe finds no step: an aligned conv timed alone pays its own layout reorders, while
     in a chain of aligned convs the blocked layout is kept and only unaligned ones pay them."""
     return 16 if "avx512" in str((device or {}).get("isa", "")) else 8
+
+
+def grid_step(table: LatencyTable) -> int:
+    """The channel step a table's grid is measured on (and the context's regimes profiled at): its
+    measured step, else the CPU's blocked width. Where nothing measured a step (a table without
+    the context fit), this is still the step whose multiples the table knows best."""
+    step = table.alignment()
+    return step if step > 1 else blocked_layout_width(table.meta.device)
 
 
 def _line(points: dict[int, float], aligned: list[int], c: int) -> float:

@@ -21,7 +21,7 @@ from torch import nn
 
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
-from hadmc_deploy.latency.alignment import blocked_layout_width, off_grid_specs, probe_staircase
+from hadmc_deploy.latency.alignment import grid_step, off_grid_specs, probe_staircase
 from hadmc_deploy.latency.analytic import AnalyticLatencyModel
 from hadmc_deploy.latency.lut import IDENTITY_KEYS, LatencyTable, LutMeta
 from hadmc_deploy.latency.measure import backend_identity, get_backend, specs_for_graph
@@ -151,15 +151,15 @@ def measure_table(
     # no step in isolation: the grid (and the off-grid points) sit on the CPU's blocked width, the
     # step the context profiles then; a grid of arbitrary counts would mix both regimes, and two
     # tables whose probes answered "none" and "16" would price from different grids
-    grid_step = step if step > 1 else blocked_layout_width(table.meta.device)
+    step_of_grid = grid_step(table)
     t0 = time.monotonic()
-    grid = specs_for_graph(graph, grid_step, precision=precision, batch=batch, points=options.grid_points)
+    grid = specs_for_graph(graph, step_of_grid, precision=precision, batch=batch, points=options.grid_points)
     for spec in grid:  # the probe's points on the grid are grid points (timed the same way, so not timed again)
         entry = table.get(spec)
         if entry is not None and entry.role == "sweep":
             entry.role = "grid"
     n_grid, failed = measure_into_table(grid, table, path, prepare, passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, anchor=gate, ui=ui)
-    off = off_grid_specs(graph, grid_step, precision=precision, batch=batch)
+    off = off_grid_specs(graph, step_of_grid, precision=precision, batch=batch)
     n_off, failed2 = measure_into_table(off, table, path, prepare, role="off_grid", passes=options.passes, runs_per_pass=options.runs_per_pass, deadline=deadline, anchor=gate, ui=ui)
     info["phases"]["layers_s"] = round(time.monotonic() - t0, 2)
     refused = {line.split(": ", 1)[0] for line in failed + failed2}  # configurations the backend cannot build

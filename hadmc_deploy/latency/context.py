@@ -39,7 +39,7 @@ from torch import nn
 from hadmc_deploy.backends.request import BuildRequest
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
-from hadmc_deploy.latency.alignment import WEIGHTED_OPS, blocked_layout_width
+from hadmc_deploy.latency.alignment import WEIGHTED_OPS, grid_step
 from hadmc_deploy.latency.context_probe import probe_for
 from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
 from hadmc_deploy.latency.ort_profile import kernel_key, match_by_key, source_weighted_nodes
@@ -100,8 +100,7 @@ def context_step(table: LatencyTable) -> int:
     CPU's blocked-layout width (16 fp32 lanes with AVX-512, 8 otherwise). The isolated probe can
     miss a step that only shows in a chain: an aligned conv alone pays its own layout reorders,
     in a chain of aligned convs the blocked layout is kept and only unaligned ones pay them."""
-    step = table.alignment()
-    return step if step > 1 else blocked_layout_width(table.meta.device)
+    return grid_step(table)
 
 
 def size_fraction(spec: LayerSpec, full_in: int, full_out: int) -> float:
