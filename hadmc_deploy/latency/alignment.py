@@ -90,8 +90,8 @@ def detect_step(times: dict[int, float], candidates: tuple[int, ...] = CANDIDATE
       line times a constant);
     - its unaligned counts cost more than the line through their aligned neighbours ("line"),
       or about what their padded count costs ("pad"): an inverted ripple, aligned counts
-      slower (INT8 convs here, at multiples of 4), is no reason to round up to them;
-    And the best candidate must fit clearly better than a straight line through the window's
+      slower (INT8 convs here, at multiples of 4), is no reason to round up to them.
+    The best candidate must also fit clearly better than a straight line through the window's
     ends without any step.
     """
     lo, hi = min(times), max(times)
