@@ -181,3 +181,42 @@ def test_the_probes_points_on_the_grid_are_grid_points(tmp_path):
     step = table.alignment() if table.alignment() > 1 else 16
     ms, how = lm.layer_ms(fc.with_channels(128 - 3 * step, fc.out_channels))
     assert how != "lut-extrap" and ms > 0
+
+
+def test_an_isolated_step_the_deployed_graphs_do_not_pay_for_is_profiled_again(tmp_path, monkeypatch):
+    """After the context fit at the isolated probe's step (here 4, set as if probed), a table whose
+    deployed graphs show no cost of leaving that step is profiled again on the CPU's blocked width;
+    the second fit is kept only where leaving that width costs (the threshold is forced here, to
+    take both branches on any machine)."""
+    import hadmc_deploy.latency.lut as lut_module
+    from hadmc_deploy.latency.alignment import blocked_layout_width
+    from hadmc_deploy.latency.auto import measure_table
+    from hadmc_deploy.latency.lut import LatencyTable, LutMeta, Staircase
+    from hadmc_deploy.latency.measure import backend_identity, get_backend
+
+    torch.manual_seed(0)
+    model = demo_cnn().eval()
+    shape = (1, 1, 28, 28)
+    graph = trace(model, shape)
+    version, device = backend_identity(get_backend("onnxruntime"))
+    block = blocked_layout_width(device or {})
+    opts = MeasureOptions(grid_points=2, passes=1, runs_per_pass=1, context_rounds=1, exporter="fast")
+
+    def measured(name: str) -> tuple[LatencyTable, dict]:
+        path = tmp_path / f"{name}.json"
+        table = LatencyTable(LutMeta("cpu", "onnxruntime", version or "x", device or {}, 1, 1, "fp32", 8, method={"statistic": "mom"}))
+        table.staircase = Staircase(4, 1.25, {"conv": {"step": 4, "penalty": 1.25, "mode": "line"}})
+        table.save(path)
+        return measure_table(model, graph, shape, get_target("cpu"), "fp32", 1, path, options=opts)
+
+    monkeypatch.setattr(lut_module, "CONTEXT_STEP_PENALTY", 1e9)  # no step ever pays
+    table, info = measured("never")
+    assert info["context_refit"]["isolated_step"] == 4 and info["context_refit"]["blocked_width"] == block
+    assert table.context.step == 4 and table.alignment() == 4  # the second fit did not pay either: the first is kept
+    monkeypatch.setattr(lut_module, "CONTEXT_STEP_PENALTY", -1.0)  # every step pays
+    table, info = measured("always")
+    assert "context_refit" not in info and table.context.step == 4 and table.alignment() == 4
+    monkeypatch.setattr(lut_module.ContextCorrection, "step_pays", lambda self: self.step == block)  # only the blocked width pays
+    table, info = measured("blocked")
+    assert info["context_refit"]["blocked_width"] == block
+    assert table.context.step == block and table.alignment() == block  # the search rounds to what the deployed graphs pay for

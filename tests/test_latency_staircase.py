@@ -194,9 +194,24 @@ def test_alignment_takes_the_context_step_only_when_leaving_it_costs():
     table.context.unaligned_penalty = 1.04
     assert table.alignment() == 1
     table.staircase = Staircase(8, 1.3)
+    table.context.step = 8
     table.context.unaligned_penalty = 2.0
-    assert table.alignment() == 8  # a measured staircase step stands
-    assert ContextCorrection.from_dict(table.context.to_dict()).unaligned_penalty == 2.0
+    assert table.alignment() == 8  # a measured staircase step, confirmed in context
+    table.context.unaligned_penalty = 0.7
+    assert table.alignment() == 8  # not confirmed, and no other step profiled: the probe's stands
+    assert ContextCorrection.from_dict(table.context.to_dict()).unaligned_penalty == 0.7
+
+
+def test_a_step_the_deployed_graphs_pay_for_overrules_the_probes_other_step():
+    """measure_table profiles the blocked width again when the deployed graphs do not pay for the
+    isolated probe's step (an INT8 probe found 4, odd widths then measured x0.63 of that price):
+    a context fitted at another step that pays is the table's step."""
+    table = _table()
+    table.staircase = Staircase(4, 1.25)
+    table.context = ContextCorrection(["a"], [{"aligned": 0.5, "unaligned": 0.9}], 0.0, 16, unaligned_penalty=2.2)
+    assert table.alignment() == 16
+    table.context.unaligned_penalty = 1.05
+    assert table.alignment() == 4
 
 
 def test_scale_only_feedback_keeps_the_ratio_and_no_offset():

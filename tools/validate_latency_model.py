@@ -191,8 +191,8 @@ def run_cell(arch: str, precision: str, batch: int, args: argparse.Namespace, ui
     cell = {
         "arch": arch, "input": list(shape), "precision": precision, "batch": batch, "clock": args.clock,
         "step": step, "penalty": table.staircase.penalty if table.staircase else None, "mode": table.staircase.mode if table.staircase else None,
-        # the step came from the profiled deployed graphs (the isolated probe found none)
-        "context_penalty": table.context.unaligned_penalty if table.staircase and table.staircase.step == 1 and step > 1 and table.context else None,
+        # the step came from the profiled deployed graphs (the isolated probe found none, or another)
+        "context_penalty": table.context.unaligned_penalty if table.staircase and table.staircase.step != step and table.context and table.context.step == step else None,
         "table_seconds": info["seconds"], "phases": info["phases"], "entries": len(table), "context": table.context is not None,
         "context_error": info.get("context_error"),
         "lut_mape": float(np.mean([abs(r["lut_err_pct"]) for r in held])), "lut_max_err": float(np.max([abs(r["lut_err_pct"]) for r in held])),
@@ -286,7 +286,8 @@ def _slowdown(cell: dict) -> str:
 
 def _step(cell: dict) -> str:
     """The table's step: the isolated probe's (its mode and penalty), or the context's where the
-    probe found none (with what odd widths measured over their aligned-regime price)."""
+    probe found none or one the deployed graphs did not pay for (with what odd widths measured
+    over their aligned-regime price)."""
     if cell.get("context_penalty") is not None:
         return f"{cell['step']} (in context, x{cell['context_penalty']:.2f})"
     return f"{cell['step']} ({cell['mode']}, {cell['penalty']:.2f})"

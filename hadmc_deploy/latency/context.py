@@ -163,6 +163,7 @@ def fit_context(
     clock: str = "wall",
     anchor: SpeedGate | None = None,
     more_rounds_seconds: float = 0.0,
+    step: int | None = None,
     ui: UI | None = None,
 ) -> ContextCorrection:
     """Profile `plans` (default: `calibration_plans`) as deployed, interleaved over `rounds`,
@@ -176,13 +177,14 @@ def fit_context(
     times are wall clock, so there they only apportion the measured total. With
     `more_rounds_seconds`, rounds go on while the rounds so far took less than that (at most
     MAX_CONTEXT_ROUNDS): the minimum over more rounds is a floor that repeats (see
-    MeasureOptions.cpu_context_seconds)."""
+    MeasureOptions.cpu_context_seconds). `step`: profile the regimes of this step instead of
+    `context_step(table)`."""
     from hadmc_deploy.latency.predictor import LutLatencyModel, context_factor
 
     ui = ui or quiet_ui()
     probe = probe_for(backend, threads, clock)
     precision, batch = table.meta.precision, table.meta.batch
-    step = context_step(table)
+    step = step or context_step(table)
     plans = plans or calibration_plans(graph, step)
     weighted_idx = [i for i, layer in enumerate(graph.layers) if layer.spec.op in WEIGHTED_OPS]
     full = graph.full_widths()

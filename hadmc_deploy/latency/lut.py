@@ -291,13 +291,14 @@ class LatencyTable:
 
     def alignment(self, precision: str | None = None) -> int:
         """The channel step to round plans to: measured on this machine when the table has a
-        staircase (or, where the isolated probe found none, the context's step when the profiled
-        deployed graphs show that leaving it costs), else the target's assumed alignment."""
+        staircase (or the context's step, where the profiled deployed graphs show that leaving it
+        costs and the isolated probe found no step or another one), else the target's assumed
+        alignment."""
         if precision is not None and precision != self.meta.precision:
             raise LatencyModelError(f"this table holds {self.meta.precision} latencies, not {precision}", hint=f"measure a {precision} table")
         step = self.staircase.step if self.staircase is not None else max(int(self.meta.alignment), 1)
-        if step == 1 and self.context is not None and self.context.step_pays():
-            return self.context.step  # the isolated probe found no step, the deployed chain did
+        if self.context is not None and self.context.step != step and self.context.step_pays():
+            return self.context.step  # the deployed chain pays for its step, not the probe's
         return step
 
     def __len__(self) -> int:
