@@ -185,33 +185,25 @@ def test_calibration_plans_cover_sizes_and_both_regimes():
     assert not any(n.startswith("offgrid") for n in calibration_plans(graph, 1))  # no step: no regimes
 
 
-def test_alignment_takes_the_context_step_only_when_leaving_it_costs():
-    """A staircase probe that found no step yields to the deployed chain's evidence (penalty > 10%)."""
+@pytest.mark.parametrize(
+    ("probe_step", "context_step", "penalty", "expected"),
+    [
+        (1, 16, 1.6, 16),  # the probe found no step, the deployed chain did (penalty > 10%)
+        (1, 16, 1.04, 1),
+        (8, 8, 2.0, 8),  # a probe's step confirmed in context
+        (8, 8, 0.7, 8),  # not confirmed, and no other step profiled: the probe's stands
+        # measure_table profiles the blocked width again when the deployed graphs do not pay for the
+        # probe's step (an INT8 probe found 4, odd widths then measured x0.63 of that price)
+        (4, 16, 2.2, 16),
+        (4, 16, 1.05, 4),
+    ],
+)
+def test_alignment_takes_the_context_step_only_when_leaving_it_costs(probe_step, context_step, penalty, expected):
     table = _table()
-    table.staircase = Staircase(1, 1.0)
-    table.context = ContextCorrection(["a"], [{"aligned": 0.5, "unaligned": 0.9}], 0.0, 16, unaligned_penalty=1.6)
-    assert table.alignment() == 16
-    table.context.unaligned_penalty = 1.04
-    assert table.alignment() == 1
-    table.staircase = Staircase(8, 1.3)
-    table.context.step = 8
-    table.context.unaligned_penalty = 2.0
-    assert table.alignment() == 8  # a measured staircase step, confirmed in context
-    table.context.unaligned_penalty = 0.7
-    assert table.alignment() == 8  # not confirmed, and no other step profiled: the probe's stands
-    assert ContextCorrection.from_dict(table.context.to_dict()).unaligned_penalty == 0.7
-
-
-def test_a_step_the_deployed_graphs_pay_for_overrules_the_probes_other_step():
-    """measure_table profiles the blocked width again when the deployed graphs do not pay for the
-    isolated probe's step (an INT8 probe found 4, odd widths then measured x0.63 of that price):
-    a context fitted at another step that pays is the table's step."""
-    table = _table()
-    table.staircase = Staircase(4, 1.25)
-    table.context = ContextCorrection(["a"], [{"aligned": 0.5, "unaligned": 0.9}], 0.0, 16, unaligned_penalty=2.2)
-    assert table.alignment() == 16
-    table.context.unaligned_penalty = 1.05
-    assert table.alignment() == 4
+    table.staircase = Staircase(probe_step, 1.3)
+    table.context = ContextCorrection(["a"], [{"aligned": 0.5, "unaligned": 0.9}], 0.0, context_step, unaligned_penalty=penalty)
+    assert table.alignment() == expected
+    assert ContextCorrection.from_dict(table.context.to_dict()).unaligned_penalty == penalty
 
 
 def test_scale_only_feedback_keeps_the_ratio_and_no_offset():

@@ -181,7 +181,11 @@ def measure_table(
                 # 32 found 4 where odd widths then measured x0.63 of the step-4 price): profile again on
                 # the CPU's blocked width and keep that fit where leaving it costs
                 first = table.context
-                fit(step=block)
+                try:
+                    fit(step=block)
+                except LatencyModelError as exc:  # the first fit stands
+                    ui.warn(f"no context fit at the blocked width {block}: {exc.one_line()}")
+                    table.context = first
                 info["context_refit"] = {"isolated_step": isolated, "isolated_penalty": first.unaligned_penalty, "blocked_width": block, "penalty": table.context.unaligned_penalty}
                 if not table.context.step_pays():
                     table.context = first
