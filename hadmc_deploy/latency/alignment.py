@@ -5,7 +5,7 @@ NCHWc block: 16 floats with AVX-512, 8 with AVX2; INT8 kernels their own) in
 blocked kernels and everything else in slower generic ones, plus layout
 reorders. The step differs per machine, backend and precision, so it is probed:
 one representative layer per op kind is swept in unit steps of channels over a
-window holding two multiples of the largest candidate step, timed in
+window holding three multiples of the largest candidate step, timed in
 interleaved passes, and the step and the shape of the stair are fitted (see
 `detect_step`). No monotonicity in width is
 assumed anywhere (INT8 convs with 8 output channels ran slower than with 16).
@@ -21,8 +21,10 @@ from hadmc_deploy.latency.lut import LatencyTable, Staircase
 from hadmc_deploy.latency.repeat import Preparer, SpeedGate, time_interleaved
 from hadmc_deploy.specs import LayerSpec
 
-CANDIDATE_STEPS = (32, 16, 8, 4, 2)
-#: sweep window: two multiples of the largest candidate step.
+#: 32 is no candidate: a 33-count window holds only two multiples of it, its two ends, which
+#: are no evidence of a step (see detect_step)
+CANDIDATE_STEPS = (16, 8, 4, 2)
+#: sweep window: three multiples of the largest candidate step.
 WINDOW = 32
 #: ops whose kernels are blocked on channels (elementwise ops and pools follow their producer).
 WEIGHTED_OPS = ("conv", "gconv", "dwconv", "linear", "convtranspose")
