@@ -16,7 +16,13 @@ from hadmc_deploy.latency.lut import (
     Staircase,
     read_table,
 )
-from hadmc_deploy.latency.predictor import LutLatencyModel, context_factor, fit_regularised
+from hadmc_deploy.latency.predictor import (
+    LutLatencyModel,
+    context_factor,
+    context_layer_ms,
+    fit_regularised,
+    interp_context_ms,
+)
 from hadmc_deploy.latency.selfcheck import self_check
 from hadmc_deploy.specs import LayerSpec
 
@@ -165,6 +171,40 @@ def test_context_factor_follows_the_curve_over_the_layer_size():
     assert context_factor(f, BASE.with_channels(16, 16), 16) == pytest.approx(0.9)  # 1/16 of the MACs: flat
     assert context_factor(f, BASE.with_channels(64, 47), 16) == pytest.approx(1.4)  # unaligned curve
     assert context_factor({k: v for k, v in f.items() if not k.endswith("_curve")}, BASE.with_channels(64, 32), 16) == 0.7
+
+
+def test_context_cost_interpolates_the_profiled_times_over_the_layer_size():
+    """measured-v10 tables price a layer from its regime's profiled in-context times (not factor x
+    isolated price): linear between sizes; above the largest the line goes on but never below the
+    last point; below the smallest the line, floored at the cost proportional to MACs; a table
+    with factor curves only keeps factor x table price."""
+    f = {"aligned": 0.7, "unaligned": 1.2, "full_in": 64, "full_out": 64, "aligned_curve": [[0.25, 0.9], [1.0, 0.5]],
+         "unaligned_curve": [[0.5, 1.4]], "aligned_ms_curve": [[0.25, 0.4], [0.5, 0.6], [1.0, 1.0]], "unaligned_ms_curve": [[0.2, 0.5], [0.5, 0.8]]}
+    assert context_layer_ms(f, BASE.with_channels(64, 64), 16, 99.0) == pytest.approx(1.0)  # the table price is not used
+    assert context_layer_ms(f, BASE.with_channels(64, 48), 16, 99.0) == pytest.approx(0.6 + 0.4 * (0.75 - 0.5) / 0.5)
+    assert context_layer_ms(f, BASE.with_channels(16, 32), 16, 99.0) == pytest.approx(max(0.4 + 0.8 * (0.125 - 0.25), 0.4 * 0.5))
+    assert context_layer_ms(f, BASE.with_channels(16, 16), 16, 99.0) == pytest.approx(0.4 + 0.8 * (1 / 16 - 0.25))
+    assert interp_context_ms(1 / 16, [(0.25, 0.4), (0.5, 1.0)]) == pytest.approx(0.4 / 4)  # the line would go below MACs
+    assert context_layer_ms(f, BASE.with_channels(64, 63), 16, 99.0) == pytest.approx(0.8 + 1.0 * (63 / 64 - 0.5))  # unaligned, beyond
+    assert interp_context_ms(0.9, [(0.2, 0.5), (0.5, 0.3)]) == pytest.approx(0.3)  # falling: flat beyond the last point
+    assert interp_context_ms(0.25, [(0.5, 0.8)]) == pytest.approx(0.4)  # one point: proportional
+    old = {k: v for k, v in f.items() if not k.endswith("_ms_curve")}
+    assert context_layer_ms(old, BASE.with_channels(64, 64), 16, 2.0) == pytest.approx(0.5 * 2.0)
+
+
+def test_grouped_conv_regime_counts_channels_per_group():
+    """A grouped conv is aligned when its channels per group are multiples of the step (ONNX
+    Runtime blocks it only then); plain and depthwise convs count their channels."""
+    from hadmc_deploy.latency.alignment import counts_aligned
+
+    g = LayerSpec("gconv", 64, 128, (3, 3), (1, 1), (1, 1), groups=4, in_hw=(16, 16), out_hw=(16, 16))
+    assert counts_aligned(g, 64, 128, 16)  # full width
+    assert counts_aligned(g.with_channels(64, 64), 64, 128, 16)  # 16 per group
+    assert not counts_aligned(g.with_channels(64, 96), 64, 128, 16)  # 96 = 6 x 16, but 24 per group
+    assert counts_aligned(g.with_channels(64, 96), 64, 128, 8)
+    assert counts_aligned(BASE.with_channels(32, 48), 32, 64, 16) and not counts_aligned(BASE.with_channels(32, 40), 32, 64, 16)
+    dw = LayerSpec("dwconv", 64, 64, (3, 3), (1, 1), (1, 1), groups=64, in_hw=(16, 16), out_hw=(16, 16))
+    assert counts_aligned(dw.with_channels(48, 48), 64, 64, 16) and not counts_aligned(dw.with_channels(40, 40), 64, 64, 16)
 
 
 def test_calibration_plans_cover_sizes_and_both_regimes():

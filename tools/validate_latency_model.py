@@ -227,7 +227,8 @@ def repeatability(arch: str, precision: str, batch: int, args: argparse.Namespac
     from hadmc_deploy.latency.lut import read_table
 
     lm1, lm2 = LutLatencyModel(read_table(first["lut"])), LutLatencyModel(table2)
-    plans = {"full": graph.full_widths(), **draw_plans(graph, args.plans, 1, args.seed), **ratio_plans(graph, (0.3, 0.6))}
+    # the first cell's plans (drawn on its table's step), so the names mean the same plans in both reports
+    plans = {"full": graph.full_widths(), **draw_plans(graph, args.plans, read_table(first["lut"]).alignment(), args.seed), **ratio_plans(graph, (0.3, 0.6))}
     p1 = {n: predict(lm1, graph, w, precision, batch) for n, w in plans.items()}
     p2 = {n: predict(lm2, graph, w, precision, batch) for n, w in plans.items()}
     diffs = {n: 100 * (p2[n] / p1[n] - 1) for n in plans}

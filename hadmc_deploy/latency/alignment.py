@@ -42,6 +42,17 @@ def blocked_layout_width(device: dict) -> int:
     return 16 if "avx512" in str((device or {}).get("isa", "")) else 8
 
 
+def counts_aligned(spec: LayerSpec, full_in: int, full_out: int, step: int) -> bool:
+    """Whether the layer runs in the aligned regime of `step`: each channel count at its full
+    width or a multiple of `step`, per group for a grouped conv. Why per group: ONNX Runtime
+    blocks a grouped conv only when its input and output channels per group are multiples of
+    the block (its NchwcTransformer); a grouped CNN at 128 -> 96 channels in 4 groups (24 per
+    group, a multiple of 8 in total) measured slower than at full width."""
+    per_group = max(spec.groups, 1) if spec.op == "gconv" else 1
+    return all(c == full or (c % per_group == 0 and (c // per_group) % step == 0)
+               for c, full in ((spec.in_channels, full_in), (spec.out_channels, full_out)))
+
+
 def grid_step(table: LatencyTable) -> int:
     """The channel step a table's grid is measured on (and the context's regimes profiled at): its
     measured step, else the CPU's blocked width. Where nothing measured a step (a table without

@@ -39,7 +39,7 @@ from hadmc_deploy.ui import UI, quiet_ui
 #: and, where the probe finds no step, the grid on the CPU's blocked width; v8: the probe's points
 #: on the grid count as grid points: the swept layer's family had lacked its full-width row; v9: an
 #: isolated step the deployed graphs do not pay for is profiled again on the CPU's blocked width).
-METHOD = "measured-v9"
+METHOD = "measured-v10"
 
 
 @dataclass

@@ -9,7 +9,9 @@ per regime (aligned / unaligned): its profiled in-context time (kernel plus its
 share of the neighbouring glue, see ort_profile) divided by its table price,
 as a function of the layer's size: the profiled plans span full width down to
 about a third, so each layer has a factor curve over its MACs fraction per
-regime, interpolated between the profiled points. One factor per regime (the
+regime, interpolated between the profiled points (and, since measured-v10, the
+in-context times themselves, which the predictor interpolates: see
+predictor.context_layer_ms for why). One factor per regime (the
 first version, fitted on a full and one ~75% plan) over-priced the full model
 of ResNet-18 by 21% and under-priced narrower plans by 25-40% (wall clock, a
 quiet machine): in context a narrow layer keeps costs that do not shrink with it
@@ -39,7 +41,7 @@ from torch import nn
 from hadmc_deploy.backends.request import BuildRequest
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
-from hadmc_deploy.latency.alignment import WEIGHTED_OPS, grid_step
+from hadmc_deploy.latency.alignment import WEIGHTED_OPS, counts_aligned, grid_step
 from hadmc_deploy.latency.context_probe import probe_for
 from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
 from hadmc_deploy.latency.ort_profile import kernel_key, match_by_key, source_weighted_nodes
@@ -179,7 +181,7 @@ def fit_context(
     MAX_CONTEXT_ROUNDS): the minimum over more rounds is a floor that repeats (see
     MeasureOptions.cpu_context_seconds). `step`: profile the regimes of this step instead of
     `context_step(table)`."""
-    from hadmc_deploy.latency.predictor import LutLatencyModel, context_factor
+    from hadmc_deploy.latency.predictor import LutLatencyModel, context_layer_ms
 
     ui = ui or quiet_ui()
     probe = probe_for(backend, threads, clock)
@@ -239,7 +241,8 @@ def fit_context(
             for q in quiet.values():
                 anchor.record(q)
     raw_model = LutLatencyModel(replace(table, context=None, feedback=None, correction=None), source="<context fit>", warn_extrapolation=False)
-    estimates: list[dict[str, list[tuple[float, float]]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
+    # per layer and regime: (size fraction, factor, table price) of each profiled plan
+    estimates: list[dict[str, list[tuple[float, float, float]]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
     overheads, fitted_on = [], []
     priced: dict[str, tuple[list[LayerSpec], list[float]]] = {}  # plan -> (its specs, their table prices)
     for name, widths in plans.items():
@@ -253,12 +256,12 @@ def fit_context(
         full_specs = graph.layer_specs()
         for i, t in zip(weighted_idx, ctx, strict=True):
             s, fs = specs[i], full_specs[i]
-            aligned = all(c % step == 0 or c == f for c, f in ((s.in_channels, fs.in_channels), (s.out_channels, fs.out_channels)))
+            aligned = counts_aligned(s, fs.in_channels, fs.out_channels, step)
             size = size_fraction(s, fs.in_channels, fs.out_channels)
-            estimates[i]["aligned" if aligned else "unaligned"].append((size, t * scale / max(raw[i], 1e-9)))
+            estimates[i]["aligned" if aligned else "unaligned"].append((size, t * scale / max(raw[i], 1e-9), raw[i]))
         fitted_on.append({"plan": name, "measured_ms": walls[name], "rounds": done, "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw),
                           **({"quiet": quiet[name]} if anchor is not None else {})})
-    all_f = [f for e in estimates for lst in e.values() for _, f in lst]
+    all_f = [f for e in estimates for lst in e.values() for _, f, _ in lst]
     median_f = statistics.median(all_f) if all_f else 1.0
 
     def clip(f: float) -> float:
@@ -269,18 +272,22 @@ def fit_context(
         fs = graph.layer_specs()[i]
         entry: dict[str, Any] = {"full_in": fs.in_channels, "full_out": fs.out_channels, "aligned": 0.0, "unaligned": 0.0}
         if layer.spec.op in WEIGHTED_OPS:
-            curves = {k: factor_curve([(size, clip(f)) for size, f in v]) for k, v in est.items() if v}
+            curves = {k: factor_curve([(size, clip(f)) for size, f, _ in v]) for k, v in est.items() if v}
+            ms_curves = {k: factor_curve([(size, clip(f) * price) for size, f, price in v]) for k, v in est.items() if v}
             for regime in ("aligned", "unaligned"):
-                curve = curves.get(regime, curves.get("unaligned" if regime == "aligned" else "aligned", [[1.0, median_f]]))
+                other = "unaligned" if regime == "aligned" else "aligned"
+                curve = curves.get(regime, curves.get(other, [[1.0, median_f]]))
                 entry[regime] = statistics.median(f for _, f in curve)  # the scalar older readers use
                 entry[f"{regime}_curve"] = curve
+                if ms_curves:
+                    entry[f"{regime}_ms_curve"] = ms_curves.get(regime, ms_curves.get(other))
         factors.append(entry)
     signature = [replace(s, precision=precision, batch=batch).shape_key() for s in graph.layer_specs()]
     overhead = statistics.median(overheads)
     penalties = []
     for name, (specs, raw) in priced.items():
         if name.startswith("offgrid"):  # priced with the aligned curves (step 1: every count aligned)
-            as_aligned = sum(context_factor(f, sp, 1) * ms for f, sp, ms in zip(factors, specs, raw, strict=True)) + overhead
+            as_aligned = sum(context_layer_ms(f, sp, 1, ms) for f, sp, ms in zip(factors, specs, raw, strict=True)) + overhead
             penalties.append(walls[name] / as_aligned)
     ctx_corr = ContextCorrection(signature, factors, overhead, step, fitted_on, statistics.median(penalties) if penalties else None)
     table.context = ctx_corr

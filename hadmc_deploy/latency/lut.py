@@ -165,9 +165,11 @@ CONTEXT_STEP_PENALTY = 1.10
 class ContextCorrection:
     """Per-layer factors from profiling whole deployed graphs (see latency/context.py).
 
-    layer i of the graph costs factor * (its table price), the factor read off
-    factors[i][regime + "_curve"] (points [MACs fraction of full width, factor],
-    interpolated) or, in tables without curves, factors[i][regime]; regime
+    layer i of the graph costs its profiled in-context time interpolated over its size,
+    factors[i][regime + "_ms_curve"] (points [MACs fraction of full width, ms]; see
+    predictor.interp_context_ms); tables from before measured-v10 have only factors: factor *
+    (its table price), the factor read off factors[i][regime + "_curve"] (points [MACs
+    fraction, factor], interpolated) or, in older tables, factors[i][regime]; regime
     "aligned" (every channel count of the layer a multiple of `step` or at full
     width) or "unaligned"; non-weighted layers have factor 0 because the profile
     charges their kernels (fused adds, pools, reorders, Q/DQ) to the weighted

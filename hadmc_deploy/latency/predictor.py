@@ -24,6 +24,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
+from hadmc_deploy.latency.alignment import counts_aligned
 from hadmc_deploy.latency.analytic import AnalyticLatencyModel
 from hadmc_deploy.latency.base import Prediction
 from hadmc_deploy.latency.lut import Correction, LatencyTable
@@ -249,9 +250,9 @@ class LutLatencyModel:
         notes = []
         ctx = self.table.context
         if ctx is not None and self.context_applies(specs):
-            per_layer = [context_factor(f, sp, ctx.step) * ms for f, sp, (ms, _) in zip(ctx.factors, specs, raw, strict=True)]
+            per_layer = [context_layer_ms(f, sp, ctx.step, ms) for f, sp, (ms, _) in zip(ctx.factors, specs, raw, strict=True)]
             offset = ctx.overhead_ms
-            notes.append("per-layer factors from profiled whole deployed graphs (context correction)")
+            notes.append("per-layer costs from profiled whole deployed graphs (context correction)")
         else:
             if ctx is not None:
                 notes.append("the table's per-layer context correction is for another graph: whole-model correction used")
@@ -341,19 +342,59 @@ def fit_correction(layer_sums_ms: list[float], measured_ms: list[float]) -> tupl
     return scale, my - scale * mx
 
 
+def _regime_and_size(factors: dict[str, Any], spec: LayerSpec, step: int) -> tuple[str, float]:
+    """("aligned" or "unaligned", the layer's MACs over its MACs at full width)."""
+    full_in, full_out = int(factors.get("full_in", 0)), int(factors.get("full_out", 0))
+    aligned = counts_aligned(spec, full_in, full_out, step)
+    full_macs = spec.with_channels(full_in, full_out).macs() if full_in and full_out else 0
+    return ("aligned" if aligned else "unaligned"), (spec.macs() / full_macs if full_macs > 0 else 1.0)
+
+
 def context_factor(factors: dict[str, Any], spec: LayerSpec, step: int) -> float:
     """The layer's in-context factor for its regime at `spec`'s widths (see ContextCorrection):
     interpolated on the regime's curve over the layer's size when the table has one (linear
     between profiled sizes, flat beyond them), else the regime's single factor."""
-    full_in, full_out = int(factors.get("full_in", 0)), int(factors.get("full_out", 0))
-    aligned = all(c % step == 0 or c == full for c, full in ((spec.in_channels, full_in), (spec.out_channels, full_out)))
-    regime = "aligned" if aligned else "unaligned"
+    regime, size = _regime_and_size(factors, spec, step)
     curve = factors.get(f"{regime}_curve")
     if not curve:
         return float(factors[regime])
-    full_macs = spec.with_channels(full_in, full_out).macs() if full_in and full_out else 0
-    size = spec.macs() / full_macs if full_macs > 0 else 1.0
     return _interp(size, [(float(p[0]), float(p[1])) for p in curve])
+
+
+def context_layer_ms(factors: dict[str, Any], spec: LayerSpec, step: int, table_ms: float) -> float:
+    """The layer's in-context cost at `spec`'s widths: its profiled in-context times of the
+    regime interpolated over its size (`{regime}_ms_curve`, see `interp_context_ms`) when the
+    table has them, else its factor times `table_ms` (its isolated table price).
+
+    Why the times and not factor x table price: the isolated price of a tiny layer moves 10-30%
+    between two tables of one machine (the run overhead dominates), and a factor fitted at the
+    profiled sizes carried that noise into every width between them. Interpolating the in-context
+    times themselves halved the gap between two tables' predictions and the error on held-out
+    plans of most validation cells (docs/latency_model.md)."""
+    regime, size = _regime_and_size(factors, spec, step)
+    curve = factors.get(f"{regime}_ms_curve")
+    if curve:
+        return interp_context_ms(size, [(float(p[0]), float(p[1])) for p in curve])
+    return context_factor(factors, spec, step) * table_ms
+
+
+def interp_context_ms(size: float, points: list[tuple[float, float]]) -> float:
+    """In-context ms at `size` from sorted (size, ms) points: linear between them; beyond the
+    largest, the line through the last two (never below the last point: a cost that fell with
+    size is not extrapolated to fall further); below the smallest, the line through the first
+    two, never below the cost proportional to MACs (a layer does not get cheaper faster than its
+    work shrinks); one point: proportional to MACs."""
+    if len(points) == 1:
+        s0, t0 = points[0]
+        return t0 * size / s0 if s0 > 0 else t0
+    (s0, t0), (s1, t1) = points[0], points[1]
+    if size < s0:
+        line = t0 + (t1 - t0) * (size - s0) / (s1 - s0)
+        return max(line, t0 * size / s0 if s0 > 0 else 0.0)
+    (sa, ta), (sb, tb) = points[-2], points[-1]
+    if size > sb:
+        return max(tb, tb + (tb - ta) * (size - sb) / (sb - sa))
+    return _interp(size, points)
 
 
 def _interp(x: float, points: list[tuple[float, float]]) -> float:
