@@ -226,6 +226,31 @@ def test_calibration_plans_cover_sizes_and_both_regimes():
     assert all(w % 2 == 1 for p in offgrid for w in p.values())
     assert len({tuple(sorted(p.items())) for p in plans.values()}) == len(plans)  # no plan profiled twice
     assert not any(n.startswith("offgrid") for n in calibration_plans(graph, 1))  # no step: no regimes
+    assert not any(n.startswith("pergroup") for n in plans)  # no grouped conv
+
+
+def test_calibration_plans_profile_grouped_convs_aligned_per_group():
+    """A grouped conv's aligned regime needs its channels per group on the step: extra plans at
+    multiples of groups x step, beside the plans at multiples of the step (unaligned per group)."""
+    from torch import nn
+
+    from hadmc_deploy.graph.trace import trace
+    from hadmc_deploy.latency.alignment import counts_aligned
+    from hadmc_deploy.latency.context import calibration_plans
+
+    model = nn.Sequential(nn.Conv2d(3, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 256, 3, padding=1, groups=4), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10)).eval()
+    graph = trace(model, (1, 3, 16, 16))
+    plans = calibration_plans(graph, 16)
+    per_group = [p for n, p in plans.items() if n.startswith("pergroup")]
+    assert per_group
+    gconv = next(layer for layer in graph.layers if layer.spec.op == "gconv")
+    full = graph.layer_specs()[graph.layers.index(gconv)]
+    for widths in per_group:
+        spec = graph.layer_specs(widths)[graph.layers.index(gconv)]
+        assert counts_aligned(spec, full.in_channels, full.out_channels, 16) and spec.macs() < full.macs()
+    assert any(not counts_aligned(graph.layer_specs(p)[graph.layers.index(gconv)], full.in_channels, full.out_channels, 16)
+               for n, p in plans.items() if n.startswith("aligned"))
 
 
 @pytest.mark.parametrize(

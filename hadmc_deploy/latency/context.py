@@ -73,7 +73,8 @@ def _legal_width(g: Any, w: int) -> int:
 
 
 def calibration_plans(graph: DependencyGraph, step: int) -> dict[str, dict[str, int]]:
-    """Full width, uniform plans on the step's grid, and off-grid plans (every prunable group at
+    """Full width, uniform plans on the step's grid (for grouped convs also on groups x step: their
+    aligned regime), and off-grid plans (every prunable group at
     an odd width, off every step > 1) when there is a step: each layer's factor curve over its
     size, in both regimes. Plans that come out identical (tiny groups) are profiled once."""
     plans: dict[str, dict[str, int]] = {"full": graph.full_widths()}
@@ -81,6 +82,14 @@ def calibration_plans(graph: DependencyGraph, step: int) -> dict[str, dict[str, 
         plans[f"aligned{int(frac * 100)}"] = {
             g.id: _legal_width(g, max(step, int(round(g.width * frac / step)) * step)) for g in graph.prunable_groups
         }
+    if any(g.granularity > 1 for g in graph.prunable_groups):
+        # a group of granularity k (a grouped conv's groups) is aligned only at multiples of k x step,
+        # its channels per group on the step (alignment.counts_aligned): the plans above leave it
+        # unaligned (what `--round-to step` gives), these profile its aligned regime below full width
+        for frac in ALIGNED_FRACTIONS:
+            plans[f"pergroup{int(frac * 100)}"] = {
+                g.id: _legal_width(g, max(u, int(round(g.width * frac / u)) * u)) for g in graph.prunable_groups for u in (step * max(g.granularity, 1),)
+            }
     if step > 1:
         for frac in OFFGRID_FRACTIONS:
             off = {}
