@@ -212,7 +212,7 @@ def test_calibration_plans_cover_sizes_and_both_regimes():
     from torch import nn
 
     from hadmc_deploy.graph.trace import trace
-    from hadmc_deploy.latency.context import calibration_plans
+    from hadmc_deploy.latency.context_plans import calibration_plans
 
     model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 48, 3, padding=1), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, 10)).eval()
@@ -236,7 +236,7 @@ def test_calibration_plans_profile_grouped_convs_aligned_per_group():
 
     from hadmc_deploy.graph.trace import trace
     from hadmc_deploy.latency.alignment import counts_aligned
-    from hadmc_deploy.latency.context import calibration_plans
+    from hadmc_deploy.latency.context_plans import calibration_plans
 
     model = nn.Sequential(nn.Conv2d(3, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 256, 3, padding=1, groups=4), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10)).eval()

@@ -41,7 +41,8 @@ from torch import nn
 from hadmc_deploy.backends.request import BuildRequest
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
-from hadmc_deploy.latency.alignment import WEIGHTED_OPS, counts_aligned, grid_step
+from hadmc_deploy.latency.alignment import WEIGHTED_OPS, counts_aligned
+from hadmc_deploy.latency.context_plans import calibration_plans, context_step
 from hadmc_deploy.latency.context_probe import probe_for
 from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
 from hadmc_deploy.latency.ort_profile import kernel_key, match_by_key, source_weighted_nodes
@@ -58,60 +59,6 @@ FACTOR_CLIP = 4.0
 MAX_EXTRA_ROUNDS = 4
 #: rounds of the context fit at most, with `more_rounds_seconds` (the CPU clock's floor).
 MAX_CONTEXT_ROUNDS = 20
-
-
-#: uniform width fractions profiled on the step's grid, and at odd widths (when the step is
-#: > 1): the range a search explores, both regimes of every layer.
-ALIGNED_FRACTIONS = (0.7, 0.5, 0.3)
-OFFGRID_FRACTIONS = (0.75, 0.45)
-
-
-def _legal_width(g: Any, w: int) -> int:
-    if g.granularity > 1:
-        w = max(g.granularity, (w // g.granularity) * g.granularity)
-    return min(g.width, max(w, g.min_width, 1))
-
-
-def calibration_plans(graph: DependencyGraph, step: int) -> dict[str, dict[str, int]]:
-    """Full width, uniform plans on the step's grid (for grouped convs also on groups x step: their
-    aligned regime), and off-grid plans (every prunable group at
-    an odd width, off every step > 1) when there is a step: each layer's factor curve over its
-    size, in both regimes. Plans that come out identical (tiny groups) are profiled once."""
-    plans: dict[str, dict[str, int]] = {"full": graph.full_widths()}
-    for frac in ALIGNED_FRACTIONS:
-        plans[f"aligned{int(frac * 100)}"] = {
-            g.id: _legal_width(g, max(step, int(round(g.width * frac / step)) * step)) for g in graph.prunable_groups
-        }
-    if any(g.granularity > 1 for g in graph.prunable_groups):
-        # a group of granularity k (a grouped conv's groups) is aligned only at multiples of k x step,
-        # its channels per group on the step (alignment.counts_aligned): the plans above leave it
-        # unaligned (what `--round-to step` gives), these profile its aligned regime below full width
-        for frac in ALIGNED_FRACTIONS:
-            plans[f"pergroup{int(frac * 100)}"] = {
-                g.id: _legal_width(g, max(u, int(round(g.width * frac / u)) * u)) for g in graph.prunable_groups for u in (step * max(g.granularity, 1),)
-            }
-    if step > 1:
-        for frac in OFFGRID_FRACTIONS:
-            off = {}
-            for g in graph.prunable_groups:
-                w = max(g.min_width, round(g.width * frac))
-                if w % 2 == 0:  # odd: off every step > 1, not only this one
-                    w -= 1
-                off[g.id] = _legal_width(g, w)
-            plans[f"offgrid{int(frac * 100)}"] = off
-    unique: dict[str, dict[str, int]] = {}
-    for name, widths in plans.items():
-        if widths not in unique.values():
-            unique[name] = widths
-    return unique
-
-
-def context_step(table: LatencyTable) -> int:
-    """The step whose regimes the context profiles: the staircase's when it found one, else the
-    CPU's blocked-layout width (16 fp32 lanes with AVX-512, 8 otherwise). The isolated probe can
-    miss a step that only shows in a chain: an aligned conv alone pays its own layout reorders,
-    in a chain of aligned convs the blocked layout is kept and only unaligned ones pay them."""
-    return grid_step(table)
 
 
 def size_fraction(spec: LayerSpec, full_in: int, full_out: int) -> float:
