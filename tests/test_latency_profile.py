@@ -184,7 +184,8 @@ def test_the_probes_points_on_the_grid_are_grid_points(tmp_path):
 
 
 def test_an_isolated_step_the_deployed_graphs_do_not_pay_for_is_profiled_again(tmp_path, monkeypatch):
-    """After the context fit at the isolated probe's step (here 4, set as if probed), a table whose
+    """After the context fit at the isolated probe's step (here 12, set as if probed: a step that
+    does not divide the blocked width, which context_step would otherwise profile), a table whose
     deployed graphs show no cost of leaving that step is profiled again on the CPU's blocked width;
     the second fit is kept only where leaving that width costs (the threshold is forced here, to
     take both branches on any machine)."""
@@ -205,17 +206,17 @@ def test_an_isolated_step_the_deployed_graphs_do_not_pay_for_is_profiled_again(t
     def measured(name: str) -> tuple[LatencyTable, dict]:
         path = tmp_path / f"{name}.json"
         table = LatencyTable(LutMeta("cpu", "onnxruntime", version or "x", device or {}, 1, 1, "fp32", 8, method={"statistic": "mom"}))
-        table.staircase = Staircase(4, 1.25, {"conv": {"step": 4, "penalty": 1.25, "mode": "line"}})
+        table.staircase = Staircase(12, 1.25, {"conv": {"step": 12, "penalty": 1.25, "mode": "line"}})
         table.save(path)
         return measure_table(model, graph, shape, get_target("cpu"), "fp32", 1, path, options=opts)
 
     monkeypatch.setattr(lut_module, "CONTEXT_STEP_PENALTY", 1e9)  # no step ever pays
     table, info = measured("never")
-    assert info["context_refit"]["isolated_step"] == 4 and info["context_refit"]["blocked_width"] == block
-    assert table.context.step == 4 and table.alignment() == 4  # the second fit did not pay either: the first is kept
+    assert info["context_refit"]["isolated_step"] == 12 and info["context_refit"]["blocked_width"] == block
+    assert table.context.step == 12 and table.alignment() == 12  # the second fit did not pay either: the first is kept
     monkeypatch.setattr(lut_module, "CONTEXT_STEP_PENALTY", -1.0)  # every step pays
     table, info = measured("always")
-    assert "context_refit" not in info and table.context.step == 4 and table.alignment() == 4
+    assert "context_refit" not in info and table.context.step == 12 and table.alignment() == 12
     monkeypatch.setattr(lut_module.ContextCorrection, "step_pays", lambda self: self.step == block)  # only the blocked width pays
     table, info = measured("blocked")
     assert info["context_refit"]["blocked_width"] == block

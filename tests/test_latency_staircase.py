@@ -207,6 +207,24 @@ def test_grouped_conv_regime_counts_channels_per_group():
     assert counts_aligned(dw.with_channels(48, 48), 64, 64, 16) and not counts_aligned(dw.with_channels(40, 40), 64, 64, 16)
 
 
+@pytest.mark.parametrize(("isa", "probed", "backend", "expected"), [
+    ("avx512_vnni", 4, "onnxruntime", 16),  # finer than the blocked width and dividing it: the blocked width
+    ("avx512_vnni", 8, "onnxruntime", 16),
+    ("avx512_vnni", 16, "onnxruntime", 16),
+    ("avx2", 16, "onnxruntime", 16),  # coarser than the block: the probe's (measure_table may profile 8 again)
+    ("avx2", 4, "onnxruntime", 8),
+    ("avx512_vnni", 12, "onnxruntime", 12),  # does not divide it
+    ("avx512_vnni", 4, "tensorrt", 4),  # a GPU has no NCHWc block
+    ("avx512_vnni", 1, "onnxruntime", 16),  # no step in isolation: the blocked width
+])
+def test_context_profiles_the_blocked_width_over_a_finer_probe_step(isa, probed, backend, expected):
+    from hadmc_deploy.latency.context_plans import context_step
+
+    table = LatencyTable(LutMeta("cpu", backend, "x", {"isa": isa}, 1, 1, "int8", 8))
+    table.staircase = Staircase(probed, 1.3, {})
+    assert context_step(table) == expected
+
+
 def test_calibration_plans_cover_sizes_and_both_regimes():
     """Profiled plans: full, uniform plans on the step's grid, and odd (off every step) plans."""
     from torch import nn

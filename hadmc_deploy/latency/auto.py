@@ -38,8 +38,11 @@ from hadmc_deploy.ui import UI, quiet_ui
 #: plans timed and profiled with spinning workers, as they deploy; v7: stricter staircase evidence
 #: and, where the probe finds no step, the grid on the CPU's blocked width; v8: the probe's points
 #: on the grid count as grid points: the swept layer's family had lacked its full-width row; v9: an
-#: isolated step the deployed graphs do not pay for is profiled again on the CPU's blocked width).
-METHOD = "measured-v10"
+#: isolated step the deployed graphs do not pay for is profiled again on the CPU's blocked width;
+#: v10: layers priced by their in-context times over their size, grouped convs' regimes per group;
+#: v11: an ONNX Runtime probe's step finer than the blocked width and dividing it is profiled at
+#: the blocked width, see context_plans.context_step).
+METHOD = "measured-v11"
 
 
 @dataclass
@@ -176,7 +179,7 @@ def measure_table(
                                     clock=options.clock, anchor=gate, more_rounds_seconds=options.cpu_context_seconds if options.clock == "cpu" else 0.0, ui=ui)
             fit()
             isolated, block = table.staircase.step, blocked_layout_width(table.meta.device)
-            if table.context is not None and 1 < isolated != block and not table.context.step_pays():
+            if table.context is not None and table.context.step != block and 1 < isolated != block and not table.context.step_pays():
                 # the deployed graphs do not pay for the isolated probe's step (an INT8 probe at batch
                 # 32 found 4 where odd widths then measured x0.63 of the step-4 price): profile again on
                 # the CPU's blocked width and keep that fit where leaving it costs
