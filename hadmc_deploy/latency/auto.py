@@ -180,9 +180,11 @@ def measure_table(
             fit()
             isolated, block = table.staircase.step, blocked_layout_width(table.meta.device)
             if table.context is not None and table.context.step != block and 1 < isolated != block and not table.context.step_pays():
-                # the deployed graphs do not pay for the isolated probe's step (an INT8 probe at batch
-                # 32 found 4 where odd widths then measured x0.63 of the step-4 price): profile again on
-                # the CPU's blocked width and keep that fit where leaving it costs
+                # the deployed graphs do not pay for the isolated probe's step (under v9 an INT8 probe at
+                # batch 32 found 4 where odd widths then measured x0.63 of the step-4 price; since v11 a
+                # finer step dividing the blocked width is profiled there at once, so this is left for
+                # steps that do not divide it or exceed it): profile again on the CPU's blocked width and
+                # keep that fit where leaving it costs
                 first = table.context
                 try:
                     fit(step=block)
