@@ -53,6 +53,13 @@ def counts_aligned(spec: LayerSpec, full_in: int, full_out: int, step: int) -> b
                for c, full in ((spec.in_channels, full_in), (spec.out_channels, full_out)))
 
 
+def size_fraction(spec: LayerSpec, full_in: int, full_out: int) -> float:
+    """The layer's MACs at `spec`'s widths over its MACs at full width (the axis of the context's
+    curves; 1.0 where the full width is unknown or does no work)."""
+    full_macs = spec.with_channels(full_in, full_out).macs() if full_in and full_out else 0
+    return spec.macs() / full_macs if full_macs > 0 else 1.0
+
+
 def grid_step(table: LatencyTable) -> int:
     """The channel step a table's grid is measured on (and the context's regimes profiled at): its
     measured step, else the CPU's blocked width. Where nothing measured a step (a table without

@@ -179,7 +179,7 @@ def measure_table(
                                     clock=options.clock, anchor=gate, more_rounds_seconds=options.cpu_context_seconds if options.clock == "cpu" else 0.0, ui=ui)
             fit()
             isolated, block = table.staircase.step, blocked_layout_width(table.meta.device)
-            if table.context is not None and table.context.step != block and 1 < isolated != block and not table.context.step_pays():
+            if table.context is not None and isolated > 1 and table.context.step != block and not table.context.step_pays():
                 # the deployed graphs do not pay for the isolated probe's step (under v9 an INT8 probe at
                 # batch 32 found 4 where odd widths then measured x0.63 of the step-4 price; since v11 a
                 # finer step dividing the blocked width is profiled there at once, so this is left for

@@ -41,7 +41,7 @@ from torch import nn
 from hadmc_deploy.backends.request import BuildRequest
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
-from hadmc_deploy.latency.alignment import WEIGHTED_OPS, counts_aligned
+from hadmc_deploy.latency.alignment import WEIGHTED_OPS, counts_aligned, size_fraction
 from hadmc_deploy.latency.context_plans import calibration_plans, context_step
 from hadmc_deploy.latency.context_probe import probe_for
 from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
@@ -59,12 +59,6 @@ FACTOR_CLIP = 4.0
 MAX_EXTRA_ROUNDS = 4
 #: rounds of the context fit at most, with `more_rounds_seconds` (the CPU clock's floor).
 MAX_CONTEXT_ROUNDS = 20
-
-
-def size_fraction(spec: LayerSpec, full_in: int, full_out: int) -> float:
-    """The layer's MACs at `spec`'s widths over its MACs at full width (the factor curves' axis)."""
-    full_macs = spec.with_channels(full_in, full_out).macs()
-    return spec.macs() / full_macs if full_macs > 0 else 1.0
 
 
 def factor_curve(points: list[tuple[float, float]]) -> list[list[float]]:

@@ -27,19 +27,22 @@ def calibration_plans(graph: DependencyGraph, step: int) -> dict[str, dict[str, 
     aligned regime), and off-grid plans (every prunable group at an odd width, off every step > 1)
     when there is a step: each layer's in-context times over its size, in both regimes. Plans that
     come out identical (tiny groups) are profiled once."""
+    def on_grid(frac: float, per_group: bool) -> dict[str, int]:
+        widths = {}
+        for g in graph.prunable_groups:
+            unit = step * max(g.granularity, 1) if per_group else step
+            widths[g.id] = _legal_width(g, max(unit, int(round(g.width * frac / unit)) * unit))
+        return widths
+
     plans: dict[str, dict[str, int]] = {"full": graph.full_widths()}
     for frac in ALIGNED_FRACTIONS:
-        plans[f"aligned{int(frac * 100)}"] = {
-            g.id: _legal_width(g, max(step, int(round(g.width * frac / step)) * step)) for g in graph.prunable_groups
-        }
+        plans[f"aligned{int(frac * 100)}"] = on_grid(frac, per_group=False)
     if any(g.granularity > 1 for g in graph.prunable_groups):
         # a group of granularity k (a grouped conv's groups) is aligned only at multiples of k x step,
         # its channels per group on the step (alignment.counts_aligned): the plans above leave it
         # unaligned (what `--round-to step` gives), these profile its aligned regime below full width
         for frac in ALIGNED_FRACTIONS:
-            plans[f"pergroup{int(frac * 100)}"] = {
-                g.id: _legal_width(g, max(u, int(round(g.width * frac / u)) * u)) for g in graph.prunable_groups for u in (step * max(g.granularity, 1),)
-            }
+            plans[f"pergroup{int(frac * 100)}"] = on_grid(frac, per_group=True)
     if step > 1:
         for frac in OFFGRID_FRACTIONS:
             off = {}

@@ -24,7 +24,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from hadmc_deploy.latency.alignment import counts_aligned
+from hadmc_deploy.latency.alignment import counts_aligned, size_fraction
 from hadmc_deploy.latency.analytic import AnalyticLatencyModel
 from hadmc_deploy.latency.base import Prediction
 from hadmc_deploy.latency.lut import Correction, LatencyTable
@@ -346,8 +346,7 @@ def _regime_and_size(factors: dict[str, Any], spec: LayerSpec, step: int) -> tup
     """("aligned" or "unaligned", the layer's MACs over its MACs at full width)."""
     full_in, full_out = int(factors.get("full_in", 0)), int(factors.get("full_out", 0))
     aligned = counts_aligned(spec, full_in, full_out, step)
-    full_macs = spec.with_channels(full_in, full_out).macs() if full_in and full_out else 0
-    return ("aligned" if aligned else "unaligned"), (spec.macs() / full_macs if full_macs > 0 else 1.0)
+    return ("aligned" if aligned else "unaligned"), size_fraction(spec, full_in, full_out)
 
 
 def context_factor(factors: dict[str, Any], spec: LayerSpec, step: int) -> float:
