@@ -22,6 +22,7 @@ from hadmc_deploy.errors import ArtifactError, BackendUnavailableError, UsageErr
 from hadmc_deploy.fileio import write_json_atomic
 from hadmc_deploy.specs import LayerSpec
 from hadmc_deploy.targets import TargetProfile
+from hadmc_deploy.timing import runs_for
 
 METADATA_FILE = "metadata.json"
 __all__ = ["METADATA_FILE", "Artifact", "Backend", "BuildRequest", "LatencyStats", "OrtBuildOptions", "TrtBuildOptions",
@@ -132,11 +133,16 @@ class Backend:
         self.require()
         return self._run(artifact, inputs)
 
-    def benchmark(self, artifact: Artifact, batch: int = 1, warmup: int = 10, runs: int = 50) -> LatencyStats:
-        if batch < 1 or runs < 1 or warmup < 0:
-            raise UsageError(f"batch and runs must be >= 1 and warmup >= 0 (got batch={batch}, runs={runs}, warmup={warmup})")
+    def benchmark(self, artifact: Artifact, batch: int = 1, warmup: int = 10, runs: int = 50, min_seconds: float = 0.0) -> LatencyStats:
+        """`runs` timed runs after `warmup`; with `min_seconds`, as many more as fill that much time
+        (sized by a 3-run probe after the warm-up; see hadmc_deploy.timing for why)."""
+        if batch < 1 or runs < 1 or warmup < 0 or min_seconds < 0:
+            raise UsageError(f"batch and runs must be >= 1, warmup and min_seconds >= 0 (got batch={batch}, runs={runs}, warmup={warmup}, min_seconds={min_seconds})")
         self._check_artifact(artifact)
         self.require()
+        if min_seconds > 0:
+            probe = self._benchmark(artifact, batch, warmup, 3)
+            runs, warmup = runs_for(min_seconds, probe.p50_ms, runs), 0  # the probe warmed the session
         return self._benchmark(artifact, batch, warmup, runs)
 
     def measure_layer(self, spec: LayerSpec, warmup: int = 10, runs: int = 30) -> LatencyStats:

@@ -9,7 +9,6 @@ the functions so `import hadmc_deploy` works without it.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from hadmc_deploy.errors import UsageError
+from hadmc_deploy.timing import timed_samples
 
 from .base import LatencyStats
 
@@ -99,13 +99,10 @@ def random_feeds(session: Any, batch: int | None = None, seed: int = 0) -> dict[
     return feeds
 
 
-def time_session(session: Any, feeds: dict[str, np.ndarray], warmup: int, runs: int, batch: int) -> LatencyStats:
-    """`runs` timed `session.run` calls (time.perf_counter around each) after `warmup` untimed ones."""
+def time_session(session: Any, feeds: dict[str, np.ndarray], warmup: int, runs: int, batch: int, min_seconds: float = 0.0) -> LatencyStats:
+    """`runs` timed `session.run` calls (time.perf_counter around each) after `warmup` untimed ones;
+    more while under `min_seconds` have passed (hadmc_deploy.timing)."""
     for _ in range(warmup):
         session.run(None, feeds)
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        samples.append((time.perf_counter() - start) * 1000.0)
+    samples = timed_samples(lambda: session.run(None, feeds), runs, min_seconds)
     return LatencyStats.from_samples(samples, batch=batch, warmup=warmup)

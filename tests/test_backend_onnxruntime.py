@@ -95,6 +95,14 @@ def test_run_matches_torch_at_batch_3(exported, artifact):
         get("onnxruntime").run(artifact, {"images": x})
 
 
+def test_benchmark_min_seconds_adds_runs(artifact):
+    """A stretch of time on a fast model: many more runs than asked (sized by a probe), never fewer."""
+    stats = get("onnxruntime").benchmark(artifact, batch=1, warmup=1, runs=3, min_seconds=0.05)
+    assert stats.runs > 30  # a ~10 us model: hundreds of runs (sized by the probe), not the 3 asked
+    with pytest.raises(UsageError, match="min_seconds"):
+        get("onnxruntime").benchmark(artifact, batch=1, runs=3, min_seconds=-1.0)
+
+
 def test_benchmark_stats(artifact):
     stats = get("onnxruntime").benchmark(artifact, batch=2, warmup=1, runs=5)
     assert isinstance(stats, LatencyStats)

@@ -65,7 +65,7 @@ def test_fake_module_context_fit_reads_the_tensorrt_profiler(tmp_path, fake_trt,
     backend.available = lambda: (True, "the fake tensorrt module stands in for a GPU")  # type: ignore[method-assign]
     timed = []
 
-    def benchmark(artifact, batch, warmup, runs):  # noqa: ANN001, ANN202  (CUDA events: no GPU here)
+    def benchmark(artifact, batch, warmup, runs, min_seconds=0.0):  # noqa: ANN001, ANN202  (CUDA events: no GPU here)
         timed.append(artifact.path.name)
         return LatencyStats.from_samples([3.0] * runs, batch=batch, warmup=warmup)
 

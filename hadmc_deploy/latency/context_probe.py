@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import onnx
 
 from hadmc_deploy.errors import LatencyModelError
+from hadmc_deploy.timing import WHOLE_MODEL_SECONDS, timed_samples
 
 
 class ContextProbe(Protocol):
@@ -40,7 +41,7 @@ class OrtProbe:
 
         # one session alive at a time: spinning as deployed (latency.repeat.measuring_session)
         prof = profile_session(Path(artifact.model_path), batch=batch, threads=1 if self.clock == "cpu" else self.threads, runs=runs,
-                               disabled_optimizers=artifact_disabled_optimizers(artifact.metadata), allow_spinning=True)
+                               disabled_optimizers=artifact_disabled_optimizers(artifact.metadata), allow_spinning=True, min_seconds=WHOLE_MODEL_SECONDS)
         return layer_times(prof, source)
 
     def model_ms(self, artifact: Any, batch: int, runs: int) -> float:
@@ -61,7 +62,7 @@ class TensorRTProbe:
         return onnx_node_times(profile_engine(artifact, batch=batch, runs=runs, warmup=max(2, runs // 4)), parsed_onnx(artifact))
 
     def model_ms(self, artifact: Any, batch: int, runs: int) -> float:
-        return float(self.backend.benchmark(artifact, batch=batch, warmup=2, runs=runs).p50_ms)
+        return float(self.backend.benchmark(artifact, batch=batch, warmup=2, runs=runs, min_seconds=WHOLE_MODEL_SECONDS).p50_ms)
 
 
 def probe_for(backend: Any, threads: int | None, clock: str) -> ContextProbe:
@@ -74,10 +75,11 @@ def probe_for(backend: Any, threads: int | None, clock: str) -> ContextProbe:
     raise LatencyModelError(f"no in-context profiler for the {backend.name} backend", hint="the per-layer context correction is available for onnxruntime and tensorrt")
 
 
-def whole_model_ms(model_path: Path, batch: int, threads: int | None, runs: int, clock: str = "wall", disabled_optimizers: Sequence[str] = ()) -> float:
-    """Median of `runs` runs of the model file in a session of its own, spinning as deployed (no
-    other session may be alive meanwhile: see latency.repeat.measuring_session); clock "cpu": one
-    thread, CPU time."""
+def whole_model_ms(model_path: Path, batch: int, threads: int | None, runs: int, clock: str = "wall", disabled_optimizers: Sequence[str] = (),
+                   min_seconds: float = WHOLE_MODEL_SECONDS) -> float:
+    """Median of `runs` runs (more while under `min_seconds` have passed: see hadmc_deploy.timing)
+    of the model file in a session of its own, spinning as deployed (no other session may be alive
+    meanwhile: see latency.repeat.measuring_session); clock "cpu": one thread, CPU time."""
     import statistics
 
     from hadmc_deploy.backends.ort_session import random_feeds
@@ -87,10 +89,4 @@ def whole_model_ms(model_path: Path, batch: int, threads: int | None, runs: int,
     feeds = random_feeds(sess, batch=batch)
     for _ in range(2):
         sess.run(None, feeds)
-    now = clock_function(clock)
-    samples = []
-    for _ in range(runs):
-        start = now()
-        sess.run(None, feeds)
-        samples.append((now() - start) * 1000.0)
-    return statistics.median(samples)
+    return statistics.median(timed_samples(lambda: sess.run(None, feeds), runs, min_seconds, clock=clock_function(clock)))

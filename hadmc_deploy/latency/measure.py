@@ -273,7 +273,7 @@ def backend_timer(backend: Any, warmup: int, runs: int) -> Timer:
 CLOCKS = ("wall", "cpu")
 
 
-def cpu_time_stats(session: Any, feeds: dict[str, Any], warmup: int, runs: int, batch: int) -> Any:
+def cpu_time_stats(session: Any, feeds: dict[str, Any], warmup: int, runs: int, batch: int, min_seconds: float = 0.0) -> Any:
     """CPU time of `session.run` on this thread; the session must run single-threaded.
 
     On a CPU shared with other processes, wall-clock timings of multi-threaded runs are
@@ -283,14 +283,11 @@ def cpu_time_stats(session: Any, feeds: dict[str, Any], warmup: int, runs: int, 
     latency on an idle core, not the deployment's multi-thread wall clock.
     """
     from hadmc_deploy.backends.base import LatencyStats
+    from hadmc_deploy.timing import timed_samples
 
     for _ in range(warmup):
         session.run(None, feeds)
-    samples = []
-    for _ in range(runs):
-        start = time.thread_time()
-        session.run(None, feeds)
-        samples.append((time.thread_time() - start) * 1000.0)
+    samples = timed_samples(lambda: session.run(None, feeds), runs, min_seconds, clock=time.thread_time)
     return LatencyStats.from_samples(samples, batch=batch, warmup=warmup)
 
 

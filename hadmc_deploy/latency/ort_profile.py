@@ -31,6 +31,7 @@ from typing import Any
 import onnx
 
 from hadmc_deploy.errors import LatencyModelError
+from hadmc_deploy.timing import timed_samples
 
 #: ORT kernels that carry a layer's weights (fp32, fused, NCHWc, quantized forms).
 WEIGHTED_KERNELS = frozenset({
@@ -90,6 +91,9 @@ class SessionProfile:
             out[j] += glue[j] / 2
         return out
 
+
+#: profiled runs at most, however fast the model (every run adds an event per kernel to the profile).
+MAX_PROFILED_RUNS = 200
 
 #: index of the weight among a kernel's inputs (QLinearConv: x, x_scale, x_zero_point, w, ...).
 _WEIGHT_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3}
@@ -169,9 +173,11 @@ def profile_session(
     runs: int = 10,
     disabled_optimizers: Sequence[str] = (),
     allow_spinning: bool = False,
+    min_seconds: float = 0.0,
 ) -> SessionProfile:
     """Run `model` with the deployment session options and the profiler on; median per kernel.
     `allow_spinning`: see `latency.repeat.measuring_session` (True only with no other session alive).
+    `min_seconds`: more runs while under that much time has passed (hadmc_deploy.timing).
 
     The profiler's per-kernel clock adds a little per node; `run_ms` is measured under
     it too, so callers compare like with like (or rescale to an unprofiled wall time).
@@ -185,8 +191,9 @@ def profile_session(
         except Exception as exc:
             raise LatencyModelError(f"ONNX Runtime cannot load the model to profile: {str(exc).splitlines()[0][:200]}") from exc
         feeds = random_feeds(sess, batch=batch)
-        for _ in range(warmup + runs):
+        for _ in range(warmup):
             sess.run(None, feeds)
+        timed_samples(lambda: sess.run(None, feeds), runs, min_seconds, max_runs=MAX_PROFILED_RUNS)
         events = json.loads(Path(sess.end_profiling()).read_text())
     return parse_profile(events, warmup=warmup)
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from hadmc_deploy.backends.request import BuildRequest
 from hadmc_deploy.graph.types import DependencyGraph, WidthPlan
+from hadmc_deploy.timing import WHOLE_MODEL_SECONDS
 from hadmc_deploy.ui import UI, quiet_ui
 
 
@@ -127,7 +128,8 @@ def time_onnx_interleaved(
     clock: str = "wall",
     ui: UI | None = None,
 ) -> list[tuple[float, list[float], float]]:
-    """(median over rounds, per-round medians, fastest run) per model, built and benchmarked by `backend`."""
+    """(median over rounds, per-round medians, fastest run) per model, built and benchmarked by `backend`
+    (each round at least `runs` runs and WHOLE_MODEL_SECONDS of them)."""
     ui = ui or quiet_ui()
     with tempfile.TemporaryDirectory(prefix="hadmc-wholemodel-") as tmp:
         artifacts = []
@@ -146,11 +148,11 @@ def time_onnx_interleaved(
 
             def bench(art: Any) -> Any:
                 sess = sessions[id(art)]
-                return cpu_time_stats(sess, random_feeds(sess, batch=batch), warmup, runs, batch)
+                return cpu_time_stats(sess, random_feeds(sess, batch=batch), warmup, runs, batch, min_seconds=WHOLE_MODEL_SECONDS)
         else:
 
             def bench(art: Any) -> Any:
-                return backend.benchmark(art, batch=batch, warmup=warmup, runs=runs)
+                return backend.benchmark(art, batch=batch, warmup=warmup, runs=runs, min_seconds=WHOLE_MODEL_SECONDS)
 
         rounds_ms: list[list[float]] = [[] for _ in artifacts]
         fastest = [float("inf")] * len(artifacts)

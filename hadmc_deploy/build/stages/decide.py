@@ -24,6 +24,7 @@ from hadmc_deploy.build.decide import (
 )
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.self_check import check_deployed, guard_float_layers
+from hadmc_deploy.timing import WHOLE_MODEL_SECONDS
 from hadmc_deploy.triton import write_triton_repo
 
 #: interleaved rounds over the candidates at the primary batch.
@@ -55,7 +56,8 @@ def time_interleaved(ctx: BuildContext, rows: list[dict[str, Any]], batch: int) 
     with ctx.ui.progress(f"timing {len(rows)} candidates side by side (batch {batch})", ROUNDS * len(rows)) as bar:
         for _ in range(ROUNDS):
             for name, (backend, artifact) in loaded.items():
-                per_round[name].append(backend.benchmark(artifact, batch=batch, warmup=max(2, bench.warmup // 2), runs=max(5, bench.runs // 2)).p50_ms)
+                per_round[name].append(backend.benchmark(artifact, batch=batch, warmup=max(2, bench.warmup // 2), runs=max(5, bench.runs // 2),
+                                                          min_seconds=WHOLE_MODEL_SECONDS).p50_ms)
                 bar.advance()
     medians = {n: statistics.median(v) for n, v in per_round.items()}
     spreads = [(max(v) - min(v)) / 2 / medians[n] for n, v in per_round.items() if len(v) > 1 and medians[n] > 0]

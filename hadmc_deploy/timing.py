@@ -1,0 +1,43 @@
+"""Timed samples of a call: a number of runs, and at least a stretch of time.
+
+A whole fast model (the demo CNN at 28x28 runs in ~0.1 ms) timed over a handful of
+runs is a sample of the machine's jitter as much as of the model. Twelve estimates
+of it (each the fastest of 3 fresh sessions' medians) moved sd 4.0% (FP32) / 6.7%
+(INT8) from 8 runs a session and 2.9% / 2.2% from 40 ms of runs; in another run,
+with the machine noisier, 9.0% / 13.4% and 9.0% / 11.2%: the stretch removes the
+runs' sampling noise, not the machine's (`tools/bench_timing_estimators.py`,
+docs/timing_estimators.json). Slow models are unaffected: their runs outlast the
+stretch anyway.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+#: timed seconds per whole-model measurement where the caller asks for a stretch: what the
+#: latency tables' context fit, the build's latency check and decide stage, and the validation
+#: tool all take, so their estimates are alike.
+WHOLE_MODEL_SECONDS = 0.04
+#: runs at most, however fast the call (a 10 us model would otherwise run 4000 times per 40 ms).
+MAX_TIMED_RUNS = 2000
+
+
+def timed_samples(call: Callable[[], object], runs: int, min_seconds: float = 0.0, clock: Callable[[], float] = time.perf_counter,
+                  max_runs: int = MAX_TIMED_RUNS) -> list[float]:
+    """ms per call on `clock`: `runs` calls, more while under `min_seconds` of wall time have passed
+    (at most `max_runs` in all)."""
+    samples: list[float] = []
+    started = time.perf_counter()
+    while len(samples) < runs or (len(samples) < max_runs and time.perf_counter() - started < min_seconds):
+        t0 = clock()
+        call()
+        samples.append((clock() - t0) * 1000.0)
+    return samples
+
+
+def runs_for(min_seconds: float, per_run_ms: float, runs: int) -> int:
+    """How many runs fill `min_seconds` at `per_run_ms` each (never fewer than `runs`, at most MAX_TIMED_RUNS)."""
+    if min_seconds <= 0 or per_run_ms <= 0:
+        return runs
+    return max(runs, min(MAX_TIMED_RUNS, int(min_seconds * 1000.0 / per_run_ms + 0.999)))

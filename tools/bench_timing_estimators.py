@@ -1,0 +1,94 @@
+"""How repeatable is one whole-model latency estimate? A few runs against a stretch of time.
+
+Builds each model's full-width plan exactly as a build deploys it and estimates its latency,
+again and again, with each estimator (every estimate: the minimum over fresh sessions of each
+session's median); prints, per model and precision, the median estimate and how much the
+estimates move (standard deviation and range, % of the mean). The estimators are interleaved
+so load from other processes hits them alike.
+
+    .venv/bin/python tools/bench_timing_estimators.py --models demo,demo96,grouped --repeats 12
+
+Why: `hadmc_deploy.timing` (a stretch of at least WHOLE_MODEL_SECONDS per measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from validate_latency_model import MODELS  # noqa: E402
+
+from hadmc_deploy.graph.trace import trace  # noqa: E402
+from hadmc_deploy.latency.context import build_deployed_artifact  # noqa: E402
+from hadmc_deploy.latency.context_probe import whole_model_ms  # noqa: E402
+from hadmc_deploy.latency.measure import get_backend  # noqa: E402
+from hadmc_deploy.timing import WHOLE_MODEL_SECONDS  # noqa: E402
+
+
+def estimators(path: Path, batch: int) -> dict[str, Callable[[], float]]:
+    def est(sessions: int, runs: int, seconds: float) -> Callable[[], float]:
+        return lambda: min(whole_model_ms(path, batch, None, runs, min_seconds=seconds) for _ in range(sessions))
+
+    return {
+        "3 sessions x 8 runs": est(3, 8, 0.0),
+        "4 sessions x 5 runs": est(4, 5, 0.0),
+        f"3 sessions x {1000 * WHOLE_MODEL_SECONDS:.0f} ms": est(3, 8, WHOLE_MODEL_SECONDS),
+        f"4 sessions x {1000 * WHOLE_MODEL_SECONDS:.0f} ms": est(4, 5, WHOLE_MODEL_SECONDS),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="demo,demo96,grouped", help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--precisions", default="fp32,int8")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--json", help="also append the results to this JSON list of runs")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    backend = get_backend("onnxruntime")
+    rows = []
+    print(f"{'model':10s} {'prec':5s} {'estimator':22s} {'median ms':>10s} {'sd %':>6s} {'range %':>8s}")
+    with tempfile.TemporaryDirectory(prefix="hadmc-estimators-") as tmp:
+        for arch in args.models.split(","):
+            build, chw = MODELS[arch]
+            torch.manual_seed(0)
+            model = build().eval()
+            shape = (args.batch, *chw)
+            graph = trace(model, shape)
+            for precision in args.precisions.split(","):
+                _, art = build_deployed_artifact(model, graph, graph.full_widths(), shape, backend, precision, Path(tmp), f"{arch}-{precision}")
+                ests = estimators(Path(art.model_path), args.batch)
+                values: dict[str, list[float]] = {k: [] for k in ests}
+                for _ in range(args.repeats):
+                    for name, est in ests.items():
+                        values[name].append(est())
+                for name, v in values.items():
+                    mean = statistics.fmean(v)
+                    row = {"model": arch, "precision": precision, "batch": args.batch, "estimator": name, "median_ms": statistics.median(v),
+                           "sd_pct": 100 * statistics.pstdev(v) / mean, "range_pct": 100 * (max(v) - min(v)) / min(v), "estimates": v}
+                    rows.append(row)
+                    print(f"{arch:10s} {precision:5s} {name:22s} {row['median_ms']:10.4f} {row['sd_pct']:6.1f} {row['range_pct']:8.1f}")
+    if args.json:  # runs accumulate: the machine's noise differs from run to run
+        out = Path(args.json)
+        runs = json.loads(out.read_text()) if out.exists() else []
+        runs.append({"measured_at": time.strftime("%Y-%m-%d %H:%M"), "load_average": [round(x, 1) for x in os.getloadavg()], "repeats": args.repeats, "rows": rows})
+        out.write_text(json.dumps(runs, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
