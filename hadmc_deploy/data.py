@@ -87,8 +87,9 @@ class ArrayDataset:
         """A hash of the preprocessed data, to key caches (calibration ranges, builds)."""
         digest = hashlib.sha256()
         digest.update(str(self.x.shape).encode())
-        digest.update(np.ascontiguousarray(self.x).tobytes())
-        digest.update(np.ascontiguousarray(self.y).tobytes())
+        # a view, not a copy: the same digest without copying the preprocessed images (0.8 GB at 224)
+        digest.update(memoryview(np.ascontiguousarray(self.x)).cast("B"))
+        digest.update(memoryview(np.ascontiguousarray(self.y)).cast("B"))
         return digest.hexdigest()
 
     def subset(self, n: int | None, seed: int = 0) -> ArrayDataset:

@@ -21,6 +21,7 @@ from hadmc_deploy.latency.context import fit_context
 from hadmc_deploy.latency.context_probe import probe_for
 from hadmc_deploy.latency.lut import LatencyTable, LutMeta
 from hadmc_deploy.latency.measure import specs_for_plans
+from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS
 
 
 class _Net(nn.Module):
@@ -77,7 +78,8 @@ def test_fake_module_context_fit_reads_the_tensorrt_profiler(tmp_path, fake_trt,
         assert row["measured_ms"] == 3.0
         assert row["predicted_ms"] == pytest.approx(3.0, rel=0.05)  # the fit reproduces what it was fitted on
     assert any(c[0] == "report_to_profiler" for c in fake_trt.calls)
-    assert timed.count("full-art") == 2 and timed.count("half-art") == 2  # each engine timed once per round
+    # each engine timed once per round: 2 profiled rounds, then whole-model rounds up to the build's count
+    assert timed.count("full-art") == WHOLE_MODEL_ROUNDS and timed.count("half-art") == WHOLE_MODEL_ROUNDS
     assert all(e["aligned_curve"] or e["unaligned_curve"] for e, layer in zip(ctx.factors, graph.layers, strict=True) if layer.spec.op in ("conv", "linear"))
 
 

@@ -7,6 +7,7 @@ estimates move (standard deviation and range, % of the mean). The estimators are
 so load from other processes hits them alike.
 
     .venv/bin/python tools/bench_timing_estimators.py --models demo,demo96,grouped --repeats 12
+    .venv/bin/python tools/bench_timing_estimators.py --rounds-bias --models demo,demo96,grouped,resnet18 --repeats 10
 
 Why: `hadmc_deploy.timing` (a stretch of at least WHOLE_MODEL_SECONDS per measurement).
 """
@@ -35,7 +36,7 @@ from hadmc_deploy.graph.trace import trace  # noqa: E402
 from hadmc_deploy.latency.context import build_deployed_artifact  # noqa: E402
 from hadmc_deploy.latency.context_probe import whole_model_ms  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
-from hadmc_deploy.timing import WHOLE_MODEL_SECONDS  # noqa: E402
+from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_SECONDS  # noqa: E402
 
 
 def estimators(path: Path, batch: int) -> dict[str, Callable[[], float]]:
@@ -50,18 +51,31 @@ def estimators(path: Path, batch: int) -> dict[str, Callable[[], float]]:
     }
 
 
+def rounds_bias(path: Path, batch: int, repeats: int) -> list[float]:
+    """Per repeat: the fastest of the first 3 of 7 rounds over the fastest of all 7 (each round a
+    fresh session's median over at least WHOLE_MODEL_SECONDS): how far a 3-round estimate sits above
+    the build's 7-round one."""
+    ratios = []
+    for _ in range(repeats):
+        rounds = [whole_model_ms(path, batch, None, 8) for _ in range(WHOLE_MODEL_ROUNDS)]
+        ratios.append(min(rounds[:3]) / min(rounds))
+    return ratios
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="demo,demo96,grouped", help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--precisions", default="fp32,int8")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--rounds-bias", action="store_true", help=f"instead: the fastest of 3 rounds against the fastest of {WHOLE_MODEL_ROUNDS}")
     parser.add_argument("--json", help="also append the results to this JSON list of runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     backend = get_backend("onnxruntime")
     rows = []
-    print(f"{'model':10s} {'prec':5s} {'estimator':22s} {'median ms':>10s} {'sd %':>6s} {'range %':>8s}")
+    if not args.rounds_bias:
+        print(f"{'model':10s} {'prec':5s} {'estimator':22s} {'median ms':>10s} {'sd %':>6s} {'range %':>8s}")
     with tempfile.TemporaryDirectory(prefix="hadmc-estimators-") as tmp:
         for arch in args.models.split(","):
             build, chw = MODELS[arch]
@@ -71,6 +85,12 @@ def main() -> int:
             graph = trace(model, shape)
             for precision in args.precisions.split(","):
                 _, art = build_deployed_artifact(model, graph, graph.full_widths(), shape, backend, precision, Path(tmp), f"{arch}-{precision}")
+                if args.rounds_bias:
+                    r = rounds_bias(Path(art.model_path), args.batch, args.repeats)
+                    rows.append({"model": arch, "precision": precision, "batch": args.batch, "estimator": f"min of 3 / min of {WHOLE_MODEL_ROUNDS} rounds",
+                                 "mean_ratio": statistics.fmean(r), "max_ratio": max(r), "ratios": r})
+                    print(f"{arch:10s} {precision:5s} min of 3 / min of {WHOLE_MODEL_ROUNDS} rounds: mean {statistics.fmean(r):.3f} max {max(r):.3f}")
+                    continue
                 ests = estimators(Path(art.model_path), args.batch)
                 values: dict[str, list[float]] = {k: [] for k in ests}
                 for _ in range(args.repeats):

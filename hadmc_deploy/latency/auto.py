@@ -41,8 +41,10 @@ from hadmc_deploy.ui import UI, quiet_ui
 #: isolated step the deployed graphs do not pay for is profiled again on the CPU's blocked width;
 #: v10: layers priced by their in-context times over their size, grouped convs' regimes per group;
 #: v11: an ONNX Runtime probe's step finer than the blocked width and dividing it is profiled at
-#: the blocked width, see context_plans.context_step).
-METHOD = "measured-v11"
+#: the blocked width, see context_plans.context_step; v12: the context fit's whole-model times over
+#: the build's WHOLE_MODEL_ROUNDS rounds, every measurement at least WHOLE_MODEL_SECONDS of runs:
+#: hadmc_deploy.timing).
+METHOD = "measured-v12"
 
 
 @dataclass

@@ -48,6 +48,7 @@ from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
 from hadmc_deploy.latency.ort_profile import kernel_key, match_by_key, source_weighted_nodes
 from hadmc_deploy.latency.repeat import SpeedGate
 from hadmc_deploy.specs import LayerSpec
+from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS
 from hadmc_deploy.ui import UI, quiet_ui
 
 #: a layer's factor is clipped to this multiple range of the median factor (a mapping or
@@ -122,7 +123,8 @@ def fit_context(
     and set `table.context`. Raises LatencyModelError when kernels cannot be mapped to layers.
 
     Every time is the minimum over rounds (load only adds time), whole-model times the fastest
-    round's median: what the build's latency check and decide stage measure. With a speed `anchor`
+    round's median over WHOLE_MODEL_ROUNDS rounds at least: what the build's latency check and
+    decide stage measure. With a speed `anchor`
     (latency/speed_anchor.py) a plan none of whose rounds ran in a fast window of the machine gets
     up to `MAX_EXTRA_ROUNDS` more, as the table's layers get more passes. With clock "cpu" the
     sessions run one thread and whole-model times are CPU time; the profiler's kernel
@@ -159,6 +161,7 @@ def fit_context(
             node_of_layer[name] = {layer_keys[a][0]: nodes[b][0] for a, b in pairs}
         best: dict[str, list[float]] = {}
         walls: dict[str, float] = {}
+        model_rounds: dict[str, int] = {}
         quiet = dict.fromkeys(built, False)
 
         def time_round(names: list[str]) -> None:
@@ -173,7 +176,12 @@ def fit_context(
                                             hint="the per-layer context correction is not available for this model")
                 times = [by_node[node_of_layer[name][i]] for i in weighted_idx]
                 best[name] = times if name not in best else [min(a, b) for a, b in zip(best[name], times, strict=True)]
-                walls[name] = min(walls.get(name, float("inf")), probe.model_ms(art, batch, runs))
+                model_round([name])
+
+        def model_round(names: list[str]) -> None:
+            for name in names:
+                walls[name] = min(walls.get(name, float("inf")), probe.model_ms(built[name][1], batch, runs))
+                model_rounds[name] = model_rounds.get(name, 0) + 1
 
         started = time.monotonic()
         for _ in ui.track(range(rounds), "profiling deployed plans (interleaved)"):
@@ -187,6 +195,10 @@ def fit_context(
             if not slow:
                 break
             time_round(slow)
+        # whole-model times over as many rounds as the build's latency check and decide stage
+        # take (the profiles need fewer): the same estimator as what the predictions are checked on
+        while min(model_rounds.values()) < WHOLE_MODEL_ROUNDS:
+            model_round([name for name in built if model_rounds[name] < WHOLE_MODEL_ROUNDS])
         if anchor is not None:
             for q in quiet.values():
                 anchor.record(q)
@@ -209,7 +221,7 @@ def fit_context(
             aligned = counts_aligned(s, fs.in_channels, fs.out_channels, step)
             size = size_fraction(s, fs.in_channels, fs.out_channels)
             estimates[i]["aligned" if aligned else "unaligned"].append((size, t * scale / max(raw[i], 1e-9), raw[i], name))
-        fitted_on.append({"plan": name, "measured_ms": walls[name], "rounds": done, "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw),
+        fitted_on.append({"plan": name, "measured_ms": walls[name], "rounds": done, "model_rounds": model_rounds[name], "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw),
                           **({"quiet": quiet[name]} if anchor is not None else {})})
     all_f = [f for e in estimates for lst in e.values() for _, f, _, _ in lst]
     median_f = statistics.median(all_f) if all_f else 1.0

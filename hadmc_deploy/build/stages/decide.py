@@ -24,11 +24,11 @@ from hadmc_deploy.build.decide import (
 )
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.self_check import check_deployed, guard_float_layers
-from hadmc_deploy.timing import WHOLE_MODEL_SECONDS
+from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_SECONDS
 from hadmc_deploy.triton import write_triton_repo
 
 #: interleaved rounds over the candidates at the primary batch.
-ROUNDS = 7
+ROUNDS = WHOLE_MODEL_ROUNDS
 DEPLOY_DIR = "deploy"
 
 

@@ -24,9 +24,10 @@ from hadmc_deploy.build.decide import meets
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import graph, loaded_model
 from hadmc_deploy.latency.whole_model import time_plans
+from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS
 
 #: interleaved rounds; each round times both models once.
-ROUNDS = 7
+ROUNDS = WHOLE_MODEL_ROUNDS
 
 
 def inputs(ctx: BuildContext) -> dict[str, Any]:
