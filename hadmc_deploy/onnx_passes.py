@@ -120,3 +120,45 @@ def io_shapes(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
 
     inputs = [describe(v) for v in model.graph.input if v.name not in inits]
     return inputs, [describe(v) for v in model.graph.output]
+
+
+def pooling_as_reduce_mean(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """GlobalAveragePool as ReduceMean over the spatial axes (keepdims), and a Flatten(axis=1) of
+    its output as a Reshape to (N, -1): how the dynamo exporter writes adaptive average pooling to
+    1x1, so a TorchScript export of the same model builds to the kernels that deploy (in INT8 a
+    GlobalAveragePool stays quantized in ONNX Runtime, a ReduceMean runs in float between a DQ and
+    a Q). Returns (model, pools rewritten); the opset must take ReduceMean's axes as an input (>= 18)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    pools = [n for n in model.graph.node if n.op_type == "GlobalAveragePool"]
+    if opset < 18 or not pools:
+        return model, 0
+    users = _consumers(model)
+    taken = {init.name for init in model.graph.initializer} | {out for n in model.graph.node for out in n.output}
+
+    def constant(stem: str, values: list[int]) -> str:
+        name, i = stem, 0
+        while name in taken:
+            i += 1
+            name = f"{stem}_{i}"
+        taken.add(name)
+        model.graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
+        return name
+
+    rewritten = 0
+    for pool in pools:
+        axes = constant("pooling_as_reduce_mean_axes", [-1, -2])
+        index = list(model.graph.node).index(pool)
+        mean = onnx.helper.make_node("ReduceMean", [pool.input[0], axes], list(pool.output), name=pool.name, keepdims=1)
+        model.graph.node.remove(pool)
+        model.graph.node.insert(index, mean)
+        rewritten += 1
+        for user in users.get(pool.output[0], []):
+            axis = next((onnx.helper.get_attribute_value(a) for a in user.attribute if a.name == "axis"), 1)
+            if user.op_type != "Flatten" or axis != 1:
+                continue
+            at = list(model.graph.node).index(user)
+            reshape = onnx.helper.make_node("Reshape", [user.input[0], constant("pooling_as_reduce_mean_shape", [0, -1])], list(user.output), name=user.name)
+            model.graph.node.remove(user)
+            model.graph.node.insert(at, reshape)
+    return model, rewritten

@@ -221,3 +221,61 @@ def test_an_isolated_step_the_deployed_graphs_do_not_pay_for_is_profiled_again(t
     table, info = measured("blocked")
     assert info["context_refit"]["blocked_width"] == block
     assert table.context.step == block and table.alignment() == block  # the search rounds to what the deployed graphs pay for
+
+
+def test_torchscript_pooling_head_is_written_as_deployed(tmp_path):
+    """The TorchScript export's GlobalAveragePool + Flatten become ReduceMean + Reshape (how the
+    dynamo exporter writes adaptive pooling), with the same outputs."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from hadmc_deploy.onnx_passes import op_counts, pooling_as_reduce_mean
+
+    torch.manual_seed(0)
+    model = demo_cnn().eval()
+    path = tmp_path / "ts.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, torch.zeros(2, 1, 28, 28), str(path), dynamo=False, opset_version=18, input_names=["input"], output_names=["output"])
+    before = onnx.load(str(path))
+    after, rewritten = pooling_as_reduce_mean(before)
+    assert rewritten == 1 and op_counts(before).get("GlobalAveragePool") == 1
+    ops = op_counts(after)
+    assert "GlobalAveragePool" not in ops and "Flatten" not in ops and ops["ReduceMean"] == 1 and ops["Reshape"] == 1
+    onnx.checker.check_model(after)
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    outs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0] for m in (before, after)]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    assert pooling_as_reduce_mean(after)[1] == 0  # nothing left to rewrite
+
+
+@pytest.mark.parametrize("same_kernels", [True, False])
+def test_context_plans_take_the_torchscript_export_only_where_it_runs_the_deployed_kernels(tmp_path, monkeypatch, same_kernels):
+    """The full plan is always built as deployed; the other plans are exported by TorchScript only
+    when its full-model session runs the deployed session's kernels, in order (checked for real here;
+    forced to differ in the second case), and each fitted plan records its exporter."""
+    import hadmc_deploy.latency.context as context
+    from hadmc_deploy.latency.context import fit_context
+    from hadmc_deploy.latency.measure import get_backend
+
+    torch.manual_seed(0)
+    model = demo_cnn().eval()
+    shape = (1, 1, 28, 28)
+    graph = trace(model, shape)
+    opts = MeasureOptions(grid_points=2, passes=1, runs_per_pass=2, context=False)
+    from hadmc_deploy.latency.auto import measure_table
+
+    table, _ = measure_table(model, graph, shape, get_target("cpu"), "fp32", 1, tmp_path / "t.json", options=opts)
+    real = context.kernel_ops
+    seen = []
+
+    def kernels(artifact, batch, threads):  # noqa: ANN001, ANN202
+        ops = real(artifact, batch, threads)
+        seen.append(ops)
+        return ops if same_kernels or len(seen) % 2 else [*ops, "Identity"]
+
+    monkeypatch.setattr(context, "kernel_ops", kernels)
+    ctx = fit_context(table, model, graph, shape, get_backend("onnxruntime"), rounds=1, runs=2)
+    assert len(seen) == 2 and "Conv" in seen[0] and seen[0] == seen[1]  # for real, TorchScript's graph of the demo CNN runs the same kernels
+    exporters = {row["plan"]: row["exporter"] for row in ctx.fitted_on}
+    assert exporters.pop("full") == "deploy" and len(exporters) >= 3
+    assert set(exporters.values()) == {"fast" if same_kernels else "deploy"}

@@ -100,6 +100,31 @@ def build_deployed_artifact(
     return float_onnx, art
 
 
+def kernel_ops(artifact: Any, batch: int, threads: int | None) -> list[str]:
+    """The ONNX Runtime kernels an artifact's session runs, in order (one profiled run)."""
+    from hadmc_deploy.backends.ort_optimizer_choice import artifact_disabled_optimizers
+    from hadmc_deploy.latency.ort_profile import profile_session
+
+    prof = profile_session(Path(artifact.model_path), batch=batch, threads=threads, warmup=1, runs=1, disabled_optimizers=artifact_disabled_optimizers(artifact.metadata))
+    return [k.op for k in prof.kernels]
+
+
+def faster_exporter(model: nn.Module, graph: DependencyGraph, input_shape: tuple[int, ...], backend: Any, precision: str, workdir: Path,
+                    deployed_full: Any, batch: int, threads: int | None) -> str:
+    """"fast" when the TorchScript export of the full model builds to a session running the same
+    kernels, in the same order, as the deployed graph (`deployed_full`), else "deploy".
+
+    Why: the dynamo exports of the plans were most of a build's table time (a ResNet-18 build at
+    224, random weights, `--speedup 2 --measure-lut`: latency model stage 31.3 s with every plan
+    exported as deployed, 20.8 s with this, minutes apart). With its pooling head written as the dynamo
+    exporter writes it (`export_for_timing`), the TorchScript graph of the demo CNN, the grouped CNN,
+    ResNet-18, MobileNetV2 and a VGG-like model with grouped and depthwise convs ran the very kernels
+    of the deployed one, FP32 and INT8; where a model's exporters disagree, the plans are exported
+    as deployed."""
+    _, fast_full = build_deployed_artifact(model, graph, graph.full_widths(), input_shape, backend, precision, workdir, "full-torchscript", exporter="fast")
+    return "fast" if kernel_ops(fast_full, batch, threads) == kernel_ops(deployed_full, batch, threads) else "deploy"
+
+
 def fit_context(
     table: LatencyTable,
     model: nn.Module,
@@ -144,9 +169,18 @@ def fit_context(
     full = graph.full_widths()
     with tempfile.TemporaryDirectory(prefix="hadmc-context-") as tmp:
         built = {}
+        plan_exporter = exporter
+        full_name = next((name for name, widths in plans.items() if widths == full), None)
+        if exporter == "deploy" and full_name is not None and backend.name == "onnxruntime":
+            built[full_name] = build_deployed_artifact(model, graph, full, input_shape, backend, precision, Path(tmp), full_name, float_onnx=baseline_onnx)
+            plan_exporter = faster_exporter(model, graph, input_shape, backend, precision, Path(tmp), built[full_name][1], batch, threads)
+            ui.log("context plans: " + ("the TorchScript export runs the deployed graph's kernels" if plan_exporter == "fast" else "exported as deployed (the TorchScript export runs other kernels)"))
         for name, widths in ui.track(list(plans.items()), "building deployed plans"):
+            if name in built:
+                continue
             reuse = baseline_onnx if (baseline_onnx is not None and widths == full) else None
-            built[name] = build_deployed_artifact(model, graph, widths, input_shape, backend, precision, Path(tmp), name, exporter=exporter, float_onnx=reuse)
+            built[name] = build_deployed_artifact(model, graph, widths, input_shape, backend, precision, Path(tmp), name, exporter=plan_exporter, float_onnx=reuse)
+        built = {name: built[name] for name in plans}  # the plans' order: the order of every round
         sources = {name: onnx.load(str(f), load_external_data=False) for name, (f, _) in built.items()}
         layer_keys = [(i, kernel_key("Conv" if graph.layers[i].spec.op != "linear" else "Gemm", [0, 0, *graph.layers[i].spec.kernel])) for i in weighted_idx]
         node_of_layer: dict[str, dict[int, str]] = {}
@@ -221,7 +255,9 @@ def fit_context(
             aligned = counts_aligned(s, fs.in_channels, fs.out_channels, step)
             size = size_fraction(s, fs.in_channels, fs.out_channels)
             estimates[i]["aligned" if aligned else "unaligned"].append((size, t * scale / max(raw[i], 1e-9), raw[i], name))
-        fitted_on.append({"plan": name, "measured_ms": walls[name], "rounds": done, "model_rounds": model_rounds[name], "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw),
+        exported = exporter if (name == full_name or exporter != "deploy") else plan_exporter
+        fitted_on.append({"plan": name, "measured_ms": walls[name], "rounds": done, "model_rounds": model_rounds[name], "exporter": exported,
+                          "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw),
                           **({"quiet": quiet[name]} if anchor is not None else {})})
     all_f = [f for e in estimates for lst in e.values() for _, f, _, _ in lst]
     median_f = statistics.median(all_f) if all_f else 1.0

@@ -60,7 +60,9 @@ def export_for_timing(model: nn.Module, input_shape: tuple[int, ...], path: Path
     simplified, verified; ~10 s for ResNet-18 here). "fast": the TorchScript
     exporter in eval mode (~1.5 s), for timing many plans: ONNX Runtime's own
     graph optimizations (BN folding, conv+activation fusion, NCHWc layout) run on
-    both, so the session executes the same kernels.
+    both, and its GlobalAveragePool head is rewritten as the dynamo exporter writes
+    it (`onnx_passes.pooling_as_reduce_mean`), so the session executes the same
+    kernels where the two exporters agree otherwise (`same_deployed_ops` checks).
     """
     model.eval()
     if exporter == "deploy":
@@ -70,12 +72,16 @@ def export_for_timing(model: nn.Module, input_shape: tuple[int, ...], path: Path
         return path
     import warnings
 
+    import onnx
+
     from hadmc_deploy.fileio import atomic_path
+    from hadmc_deploy.onnx_passes import pooling_as_reduce_mean
 
     try:
         with warnings.catch_warnings(), torch.no_grad(), atomic_path(path) as tmp:
             warnings.simplefilter("ignore")
             torch.onnx.export(model, torch.zeros(input_shape), str(tmp), dynamo=False, opset_version=opset, input_names=["input"], output_names=["output"])
+            onnx.save(pooling_as_reduce_mean(onnx.load(str(tmp)))[0], str(tmp))  # the pooling head as deployed
     except Exception:  # the TorchScript exporter refuses some ops (adaptive pooling to a non-divisor): the deploy path does not
         return export_for_timing(model, input_shape, path, exporter="deploy", opset=opset)
     return path
