@@ -253,7 +253,7 @@ def test_context_plans_take_the_torchscript_export_only_where_it_runs_the_deploy
     """The full plan is always built as deployed; the other plans are exported by TorchScript only
     when its full-model session runs the deployed session's kernels, in order (checked for real here;
     forced to differ in the second case), and each fitted plan records its exporter."""
-    import hadmc_deploy.latency.context as context
+    import hadmc_deploy.latency.context_build as context_build
     from hadmc_deploy.latency.context import fit_context
     from hadmc_deploy.latency.measure import get_backend
 
@@ -265,7 +265,7 @@ def test_context_plans_take_the_torchscript_export_only_where_it_runs_the_deploy
     from hadmc_deploy.latency.auto import measure_table
 
     table, _ = measure_table(model, graph, shape, get_target("cpu"), "fp32", 1, tmp_path / "t.json", options=opts)
-    real = context.kernel_ops
+    real = context_build.kernel_ops
     seen = []
 
     def kernels(artifact, batch, threads):  # noqa: ANN001, ANN202
@@ -273,7 +273,7 @@ def test_context_plans_take_the_torchscript_export_only_where_it_runs_the_deploy
         seen.append(ops)
         return ops if same_kernels or len(seen) % 2 else [*ops, "Identity"]
 
-    monkeypatch.setattr(context, "kernel_ops", kernels)
+    monkeypatch.setattr(context_build, "kernel_ops", kernels)
     ctx = fit_context(table, model, graph, shape, get_backend("onnxruntime"), rounds=1, runs=2)
     assert len(seen) == 2 and "Conv" in seen[0] and seen[0] == seen[1]  # for real, TorchScript's graph of the demo CNN runs the same kernels
     exporters = {row["plan"]: row["exporter"] for row in ctx.fitted_on}

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from validate_latency_model import MODELS  # noqa: E402
 
 from hadmc_deploy.graph.trace import trace  # noqa: E402
-from hadmc_deploy.latency.context import build_deployed_artifact  # noqa: E402
+from hadmc_deploy.latency.context_build import build_deployed_artifact  # noqa: E402
 from hadmc_deploy.latency.context_probe import whole_model_ms  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
 from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_SECONDS  # noqa: E402

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from hadmc_deploy.graph.trace import trace  # noqa: E402
 from hadmc_deploy.latency.auto import MeasureOptions, measure_table  # noqa: E402
-from hadmc_deploy.latency.context import build_deployed_artifact  # noqa: E402
+from hadmc_deploy.latency.context_build import build_deployed_artifact  # noqa: E402
 from hadmc_deploy.latency.context_probe import whole_model_ms  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
 from hadmc_deploy.latency.predictor import LutLatencyModel  # noqa: E402

@@ -18,8 +18,9 @@ quiet machine): in context a narrow layer keeps costs that do not shrink with it
 (reorders, the glue between kernels), which an isolated table does not see.
 
 The graphs profiled are the graphs that deploy: the plan is pruned by surgery,
-exported by `export_onnx` exactly as the build exports (`exporter="deploy"`) and
-built by the backend (`backend.build`: the same offline optimization and, for
+exported by `export_onnx` exactly as the build exports (`exporter="deploy"`; on ONNX
+Runtime the plans after the full one by TorchScript where that runs the same kernels
+in the same order, see `context_build.faster_exporter`) and built by the backend (`backend.build`: the same offline optimization and, for
 INT8, `write_qdq` with ORT's placement and the target's form), so what is
 profiled is the artifact's model file under the deployment session options.
 What is read from each deployed plan comes from the backend's probe
@@ -38,10 +39,10 @@ from typing import Any
 import onnx
 from torch import nn
 
-from hadmc_deploy.backends.request import BuildRequest
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency.alignment import WEIGHTED_OPS, counts_aligned, size_fraction
+from hadmc_deploy.latency.context_build import build_deployed_artifact, faster_exporter
 from hadmc_deploy.latency.context_plans import calibration_plans, context_step
 from hadmc_deploy.latency.context_probe import probe_for
 from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
@@ -68,61 +69,6 @@ def factor_curve(points: list[tuple[float, float]]) -> list[list[float]]:
     for size, factor in points:
         by_size.setdefault(round(size, 4), []).append(factor)
     return [[size, statistics.fmean(fs)] for size, fs in sorted(by_size.items())]
-
-
-def _random_ranges(onnx_path: Path, input_shape: tuple[int, ...]) -> Any:
-    from hadmc_deploy.latency.whole_model import _timing_ranges
-
-    return _timing_ranges(onnx_path, input_shape)
-
-
-def build_deployed_artifact(
-    model: nn.Module,
-    graph: DependencyGraph,
-    widths: dict[str, int],
-    input_shape: tuple[int, ...],
-    backend: Any,
-    precision: str,
-    workdir: Path,
-    name: str,
-    *,
-    exporter: str = "deploy",
-    float_onnx: Path | None = None,
-) -> tuple[Path, Any]:
-    """(float ONNX of the plan, the backend's Artifact) exactly as a build deploys it."""
-    from hadmc_deploy.latency.whole_model import export_for_timing, pruned_module, single_torch_thread
-
-    if float_onnx is None:
-        with single_torch_thread():
-            float_onnx = export_for_timing(pruned_module(model, graph, widths), input_shape, workdir / f"{name}.onnx", exporter=exporter)
-    ranges = _random_ranges(float_onnx, input_shape) if precision == "int8" else None
-    art = backend.build(BuildRequest(onnx_path=float_onnx, precision=precision, out_dir=workdir / f"{name}-art", target=backend.default_target(), ranges=ranges))
-    return float_onnx, art
-
-
-def kernel_ops(artifact: Any, batch: int, threads: int | None) -> list[str]:
-    """The ONNX Runtime kernels an artifact's session runs, in order (one profiled run)."""
-    from hadmc_deploy.backends.ort_optimizer_choice import artifact_disabled_optimizers
-    from hadmc_deploy.latency.ort_profile import profile_session
-
-    prof = profile_session(Path(artifact.model_path), batch=batch, threads=threads, warmup=1, runs=1, disabled_optimizers=artifact_disabled_optimizers(artifact.metadata))
-    return [k.op for k in prof.kernels]
-
-
-def faster_exporter(model: nn.Module, graph: DependencyGraph, input_shape: tuple[int, ...], backend: Any, precision: str, workdir: Path,
-                    deployed_full: Any, batch: int, threads: int | None) -> str:
-    """"fast" when the TorchScript export of the full model builds to a session running the same
-    kernels, in the same order, as the deployed graph (`deployed_full`), else "deploy".
-
-    Why: the dynamo exports of the plans were most of a build's table time (a ResNet-18 build at
-    224, random weights, `--speedup 2 --measure-lut`: latency model stage 31.3 s with every plan
-    exported as deployed, 20.8 s with this, minutes apart). With its pooling head written as the dynamo
-    exporter writes it (`export_for_timing`), the TorchScript graph of the demo CNN, the grouped CNN,
-    ResNet-18, MobileNetV2 and a VGG-like model with grouped and depthwise convs ran the very kernels
-    of the deployed one, FP32 and INT8; where a model's exporters disagree, the plans are exported
-    as deployed."""
-    _, fast_full = build_deployed_artifact(model, graph, graph.full_widths(), input_shape, backend, precision, workdir, "full-torchscript", exporter="fast")
-    return "fast" if kernel_ops(fast_full, batch, threads) == kernel_ops(deployed_full, batch, threads) else "deploy"
 
 
 def fit_context(
