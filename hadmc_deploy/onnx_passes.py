@@ -130,8 +130,13 @@ def pooling_as_reduce_mean(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int
     a Q). Returns (model, pools rewritten); the opset must take ReduceMean's axes as an input (>= 18)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    pools = [n for n in model.graph.node if n.op_type == "GlobalAveragePool"]
-    if opset < 18 or not pools:
+    if opset < 18:
+        return model, 0
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.graph.value_info, *inferred.graph.input] if v.type.tensor_type.HasField("shape")}
+    # 2-D pooling only: the spatial axes of an (N, C, H, W) tensor are its last two
+    pools = [n for n in model.graph.node if n.op_type == "GlobalAveragePool" and ranks.get(n.input[0]) == 4]
+    if not pools:
         return model, 0
     users = _consumers(model)
     taken = {init.name for init in model.graph.initializer} | {out for n in model.graph.node for out in n.output}

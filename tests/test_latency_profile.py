@@ -246,6 +246,10 @@ def test_torchscript_pooling_head_is_written_as_deployed(tmp_path):
     outs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0] for m in (before, after)]
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
     assert pooling_as_reduce_mean(after)[1] == 0  # nothing left to rewrite
+    pool1d = torch.nn.Sequential(torch.nn.Conv1d(2, 4, 3), torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten())
+    with torch.no_grad():
+        torch.onnx.export(pool1d.eval(), torch.zeros(1, 2, 8), str(tmp_path / "p1.onnx"), dynamo=False, opset_version=18)
+    assert pooling_as_reduce_mean(onnx.load(str(tmp_path / "p1.onnx")))[1] == 0  # a 1-D pool's spatial axis is its last only: left alone
 
 
 @pytest.mark.parametrize("same_kernels", [True, False])

@@ -20,9 +20,10 @@ quiet machine): in context a narrow layer keeps costs that do not shrink with it
 The graphs profiled are the graphs that deploy: the plan is pruned by surgery,
 exported by `export_onnx` exactly as the build exports (`exporter="deploy"`; on ONNX
 Runtime the plans after the full one by TorchScript where that runs the same kernels
-in the same order, see `context_build.faster_exporter`) and built by the backend (`backend.build`: the same offline optimization and, for
-INT8, `write_qdq` with ORT's placement and the target's form), so what is
-profiled is the artifact's model file under the deployment session options.
+in the same order, see `context_build.faster_exporter`) and built by the backend
+(`backend.build`: the same offline optimization and, for INT8, `write_qdq` with ORT's
+placement and the target's form), so what is profiled is the artifact's model file
+under the deployment session options.
 What is read from each deployed plan comes from the backend's probe
 (`latency/context_probe.py`): ONNX Runtime's profiler here, TensorRT's IProfiler on a GPU host.
 """

@@ -62,7 +62,8 @@ def export_for_timing(model: nn.Module, input_shape: tuple[int, ...], path: Path
     graph optimizations (BN folding, conv+activation fusion, NCHWc layout) run on
     both, and its GlobalAveragePool head is rewritten as the dynamo exporter writes
     it (`onnx_passes.pooling_as_reduce_mean`), so the session executes the same
-    kernels where the two exporters agree otherwise (`same_deployed_ops` checks).
+    kernels where the two exporters agree otherwise (`context_build.faster_exporter`
+    checks that per model before the context fit relies on it).
     """
     model.eval()
     if exporter == "deploy":
