@@ -283,3 +283,26 @@ def test_context_plans_take_the_torchscript_export_only_where_it_runs_the_deploy
     exporters = {row["plan"]: row["exporter"] for row in ctx.fitted_on}
     assert exporters.pop("full") == "deploy" and len(exporters) >= 3
     assert set(exporters.values()) == {"fast" if same_kernels else "deploy"}
+
+
+def test_a_model_torchscript_cannot_export_is_profiled_as_deployed_and_quietly(capfd):
+    """Adaptive pooling to a non-divisor: the TorchScript exporter fails (and prints its whole IR
+    graph from C++); the context plans are then exported as deployed, and nothing reaches stdout."""
+    import tempfile
+    from pathlib import Path
+
+    from torch import nn
+
+    from hadmc_deploy.latency.context_build import build_deployed_artifact, faster_exporter
+    from hadmc_deploy.latency.measure import get_backend
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(72, 4)).eval()
+    shape = (1, 1, 8, 8)
+    graph = trace(model, shape)
+    backend = get_backend("onnxruntime")
+    with tempfile.TemporaryDirectory() as tmp:
+        _, deployed = build_deployed_artifact(model, graph, graph.full_widths(), shape, backend, "fp32", Path(tmp), "full")
+        capfd.readouterr()
+        assert faster_exporter(model, graph, shape, backend, "fp32", Path(tmp), deployed, 1, None) == "deploy"
+    assert "Torch IR graph" not in capfd.readouterr().out

@@ -10,7 +10,9 @@ every plan alike instead of skewing one.
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +41,24 @@ def single_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextmanager
+def native_stdout_silenced() -> Iterator[None]:
+    """The process's stdout (file descriptor 1) sent to the null device meanwhile: torch's
+    TorchScript exporter prints its whole IR graph there, from C++, when it fails on a model
+    (adaptive pooling to a non-divisor), and that failure is handled (the deploy exporter
+    takes over), so the dump is noise in the user's terminal."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def pruned_module(model: nn.Module, graph: DependencyGraph, widths: dict[str, int]) -> nn.Module:
@@ -71,6 +91,15 @@ def export_for_timing(model: nn.Module, input_shape: tuple[int, ...], path: Path
 
         export_onnx(model, input_shape, path, opset=opset, dynamic_batch=False, simplify=True)
         return path
+    try:
+        return torchscript_export(model, input_shape, path, opset)
+    except Exception:  # the TorchScript exporter refuses some ops (adaptive pooling to a non-divisor): the deploy path does not
+        return export_for_timing(model, input_shape, path, exporter="deploy", opset=opset)
+
+
+def torchscript_export(model: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = 18) -> Path:
+    """The TorchScript exporter's graph of `model` (eval mode, fixed batch) with its pooling head
+    written as deployed; raises what the exporter raises."""
     import warnings
 
     import onnx
@@ -78,13 +107,12 @@ def export_for_timing(model: nn.Module, input_shape: tuple[int, ...], path: Path
     from hadmc_deploy.fileio import atomic_path
     from hadmc_deploy.onnx_passes import pooling_as_reduce_mean
 
-    try:
-        with warnings.catch_warnings(), torch.no_grad(), atomic_path(path) as tmp:
-            warnings.simplefilter("ignore")
+    model.eval()
+    with warnings.catch_warnings(), torch.no_grad(), atomic_path(path) as tmp:
+        warnings.simplefilter("ignore")
+        with native_stdout_silenced():
             torch.onnx.export(model, torch.zeros(input_shape), str(tmp), dynamo=False, opset_version=opset, input_names=["input"], output_names=["output"])
-            onnx.save(pooling_as_reduce_mean(onnx.load(str(tmp)))[0], str(tmp))  # the pooling head as deployed
-    except Exception:  # the TorchScript exporter refuses some ops (adaptive pooling to a non-divisor): the deploy path does not
-        return export_for_timing(model, input_shape, path, exporter="deploy", opset=opset)
+        onnx.save(pooling_as_reduce_mean(onnx.load(str(tmp)))[0], str(tmp))  # the pooling head as deployed
     return path
 
 
