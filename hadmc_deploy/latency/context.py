@@ -121,7 +121,8 @@ def fit_context(
         if exporter == "deploy" and full_name is not None and backend.name == "onnxruntime":
             built[full_name] = build_deployed_artifact(model, graph, full, input_shape, backend, precision, Path(tmp), full_name, float_onnx=baseline_onnx)
             plan_exporter = faster_exporter(model, graph, input_shape, backend, precision, Path(tmp), built[full_name][1], batch, threads)
-            ui.log("context plans: " + ("the TorchScript export runs the deployed graph's kernels" if plan_exporter == "fast" else "exported as deployed (the TorchScript export runs other kernels)"))
+            ui.log("context plans exported by " + ("TorchScript (checked: its graph runs the deployed graph's kernels)" if plan_exporter == "fast"
+                                                   else "the deploy exporter (TorchScript's graph would run other kernels)"))
         for name, widths in ui.track(list(plans.items()), "building deployed plans"):
             if name in built:
                 continue
