@@ -161,20 +161,27 @@ def test_no_step_in_isolation_puts_the_grid_on_the_cpus_blocked_width(tmp_path):
     assert all(s.out_channels in (23, 39) or s.in_channels in (23, 39) for s in off)
 
 
-def test_the_probes_points_on_the_grid_are_grid_points(tmp_path):
-    """The staircase sweep times the representative layers at their full width (and at other grid
-    counts) before the grid; those points are not timed again, and must still be interpolation
-    points of their family: without them the swept layer was priced by extrapolation between
-    its full width and the grid below the sweep window (issue 13; the demo's fc at 80 inputs)."""
+def _demo_table_without_context(tmp_path, grid_points: int, runs_per_pass: int):  # noqa: ANN001, ANN202
+    """The demo CNN at 1x1x28x28, its graph and an FP32 table measured quickly, no context fit."""
     from hadmc_deploy.latency.auto import measure_table
-    from hadmc_deploy.latency.predictor import LutLatencyModel
 
     torch.manual_seed(0)
     model = demo_cnn().eval()
     shape = (1, 1, 28, 28)
     graph = trace(model, shape)
-    opts = MeasureOptions(grid_points=4, passes=1, runs_per_pass=1, context=False)
+    opts = MeasureOptions(grid_points=grid_points, passes=1, runs_per_pass=runs_per_pass, context=False)
     table, _ = measure_table(model, graph, shape, get_target("cpu"), "fp32", 1, tmp_path / "t.json", options=opts)
+    return model, shape, graph, table
+
+
+def test_the_probes_points_on_the_grid_are_grid_points(tmp_path):
+    """The staircase sweep times the representative layers at their full width (and at other grid
+    counts) before the grid; those points are not timed again, and must still be interpolation
+    points of their family: without them the swept layer was priced by extrapolation between
+    its full width and the grid below the sweep window (issue 13; the demo's fc at 80 inputs)."""
+    from hadmc_deploy.latency.predictor import LutLatencyModel
+
+    _, _, _, table = _demo_table_without_context(tmp_path, grid_points=4, runs_per_pass=1)
     fc = next(e.spec for e in table.entries.values() if e.spec.op == "linear" and e.spec.in_channels == 128)
     assert table.get(fc).role == "grid"  # timed by the sweep, on the grid
     lm = LutLatencyModel(table, warn_extrapolation=False)
@@ -261,14 +268,7 @@ def test_context_plans_take_the_torchscript_export_only_where_it_runs_the_deploy
     from hadmc_deploy.latency.context import fit_context
     from hadmc_deploy.latency.measure import get_backend
 
-    torch.manual_seed(0)
-    model = demo_cnn().eval()
-    shape = (1, 1, 28, 28)
-    graph = trace(model, shape)
-    opts = MeasureOptions(grid_points=2, passes=1, runs_per_pass=2, context=False)
-    from hadmc_deploy.latency.auto import measure_table
-
-    table, _ = measure_table(model, graph, shape, get_target("cpu"), "fp32", 1, tmp_path / "t.json", options=opts)
+    model, shape, graph, table = _demo_table_without_context(tmp_path, grid_points=2, runs_per_pass=2)
     real = context_build.kernel_ops
     seen = []
 
