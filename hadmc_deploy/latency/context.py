@@ -203,7 +203,7 @@ def fit_context(
             aligned = counts_aligned(s, fs.in_channels, fs.out_channels, step)
             size = size_fraction(s, fs.in_channels, fs.out_channels)
             estimates[i]["aligned" if aligned else "unaligned"].append((size, t * scale / max(raw[i], 1e-9), raw[i], name))
-        exported = exporter if (name == full_name or exporter != "deploy") else plan_exporter
+        exported = exporter if name == full_name else plan_exporter  # plan_exporter differs only for exporter "deploy"
         fitted_on.append({"plan": name, "measured_ms": walls[name], "rounds": done, "model_rounds": model_rounds[name], "exporter": exported,
                           "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw),
                           **({"quiet": quiet[name]} if anchor is not None else {})})

@@ -13,12 +13,6 @@ from hadmc_deploy.backends.request import BuildRequest
 from hadmc_deploy.graph.types import DependencyGraph
 
 
-def _random_ranges(onnx_path: Path, input_shape: tuple[int, ...]) -> Any:
-    from hadmc_deploy.latency.whole_model import _timing_ranges
-
-    return _timing_ranges(onnx_path, input_shape)
-
-
 def build_deployed_artifact(
     model: nn.Module,
     graph: DependencyGraph,
@@ -33,12 +27,17 @@ def build_deployed_artifact(
     float_onnx: Path | None = None,
 ) -> tuple[Path, Any]:
     """(float ONNX of the plan, the backend's Artifact) exactly as a build deploys it."""
-    from hadmc_deploy.latency.whole_model import export_for_timing, pruned_module, single_torch_thread
+    from hadmc_deploy.latency.whole_model import (
+        _timing_ranges,
+        export_for_timing,
+        pruned_module,
+        single_torch_thread,
+    )
 
     if float_onnx is None:
         with single_torch_thread():
             float_onnx = export_for_timing(pruned_module(model, graph, widths), input_shape, workdir / f"{name}.onnx", exporter=exporter)
-    ranges = _random_ranges(float_onnx, input_shape) if precision == "int8" else None
+    ranges = _timing_ranges(float_onnx, input_shape) if precision == "int8" else None
     art = backend.build(BuildRequest(onnx_path=float_onnx, precision=precision, out_dir=workdir / f"{name}-art", target=backend.default_target(), ranges=ranges))
     return float_onnx, art
 
