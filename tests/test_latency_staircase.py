@@ -244,7 +244,7 @@ def test_calibration_plans_cover_sizes_and_both_regimes():
     assert all(w % 2 == 1 for p in offgrid for w in p.values())
     assert len({tuple(sorted(p.items())) for p in plans.values()}) == len(plans)  # no plan profiled twice
     assert not any(n.startswith("offgrid") for n in calibration_plans(graph, 1))  # no step: no regimes
-    assert not any(n.startswith("pergroup") for n in plans)  # no grouped conv
+    assert not any(n.startswith(("pergroup", "crossed")) for n in plans)  # no grouped conv
 
 
 def test_calibration_plans_profile_grouped_convs_aligned_per_group():
@@ -269,6 +269,11 @@ def test_calibration_plans_profile_grouped_convs_aligned_per_group():
         assert counts_aligned(spec, full.in_channels, full.out_channels, 16) and spec.macs() < full.macs()
     assert any(not counts_aligned(graph.layer_specs(p)[graph.layers.index(gconv)], full.in_channels, full.out_channels, 16)
                for n, p in plans.items() if n.startswith("aligned"))
+    # the crossed plans: the grouped conv's input and output channels at different fractions, both ways
+    crossed = [graph.layer_specs(p)[graph.layers.index(gconv)] for n, p in plans.items() if n.startswith("crossed")]
+    assert len(crossed) == 2
+    ratios = sorted((s.in_channels / full.in_channels) / (s.out_channels / full.out_channels) for s in crossed)
+    assert ratios[0] < 0.8 and ratios[1] > 1.25
 
 
 @pytest.mark.parametrize(

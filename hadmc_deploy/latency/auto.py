@@ -43,8 +43,9 @@ from hadmc_deploy.ui import UI, quiet_ui
 #: v11: an ONNX Runtime probe's step finer than the blocked width and dividing it is profiled at
 #: the blocked width, see context_plans.context_step; v12: the context fit's whole-model times over
 #: the build's WHOLE_MODEL_ROUNDS rounds, every measurement at least WHOLE_MODEL_SECONDS of runs:
-#: hadmc_deploy.timing).
-METHOD = "measured-v12"
+#: hadmc_deploy.timing; v13: graphs with grouped convs profile two crossed plans more, and a grouped
+#: conv's regime is priced by its fitted channel form where that predicts better: latency/channel_form.py).
+METHOD = "measured-v13"
 
 
 @dataclass

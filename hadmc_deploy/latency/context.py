@@ -43,6 +43,7 @@ from torch import nn
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency.alignment import WEIGHTED_OPS, counts_aligned, size_fraction
+from hadmc_deploy.latency.channel_form import choose_form
 from hadmc_deploy.latency.context_build import build_deployed_artifact, faster_exporter
 from hadmc_deploy.latency.context_plans import calibration_plans, context_step
 from hadmc_deploy.latency.context_probe import probe_for
@@ -105,7 +106,7 @@ def fit_context(
     MAX_CONTEXT_ROUNDS): the minimum over more rounds is a floor that repeats (see
     MeasureOptions.cpu_context_seconds). `step`: profile the regimes of this step instead of
     `context_step(table)`."""
-    from hadmc_deploy.latency.predictor import LutLatencyModel, context_layer_ms
+    from hadmc_deploy.latency.predictor import LutLatencyModel, context_layer_ms, interp_context_ms
 
     ui = ui or quiet_ui()
     probe = probe_for(backend, threads, clock)
@@ -187,6 +188,7 @@ def fit_context(
     raw_model = LutLatencyModel(replace(table, context=None, feedback=None, correction=None), source="<context fit>", warn_extrapolation=False)
     # per layer and regime: (size fraction, factor, table price, plan) of each profiled plan
     estimates: list[dict[str, list[tuple[float, float, float, str]]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
+    channels: list[dict[str, tuple[float, float]]] = [{} for _ in graph.layers]  # per layer: plan -> (in, out) fractions of full
     overheads, fitted_on = [], []
     priced: dict[str, tuple[list[LayerSpec], list[float]]] = {}  # plan -> (its specs, their table prices)
     for name, widths in plans.items():
@@ -203,6 +205,7 @@ def fit_context(
             aligned = counts_aligned(s, fs.in_channels, fs.out_channels, step)
             size = size_fraction(s, fs.in_channels, fs.out_channels)
             estimates[i]["aligned" if aligned else "unaligned"].append((size, t * scale / max(raw[i], 1e-9), raw[i], name))
+            channels[i][name] = (s.in_channels / max(fs.in_channels, 1), s.out_channels / max(fs.out_channels, 1))
         exported = exporter if name == full_name else plan_exporter  # plan_exporter differs only for exporter "deploy"
         fitted_on.append({"plan": name, "measured_ms": walls[name], "rounds": done, "model_rounds": model_rounds[name], "exporter": exported,
                           "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw),
@@ -237,6 +240,11 @@ def fit_context(
                 entry[f"{regime}_curve"] = curve
                 if ms_curves:
                     entry[f"{regime}_ms_curve"] = ms_curves.get(regime, ms_curves.get(other))
+                if layer.spec.op == "gconv" and est[regime]:  # see latency/channel_form.py
+                    points = [(*channels[i][plan], clip(f) * price * rescale[plan]) for _, f, price, plan in est[regime]]
+                    form = choose_form(points, lambda rest, ci, co: interp_context_ms(ci * co, factor_curve([(a * b, ms) for a, b, ms in rest])))
+                    if form is not None:
+                        entry[f"{regime}_form"] = form
         factors.append(entry)
     signature = [replace(s, precision=precision, batch=batch).shape_key() for s in graph.layer_specs()]
     overhead = statistics.median(overheads)

@@ -14,6 +14,10 @@ from hadmc_deploy.latency.lut import LatencyTable
 #: > 1): the range a search explores, both regimes of every layer.
 ALIGNED_FRACTIONS = (0.7, 0.5, 0.3)
 OFFGRID_FRACTIONS = (0.75, 0.45)
+#: for graphs with grouped convs: prunable groups alternately at these fractions (and the other
+#: way round), at odd widths: each layer's input and output channels apart, which the channel
+#: form of a grouped conv needs (latency/channel_form.py).
+CROSSED_FRACTIONS = (0.85, 0.45)
 
 
 def _legal_width(g: Any, w: int) -> int:
@@ -22,11 +26,24 @@ def _legal_width(g: Any, w: int) -> int:
     return min(g.width, max(w, g.min_width, 1))
 
 
+def _odd_width(g: Any, frac: float) -> int:
+    w = max(g.min_width, round(g.width * frac))
+    if w % 2 == 0:  # odd: off every step > 1, not only this one
+        w -= 1
+    return _legal_width(g, w)
+
+
+def _crossed(graph: DependencyGraph, even: float, odd: float) -> dict[str, int]:
+    """Prunable groups in graph order alternately at fractions `even` and `odd`, at odd widths."""
+    return {g.id: _odd_width(g, even if k % 2 == 0 else odd) for k, g in enumerate(graph.prunable_groups)}
+
+
 def calibration_plans(graph: DependencyGraph, step: int) -> dict[str, dict[str, int]]:
     """Full width, uniform plans on the step's grid (for grouped convs also on groups x step: their
     aligned regime), and off-grid plans (every prunable group at an odd width, off every step > 1)
-    when there is a step: each layer's in-context times over its size, in both regimes. Plans that
-    come out identical (tiny groups) are profiled once."""
+    when there is a step: each layer's in-context times over its size, in both regimes; for graphs
+    with grouped convs also two crossed plans (`CROSSED_FRACTIONS`). Plans that come out identical
+    (tiny groups) are profiled once."""
     def on_grid(frac: float, per_group: bool) -> dict[str, int]:
         widths = {}
         for g in graph.prunable_groups:
@@ -45,13 +62,11 @@ def calibration_plans(graph: DependencyGraph, step: int) -> dict[str, dict[str, 
             plans[f"pergroup{int(frac * 100)}"] = on_grid(frac, per_group=True)
     if step > 1:
         for frac in OFFGRID_FRACTIONS:
-            off = {}
-            for g in graph.prunable_groups:
-                w = max(g.min_width, round(g.width * frac))
-                if w % 2 == 0:  # odd: off every step > 1, not only this one
-                    w -= 1
-                off[g.id] = _legal_width(g, w)
-            plans[f"offgrid{int(frac * 100)}"] = off
+            plans[f"offgrid{int(frac * 100)}"] = {g.id: _odd_width(g, frac) for g in graph.prunable_groups}
+    if any(layer.spec.op == "gconv" for layer in graph.layers):
+        high, low = CROSSED_FRACTIONS
+        plans["crossed"] = _crossed(graph, high, low)
+        plans["crossed-reverse"] = _crossed(graph, low, high)
     unique: dict[str, dict[str, int]] = {}
     for name, widths in plans.items():
         if widths not in unique.values():

@@ -27,6 +27,7 @@ from typing import Any
 from hadmc_deploy.latency.alignment import counts_aligned, size_fraction
 from hadmc_deploy.latency.analytic import AnalyticLatencyModel
 from hadmc_deploy.latency.base import Prediction
+from hadmc_deploy.latency.channel_form import form_ms
 from hadmc_deploy.latency.lut import Correction, LatencyTable
 from hadmc_deploy.specs import LayerSpec
 from hadmc_deploy.ui import UI, quiet_ui
@@ -361,9 +362,11 @@ def context_factor(factors: dict[str, Any], spec: LayerSpec, step: int) -> float
 
 
 def context_layer_ms(factors: dict[str, Any], spec: LayerSpec, step: int, table_ms: float) -> float:
-    """The layer's in-context cost at `spec`'s widths: its profiled in-context times of the
-    regime interpolated over its size (`{regime}_ms_curve`, see `interp_context_ms`) when the
-    table has them, else its factor times `table_ms` (its isolated table price).
+    """The layer's in-context cost at `spec`'s widths: the regime's fitted channel form where
+    the context fit kept one (`{regime}_form`: grouped convs, latency/channel_form.py), else its
+    profiled in-context times of the regime interpolated over its size (`{regime}_ms_curve`, see
+    `interp_context_ms`) when the table has them, else its factor times `table_ms` (its isolated
+    table price).
 
     Why the times and not factor x table price: the isolated price of a tiny layer moves 10-30%
     between two tables of one machine (the run overhead dominates), and a factor fitted at the
@@ -371,6 +374,11 @@ def context_layer_ms(factors: dict[str, Any], spec: LayerSpec, step: int, table_
     times themselves halved the gap between two tables' predictions and the error on held-out
     plans of most validation cells (docs/latency_model.md)."""
     regime, size = _regime_and_size(factors, spec, step)
+    form = factors.get(f"{regime}_form")
+    if form:  # a grouped conv whose cost the MACs-fraction curve misprices (latency/channel_form.py)
+        full_in, full_out = int(factors.get("full_in", 0)), int(factors.get("full_out", 0))
+        if full_in and full_out:
+            return form_ms(form, spec.in_channels / full_in, spec.out_channels / full_out)
     curve = factors.get(f"{regime}_ms_curve")
     if curve:
         return interp_context_ms(size, [(float(p[0]), float(p[1])) for p in curve])
