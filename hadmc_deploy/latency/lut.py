@@ -167,7 +167,9 @@ class ContextCorrection:
 
     layer i of the graph costs its profiled in-context time interpolated over its size,
     factors[i][regime + "_ms_curve"] (points [MACs fraction of full width, ms]; see
-    predictor.interp_context_ms); tables from before measured-v10 have only factors: factor *
+    predictor.interp_context_ms), or, for a grouped conv where the fit kept one (measured-v13),
+    its channel form factors[i][regime + "_form"] (coefficients [a, b, c, d] of
+    latency/channel_form.py); tables from before measured-v10 have only factors: factor *
     (its table price), the factor read off factors[i][regime + "_curve"] (points [MACs
     fraction, factor], interpolated) or, in older tables, factors[i][regime]; regime
     "aligned" (every channel count of the layer a multiple of `step` or at full
