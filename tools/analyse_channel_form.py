@@ -37,7 +37,7 @@ from hadmc_deploy.latency.alignment import WEIGHTED_OPS, counts_aligned  # noqa:
 from hadmc_deploy.latency.channel_form import WIN_MARGIN, choose_form, fit_form, form_ms  # noqa: E402
 from hadmc_deploy.latency.context import factor_curve  # noqa: E402
 from hadmc_deploy.latency.context_build import build_deployed_artifact  # noqa: E402
-from hadmc_deploy.latency.context_plans import CROSSED_FRACTIONS, _crossed, calibration_plans  # noqa: E402
+from hadmc_deploy.latency.context_plans import CROSSED_FRACTIONS, calibration_plans, crossed_plan  # noqa: E402
 from hadmc_deploy.latency.context_probe import OrtProbe  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
 from hadmc_deploy.latency.ort_profile import source_weighted_nodes  # noqa: E402
@@ -69,8 +69,8 @@ def main() -> int:
     graph = trace(model, shape)
     fit_plans = {"fit:" + k: v for k, v in calibration_plans(graph, args.step).items()}
     high, low = CROSSED_FRACTIONS
-    fit_plans.setdefault("fit:crossed", _crossed(graph, high, low))
-    fit_plans.setdefault("fit:crossed-reverse", _crossed(graph, low, high))
+    fit_plans.setdefault("fit:crossed", crossed_plan(graph, high, low))
+    fit_plans.setdefault("fit:crossed-reverse", crossed_plan(graph, low, high))
     rng = random.Random(5)
     held = dict(draw_plans(graph, args.plans, args.step, 1))
     for k in range(args.plans):

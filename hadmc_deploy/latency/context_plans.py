@@ -33,7 +33,7 @@ def _odd_width(g: Any, frac: float) -> int:
     return _legal_width(g, w)
 
 
-def _crossed(graph: DependencyGraph, even: float, odd: float) -> dict[str, int]:
+def crossed_plan(graph: DependencyGraph, even: float, odd: float) -> dict[str, int]:
     """Prunable groups in graph order alternately at fractions `even` and `odd`, at odd widths."""
     return {g.id: _odd_width(g, even if k % 2 == 0 else odd) for k, g in enumerate(graph.prunable_groups)}
 
@@ -65,8 +65,8 @@ def calibration_plans(graph: DependencyGraph, step: int) -> dict[str, dict[str, 
             plans[f"offgrid{int(frac * 100)}"] = {g.id: _odd_width(g, frac) for g in graph.prunable_groups}
     if any(layer.spec.op == "gconv" for layer in graph.layers):
         high, low = CROSSED_FRACTIONS
-        plans["crossed"] = _crossed(graph, high, low)
-        plans["crossed-reverse"] = _crossed(graph, low, high)
+        plans["crossed"] = crossed_plan(graph, high, low)
+        plans["crossed-reverse"] = crossed_plan(graph, low, high)
     unique: dict[str, dict[str, int]] = {}
     for name, widths in plans.items():
         if widths not in unique.values():
