@@ -306,3 +306,30 @@ def test_a_model_torchscript_cannot_export_is_profiled_as_deployed_and_quietly(c
         capfd.readouterr()
         assert faster_exporter(model, graph, shape, backend, "fp32", Path(tmp), deployed, 1, None) == "deploy"
     assert "Torch IR graph" not in capfd.readouterr().out
+
+
+def test_context_fit_of_a_grouped_model_profiles_crossed_plans_and_prices_with_what_it_kept(tmp_path):
+    """A graph with a grouped conv: the fit profiles the two crossed plans, any channel form it keeps
+    (latency/channel_form.py) is four non-negative coefficients of a grouped conv's regime, and the
+    table prices plans whose grouped conv sits off the step per group, at positive finite times."""
+    import math
+
+    from hadmc_deploy.latency.auto import measure_table
+    from hadmc_deploy.latency.predictor import LutLatencyModel
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(64, 128, 3, padding=1, groups=4), torch.nn.ReLU(),
+                                torch.nn.Conv2d(128, 64, 1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    shape = (1, 3, 16, 16)
+    graph = trace(model, shape)
+    opts = MeasureOptions(grid_points=2, passes=1, runs_per_pass=1, context_rounds=1, exporter="fast")
+    table, _ = measure_table(model, graph, shape, get_target("cpu"), "fp32", 1, tmp_path / "t.json", options=opts)
+    assert {"crossed", "crossed-reverse"} <= {row["plan"] for row in table.context.fitted_on}
+    for layer, factors in zip(graph.layers, table.context.factors, strict=True):
+        for key, value in factors.items():
+            if key.endswith("_form"):
+                assert layer.spec.op == "gconv" and len(value) == 4 and min(value) >= 0.0
+    model_lm = LutLatencyModel(table, warn_extrapolation=False)
+    for widths in ({g.id: 40 for g in graph.prunable_groups}, {g.id: max(g.granularity, g.width // 2 - 4) for g in graph.prunable_groups}):
+        total = model_lm.predict(graph.layer_specs(widths)).total_ms
+        assert total > 0 and math.isfinite(total)
