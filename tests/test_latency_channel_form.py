@@ -6,14 +6,9 @@ from __future__ import annotations
 import pytest
 
 from hadmc_deploy.latency.channel_form import choose_form, fit_form, form_ms, shapes_vary
-from hadmc_deploy.latency.context import factor_curve
-from hadmc_deploy.latency.predictor import context_layer_ms, interp_context_ms
+from hadmc_deploy.latency.context import macs_curve_ms as _curve
+from hadmc_deploy.latency.predictor import context_layer_ms
 from hadmc_deploy.specs import LayerSpec
-
-
-def _curve(rest, ci, co):  # noqa: ANN001, ANN202 - the context fit's curve over the MACs fraction
-    return interp_context_ms(ci * co, factor_curve([(a * b, ms) for a, b, ms in rest]))
-
 
 # shapes the context fit profiles a grouped conv at: uniform, off-grid and the two crossed plans
 SHAPES = [(1.0, 1.0), (0.7, 0.7), (0.5, 0.5), (0.3, 0.3), (0.75, 0.75), (0.45, 0.45), (0.85, 0.45), (0.45, 0.85)]

@@ -34,22 +34,13 @@ from validate_latency_model import MODELS, draw_plans  # noqa: E402
 
 from hadmc_deploy.graph.trace import trace  # noqa: E402
 from hadmc_deploy.latency.alignment import WEIGHTED_OPS, counts_aligned  # noqa: E402
-from hadmc_deploy.latency.channel_form import WIN_MARGIN, choose_form, fit_form, form_ms  # noqa: E402
-from hadmc_deploy.latency.context import factor_curve  # noqa: E402
+from hadmc_deploy.latency.channel_form import WIN_MARGIN, choose_form, fit_form, form_ms, leave_one_out_error  # noqa: E402
+from hadmc_deploy.latency.context import macs_curve_ms as curve_ms  # noqa: E402
 from hadmc_deploy.latency.context_build import build_deployed_artifact  # noqa: E402
 from hadmc_deploy.latency.context_plans import CROSSED_FRACTIONS, calibration_plans, crossed_plan  # noqa: E402
 from hadmc_deploy.latency.context_probe import OrtProbe  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
 from hadmc_deploy.latency.ort_profile import source_weighted_nodes  # noqa: E402
-from hadmc_deploy.latency.predictor import interp_context_ms  # noqa: E402
-
-
-def curve_ms(points, ci: float, co: float) -> float:  # noqa: ANN001 - the context fit's curve from (ci, co, ms) points
-    return interp_context_ms(ci * co, factor_curve([(a * b, ms) for a, b, ms in points]))
-
-
-def _leave_one_out(points, predict) -> float:  # noqa: ANN001
-    return statistics.fmean(abs(predict(points[:k] + points[k + 1:], ci, co) / ms - 1) for k, (ci, co, ms) in enumerate(points))
 
 
 def main() -> int:
@@ -115,7 +106,7 @@ def main() -> int:
             chosen[regime] = choose_form(pts, curve_ms)
             if len(pts) >= 5:
                 print(f"  layer {i} {full.op} {'aligned' if regime else 'unaligned'} ({len(fit_points[regime])} plans): leave-one-out curve "
-                      f"{100 * _leave_one_out(pts, curve_ms):.1f}%, form {100 * _leave_one_out(pts, lambda r, a, b: form_ms(fit_form(r), a, b)):.1f}% "
+                      f"{100 * leave_one_out_error(pts, curve_ms):.1f}%, form {100 * leave_one_out_error(pts, lambda r, a, b: form_ms(fit_form(r), a, b)):.1f}% "
                       f"-> {'form' if chosen[regime] else 'curve'}")
         for name in held:
             regime, (ci, co, ms) = point(name)

@@ -73,7 +73,8 @@ def shapes_vary(points: Sequence[Point]) -> bool:
     return len(ratios) >= 2 and ratios[-1] > ratios[0] * (1.0 + _DISTINCT_RATIO)
 
 
-def _leave_one_out(points: Sequence[Point], predict: Callable[[Sequence[Point], float, float], float]) -> float:
+def leave_one_out_error(points: Sequence[Point], predict: Callable[[Sequence[Point], float, float], float]) -> float:
+    """Mean relative error of `predict(other points, ci, co)` at each point left out in turn."""
     errors = []
     for k, (ci, co, ms) in enumerate(points):
         rest = [p for j, p in enumerate(points) if j != k]
@@ -86,6 +87,6 @@ def choose_form(points: Sequence[Point], curve_ms: Callable[[Sequence[Point], fl
     (`WIN_MARGIN`) than `curve_ms` (the curve built from the other points) does, else None."""
     if len(points) < MIN_POINTS or not shapes_vary(points):
         return None
-    form_error = _leave_one_out(points, lambda rest, ci, co: form_ms(fit_form(rest), ci, co))
-    curve_error = _leave_one_out(points, curve_ms)
+    form_error = leave_one_out_error(points, lambda rest, ci, co: form_ms(fit_form(rest), ci, co))
+    curve_error = leave_one_out_error(points, curve_ms)
     return fit_form(points) if form_error < WIN_MARGIN * curve_error else None

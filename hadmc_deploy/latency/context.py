@@ -33,6 +33,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,13 @@ from torch import nn
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency.alignment import WEIGHTED_OPS, counts_aligned, size_fraction
-from hadmc_deploy.latency.channel_form import choose_form
+from hadmc_deploy.latency.channel_form import Point, choose_form
 from hadmc_deploy.latency.context_build import build_deployed_artifact, faster_exporter
 from hadmc_deploy.latency.context_plans import calibration_plans, context_step
 from hadmc_deploy.latency.context_probe import probe_for
 from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
 from hadmc_deploy.latency.ort_profile import kernel_key, match_by_key, source_weighted_nodes
+from hadmc_deploy.latency.predictor import interp_context_ms
 from hadmc_deploy.latency.repeat import SpeedGate
 from hadmc_deploy.specs import LayerSpec
 from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS
@@ -71,6 +73,14 @@ def factor_curve(points: list[tuple[float, float]]) -> list[list[float]]:
     for size, factor in points:
         by_size.setdefault(round(size, 4), []).append(factor)
     return [[size, statistics.fmean(fs)] for size, fs in sorted(by_size.items())]
+
+
+def macs_curve_ms(points: Sequence[Point], ci: float, co: float) -> float:
+    """In-context ms at input / output fractions `ci`, `co` from a grouped conv's profiled
+    (ci, co, ms) points, the way the fit prices a regime without a channel form: on the curve over
+    the MACs fraction (ci * co for a conv whose groups stay), `interp_context_ms`. What
+    `channel_form.choose_form` compares the form against."""
+    return interp_context_ms(ci * co, factor_curve([(a * b, ms) for a, b, ms in points]))
 
 
 def fit_context(
@@ -106,7 +116,7 @@ def fit_context(
     MAX_CONTEXT_ROUNDS): the minimum over more rounds is a floor that repeats (see
     MeasureOptions.cpu_context_seconds). `step`: profile the regimes of this step instead of
     `context_step(table)`."""
-    from hadmc_deploy.latency.predictor import LutLatencyModel, context_layer_ms, interp_context_ms
+    from hadmc_deploy.latency.predictor import LutLatencyModel, context_layer_ms
 
     ui = ui or quiet_ui()
     probe = probe_for(backend, threads, clock)
@@ -242,7 +252,7 @@ def fit_context(
                     entry[f"{regime}_ms_curve"] = ms_curves.get(regime, ms_curves.get(other))
                 if layer.spec.op == "gconv" and est[regime]:  # see latency/channel_form.py
                     points = [(*channels[i][plan], clip(f) * price * rescale[plan]) for _, f, price, plan in est[regime]]
-                    form = choose_form(points, lambda rest, ci, co: interp_context_ms(ci * co, factor_curve([(a * b, ms) for a, b, ms in rest])))
+                    form = choose_form(points, macs_curve_ms)
                     if form is not None:
                         entry[f"{regime}_form"] = form
         factors.append(entry)
