@@ -4,17 +4,19 @@ context fit's profiled plans, where the curve over its MACs fraction misprices i
 Why: ONNX Runtime runs a grouped conv whose channels per group are off the blocked width with its
 unblocked kernel (per group: im2col, then a GEMM). Profiled in the plans of the grouped CNN of
 `tools/validate_latency_model.py`, that kernel's in-context time followed input channels far more
-than MACs: 48 -> 48 channels cost 0.155 ms where 32 -> 80 (more MACs) cost 0.130 ms. The context's
-curves are over the MACs fraction, so they priced such layers in held-out plans 8-57% off on
-average (`tools/analyse_channel_form.py`, docs/latency_model.md "Method v13"). This form,
+than MACs (a scratch profile, 2026-12-02: 48 -> 48 channels 0.155 ms, 32 -> 80, more MACs, 0.130
+ms). The context's curves are over the MACs fraction, so they priced such layers in held-out plans
+8-57% off on average (`tools/analyse_channel_form.py`, docs/latency_model.md "Method v13"). This
+form,
 
     ms = a + b * ci + c * co + d * ci * co      (ci, co: fractions of full width; a..d >= 0)
 
 (a fixed cost, the input's im2col, the output's write, the GEMM), fitted by non-negative least
 squares on the plans of one regime, predicted them 1.4-4x closer (FP32 and INT8, batch 1 and 32),
-while on a model of plain convs it did worse than the curves. Uniform plans vary ci and co together, so the form is
-fitted only where the plans also vary them apart (`context_plans`' crossed plans), and kept only
-where it predicts each profiled plan left out of the fit clearly better than the curve does.
+while on a model of plain convs it did worse than the curves. Uniform plans vary ci and co
+together, so the form is fitted only where the plans also vary them apart (`context_plans`'
+crossed plans), and kept only where it predicts each profiled plan left out of the fit clearly
+better than the curve does.
 """
 
 from __future__ import annotations
