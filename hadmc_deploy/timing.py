@@ -26,6 +26,13 @@ WHOLE_MODEL_SECONDS = 0.04
 #: (the demo CNN in INT8, 0.09 ms), over four models in FP32 and INT8
 #: (`tools/bench_timing_estimators.py --rounds-bias`, docs/timing_estimators.json).
 WHOLE_MODEL_ROUNDS = 7
+#: runs per round at least (with WHOLE_MODEL_SECONDS of them): the same in all four. The decide stage
+#: took 25 (half the evaluate stage's --runs) until a ResNet-18 build at 224 spent 9.8 s deciding among
+#: six variants; its seven rounds at 8 runs took 4.1-4.4 s instead of 8.4-9.0 s, and the speedups they
+#: measured moved no more between three repeats (2.3% against 11.7% at 25 runs, pruned-mixed over
+#: baseline-int8; a scratch A/B, /tmp/exp14/decide_runs.py, 2026-12-02): the machine's noise, not the runs' count,
+#: is what moves a round of a slow model, and a fast one runs WHOLE_MODEL_SECONDS anyway.
+WHOLE_MODEL_RUNS = 8
 #: runs at most, however fast the call (a 10 us model would otherwise run 4000 times per 40 ms).
 MAX_TIMED_RUNS = 2000
 

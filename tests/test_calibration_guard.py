@@ -117,7 +117,7 @@ def test_probability_outputs_are_not_softmaxed_again():
 
 def test_int8_check_samples_shrink_for_expensive_models_only() -> None:
     """256 held-out samples by default; a ResNet-18 at 224 (1.8 GMACs each) gets 128, never fewer."""
-    from hadmc_deploy.build.stages.quantize import MIN_VERIFY_SAMPLES, verify_samples
+    from hadmc_deploy.build.sample_budget import MIN_VERIFY_SAMPLES, verify_samples
     from hadmc_deploy.calibration.quantize import Int8Options
 
     assert verify_samples(None) == verify_samples(10**6) == Int8Options().verify_samples == 256

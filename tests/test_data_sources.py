@@ -137,17 +137,33 @@ def test_unlabelled_npz_calibrates_but_does_not_evaluate(tmp_path):
         check_matches_model(ds, (1, 1, 8, 8), 10, role="eval")
 
 
-def test_the_calibration_images_loaded_beyond_the_ranges_cover_their_consumers():
-    """BN recalibration and the guard's held-out check draw on the images loaded beyond the ranges."""
-    from hadmc_deploy.build.inputs import CALIB_BEYOND_RANGES
-    from hadmc_deploy.build.stages.recover import BN_CALIB_SAMPLES
-    from hadmc_deploy.calibration.quantize import Int8Options
+def test_the_calibration_images_loaded_reach_every_pass_that_reads_them():
+    """The ranges + INT8 check and BatchNorm + the agreement check (which holds out twice its
+    images) read the calibration images; a build loads as far as the furthest reaches, capped."""
+    from hadmc_deploy.build.sample_budget import (
+        CALIB_BEYOND_RANGES,
+        bn_calib_samples,
+        calib_images_to_load,
+        check_samples,
+        verify_samples,
+    )
 
-    assert CALIB_BEYOND_RANGES >= BN_CALIB_SAMPLES and Int8Options().verify_samples <= CALIB_BEYOND_RANGES
+    small, r18, r18_pruned = 2_000_000, 1_814_073_344, 730_000_000
+    # a small CNN: every pass at its most, which runs past the cap (the cap is what loads)
+    assert calib_images_to_load(128, small, small // 2) == 128 + CALIB_BEYOND_RANGES
+    assert bn_calib_samples(small) + 2 * check_samples(small) > 128 + CALIB_BEYOND_RANGES
+    # a ResNet-18 at 224: BatchNorm's images through the pruned model and the check's two halves
+    expected = bn_calib_samples(r18_pruned) + 2 * check_samples(r18)
+    assert calib_images_to_load(128, r18, r18_pruned) == expected == 410 + 256
+    # nothing pruned (or --train feeding recovery): only the ranges and their held-out check
+    assert calib_images_to_load(128, r18, None, recovery_reads=False) == 128 + verify_samples(r18) == 256
+    assert calib_images_to_load(2000, r18, r18_pruned) == 2000 + verify_samples(r18)
+    # costs not known: the most each pass would take, within the cap
+    assert calib_images_to_load(128, None, None) == 128 + CALIB_BEYOND_RANGES
 
 
 def test_bn_recalibration_images_shrink_only_for_expensive_models():
-    from hadmc_deploy.build.stages.recover import BN_CALIB_MIN_SAMPLES, BN_CALIB_SAMPLES, bn_calib_samples
+    from hadmc_deploy.build.sample_budget import BN_CALIB_MIN_SAMPLES, BN_CALIB_SAMPLES, bn_calib_samples
 
     assert bn_calib_samples(None) == BN_CALIB_SAMPLES
     assert bn_calib_samples(2_000_000) == BN_CALIB_SAMPLES  # a 28x28 CNN: every image

@@ -85,3 +85,28 @@ def test_slow_runs_are_timed_fewer_times_but_never_fewer_than_the_minimum():
     assert out.per_batch[1]["runs"] == 50  # a fast model gets every run asked for
     assert out.per_batch[32]["runs"] == MIN_TIMED_RUNS  # 0.8 s a run: the minimum, no extra warm-up
     assert backend.calls[-1] == (32, 0, MIN_TIMED_RUNS)
+
+
+def test_batches_other_than_the_primary_are_timed_for_less_time():
+    """The decide stage re-times the primary batch side by side; the others get SECONDARY_TIMED_SECONDS."""
+    from hadmc_deploy.evaluate import MAX_TIMED_SECONDS, SECONDARY_TIMED_SECONDS, benchmark_artifact
+
+    class Stats:
+        def __init__(self, ms: float, runs: int) -> None:
+            self.p50_ms, self.runs = ms, runs
+
+        def to_dict(self) -> dict:
+            return {"p50_ms": self.p50_ms, "runs": self.runs}
+
+    class FakeBackend:
+        def benchmark(self, artifact, batch: int, warmup: int, runs: int):  # noqa: ANN001
+            return Stats(20.0, runs)  # 20 ms a run at every batch
+
+    class Art:
+        metadata: dict = {}
+
+    out = benchmark_artifact(FakeBackend(), Art(), (1, 8, 32), warmup=10, runs=50, primary=8)
+    assert out.per_batch[8]["runs"] == int(MAX_TIMED_SECONDS / 0.020) == 25
+    assert out.per_batch[1]["runs"] == out.per_batch[32]["runs"] == int(SECONDARY_TIMED_SECONDS / 0.020) == 12
+    same = benchmark_artifact(FakeBackend(), Art(), (1, 8, 32), warmup=10, runs=50)  # no primary: one cap for all
+    assert {s["runs"] for s in same.per_batch.values()} == {25}

@@ -241,3 +241,27 @@ def test_verification_tolerance_scales_with_the_output(tmp_path):
     onnx.save(_shift_zero_column(onnx.load(str(path)), 0.3), str(path))
     with pytest.raises(VerificationError, match="disagrees"):
         verify_file(model, path, x)
+
+
+def test_an_earlier_export_is_verified_again_on_real_inputs_before_it_ships(tmp_path):
+    """The build exports the original early (random inputs) and ships that file after checking it on
+    real images; a model that no longer computes what the file does fails and nothing is written."""
+    from hadmc_deploy.export import reverified
+
+    torch.manual_seed(0)
+    model = demo_cnn().eval()
+    early = export_onnx(model, (1, 1, 28, 28), tmp_path / "early.onnx")
+    assert early.verification.inputs == "random"
+    real = np.random.default_rng(1).uniform(-1, 1, (5, 1, 28, 28)).astype(np.float32)
+    shipped = reverified(early, model, tmp_path / "baseline.onnx", real)
+    assert shipped.verification.inputs == "real" and shipped.verification.samples == 5 and shipped.verification.passed
+    assert shipped.path == str(tmp_path / "baseline.onnx") and shipped.sha256 != "" and shipped.exporter == early.exporter
+    record = json.loads(next(p.value for p in onnx.load(shipped.path).metadata_props if p.key == EXPORT_RECORD_KEY))
+    assert record["verification"]["inputs"] == "real" and record["dynamic_batch"] is True
+    np.testing.assert_allclose(ort_out(shipped.path, real), torch_out(model, real), rtol=1e-3, atol=1e-4)
+
+    with torch.no_grad():
+        next(model.parameters()).add_(0.5)  # the model changed after the early export
+    with pytest.raises(VerificationError):
+        reverified(early, model, tmp_path / "stale.onnx", real)
+    assert not (tmp_path / "stale.onnx").exists()

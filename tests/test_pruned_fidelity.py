@@ -13,13 +13,8 @@ import torch
 from pipeline_models import DIGITS_TRAIN, TINY_ARCH, train_tiny
 from torch import nn
 
-from hadmc_deploy.build.fidelity import (
-    MAX_SAMPLES,
-    MIN_SAMPLES,
-    check_samples,
-    held_out_images,
-    pruned_agreement,
-)
+from hadmc_deploy.build.fidelity import held_out_images, pruned_agreement
+from hadmc_deploy.build.sample_budget import MAX_CHECK_SAMPLES, MIN_CHECK_SAMPLES, check_samples
 from hadmc_deploy.build.stages.decide import pruned_exclusion
 from hadmc_deploy.cli import main
 from hadmc_deploy.data import ArrayDataset
@@ -95,8 +90,8 @@ def test_held_out_images_are_the_ones_batchnorm_did_not_see() -> None:
 
 
 def test_samples_shrink_with_an_expensive_model() -> None:
-    assert check_samples(None) == MAX_SAMPLES and check_samples(10**6) == MAX_SAMPLES
-    assert check_samples(int(1.8e9)) == MIN_SAMPLES
+    assert check_samples(None) == MAX_CHECK_SAMPLES and check_samples(10**6) == MAX_CHECK_SAMPLES
+    assert check_samples(int(1.8e9)) == MIN_CHECK_SAMPLES
 
 
 @pytest.fixture(scope="module")

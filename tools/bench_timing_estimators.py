@@ -38,7 +38,7 @@ from hadmc_deploy.graph.trace import trace  # noqa: E402
 from hadmc_deploy.latency.context_build import build_deployed_artifact  # noqa: E402
 from hadmc_deploy.latency.context_probe import whole_model_ms  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
-from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_SECONDS  # noqa: E402
+from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS, WHOLE_MODEL_SECONDS  # noqa: E402
 
 
 def estimators(path: Path, batch: int) -> dict[str, Callable[[], float]]:
@@ -59,7 +59,7 @@ def rounds_bias(path: Path, batch: int, repeats: int) -> list[float]:
     the build's 7-round one."""
     ratios = []
     for _ in range(repeats):
-        rounds = [whole_model_ms(path, batch, None, 8) for _ in range(WHOLE_MODEL_ROUNDS)]
+        rounds = [whole_model_ms(path, batch, None, WHOLE_MODEL_RUNS) for _ in range(WHOLE_MODEL_ROUNDS)]
         ratios.append(min(rounds[:3]) / min(rounds))
     return ratios
 

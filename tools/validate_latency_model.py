@@ -50,7 +50,7 @@ from hadmc_deploy.models.demo import demo_cnn  # noqa: E402
 from hadmc_deploy.models.mobilenet import mobilenet_v2  # noqa: E402
 from hadmc_deploy.models.resnet import resnet18  # noqa: E402
 from hadmc_deploy.targets import get_target  # noqa: E402
-from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS  # noqa: E402
+from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS  # noqa: E402
 from hadmc_deploy.ui import UI  # noqa: E402
 
 
@@ -368,7 +368,7 @@ def main() -> int:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
     parser.add_argument("--plans", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=WHOLE_MODEL_ROUNDS, help="interleaved rounds per plan (default: as the build's latency check and the context fit)")
-    parser.add_argument("--runs", type=int, default=8, help="runs per round at least (and WHOLE_MODEL_SECONDS of them)")
+    parser.add_argument("--runs", type=int, default=WHOLE_MODEL_RUNS, help="runs per round at least (and WHOLE_MODEL_SECONDS of them)")
     parser.add_argument("--lut-budget", type=float, default=180.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="/tmp/hadmc-latency-validation")

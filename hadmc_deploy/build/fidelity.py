@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from hadmc_deploy.build.inputs import samples_within
 from hadmc_deploy.calibration.verify_qdq import compare_outputs
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.plan import DEFAULT_ACCURACY_GUARD
@@ -35,12 +34,6 @@ from hadmc_deploy.plan import DEFAULT_ACCURACY_GUARD
 #: held-out training images while it lost 3.3 points on the test set: an original fits its own
 #: training images better than unseen ones, so agreement measured there is optimistic.
 MIN_PRUNED_AGREEMENT = 1.0 - DEFAULT_ACCURACY_GUARD / 100.0
-#: images compared at most, and at least when the model is expensive (see `check_samples`)
-MAX_SAMPLES, MIN_SAMPLES = 512, 128
-#: multiply-adds of the original's forward passes the check aims at: 512 images of a small CNN,
-#: 128 of a ResNet-18 at 224 (1.8 GMACs each: 6-8 s of a build on 2 cores, both models together;
-#: fewer would leave the 99% bar no disagreement to spare)
-CHECK_MACS = 1e11
 
 
 @dataclass(frozen=True)
@@ -58,11 +51,6 @@ class PrunedAgreement:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def check_samples(macs_per_sample: int | None) -> int:
-    """Images to compare: MAX_SAMPLES unless the original's passes would cost more than CHECK_MACS."""
-    return samples_within(macs_per_sample, most=MAX_SAMPLES, least=MIN_SAMPLES, macs_budget=CHECK_MACS)
 
 
 def held_out_images(data: ArrayDataset, used: int, count: int, seed: int) -> tuple[np.ndarray, str, bool]:

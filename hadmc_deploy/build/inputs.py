@@ -6,13 +6,17 @@ Lazy because a fully cached build must not load a model or a data set at all.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from hadmc_deploy.build.engine import BuildContext
-from hadmc_deploy.build.metric import CLASSIFY, infer_task
+from hadmc_deploy.build.metric import CLASSIFY, DETECT, infer_task
+from hadmc_deploy.build.sample_budget import calib_images_to_load
 from hadmc_deploy.data import ArrayDataset, Preprocess, check_matches_model
 from hadmc_deploy.detection.dataset import load_source
+from hadmc_deploy.export import ExportResult, export_onnx
 from hadmc_deploy.graph.trace import trace
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency import load_latency_model
@@ -22,16 +26,6 @@ from hadmc_deploy.ui import quiet_ui
 
 #: the data sets a build reads, by role.
 DATA_KINDS = ("train", "calib", "eval", "data")
-
-
-#: calibration images loaded beyond the ones the ranges see: what the guard's held-out checks
-#: (INT8 vs FP32, 256: `Int8Options.verify_samples`), BN recalibration (1,024 drawn from the
-#: whole set: `stages.recover.BN_CALIB_SAMPLES`) and the pruned model's agreement check (the
-#: images past BN's share: `build/fidelity.py`) draw on. Loading the whole source instead
-#: preprocessed all 60,000 Fashion-MNIST images to 3x224x224 float32 for a ResNet-18 build
-#: (36 GB) and was killed for memory; 4,096 extra (2.5 GB at 224) spent 12 s loading and 8 s
-#: hashing of a ResNet-18 build. tests/test_data_sources.py checks the two still fit.
-CALIB_BEYOND_RANGES = 1280
 
 
 def loaded_model(ctx: BuildContext) -> LoadedModel:
@@ -49,7 +43,12 @@ def dataset(ctx: BuildContext, kind: str) -> ArrayDataset | None:
             return None
         shape = ctx.plan.input_shape
         pre = Preprocess(resize=(shape[2], shape[3]), channels=shape[1], mean=d.mean, std=d.std)
-        limit = {"train": d.train_limit, "calib": d.calib_samples + CALIB_BEYOND_RANGES, "eval": d.eval_limit, "data": d.train_limit}[kind]
+        if kind == "calib":  # as many as its passes reach (build/sample_budget.py)
+            # recovery reads them unless nothing was pruned, or --train feeds BatchNorm and the check
+            recovery = not ctx.results.get("surgery", {}).get("_skipped") and (not d.train or task(ctx) == DETECT)
+            limit = calib_images_to_load(d.calib_samples, macs_per_image(ctx), macs_per_image(ctx, "surgery"), recovery_reads=recovery)
+        else:
+            limit = {"train": d.train_limit, "eval": d.eval_limit, "data": d.train_limit}[kind]
         data = load_source(source, pre, limit=limit, seed=d.seed)
         classes = ctx.results.get("load", {}).get("num_classes") if task(ctx) == CLASSIFY else None
         check_matches_model(data, shape, classes, role=kind if task(ctx) == CLASSIFY else "calib")
@@ -101,9 +100,22 @@ def macs_per_image(ctx: BuildContext, stage: str = "load") -> int | None:
     return macs // max(1, ctx.plan.input_shape[0]) if macs else None
 
 
-def samples_within(macs_per_sample: int | None, *, most: int, least: int, macs_budget: float) -> int:
-    """How many images a pass over data should take: `most`, fewer when they would cost more than
-    `macs_budget` multiply-adds, never fewer than `least` (unknown cost: `most`)."""
-    if not macs_per_sample:
-        return most
-    return int(min(most, max(least, macs_budget // macs_per_sample)))
+def primary_batch(ctx: BuildContext) -> int:
+    """The batch the search optimised for when it is benchmarked, else the first benchmarked batch:
+    the one the decide stage times the candidates at side by side."""
+    search_batch = ctx.plan.input_shape[0]
+    return search_batch if search_batch in ctx.plan.batch_sizes else ctx.plan.batch_sizes[0]
+
+
+def baseline_export(ctx: BuildContext) -> ExportResult:
+    """The original exported as it deploys (dynamic batch, the target's opset), once per build, into
+    a scratch directory removed with the build's context: the latency stage's context fit profiles
+    it, and the export stage verifies it on real images and ships it (`export.reverified`) instead of
+    exporting the same model twice (inputs random here: no data set is loaded before the recover stage)."""
+
+    def make() -> ExportResult:
+        scratch = ctx.lazy("scratch", lambda: tempfile.TemporaryDirectory(prefix="hadmc-build-"))
+        return export_onnx(loaded_model(ctx).model, ctx.plan.input_shape, Path(scratch.name) / "baseline.onnx",
+                           opset=ctx.plan.target.opset, dynamic_batch=True, ui=ctx.ui)
+
+    return ctx.lazy("export:baseline", make)

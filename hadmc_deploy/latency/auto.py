@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,10 +108,13 @@ def measure_table(
     *,
     budget_s: float | None = None,
     options: MeasureOptions | None = None,
-    baseline_onnx: Path | None = None,
+    baseline_onnx: Path | Callable[[], Path | None] | None = None,
     ui: UI | None = None,
 ) -> tuple[LatencyTable, dict[str, Any]]:
-    """Measure (or finish) the table at `path`; returns it with what was done and how long it took."""
+    """Measure (or finish) the table at `path`; returns it with what was done and how long it took.
+
+    `baseline_onnx`: the full model as it deploys, or what exports it when the context fit needs it
+    (a build's export stage ships that very file: `build/inputs.baseline_export`)."""
     ui = ui or quiet_ui()
     options = options or MeasureOptions()
     backend = get_backend(target.backend)
@@ -177,8 +181,9 @@ def measure_table(
         from hadmc_deploy.latency.context import fit_context
 
         t0 = time.monotonic()
+        full_onnx = baseline_onnx() if callable(baseline_onnx) else baseline_onnx
         try:
-            fit = functools.partial(fit_context, table, model, graph, shape, backend, rounds=options.context_rounds, threads=options.threads, exporter=options.exporter, baseline_onnx=baseline_onnx,
+            fit = functools.partial(fit_context, table, model, graph, shape, backend, rounds=options.context_rounds, threads=options.threads, exporter=options.exporter, baseline_onnx=full_onnx,
                                     clock=options.clock, anchor=gate, more_rounds_seconds=options.cpu_context_seconds if options.clock == "cpu" else 0.0, ui=ui)
             fit()
             isolated, block = table.staircase.step, blocked_layout_width(table.meta.device)
@@ -252,7 +257,7 @@ def measured_latency_model(
     *,
     budget_s: float | None = 60.0,
     options: MeasureOptions | None = None,
-    baseline_onnx: Path | None = None,
+    baseline_onnx: Path | Callable[[], Path | None] | None = None,
     ui: UI | None = None,
 ) -> tuple[LutLatencyModel, dict[str, Any]]:
     """The measured model of `graph` on this machine: from `cache_dir` when a complete table for the

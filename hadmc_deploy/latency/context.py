@@ -53,7 +53,7 @@ from hadmc_deploy.latency.ort_profile import kernel_key, match_by_key, source_we
 from hadmc_deploy.latency.predictor import interp_context_ms
 from hadmc_deploy.latency.repeat import SpeedGate
 from hadmc_deploy.specs import LayerSpec
-from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS
+from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS
 from hadmc_deploy.ui import UI, quiet_ui
 
 #: a layer's factor is clipped to this multiple range of the median factor (a mapping or
@@ -92,7 +92,7 @@ def fit_context(
     *,
     plans: dict[str, dict[str, int]] | None = None,
     rounds: int = 3,
-    runs: int = 8,
+    runs: int = WHOLE_MODEL_RUNS,
     threads: int | None = None,
     exporter: str = "deploy",
     baseline_onnx: Path | None = None,

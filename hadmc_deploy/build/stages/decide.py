@@ -23,8 +23,9 @@ from hadmc_deploy.build.decide import (
     verdict,
 )
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
+from hadmc_deploy.build.inputs import primary_batch
 from hadmc_deploy.build.self_check import check_deployed, guard_float_layers
-from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_SECONDS
+from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS, WHOLE_MODEL_SECONDS
 from hadmc_deploy.triton import write_triton_repo
 
 #: interleaved rounds over the candidates at the primary batch.
@@ -32,16 +33,10 @@ ROUNDS = WHOLE_MODEL_ROUNDS
 DEPLOY_DIR = "deploy"
 
 
-def primary_batch(ctx: BuildContext) -> int:
-    """The batch the search optimised for when it is benchmarked, else the first benchmarked batch."""
-    search_batch = ctx.plan.input_shape[0]
-    return search_batch if search_batch in ctx.plan.batch_sizes else ctx.plan.batch_sizes[0]
-
-
 def inputs(ctx: BuildContext) -> dict[str, Any]:
     q = ctx.settings.quantization
     return {"guard": q.max_accuracy_drop, "allow": q.allow_accuracy_drop, "speedup": ctx.settings.search.speedup,
-            "latency_ms": ctx.settings.search.latency_ms, "batch": primary_batch(ctx), "runs": ctx.settings.benchmark.runs,
+            "latency_ms": ctx.settings.search.latency_ms, "batch": primary_batch(ctx),
             "triton_repo": ctx.settings.output.triton_repo}
 
 
@@ -50,14 +45,12 @@ def time_interleaved(ctx: BuildContext, rows: list[dict[str, Any]], batch: int) 
     2-vCPU machine whole rounds run on one core when the other is taken, and a median over
     rounds mixes the two regimes), and the noise: the median relative spread of each
     variant's round p50s around its own median."""
-    bench = ctx.settings.benchmark
     per_round: dict[str, list[float]] = {r["name"]: [] for r in rows}
     loaded = {r["name"]: (get(r["backend"]), Artifact.load(ctx.path(r["artifact"]))) for r in rows}
     with ctx.ui.progress(f"timing {len(rows)} candidates side by side (batch {batch})", ROUNDS * len(rows)) as bar:
         for _ in range(ROUNDS):
             for name, (backend, artifact) in loaded.items():
-                per_round[name].append(backend.benchmark(artifact, batch=batch, warmup=max(2, bench.warmup // 2), runs=max(5, bench.runs // 2),
-                                                          min_seconds=WHOLE_MODEL_SECONDS).p50_ms)
+                per_round[name].append(backend.benchmark(artifact, batch=batch, warmup=2, runs=WHOLE_MODEL_RUNS, min_seconds=WHOLE_MODEL_SECONDS).p50_ms)
                 bar.advance()
     medians = {n: statistics.median(v) for n, v in per_round.items()}
     spreads = [(max(v) - min(v)) / 2 / medians[n] for n, v in per_round.items() if len(v) > 1 and medians[n] > 0]

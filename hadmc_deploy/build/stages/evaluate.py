@@ -8,7 +8,7 @@ from typing import Any
 
 from hadmc_deploy.backends import Artifact, get
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.inputs import data_hash, dataset, graph, latency_model, task, with_precision
+from hadmc_deploy.build.inputs import data_hash, dataset, graph, latency_model, primary_batch, task, with_precision
 from hadmc_deploy.build.variants import all_variants, float_onnx, qdq_name, variant_name
 from hadmc_deploy.build.metric import METRIC_NAMES, artifact_score, onnx_score
 from hadmc_deploy.evaluate import benchmark_artifact, file_size
@@ -66,7 +66,7 @@ def run(ctx: BuildContext) -> StageResult:
             row.update({"backend": entry["backend"], "target": entry["target"], "artifact": entry["artifact"], "file_bytes": file_size(artifact.model_path)})
             row["accuracy"], row["detection"] = artifact_score(backend, artifact, evald, ui=ctx.ui) if evald is not None else (None, None)
             row["accuracy_measured_with"] = f"{entry['backend']} artifact"
-            lat = benchmark_artifact(backend, artifact, ctx.plan.batch_sizes, warmup=bench.warmup, runs=bench.runs, ui=ctx.ui)
+            lat = benchmark_artifact(backend, artifact, ctx.plan.batch_sizes, warmup=bench.warmup, runs=bench.runs, primary=primary_batch(ctx), ui=ctx.ui)
             row["latency"] = {str(b): s for b, s in lat.per_batch.items()}
             row["session"] = {k: artifact.metadata.get(k) for k in ("session_options", "backend_version", "device", "precision_path", "int8_form") if k in artifact.metadata}
         else:

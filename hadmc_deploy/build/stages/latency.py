@@ -12,8 +12,8 @@ from typing import Any
 
 from hadmc_deploy.backends import get as get_backend
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.inputs import graph, latency_model, loaded_model, with_precision
-from hadmc_deploy.errors import LatencyModelError
+from hadmc_deploy.build.inputs import baseline_export, graph, latency_model, loaded_model, with_precision
+from hadmc_deploy.errors import HadmcError, LatencyModelError
 from hadmc_deploy.fileio import sha256_file, user_cache_root
 from hadmc_deploy.latency.auto import MeasureOptions, cached_table, measured_latency_model
 
@@ -123,12 +123,22 @@ def _measure(ctx: BuildContext) -> tuple[dict[str, Any], str]:
     batch = ctx.plan.input_shape[0]
     lm, info = measured_latency_model(
         graph(ctx), loaded_model(ctx).model, ctx.plan.input_shape, target, ctx.plan.precision, batch, cache_dir(),
-        budget_s=ctx.settings.latency.lut_minutes * 60, options=MeasureOptions(clock="wall"), ui=ctx.ui,
+        budget_s=ctx.settings.latency.lut_minutes * 60, options=MeasureOptions(clock="wall"), baseline_onnx=lambda: _deployed_baseline(ctx), ui=ctx.ui,
     )
     local = ctx.path(f"lut-{ctx.plan.precision}-b{batch}.json")
     shutil.copyfile(info["lut"], local)
     info = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool, type(None), dict, list))}
     return info, str(local)
+
+
+def _deployed_baseline(ctx: BuildContext) -> Path | None:
+    """The original as the export stage will ship it, for the context fit's full-width plan (None when
+    it does not export: the fit then exports on its own, and says why it cannot)."""
+    try:
+        return Path(baseline_export(ctx).path)
+    except HadmcError as exc:
+        ctx.ui.warn(f"latency model: the deploy export of the original failed ({exc.one_line()})")
+        return None
 
 
 def round_to(ctx: BuildContext) -> int:

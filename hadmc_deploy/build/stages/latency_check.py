@@ -24,7 +24,7 @@ from hadmc_deploy.build.decide import meets
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import graph, loaded_model
 from hadmc_deploy.latency.whole_model import time_plans
-from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS
+from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS
 
 #: interleaved rounds; each round times both models once.
 ROUNDS = WHOLE_MODEL_ROUNDS
@@ -47,7 +47,7 @@ def run(ctx: BuildContext) -> StageResult:
     plans = {"baseline": g.full_widths(), "plan": {k: int(v) for k, v in search["keep"].items()}}
     timed = time_plans(
         loaded_model(ctx).model, g, plans, ctx.plan.input_shape, backend, workdir=ctx.path("latency_check"),
-        rounds=ROUNDS, exporter="fast", precision=ctx.plan.precision, ui=ctx.ui,
+        rounds=ROUNDS, warmup=2, runs=WHOLE_MODEL_RUNS, exporter="fast", precision=ctx.plan.precision, ui=ctx.ui,
     )
     base, plan = timed
     ratios = [b / p for b, p in zip(base.round_ms, plan.round_ms, strict=True) if p > 0]

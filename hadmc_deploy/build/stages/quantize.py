@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.inputs import data_hash, dataset, macs_per_image, samples_within, task
+from hadmc_deploy.build.inputs import data_hash, dataset, macs_per_image, task
 from hadmc_deploy.build.metric import DETECT
+from hadmc_deploy.build.sample_budget import verify_samples
 from hadmc_deploy.build.variants import float_onnx, mixed_name, models, qdq_name, scales_name
 from hadmc_deploy.calibration.guard import GuardSettings
 from hadmc_deploy.calibration.qdq import cpu_reduce_range, write_qdq
@@ -24,16 +25,6 @@ from hadmc_deploy.targets import detect_cpu_isa
 
 #: eval samples the guard's repair measures each candidate on; the final accuracy uses all of --eval.
 GUARD_SAMPLES = 2000
-#: held-out calibration samples INT8 is compared with FP32 on (`Int8Options.verify_samples`, 256), fewer
-#: for an expensive model: both graphs over 256 images took 12 s of a ResNet-18 build at 224 per
-#: model; the passes stop near VERIFY_MACS multiply-adds of the float model, never under 128 images.
-VERIFY_MACS = 1e11
-MIN_VERIFY_SAMPLES = 128
-
-
-def verify_samples(macs_per_sample: int | None) -> int:
-    """Held-out samples the INT8 check runs: the default 256 unless the float model makes them cost more than VERIFY_MACS."""
-    return samples_within(macs_per_sample, most=Int8Options.verify_samples, least=MIN_VERIFY_SAMPLES, macs_budget=VERIFY_MACS)
 
 
 def inputs(ctx: BuildContext) -> dict[str, Any]:

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.fidelity import PrunedAgreement, check_samples, held_out_images, model_outputs, pruned_agreement
-from hadmc_deploy.build.inputs import data_hash, dataset, loaded_model, macs_per_image, samples_within, task
+from hadmc_deploy.build.fidelity import PrunedAgreement, held_out_images, model_outputs, pruned_agreement
+from hadmc_deploy.build.inputs import data_hash, dataset, loaded_model, macs_per_image, task
 from hadmc_deploy.build.metric import DETECT, torch_score
+from hadmc_deploy.build.sample_budget import bn_calib_samples, check_samples
 from hadmc_deploy.build.stages.search import PLAN_FILE
 from hadmc_deploy.build.stages.surgery import PRUNED_FILE
 from hadmc_deploy.data import ArrayDataset
@@ -32,15 +33,6 @@ from hadmc_deploy.recover import RecoveryOptions, RecoveryResult, recalibrate_bn
 RECOVERED_FILE = "recovered.pth"
 #: at most this many training samples are held out to choose the best epoch.
 HELD_OUT = 2000
-#: calibration images BatchNorm statistics are re-estimated on when no --train is given (a plain
-#: average over 8 batches of 128: 2048 took 27 s of a 5-minute ResNet-18 build at 224), at most...
-BN_CALIB_SAMPLES = 1024
-#: ... and at least, when the pruned model is expensive: the forward passes stop near BN_CALIB_MACS
-#: multiply-adds (1,024 images through a pruned ResNet-18 at 224, 0.8 GMACs each, took 16 s of a
-#: build). Each image gives every channel H x W values, so 256 images still average over 12,544
-#: per channel at the last 7x7 stage; small inputs keep all 1,024.
-BN_CALIB_MIN_SAMPLES = 256
-BN_CALIB_MACS = 3e11
 #: without --train, a pruned model that BatchNorm recalibration leaves disagreeing with the original
 #: (`build/fidelity.py`) is distilled from it on the calibration images for this many optimizer
 #: steps (x --epochs): a VGG-style CNN on digits, pruned to 1.4x, went from 39.7% to 97.8% test
@@ -53,12 +45,6 @@ CALIB_DISTILL_MACS = 1e12
 MIN_DISTILL_STEPS = 10
 #: fewer held-out calibration images than twice this are not halved between check and choice
 MIN_SELECT_IMAGES = 64
-
-
-def bn_calib_samples(macs_per_sample: int | None) -> int:
-    """Images BatchNorm recalibration runs when there is no --train: all BN_CALIB_SAMPLES unless the
-    model is so expensive that they would cost more than BN_CALIB_MACS."""
-    return samples_within(macs_per_sample, most=BN_CALIB_SAMPLES, least=BN_CALIB_MIN_SAMPLES, macs_budget=BN_CALIB_MACS)
 
 
 def inputs(ctx: BuildContext) -> dict[str, Any]:

@@ -1,0 +1,81 @@
+"""How many images each pass over the calibration data takes, and so how many a build loads.
+
+Four passes draw on the calibration images: the activation ranges (the first --calib-samples of
+one seeded shuffle), the INT8-vs-FP32 check (the images after them in that shuffle), BatchNorm
+recalibration (the first images of the build's seeded shuffle) and the pruned model's agreement
+check (the images after those). Each takes fewer images for an expensive model, so the build
+loads only as many as the largest of them reaches: a ResNet-18 at 224 loaded, resized and
+hashed 1,408 images at 3x224x224 (0.85 GB, 17-20 s of its build) for passes that read about 660.
+One module because `build/inputs.py` sizes the load and the stages size their passes from the
+same numbers.
+"""
+
+from __future__ import annotations
+
+from hadmc_deploy.calibration.quantize import Int8Options
+
+#: calibration images loaded beyond the ones the ranges see, at most: what the four passes above
+#: reach for a small model (BatchNorm's 1,024 and the agreement check's share past them). Loading
+#: the whole source instead preprocessed all 60,000 Fashion-MNIST images to 3x224x224 float32 for a
+#: ResNet-18 build (36 GB) and was killed for memory; 4,096 extra (2.5 GB at 224) spent 12 s
+#: loading and 8 s hashing of a ResNet-18 build.
+CALIB_BEYOND_RANGES = 1280
+
+#: calibration images BatchNorm statistics are re-estimated on when no --train is given (a plain
+#: average over 8 batches of 128: 2048 took 27 s of a 5-minute ResNet-18 build at 224), at most...
+BN_CALIB_SAMPLES = 1024
+#: ... and at least, when the pruned model is expensive: the forward passes stop near BN_CALIB_MACS
+#: multiply-adds (1,024 images through a pruned ResNet-18 at 224, 0.8 GMACs each, took 16 s of a
+#: build). Each image gives every channel H x W values, so 256 images still average over 12,544
+#: per channel at the last 7x7 stage; small inputs keep all 1,024.
+BN_CALIB_MIN_SAMPLES = 256
+BN_CALIB_MACS = 3e11
+
+#: held-out calibration samples INT8 is compared with FP32 on (`Int8Options.verify_samples`), fewer
+#: for an expensive model: both graphs over 256 images took 12 s of a ResNet-18 build at 224 per
+#: model; the passes stop near VERIFY_MACS multiply-adds of the float model, never under 128 images.
+VERIFY_MACS = 1e11
+MIN_VERIFY_SAMPLES = 128
+
+#: images the pruned model's agreement check compares at most, and at least when the model is expensive
+MAX_CHECK_SAMPLES, MIN_CHECK_SAMPLES = 512, 128
+#: multiply-adds of the original's forward passes the check aims at: 512 images of a small CNN,
+#: 128 of a ResNet-18 at 224 (1.8 GMACs each: 6-8 s of a build on 2 cores, both models together;
+#: fewer would leave the 99% bar no disagreement to spare)
+CHECK_MACS = 1e11
+
+
+def samples_within(macs_per_sample: int | None, *, most: int, least: int, macs_budget: float) -> int:
+    """How many images a pass over data should take: `most`, fewer when they would cost more than
+    `macs_budget` multiply-adds, never fewer than `least` (unknown cost: `most`)."""
+    if not macs_per_sample:
+        return most
+    return int(min(most, max(least, macs_budget // macs_per_sample)))
+
+
+def bn_calib_samples(macs_per_sample: int | None) -> int:
+    """Images BatchNorm recalibration runs when there is no --train: all BN_CALIB_SAMPLES unless the
+    model is so expensive that they would cost more than BN_CALIB_MACS."""
+    return samples_within(macs_per_sample, most=BN_CALIB_SAMPLES, least=BN_CALIB_MIN_SAMPLES, macs_budget=BN_CALIB_MACS)
+
+
+def verify_samples(macs_per_sample: int | None) -> int:
+    """Held-out samples the INT8 check runs: the default 256 unless the float model makes them cost more than VERIFY_MACS."""
+    return samples_within(macs_per_sample, most=Int8Options.verify_samples, least=MIN_VERIFY_SAMPLES, macs_budget=VERIFY_MACS)
+
+
+def check_samples(macs_per_sample: int | None) -> int:
+    """Images the agreement check compares: MAX_CHECK_SAMPLES unless the original's passes would cost more than CHECK_MACS."""
+    return samples_within(macs_per_sample, most=MAX_CHECK_SAMPLES, least=MIN_CHECK_SAMPLES, macs_budget=CHECK_MACS)
+
+
+def calib_images_to_load(calib_samples: int, original_macs: int | None, pruned_macs: int | None, *, recovery_reads: bool = True) -> int:
+    """Calibration images a build loads: as far as the furthest pass reaches (the ranges and the
+    INT8 check: `calib_samples` + its held-out images; with `recovery_reads`, BatchNorm and the
+    agreement check, which holds out twice its images to choose a distilled epoch on half), never
+    more than `calib_samples` + CALIB_BEYOND_RANGES. Per-image multiply-adds of the original and the
+    pruned model (None where not known yet: the most images that pass would take)."""
+    reach = calib_samples + verify_samples(original_macs)
+    if recovery_reads:
+        reach = max(reach, bn_calib_samples(pruned_macs) + 2 * check_samples(original_macs))
+    return min(calib_samples + CALIB_BEYOND_RANGES, reach)
