@@ -52,6 +52,7 @@ from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
 from hadmc_deploy.latency.ort_profile import kernel_key, match_by_key, source_weighted_nodes
 from hadmc_deploy.latency.predictor import interp_context_ms
 from hadmc_deploy.latency.repeat import SpeedGate
+from hadmc_deploy.latency.whole_model import TimingRanges
 from hadmc_deploy.specs import LayerSpec
 from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS
 from hadmc_deploy.ui import UI, quiet_ui
@@ -127,18 +128,19 @@ def fit_context(
     full = graph.full_widths()
     with tempfile.TemporaryDirectory(prefix="hadmc-context-") as tmp:
         built = {}
+        ranges = TimingRanges(input_shape)  # INT8 timing ranges shared by the plans
         plan_exporter = exporter
         full_name = next((name for name, widths in plans.items() if widths == full), None)
         if exporter == "deploy" and full_name is not None and backend.name == "onnxruntime":
-            built[full_name] = build_deployed_artifact(model, graph, full, input_shape, backend, precision, Path(tmp), full_name, float_onnx=baseline_onnx)
-            plan_exporter = faster_exporter(model, graph, input_shape, backend, precision, Path(tmp), built[full_name][1], batch, threads)
+            built[full_name] = build_deployed_artifact(model, graph, full, input_shape, backend, precision, Path(tmp), full_name, float_onnx=baseline_onnx, ranges=ranges)
+            plan_exporter = faster_exporter(model, graph, input_shape, backend, precision, Path(tmp), built[full_name][1], batch, threads, ranges)
             ui.log("context plans exported by " + ("TorchScript (checked: its graph runs the deployed graph's kernels)" if plan_exporter == "fast"
                                                    else "the deploy exporter (TorchScript's graph would run other kernels)"))
         for name, widths in ui.track(list(plans.items()), "building deployed plans"):
             if name in built:
                 continue
             reuse = baseline_onnx if (baseline_onnx is not None and widths == full) else None
-            built[name] = build_deployed_artifact(model, graph, widths, input_shape, backend, precision, Path(tmp), name, exporter=plan_exporter, float_onnx=reuse)
+            built[name] = build_deployed_artifact(model, graph, widths, input_shape, backend, precision, Path(tmp), name, exporter=plan_exporter, float_onnx=reuse, ranges=ranges)
         built = {name: built[name] for name in plans}  # the plans' order: the order of every round
         sources = {name: onnx.load(str(f), load_external_data=False) for name, (f, _) in built.items()}
         layer_keys = [(i, kernel_key("Conv" if graph.layers[i].spec.op != "linear" else "Gemm", [0, 0, *graph.layers[i].spec.kernel])) for i in weighted_idx]

@@ -11,6 +11,7 @@ from torch import nn
 
 from hadmc_deploy.backends.request import BuildRequest
 from hadmc_deploy.graph.types import DependencyGraph
+from hadmc_deploy.latency.whole_model import TimingRanges
 
 
 def build_deployed_artifact(
@@ -25,21 +26,19 @@ def build_deployed_artifact(
     *,
     exporter: str = "deploy",
     float_onnx: Path | None = None,
+    ranges: TimingRanges | None = None,
 ) -> tuple[Path, Any]:
-    """(float ONNX of the plan, the backend's Artifact) exactly as a build deploys it."""
-    from hadmc_deploy.latency.whole_model import (
-        _timing_ranges,
-        export_for_timing,
-        pruned_module,
-        single_torch_thread,
-    )
+    """(float ONNX of the plan, the backend's Artifact) exactly as a build deploys it; INT8 with
+    `ranges` (shared between the plans of one fit) or ranges of its own."""
+    from hadmc_deploy.latency.whole_model import export_for_timing, pruned_module, single_torch_thread
 
     if float_onnx is None:
         with single_torch_thread():
             float_onnx = export_for_timing(pruned_module(model, graph, widths), input_shape, workdir / f"{name}.onnx", exporter=exporter)
-    ranges = _timing_ranges(float_onnx, input_shape) if precision == "int8" else None
-    art = backend.build(BuildRequest(onnx_path=float_onnx, precision=precision, out_dir=workdir / f"{name}-art", target=backend.default_target(), ranges=ranges))
-    return float_onnx, art
+    out_dir = workdir / f"{name}-art"
+    if precision == "int8":
+        return float_onnx, (ranges or TimingRanges(input_shape)).build(backend, float_onnx, out_dir)
+    return float_onnx, backend.build(BuildRequest(onnx_path=float_onnx, precision=precision, out_dir=out_dir, target=backend.default_target()))
 
 
 def kernel_ops(artifact: Any, batch: int, threads: int | None) -> list[str]:
@@ -52,7 +51,7 @@ def kernel_ops(artifact: Any, batch: int, threads: int | None) -> list[str]:
 
 
 def faster_exporter(model: nn.Module, graph: DependencyGraph, input_shape: tuple[int, ...], backend: Any, precision: str, workdir: Path,
-                    deployed_full: Any, batch: int, threads: int | None) -> str:
+                    deployed_full: Any, batch: int, threads: int | None, ranges: TimingRanges | None = None) -> str:
     """"fast" when the TorchScript export of the full model builds to a session running the same
     kernels, in the same order, as the deployed graph (`deployed_full`), else "deploy".
 
@@ -72,5 +71,5 @@ def faster_exporter(model: nn.Module, graph: DependencyGraph, input_shape: tuple
             onnx_path = torchscript_export(model, input_shape, workdir / "full-torchscript.onnx")
     except Exception:  # the TorchScript exporter refuses this model: every plan is exported as deployed
         return "deploy"
-    _, fast_full = build_deployed_artifact(model, graph, graph.full_widths(), input_shape, backend, precision, workdir, "full-torchscript", float_onnx=onnx_path)
+    _, fast_full = build_deployed_artifact(model, graph, graph.full_widths(), input_shape, backend, precision, workdir, "full-torchscript", float_onnx=onnx_path, ranges=ranges)
     return "fast" if kernel_ops(fast_full, batch, threads) == kernel_ops(deployed_full, batch, threads) else "deploy"
