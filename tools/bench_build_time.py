@@ -1,0 +1,74 @@
+"""Wall time and stage times of issue 13's ResNet-18 build, for one or two checkouts side by side.
+
+    .venv/bin/python tools/bench_build_time.py [--repeats 2] [--compare OTHER_CHECKOUT] [--json OUT]
+
+Why: issue 13 asks a whole `build` of a random-weight ResNet-18 at 224x224 with its latency table
+(`--speedup 2 --measure-lut`, 128 calibration images) to take about 45 s. Build times here move
+20-30% with the machine, so a change is judged side by side: with `--compare`, the other checkout
+(for example `git worktree add /tmp/old <commit>`) builds in turn with this one, alternately, each
+with an empty cache. Every build runs in a fresh process from its checkout's directory (its own
+`hadmc_deploy` package first on the path) with this repository's interpreter; the stage times are
+the builds' report.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BUILD_ARGS = ["--arch", "hadmc_deploy.models.resnet:resnet18", "--input-shape", "1,3,224,224", "--target", "cpu", "--speedup", "2",
+              "--measure-lut", "--calib", "builtin:fashion-mnist:train", "--calib-samples", "128"]
+
+
+def random_resnet18(path: Path) -> Path:
+    """The random-weight ResNet-18 state_dict the docs build (seed 0)."""
+    code = ("import sys, torch; from hadmc_deploy.models.resnet import resnet18; "
+            "torch.manual_seed(0); torch.save(resnet18().state_dict(), sys.argv[1])")
+    subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, check=True)
+    return path
+
+
+def one_build(checkout: Path, model: Path, work: Path, label: str) -> dict:
+    out, cache = work / f"{label}-out", work / f"{label}-cache"
+    env = {**os.environ, "HADMC_CACHE": str(cache)}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "hadmc_deploy", "build", str(model), *BUILD_ARGS, "--out", str(out)],
+                          cwd=checkout, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    report = out / "report.json"
+    stages = json.loads(report.read_text()).get("stages", []) if report.is_file() else []
+    return {"checkout": str(checkout), "label": label, "exit_code": proc.returncode, "wall_s": round(wall, 1),
+            "stages_s": [[s["name"], round(float(s["seconds"]), 1)] for s in stages if s.get("seconds") is not None]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--compare", type=Path, help="another checkout, built alternately with this one (it runs first)")
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args()
+    checkouts = [args.compare.resolve(), ROOT] if args.compare else [ROOT]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hadmc-buildtime-") as tmp:
+        work = Path(tmp)
+        model = random_resnet18(work / "r18.pth")
+        for i in range(args.repeats):
+            for n, checkout in enumerate(checkouts):
+                row = one_build(checkout, model, work, f"{n}-{i}")
+                rows.append(row)
+                stages = ", ".join(f"{name} {s}" for name, s in row["stages_s"])
+                print(f"{checkout}  run {i + 1}: exit {row['exit_code']}, {row['wall_s']} s wall; {stages}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"command": "hadmc-deploy build r18.pth " + " ".join(BUILD_ARGS), "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
