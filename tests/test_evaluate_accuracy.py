@@ -59,15 +59,20 @@ def test_chance_level_is_flagged_with_the_likely_cause():
     assert chance_level_warning(5.0, 1) is None  # one class: no chance level to speak of
 
 
+class _Stats:  # what benchmark_artifact reads of a backend's LatencyStats
+    def __init__(self, ms: float, runs: int) -> None:
+        self.p50_ms, self.runs = ms, runs
+
+    def to_dict(self) -> dict:
+        return {"p50_ms": self.p50_ms, "runs": self.runs}
+
+
+class _Art:
+    metadata: dict = {}
+
+
 def test_slow_runs_are_timed_fewer_times_but_never_fewer_than_the_minimum():
     from hadmc_deploy.evaluate import MIN_TIMED_RUNS, benchmark_artifact
-
-    class Stats:
-        def __init__(self, ms: float, runs: int) -> None:
-            self.p50_ms, self.runs = ms, runs
-
-        def to_dict(self) -> dict:
-            return {"p50_ms": self.p50_ms, "runs": self.runs}
 
     class FakeBackend:  # records what it was asked to time; each run "takes" ms_by_batch[batch]
         def __init__(self, ms_by_batch: dict[int, float]) -> None:
@@ -75,13 +80,10 @@ def test_slow_runs_are_timed_fewer_times_but_never_fewer_than_the_minimum():
 
         def benchmark(self, artifact, batch: int, warmup: int, runs: int):  # noqa: ANN001
             self.calls.append((batch, warmup, runs))
-            return Stats(self.ms_by_batch[batch], runs)
-
-    class Art:
-        metadata: dict = {}
+            return _Stats(self.ms_by_batch[batch], runs)
 
     backend = FakeBackend({1: 5.0, 32: 800.0})
-    out = benchmark_artifact(backend, Art(), (1, 32), warmup=10, runs=50)
+    out = benchmark_artifact(backend, _Art(), (1, 32), warmup=10, runs=50)
     assert out.per_batch[1]["runs"] == 50  # a fast model gets every run asked for
     assert out.per_batch[32]["runs"] == MIN_TIMED_RUNS  # 0.8 s a run: the minimum, no extra warm-up
     assert backend.calls[-1] == (32, 0, MIN_TIMED_RUNS)
@@ -91,22 +93,12 @@ def test_batches_other_than_the_primary_are_timed_for_less_time():
     """The decide stage re-times the primary batch side by side; the others get SECONDARY_TIMED_SECONDS."""
     from hadmc_deploy.evaluate import MAX_TIMED_SECONDS, SECONDARY_TIMED_SECONDS, benchmark_artifact
 
-    class Stats:
-        def __init__(self, ms: float, runs: int) -> None:
-            self.p50_ms, self.runs = ms, runs
-
-        def to_dict(self) -> dict:
-            return {"p50_ms": self.p50_ms, "runs": self.runs}
-
     class FakeBackend:
         def benchmark(self, artifact, batch: int, warmup: int, runs: int):  # noqa: ANN001
-            return Stats(20.0, runs)  # 20 ms a run at every batch
+            return _Stats(20.0, runs)  # 20 ms a run at every batch
 
-    class Art:
-        metadata: dict = {}
-
-    out = benchmark_artifact(FakeBackend(), Art(), (1, 8, 32), warmup=10, runs=50, primary=8)
+    out = benchmark_artifact(FakeBackend(), _Art(), (1, 8, 32), warmup=10, runs=50, primary=8)
     assert out.per_batch[8]["runs"] == int(MAX_TIMED_SECONDS / 0.020) == 25
     assert out.per_batch[1]["runs"] == out.per_batch[32]["runs"] == int(SECONDARY_TIMED_SECONDS / 0.020) == 12
-    same = benchmark_artifact(FakeBackend(), Art(), (1, 8, 32), warmup=10, runs=50)  # no primary: one cap for all
+    same = benchmark_artifact(FakeBackend(), _Art(), (1, 8, 32), warmup=10, runs=50)  # no primary: one cap for all
     assert {s["runs"] for s in same.per_batch.values()} == {25}
