@@ -333,3 +333,41 @@ def test_context_fit_of_a_grouped_model_profiles_crossed_plans_and_prices_with_w
     for widths in ({g.id: 40 for g in graph.prunable_groups}, {g.id: max(g.granularity, g.width // 2 - 4) for g in graph.prunable_groups}):
         total = model_lm.predict(graph.layer_specs(widths)).total_ms
         assert total > 0 and math.isfinite(total)
+
+
+class _PreActivationBlock(torch.nn.Module):
+    """A DenseNet-like block: the BatchNormalization after a Concat, which no conv absorbs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 32, 3, padding=1)
+        self.grow = torch.nn.Conv2d(32, 32, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(64)
+        self.out = torch.nn.Conv2d(64, 32, 1)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.norm(torch.cat([x, self.grow(x)], 1)))
+        return self.head(self.out(x).mean((2, 3)))
+
+
+def test_a_batchnorm_turned_into_an_nchwc_conv_is_glue_not_a_layer(tmp_path):
+    """ORT's NCHWc transformer runs a standalone BatchNormalization as a Conv named `..._bn_nchwc`:
+    the profile must still pair one kernel with each weighted node of the source (a DenseNet's
+    FP32 profile had 183 weighted kernels for 121 layers, and the build stopped)."""
+    from hadmc_deploy.latency.ort_profile import NCHWC_BATCHNORM_SUFFIX
+
+    torch.manual_seed(0)
+    model = _PreActivationBlock().eval()
+    with torch.no_grad():
+        model.norm.running_mean.uniform_(-0.5, 0.5)
+        model.norm.running_var.uniform_(0.5, 2.0)
+    f = export_for_timing(model, (1, 1, 32, 32), tmp_path / "f.onnx", exporter="fast")
+    source = onnx.load(str(f))
+    assert "BatchNormalization" in {n.op_type for n in source.graph.node}
+    prof = profile_session(f, batch=1, runs=2)
+    times = layer_times(prof, source)
+    assert set(times) == {name for name, _ in source_weighted_nodes(source)} and len(times) == 4
+    bn_convs = [k for k in prof.kernels if k.name.endswith(NCHWC_BATCHNORM_SUFFIX)]
+    assert all(not k.weighted for k in bn_convs)  # on CPUs with an NCHWc layout there is one; it is glue

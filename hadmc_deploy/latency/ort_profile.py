@@ -7,8 +7,11 @@ reorders inserted around an unaligned one), Q/DQ pairs folded into QLinearConv.
 it runs, so the time of each weighted layer *in context* can be read off.
 
 Mapping ORT's nodes back to layers: fusion renames nodes and the NCHWc/NHWC
-rewrites change layouts, but they never add or drop weighted ops (Conv, Gemm,
-MatMul and their fused/quantized forms). They may reorder branches (a ResNet's
+rewrites change layouts, but they never drop weighted ops (Conv, Gemm,
+MatMul and their fused/quantized forms), and the one they add is the NCHWc
+transformer's Conv standing in for a BatchNormalization no conv absorbed (a
+DenseNet's BN after each Concat: 62 of them, named `<its output>_bn_nchwc`),
+which is glue here like the BatchNormalization it replaces. They may reorder branches (a ResNet's
 1x1 shortcut conv runs before or after the 3x3 path), so kernels are matched
 to source nodes by key (kind and kernel size from the weight's shape), the
 k-th of a key with the k-th of the same key; the counts per key are checked
@@ -39,6 +42,8 @@ WEIGHTED_KERNELS = frozenset({
     "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "QGemm", "QLinearMatMul", "MatMulInteger",
     "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
 })
+#: how ONNX Runtime's NCHWc transformer names the Conv it puts in place of a BatchNormalization
+NCHWC_BATCHNORM_SUFFIX = "_bn_nchwc"
 #: source ONNX ops that are layers of the latency graph (MatMul only with a constant weight).
 SOURCE_WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
@@ -55,7 +60,7 @@ class KernelTime:
 
     @property
     def weighted(self) -> bool:
-        return self.op in WEIGHTED_KERNELS
+        return self.op in WEIGHTED_KERNELS and not self.name.endswith(NCHWC_BATCHNORM_SUFFIX)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from hadmc_deploy.calibration.guard import GuardSettings
 from hadmc_deploy.calibration.qdq import cpu_reduce_range, write_qdq
 from hadmc_deploy.calibration.quantize import Int8Options, quantize_int8
 from hadmc_deploy.calibration.ranges import ActivationRanges
+from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.latency.ort_profile import int8_slow_layers
 from hadmc_deploy.targets import detect_cpu_isa
 
@@ -81,7 +82,11 @@ def _speed_mixed(ctx: BuildContext, model: str, ranges: ActivationRanges, form: 
     if ctx.plan.target.backend != "onnxruntime":
         return None  # TensorRT chooses per layer itself (FP16 or INT8) when it builds the engine
     source, qdq = float_onnx(ctx, model), ctx.path(qdq_name(model, form))
-    slow, timings = int8_slow_layers(source, qdq, batch=ctx.plan.input_shape[0])
+    try:
+        slow, timings = int8_slow_layers(source, qdq, batch=ctx.plan.input_shape[0])
+    except LatencyModelError as exc:  # the profiles cannot be read per layer: the all-INT8 and FP32 variants remain
+        ctx.ui.warn(f"{model}: no mixed INT8/FP32 graph ({exc.one_line()})")
+        return None
     weighted = {t.node for t in timings}
     keep_float = sorted(set(slow) - set(float_nodes))
     if not keep_float or weighted <= set(slow) | set(float_nodes):
