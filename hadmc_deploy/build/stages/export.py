@@ -7,6 +7,7 @@ from typing import Any
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import baseline_export, dataset, final_torch_model, loaded_model
 from hadmc_deploy.build.variants import pruned
+from hadmc_deploy.errors import VerificationError
 from hadmc_deploy.export import export_onnx, reverified
 from hadmc_deploy.fileio import write_bytes_atomic
 
@@ -22,9 +23,15 @@ def run(ctx: BuildContext) -> StageResult:
         jobs.append(("pruned", final_torch_model(ctx), ctx.path("model.onnx")))
     result: dict[str, Any] = {}
     for name, model, path in jobs:
+        res = None
         if name == "baseline":  # exported once per build (perhaps already, for the latency table)
-            res = reverified(baseline_export(ctx), model, path, verify, ui=ctx.ui)
-        else:
+            try:
+                res = reverified(baseline_export(ctx), model, path, verify, ui=ctx.ui)
+            except VerificationError as exc:
+                # traced on random inputs, a model that branches on its data may have recorded the
+                # branch real images do not take: exported again, traced on the real images
+                ctx.ui.warn(f"the early export of the original disagrees with it on real images ({exc.one_line()}): exporting it again on them")
+        if res is None:
             res = export_onnx(model, ctx.plan.input_shape, path, opset=ctx.plan.target.opset, dynamic_batch=True, verify_inputs=verify, ui=ctx.ui)
         result[name] = res.to_dict()
     if not pruned(ctx):
