@@ -3,11 +3,13 @@
 NumPy marks every array of 4 MB or more MADV_HUGEPAGE. Where the kernel's transparent huge pages
 are `enabled` only on advice (`madvise`) and its `defrag` setting allocates them when a fault asks
 (`always`, `madvise`, `defer+madvise`), that advice makes each first touch of such an array fault
-in 2 MB pages. On the machines here (a VM) each of those faults took about 25 ms: a 256 MB array
-took 3.2 s to fill with the advice and 0.15 s without, /proc/vmstat counting 127 huge-page faults
-and no compaction stall (so it is the faults themselves, not the compaction numpy/numpy#31590
-describes for the same settings); loading 1,408 Fashion-MNIST images resized to 3x224x224 for a
-ResNet-18 build took 11.6-16.9 s with the advice and 1.9 s without (`NUMPY_MADVISE_HUGEPAGE=1|0`).
+in 2 MB pages. On the machines here (a VM) those faults are slow when the pages are fresh: a 256 MB
+array took 2.3-3.2 s to fill with the advice and 0.12-0.16 s without (0.09 s with it once, right after
+another process had freed its huge pages), /proc/vmstat counting 127 huge-page faults and no
+compaction stall (so it is the faults themselves, not the compaction numpy/numpy#31590 describes for
+the same settings); loading 1,408 Fashion-MNIST images resized to 3x224x224 for a ResNet-18 build
+took 5.6-9.4 s with the advice and 2.1-2.2 s without (`tools/bench_hugepages.py`, 2026-12-02; a
+scratch run earlier that day: 11.6-16.9 s and 1.9 s).
 Where huge pages do pay, NumPy's own benchmarks gained 25-40% on large copies: the loss here is
 far larger, so the advice is off by default on such kernels and `NUMPY_MADVISE_HUGEPAGE=1` brings
 it back. NumPy reads that variable once, when it is first imported: this runs from the package's

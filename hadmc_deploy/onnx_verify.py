@@ -127,7 +127,13 @@ def raise_if_failed(v: Verification, simplifier: str) -> None:
 
 def verify_file(model: nn.Module, onnx_path: str | Path, verify_inputs: np.ndarray | None = None, *, rtol: float = 1e-3, atol: float = 1e-4, ui: UI | None = None) -> Verification:
     """Check an existing ONNX file against `model` (e.g. after an edit); raises VerificationError above tolerance."""
-    onnx_model = onnx.load(str(onnx_path))
+    return verify_graph(model, onnx.load(str(onnx_path)), verify_inputs, rtol=rtol, atol=atol, ui=ui)
+
+
+def verify_graph(model: nn.Module, onnx_model: onnx.ModelProto, verify_inputs: np.ndarray | None = None, *, rtol: float = 1e-3, atol: float = 1e-4,
+                 ui: UI | None = None, simplifier: str = "none") -> Verification:
+    """`verify_file` on a loaded graph (its batch axis fixed or not, as the graph says); `simplifier`
+    names what simplified it, for the hint of a failure."""
     dims = onnx_model.graph.input[0].type.tensor_type.shape.dim
     static = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
     shape = tuple(d.dim_value or 1 for d in dims)
@@ -138,5 +144,5 @@ def verify_file(model: nn.Module, onnx_path: str | Path, verify_inputs: np.ndarr
         result = verify(model, onnx_model, x, kind, static_batch=static, rtol=rtol, atol=atol, ui=ui or quiet_ui())
     finally:
         model.train(was_training)
-    raise_if_failed(result, "none")
+    raise_if_failed(result, simplifier)
     return result

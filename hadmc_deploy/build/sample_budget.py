@@ -5,8 +5,9 @@ one seeded shuffle), the INT8-vs-FP32 check (the images after them in that shuff
 recalibration (the first images of the build's seeded shuffle) and the pruned model's agreement
 check (the images after those). Each takes fewer images for an expensive model, so the build
 loads only as many as the largest of them reaches: a ResNet-18 at 224 loaded, resized and
-hashed 1,408 images at 3x224x224 (0.85 GB: 17-20 s of its build while NumPy's huge-page faults were
-slow, see hadmc_deploy/hugepages.py, and 2.7 s without them) for passes that read 666.
+hashed 1,408 images at 3x224x224 (0.85 GB: 17-20 s of a profiled build while NumPy's huge-page
+faults were slow, see hadmc_deploy/hugepages.py; the load alone 2.1-2.2 s without them,
+tools/bench_hugepages.py) for passes that read 666.
 One module because `build/inputs.py` sizes the load and the stages size their passes from the
 same numbers.
 """

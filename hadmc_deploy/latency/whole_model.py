@@ -197,11 +197,10 @@ def time_onnx_interleaved(
         artifacts = []
         if precision == "int8" and input_shape is None:
             raise ValueError("timing INT8 models needs input_shape (for their timing ranges)")
-        ranges = TimingRanges(input_shape) if input_shape is not None else None
+        ranges = TimingRanges(input_shape) if precision == "int8" and input_shape is not None else None
         for i, path in enumerate(ui.track(onnx_paths, "building models")):
             out = Path(tmp) / f"m{i}"
-            artifacts.append(ranges.build(backend, path, out) if precision == "int8" and ranges is not None
-                             else backend.build(BuildRequest(path, precision, out, backend.default_target())))
+            artifacts.append(ranges.build(backend, path, out) if ranges is not None else backend.build(BuildRequest(path, precision, out, backend.default_target())))
         if clock == "cpu":  # single-thread CPU time of the built model (see measure.cpu_time_stats)
             from hadmc_deploy.backends.onnxruntime import make_session, random_feeds
             from hadmc_deploy.latency.measure import cpu_time_stats
