@@ -22,13 +22,13 @@ import onnx
 
 from hadmc_deploy.calibration.observers import DEFAULT_PERCENTILE, HistogramObserver, make_observer
 from hadmc_deploy.calibration.ranges import ActivationRanges, TensorRange
+from hadmc_deploy.calibration.samples import MIN_CALIBRATION_SAMPLES, check_calib_samples
 from hadmc_deploy.calibration.select import CANDIDATE_METHODS, HeldOutError
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import DataError
 from hadmc_deploy.fileio import sha256_file
 from hadmc_deploy.ui import UI, quiet_ui
 
-MIN_CALIBRATION_SAMPLES = 16  # fewer images give thresholds that are mostly noise
 #: "auto" chooses per tensor among the other three (see collect_ranges); the default by
 #: measurement in docs/int8.md.
 METHODS = ("entropy", "minmax", "percentile", "auto")
@@ -38,8 +38,7 @@ _BATCH_BYTES = 256 << 20  # activations of one calibration batch, all tensors to
 
 def calibration_subset(data: ArrayDataset, num_samples: int) -> ArrayDataset:
     """The samples calibration uses: a fixed, seeded subset of `num_samples` (all when fewer)."""
-    if num_samples < MIN_CALIBRATION_SAMPLES:
-        raise DataError(f"--calib-samples {num_samples} is too few", hint=f"calibration needs at least {MIN_CALIBRATION_SAMPLES} samples; 512 is the default")
+    check_calib_samples(num_samples)
     if len(data) < MIN_CALIBRATION_SAMPLES:
         raise DataError(
             f"calibration data {data.source} has only {len(data)} samples",

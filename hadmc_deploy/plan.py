@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hadmc_deploy import __version__
+from hadmc_deploy.calibration.samples import check_calib_samples
 from hadmc_deploy.config import OPTIONS
 from hadmc_deploy.data import check_source_exists
 from hadmc_deploy.detection.dataset import check_detection_source, is_detection_source
@@ -162,6 +163,8 @@ def make_plan(
     for name in ("epochs", "calib_samples", "runs"):
         if options[name] is not None and options[name] <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive")
+    if options["calib_samples"] is not None:
+        check_calib_samples(options["calib_samples"])  # before any stage: calibration would refuse it minutes later
     if any(b < 1 for b in options["batch"] or ()):
         raise UsageError("--batch sizes must be >= 1")
     out = Path(options["out"]) if options["out"] else default_out_dir(model, arch, target.name)

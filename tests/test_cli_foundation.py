@@ -108,6 +108,15 @@ def test_unknown_target_is_one_line(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_too_few_calibration_samples_are_refused_before_any_stage(tmp_path):
+    """Calibration refuses fewer than 16 samples; the build says so before it measures or exports anything."""
+    res = cli("build", "--arch", ARCH, "--input-shape", "1,1,28,28", "--target", "cpu", "--calib", "builtin:digits:train",
+              "--calib-samples", "4", "--out", str(tmp_path / "b"))
+    assert res.returncode != 0
+    assert "--calib-samples 4 is too few" in _one_error_line(res)
+    assert not (tmp_path / "b").exists()
+
+
 def test_demo_trains_on_real_data_and_caches(tmp_path):
     """The demo at a tiny size on scikit-learn's digits: trains, reports accuracy, reuses its cache."""
     pytest.importorskip("sklearn")
