@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import copy
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,12 @@ class RecoveryOptions:
     bn_recalib_batches: int = 32
     #: cap on optimizer steps per epoch (equal-budget benchmarks); None: whole epoch.
     max_steps_per_epoch: int | None = None
+    #: a time budget in seconds: once the first steps are timed, the run is cut to the steps that fit
+    #: (whole epochs where one fits; see `StepBudget`). None: every planned step, however long.
+    max_seconds: float | None = None
+    #: with `max_seconds`: when fewer steps than this fit, training stops where it is (the starting
+    #: point still counts, so nothing worse is returned) instead of running a few steps for nothing.
+    min_steps: int = 1
     seed: int = 0
     checkpoint_path: str | None = None
     #: "auto" (CUDA if present), "cpu" or "cuda".
@@ -82,6 +90,8 @@ class RecoveryOptions:
             raise UsageError(f"--lr {self.lr} must be a positive number")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size} must be >= 1")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise UsageError(f"a recovery time budget of {self.max_seconds} s must be positive")
         if not 0.0 <= self.alpha <= 1.0:
             raise UsageError(f"--kd-alpha {self.alpha} must lie in [0, 1]")
         if self.temperature <= 0:
@@ -104,9 +114,66 @@ class RecoveryResult:
     world_size: int = 1
     rank: int = 0
     checkpoint_path: str | None = None
+    #: optimizer steps taken (all epochs)
+    steps: int = 0
+    #: with a time budget: what was measured and what it cut (StepBudget.to_dict), else None
+    budget: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "model"}
+
+
+class StepBudget:
+    """Fits a training run into a time budget by measuring it, not by predicting it.
+
+    Why measured: a step's cost in multiply-adds says little about its time in PyTorch on a CPU;
+    depthwise and squeeze-excite networks ran about 5x slower per multiply-add than ResNets here
+    (EfficientNet-B0 at 64x64: 104 distillation steps sized by multiply-adds took 106 s, not ~20 s).
+    The first step warms the allocator and is not timed; the next two are, and the plan is cut
+    once, then: to whole epochs where at least one fits, else to the steps of one epoch that fit."""
+
+    WARM_STEPS = 1
+    TIMED_STEPS = 2
+
+    def __init__(self, seconds: float, min_steps: int, epochs: int, steps_per_epoch: int, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.seconds, self.min_steps = seconds, min_steps
+        self.planned = (epochs, steps_per_epoch)
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.start = self.clock()
+        self.warm_at: float | None = None
+        self.step_seconds: float | None = None
+        self.stop = False  # fewer than min_steps fit: stop after the step just taken
+
+    def after_step(self, done: int) -> bool:
+        """Record that `done` steps are finished; True when this call cut the plan (epochs/steps changed or stop)."""
+        if self.step_seconds is not None:
+            return False
+        now = self.clock()
+        if done == self.WARM_STEPS:
+            self.warm_at = now
+            return False
+        if self.warm_at is None or done < self.WARM_STEPS + self.TIMED_STEPS:
+            return False
+        self.step_seconds = max((now - self.warm_at) / (done - self.WARM_STEPS), 1e-9)
+        fit = done + int(max(self.seconds - (now - self.start), 0.0) / self.step_seconds)
+        if fit >= self.epochs * self.steps_per_epoch:
+            return False
+        if fit < self.min_steps:
+            self.stop = True
+        elif fit >= self.steps_per_epoch:
+            self.epochs = fit // self.steps_per_epoch
+        else:
+            self.epochs, self.steps_per_epoch = 1, fit
+        return True
+
+    @property
+    def total(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "step_seconds": self.step_seconds, "planned_steps": self.planned[0] * self.planned[1],
+                "steps": None if self.stop else self.total, "stopped": self.stop, "min_steps": self.min_steps}
 
 
 # -- losses ---------------------------------------------------------------------------------------
@@ -346,14 +413,21 @@ def _fine_tune(student, teacher, train, val, opts, ui, info, device, result) -> 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(opts.epochs * steps, 1))
     best_state = copy.deepcopy(student.state_dict())
     best_acc = result.accuracy_after_bn
+    # distributed runs keep every rank's plan alike: no clock-driven cuts there
+    budget = StepBudget(opts.max_seconds, opts.min_steps, opts.epochs, steps) if opts.max_seconds and not info.distributed else None
+    epochs = opts.epochs
     try:
         with ui.progress("recover", opts.epochs * steps) as task:
             for epoch in range(opts.epochs):
+                if epoch >= epochs:
+                    break
                 order = epoch_order(len(train), epoch, opts.seed, info)
                 seen = correct = 0
                 total_loss = 0.0
                 model.train()
                 for step in range(steps):
+                    if step >= steps_this_run(budget, steps):
+                        break
                     idx = torch.tensor(order[step * opts.batch_size : (step + 1) * opts.batch_size])
                     if idx.numel() == 0:
                         break
@@ -380,8 +454,16 @@ def _fine_tune(student, teacher, train, val, opts, ui, info, device, result) -> 
                     seen += len(idx)
                     correct += int((logits.argmax(1) == yb).sum())
                     total_loss += float(loss.detach()) * len(idx)
+                    result.steps += 1
                     task.advance()
-                    task.update(info=f"epoch {epoch + 1}/{opts.epochs} loss {total_loss / seen:.3f} acc {100 * correct / seen:.1f}%")
+                    if budget is not None and budget.after_step(result.steps):
+                        epochs = 1 if budget.stop else budget.epochs
+                        sched.T_max = max(budget.total, 1)
+                        task.update(total=result.steps if budget.stop else budget.total)
+                        result.budget = budget.to_dict()
+                    task.update(info=f"epoch {epoch + 1}/{epochs} loss {total_loss / seen:.3f} acc {100 * correct / seen:.1f}%")
+                    if budget is not None and budget.stop:
+                        break
                 if result.diverged:
                     break
                 if info.distributed:
@@ -410,6 +492,11 @@ def _fine_tune(student, teacher, train, val, opts, ui, info, device, result) -> 
     if opts.checkpoint_path and info.is_main and result.best_epoch > 0:
         result.checkpoint_path = opts.checkpoint_path
     return result
+
+
+def steps_this_run(budget: StepBudget | None, steps: int) -> int:
+    """Steps per epoch after any cut by the time budget."""
+    return steps if budget is None else min(steps, budget.steps_per_epoch)
 
 
 def _save_checkpoint(path: Path, student: nn.Module, epoch: int, val_acc: float | None) -> None:

@@ -162,3 +162,66 @@ def test_bad_options_and_layers(data, teacher) -> None:
         recover(TinyNet(8), teacher, train, val, RecoveryOptions(lr=-1))
     with pytest.raises(UsageError, match="nope"):
         recover(TinyNet(8), teacher, train.subset(64), val, RecoveryOptions(feature_layers=("nope",)))
+
+
+class FakeClock:
+    """A clock the test moves: each step of a StepBudget takes exactly `step` seconds."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_budget(budget, clock: FakeClock, step_seconds: float, warm_seconds: float) -> int:
+    """Steps a loop takes under `budget` (the first step `warm_seconds`, the rest `step_seconds`)."""
+    done = 0
+    while done < budget.total and not budget.stop:
+        clock.now += warm_seconds if done == 0 else step_seconds
+        done += 1
+        budget.after_step(done)
+    return done
+
+
+def test_step_budget_cuts_to_whole_epochs_from_measured_steps_not_the_warm_one() -> None:
+    from hadmc_deploy.recover import StepBudget
+
+    clock = FakeClock()
+    budget = StepBudget(20.0, 10, epochs=13, steps_per_epoch=8, clock=clock)
+    # a slow first step (allocator warm-up) is not a step's time: 1 s steps after a 5 s first one.
+    # After 3 steps (7 s) 13 more fit: 16 steps, two whole epochs of 8 (timing the first step too
+    # would have measured 2.3 s and cut to one epoch)
+    assert run_budget(budget, clock, step_seconds=1.0, warm_seconds=5.0) == 16
+    assert (budget.epochs, budget.steps_per_epoch, budget.step_seconds, budget.stop) == (2, 8, 1.0, False)
+
+
+def test_step_budget_leaves_a_plan_that_fits_and_stops_one_that_cannot_reach_min_steps() -> None:
+    from hadmc_deploy.recover import StepBudget
+
+    clock = FakeClock()
+    fits = StepBudget(20.0, 10, epochs=4, steps_per_epoch=5, clock=clock)
+    assert run_budget(fits, clock, step_seconds=0.5, warm_seconds=0.5) == 20
+    assert (fits.epochs, fits.steps_per_epoch, fits.stop) == (4, 5, False)
+    clock = FakeClock()
+    hopeless = StepBudget(20.0, 10, epochs=4, steps_per_epoch=5, clock=clock)
+    assert run_budget(hopeless, clock, step_seconds=4.0, warm_seconds=4.0) == 3  # 3 steps, then 2 more fit: 5 < 10
+    assert hopeless.stop and hopeless.to_dict()["stopped"]
+    clock = FakeClock()
+    within_one_epoch = StepBudget(20.0, 4, epochs=3, steps_per_epoch=50, clock=clock)
+    run_budget(within_one_epoch, clock, step_seconds=1.0, warm_seconds=1.0)
+    assert (within_one_epoch.epochs, within_one_epoch.steps_per_epoch) == (1, 20)
+
+
+def test_recover_with_a_budget_too_small_stops_early_and_keeps_the_starting_point(data, teacher) -> None:
+    """A real training run under a budget no step fits: three steps (one warm, two timed), then the
+    starting point wins unless those steps helped; the result records what was measured."""
+    train, val = data
+    student = TinyNet(width=8)
+    result = recover(student, teacher, train.subset(640), val, RecoveryOptions(epochs=3, lr=0.05, batch_size=64, seed=0, max_seconds=1e-6, min_steps=10))
+    assert result.steps == 3
+    assert result.budget is not None and result.budget["stopped"] and result.budget["step_seconds"] > 0
+    assert len(result.history) == 1  # the partial epoch was validated, no more
+    assert result.accuracy_after >= result.accuracy_after_bn
+    unbounded = recover(TinyNet(width=8), teacher, train.subset(640), val, RecoveryOptions(epochs=1, lr=0.05, batch_size=64, seed=0, max_seconds=3600.0))
+    assert unbounded.steps == 10 and unbounded.budget is None

@@ -38,8 +38,12 @@ HELD_OUT = 2000
 #: steps (x --epochs): a VGG-style CNN on digits, pruned to 1.4x, went from 39.7% to 97.8% test
 #: accuracy (original 98.6%) in 80 steps of 64 images, and held there to 160 ...
 CALIB_DISTILL_STEPS = 100
-#: ... and at most this many multiply-adds of training (x --epochs): about 20 s on 2 cores ...
+#: ... and at most this many multiply-adds of training (x --epochs): about 20 s on 2 cores for a
+#: ResNet-style CNN; a first check that needs no training, before any step is taken ...
 CALIB_DISTILL_MACS = 1e12
+#: ... and at most this many seconds (x --epochs), measured on the first steps and cut to fit
+#: (recover.StepBudget): the multiply-add count misjudges depthwise and squeeze-excite networks ...
+CALIB_DISTILL_SECONDS = 20.0
 #: ... and not at all when fewer steps than this fit (a ResNet-18 at 224 fits 1: 74 s of a build,
 #: mostly the passes around that step, for nothing); the log names the --epochs that fit them.
 MIN_DISTILL_STEPS = 10
@@ -163,7 +167,7 @@ def judge_and_distil(ctx: BuildContext, teacher: Any, student: Any, outcome: Rec
         ctx.ui.log(f"the pruned model disagrees with the original ({fidelity.agreement.reason}); {fidelity.not_distilled}")
         return student, outcome, fidelity
     ctx.ui.log(f"BatchNorm recalibration left the pruned model disagreeing with the original ({fidelity.agreement.reason}): "
-               f"distilling it from the original on the calibration images ({steps} steps)")
+               f"distilling it from the original on the calibration images (up to {steps} steps and {CALIB_DISTILL_SECONDS * r.epochs:.0f} s)")
     outcome = distil_on_images(ctx, student, teacher, bn_data, select_x, steps)
     student = outcome.model.eval()
     fidelity.after_bn, fidelity.agreement = fidelity.agreement, pruned_agreement(teacher, student, check_x, source)
@@ -209,11 +213,22 @@ def distil_on_images(ctx: BuildContext, student: Any, teacher: Any, images: Arra
     per_epoch = max(1, math.ceil(len(images) / r.batch_size))
     train = ArrayDataset(images.x, _top1(teacher, images.x), f"{images.source} (labels: the original's top-1)", images.preprocess)
     select = ArrayDataset(select_x, _top1(teacher, select_x), "held-out calibration images (labels: the original's top-1)", images.preprocess)
-    opts = replace(recovery_options(r, seed, len(train)), alpha=1.0, epochs=math.ceil(steps / per_epoch), max_steps_per_epoch=min(steps, per_epoch))
+    opts = replace(recovery_options(r, seed, len(train)), alpha=1.0, epochs=math.ceil(steps / per_epoch), max_steps_per_epoch=min(steps, per_epoch),
+                   max_seconds=CALIB_DISTILL_SECONDS * r.epochs, min_steps=MIN_DISTILL_STEPS)
     outcome = recover(student, teacher, train, select, opts, ctx.ui)
     # `recover` names its training set "the training data"; here that is the calibration images
     outcome.messages = [m.replace("the training data", "the calibration images") for m in outcome.messages]
-    outcome.messages.append(f"no --train data: distilled from the original on {len(train)} calibration images for {steps} steps "
+    budget = outcome.budget
+    if budget and budget["stopped"]:
+        needed = math.ceil(MIN_DISTILL_STEPS * budget["step_seconds"] / CALIB_DISTILL_SECONDS)
+        outcome.messages.append(f"distillation on the calibration images stopped after {outcome.steps} steps: a step took {budget['step_seconds']:.1f} s, "
+                                f"so {MIN_DISTILL_STEPS} steps do not fit in {budget['seconds']:.0f} s (--epochs {needed} would allow them)")
+        ctx.ui.log(outcome.messages[-1])
+    elif budget:
+        outcome.messages.append(f"distillation cut from {budget['planned_steps']} to {budget['steps']} steps: a step took {budget['step_seconds']:.2f} s "
+                                f"and the budget is {budget['seconds']:.0f} s (x --epochs)")
+        ctx.ui.log(outcome.messages[-1])
+    outcome.messages.append(f"no --train data: distilled from the original on {len(train)} calibration images for {outcome.steps} steps "
                             "(their labels unused: the original's outputs are the targets)")
     return outcome
 
