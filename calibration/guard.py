@@ -20,6 +20,7 @@ float, or fail) - nothing here ships a graph that broke the guard as if it held.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,7 @@ class _Graph:
     accuracy: float | None
     check: QdqCheck
     holds: bool
+    path: Path  # the QDQ file measured (copied to the output when chosen: writing it again took 1-2 s)
 
 
 class _Measure:
@@ -99,7 +101,8 @@ class _Measure:
         return write_qdq(self.float_onnx, ranges, path or self.tmp / f"candidate{self.count}.onnx", float_nodes=float_nodes, **self.qdq_kwargs)
 
     def __call__(self, ranges: ActivationRanges, float_nodes: list[str]) -> _Graph:
-        session = ort_session(self.write(ranges, float_nodes))
+        path = self.write(ranges, float_nodes)
+        session = ort_session(path)
         check = judge(
             compare_outputs(self.ref_heldout, run_all_outputs(session, self.heldout_x), self.names),
             min_top1_agreement=self.settings.min_top1_agreement,
@@ -112,7 +115,7 @@ class _Measure:
             holds = self.float_accuracy - accuracy <= self.settings.max_accuracy_drop
         else:
             holds = check.passed
-        return _Graph(ranges, list(float_nodes), accuracy, check, holds)
+        return _Graph(ranges, list(float_nodes), accuracy, check, holds, path)
 
 
 #: samples the sensitivity ranking runs each one-node-quantized graph on. It only orders the nodes
@@ -169,14 +172,13 @@ def guard_int8(
         outcome.check = best.check
         outcome.reason = _reason(outcome, best, settings, len(heldout_x))
         with atomic_path(out_path) as tmp_out:
-            measure.write(best.ranges, best.float_nodes, Path(tmp_out))
+            shutil.copyfile(best.path, tmp_out)
     return outcome, best.ranges
 
 
 def _float_back(measure: _Measure, best: _Graph, outcome: GuardOutcome, settings: GuardSettings, ui: UI) -> _Graph:
     """Step 2: the most sensitive quantized nodes back to float, one at a time, re-measured after each."""
-    int8_graph = measure.write(best.ranges, best.float_nodes)
-    candidates = [n for n in quantized_nodes(measure.float_onnx, int8_graph) if n not in best.float_nodes]
+    candidates = [n for n in quantized_nodes(measure.float_onnx, best.path) if n not in best.float_nodes]
     x = (measure.eval_data.x if measure.eval_data is not None else measure.heldout_x)[:SENSITIVITY_SAMPLES]
     ranked = node_sensitivities(measure.float_onnx, best.ranges, x, candidates, qdq_kwargs=measure.qdq_kwargs, keep_float=best.float_nodes, ui=ui)
     current = best

@@ -29,6 +29,9 @@ DEFAULT_PERCENTILE = 99.99
 #: An entropy threshold cuts a tail; one that clips more than this share of a tensor's
 #: values is the degenerate KL case (see guarded_entropy_threshold).
 MAX_ENTROPY_CLIPPED = 0.05
+#: |x| values binned per step: their scaled copy and indices stay in a core's cache instead of
+#: allocating (and faulting in) 8 bytes of indices per value of the whole batch.
+CHUNK = 1 << 18
 
 
 class Observer(Protocol):
@@ -45,11 +48,14 @@ class _Stats:
         self.max = float("-inf")
         self.count = 0
 
-    def update(self, batch: np.ndarray) -> None:
-        if batch.size:
-            self.min = min(self.min, float(batch.min()))
-            self.max = max(self.max, float(batch.max()))
-            self.count += int(batch.size)
+    def update(self, batch: np.ndarray) -> float:
+        """Fold `batch` in; returns its own largest |x| (0 when empty), which the histogram needs too."""
+        if not batch.size:
+            return 0.0
+        low, high = float(batch.min()), float(batch.max())
+        self.min, self.max = min(self.min, low), max(self.max, high)
+        self.count += int(batch.size)
+        return max(abs(low), abs(high))
 
     @property
     def absmax(self) -> float:
@@ -75,14 +81,15 @@ class AbsHistogram:
         self.counts = np.zeros(num_bins, dtype=np.float64)
         self.range = 0.0
 
-    def add(self, batch: np.ndarray) -> None:
-        absx = np.abs(batch.ravel())
-        if absx.size == 0:
+    def add(self, batch: np.ndarray, top: float | None = None) -> None:
+        """Count |batch|; `top` is its largest |x| when the caller knows it already (saves a pass)."""
+        flat = batch.ravel()
+        if flat.size == 0:
             return
-        top = float(absx.max())
+        top = max(abs(float(flat.min())), abs(float(flat.max()))) if top is None else top
         if self.range == 0.0:
             if top == 0.0:
-                self.counts[0] += absx.size
+                self.counts[0] += flat.size
                 return
             self.range = top
         while top > self.range:
@@ -93,10 +100,24 @@ class AbsHistogram:
         # and corrects every value against its bin edges (about 10 passes), and was 45% of a
         # ResNet-18's calibration at 224 (5.6 of 12.5 s). A value within float32 rounding of an
         # edge may land in the neighbouring bin: 1/2048 of the range, below what a threshold resolves.
-        # (intp indices: bincount converts anything narrower first, which tripled its time)
-        index = (absx * np.float32(self.num_bins / self.range)).astype(np.intp)
-        np.minimum(index, self.num_bins - 1, out=index)
-        self.counts += np.bincount(index, minlength=self.num_bins)
+        # intp indices (bincount converts anything narrower first, which tripled its time), made a
+        # chunk at a time in buffers that stay in cache, and |x| at the range's very top (index
+        # num_bins) folded into the last bin after counting instead of clamping every index: 2.1-2.4x
+        # faster than whole-batch temporaries, same counts (scratch /tmp/exp15_hist.py).
+        scale = np.float32(self.num_bins / self.range)
+        size = min(flat.size, CHUNK)
+        scaled = np.empty(size, dtype=np.float64 if flat.dtype == np.float64 else np.float32)
+        index = np.empty(size, dtype=np.intp)
+        counts = np.zeros(self.num_bins + 1, dtype=np.int64)
+        for at in range(0, flat.size, CHUNK):
+            part = flat[at : at + CHUNK]
+            buf, idx = scaled[: part.size], index[: part.size]
+            np.abs(part, out=buf, casting="unsafe")
+            np.multiply(buf, scale, out=buf)
+            idx[...] = buf
+            counts += np.bincount(idx, minlength=self.num_bins + 1)
+        counts[self.num_bins - 1] += counts[self.num_bins :].sum()
+        self.counts += counts[: self.num_bins]
 
     @property
     def edges(self) -> np.ndarray:
@@ -111,8 +132,7 @@ class HistogramObserver:
         self.hist = AbsHistogram()
 
     def observe(self, batch: np.ndarray) -> None:
-        self.stats.update(batch)
-        self.hist.add(batch)
+        self.hist.add(batch, top=self.stats.update(batch))
 
     def amax_by_method(self, percentile: float = DEFAULT_PERCENTILE) -> dict[str, float]:
         """The threshold each method would choose, from the same histogram (what "auto" picks among)."""

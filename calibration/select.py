@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from hadmc_deploy.calibration.observers import CHUNK
 from hadmc_deploy.calibration.ranges import TensorRange
 
 CANDIDATE_METHODS = ("entropy", "percentile", "minmax")  # in this order: ties go to the earlier one
@@ -62,10 +63,14 @@ class HeldOutError:
         self.errors = {name: dict.fromkeys(by_method, 0.0) for name, by_method in candidates.items()}
 
     def observe(self, name: str, x: np.ndarray) -> None:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        work = np.empty_like(x)
-        for method, rng in self.candidates[name].items():
-            self.errors[name][method] += quantization_sq_error(x, rng, self.symmetric, work)
+        """A chunk at a time, every candidate on it while it is in cache (observers.CHUNK)."""
+        flat = np.ascontiguousarray(x, dtype=np.float32).ravel()
+        work = np.empty(min(flat.size, CHUNK), dtype=np.float32)
+        errors = self.errors[name]
+        for at in range(0, flat.size, CHUNK):
+            part = flat[at : at + CHUNK]
+            for method, rng in self.candidates[name].items():
+                errors[method] += quantization_sq_error(part, rng, self.symmetric, work[: part.size])
 
     def best(self) -> dict[str, TensorRange]:
         """The lowest-error candidate per tensor, its method recorded in the range."""
