@@ -95,8 +95,8 @@ def write_qdq(
         source = Path(tmp) / "float.onnx"
         onnx.save(model, str(source))
         quantized = Path(tmp) / "qdq.onnx"
-        quiet = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)  # ORT logs "consider pre-processing" per call
+        root = logging.getLogger()
+        root.addFilter(_below_error)  # ORT logs "consider pre-processing" per call, on the root logger
         try:
             quantize_static(
                 str(source),
@@ -114,7 +114,7 @@ def write_qdq(
                 extra_options=extra,
             )
         finally:
-            logging.getLogger().setLevel(quiet)
+            root.removeFilter(_below_error)
         qmodel = onnx.load(str(quantized))
     if placement == "tensorrt":
         add_residual_qdq(qmodel, ranges, skip_nodes=set(float_nodes))
@@ -124,6 +124,13 @@ def write_qdq(
     with atomic_path(out_path) as tmp_out:
         onnx.save(qmodel, str(tmp_out))
     return Path(out_path)
+
+
+def _below_error(record: logging.LogRecord) -> bool:
+    """A root-logger filter rather than root.setLevel: setLevel takes logging's module lock and clears
+    every logger's level cache, process-wide state other threads may be using mid-call; the filter
+    touches only the records ORT's quantizer logs on the root logger."""
+    return record.levelno >= logging.ERROR
 
 
 def cpu_reduce_range(isa: str) -> bool:
