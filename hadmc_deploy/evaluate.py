@@ -154,11 +154,14 @@ def benchmark_artifact(backend: Any, artifact: Any, batches: tuple[int, ...], *,
         n_warmup, n_runs = warmup, runs
         cap = max_seconds if max_seconds is None or primary is None or batch == primary else min(max_seconds, SECONDARY_TIMED_SECONDS)
         if cap is not None:
-            probe = backend.benchmark(artifact, batch=batch, warmup=1, runs=1)
+            # one cold run sizes the rest: it is never faster than a warm one, so it can only ask
+            # for fewer runs, and a slow model gets MIN_TIMED_RUNS either way (a warm-up plus a
+            # probe run was 2 x 1 s of a ResNet-18 build's evaluate stage at batch 32, for nothing)
+            probe = backend.benchmark(artifact, batch=batch, warmup=0, runs=1)
             per_run_s = max(probe.p50_ms, 1e-3) / 1000.0
             n_runs = min(runs, max(MIN_TIMED_RUNS, int(cap / per_run_s)))
-            # the probe's two runs warmed this session (the backend keeps it): a run over a
-            # quarter of the time cap needs no more
+            # the probe run warmed this session (the backend keeps it): a run over a quarter of
+            # the time cap needs no more
             n_warmup = min(warmup, int(0.25 * cap / per_run_s))
         stats = backend.benchmark(artifact, batch=batch, warmup=n_warmup, runs=n_runs)
         out.per_batch[batch] = stats.to_dict()
