@@ -6,8 +6,11 @@ Why: issue 13 asks a whole `build` of a random-weight ResNet-18 at 224x224 with 
 (`--speedup 2 --measure-lut`, 128 calibration images) to take about 45 s. Build times here move
 20-30% with the machine, so a change is judged side by side: with `--compare`, the other checkout
 (for example `git worktree add /tmp/old <commit>`) builds in turn with this one, alternately, each
-with an empty cache. Every build runs in a fresh process from its checkout's directory (its own
-`hadmc_deploy` package first on the path) with this repository's interpreter; the stage times are
+with an empty cache. Every build runs in a fresh process with this repository's interpreter and
+imports `hadmc_deploy` and its `backends`/`calibration` subpackages from its own checkout (an
+import hook placed before the editable install's, which maps all three to this repository: the
+checkout's directory first on the path redirected only `hadmc_deploy` itself, so A/B runs before
+2026-12-02 ran both sides on this repository's calibration/ and backends/). The stage times are
 the builds' report.json.
 """
 
@@ -36,11 +39,44 @@ def random_resnet18(path: Path) -> Path:
     return path
 
 
+#: run in the child before anything is imported: the three packages, and every module under them,
+#: come from the checkout named by argv[1] (then `python -m hadmc_deploy` with the rest of argv)
+CHECKOUT_IMPORTS = """
+import runpy, sys
+from importlib.machinery import PathFinder
+from importlib.util import spec_from_file_location
+root = sys.argv.pop(1)
+packages = {"hadmc_deploy": root + "/hadmc_deploy", "hadmc_deploy.backends": root + "/backends",
+            "hadmc_deploy.calibration": root + "/calibration"}
+class CheckoutFinder:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name in packages:
+            return spec_from_file_location(name, packages[name] + "/__init__.py", submodule_search_locations=[packages[name]])
+        if name.startswith("hadmc_deploy.") and path is not None:
+            return PathFinder.find_spec(name, path)
+        return None
+sys.meta_path.insert(0, CheckoutFinder)
+runpy.run_module("hadmc_deploy", run_name="__main__", alter_sys=True)
+"""
+
+
+def checkout_files(checkout: Path) -> list[str]:
+    """Where the child imported its three packages from (checked after each build)."""
+    code = CHECKOUT_IMPORTS.replace('runpy.run_module("hadmc_deploy", run_name="__main__", alter_sys=True)',
+                                    "import hadmc_deploy.backends, hadmc_deploy.calibration.observers as o; print(hadmc_deploy.__file__, hadmc_deploy.backends.__file__, o.__file__)")
+    out = subprocess.run([sys.executable, "-c", code, str(checkout)], capture_output=True, text=True, check=True).stdout.split()
+    return out
+
+
 def one_build(checkout: Path, model: Path, work: Path, label: str) -> dict:
     out, cache = work / f"{label}-out", work / f"{label}-cache"
     env = {**os.environ, "HADMC_CACHE": str(cache)}
+    imported = checkout_files(checkout)
+    if not all(path.startswith(str(checkout) + "/") for path in imported):
+        raise SystemExit(f"bench_build_time: {checkout} would import {imported}, not its own packages")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "hadmc_deploy", "build", str(model), *BUILD_ARGS, "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-c", CHECKOUT_IMPORTS, str(checkout), "build", str(model), *BUILD_ARGS, "--out", str(out)],
                           cwd=checkout, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     report = out / "report.json"
