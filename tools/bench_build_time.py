@@ -9,9 +9,9 @@ Why: issue 13 asks a whole `build` of a random-weight ResNet-18 at 224x224 with 
 with an empty cache. Every build runs in a fresh process with this repository's interpreter and
 imports `hadmc_deploy` and its `backends`/`calibration` subpackages from its own checkout (an
 import hook placed before the editable install's, which maps all three to this repository: the
-checkout's directory first on the path redirected only `hadmc_deploy` itself, so A/B runs before
-2026-12-02 ran both sides on this repository's calibration/ and backends/). The stage times are
-the builds' report.json.
+checkout's directory first on the path redirected only `hadmc_deploy` itself; the first A/B in
+docs/latency_model.md is unaffected, its two sides had the same calibration/ and backends/). The
+stage times are the builds' report.json.
 """
 
 from __future__ import annotations
