@@ -33,8 +33,28 @@ def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return 100.0 * correct_count(logits, labels) / max(len(labels), 1)
 
 
+def output_tensors(out: Any) -> list[Any]:
+    """Every tensor a PyTorch model returned (a tensor, or tuples/lists/dicts of them), in order."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    return [t for item in out for t in output_tensors(item)] if isinstance(out, (list, tuple)) else []
+
+
+def first_output(out: Any) -> Any:
+    """A classifier's scores: the model's first output tensor, as its ONNX export's first output is
+    what every ONNX-side accuracy reads (a model may return more, e.g. logits and an embedding)."""
+    tensors = output_tensors(out)
+    if not tensors:
+        raise TypeError(f"the model returned {type(out).__name__}, not a tensor or a tuple/list/dict of tensors")
+    return tensors[0]
+
+
 def torch_accuracy(model: Any, data: ArrayDataset, batch_size: int = EVAL_BATCH, device: Any = "cpu") -> float:
-    """Top-1 accuracy (percent) of a PyTorch model in eval mode; its train/eval mode is restored."""
+    """Top-1 accuracy (percent) of a PyTorch model's first output in eval mode; its train/eval mode is restored."""
     import torch
 
     was_training = model.training
@@ -43,7 +63,7 @@ def torch_accuracy(model: Any, data: ArrayDataset, batch_size: int = EVAL_BATCH,
     try:
         with torch.no_grad():
             for xb, yb in data.batches(batch_size):
-                logits = model(torch.from_numpy(xb).to(device)).float().cpu().numpy()
+                logits = first_output(model(torch.from_numpy(xb).to(device))).float().cpu().numpy()
                 correct += correct_count(logits, yb)
     finally:
         model.train(was_training)

@@ -49,7 +49,7 @@ from torch import nn
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.distributed import epoch_order, init_distributed, sync_buffers
 from hadmc_deploy.errors import TrainingDivergedError, UsageError
-from hadmc_deploy.evaluate import torch_accuracy
+from hadmc_deploy.evaluate import first_output, output_tensors, torch_accuracy
 from hadmc_deploy.fileio import atomic_path
 from hadmc_deploy.ui import UI, quiet_ui
 
@@ -368,7 +368,7 @@ def _check_finite(model: nn.Module, data: ArrayDataset | None, device: torch.dev
     was = model.training
     model.eval()
     with torch.no_grad():
-        ok = bool(torch.isfinite(model(xb)).all())
+        ok = all(bool(torch.isfinite(t).all()) for t in output_tensors(model(xb)))
     model.train(was)
     return ok
 
@@ -432,11 +432,12 @@ def _fine_tune(student, teacher, train, val, opts, ui, info, device, result) -> 
                     if idx.numel() == 0:
                         break
                     xb, yb = x_all[idx].to(device), y_all[idx].to(device)
-                    logits, feats = model(xb)
+                    outputs, feats = model(xb)
+                    logits = first_output(outputs)  # a model with more outputs trains on its first (evaluate.first_output)
                     loss = F.cross_entropy(logits, yb)
                     if teacher is not None:
                         with torch.no_grad():
-                            t_logits = teacher(xb)
+                            t_logits = first_output(teacher(xb))
                         loss = (1 - opts.alpha) * loss + opts.alpha * kd_loss(logits, t_logits, opts.temperature)
                         for n, f in zip(layers, feats, strict=True):
                             loss = loss + opts.feature_weight / max(len(layers), 1) * feature_loss(f, teacher_feats[n])

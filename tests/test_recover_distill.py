@@ -225,3 +225,33 @@ def test_recover_with_a_budget_too_small_stops_early_and_keeps_the_starting_poin
     assert result.accuracy_after >= result.accuracy_after_bn
     unbounded = recover(TinyNet(width=8), teacher, train.subset(640), val, RecoveryOptions(epochs=1, lr=0.05, batch_size=64, seed=0, max_seconds=3600.0))
     assert unbounded.steps == 10 and unbounded.budget is None
+
+
+class TwoOutputs(torch.nn.Module):
+    """A classifier that also returns an embedding: (logits, features), as models for retrieval do."""
+
+    def __init__(self, net: TinyNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.net
+        feats = torch.flatten(n.pool(n.block2(n.block1(n.stem(x)))), 1)
+        return n.fc(feats), feats
+
+
+def test_a_model_with_two_outputs_is_scored_and_distilled_on_its_first(data, teacher) -> None:
+    """It crashed in the finiteness check (torch.isfinite of a tuple) before any training; the
+    classifier's scores are the first output, as every ONNX-side accuracy reads them."""
+    train, val = data
+    wrapped_teacher = TwoOutputs(teacher)
+    assert accuracy(wrapped_teacher, val) == pytest.approx(accuracy(teacher, val))
+    opts = RecoveryOptions(epochs=2, lr=0.05, batch_size=64, seed=0)
+    torch.manual_seed(0)
+    two = recover(TwoOutputs(TinyNet(width=8)), wrapped_teacher, train.subset(640), val, opts)
+    torch.manual_seed(0)
+    one = recover(TinyNet(width=8), teacher, train.subset(640), val, opts)
+    assert two.mode == "distillation" and two.steps == one.steps == 20
+    # the same computation as the single-output model's: it trained on the first output
+    assert [h["val_accuracy"] for h in two.history] == pytest.approx([h["val_accuracy"] for h in one.history])
+    assert two.accuracy_after > two.accuracy_before

@@ -26,6 +26,7 @@ import numpy as np
 
 from hadmc_deploy.calibration.verify_qdq import compare_outputs
 from hadmc_deploy.data import ArrayDataset
+from hadmc_deploy.evaluate import output_tensors
 from hadmc_deploy.plan import DEFAULT_ACCURACY_GUARD
 
 #: a pruned classifier passes when its top-1 agreement with the original reaches this: its accuracy
@@ -69,13 +70,6 @@ def model_outputs(model: Any, x: np.ndarray, batch_size: int = 64) -> list[np.nd
     """Every output of a PyTorch model in eval mode over `x` (tensors, or tuples/lists/dicts of them)."""
     import torch
 
-    def flat(out: Any) -> list[torch.Tensor]:
-        if isinstance(out, torch.Tensor):
-            return [out]
-        if isinstance(out, dict):
-            out = list(out.values())
-        return [t for item in out for t in flat(item)] if isinstance(out, (list, tuple)) else []
-
     was_training = model.training
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))  # recovery may have left it on a GPU
@@ -84,7 +78,7 @@ def model_outputs(model: Any, x: np.ndarray, batch_size: int = 64) -> list[np.nd
         with torch.no_grad():
             for start in range(0, len(x), batch_size):
                 xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
-                chunks.append([t.float().cpu().numpy() for t in flat(model(xb))])
+                chunks.append([t.float().cpu().numpy() for t in output_tensors(model(xb))])
     finally:
         model.train(was_training)
     return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))] if chunks else []
