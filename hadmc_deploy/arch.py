@@ -173,9 +173,26 @@ def _fmt_kwargs(kwargs: dict[str, Any] | None) -> str:
 
 
 
-def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load, but the error lists the first mismatches instead of a wall of text."""
+def wrapper_prefix(keys: list[str], expected: set[str]) -> str:
+    """The prefix every key carries when stripping it gives exactly `expected` ("" if none does):
+    training wrappers save `model.`, `net.`, `student.` and the like in front of the model's own names."""
+    if not keys or set(keys) == expected:
+        return ""
+    parts = keys[0].split(".")
+    for depth in range(1, len(parts)):
+        prefix = ".".join(parts[:depth]) + "."
+        if all(k.startswith(prefix) for k in keys) and {k[len(prefix) :] for k in keys} == expected:
+            return prefix
+    return ""
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> str:
+    """Strict load, but the error lists the first mismatches instead of a wall of text. A prefix
+    that every key carries and whose removal matches the model exactly is removed; returns it."""
     expected = model.state_dict()
+    prefix = wrapper_prefix(list(state_dict), set(expected))
+    if prefix:
+        state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     shapes = [
@@ -196,6 +213,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor
             hint="check --arch and --arch-kwargs (e.g. num_classes)",
         )
     model.load_state_dict(state_dict, strict=True)
+    return prefix
 
 
 

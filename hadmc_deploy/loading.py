@@ -161,7 +161,9 @@ def load_model(
             hint="pass --arch module:callable (and --arch-kwargs if it takes arguments)",
         )
     model = build_arch(arch, arch_kwargs)
-    load_state_dict_checked(model, state_dict, str(path))
+    prefix = load_state_dict_checked(model, state_dict, str(path))
     check_finite(model, str(path))
     info = {k: v for k, v in obj.items() if k not in ("state_dict", "model", "model_state_dict", "ema") and isinstance(v, (int, float, str, list, dict))} if isinstance(obj, dict) and obj is not state_dict else {}
+    if prefix:
+        info["stripped_key_prefix"] = prefix
     return LoadedModel(model.eval(), "state_dict", str(path), arch, arch_kwargs, info)

@@ -130,6 +130,21 @@ def test_state_dict_without_arch(tmp_path):
         load_model(path)
 
 
+@pytest.mark.parametrize("prefix", ["model.", "student.backbone."])
+def test_a_wrapper_prefix_on_every_key_is_removed_when_that_matches_exactly(tmp_path, prefix):
+    """Lightning modules and distillation wrappers save their model under an attribute name."""
+    sd = _demo_state_dict()
+    path = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": {prefix + k: v for k, v in sd.items()}, "epoch": 1}, path)
+    loaded = load_model(path, ARCH)
+    assert torch.equal(loaded.model.conv1.weight, sd["conv1.weight"]) and loaded.info["stripped_key_prefix"] == prefix
+    # a prefix on only some keys, or one whose removal does not match, is still a mismatch
+    partial = {("model." + k if i % 2 else k): v for i, (k, v) in enumerate(sd.items())}
+    torch.save(partial, path)
+    with pytest.raises(StateDictMismatchError):
+        load_model(path, ARCH)
+
+
 def test_mismatch_lists_first_keys(tmp_path):
     sd = _demo_state_dict()
     sd.pop("conv1.weight")

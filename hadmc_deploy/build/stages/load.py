@@ -22,6 +22,10 @@ def run(ctx: BuildContext) -> StageResult:
         "outputs": {name: list(shape) for name, shape in prof.output_shapes.items()},
         "_summary": f"{loaded.kind} via {loaded.arch}: {prof.params:,} params, {prof.macs:,} MACs",
     }
+    prefix = (loaded.info or {}).get("stripped_key_prefix")
+    if prefix:
+        result["stripped_key_prefix"] = prefix
+        result["_summary"] += f" (the prefix {prefix!r} on every key removed)"
     return StageResult(result)
 
 
