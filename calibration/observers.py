@@ -96,14 +96,11 @@ class AbsHistogram:
             # Doubling the range merges bin pairs exactly; no counts move between bins.
             self.counts = np.concatenate([self.counts.reshape(-1, 2).sum(1), np.zeros(self.num_bins // 2)])
             self.range *= 2.0
-        # Uniform bins by index arithmetic and bincount, not np.histogram: that converts to float64
-        # and corrects every value against its bin edges (about 10 passes), and was 45% of a
-        # ResNet-18's calibration at 224 (5.6 of 12.5 s). A value within float32 rounding of an
-        # edge may land in the neighbouring bin: 1/2048 of the range, below what a threshold resolves.
-        # intp indices (bincount converts anything narrower first, which tripled its time), made a
-        # chunk at a time in buffers that stay in cache, and |x| at the range's very top (index
-        # num_bins) folded into the last bin after counting instead of clamping every index: 2.1-2.4x
-        # faster than whole-batch temporaries, same counts (scratch /tmp/exp15_hist.py).
+        # Index arithmetic and bincount, not np.histogram (float64 and ~10 passes: 45% of a ResNet-18's
+        # calibration at 224); a value within float32 rounding of an edge may land in the next bin,
+        # below what a threshold resolves. intp indices (bincount widens narrower ones, 3x slower),
+        # a chunk at a time in cache-resident buffers, the top value (index num_bins) folded into the
+        # last bin after counting: 2.3-2.4x faster on 16-image batches, 1.2x on one (scratch /tmp/exp15_hist2.py).
         scale = np.float32(self.num_bins / self.range)
         size = min(flat.size, CHUNK)
         scaled = np.empty(size, dtype=np.float64 if flat.dtype == np.float64 else np.float32)
