@@ -6,7 +6,8 @@ Sources (the string a user passes as --train/--calib/--eval):
   * `path/to/data.npz` - arrays `x` (N,C,H,W or N,H,W; uint8 or float32) and `y` (N,);
   * an IDX directory (MNIST format, gzipped or not), optionally `DIR:train` / `DIR:test`,
     or an IDX images file (`...-images-idx3-ubyte[.gz]`, labels found beside it);
-  * an ImageFolder-style directory (`DIR/<class>/<image>`, needs Pillow).
+  * an ImageFolder-style directory (`DIR/<class>/<image>`, needs Pillow), or a directory of
+    images alone (unlabelled: calibration only).
 Everything comes back as float32 NCHW arrays, resized and normalised the same way
 for every stage, so calibration sees exactly what evaluation and training see.
 
@@ -29,6 +30,7 @@ from hadmc_deploy.errors import DataError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -201,12 +203,13 @@ def _image_folder(directory: Path, resize: tuple[int, int] | None) -> tuple[np.n
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise DataError("reading an image folder needs Pillow", hint="pip install pillow") from exc
     classes = sorted(p.name for p in directory.iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"{directory} has no class sub-directories", hint="expected DIR/<class>/<image>")
+    # Images directly in DIR, no class folders: unlabelled, as a calibration set often is (training
+    # and evaluation refuse them, like an npz without 'y').
+    folders = [(label, directory / cls) for label, cls in enumerate(classes)] or [(UNLABELLED, directory)]
     images, labels = [], []
-    for label, cls in enumerate(classes):
-        for file in sorted((directory / cls).iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
+    for label, folder in folders:
+        for file in sorted(folder.iterdir()):
+            if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
                 with Image.open(file) as img:
@@ -222,7 +225,8 @@ def _image_folder(directory: Path, resize: tuple[int, int] | None) -> tuple[np.n
             images.append(arr)
             labels.append(label)
     if not images:
-        raise DataError(f"{directory} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise DataError(f"{directory} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
+                        hint="put the images in DIR (unlabelled: calibration only) or in DIR/<class>/ (labelled)")
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
@@ -323,8 +327,13 @@ def load_data(source: str, preprocess: Preprocess | None = None, *, limit: int |
     if preprocess.channels is not None and preprocess.channels != channels:
         if channels == 1 and preprocess.channels == 3:
             repeat = True  # done last, on the resized images, fused with the normalisation
+        elif channels == 3 and preprocess.channels == 1:
+            # colour images for a grayscale model: ITU-R BT.601 luma, what PIL's convert("L") computes
+            x = np.tensordot(np.asarray(LUMA_WEIGHTS, np.float32), x, axes=([0], [1]))[:, None]
+            channels = 1
         else:
-            raise DataError(f"{source} has {channels}-channel images but {preprocess.channels} channels were asked for")
+            raise DataError(f"{source} has {channels}-channel images but the model takes {preprocess.channels}",
+                            hint="give images with 1 or 3 channels (grayscale ones are repeated for a colour model, colour ones turned to luma for a grayscale one)")
     mean, std = preprocess.stats_for(3 if repeat else channels)
     # checked on the small source: interpolation stays within its range, and the normalisation is finite
     # wherever its largest value over the smallest std is

@@ -83,6 +83,34 @@ def test_image_folder(tmp_path):
     assert ds.x.shape == (4, 3, 4, 4) and sorted(ds.y.tolist()) == [0, 0, 1, 1]
 
 
+def test_a_folder_of_images_alone_is_unlabelled_calibration_data(tmp_path):
+    """A calibration set is often a flat folder of photos of mixed sizes: read (resized), labelled
+    UNLABELLED, and refused where labels are needed."""
+    pil = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(6, 9), (12, 7), (5, 5)]):
+        pil.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    ds = load_data(str(tmp_path), Preprocess(resize=(8, 8)))
+    assert ds.x.shape == (3, 3, 8, 8) and not ds.labelled
+    with pytest.raises(DataError, match="no labels"):
+        check_matches_model(ds, (1, 3, 8, 8), num_classes=10, role="eval")
+
+
+def test_colour_images_for_a_grayscale_model_become_luma(tmp_path):
+    """As PIL's convert("L") (ITU-R BT.601), before the grayscale normalisation; 2 channels stay an error."""
+    pil = pytest.importorskip("PIL.Image")
+    rgb = np.random.default_rng(1).integers(0, 255, (2, 3, 4, 5), dtype=np.uint8)
+    np.savez(tmp_path / "rgb.npz", x=rgb, y=np.zeros(2, np.int64))
+    gray = load_data(str(tmp_path / "rgb.npz"), Preprocess(channels=1, mean=(0.0,), std=(1.0,)))
+    expected = np.stack([np.asarray(pil.fromarray(img.transpose(1, 2, 0)).convert("L"), np.float32) / 255.0 for img in rgb])
+    assert gray.x.shape == (2, 1, 4, 5)
+    assert np.abs(gray.x[:, 0] - expected).max() <= 1.0 / 255 + 1e-6  # PIL rounds to whole levels
+    np.savez(tmp_path / "two.npz", x=rgb[:, :2], y=np.zeros(2, np.int64))
+    with pytest.raises(DataError, match="2-channel images but the model takes 1"):
+        load_data(str(tmp_path / "two.npz"), Preprocess(channels=1))
+
+
 def test_unreadable_image_names_the_file(tmp_path):
     pytest.importorskip("PIL.Image")
     (tmp_path / "a").mkdir()
