@@ -175,7 +175,7 @@ def _fix_attributes(module: nn.Module, graph: DependencyGraph, name: str, kept_m
             module.in_channels = module.weight.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
-    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm1d, nn.InstanceNorm2d)):
         ref = module.weight if module.weight is not None else module.running_mean
         module.num_features = ref.shape[0]
     elif isinstance(module, nn.GroupNorm):

@@ -31,6 +31,9 @@ class UI:
     debug: bool = False
     err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
     out: Console = field(default_factory=lambda: Console(file=sys.stdout, highlight=False))
+    #: warnings already shown: a build traces its model again in later stages, and the same note
+    #: about an operation the channel graph does not understand printed five times
+    warned: set[str] = field(default_factory=set)
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -43,7 +46,10 @@ class UI:
             self.err.print(message)
 
     def warn(self, message: str) -> None:
-        """Warnings print even with --quiet: they change what the user should trust."""
+        """Warnings print even with --quiet: they change what the user should trust. Once each."""
+        if message in self.warned:
+            return
+        self.warned.add(message)
         self.err.print(f"[yellow]warning:[/yellow] {message}")
 
     @contextlib.contextmanager

@@ -110,6 +110,20 @@ def test_groupnorm_blocks_and_layernorm_inexact() -> None:
     assert all(gr.exact for gr in cn.groups if gr.id.endswith("pwconv1"))
 
 
+def test_instance_norm_with_affine_weights_is_sliced_and_without_them_stays() -> None:
+    def net(affine: bool) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.InstanceNorm2d(16, affine=affine), nn.ReLU(),
+                             nn.Conv2d(16, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+
+    g = trace(net(True), (1, 3, 12, 12))
+    assert g.group("0").prunable and any(m["tensor"] == "1.weight" for m in g.group("0").members)
+    pruned, _ = apply(net(True), g, WidthPlan(keep={"0": 8}))
+    assert pruned[1].weight.shape == (8,) and pruned[1].num_features == 8
+    plain = trace(net(False), (1, 3, 12, 12)).group("0")
+    assert not plain.prunable and "no affine weights" in plain.reason
+
+
 def test_unknown_op_locks_with_warning_naming_node() -> None:
     class Odd(nn.Module):
         def __init__(self) -> None:
@@ -122,6 +136,18 @@ def test_unknown_op_locks_with_warning_naming_node() -> None:
     g = trace(Odd(), (1, 3, 4, 4))
     assert not g.group("a").prunable and "not understood" in g.group("a").reason
     assert any("cumsum" in w and "node" in w for w in g.warnings)
+    # shown once per UI however often the model is traced (a build traces it in several stages)
+    import io
+
+    from rich.console import Console
+
+    from hadmc_deploy.ui import UI
+
+    buf = io.StringIO()
+    ui = UI(err=Console(file=buf, width=400))
+    for _ in range(3):
+        trace(Odd(), (1, 3, 4, 4), ui=ui)
+    assert buf.getvalue().count("warning:") == 1
     # F.layer_norm with get_attr weights (torchvision's LayerNorm2d): its weight and bias join the
     # channels they scale; prunable, not exactly (the statistics are over those channels)
     ln = nn.Sequential(nn.Conv2d(3, 8, 1), LayerNorm2d(8), nn.Conv2d(8, 2, 1))

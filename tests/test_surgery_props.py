@@ -11,7 +11,7 @@ from hadmc_deploy.graph.check import prune_equivalence
 
 torch.set_num_threads(1)
 
-BLOCKS = ("conv", "residual", "dw", "gconv", "concat", "se", "shuffle", "gn", "prelu", "pool", "upsample")
+BLOCKS = ("conv", "residual", "dw", "gconv", "concat", "se", "shuffle", "gn", "in", "prelu", "pool", "upsample")
 
 
 class Block(nn.Module):
@@ -46,6 +46,9 @@ class Block(nn.Module):
         elif kind == "gn":
             self.f = nn.Sequential(nn.Conv2d(cin, 2 * width, 1), nn.GroupNorm(2, 2 * width), nn.ReLU())
             self.cout = 2 * width
+        elif kind == "in":
+            self.f = nn.Sequential(nn.Conv2d(cin, width, 3, padding=1), nn.InstanceNorm2d(width, affine=True), nn.ReLU())
+            self.cout = width
         elif kind == "prelu":
             self.f = nn.Sequential(nn.Conv2d(cin, width, 1), nn.PReLU(width))
             self.cout = width
@@ -100,7 +103,7 @@ class RandomNet(nn.Module):
 def _randomize(model: nn.Module, seed: int) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
-        if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+        if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)):
             n = m.weight.shape[0]
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)

@@ -153,6 +153,18 @@ def batchnorm(ctx: RuleContext) -> Info:
     return x
 
 
+def instancenorm(ctx: RuleContext) -> Info:
+    """Statistics per sample and channel, so channels are independent as under batch norm, whose rule
+    slices its affine weights and running statistics. Without either, nothing would carry the new
+    channel count (torch warns on every call after surgery), so those channels stay."""
+    m = ctx.module()
+    if m.affine or m.track_running_stats:
+        return batchnorm(ctx)
+    ctx.lock_inputs(f"instance norm {ctx.module_name} has no affine weights or running statistics to slice")
+    _, x = _input(ctx)
+    return x
+
+
 def groupnorm(ctx: RuleContext) -> Info:
     m: nn.GroupNorm = ctx.module()
     _, x = _input(ctx)
@@ -213,6 +225,8 @@ MODULE_RULES: dict[type, Any] = {
     nn.Linear: linear,
     nn.BatchNorm1d: batchnorm,
     nn.BatchNorm2d: batchnorm,
+    nn.InstanceNorm1d: instancenorm,
+    nn.InstanceNorm2d: instancenorm,
     nn.GroupNorm: groupnorm,
     nn.LayerNorm: layernorm,
     nn.PReLU: prelu,
