@@ -9,6 +9,7 @@ from torch import nn
 
 from hadmc_deploy.errors import GraphError
 from hadmc_deploy.graph.align import round_width, uniform_plan_keep
+from hadmc_deploy.graph.check import prune_equivalence
 from hadmc_deploy.graph.trace import trace
 from hadmc_deploy.graph.types import WidthPlan
 from hadmc_deploy.models.demo import demo_cnn
@@ -122,6 +123,29 @@ def test_instance_norm_with_affine_weights_is_sliced_and_without_them_stays() ->
     assert pruned[1].weight.shape == (8,) and pruned[1].num_features == 8
     plain = trace(net(False), (1, 3, 12, 12)).group("0")
     assert not plain.prunable and "no affine weights" in plain.reason
+
+
+def test_a_module_called_twice_locks_the_channels_of_every_call() -> None:
+    """A conv applied to its own output ties its first input (the previous layer's channels) to its
+    output: the earlier call's channels are locked too, not only the second call's (surgery sliced
+    its weight to 12 inputs while its output stayed 16 and the model failed on its second call)."""
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.shared, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.bn(self.a(x))
+            x = self.bn(torch.relu(self.shared(torch.relu(self.shared(x)))))  # conv and norm both reused
+            return self.fc(x.mean((2, 3)))
+
+    g = trace(Twice(), (1, 3, 8, 8))
+    assert not g.group("a").prunable and "called more than once" in g.group("a").reason
+    assert not g.prunable_groups
+    pruned = prune_equivalence(Twice().eval(), (2, 3, 8, 8), 0.5, seed=0)
+    assert pruned.max_abs_diff < 1e-5
 
 
 def test_unknown_op_locks_with_warning_naming_node() -> None:

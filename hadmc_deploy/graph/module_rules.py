@@ -38,10 +38,23 @@ def _input(ctx: RuleContext) -> tuple[Any, Info]:
 
 
 def _check_reuse(ctx: RuleContext) -> bool:
-    """A module called twice would need one slicing for two call sites: keep such modules whole."""
+    """A module called twice would need one slicing for two call sites: keep such modules whole.
+    The caller locks this call's channels; the channels its earlier calls tied to the module's
+    tensors (`_remember_call`) are locked here: a conv applied to its own output had its first
+    input's channels pruned (weight sliced to 48 inputs) while its output stayed 64 wide."""
     calls = ctx.state.__dict__.setdefault("_calls", {})
     calls[ctx.module_name] = calls.get(ctx.module_name, 0) + 1
-    return calls[ctx.module_name] > 1
+    if calls[ctx.module_name] == 1:
+        return False
+    for labels in ctx.state.__dict__.setdefault("_call_labels", {}).pop(ctx.module_name, []):
+        ctx.state.lock(labels, f"module {ctx.module_name} is called more than once")
+    return True
+
+
+def _remember_call(ctx: RuleContext, *labels: np.ndarray | None) -> None:
+    """The channels this call ties to the module's tensors, locked should the module be called again."""
+    store = ctx.state.__dict__.setdefault("_call_labels", {})
+    store.setdefault(ctx.module_name, []).extend(a for a in labels if a is not None and a.size)
 
 
 def conv(ctx: RuleContext) -> Info:
@@ -60,6 +73,7 @@ def conv(ctx: RuleContext) -> Info:
         if m.bias is not None:
             record_member(ctx, name, "bias", 0, in_labels, "out")
         ctx.draft("dwconv", [in_labels], in_labels)
+        _remember_call(ctx, in_labels)
         return ChannelInfo((1,), in_labels)
     out = ctx.state.new_source(name, "layer", cout)
     if reused:
@@ -81,6 +95,7 @@ def conv(ctx: RuleContext) -> Info:
         record_member(ctx, name, "bias", 0, out, "out")
     kind = "conv" if groups == 1 else ("dwconv" if depthwise else "gconv")
     ctx.draft(kind, [in_labels if in_labels is not None else np.full(cin, -1)], out)
+    _remember_call(ctx, in_labels, out)
     return ChannelInfo((1,), out)
 
 
@@ -104,6 +119,7 @@ def conv_transpose(ctx: RuleContext) -> Info:
     if m.bias is not None:
         record_member(ctx, name, "bias", 0, out, "out")
     ctx.draft("convtranspose", [in_labels if in_labels is not None else np.full(m.in_channels, -1)], out)
+    _remember_call(ctx, in_labels, out)
     return ChannelInfo((1,), out)
 
 
@@ -124,6 +140,7 @@ def linear(ctx: RuleContext) -> Info:
     out = ctx.state.new_source(name, "layer", m.out_features)
     if reused:
         ctx.state.lock(out, f"module {name} is called more than once")
+    _remember_call(ctx, in_labels, out)
     record_member(ctx, name, "weight", 0, out, "out")
     if m.bias is not None:
         record_member(ctx, name, "bias", 0, out, "out")
@@ -150,6 +167,7 @@ def batchnorm(ctx: RuleContext) -> Info:
         ctx.state.lock(x.labels, f"norm {ctx.module_name} has no per-channel tensors to slice")
     for attr, role in tensors:
         record_member(ctx, ctx.module_name, attr, 0, x.flat(), role)
+    _remember_call(ctx, x.flat())
     return x
 
 
@@ -178,6 +196,7 @@ def groupnorm(ctx: RuleContext) -> Info:
     ctx.state.partitions.append(Partition(labels, np.arange(m.num_channels) // block, "blocks", f"GroupNorm {ctx.module_name}"))
     for attr in ("weight", "bias"):
         record_member(ctx, ctx.module_name, attr, 0, labels, "out")
+    _remember_call(ctx, labels)
     return x
 
 
@@ -199,6 +218,7 @@ def layernorm(ctx: RuleContext) -> Info:
             record_member(ctx, ctx.module_name, attr, 0, labels, "out")
     # mean and variance are taken over the channels, so removing some changes the rest slightly
     ctx.state.mark_inexact(labels, f"LayerNorm {ctx.module_name} normalises over these channels")
+    _remember_call(ctx, labels)
     return x
 
 
@@ -211,6 +231,7 @@ def prelu(ctx: RuleContext) -> Info:
         ctx.lock_inputs("PReLU on channels the graph cannot place")
         return x
     record_member(ctx, ctx.module_name, "weight", 0, x.flat(), "aux")
+    _remember_call(ctx, x.flat())
     return x
 
 
