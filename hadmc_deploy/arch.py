@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import sys
 from dataclasses import dataclass, field
@@ -227,6 +228,22 @@ def check_finite(model: nn.Module, source: str) -> None:
         )
 
 
+
+
+def check_single_input(model: nn.Module, source: str) -> None:
+    """Refuse a model whose forward needs more than one input: every stage feeds it one image batch
+    (--input-shape), and the first call would fail inside PyTorch as an internal error."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a forward without an inspectable signature: let the trace decide
+        return
+    required = [p.name for p in params if p.default is inspect.Parameter.empty
+                and p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    if len(required) > 1:
+        raise ArchSpecError(
+            f"{source}: forward({', '.join(required)}) needs {len(required)} inputs; hadmc-deploy builds models with one image input",
+            hint=f"wrap it in a module whose forward(x) supplies {', '.join(required[1:])} (e.g. fixed tensors), and pass that as --arch",
+        )
 
 
 def first_line(text: str) -> str:

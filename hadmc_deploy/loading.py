@@ -21,6 +21,7 @@ from hadmc_deploy.arch import (
     LoadedModel,
     build_arch,
     check_finite,
+    check_single_input,
     first_line,
     load_state_dict_checked,
     parse_arch_kwargs,
@@ -130,6 +131,7 @@ def load_model(
         if arch is None:
             raise ArchSpecError("no model file and no --arch given", hint="pass MODEL, or --arch for a randomly initialised model")
         model = build_arch(arch, arch_kwargs)
+        check_single_input(model, arch)
         return LoadedModel(model.eval(), "arch", f"{arch} (random init)", arch, arch_kwargs)
     path = Path(path)
     if not path.exists():
@@ -140,6 +142,7 @@ def load_model(
     if isinstance(obj, nn.Module):
         # Only reachable with --trust-model: weights_only refuses modules.
         check_finite(obj, str(path))
+        check_single_input(obj, str(path))
         return LoadedModel(obj.eval(), "pickle", str(path), arch, arch_kwargs)
     if isinstance(obj, dict) and str(obj.get("format", "")).startswith(PRUNED_FORMAT_PREFIX):
         loaded = load_pruned(obj, str(path))
@@ -161,6 +164,7 @@ def load_model(
             hint="pass --arch module:callable (and --arch-kwargs if it takes arguments)",
         )
     model = build_arch(arch, arch_kwargs)
+    check_single_input(model, arch)
     prefix = load_state_dict_checked(model, state_dict, str(path))
     check_finite(model, str(path))
     info = {k: v for k, v in obj.items() if k not in ("state_dict", "model", "model_state_dict", "ema") and isinstance(v, (int, float, str, list, dict))} if isinstance(obj, dict) and obj is not state_dict else {}

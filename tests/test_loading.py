@@ -145,6 +145,28 @@ def test_a_wrapper_prefix_on_every_key_is_removed_when_that_matches_exactly(tmp_
         load_model(path, ARCH)
 
 
+def test_a_model_needing_two_inputs_is_refused_with_the_fix(tmp_path):
+    spec = tmp_path / "two.py"
+    spec.write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        class Two(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 3)
+
+            def forward(self, x, meta, scale=1.0):
+                return self.conv(x).mean((2, 3)) * scale + meta
+
+        def two():
+            return Two()
+    """))
+    with pytest.raises(ArchSpecError, match=r"forward\(x, meta\) needs 2 inputs") as info:
+        load_model(None, f"{spec}:two")
+    assert "supplies meta" in info.value.one_line()
+
+
 def test_mismatch_lists_first_keys(tmp_path):
     sd = _demo_state_dict()
     sd.pop("conv1.weight")
