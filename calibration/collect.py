@@ -48,9 +48,15 @@ def calibration_subset(data: ArrayDataset, num_samples: int) -> ArrayDataset:
 
 
 def float_tensor_names(model: onnx.ModelProto) -> list[str]:
-    """Graph inputs and node outputs of float type, in graph order (constants excluded)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    """Graph inputs and node outputs of float type, in graph order (constants excluded). Types from
+    the model's own value_info where it has every output's (our exports do: shape inference is part
+    of the export), else from shape inference (1.1 s of a ResNet-18 build's dozen quantizations)."""
+    outputs = [out for node in model.graph.node for out in node.output if out]
+    known = {vi.name: vi.type.tensor_type.elem_type for vi in (*model.graph.value_info, *model.graph.input, *model.graph.output)}
+    if not all(known.get(out) for out in outputs):
+        inferred = onnx.shape_inference.infer_shapes(model)
+        known = {vi.name: vi.type.tensor_type.elem_type for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    types = known
     constant = {init.name for init in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in constant]
     for node in model.graph.node:
