@@ -158,7 +158,8 @@ def batchnorm(ctx: RuleContext) -> Info:
     _, x = _input(ctx)
     if x is None:
         return None
-    if x.axes != (1,) or _check_reuse(ctx):
+    reused = _check_reuse(ctx)  # counted on every call, so a later one locks what this one ties
+    if x.axes != (1,) or reused:
         ctx.lock_inputs("batch norm over channels the graph cannot place, or a reused norm")
         return x
     tensors = [(a, "out") for a in ("weight", "bias") if getattr(m, a, None) is not None]
@@ -188,7 +189,8 @@ def groupnorm(ctx: RuleContext) -> Info:
     _, x = _input(ctx)
     if x is None:
         return None
-    if x.axes != (1,) or not m.affine or _check_reuse(ctx):
+    reused = _check_reuse(ctx)
+    if x.axes != (1,) or not m.affine or reused:
         ctx.lock_inputs("group norm the graph cannot slice")
         return x
     labels = x.flat()
@@ -209,7 +211,8 @@ def layernorm(ctx: RuleContext) -> Info:
     normalized = set(range(ndim - len(m.normalized_shape), ndim))
     if not (normalized & set(x.axes)):
         return x  # normalises over space only: channels untouched
-    if x.axes != (ndim - 1,) or len(m.normalized_shape) != 1 or not m.elementwise_affine or _check_reuse(ctx):
+    reused = _check_reuse(ctx)
+    if x.axes != (ndim - 1,) or len(m.normalized_shape) != 1 or not m.elementwise_affine or reused:
         ctx.lock_inputs("layer norm over channels and other axes together")
         return x
     labels = x.flat()
@@ -227,7 +230,8 @@ def prelu(ctx: RuleContext) -> Info:
     _, x = _input(ctx)
     if x is None or m.num_parameters == 1:
         return x
-    if x.axes != (1,) or _check_reuse(ctx):
+    reused = _check_reuse(ctx)
+    if x.axes != (1,) or reused:
         ctx.lock_inputs("PReLU on channels the graph cannot place")
         return x
     record_member(ctx, ctx.module_name, "weight", 0, x.flat(), "aux")
