@@ -62,7 +62,7 @@ runpy.run_module("hadmc_deploy", run_name="__main__", alter_sys=True)
 
 
 def checkout_files(checkout: Path) -> list[str]:
-    """Where the child imported its three packages from (checked after each build)."""
+    """Where a child started with CHECKOUT_IMPORTS imports its three packages from (checked before each build)."""
     code = CHECKOUT_IMPORTS.replace('runpy.run_module("hadmc_deploy", run_name="__main__", alter_sys=True)',
                                     "import hadmc_deploy.backends, hadmc_deploy.calibration.observers as o; print(hadmc_deploy.__file__, hadmc_deploy.backends.__file__, o.__file__)")
     out = subprocess.run([sys.executable, "-c", code, str(checkout)], capture_output=True, text=True, check=True).stdout.split()
