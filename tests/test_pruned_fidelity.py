@@ -52,6 +52,19 @@ def test_same_model_passes_and_a_forgetful_one_fails() -> None:
         assert pruned_agreement(Fixed(logits), Fixed(moved), x, "t").passed is passes
 
 
+def test_the_agreement_records_what_its_sample_count_can_vouch_for() -> None:
+    """One-sided 95% Clopper-Pearson bounds (as scipy.stats.beta.ppf(0.95, k + 1, n - k) gives)."""
+    from hadmc_deploy.build.fidelity import disagreement_bound
+
+    assert disagreement_bound(1.0, 206) == pytest.approx(1 - 0.05 ** (1 / 206), rel=1e-9)  # 1.44%: above the 1% the check stands for
+    assert disagreement_bound(1 - 2 / 206, 206) == pytest.approx(0.030245, abs=2e-6)
+    assert disagreement_bound(1.0, 512) == pytest.approx(0.005834, abs=2e-6)  # 512 images vouch for under 1%
+    assert disagreement_bound(0.0, 10) == 1.0 and disagreement_bound(1.0, 0) == 1.0
+    logits = np.random.default_rng(0).normal(0, 8, (200, 10))
+    same = pruned_agreement(Fixed(logits), Fixed(logits.copy()), _index_images(200), "test images")
+    assert same.passed and same.disagreement_bound == pytest.approx(1 - 0.05 ** (1 / 200), rel=1e-9)
+
+
 def test_confidence_weighted_agreement_is_recorded_but_does_not_pass_a_model() -> None:
     """Near-uniform scores (an untrained or unsure original): flips between classes it cannot tell
     apart measure high weighted agreement, but only plain agreement bounds the accuracy lost."""

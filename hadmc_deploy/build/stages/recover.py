@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.fidelity import PrunedAgreement, held_out_images, model_outputs, pruned_agreement
+from hadmc_deploy.build.fidelity import MIN_PRUNED_AGREEMENT, PrunedAgreement, held_out_images, model_outputs, pruned_agreement
 from hadmc_deploy.build.inputs import data_hash, dataset, loaded_model, macs_per_image, task
 from hadmc_deploy.build.metric import DETECT, torch_score
 from hadmc_deploy.build.sample_budget import bn_calib_samples, check_samples
@@ -124,6 +124,11 @@ def run(ctx: BuildContext) -> StageResult:
     summary = outcome.mode + (f": eval accuracy {acc['pruned']:.2f}% -> {acc['recovered']:.2f}% (baseline {acc['baseline']:.2f}%)" if acc["recovered"] is not None else "")
     if agreement is not None and agreement.judged:
         summary += f"; top-1 agreement with the original {agreement.top1_agreement:.1%} ({agreement.confidence_agreement or agreement.top1_agreement:.1%} weighted) on {agreement.source}"
+        bound = agreement.disagreement_bound
+        if agreement.passed and evald is None and bound is not None and bound > 1.0 - MIN_PRUNED_AGREEMENT + 1e-9:
+            ctx.ui.warn(f"the pruned model agreed with the original on {agreement.top1_agreement:.1%} of {agreement.samples} images ({agreement.source}): "
+                        f"that vouches for a disagreement below {bound:.1%} only (95%), more than the {1.0 - MIN_PRUNED_AGREEMENT:.0%} the check stands for; "
+                        "labelled --eval data measures the accuracy itself; more held-out images (a larger --calib-samples, for a model cheap enough) narrow the bound")
         if not agreement.passed and evald is None:
             then = ("--allow-accuracy-drop lets a build deploy it anyway" if ctx.settings.quantization.allow_accuracy_drop
                     else "a build will not deploy it; give --train data to recover it, or labelled --eval data to measure its accuracy")
