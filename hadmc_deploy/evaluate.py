@@ -34,7 +34,8 @@ def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def output_tensors(out: Any) -> list[Any]:
-    """Every tensor a PyTorch model returned (a tensor, or tuples/lists/dicts of them), in order."""
+    """Every tensor a PyTorch model returned (a tensor, or tuples/lists/dicts of them), in order;
+    anything else is skipped (`onnx_verify.flatten_outputs` is the strict one, for export)."""
     import torch
 
     if isinstance(out, torch.Tensor):

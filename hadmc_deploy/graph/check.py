@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hadmc_deploy.evaluate import output_tensors
 from hadmc_deploy.graph.align import uniform_plan_keep
 from hadmc_deploy.graph.trace import trace
 from hadmc_deploy.graph.types import DependencyGraph, WidthPlan
@@ -40,17 +41,6 @@ def zero_removed(model: nn.Module, graph: DependencyGraph, kept: dict[str, list[
             sel = pos[mask[ax.classes[pos]]]
             if len(sel):
                 t.index_fill_(ax.axis, torch.as_tensor(sel, dtype=torch.long), 0.0)
-
-
-def output_tensors(out: object) -> list[torch.Tensor]:
-    """Every tensor of a model output (a tensor, or tuples/lists/dicts of them), in order."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (list, tuple)):
-        return [t for item in out for t in output_tensors(item)]
-    if isinstance(out, dict):
-        return [t for item in out.values() for t in output_tensors(item)]
-    return []
 
 
 def max_output_diff(a: object, b: object) -> float:
