@@ -93,7 +93,8 @@ def snr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     return 10.0 * math.log10(max(signal, 1e-30) / noise)
 
 
-def _is_classifier(output: np.ndarray) -> bool:
+def is_classifier(output: np.ndarray) -> bool:
+    """(N, classes) scores with more than one class: what top-1 agreement can judge."""
     return output.ndim == 2 and output.shape[1] > 1
 
 
@@ -137,7 +138,7 @@ def compare_outputs(reference: np.ndarray | list[np.ndarray], candidate: np.ndar
     outputs = []
     for name, ref, cand in zip(names, refs, cands, strict=True):
         diff = np.abs(cand.astype(np.float64) - ref.astype(np.float64))
-        classifier = _is_classifier(ref) and len(ref) > 0
+        classifier = is_classifier(ref) and len(ref) > 0
         agree = float((ref.argmax(1) == cand.argmax(1)).mean()) if classifier else None
         weighted = confidence_agreement(ref, cand) if classifier else None
         scale = float(np.abs(ref).max()) or 1.0

@@ -166,10 +166,12 @@ def test_unlabelled_npz_calibrates_but_does_not_evaluate(tmp_path):
 
 
 def test_the_calibration_images_loaded_reach_every_pass_that_reads_them():
-    """The ranges + INT8 check and BatchNorm + the agreement check (which holds out twice its
-    images) read the calibration images; a build loads as far as the furthest reaches, capped."""
+    """The ranges + INT8 check and BatchNorm + the agreement check (on the images after BatchNorm's)
+    read the calibration images; a build loads as far as the furthest reaches, capped in images and bytes."""
     from hadmc_deploy.build.sample_budget import (
+        CALIB_BEYOND_BYTES,
         CALIB_BEYOND_RANGES,
+        MIN_CHECK_SAMPLES,
         bn_calib_samples,
         calib_images_to_load,
         check_samples,
@@ -177,17 +179,18 @@ def test_the_calibration_images_loaded_reach_every_pass_that_reads_them():
     )
 
     small, r18, r18_pruned = 2_000_000, 1_814_073_344, 730_000_000
-    # a small CNN: every pass at its most, which runs past the cap (the cap is what loads)
-    assert calib_images_to_load(128, small, small // 2) == 128 + CALIB_BEYOND_RANGES
-    assert bn_calib_samples(small) + 2 * check_samples(small) > 128 + CALIB_BEYOND_RANGES
-    # a ResNet-18 at 224: BatchNorm's images through the pruned model and the check's two halves
-    expected = bn_calib_samples(r18_pruned) + 2 * check_samples(r18)
-    assert calib_images_to_load(128, r18, r18_pruned) == expected == 410 + 256
+    # a small CNN: every pass at its most (BatchNorm's 1,024, the check's 1,024 after them)
+    assert calib_images_to_load(128, small, small // 2) == bn_calib_samples(small // 2) + check_samples(small) == 2048
+    # a ResNet-18 at 224: BatchNorm's images through the pruned model, and the fewest the check can pass on
+    assert check_samples(r18) == MIN_CHECK_SAMPLES == 299
+    assert calib_images_to_load(128, r18, r18_pruned) == bn_calib_samples(r18_pruned) + check_samples(r18) == 410 + 299
     # nothing pruned (or --train feeding recovery): only the ranges and their held-out check
     assert calib_images_to_load(128, r18, None, recovery_reads=False) == 128 + verify_samples(r18) == 256
     assert calib_images_to_load(2000, r18, r18_pruned) == 2000 + verify_samples(r18)
-    # costs not known: the most each pass would take, within the cap
-    assert calib_images_to_load(128, None, None) == 128 + CALIB_BEYOND_RANGES
+    # costs not known: the most each pass would take, within the caps (1 GiB of 3x224x224 images: 1,783)
+    assert calib_images_to_load(128, None, None) == bn_calib_samples(None) + check_samples(None) == 2048 <= 128 + CALIB_BEYOND_RANGES
+    at_224 = 4 * 3 * 224 * 224
+    assert calib_images_to_load(128, None, None, image_bytes=at_224) == 128 + CALIB_BEYOND_BYTES // at_224 == 128 + 1783
 
 
 def test_bn_recalibration_images_shrink_only_for_expensive_models():

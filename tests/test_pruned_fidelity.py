@@ -15,7 +15,7 @@ from torch import nn
 
 from hadmc_deploy.build.fidelity import held_out_images, pruned_agreement
 from hadmc_deploy.build.sample_budget import MAX_CHECK_SAMPLES, MIN_CHECK_SAMPLES, check_samples
-from hadmc_deploy.build.stages.decide import pruned_exclusion
+from hadmc_deploy.build.stages.decide import PRUNED_DISAGREES, pruned_exclusion
 from hadmc_deploy.cli import main
 from hadmc_deploy.data import ArrayDataset
 
@@ -37,32 +37,36 @@ def _index_images(n: int) -> np.ndarray:
 
 def test_same_model_passes_and_a_forgetful_one_fails() -> None:
     rng = np.random.default_rng(0)
-    logits = rng.normal(0, 8, (200, 10))  # confident
-    x = _index_images(200)
+    logits = rng.normal(0, 8, (512, 10))  # confident
+    x = _index_images(512)
     same = pruned_agreement(Fixed(logits), Fixed(logits.copy()), x, "test images")
-    assert same.judged and same.passed and same.top1_agreement == 1.0
-    shuffled = logits[rng.permutation(200)]
+    assert same.judged and same.passed and same.top1_agreement == 1.0 and same.samples == 512
+    shuffled = logits[rng.permutation(512)]
     worse = pruned_agreement(Fixed(logits), Fixed(shuffled), x, "test images")
     assert worse.judged and not worse.passed and worse.top1_agreement < 0.5
-    assert "top-1 agreement" in worse.reason and "need 99%" in worse.reason
-    # a flip stays within the bar: 99.5% agreement passes, 98% does not
-    for flips, passes in ((1, True), (4, False)):
+    # stopped after the first batch: it already had more disagreements than 512 images allow
+    assert worse.samples == 64 and "stopped there" in worse.reason and "more than the 1 that 512 images allow" in worse.reason
+    # the bound decides, not the rate seen: 512 images vouch for below 1% with 1 disagreement, not with 2 (99.6%)
+    for flips, passes in ((1, True), (2, False)):
         moved = logits.copy()
-        moved[:flips] = moved[:flips, ::-1]
-        assert pruned_agreement(Fixed(logits), Fixed(moved), x, "t").passed is passes
+        moved[-flips:] = moved[-flips:, ::-1]
+        check = pruned_agreement(Fixed(logits), Fixed(moved), x, "t")
+        assert check.passed is passes and check.samples == 512
+    assert "vouches for a disagreement below 1.2% only (need below 1%)" in check.reason
 
 
-def test_the_agreement_records_what_its_sample_count_can_vouch_for() -> None:
-    """One-sided 95% Clopper-Pearson bounds (as scipy.stats.beta.ppf(0.95, k + 1, n - k) gives)."""
-    from hadmc_deploy.build.fidelity import disagreement_bound
+def test_too_few_images_cannot_pass_even_when_all_agree() -> None:
+    """206 images, all agreeing, vouch for a disagreement below 1.44% only: a pass needs 299."""
+    from hadmc_deploy.build.fidelity import images_to_vouch, max_disagreements
 
-    assert disagreement_bound(1.0, 206) == pytest.approx(1 - 0.05 ** (1 / 206), rel=1e-9)  # 1.44%: above the 1% the check stands for
-    assert disagreement_bound(1 - 2 / 206, 206) == pytest.approx(0.030245, abs=2e-6)
-    assert disagreement_bound(1.0, 512) == pytest.approx(0.005834, abs=2e-6)  # 512 images vouch for under 1%
-    assert disagreement_bound(0.0, 10) == 1.0 and disagreement_bound(1.0, 0) == 1.0
-    logits = np.random.default_rng(0).normal(0, 8, (200, 10))
-    same = pruned_agreement(Fixed(logits), Fixed(logits.copy()), _index_images(200), "test images")
-    assert same.passed and same.disagreement_bound == pytest.approx(1 - 0.05 ** (1 / 200), rel=1e-9)
+    logits = np.random.default_rng(1).normal(0, 8, (299, 10))
+    few = pruned_agreement(Fixed(logits), Fixed(logits.copy()), _index_images(206), "t")
+    assert few.top1_agreement == 1.0 and few.samples == 206 and not few.passed
+    assert "below 1.4% only (need below 1%; 299 images at least)" in few.reason
+    enough = pruned_agreement(Fixed(logits), Fixed(logits.copy()), _index_images(299), "t")
+    assert enough.passed
+    assert images_to_vouch(0.01) == 299 and max_disagreements(298, 0.01) == -1
+    assert [max_disagreements(n, 0.01) for n in (299, 512, 1024)] == [0, 1, 4]
 
 
 def test_confidence_weighted_agreement_is_recorded_but_does_not_pass_a_model() -> None:
@@ -88,7 +92,7 @@ def test_exclusion_text_only_for_a_failed_judged_check_or_no_check_at_all() -> N
     assert pruned_exclusion({"agreement": {"judged": True, "passed": True}}) == ""
     assert pruned_exclusion({"agreement": {"judged": False, "passed": True}}) == ""
     text = pruned_exclusion({"agreement": {"judged": True, "passed": False, "source": "64 held-out images", "reason": "output0: top-1 agreement 30%"}})
-    assert text.startswith("the pruned model disagrees with the original") and "64 held-out images" in text
+    assert text.startswith("the pruned model is not shown to agree with the original") and "64 held-out images" in text
     assert pruned_exclusion({"unchecked": True}).startswith("the pruned model was checked on no data")
 
 
@@ -131,7 +135,7 @@ def test_build_without_eval_keeps_a_pruned_model_that_forgot_from_deploying(tiny
     assert agreement["judged"] and not agreement["passed"] and agreement["top1_agreement"] < 0.9
     assert report["recovery"]["agreement_after_bn"] is not None  # the distillation was tried
     excluded = {c["name"]: c["excluded"] for c in report["decision"]["candidates"]}
-    assert excluded["pruned-fp32"].startswith("the pruned model disagrees") and not excluded["baseline-fp32"]
+    assert excluded["pruned-fp32"].startswith(PRUNED_DISAGREES) and not excluded["baseline-fp32"]
     assert report["decision"]["deploy"] == "baseline-fp32" and (tmp_path / "b" / "artifacts" / "cpu" / "deploy").is_dir()
     assert "--train" in report["decision"]["verdict"]["hint"] and "FAILED" in (tmp_path / "b" / "report.md").read_text()
     # accepted on purpose: the pruned model may deploy again
@@ -176,7 +180,7 @@ def test_prune_says_when_its_checkpoint_disagrees_with_the_original(tiny: Path, 
                  "--timing-rounds", "0", "-o", str(tmp_path / "p.pth"), "--json", "-q"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert not summary["recovery"]["agreement"]["passed"]
-    assert any(n.startswith("the pruned model disagrees with the original") for n in summary["notes"])
+    assert any(n.startswith("the pruned model is not shown to agree with the original") for n in summary["notes"])
 
 
 def test_build_with_no_images_at_all_does_not_deploy_an_unchecked_pruned_model(tiny: Path, tmp_path: Path) -> None:

@@ -136,6 +136,7 @@ def build(arch: Arch, ckpt: Path, speedup: float, out: Path, batch: int, train_l
     if unlabelled:
         agreement = (report.get("recovery") or {}).get("agreement") or {}
         row["agreement"] = agreement.get("top1_agreement")
+        row["check_images"], row["disagreement_bound"] = agreement.get("samples"), agreement.get("disagreement_bound")
         row["accuracy_change"], row["pruned_fp32_change"] = accuracy_changes(arch, out, decision)
         deployed_model, _, precision = (decision.get("deploy") or "").partition("-")
         if precision in ("int8", "mixed"):
@@ -145,6 +146,15 @@ def build(arch: Arch, ckpt: Path, speedup: float, out: Path, batch: int, train_l
     worse = guard is not None and row["accuracy_change"] is not None and -row["accuracy_change"] > guard
     row["regression"] = proc.returncode == 0 and (slower or worse)
     return row
+
+
+def agreement_cell(row: dict[str, Any]) -> str:
+    """"99.0% of 206 (< 3.0%)": the rate, its images and the disagreement bound they vouch for."""
+    if row.get("agreement") is None:
+        return "-"
+    if row.get("check_images") is None or row.get("disagreement_bound") is None:
+        return fmt(row["agreement"], ".1%")
+    return f"{row['agreement']:.1%} of {row['check_images']} (< {row['disagreement_bound']:.1%})"
 
 
 def accuracy_changes(arch: Arch, out: Path, decision: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -180,7 +190,8 @@ def markdown(rows: list[dict[str, Any]], accs: dict[str, float], args: argparse.
     ]
     if args.unlabelled:
         lines += [f"**Unlabelled builds**: `--calib` images only, no `--train` or `--eval`. The build judged the pruned model by its top-1 "
-                  f"agreement with the original on held-out calibration images (column *agreement*; a pruned model below {100 * MIN_PRUNED_AGREEMENT:.0f}% may not deploy), "
+                  f"agreement with the original on held-out calibration images (column *agreement*: the rate, the images compared and the one-sided "
+                  f"95% upper bound on the disagreement they vouch for; a pruned model deploys only where that bound is below {UNLABELLED_BOUND:g}%), "
                   "distilling it from the original on the calibration images first where BatchNorm recalibration left it below. *acc change* "
                   "is measured afterwards by this tool, on the labelled test set the build never saw: the deployed artifact against the FP32 "
                   f"original, both in ONNX Runtime. A regression is an exit 0 that lost more than {UNLABELLED_BOUND:g} points or runs slower.", "",
@@ -195,7 +206,7 @@ def markdown(rows: list[dict[str, Any]], accs: dict[str, float], args: argparse.
     for r in rows:
         lines.append(
             f"| {r['arch']} | {fmt(accs.get(r['arch']), '.1f', '%')} | {r['speedup']:g}x | {r['exit']} | {r.get('deploy') or '-'} | {fmt(r.get('vs_fp32_original'), '.2f', 'x')} "
-            f"| {fmt(r.get('vs_original_at_precision'), '.2f', 'x')} | {fmt(r.get('accuracy_change'), '+.2f')} | {fmt(r.get('agreement'), '.1%')} | {r.get('rounds', '-')} | {fmt(r.get('predicted'), '.2f', 'x')} "
+            f"| {fmt(r.get('vs_original_at_precision'), '.2f', 'x')} | {fmt(r.get('accuracy_change'), '+.2f')} | {agreement_cell(r)} | {r.get('rounds', '-')} | {fmt(r.get('predicted'), '.2f', 'x')} "
             f"| {fmt(r.get('measured'), '.2f', 'x')} | {fmt(r.get('prediction_error'), '+.0%')} | {'**YES**' if r.get('regression') else 'no'} |"
         )
     split = [r for r in rows if r.get("pruned_fp32_change") is not None]

@@ -6,6 +6,7 @@ Lazy because a fully cached build must not load a model or a data set at all.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -46,7 +47,8 @@ def dataset(ctx: BuildContext, kind: str) -> ArrayDataset | None:
         if kind == "calib":  # as many as its passes reach (build/sample_budget.py)
             # recovery reads them unless nothing was pruned, or --train feeds BatchNorm and the check
             recovery = not ctx.results.get("surgery", {}).get("_skipped") and (not d.train or task(ctx) == DETECT)
-            limit = calib_images_to_load(d.calib_samples, macs_per_image(ctx), macs_per_image(ctx, "surgery"), recovery_reads=recovery)
+            limit = calib_images_to_load(d.calib_samples, macs_per_image(ctx), macs_per_image(ctx, "surgery"), recovery_reads=recovery,
+                                         image_bytes=4 * math.prod(shape[1:]))
         else:
             limit = {"train": d.train_limit, "eval": d.eval_limit, "data": d.train_limit}[kind]
         data = load_source(source, pre, limit=limit, seed=d.seed)

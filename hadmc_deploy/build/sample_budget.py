@@ -14,14 +14,17 @@ same numbers.
 
 from __future__ import annotations
 
+from hadmc_deploy.build.fidelity import MIN_PRUNED_AGREEMENT, images_to_vouch
 from hadmc_deploy.calibration.quantize import Int8Options
 
 #: calibration images loaded beyond the ones the ranges see, at most: what the four passes above
-#: reach for a small model (BatchNorm's 1,024 and the agreement check's share past them). Loading
-#: the whole source instead preprocessed all 60,000 Fashion-MNIST images to 3x224x224 float32 for a
-#: ResNet-18 build (36 GB) and was killed for memory; 4,096 extra (2.5 GB at 224) spent 12 s
-#: loading and 8 s hashing of a ResNet-18 build.
-CALIB_BEYOND_RANGES = 1280
+#: reach for a small model (BatchNorm's 1,024 and the agreement check's 1,024 past them) ...
+CALIB_BEYOND_RANGES = 2048
+#: ... and at most this many bytes of them, preprocessed (float32). Loading the whole source instead
+#: preprocessed all 60,000 Fashion-MNIST images to 3x224x224 float32 for a ResNet-18 build (36 GB)
+#: and was killed for memory; 4,096 extra (2.5 GB at 224) spent 12 s loading and 8 s hashing of a
+#: ResNet-18 build. An expensive model's passes stop well before either cap (see below).
+CALIB_BEYOND_BYTES = 1 << 30
 
 #: calibration images BatchNorm statistics are re-estimated on when no --train is given (a plain
 #: average over 8 batches of 128: 2048 took 27 s of a 5-minute ResNet-18 build at 224), at most...
@@ -39,12 +42,15 @@ BN_CALIB_MACS = 3e11
 VERIFY_MACS = 1e11
 MIN_VERIFY_SAMPLES = 128
 
-#: images the pruned model's agreement check compares at most, and at least when the model is expensive
-MAX_CHECK_SAMPLES, MIN_CHECK_SAMPLES = 512, 128
-#: multiply-adds of the original's forward passes the check aims at: 512 images of a small CNN,
-#: 128 of a ResNet-18 at 224 (1.8 GMACs each: 6-8 s of a build on 2 cores, both models together;
-#: fewer would leave the 99% bar no disagreement to spare)
-CHECK_MACS = 1e11
+#: images the pruned model's agreement check compares at most, and at least: the fewest that can
+#: vouch for a disagreement below the 1-point guard when all agree (build/fidelity.py; 299 at 95%).
+#: A small CNN takes all 1,024 (4 disagreements may pass there), an expensive model the fewest.
+MAX_CHECK_SAMPLES = 1024
+MIN_CHECK_SAMPLES = images_to_vouch(1.0 - MIN_PRUNED_AGREEMENT)
+#: multiply-adds of the original's forward passes the check aims at: 1,024 images of a small CNN,
+#: the 299 at least of a ResNet-18 at 224 (1.8 GMACs each: about 12 s of a build on 2 cores, both
+#: models together, when the pruned model agrees; one that does not is stopped as soon as it fails)
+CHECK_MACS = 2e11
 
 
 def samples_within(macs_per_sample: int | None, *, most: int, least: int, macs_budget: float) -> int:
@@ -71,13 +77,16 @@ def check_samples(macs_per_sample: int | None) -> int:
     return samples_within(macs_per_sample, most=MAX_CHECK_SAMPLES, least=MIN_CHECK_SAMPLES, macs_budget=CHECK_MACS)
 
 
-def calib_images_to_load(calib_samples: int, original_macs: int | None, pruned_macs: int | None, *, recovery_reads: bool = True) -> int:
+def calib_images_to_load(calib_samples: int, original_macs: int | None, pruned_macs: int | None, *, recovery_reads: bool = True,
+                         image_bytes: int | None = None) -> int:
     """Calibration images a build loads: as far as the furthest pass reaches (the ranges and the
     INT8 check: `calib_samples` + its held-out images; with `recovery_reads`, BatchNorm and the
-    agreement check, which holds out twice its images to choose a distilled epoch on half), never
-    more than `calib_samples` + CALIB_BEYOND_RANGES. Per-image multiply-adds of the original and the
-    pruned model (None where not known yet: the most images that pass would take)."""
+    agreement check on the images after BatchNorm's), never more than `calib_samples` +
+    CALIB_BEYOND_RANGES, nor beyond them more than CALIB_BEYOND_BYTES of images of `image_bytes`.
+    Per-image multiply-adds of the original and the pruned model (None where not known yet: the
+    most images that pass would take)."""
     reach = calib_samples + verify_samples(original_macs)
     if recovery_reads:
-        reach = max(reach, bn_calib_samples(pruned_macs) + 2 * check_samples(original_macs))
-    return min(calib_samples + CALIB_BEYOND_RANGES, reach)
+        reach = max(reach, bn_calib_samples(pruned_macs) + check_samples(original_macs))
+    beyond = CALIB_BEYOND_RANGES if not image_bytes else min(CALIB_BEYOND_RANGES, max(1, CALIB_BEYOND_BYTES // image_bytes))
+    return min(calib_samples + beyond, reach)

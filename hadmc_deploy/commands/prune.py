@@ -93,7 +93,7 @@ def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
         notes.append("no --train or --eval data: no BN recalibration or fine-tuning, and no accuracy measured")
     agreement = res["recover"].get("agreement") or {}
     if agreement.get("judged") and not agreement.get("passed") and acc.get("recovered") is None:
-        notes.append(f"the pruned model disagrees with the original on {agreement['source']} ({agreement['reason']}): a build would not "
+        notes.append(f"the pruned model is not shown to agree with the original on {agreement['source']} ({agreement['reason']}): a build would not "
                      "deploy it without --eval; give --train data, or more --epochs, to recover it")
     speedup = plan.settings.search.speedup
     if measured and speedup and measured["speedup"] < speedup:

@@ -115,7 +115,8 @@ def run(ctx: BuildContext) -> StageResult:
                                     "--train data to recover it, or --allow-accuracy-drop to deploy it unchecked")
     elif code == 15 and PRUNED_DISAGREES in why:
         decision.verdict["hint"] = ("give --train data so recovery fine-tunes the pruned model from the original, or raise --epochs (without "
-                                    "--train it distils on the calibration images, longer with more epochs); labelled --eval data to judge "
+                                    "--train it distils on the calibration images, longer with more epochs); more --calib images (the check needs enough held-out "
+                                    "ones to vouch for a 1% bound); labelled --eval data to judge "
                                     "accuracy instead of agreement; or --allow-accuracy-drop to deploy it anyway")
     if q.max_accuracy_drop is not None and reference_acc is not None:
         decision.guard = {"allowed": q.max_accuracy_drop, "reference": reference_acc, "allowed_by_flag": q.allow_accuracy_drop,
@@ -139,8 +140,8 @@ def run(ctx: BuildContext) -> StageResult:
     return StageResult(result, [out])
 
 
-#: the start of the exclusion a pruned model gets when it disagrees with the original (no --eval)
-PRUNED_DISAGREES = "the pruned model disagrees with the original"
+#: the start of the exclusion a pruned model gets when its held-out images do not vouch for its agreement with the original (no --eval)
+PRUNED_DISAGREES = "the pruned model is not shown to agree with the original"
 
 
 #: the exclusion of a pruned model that no data could check
