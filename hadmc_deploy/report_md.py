@@ -156,7 +156,9 @@ def _agreement_text(a: dict, consequence: str) -> str:
         return f"no classifier output to compare on {a.get('source')}: not judged (give labelled --eval data)"
     weighted = a.get("confidence_agreement")
     text = f"top-1 agreement {a['top1_agreement']:.1%}" + (f" ({weighted:.1%} weighted by the original's confidence, not judged)" if weighted is not None else "")
-    verdict = "passed" if a.get("passed") else f"FAILED ({a.get('reason')}): {consequence}"
+    bound = a.get("disagreement_bound")
+    vouched = f" (its {a.get('samples')} images vouch for a disagreement below {bound:.1%}, 95%)" if bound is not None else ""
+    verdict = f"passed{vouched}" if a.get("passed") else f"FAILED ({a.get('reason')}): {consequence}"
     return f"{text}, on {a.get('source')}: {verdict}"
 
 

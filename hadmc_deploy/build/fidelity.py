@@ -137,7 +137,7 @@ def pruned_agreement(original: Any, pruned: Any, x: np.ndarray, source: str, *, 
         bound = disagreement_bound(out.top1_agreement, check.samples)
         if seen < len(x) and disagreements.get(k, 0) > allowed:
             problems.append(f"{out.name}: top-1 agreement {out.top1_agreement:.1%} on the first {seen} of {len(x)} images, stopped there: "
-                            f"{disagreements[k]} disagreements, more than the {allowed} that {len(x)} images allow to vouch for a disagreement below {rate:.0%}")
+                            f"{_count(disagreements[k], 'disagreement')}, more than the {allowed} that {len(x)} images allow to vouch for a disagreement below {rate:.0%}")
         elif seen == len(x) and bound > rate + 1e-12:
             fewest = f"; {images_to_vouch(rate)} images at least" if allowed < 0 else ""
             problems.append(f"{out.name}: top-1 agreement {out.top1_agreement:.1%} of {check.samples} images vouches for a disagreement below "
@@ -147,6 +147,10 @@ def pruned_agreement(original: Any, pruned: Any, x: np.ndarray, source: str, *, 
     bound = disagreement_bound(check.top1_agreement, check.samples) if judged else None
     return PrunedAgreement(check.samples, source, check.top1_agreement, check.confidence_agreement, check.snr_db, judged,
                            passed=not problems, reason="; ".join(problems), single_classifier_output=single, disagreement_bound=bound)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _columns(chunks: list[list[np.ndarray]]) -> list[np.ndarray]:
