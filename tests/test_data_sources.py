@@ -200,14 +200,3 @@ def test_bn_recalibration_images_shrink_only_for_expensive_models():
     assert bn_calib_samples(2_000_000) == BN_CALIB_SAMPLES  # a 28x28 CNN: every image
     assert bn_calib_samples(800_000_000) == 375  # a pruned ResNet-18 at 224: 0.3 TMACs of passes
     assert bn_calib_samples(50_000_000_000) == BN_CALIB_MIN_SAMPLES
-
-
-def test_scarce_calibration_images_go_to_the_agreement_check_first():
-    """scikit-learn's digits (1,437 training images): the check gets its 1,024, BatchNorm the 413
-    left (never under its minimum); with images to spare BatchNorm keeps its 1,024."""
-    from hadmc_deploy.build.sample_budget import BN_CALIB_MIN_SAMPLES, BN_CALIB_SAMPLES, bn_images_of
-
-    small = 2_000_000
-    assert bn_images_of(1437, small // 2, small) == 1437 - 1024 == 413
-    assert bn_images_of(5000, small // 2, small) == BN_CALIB_SAMPLES
-    assert bn_images_of(300, small // 2, small) == BN_CALIB_MIN_SAMPLES

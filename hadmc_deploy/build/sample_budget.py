@@ -77,17 +77,6 @@ def check_samples(macs_per_sample: int | None) -> int:
     return samples_within(macs_per_sample, most=MAX_CHECK_SAMPLES, least=MIN_CHECK_SAMPLES, macs_budget=CHECK_MACS)
 
 
-def bn_images_of(available: int, pruned_macs: int | None, original_macs: int | None) -> int:
-    """Calibration images BatchNorm recalibration takes of the `available` ones when there is no
-    --train: `bn_calib_samples`, fewer (never under BN_CALIB_MIN_SAMPLES) where the agreement
-    check's `check_samples` would not fit after them. Why the check first: its bound needs its
-    images (a pass needs 299 at least, build/fidelity.py), while BatchNorm's statistics average
-    H x W values per channel of every image. The 1,437 images of scikit-learn's digits left the
-    check 413 after BatchNorm's 1,024, where a single disagreement failed it; now 1,024 (4 may)."""
-    bn, check = bn_calib_samples(pruned_macs), check_samples(original_macs)
-    return bn if available >= bn + check else min(bn, max(BN_CALIB_MIN_SAMPLES, available - check))
-
-
 def calib_images_to_load(calib_samples: int, original_macs: int | None, pruned_macs: int | None, *, recovery_reads: bool = True,
                          image_bytes: int | None = None) -> int:
     """Calibration images a build loads: as far as the furthest pass reaches (the ranges and the

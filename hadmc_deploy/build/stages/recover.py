@@ -19,7 +19,7 @@ from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.fidelity import MIN_PRUNED_AGREEMENT, PrunedAgreement, held_out_images, images_to_vouch, model_outputs, pruned_agreement
 from hadmc_deploy.build.inputs import data_hash, dataset, loaded_model, macs_per_image, task
 from hadmc_deploy.build.metric import DETECT, torch_score
-from hadmc_deploy.build.sample_budget import bn_images_of, check_samples
+from hadmc_deploy.build.sample_budget import bn_calib_samples, check_samples
 from hadmc_deploy.build.stages.search import PLAN_FILE
 from hadmc_deploy.build.stages.surgery import PRUNED_FILE
 from hadmc_deploy.data import ArrayDataset
@@ -97,7 +97,7 @@ def run(ctx: BuildContext) -> StageResult:
         # No training data: `recover` only re-estimates BatchNorm statistics on these images; their
         # labels (if any) are not scored: calibration images need not be labelled for this model.
         tr, val = None, None
-        bn_data = calib.subset(bn_images_of(len(calib), macs_per_image(ctx, "surgery"), macs_per_image(ctx)), seed=seed)
+        bn_data = calib.subset(bn_calib_samples(macs_per_image(ctx, "surgery")), seed=seed)
     if evald is not None:
         acc["baseline"] = torch_score(teacher.model, evald)[0]
         acc["pruned"] = torch_score(student, evald)[0]
