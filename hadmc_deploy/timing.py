@@ -12,6 +12,7 @@ stretch anyway.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -55,3 +56,20 @@ def runs_for(min_seconds: float, per_run_ms: float, runs: int) -> int:
     if min_seconds <= 0 or per_run_ms <= 0:
         return runs
     return max(runs, min(MAX_TIMED_RUNS, int(min_seconds * 1000.0 / per_run_ms + 0.999)))
+
+
+def expected_fastest(values: list[float], of: int = WHOLE_MODEL_ROUNDS) -> float:
+    """The expected fastest of `of` rounds, estimated from all `values` (per-round times): the
+    average, over every `of`-subset of them, of its fastest (an unbiased U-statistic; with exactly
+    `of` values it is their fastest). Why: the fastest of 7 is what a build's latency check
+    measures, and as one draw it is noisy; from 42 rounds of four deployed demo CNN plans at 96x96
+    (INT8, batch 1) in each of four processes, the fastest of 7 rounds moved 3.5-4.7% (coefficient
+    of variation) between draws, this estimate from 21 rounds 1.7-2.4% about the same mean
+    (0.3-1.0% apart; scratch /tmp/exp16/rounds.py, 2026-12-02)."""
+    if not values:
+        raise ValueError("no rounds")
+    xs, n = sorted(values), len(values)
+    of = max(1, min(of, n))
+    total = math.comb(n, of)
+    # the i-th smallest (0-based) is the fastest of exactly comb(n - 1 - i, of - 1) subsets
+    return sum(x * math.comb(n - 1 - i, of - 1) for i, x in enumerate(xs[: n - of + 1])) / total

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
-from hadmc_deploy.timing import MAX_TIMED_RUNS, runs_for, timed_samples
+import pytest
+
+from hadmc_deploy.timing import MAX_TIMED_RUNS, WHOLE_MODEL_ROUNDS, expected_fastest, runs_for, timed_samples
 
 
 def test_runs_then_the_stretch():
@@ -29,3 +31,20 @@ def test_runs_for_fills_the_stretch():
     assert runs_for(0.04, 100.0, 5) == 5
     assert runs_for(0.0, 1.0, 5) == 5
     assert runs_for(10.0, 0.001, 5) == MAX_TIMED_RUNS
+
+
+def test_expected_fastest_is_the_average_fastest_of_every_subset() -> None:
+    """The U-statistic equals the brute-force average over every 7-subset; with 7 rounds (or fewer)
+    it is their fastest; more rounds of the same distribution estimate the same thing."""
+    import itertools
+    import random
+    import statistics
+
+    rng = random.Random(0)
+    values = [rng.uniform(1.0, 2.0) for _ in range(11)]
+    brute = statistics.fmean(min(c) for c in itertools.combinations(values, WHOLE_MODEL_ROUNDS))
+    assert expected_fastest(values) == pytest.approx(brute, rel=1e-12)
+    assert expected_fastest(values[:7]) == min(values[:7]) and expected_fastest(values[:2]) == min(values[:2])
+    assert min(values) <= expected_fastest(values) <= statistics.median(values)
+    with pytest.raises(ValueError):
+        expected_fastest([])

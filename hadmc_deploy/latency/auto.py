@@ -46,7 +46,7 @@ from hadmc_deploy.ui import UI, quiet_ui
 #: the build's WHOLE_MODEL_ROUNDS rounds, every measurement at least WHOLE_MODEL_SECONDS of runs:
 #: hadmc_deploy.timing; v13: graphs with grouped convs profile two crossed plans more, and a grouped
 #: conv's regime is priced by its fitted channel form where that predicts better: latency/channel_form.py).
-METHOD = "measured-v13"
+METHOD = "measured-v14"
 
 
 @dataclass
@@ -65,6 +65,11 @@ class MeasureOptions:
     #: (`tools/validate_latency_model.py --cells "" --issue --clock cpu`); a pair at 3 rounds, 10.7%
     #: (FP32), with no measurable cost in table time for a model that small.
     cpu_context_seconds: float = 15.0
+    #: clock "wall" only: further whole-model rounds of the context plans while they take under this
+    #: many seconds (at most 3 x WHOLE_MODEL_ROUNDS), from which each plan's expected fastest of
+    #: WHOLE_MODEL_ROUNDS is estimated (`timing.expected_fastest`): about half as variable as one
+    #: fastest of 7 (scratch /tmp/exp16/rounds.py). Seconds a build spends for it.
+    context_model_seconds: float = 3.0
     threads: int | None = None
     exporter: str = "deploy"
     #: "wall": deployment threads, wall clock; "cpu": one thread, CPU time (repeatable on a shared machine).
@@ -184,7 +189,8 @@ def measure_table(
         full_onnx = baseline_onnx() if callable(baseline_onnx) else baseline_onnx
         try:
             fit = functools.partial(fit_context, table, model, graph, shape, backend, rounds=options.context_rounds, threads=options.threads, exporter=options.exporter, baseline_onnx=full_onnx,
-                                    clock=options.clock, anchor=gate, more_rounds_seconds=options.cpu_context_seconds if options.clock == "cpu" else 0.0, ui=ui)
+                                    clock=options.clock, anchor=gate, more_rounds_seconds=options.cpu_context_seconds if options.clock == "cpu" else 0.0,
+                                    model_seconds=options.context_model_seconds, ui=ui)
             fit()
             isolated, block = table.staircase.step, blocked_layout_width(table.meta.device)
             if table.context is not None and isolated > 1 and table.context.step != block and not table.context.step_pays():

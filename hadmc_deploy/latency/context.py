@@ -54,7 +54,7 @@ from hadmc_deploy.latency.predictor import interp_context_ms
 from hadmc_deploy.latency.repeat import SpeedGate
 from hadmc_deploy.latency.whole_model import TimingRanges
 from hadmc_deploy.specs import LayerSpec
-from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS
+from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS, expected_fastest
 from hadmc_deploy.ui import UI, quiet_ui
 
 #: a layer's factor is clipped to this multiple range of the median factor (a mapping or
@@ -66,6 +66,8 @@ FACTOR_CLIP = 4.0
 MAX_EXTRA_ROUNDS = 4
 #: rounds of the context fit at most, with `more_rounds_seconds` (the CPU clock's floor).
 MAX_CONTEXT_ROUNDS = 20
+#: whole-model rounds per plan at most, with `model_seconds` (wall clock)
+MAX_MODEL_ROUNDS = 3 * WHOLE_MODEL_ROUNDS
 
 
 def factor_curve(points: list[tuple[float, float]]) -> list[list[float]]:
@@ -100,23 +102,26 @@ def fit_context(
     clock: str = "wall",
     anchor: SpeedGate | None = None,
     more_rounds_seconds: float = 0.0,
+    model_seconds: float = 0.0,
     step: int | None = None,
     ui: UI | None = None,
 ) -> ContextCorrection:
     """Profile `plans` (default: `calibration_plans`) as deployed, interleaved over `rounds`,
     and set `table.context`. Raises LatencyModelError when kernels cannot be mapped to layers.
 
-    Every time is the minimum over rounds (load only adds time), whole-model times the fastest
-    round's median over WHOLE_MODEL_ROUNDS rounds at least: what the build's latency check and
-    decide stage measure. With a speed `anchor`
+    Every profiled time is the minimum over rounds (load only adds time), whole-model times (each
+    round's median) over WHOLE_MODEL_ROUNDS rounds at least, the fastest of which is what the
+    build's latency check and decide stage measure. With a speed `anchor`
     (latency/speed_anchor.py) a plan none of whose rounds ran in a fast window of the machine gets
     up to `MAX_EXTRA_ROUNDS` more, as the table's layers get more passes. With clock "cpu" the
     sessions run one thread and whole-model times are CPU time; the profiler's kernel
     times are wall clock, so there they only apportion the measured total. With
     `more_rounds_seconds`, rounds go on while the rounds so far took less than that (at most
     MAX_CONTEXT_ROUNDS): the minimum over more rounds is a floor that repeats (see
-    MeasureOptions.cpu_context_seconds). `step`: profile the regimes of this step instead of
-    `context_step(table)`."""
+    MeasureOptions.cpu_context_seconds). On the wall clock a plan's whole-model time is the
+    expected fastest of WHOLE_MODEL_ROUNDS rounds (`timing.expected_fastest`), estimated from
+    further rounds of every plan while they take under `model_seconds` (at most MAX_MODEL_ROUNDS).
+    `step`: profile the regimes of this step instead of `context_step(table)`."""
     from hadmc_deploy.latency.predictor import LutLatencyModel, context_layer_ms
 
     ui = ui or quiet_ui()
@@ -155,8 +160,7 @@ def fit_context(
                 )
             node_of_layer[name] = {layer_keys[a][0]: nodes[b][0] for a, b in pairs}
         best: dict[str, list[float]] = {}
-        walls: dict[str, float] = {}
-        model_rounds: dict[str, int] = {}
+        round_ms: dict[str, list[float]] = {name: [] for name in built}  # each whole-model round's median
         quiet = dict.fromkeys(built, False)
 
         def time_round(names: list[str]) -> None:
@@ -175,8 +179,7 @@ def fit_context(
 
         def model_round(names: list[str]) -> None:
             for name in names:
-                walls[name] = min(walls.get(name, float("inf")), probe.model_ms(built[name][1], batch, runs))
-                model_rounds[name] = model_rounds.get(name, 0) + 1
+                round_ms[name].append(probe.model_ms(built[name][1], batch, runs))
 
         started = time.monotonic()
         for _ in ui.track(range(rounds), "profiling deployed plans (interleaved)"):
@@ -192,8 +195,15 @@ def fit_context(
             time_round(slow)
         # whole-model times over as many rounds as the build's latency check and decide stage
         # take (the profiles need fewer): the same estimator as what the predictions are checked on
-        while min(model_rounds.values()) < WHOLE_MODEL_ROUNDS:
-            model_round([name for name in built if model_rounds[name] < WHOLE_MODEL_ROUNDS])
+        while min(len(r) for r in round_ms.values()) < WHOLE_MODEL_ROUNDS:
+            model_round([name for name in built if len(round_ms[name]) < WHOLE_MODEL_ROUNDS])
+        # and more while they fit in `model_seconds`: the expected fastest of WHOLE_MODEL_ROUNDS
+        # estimated from more rounds moves less between tables (timing.expected_fastest)
+        extra_started = time.monotonic()
+        while clock == "wall" and min(len(r) for r in round_ms.values()) < MAX_MODEL_ROUNDS and time.monotonic() - extra_started < model_seconds:
+            model_round(list(built))
+        model_rounds = {name: len(r) for name, r in round_ms.items()}
+        walls = {name: expected_fastest(r) if clock == "wall" else min(r) for name, r in round_ms.items()}
         if anchor is not None:
             for q in quiet.values():
                 anchor.record(q)
