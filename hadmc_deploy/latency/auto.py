@@ -45,7 +45,9 @@ from hadmc_deploy.ui import UI, quiet_ui
 #: the blocked width, see context_plans.context_step; v12: the context fit's whole-model times over
 #: the build's WHOLE_MODEL_ROUNDS rounds, every measurement at least WHOLE_MODEL_SECONDS of runs:
 #: hadmc_deploy.timing; v13: graphs with grouped convs profile two crossed plans more, and a grouped
-#: conv's regime is priced by its fitted channel form where that predicts better: latency/channel_form.py).
+#: conv's regime is priced by its fitted channel form where that predicts better: latency/channel_form.py;
+#: v14: a context plan's whole-model time is the expected fastest of WHOLE_MODEL_ROUNDS rounds,
+#: estimated from up to three times as many: timing.expected_fastest).
 METHOD = "measured-v14"
 
 
