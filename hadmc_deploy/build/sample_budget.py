@@ -17,13 +17,12 @@ from __future__ import annotations
 from hadmc_deploy.build.fidelity import MIN_PRUNED_AGREEMENT, images_to_vouch
 from hadmc_deploy.calibration.quantize import Int8Options
 
-#: calibration images loaded beyond the ones the ranges see, at most: what the four passes above
-#: reach for a small model (BatchNorm's 1,024 and the agreement check's 1,024 past them) ...
-CALIB_BEYOND_RANGES = 2048
-#: ... and at most this many bytes of them, preprocessed (float32). Loading the whole source instead
-#: preprocessed all 60,000 Fashion-MNIST images to 3x224x224 float32 for a ResNet-18 build (36 GB)
-#: and was killed for memory; 4,096 extra (2.5 GB at 224) spent 12 s loading and 8 s hashing of a
-#: ResNet-18 build. An expensive model's passes stop well before either cap (see below).
+#: calibration images loaded beyond the ones the ranges see: as far as the passes above reach (for a
+#: small model BatchNorm's 1,024 and the agreement check's 1,024 past them), but at most this many
+#: bytes of them, preprocessed (float32). Loading the whole source instead preprocessed all 60,000
+#: Fashion-MNIST images to 3x224x224 float32 for a ResNet-18 build (36 GB) and was killed for memory;
+#: 4,096 extra (2.5 GB at 224) spent 12 s loading and 8 s hashing of a ResNet-18 build. An expensive
+#: model's passes stop well before the cap (see below).
 CALIB_BEYOND_BYTES = 1 << 30
 
 #: calibration images BatchNorm statistics are re-estimated on when no --train is given (a plain
@@ -48,8 +47,9 @@ MIN_VERIFY_SAMPLES = 128
 MAX_CHECK_SAMPLES = 1024
 MIN_CHECK_SAMPLES = images_to_vouch(1.0 - MIN_PRUNED_AGREEMENT)
 #: multiply-adds of the original's forward passes the check aims at: 1,024 images of a small CNN,
-#: the 299 at least of a ResNet-18 at 224 (1.8 GMACs each: about 12 s of a build on 2 cores, both
-#: models together, when the pruned model agrees; one that does not is stopped as soon as it fails)
+#: the 299 at least of a ResNet-18 at 224 (1.8 GMACs each: 8.1 s on 2 cores for the original and
+#: issue 13's pruned model together, scratch /tmp/exp16/check_cost.py, when the pruned model agrees;
+#: one that does not is stopped as soon as it fails)
 CHECK_MACS = 2e11
 
 
@@ -81,12 +81,13 @@ def calib_images_to_load(calib_samples: int, original_macs: int | None, pruned_m
                          image_bytes: int | None = None) -> int:
     """Calibration images a build loads: as far as the furthest pass reaches (the ranges and the
     INT8 check: `calib_samples` + its held-out images; with `recovery_reads`, BatchNorm and the
-    agreement check on the images after BatchNorm's), never more than `calib_samples` +
-    CALIB_BEYOND_RANGES, nor beyond them more than CALIB_BEYOND_BYTES of images of `image_bytes`.
+    agreement check on the images after BatchNorm's), never more than CALIB_BEYOND_BYTES of images
+    of `image_bytes` beyond `calib_samples`.
     Per-image multiply-adds of the original and the pruned model (None where not known yet: the
     most images that pass would take)."""
     reach = calib_samples + verify_samples(original_macs)
     if recovery_reads:
         reach = max(reach, bn_calib_samples(pruned_macs) + check_samples(original_macs))
-    beyond = CALIB_BEYOND_RANGES if not image_bytes else min(CALIB_BEYOND_RANGES, max(1, CALIB_BEYOND_BYTES // image_bytes))
-    return min(calib_samples + beyond, reach)
+    if image_bytes:
+        reach = min(reach, calib_samples + max(1, CALIB_BEYOND_BYTES // image_bytes))
+    return reach

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.fidelity import MIN_PRUNED_AGREEMENT, PrunedAgreement, held_out_images, images_to_vouch, model_outputs, pruned_agreement
+from hadmc_deploy.build.fidelity import PrunedAgreement, held_out_images, model_outputs, pruned_agreement
 from hadmc_deploy.build.inputs import data_hash, dataset, loaded_model, macs_per_image, task
 from hadmc_deploy.build.metric import DETECT, torch_score
-from hadmc_deploy.build.sample_budget import bn_calib_samples, check_samples
+from hadmc_deploy.build.sample_budget import MIN_CHECK_SAMPLES, bn_calib_samples, check_samples
 from hadmc_deploy.build.stages.search import PLAN_FILE
 from hadmc_deploy.build.stages.surgery import PRUNED_FILE
 from hadmc_deploy.data import ArrayDataset
@@ -165,9 +165,9 @@ def judge_and_distil(ctx: BuildContext, teacher: Any, student: Any, outcome: Rec
     elif steps < MIN_DISTILL_STEPS:
         fidelity.not_distilled = (f"not distilled on the calibration images: {steps} steps fit in --epochs {r.epochs:g}, "
                                   f"--epochs {needed_epochs:g} allows {MIN_DISTILL_STEPS}")
-    elif len(check_x) < images_to_vouch(1.0 - MIN_PRUNED_AGREEMENT):
+    elif len(check_x) < MIN_CHECK_SAMPLES:
         fidelity.not_distilled = (f"not distilled on the calibration images: the {len(check_x)} held-out images could not vouch for it afterwards "
-                                  f"(a pass needs {images_to_vouch(1.0 - MIN_PRUNED_AGREEMENT)}: pass more images to --calib)")
+                                  f"(a pass needs {MIN_CHECK_SAMPLES}: pass more images to --calib)")
     if fidelity.not_distilled:
         ctx.ui.log(f"the pruned model is not shown to agree with the original ({fidelity.agreement.reason}); {fidelity.not_distilled}")
         return student, outcome, fidelity
