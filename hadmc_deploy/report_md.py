@@ -236,8 +236,13 @@ def self_check_lines(check: dict[str, Any]) -> list[str]:
         return [f"Self-check of the latency table: not run ({check.get('why', '')}).", ""]
     plans = "; ".join(f"{p['name']} predicted {p['predicted_ms']:.3f}, measured {p['measured_ms']:.3f} ms ({100 * p['error']:+.0f}%)" for p in check["plans"])
     tol = 100 * check.get("tolerance", 0.1)
+    earlier = check.get("history") or 0
     if check.get("feedback_written_to"):
         what = f"beyond ±{tol:.0f}%: the cached table now carries feedback x{check['feedback']['scale']:.3f}, so the next build on this machine prices on the measured scale"
+        if earlier:
+            what += f" (the median measured/predicted ratio over these timings and the {earlier} of earlier builds on this table)"
+    elif check.get("history_written_to"):
+        what = f"within ±{tol:.0f}% (recorded in the cached table beside {earlier} earlier timing(s): a later miss is corrected by the median ratio over all of them)"
     elif check.get("flagged"):
         what = f"beyond ±{tol:.0f}%; the table is not a cached one this build measured, so it is left as it is"
     else:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from hadmc_deploy.build import self_check as sc
-from hadmc_deploy.latency.lut import LatencyTable, LutMeta, read_table
+from hadmc_deploy.latency.lut import LatencyTable, LutMeta, prices_sha256, read_table
 from hadmc_deploy.latency.predictor import LutLatencyModel
 from hadmc_deploy.report_md import self_check_lines
 from hadmc_deploy.specs import LayerSpec
@@ -45,12 +45,36 @@ def test_a_miss_leaves_scale_feedback_in_the_cached_table(monkeypatch, tmp_path)
     assert "cached table now carries feedback x0.700" in " ".join(self_check_lines(record))
 
 
-def test_a_hit_changes_nothing(monkeypatch, tmp_path):
+def test_a_hit_moves_no_price_and_is_recorded(monkeypatch, tmp_path):
     ctx, cache, p_full, p_plan = _setup(monkeypatch, tmp_path)
+    prices = prices_sha256(cache)
     record = sc.check_deployed(ctx, {"baseline-int8": 1.05 * p_full, "pruned-int8": 0.96 * p_plan}, batch=1)
     assert record["checked"] and not record["flagged"] and record["feedback_written_to"] is None
-    assert read_table(cache).feedback is None
-    assert "within ±10%" in self_check_lines(record)[0]
+    fb = read_table(cache).feedback
+    assert fb.scale == 1.0 and fb.offset_ms == 0.0 and [p["measured_ms"] for p in fb.fitted_on] == [1.05 * p_full, 0.96 * p_plan]
+    assert prices_sha256(cache) == prices  # a rebuild keyed on the table's prices is not invalidated
+    model = LutLatencyModel(read_table(cache))
+    assert model.predict([BASE.with_channels(64, 64)]).total_ms == pytest.approx(p_full, rel=1e-9)
+    assert "within ±10% (recorded in the cached table beside 0 earlier" in self_check_lines(record)[0]
+
+
+def test_one_slow_build_does_not_set_the_scale_alone(monkeypatch, tmp_path):
+    """Three builds timed on the table's scale, then one timed 1.35x slower (a slow spell of a shared
+    machine): it is flagged, and the feedback it leaves is the median over all eight timings."""
+    ctx, cache, p_full, p_plan = _setup(monkeypatch, tmp_path)
+    for k in (1.02, 0.97, 1.04):
+        assert not sc.check_deployed(ctx, {"baseline-int8": k * p_full, "pruned-int8": k * p_plan}, batch=1)["flagged"]
+        monkeypatch.setattr(sc, "latency_model", lambda ctx: LutLatencyModel(read_table(cache)))
+    record = sc.check_deployed(ctx, {"baseline-int8": 1.35 * p_full, "pruned-int8": 1.35 * p_plan}, batch=1)
+    assert record["flagged"] and record["history"] == 6 and record["feedback_written_to"] == str(cache)
+    fb = read_table(cache).feedback
+    assert len(fb.fitted_on) == sc.FEEDBACK_HISTORY and fb.scale == pytest.approx(1.03, rel=1e-6)  # median of 0.97 1.02 1.04 1.35 (x2 each)
+    assert "over these timings and the 6 of earlier builds" in self_check_lines(record)[0]
+    # a fifth build slow again: the oldest timings drop out, eight are kept
+    monkeypatch.setattr(sc, "latency_model", lambda ctx: LutLatencyModel(read_table(cache)))
+    sc.check_deployed(ctx, {"baseline-int8": 1.4 * p_full, "pruned-int8": 1.4 * p_plan}, batch=1)
+    fb = read_table(cache).feedback
+    assert len(fb.fitted_on) == sc.FEEDBACK_HISTORY and fb.scale == pytest.approx((1.04 + 1.35) / 2, rel=1e-6)
 
 
 def test_a_graph_with_layers_the_guard_kept_in_float_is_not_held_against_the_table(monkeypatch, tmp_path):

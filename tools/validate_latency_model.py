@@ -40,6 +40,7 @@ from hadmc_deploy.graph.trace import trace  # noqa: E402
 from hadmc_deploy.latency.auto import MeasureOptions, measure_table  # noqa: E402
 from hadmc_deploy.latency.context_build import build_deployed_artifact  # noqa: E402
 from hadmc_deploy.latency.context_probe import whole_model_ms  # noqa: E402
+from hadmc_deploy.latency.lut import cpu_fingerprint  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
 from hadmc_deploy.latency.predictor import LutLatencyModel  # noqa: E402
 from hadmc_deploy.latency.speed_anchor import table_anchor  # noqa: E402
@@ -361,6 +362,12 @@ def write_doc(results: dict, path: Path, section: str = "validation") -> None:
     path.write_text(text[:start] + "\n" + "\n".join(lines) + "\n" + text[end:])
 
 
+def machine_label() -> str:
+    """The CPU by model and ISA: steps, INT8 speed and noise differ between the machines here."""
+    cpu = cpu_fingerprint()
+    return f"{cpu['cpu_model'] or platform.machine()} ({cpu['isa']})"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", default="demo:fp32:1,demo:int8:1,demo:fp32:32,demo:int8:32,grouped:fp32:1,grouped:int8:1,mobilenet_v2:fp32:1,resnet18:fp32:1")
@@ -378,10 +385,12 @@ def main() -> int:
                         help="also measure PAIRS demo-CNN tables with and without the speed anchor's gate, alternately, per precision")
     parser.add_argument("--json", default=str(ROOT / "docs" / "latency_validation.json"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "latency_model.md"))
-    parser.add_argument("--section", default="validation", help="the doc's marked section to replace (validation, validation-wall, ...)")
+    parser.add_argument("--section", help="the doc's marked section to replace (validation, validation-wall, ...); without it the doc is left alone")
     parser.add_argument("--render", metavar="JSON", help="only write the doc section from a results JSON of an earlier run")
     args = parser.parse_args()
     if args.render:
+        if not args.section:
+            parser.error("--render needs --section: the doc's marked section to replace")
         write_doc(json.loads(Path(args.render).read_text()), Path(args.doc), args.section)
         return 0
     ui = UI(quiet=False)
@@ -389,7 +398,7 @@ def main() -> int:
     store = Path(args.workdir) / ANCHOR_STORE
     if args.remeasure and store.exists():  # from scratch: the machine's anchor reference too
         store.unlink()
-    results = {"measured_at": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    results = {"measured_at": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_label(), "cores": os.cpu_count(),
                "load_average": [round(x, 1) for x in os.getloadavg()], "clock": args.clock, "plans": args.plans, "rounds": args.rounds, "cells": [], "issue": []}
     start = time.monotonic()
     for cell in filter(None, args.cells.split(",")):  # --cells "": only the --issue checks
@@ -408,8 +417,11 @@ def main() -> int:
         results["anchor_ab"] = [anchor_ab(precision, args.anchor_ab, args, ui) for precision in ("fp32", "int8")]
     results["seconds"] = round(time.monotonic() - start, 1)
     Path(args.json).write_text(json.dumps(results, indent=1))
-    write_doc(results, Path(args.doc), args.section)
-    print(f"done in {results['seconds']:.0f}s; wrote {args.json} and {args.doc}")
+    written = [args.json]
+    if args.section:  # a run for the record names its section; a scratch run leaves the doc alone
+        write_doc(results, Path(args.doc), args.section)
+        written.append(args.doc)
+    print(f"done in {results['seconds']:.0f}s; wrote {' and '.join(written)}")
     return 0
 
 

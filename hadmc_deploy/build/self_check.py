@@ -8,6 +8,14 @@ table's `feedback`, so the next build on this machine prices plans on the measur
 instead of repeating the miss. Only a scale is persisted: one build's two timings pin an
 offset down exactly, noise included, and an offset would steer the next search's speedups;
 within a build the closed loop's correction (build/correction.py) already fits both.
+
+The scale is the median measured/predicted ratio over this build's timings and those of the
+last builds on the same cached table (`FEEDBACK_HISTORY` timings in all, kept in the feedback's
+`fitted_on`; a build within the tolerance adds its timings there without moving the scale). Why:
+on these shared machines a whole decide stage can fall in a slow spell (a fresh-clone demo on an
+AMD EPYC timed its INT8 original at 2.08 ms where the same build's evaluate stage had 1.55 ms and
+the table 1.45 ms; minutes later it timed 1.2-1.35 ms), and one such build set the next
+builds' scale alone, 1.35x too high.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ from typing import Any
 from hadmc_deploy.build.engine import BuildContext
 from hadmc_deploy.build.inputs import graph, latency_model, with_precision
 
+#: timings (two per build: baseline and plan) the persisted feedback scale is the median over
+FEEDBACK_HISTORY = 8
+
 
 def guard_float_layers(ctx: BuildContext, model: str) -> int:
     """How many layers the accuracy guard kept in float in `model`'s ("baseline"/"pruned") INT8 graph."""
@@ -27,6 +38,7 @@ def guard_float_layers(ctx: BuildContext, model: str) -> int:
 
 def check_deployed(ctx: BuildContext, fastest: dict[str, float], batch: int) -> dict[str, Any]:
     """{"checked": bool, ...}: the self-check record for the report (and the feedback written, if any)."""
+    from hadmc_deploy.latency.lut import Correction
     from hadmc_deploy.latency.predictor import LutLatencyModel
     from hadmc_deploy.latency.selfcheck import self_check
 
@@ -50,11 +62,20 @@ def check_deployed(ctx: BuildContext, fastest: dict[str, float], batch: int) -> 
         measured[model] = (specs, fastest[name])
     if not measured:
         return {"checked": False, "why": "; ".join(skipped) or "no candidate the table prices was timed"}
-    check, corrected = self_check(lm, measured, scale_only_feedback=True)
-    record: dict[str, Any] = {"checked": True, **check.to_dict(), "skipped": skipped, "feedback_written_to": None}
+    earlier = lm.table.feedback.fitted_on if lm.table.feedback is not None else []
+    earlier = [p for p in earlier if "predicted_ms" in p and "measured_ms" in p]
+    keep = max(0, FEEDBACK_HISTORY - len(measured))
+    history = earlier[max(0, len(earlier) - keep):] if keep else []
+    check, corrected = self_check(lm, measured, scale_only_feedback=True, history=history)
+    record: dict[str, Any] = {"checked": True, **check.to_dict(), "skipped": skipped, "feedback_written_to": None, "history": len(history)}
     if check.corrected and corrected is not lm:
         record["feedback"] = corrected.table.feedback.to_dict() if corrected.table.feedback is not None else None
         record["feedback_written_to"] = _persist_feedback(ctx, corrected.table.feedback)
+    elif not check.flagged:  # a hit: its timings join the record, the scale stays
+        base = lm.without_feedback()
+        points = [*history, *({"predicted_ms": base.predict(specs).total_ms, "measured_ms": ms, "how": "within tolerance"} for specs, ms in measured.values())]
+        kept = lm.table.feedback or Correction()
+        record["history_written_to"] = _persist_feedback(ctx, Correction(kept.scale, kept.offset_ms, points))
     return record
 
 

@@ -402,6 +402,19 @@ def read_table(path: str | Path) -> LatencyTable:
     return LatencyTable.from_dict(data, source=str(path))
 
 
+def prices_sha256(path: str | Path) -> str:
+    """SHA-256 of what a table prices with: every field except the feedback's record of past
+    timings (`fitted_on`), which builds append to without changing a price (build/self_check.py),
+    so a stage keyed on this reruns only when a prediction could change."""
+    import hashlib
+
+    table = read_table(path)
+    data = table.to_dict()
+    fb = table.feedback
+    data["feedback"] = None if fb is None or (fb.scale == 1.0 and fb.offset_ms == 0.0) else {"scale": fb.scale, "offset_ms": fb.offset_ms}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
 def mismatches(meta: LutMeta, target: str, backend: str, backend_version: str | None, device: dict[str, Any] | None) -> list[str]:
     """Human-readable differences between where a LUT was measured and where it is used."""
     found = []

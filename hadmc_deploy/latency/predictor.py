@@ -22,6 +22,7 @@ import bisect
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from hadmc_deploy.latency.alignment import counts_aligned, size_fraction
@@ -262,7 +263,7 @@ class LutLatencyModel:
             per_layer = [scale * ms for ms, _ in raw]
         total = float(sum(per_layer) + offset)
         fb = self.table.feedback
-        if fb is not None:
+        if fb is not None and (fb.scale != 1.0 or fb.offset_ms != 0.0):  # a record of hits alone moves nothing
             total = fb.apply(total)
             notes.append(f"feedback from measured builds: x{fb.scale:.3f} {fb.offset_ms:+.3f} ms")
         n_analytic = kinds.count("analytic")
@@ -285,25 +286,32 @@ class LutLatencyModel:
             notes=notes,
         )
 
-    def corrected_with(self, measurements: list[tuple[list[LayerSpec], float]], *, scale_only: bool = False) -> LutLatencyModel:
+    def without_feedback(self) -> LutLatencyModel:
+        """The same table without its `feedback`: what feedback is fitted against."""
+        import copy
+
+        table = copy.deepcopy(self.table)
+        table.feedback = None
+        return LutLatencyModel(table, self.fallback, source=self.source, ui=self.ui)
+
+    def corrected_with(self, measurements: list[tuple[list[LayerSpec], float]], *, scale_only: bool = False,
+                       history: Sequence[dict[str, Any]] = ()) -> LutLatencyModel:
         """A copy whose predictions absorb measured whole-model latencies [(specs of a plan, measured ms)].
 
         For the build's self-check: after a miss, the baseline's and the chosen plan's
         measurements feed a regularised `feedback` (see `fit_regularised`; `scale_only`: the
         median ratio alone, clipped), applied on top of everything else, so a re-search prices
-        plans on the measured scale.
+        plans on the measured scale. `history`: earlier points ({"predicted_ms": without
+        feedback, "measured_ms", ...}, e.g. the table's feedback.fitted_on from earlier builds)
+        fitted together with these, so one build timed in a slow spell of a shared machine does
+        not set the scale alone.
         """
-        import copy
-
-        table = copy.deepcopy(self.table)
-        table.feedback = None
-        base = LutLatencyModel(table, self.fallback, source=self.source, ui=self.ui)
-        predicted = [base.predict(specs).total_ms for specs, _ in measurements]
-        measured = [float(m) for _, m in measurements]
-        fit = fit_regularised(predicted, measured, scale_only=scale_only)
-        table.feedback = Correction(fit.scale, fit.offset_ms, [
-            {"predicted_ms": p, "measured_ms": m, "how": fit.how} for p, m in zip(predicted, measured, strict=True)
-        ])
+        base = self.without_feedback()
+        table = base.table
+        points = [dict(h) for h in history]
+        points += [{"predicted_ms": base.predict(specs).total_ms, "measured_ms": float(m)} for specs, m in measurements]
+        fit = fit_regularised([float(p["predicted_ms"]) for p in points], [float(p["measured_ms"]) for p in points], scale_only=scale_only)
+        table.feedback = Correction(fit.scale, fit.offset_ms, [{**p, "how": fit.how} for p in points])
         return LutLatencyModel(table, self.fallback, source=self.source, ui=self.ui)
 
     def describe(self) -> dict[str, Any]:

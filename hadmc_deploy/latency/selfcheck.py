@@ -9,6 +9,7 @@ build re-searches on the measured scale instead of trusting the table again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,20 +73,22 @@ def self_check(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     scale_only_feedback: bool = False,
+    history: Sequence[dict[str, Any]] = (),
 ) -> tuple[SelfCheck, LatencyModel]:
     """Check `model` against measured plans {name: (layer specs of the plan, measured ms)}.
 
     Returns the record for the report and the model to re-search with: the same model
     when every error is within `tolerance`, else one corrected with the measurements
-    (LUT models only; an analytic model is returned unchanged, with a note). The specs
-    must carry the precision and batch the plans were measured at.
+    (LUT models only; an analytic model is returned unchanged, with a note), fitted together
+    with `history`, earlier measurements of the same table (`LutLatencyModel.corrected_with`).
+    The specs must carry the precision and batch the plans were measured at.
     """
     plans = [CheckedPlan(name, float(model.predict(specs).total_ms), float(ms)) for name, (specs, ms) in measured.items()]
     check = SelfCheck(plans, tolerance)
     if not check.flagged:
         return check, model
     if isinstance(model, LutLatencyModel):
-        corrected = model.corrected_with([(specs, ms) for specs, ms in measured.values()], scale_only=scale_only_feedback)
+        corrected = model.corrected_with([(specs, ms) for specs, ms in measured.values()], scale_only=scale_only_feedback, history=history)
         check.corrected = True
         fb = corrected.table.feedback
         if fb is not None:

@@ -16,6 +16,7 @@ from hadmc_deploy.build.inputs import baseline_export, graph, latency_model, loa
 from hadmc_deploy.errors import HadmcError, LatencyModelError
 from hadmc_deploy.fileio import sha256_file, user_cache_root
 from hadmc_deploy.latency.auto import MeasureOptions, cached_table, measured_latency_model
+from hadmc_deploy.latency.lut import prices_sha256
 
 SOURCE_LABELS = {
     "lut": "measured LUT",
@@ -56,7 +57,7 @@ def inputs(ctx: BuildContext) -> dict[str, Any]:
     measure = measures_here(ctx)
     reuse = reusable_table(ctx)
     return {
-        "reused_lut_sha256": sha256_file(reuse) if reuse else None,
+        "reused_lut_sha256": prices_sha256(reuse) if reuse else None,
         "target": ctx.plan.target.to_dict(),
         "lut": lut,
         "lut_sha256": sha256_file(lut) if lut and Path(lut).is_file() else None,
