@@ -242,7 +242,8 @@ def self_check_lines(check: dict[str, Any]) -> list[str]:
         if earlier:
             what += f" (the median measured/predicted ratio over these timings and the {earlier} of earlier builds on this table)"
     elif check.get("history_written_to"):
-        what = f"within ±{tol:.0f}% (recorded in the cached table beside {earlier} earlier timing(s): a later miss is corrected by the median ratio over all of them)"
+        beside = f" beside {earlier} earlier timing(s)" if earlier else ""
+        what = f"within ±{tol:.0f}% (recorded in the cached table{beside}: a later miss sets its scale to the median ratio over the last 8)"
     elif check.get("flagged"):
         what = f"beyond ±{tol:.0f}%; the table is not a cached one this build measured, so it is left as it is"
     else:

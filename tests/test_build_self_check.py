@@ -55,7 +55,7 @@ def test_a_hit_moves_no_price_and_is_recorded(monkeypatch, tmp_path):
     assert prices_sha256(cache) == prices  # a rebuild keyed on the table's prices is not invalidated
     model = LutLatencyModel(read_table(cache))
     assert model.predict([BASE.with_channels(64, 64)]).total_ms == pytest.approx(p_full, rel=1e-9)
-    assert "within ±10% (recorded in the cached table beside 0 earlier" in self_check_lines(record)[0]
+    assert "within ±10% (recorded in the cached table: a later miss" in self_check_lines(record)[0]
 
 
 def test_one_slow_build_does_not_set_the_scale_alone(monkeypatch, tmp_path):
