@@ -383,7 +383,7 @@ def main() -> int:
     parser.add_argument("--speed-gate", action="store_true", help="measure tables and time the plans with the speed anchor's gate (off by default, as in builds)")
     parser.add_argument("--anchor-ab", type=int, default=0, metavar="PAIRS",
                         help="also measure PAIRS demo-CNN tables with and without the speed anchor's gate, alternately, per precision")
-    parser.add_argument("--json", default=str(ROOT / "docs" / "latency_validation.json"))
+    parser.add_argument("--json", help="the results file (default: validation.json in --workdir; the docs' runs name docs/...)")
     parser.add_argument("--doc", default=str(ROOT / "docs" / "latency_model.md"))
     parser.add_argument("--section", help="the doc's marked section to replace (validation, validation-wall, ...); without it the doc is left alone")
     parser.add_argument("--render", metavar="JSON", help="only write the doc section from a results JSON of an earlier run")
@@ -416,6 +416,8 @@ def main() -> int:
     if args.anchor_ab:
         results["anchor_ab"] = [anchor_ab(precision, args.anchor_ab, args, ui) for precision in ("fp32", "int8")]
     results["seconds"] = round(time.monotonic() - start, 1)
+    args.json = args.json or str(Path(args.workdir) / "validation.json")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=1))
     written = [args.json]
     if args.section:  # a run for the record names its section; a scratch run leaves the doc alone
