@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ import torch
 
 from hadmc_deploy.build.fidelity import MIN_PRUNED_AGREEMENT
 from hadmc_deploy.data import FASHION_MNIST_DIR, Preprocess, load_data
+from hadmc_deploy.latency.lut import cpu_fingerprint
 from hadmc_deploy.train import evaluate_accuracy, train_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,12 +180,18 @@ def fmt(v: Any, spec: str = ".2f", suffix: str = "") -> str:
     return "-" if v is None else f"{v:{spec}}{suffix}"
 
 
+def machine_label() -> str:
+    """The CPU by model and ISA: which plans pay, and how fast INT8 runs, differ between the machines here."""
+    cpu = cpu_fingerprint()
+    return f"{cpu['cpu_model'] or 'an unnamed CPU'} ({cpu['isa']})"
+
+
 def markdown(rows: list[dict[str, Any]], accs: dict[str, float], args: argparse.Namespace) -> str:
     lines = [
         "# Closed-loop builds: what deploys, and never a regression with exit 0",
         "",
         f"`python tools/closed_loop_matrix.py {'--unlabelled ' if args.unlabelled else ''}--budgets {' '.join(map(str, args.budgets))} --batch {args.batch}` "
-        f"on this machine ({time.strftime('%Y-%m-%d')}). Models trained briefly here on real data (digits upsampled, Fashion-MNIST); every build is "
+        f"on this machine, {machine_label()} with {os.cpu_count()} logical CPUs ({time.strftime('%Y-%m-%d')}). Models trained briefly here on real data (digits upsampled, Fashion-MNIST); every build is "
         "`hadmc-deploy build --target cpu --speedup S` in a fresh process. Speedups are measured side by side inside each build; "
         "the machine is shared, so timings move 20-30% between runs.",
         "",
