@@ -312,9 +312,9 @@ def _descend(problem: SearchProblem, widths: dict[str, int], passes: int) -> tup
 
 
 def fastest_plan(problem: SearchProblem, passes: int = 3) -> tuple[dict[str, int], float]:
-    """The fastest plan found by coordinate descent from the floors and from full width.
-    Needed because the all-floors plan is not the fastest wherever narrower layers run slower
-    (alignment staircases, INT8 kernels). Two starts because one can trap it: a layer runs in
+    """The fastest plan found by coordinate descent from the floors, from full width and from
+    uniform plans. Needed because the all-floors plan is not the fastest wherever narrower layers
+    run slower (alignment staircases, INT8 kernels). Several starts because one can trap it: a layer runs in
     the fast blocked layout only when its input and its output counts are both aligned, so from
     floors that leave narrow groups off the step no single group's move pays (a ResNet-20 INT8
     table on an AMD EPYC: descent from the floors ended at 1.67 ms, 0.78x of the original's
