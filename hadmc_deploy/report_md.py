@@ -133,6 +133,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     calib_text = calib.get("_skipped") or "; ".join(f"{m}: {c.get('method')} on {c.get('num_samples')} samples" for m, c in calib.items() if isinstance(c, dict)) or "-"
     out += ["## Quantization", "", f"- form: {q.get('form', '-')}; calibration: {calib_text}"]
     out.append("- layers left in float: " + ("none" if not floats else "; ".join(f"{m}: {f['node']} ({f['reason']})" for m, f in floats)))
+    out += [f"- {m} INT8 guard: {q[m]['reason']}" for m in ("baseline", "pruned") if isinstance(q.get(m), dict) and q[m].get("reason")]
     out.append("")
     out += ["## Export verification", ""]
     ex_rows = [[k, v.get("exporter") or "-", v.get("simplifier") or "-", str(v.get("opset")), f"{v.get('max_abs_err', 0):.2e}", f"{v.get('max_rel_err', 0):.2e}", str(v.get("verification", {}).get("inputs"))] for k, v in report["export"].items()]

@@ -92,6 +92,7 @@ def test_flips_between_classes_float_cannot_tell_apart_do_not_fail_the_agreement
     soft = judge(compare_outputs(tied, flipped))
     assert soft.top1_agreement < 0.75 and soft.confidence_agreement > 0.99 and soft.passed
     assert not judge(compare_outputs(tied, flipped), min_confidence_agreement=0.9999).passed  # the weighted bar is its own
+    assert soft.expected_loss < 0.001 and judge(compare_outputs(tied, flipped), max_loss=0.01).passed  # the guard in points agrees
     confident = tied.copy()
     confident[np.arange(n), tied.argmax(1)] += 8.0  # the same top-1s, now with ~0.99 probability
     wrong = confident.copy()
@@ -99,6 +100,42 @@ def test_flips_between_classes_float_cannot_tell_apart_do_not_fail_the_agreement
     hard = judge(compare_outputs(confident, wrong))
     assert hard.confidence_agreement < 0.75 and not hard.passed
     assert "weighted by FP32 confidence" in hard.reason
+    guarded = judge(compare_outputs(confident, wrong), max_loss=0.01)
+    assert not guarded.passed and guarded.expected_loss > 0.2 and "expected to lose" in guarded.reason
+
+
+def test_the_guard_without_labels_needs_images_that_vouch_for_its_points():
+    """The unlabelled guard is the labelled one's 1 point, vouched for (one-sided 95%) by the
+    compared images: a RegNetX graph that flipped 8 of 256 confident predictions (97.0% weighted
+    agreement, which the old 97% bar passed) lost 2.8 points on its test set and must fail; a
+    few near-tied flips among 1,024 pass; no number of agreeing images under 299 can pass."""
+    rng = np.random.default_rng(2)
+
+    def confident(n):
+        logits = rng.standard_normal((n, 10))
+        logits[np.arange(n), rng.integers(0, 10, n)] += 9.0  # ~0.99 probability on the top-1
+        return logits
+
+    def flip(logits, rows):
+        out = logits.copy()
+        runner_up = np.argsort(logits, axis=1)[:, -2]
+        out[rows, runner_up[rows]] = logits[rows].max(axis=1) + 1.0
+        return out
+
+    ref = confident(256)
+    check = judge(compare_outputs(ref, flip(ref, np.arange(8))), max_loss=0.01)
+    assert 0.96 < check.confidence_agreement < 0.975 and not check.passed
+    assert check.loss_bound > 0.05 and "vouch only for a loss below" in check.reason
+    assert judge(compare_outputs(ref, flip(ref, np.arange(8)))).passed  # the plain check (no guard) still passes it
+    many = confident(1024)
+    many[:5] = 0.0
+    many[:5, 3], many[:5, 7] = 5.0, 5.0 - 1e-3  # five images FP32 cannot tell between two classes
+    near = judge(compare_outputs(many, flip(many, np.arange(5))), max_loss=0.01)
+    assert near.top1_agreement < 1.0 and near.expected_loss < 0.001 and near.passed
+    few = confident(298)
+    assert not judge(compare_outputs(few, few), max_loss=0.01).passed  # all agree, yet 298 images vouch only for ~1.0%
+    enough = confident(299)
+    assert judge(compare_outputs(enough, enough), max_loss=0.01).passed
 
 
 def test_probability_outputs_are_not_softmaxed_again():
@@ -116,9 +153,12 @@ def test_probability_outputs_are_not_softmaxed_again():
 
 
 def test_int8_check_samples_shrink_for_expensive_models_only() -> None:
-    """256 held-out samples by default; a ResNet-18 at 224 (1.8 GMACs each) gets 128, never fewer."""
-    from hadmc_deploy.build.sample_budget import MIN_VERIFY_SAMPLES, verify_samples
+    """Beside labelled --eval data, 256 held-out samples; a ResNet-18 at 224 (1.8 GMACs each) gets
+    128, never fewer. Without labels the check is the guard: as many as can vouch for 1 point."""
+    from hadmc_deploy.build.sample_budget import MIN_CHECK_SAMPLES, MIN_VERIFY_SAMPLES, verify_samples
     from hadmc_deploy.calibration.quantize import Int8Options
 
-    assert verify_samples(None) == verify_samples(10**6) == Int8Options().verify_samples == 256
+    assert verify_samples(None) == verify_samples(10**6) == 256
     assert verify_samples(int(1.8e9)) == MIN_VERIFY_SAMPLES == 128
+    assert verify_samples(10**6, guarding=True) == Int8Options().verify_samples == 1024
+    assert verify_samples(int(1.8e9), guarding=True) == MIN_CHECK_SAMPLES == 299

@@ -23,7 +23,6 @@ judged, and the report says so.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -35,6 +34,7 @@ from hadmc_deploy.calibration.verify_qdq import compare_outputs, is_classifier
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.evaluate import output_tensors
 from hadmc_deploy.plan import DEFAULT_ACCURACY_GUARD
+from hadmc_deploy.vouch import disagreement_bound, images_to_vouch, max_disagreements
 
 #: a pruned classifier passes when its check images vouch (95%, one-sided) for a top-1 agreement with
 #: the original of at least this: its accuracy loss on images like the held-out ones is then at most
@@ -156,47 +156,3 @@ def _count(n: int, noun: str) -> str:
 def _columns(chunks: list[list[np.ndarray]]) -> list[np.ndarray]:
     """Per output, its batches joined."""
     return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))] if chunks else []
-
-
-def max_disagreements(samples: int, rate: float, confidence: float = 0.95) -> int:
-    """The most top-1 disagreements among `samples` images that still vouch (`disagreement_bound`)
-    for a disagreement rate below `rate`; -1 when not even none do (fewer than
-    `images_to_vouch(rate)` images)."""
-    k = -1
-    while k + 1 < samples and disagreement_bound(1.0 - (k + 1) / samples, samples, confidence) <= rate + 1e-12:
-        k += 1
-    return k
-
-
-def images_to_vouch(rate: float, confidence: float = 0.95) -> int:
-    """The fewest images that, all agreeing, vouch for a disagreement rate below `rate`:
-    (1 - rate)^n <= 1 - confidence, 299 for 1% at 95%."""
-    return math.ceil(math.log(1.0 - confidence) / math.log1p(-rate))
-
-
-def disagreement_bound(agreement: float, samples: int, confidence: float = 0.95) -> float:
-    """One-sided Clopper-Pearson upper bound on the disagreement rate after `samples` images agreed
-    at `agreement`: the p at which seeing so few disagreements has probability 1 - `confidence`.
-    Why: 206 images at 100% agreement vouch only for under 1.4%, above the 1-point guard; in the
-    unlabelled closed-loop matrix (docs/closed_loop_unlabelled.md) such a build lost 1.4 points on
-    the test set. Bisection on the binomial CDF (no SciPy in the core install)."""
-    if samples <= 0:
-        return 1.0
-    k = round((1.0 - agreement) * samples)
-    if k >= samples:
-        return 1.0
-
-    def cdf(p: float) -> float:  # P(X <= k) for X ~ Binomial(samples, p)
-        if p <= 0.0:
-            return 1.0
-        if p >= 1.0:
-            return 0.0
-        log_p, log_q = math.log(p), math.log1p(-p)
-        return sum(math.exp(math.lgamma(samples + 1) - math.lgamma(i + 1) - math.lgamma(samples - i + 1) + i * log_p + (samples - i) * log_q)
-                   for i in range(k + 1))
-
-    low, high = k / samples, 1.0
-    for _ in range(60):
-        mid = (low + high) / 2
-        low, high = (mid, high) if cdf(mid) > 1.0 - confidence else (low, mid)
-    return high

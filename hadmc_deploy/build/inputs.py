@@ -48,7 +48,7 @@ def dataset(ctx: BuildContext, kind: str) -> ArrayDataset | None:
             # recovery reads them unless nothing was pruned, or --train feeds BatchNorm and the check
             recovery = not ctx.results.get("surgery", {}).get("_skipped") and (not d.train or task(ctx) == DETECT)
             limit = calib_images_to_load(d.calib_samples, macs_per_image(ctx), macs_per_image(ctx, "surgery"), recovery_reads=recovery,
-                                         image_bytes=4 * math.prod(shape[1:]))
+                                         image_bytes=4 * math.prod(shape[1:]), int8_guarding=int8_guarding(ctx))
         else:
             limit = {"train": d.train_limit, "eval": d.eval_limit, "data": d.train_limit}[kind]
         data = load_source(source, pre, limit=limit, seed=d.seed)
@@ -63,6 +63,13 @@ def task(ctx: BuildContext) -> str:
     """classify or detect (--task, else inferred from the data sources)."""
     d = ctx.settings.data
     return infer_task(d.task, [d.train, d.calib, d.eval])
+
+
+def int8_guarding(ctx: BuildContext) -> bool:
+    """Whether the INT8 check against FP32 is the accuracy guard itself: an INT8 classifier built
+    without labelled --eval data, the guard on (its held-out images must then vouch for the bound)."""
+    q = ctx.settings.quantization
+    return ctx.plan.precision == "int8" and not q.allow_accuracy_drop and task(ctx) != DETECT and not ctx.settings.data.eval
 
 
 def data_hash(ctx: BuildContext, kind: str) -> str | None:

@@ -14,8 +14,8 @@ same numbers.
 
 from __future__ import annotations
 
-from hadmc_deploy.build.fidelity import MIN_PRUNED_AGREEMENT, images_to_vouch
-from hadmc_deploy.calibration.quantize import Int8Options
+from hadmc_deploy.build.fidelity import MIN_PRUNED_AGREEMENT
+from hadmc_deploy.vouch import images_to_vouch
 
 #: calibration images loaded beyond the ones the ranges see: as far as the passes above reach (for a
 #: small model BatchNorm's 1,024 and the agreement check's 1,024 past them), but at most this many
@@ -35,9 +35,13 @@ BN_CALIB_SAMPLES = 1024
 BN_CALIB_MIN_SAMPLES = 256
 BN_CALIB_MACS = 3e11
 
-#: held-out calibration samples INT8 is compared with FP32 on (`Int8Options.verify_samples`), fewer
-#: for an expensive model: both graphs over 256 images took 12 s of a ResNet-18 build at 224 per
-#: model; the passes stop near VERIFY_MACS multiply-adds of the float model, never under 128 images.
+#: held-out calibration samples INT8 is compared with FP32 on when labelled --eval data judges the
+#: guard (the comparison is then recorded, not judged), fewer for an expensive model: both graphs
+#: over 256 images took 12 s of a ResNet-18 build at 224 per model; the passes stop near
+#: VERIFY_MACS multiply-adds of the float model, never under 128 images. Without labels the
+#: comparison is the guard and takes as many as the pruned model's check (`check_samples`): 128
+#: images cannot vouch for a 1-point loss even when all agree.
+VERIFY_SAMPLES = 256
 VERIFY_MACS = 1e11
 MIN_VERIFY_SAMPLES = 128
 
@@ -67,9 +71,13 @@ def bn_calib_samples(macs_per_sample: int | None) -> int:
     return samples_within(macs_per_sample, most=BN_CALIB_SAMPLES, least=BN_CALIB_MIN_SAMPLES, macs_budget=BN_CALIB_MACS)
 
 
-def verify_samples(macs_per_sample: int | None) -> int:
-    """Held-out samples the INT8 check runs: the default 256 unless the float model makes them cost more than VERIFY_MACS."""
-    return samples_within(macs_per_sample, most=Int8Options.verify_samples, least=MIN_VERIFY_SAMPLES, macs_budget=VERIFY_MACS)
+def verify_samples(macs_per_sample: int | None, *, guarding: bool = False) -> int:
+    """Held-out samples the INT8 check runs: VERIFY_SAMPLES unless the float model makes them cost
+    more than VERIFY_MACS; when the check is the guard itself (`guarding`: a classifier built
+    without labelled --eval data), the agreement check's count (`check_samples`)."""
+    if guarding:
+        return check_samples(macs_per_sample)
+    return samples_within(macs_per_sample, most=VERIFY_SAMPLES, least=MIN_VERIFY_SAMPLES, macs_budget=VERIFY_MACS)
 
 
 def check_samples(macs_per_sample: int | None) -> int:
@@ -78,14 +86,15 @@ def check_samples(macs_per_sample: int | None) -> int:
 
 
 def calib_images_to_load(calib_samples: int, original_macs: int | None, pruned_macs: int | None, *, recovery_reads: bool = True,
-                         image_bytes: int | None = None) -> int:
+                         image_bytes: int | None = None, int8_guarding: bool = False) -> int:
     """Calibration images a build loads: as far as the furthest pass reaches (the ranges and the
     INT8 check: `calib_samples` + its held-out images; with `recovery_reads`, BatchNorm and the
     agreement check on the images after BatchNorm's), never more than CALIB_BEYOND_BYTES of images
-    of `image_bytes` beyond `calib_samples`.
+    of `image_bytes` beyond `calib_samples`. `int8_guarding`: the INT8 check is the guard
+    (`verify_samples`).
     Per-image multiply-adds of the original and the pruned model (None where not known yet: the
     most images that pass would take)."""
-    reach = calib_samples + verify_samples(original_macs)
+    reach = calib_samples + verify_samples(original_macs, guarding=int8_guarding)
     if recovery_reads:
         reach = max(reach, bn_calib_samples(pruned_macs) + check_samples(original_macs))
     if image_bytes:

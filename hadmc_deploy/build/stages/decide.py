@@ -24,6 +24,7 @@ from hadmc_deploy.build.decide import (
 )
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import primary_batch
+from hadmc_deploy.build.sample_budget import MIN_CHECK_SAMPLES
 from hadmc_deploy.build.self_check import check_deployed, guard_float_layers
 from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS, WHOLE_MODEL_SECONDS
 from hadmc_deploy.triton import write_triton_repo
@@ -73,7 +74,7 @@ def run(ctx: BuildContext) -> StageResult:
         excluded = "" if q.allow_accuracy_drop else guard_exclusion(r.get("accuracy"), reference_acc, q.max_accuracy_drop)
         agreement = r.get("agreement") or {}
         if not excluded and agreement.get("refused"):
-            excluded = f"its outputs disagree with FP32 ({agreement.get('reason')})"
+            excluded = f"{INT8_DISAGREES} ({agreement.get('reason')})"
         if not excluded and not q.allow_accuracy_drop and r["model"] == "pruned" and r.get("accuracy") is None:
             excluded = pruned_exclusion(ctx.results.get("recover", {}))
         if r["name"] == "baseline-fp32":
@@ -118,6 +119,12 @@ def run(ctx: BuildContext) -> StageResult:
                                     "--train it distils on the calibration images, longer with more epochs); more --calib images (the check needs enough held-out "
                                     "ones to vouch for a 1% bound); labelled --eval data to judge "
                                     "accuracy instead of agreement; or --allow-accuracy-drop to deploy it anyway")
+    elif code == 15 and INT8_DISAGREES in why and ctx.settings.data.eval:
+        decision.verdict["hint"] = "see report.md (Quantization) for the guard's repair steps; raise --max-accuracy-drop, or pass --allow-accuracy-drop to accept the loss"
+    elif code == 15 and INT8_DISAGREES in why:
+        decision.verdict["hint"] = ("give labelled --eval data so the guard measures the INT8 graph's accuracy; without labels, more --calib images "
+                                    f"(the check compares those beyond --calib-samples and needs {MIN_CHECK_SAMPLES} at least to vouch for a "
+                                    "1-point loss); or --allow-accuracy-drop to deploy it unchecked")
     if q.max_accuracy_drop is not None and reference_acc is not None:
         decision.guard = {"allowed": q.max_accuracy_drop, "reference": reference_acc, "allowed_by_flag": q.allow_accuracy_drop,
                           "excluded": {c.name: c.excluded for c in candidates if c.excluded}}
@@ -142,6 +149,10 @@ def run(ctx: BuildContext) -> StageResult:
 
 #: the start of the exclusion a pruned model gets when its held-out images do not vouch for its agreement with the original (no --eval)
 PRUNED_DISAGREES = "the pruned model is not shown to agree with the original"
+
+
+#: the start of the exclusion an INT8 graph gets when the accuracy guard refused it (build/stages/quantize.py)
+INT8_DISAGREES = "its outputs disagree with FP32"
 
 
 #: the exclusion of a pruned model that no data could check

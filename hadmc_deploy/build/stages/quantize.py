@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.inputs import data_hash, dataset, macs_per_image, task
+from hadmc_deploy.build.inputs import data_hash, dataset, int8_guarding, macs_per_image, task
 from hadmc_deploy.build.metric import DETECT
 from hadmc_deploy.build.sample_budget import verify_samples
 from hadmc_deploy.build.variants import float_onnx, mixed_name, models, qdq_name, scales_name
 from hadmc_deploy.calibration.guard import GuardSettings
 from hadmc_deploy.calibration.qdq import cpu_reduce_range, write_qdq
-from hadmc_deploy.calibration.quantize import Int8Options, quantize_int8
+from hadmc_deploy.calibration.quantize import Int8Options, heldout_samples, quantize_int8
 from hadmc_deploy.calibration.ranges import ActivationRanges
+from hadmc_deploy.calibration.verify_qdq import verify_qdq
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.latency.ort_profile import int8_slow_layers
 from hadmc_deploy.targets import detect_cpu_isa
@@ -43,7 +44,7 @@ def options(ctx: BuildContext) -> Int8Options:
         guard = GuardSettings(max_accuracy_drop=q.max_accuracy_drop if q.max_accuracy_drop is not None else 1.0, eval_samples=GUARD_SAMPLES)
     return Int8Options(
         method=q.calib_method, samples=ctx.settings.data.calib_samples, form=target.int8_form,
-        verify_samples=verify_samples(macs_per_image(ctx)),
+        verify_samples=verify_samples(macs_per_image(ctx), guarding=int8_guarding(ctx)),
         reduce_range=target.backend == "onnxruntime" and cpu_reduce_range(detect_cpu_isa()), guard=guard,
     )
 
@@ -69,18 +70,19 @@ def run(ctx: BuildContext) -> StageResult:
             "path": qdq_name(model, form), "deployable": r.deployable, "reason": r.reason, "method": r.method, "method_counts": r.method_counts,
             "check": r.check.to_dict(),
             "guard": json.loads(json.dumps(asdict(r.guard), default=str)) if r.guard is not None else None,
-            "mixed": _speed_mixed(ctx, model, ranges, form, list(r.float_nodes), opts.reduce_range, outputs) if r.deployable else None,
+            "mixed": _speed_mixed(ctx, model, ranges, list(r.float_nodes), opts, outputs) if r.deployable else None,
         }
     result["_summary"] = f"{form} QDQ graphs for {', '.join(models(ctx))}" + "".join(
         f"; {m}: {result[m]['reason']}" for m in models(ctx) if not result[m]["deployable"])
     return StageResult(result, outputs)
 
 
-def _speed_mixed(ctx: BuildContext, model: str, ranges: ActivationRanges, form: str, float_nodes: list[str], reduce_range: bool, outputs: list[Path]) -> dict[str, Any] | None:
+def _speed_mixed(ctx: BuildContext, model: str, ranges: ActivationRanges, float_nodes: list[str], opts: Int8Options, outputs: list[Path]) -> dict[str, Any] | None:
     """A second QDQ graph with the layers that run slower in INT8 than in FP32 (ONNX Runtime's
     profiler on the real graphs, Q/DQ overhead included) kept in float; measured as a variant."""
     if ctx.plan.target.backend != "onnxruntime":
         return None  # TensorRT chooses per layer itself (FP16 or INT8) when it builds the engine
+    form = opts.form
     source, qdq = float_onnx(ctx, model), ctx.path(qdq_name(model, form))
     try:
         slow, timings = int8_slow_layers(source, qdq, batch=ctx.plan.input_shape[0])
@@ -91,13 +93,25 @@ def _speed_mixed(ctx: BuildContext, model: str, ranges: ActivationRanges, form: 
     keep_float = sorted(set(slow) - set(float_nodes))
     if not keep_float or weighted <= set(slow) | set(float_nodes):
         return None  # INT8 pays everywhere, or nowhere (then the FP32 variant is the mixed one)
-    out = write_qdq(source, ranges, ctx.path(mixed_name(model, form)), form=form, float_nodes=[*float_nodes, *keep_float], reduce_range=reduce_range)
+    out = write_qdq(source, ranges, ctx.path(mixed_name(model, form)), form=form, float_nodes=[*float_nodes, *keep_float], reduce_range=opts.reduce_range)
     outputs.append(Path(out))
     ctx.ui.log(f"{model}: {len(keep_float)} of {len(weighted)} layers run slower in INT8 here; a mixed graph keeps them in float")
+    check = None
+    if int8_guarding(ctx) and opts.guard is not None:
+        # without labels nothing else judges the mixed graph: it must vouch for the guard on its own
+        # (more layers in float usually means closer to FP32, but nothing guarantees it)
+        heldout_x, _ = heldout_samples(dataset(ctx, "calib"), opts.samples, opts.verify_samples)
+        check = verify_qdq(source, out, heldout_x, max_loss=opts.guard.max_accuracy_drop / 100.0, raise_on_failure=False)
+        if not check.passed:
+            ctx.ui.warn(f"{model}: the mixed INT8/FP32 graph is not offered: {check.reason}")
+            Path(out).unlink(missing_ok=True)
+            outputs.remove(Path(out))
+            return None
     return {
         "path": mixed_name(model, form),
         "float_nodes": [*float_nodes, *keep_float],
         "slow_in_int8": [{"node": t.node, "fp32_ms": t.fp32_ms, "int8_ms": t.int8_ms} for t in timings if t.node in keep_float],
+        "check": check.to_dict() if check is not None else None,  # against FP32, when it is the guard (no labels)
     }
 
 
