@@ -16,7 +16,8 @@ Repair, each step re-measured and logged:
    the given ranges; the winner of each tensor is kept;
 2. the most sensitive quantized nodes go back to float one at a time (sensitivity =
    output SNR with only that node quantized) until the criterion holds or
-   `max_float_nodes` is reached.
+   `max_float_nodes` is reached; once it holds, those floated before the last go back to
+   INT8 one at a time where it still holds (the ranking is a cheap proxy).
 The outcome says whether the guard holds and why not; the caller decides (deploy
 float, or fail) - nothing here ships a graph that broke the guard as if it held.
 """
@@ -193,7 +194,26 @@ def _float_back(measure: _Measure, best: _Graph, outcome: GuardOutcome, settings
         current = candidate
         if current.holds:
             break
+    if current.holds:
+        current = _quantize_again(measure, current, [n for n in current.float_nodes if n not in best.float_nodes][:-1], outcome, ui)
     return current if _better(current, best) or current.holds else best
+
+
+def _quantize_again(measure: _Measure, current: _Graph, tried: list[str], outcome: GuardOutcome, ui: UI) -> _Graph:
+    """Once the guard holds, the layers floated on the way there go back to INT8 one at a time,
+    the least sensitive first, wherever it still holds: the ranking is by output SNR on a few
+    samples, and it can miss the layer that matters. A RegNetX on digits held only once its final
+    Gemm (ranked fifth) was in float; the four layers before it had not helped and would have run
+    in float for nothing."""
+    for node in reversed(tried):
+        candidate = measure(current.ranges, [n for n in current.float_nodes if n != node])
+        step = _step(f"quantize {node} again", candidate)
+        outcome.steps.append(step)
+        ui.log(_describe(step, measure.float_accuracy))
+        if candidate.holds:
+            current = candidate
+            outcome.float_node_reasons.pop(node, None)
+    return current
 
 
 def _better(a: _Graph, b: _Graph) -> bool:

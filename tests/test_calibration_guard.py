@@ -13,6 +13,7 @@ from hadmc_deploy.calibration.trt_cache import read_header
 from hadmc_deploy.calibration.verify_qdq import compare_outputs, judge
 from hadmc_deploy.errors import UsageError
 from hadmc_deploy.evaluate import onnx_accuracy
+from hadmc_deploy.ui import quiet_ui
 
 
 def _broken_cache(path, train, out_dir, method="entropy"):
@@ -162,3 +163,26 @@ def test_int8_check_samples_shrink_for_expensive_models_only() -> None:
     assert verify_samples(int(1.8e9)) == MIN_VERIFY_SAMPLES == 128
     assert verify_samples(10**6, guarding=True) == Int8Options().verify_samples == 1024
     assert verify_samples(int(1.8e9), guarding=True) == MIN_CHECK_SAMPLES == 299
+
+
+def test_layers_floated_before_the_one_that_mattered_go_back_to_int8():
+    """The repair floats layers in the order of a cheap sensitivity proxy; once the guard holds,
+    the ones floated before the last go back to INT8 wherever it still holds (a stand-in measure
+    here: it holds exactly when the culprit is in float, as the RegNetX's final Gemm was)."""
+    from pathlib import Path
+
+    from hadmc_deploy.calibration.guard import GuardOutcome, _Graph, _quantize_again
+    from hadmc_deploy.calibration.verify_qdq import QdqCheck
+
+    def measure(ranges, float_nodes):
+        holds = "gemm" in float_nodes and "add_needed" in float_nodes
+        return _Graph(ranges, list(float_nodes), None, QdqCheck(1000, 1.0 if holds else 0.98, 0.0, 0.0, 0.0), holds, Path("x.onnx"))
+
+    measure.float_accuracy = None
+    outcome = GuardOutcome("agreement", False, "", None, None, 1.0)
+    outcome.float_node_reasons.update({n: "ranked" for n in ("user", "add_needed", "conv_a", "conv_b", "gemm")})
+    current = measure(None, ["user", "add_needed", "conv_a", "conv_b", "gemm"])
+    final = _quantize_again(measure, current, ["add_needed", "conv_a", "conv_b"], outcome, quiet_ui())
+    assert final.holds and final.float_nodes == ["user", "add_needed", "gemm"]
+    assert [s.action for s in outcome.steps] == ["quantize conv_b again", "quantize conv_a again", "quantize add_needed again"]
+    assert "conv_a" not in outcome.float_node_reasons and "add_needed" in outcome.float_node_reasons
