@@ -40,6 +40,7 @@ from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.evaluate import top1_accuracy
 from hadmc_deploy.fileio import atomic_path
 from hadmc_deploy.ui import UI, quiet_ui
+from hadmc_deploy.vouch import count_bound, images_to_vouch
 
 
 @dataclass(frozen=True)
@@ -91,11 +92,12 @@ class _Graph:
 class _Measure:
     """Writes a candidate QDQ graph and measures it against float (accuracy or agreement)."""
 
-    def __init__(self, float_onnx: Path, heldout_x: np.ndarray, eval_data: ArrayDataset | None, settings: GuardSettings, qdq_kwargs: dict, tmp: Path) -> None:
+    def __init__(self, float_onnx: Path, heldout_x: np.ndarray, eval_data: ArrayDataset | None, settings: GuardSettings, qdq_kwargs: dict, tmp: Path,
+                 reference: list[np.ndarray] | None = None) -> None:
         self.float_onnx, self.heldout_x, self.eval_data, self.settings, self.qdq_kwargs, self.tmp = float_onnx, heldout_x, eval_data, settings, qdq_kwargs, tmp
         float_session = ort_session(float_onnx)
         self.names = [o.name for o in float_session.get_outputs()]
-        self.ref_heldout = run_all_outputs(float_session, heldout_x)
+        self.ref_heldout = reference if reference is not None else run_all_outputs(float_session, heldout_x)
         self.ref_eval = run_all_outputs(float_session, eval_data.x)[0] if eval_data is not None else None
         self.float_accuracy = top1_accuracy(self.ref_eval, eval_data.y) if eval_data is not None else None
         self.count = 0
@@ -144,21 +146,24 @@ def guard_int8(
     float_nodes: list[str] | tuple[str, ...] = (),
     num_samples: int = 512,
     percentile: float = 99.99,
+    reference: list[np.ndarray] | None = None,
     ui: UI | None = None,
 ) -> tuple[GuardOutcome, ActivationRanges]:
-    """Write to `out_path` the best INT8 graph the guard found; return the outcome and the ranges it used."""
+    """Write to `out_path` the best INT8 graph the guard found; return the outcome and the ranges it
+    used. `reference`: the float model's outputs on `heldout_x` when the caller has them already."""
     ui = ui or quiet_ui()
     float_onnx = Path(float_onnx)
     evald = eval_data.subset(settings.eval_samples) if eval_data is not None else None
     qdq_kwargs = {"form": form, "placement": placement, "per_channel": per_channel, "reduce_range": reduce_range}
     with tempfile.TemporaryDirectory(prefix="hadmc-guard-") as tmp:
-        measure = _Measure(float_onnx, heldout_x, evald, settings, qdq_kwargs, Path(tmp))
+        measure = _Measure(float_onnx, heldout_x, evald, settings, qdq_kwargs, Path(tmp), reference)
         mode = "accuracy" if evald is not None else "agreement"
         outcome = GuardOutcome(mode, False, "", measure.float_accuracy, None, settings.max_accuracy_drop)
         best = measure(ranges, list(float_nodes))
         outcome.steps.append(_step(f"INT8 with {ranges.method} ranges", best))
         ui.log(_describe(outcome.steps[-1], measure.float_accuracy))
-        if not best.holds and settings.repair and not (ranges.method == "auto" and ranges.form == form):
+        repair = settings.repair and not (best.holds or _too_few_to_vouch(best, len(heldout_x), settings))
+        if repair and not (ranges.method == "auto" and ranges.form == form):
             auto = collect_ranges(float_onnx, calib, method="auto", num_samples=num_samples, percentile=percentile, form=form, ui=ui)
             merged = merge_by_heldout_error(float_onnx, calib, {ranges.method: ranges, "auto": auto}, heldout_x, form, ui)
             mixed = ActivationRanges(merged, "auto", auto.num_samples, auto.model_sha256, auto.data_sha256, percentile, form)
@@ -167,7 +172,7 @@ def guard_int8(
             ui.log(_describe(outcome.steps[-1], measure.float_accuracy))
             if _better(candidate, best):
                 best = candidate
-        if not best.holds and settings.repair and settings.max_float_nodes > 0:
+        if not best.holds and repair and settings.max_float_nodes > 0:
             best = _float_back(measure, best, outcome, settings, ui)
         outcome.holds = best.holds
         outcome.float_nodes = best.float_nodes
@@ -177,6 +182,12 @@ def guard_int8(
         with atomic_path(out_path) as tmp_out:
             shutil.copyfile(best.path, tmp_out)
     return outcome, best.ranges
+
+
+def _too_few_to_vouch(graph: _Graph, samples: int, settings: GuardSettings) -> bool:
+    """Without labels, whether `samples` held-out samples could not vouch for the guard even if
+    every one agreed: no repair can then help, and each step would cost a pass over them."""
+    return graph.accuracy is None and graph.check.loss_bound is not None and count_bound(0, samples) > settings.max_accuracy_drop / 100.0 + 1e-12
 
 
 def _float_back(measure: _Measure, best: _Graph, outcome: GuardOutcome, settings: GuardSettings, ui: UI) -> _Graph:
@@ -245,6 +256,10 @@ def _reason(outcome: GuardOutcome, best: _Graph, settings: GuardSettings, heldou
         drop = outcome.float_accuracy - best.accuracy
         verdict = "within" if best.holds else "outside"
         return f"INT8 {best.accuracy:.2f}% vs float {outcome.float_accuracy:.2f}% ({drop:+.2f} points drop), {verdict} the {settings.max_accuracy_drop} point guard{repaired}"
+    if not best.holds and _too_few_to_vouch(best, heldout, settings):
+        needed = images_to_vouch(settings.max_accuracy_drop / 100.0)
+        return (f"INT8 is not shown to agree with FP32: {heldout} held-out calibration samples cannot vouch for a loss below "
+                f"{settings.max_accuracy_drop:g} point even if all agree ({needed} at least; {best.check.reason}); refusing to deploy it")
     if best.holds:
         loss = "" if best.check.loss_bound is None else (
             f": expected top-1 loss {100 * best.check.expected_loss:.2f} points, below {100 * best.check.loss_bound:.2f} at 95%")

@@ -111,9 +111,11 @@ def quantize_int8(
     *,
     eval_data: ArrayDataset | None = None,
     prefix: str = "",
+    heldout_reference: list[np.ndarray] | None = None,
     ui: UI | None = None,
 ) -> Int8Result:
-    """Calibrate (or reuse `scales.json`), write the QDQ graph, check it against float (and guard it), write the TensorRT cache."""
+    """Calibrate (or reuse `scales.json`), write the QDQ graph, check it against float (and guard it), write the TensorRT cache.
+    `heldout_reference`: the float model's outputs on the held-out samples (`heldout_samples`), when the caller has them."""
     ui = ui or quiet_ui()
     options.validate()
     out_dir = Path(out_dir)
@@ -130,7 +132,7 @@ def quantize_int8(
         guard, final = guard_int8(
             float_onnx, ranges, calib, heldout_x, qdq_path, eval_data=eval_data, settings=options.guard, form=options.form, placement=placement,
             per_channel=options.per_channel, reduce_range=options.reduce_range, float_nodes=list(options.float_nodes),
-            num_samples=options.samples, percentile=options.percentile, ui=ui,
+            num_samples=options.samples, percentile=options.percentile, reference=heldout_reference, ui=ui,
         )
         if final is not ranges:
             final.save(scales_path)  # the ranges the graph was written with, for TensorRT and for the record

@@ -76,7 +76,10 @@ def max_disagreements(samples: int, rate: float, confidence: float = 0.95) -> in
     return k
 
 
-def images_to_vouch(rate: float, confidence: float = 0.95) -> int:
-    """The fewest images that, all agreeing, vouch for a rate below `rate`:
-    (1 - rate)^n <= 1 - confidence, 299 for 1% at 95%."""
-    return math.ceil(math.log(1.0 - confidence) / math.log1p(-rate))
+def images_to_vouch(rate: float, confidence: float = 0.95, lost: float = 0.0) -> int:
+    """The fewest images that vouch for a rate below `rate` when `lost` of them count against it:
+    (1 - rate)^n <= 1 - confidence with none, 299 for 1% at 95%; 473 with one."""
+    n = math.ceil(math.log(1.0 - confidence) / math.log1p(-rate))
+    while lost > 0 and count_bound(lost, n, confidence) > rate + 1e-12:
+        n += 1
+    return n

@@ -24,7 +24,7 @@ from hadmc_deploy.build.decide import (
 )
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import primary_batch
-from hadmc_deploy.build.sample_budget import MIN_CHECK_SAMPLES
+from hadmc_deploy.build.sample_budget import MIN_INT8_GUARD_SAMPLES
 from hadmc_deploy.build.self_check import check_deployed, guard_float_layers
 from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS, WHOLE_MODEL_SECONDS
 from hadmc_deploy.triton import write_triton_repo
@@ -123,8 +123,8 @@ def run(ctx: BuildContext) -> StageResult:
         decision.verdict["hint"] = "see report.md (Quantization) for the guard's repair steps; raise --max-accuracy-drop, or pass --allow-accuracy-drop to accept the loss"
     elif code == 15 and INT8_DISAGREES in why:
         decision.verdict["hint"] = ("give labelled --eval data so the guard measures the INT8 graph's accuracy; without labels, more --calib images "
-                                    f"or a lower --calib-samples (the check compares the images beyond --calib-samples and needs {MIN_CHECK_SAMPLES} "
-                                    "at least to vouch for a 1-point loss); or --allow-accuracy-drop to deploy it unchecked")
+                                    f"or a lower --calib-samples (the check compares the images beyond --calib-samples: {MIN_INT8_GUARD_SAMPLES} "
+                                    "vouch for a 1-point loss with room for a few flips); or --allow-accuracy-drop to deploy it unchecked")
     if q.max_accuracy_drop is not None and reference_acc is not None:
         decision.guard = {"allowed": q.max_accuracy_drop, "reference": reference_acc, "allowed_by_flag": q.allow_accuracy_drop,
                           "excluded": {c.name: c.excluded for c in candidates if c.excluded}}
