@@ -14,8 +14,8 @@ Repair, each step re-measured and logged:
 1. ranges per tensor: fresh "auto" ranges (entropy / percentile / minmax, whichever
    quantizes the tensor closest to float on held-out samples) compete per tensor with
    the given ranges; the winner of each tensor is kept;
-2. the most sensitive quantized nodes go back to float one at a time (sensitivity =
-   output SNR with only that node quantized) until the criterion holds or
+2. the most sensitive quantized nodes go back to float one at a time (sensitivity = how far
+   the outputs move with only that node quantized: class probability on a classifier, else SNR) until the criterion holds or
    `max_float_nodes` is reached; once it holds, those floated before the last go back to
    INT8 one at a time where it still holds (the ranking is a cheap proxy).
 The outcome says whether the guard holds and why not; the caller decides (deploy
@@ -200,7 +200,7 @@ def _float_back(measure: _Measure, best: _Graph, outcome: GuardOutcome, settings
         candidate = measure(current.ranges, [*current.float_nodes, sens.node])
         step = _step(f"keep {sens.node} ({sens.op_type}) in float", candidate)
         outcome.steps.append(step)
-        outcome.float_node_reasons[sens.node] = f"sensitivity rank {rank}/{len(ranked)}: output SNR {sens.snr_db:.1f} dB with only it quantized"
+        outcome.float_node_reasons[sens.node] = f"sensitivity rank {rank}/{len(ranked)}: {sens.describe()}"
         ui.log(_describe(step, measure.float_accuracy))
         current = candidate
         if current.holds:
@@ -212,10 +212,10 @@ def _float_back(measure: _Measure, best: _Graph, outcome: GuardOutcome, settings
 
 def _quantize_again(measure: _Measure, current: _Graph, tried: list[str], outcome: GuardOutcome, ui: UI) -> _Graph:
     """Once the guard holds, the layers floated on the way there go back to INT8 one at a time,
-    the least sensitive first, wherever it still holds: the ranking is by output SNR on a few
+    the least sensitive first, wherever it still holds: the ranking is a proxy measured on a few
     samples, and it can miss the layer that matters. A RegNetX on digits held only once its final
-    Gemm (ranked fifth) was in float; the four layers before it had not helped and would have run
-    in float for nothing."""
+    Gemm (then ranked fifth, by output SNR) was in float; the four layers before it had not helped
+    and would have run in float for nothing."""
     for node in reversed(tried):
         candidate = measure(current.ranges, [n for n in current.float_nodes if n != node])
         step = _step(f"quantize {node} again", candidate)

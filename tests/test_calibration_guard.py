@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 from calibration_models import tiny_digits_onnx
@@ -169,8 +172,6 @@ def test_layers_floated_before_the_one_that_mattered_go_back_to_int8():
     """The repair floats layers in the order of a cheap sensitivity proxy; once the guard holds,
     the ones floated before the last go back to INT8 wherever it still holds (a stand-in measure
     here: it holds exactly when the culprit is in float, as the RegNetX's final Gemm was)."""
-    from pathlib import Path
-
     from hadmc_deploy.calibration.guard import GuardOutcome, _Graph, _quantize_again
     from hadmc_deploy.calibration.verify_qdq import QdqCheck
 
@@ -186,3 +187,26 @@ def test_layers_floated_before_the_one_that_mattered_go_back_to_int8():
     assert final.holds and final.float_nodes == ["user", "add_needed", "gemm"]
     assert [s.action for s in outcome.steps] == ["quantize conv_b again", "quantize conv_a again", "quantize add_needed again"]
     assert "conv_a" not in outcome.float_node_reasons and "add_needed" in outcome.float_node_reasons
+
+
+def test_a_classifier_ranks_layers_by_the_class_probability_that_moves():
+    """Output SNR weighs every logit alike; top-1 flips happen where the leading logits are close.
+    A small error on near-tied leaders moves far more probability than a larger one on a confident
+    row, and the ranking of a real classifier's layers follows that measure."""
+    from hadmc_deploy.calibration.qdq import write_qdq
+    from hadmc_deploy.calibration.sensitivity import node_sensitivities, probability_shift, quantized_nodes
+
+    confident = np.array([[12.0, 0.0, 0.0], [0.0, 12.0, 0.0]])
+    tied = np.array([[3.0, 3.0, 0.0], [0.0, 3.0, 3.0]])
+    assert probability_shift([tied], [tied + np.array([0.4, -0.4, 0.0])]) > 10 * probability_shift([confident], [confident + np.array([2.0, -2.0, 0.0])])
+    assert probability_shift([np.ones((4, 5, 2))], [np.zeros((4, 5, 2))]) is None  # no classifier output: SNR ranks instead
+
+    path, train, _ = tiny_digits_onnx()
+    ranges = collect_ranges(path, train, method="minmax", num_samples=128)
+    with tempfile.TemporaryDirectory() as tmp:
+        qdq = write_qdq(path, ranges, Path(tmp) / "q.onnx")
+        nodes = quantized_nodes(path, qdq)
+        ranked = node_sensitivities(path, ranges, train.x[:32], nodes, qdq_kwargs={})
+    shifts = [s.probability_shift for s in ranked]
+    assert len(ranked) == len(nodes) and all(v is not None for v in shifts) and shifts == sorted(shifts, reverse=True)
+    assert "of the class probability moves" in ranked[0].describe()
