@@ -124,7 +124,7 @@ def run(ctx: BuildContext) -> StageResult:
     elif code == 15 and INT8_DISAGREES in why:
         decision.verdict["hint"] = ("give labelled --eval data so the guard measures the INT8 graph's accuracy; without labels, more --calib images "
                                     f"or a lower --calib-samples (the check compares the images beyond --calib-samples: {MIN_INT8_GUARD_SAMPLES} "
-                                    "vouch for a 1-point loss with room for a few flips); or --allow-accuracy-drop to deploy it unchecked")
+                                    "vouch for a 1-point loss with room for one image's worth lost); or --allow-accuracy-drop to deploy it unchecked")
     if q.max_accuracy_drop is not None and reference_acc is not None:
         decision.guard = {"allowed": q.max_accuracy_drop, "reference": reference_acc, "allowed_by_flag": q.allow_accuracy_drop,
                           "excluded": {c.name: c.excluded for c in candidates if c.excluded}}
