@@ -79,7 +79,8 @@ def run(ctx: BuildContext) -> StageResult:
         result["float_nodes"][model] = [{"node": n, "reason": r.float_node_reasons.get(n, "")} for n in r.float_nodes]
         ranges = ActivationRanges.load(ctx.path(scales_name(model)))
         result[model] = {
-            "path": qdq_name(model, form), "deployable": r.deployable, "reason": r.reason, "method": r.method, "method_counts": r.method_counts,
+            "path": qdq_name(model, form), "deployable": r.deployable,
+            "reason": f"not guarded, as the pruned model itself may not deploy; {r.reason}" if excluded else r.reason, "method": r.method, "method_counts": r.method_counts,
             "check": r.check.to_dict(),
             "guard": json.loads(json.dumps(asdict(r.guard), default=str)) if r.guard is not None else None,
             "mixed": _speed_mixed(ctx, model, ranges, list(r.float_nodes), model_opts, outputs) if r.deployable else None,
