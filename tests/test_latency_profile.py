@@ -15,6 +15,7 @@ from hadmc_deploy.latency.ort_profile import (
     int8_slow_layers,
     layer_times,
     match_by_key,
+    pair_kernels,
     parse_profile,
     profile_session,
     source_weighted_nodes,
@@ -41,6 +42,24 @@ def test_matching_follows_keys_not_order():
     assert match_by_key(layers, kernels[:3]) is None
 
 
+def test_quantized_kernels_pair_by_the_names_they_keep_not_by_order():
+    """ORT runs a block's 1x1 shortcut after its 3x3 path and quantized kernels report no size:
+    in order, the shortcut would take the 3x3 conv's time (and every layer after it a neighbour's)."""
+    nodes = [("conv1", ("conv", 3, 3)), ("down", ("conv", 1, 1)), ("conv2", ("conv", 3, 3)), ("conv3", ("conv", 3, 3)), ("fc", ("linear",))]
+    names = ["conv1_token_1", "conv2_token_4", "conv3_token_7", "down_token_9", "fc"]
+    kernels = [(1.0, ("conv",)), (2.0, ("conv",)), (3.0, ("conv",)), (0.5, ("conv",)), (0.1, ("linear",))]
+    pairs = pair_kernels(nodes, names, kernels)
+    assert {nodes[i][0]: kernels[j][0] for i, j in pairs} == {"conv1": 1.0, "conv2": 2.0, "conv3": 3.0, "down": 0.5, "fc": 0.1}
+    # a name that only extends another's ("conv1" is a prefix of "conv10") is not taken for it
+    nodes10 = [("conv1", ("conv", 3, 3)), ("conv10", ("conv", 3, 3))]
+    pairs = pair_kernels(nodes10, ["conv10_token_2", "conv1_token_1"], [(7.0, ("conv",)), (5.0, ("conv",))])
+    assert {nodes10[i][0]: j for i, j in pairs} == {"conv1": 1, "conv10": 0}
+    # kernels named after nothing fall back to keys in order
+    pairs = pair_kernels(nodes, ["a", "b", "c", "d", "e"], kernels)
+    assert [nodes[i][0] for i, _ in pairs] == ["conv1", "down", "conv2", "conv3", "fc"]
+    assert pair_kernels(nodes, names[:4], kernels[:4]) is None
+
+
 def test_parse_profile_takes_the_median_after_warmup():
     events = [{"cat": "Node", "name": "c_kernel_time", "dur": d, "args": {"op_name": "Conv", "input_type_shape": [{"float": [1, 3, 8, 8]}, {"float": [4, 3, 3, 3]}]}} for d in (900, 100, 200, 300)]
     events += [{"cat": "Session", "name": "model_run", "dur": d} for d in (1000, 400, 500, 600)]
@@ -65,6 +84,28 @@ def test_profiled_session_maps_every_weighted_node(demo_onnx):
     for path in (f, q):
         times = layer_times(profile_session(path, batch=2, runs=3), src)
         assert sorted(times) == sorted(names) and all(t > 0 for t in times.values())
+
+
+@pytest.mark.parametrize("exporter", ["deploy", "fast"])
+def test_a_real_int8_profile_pairs_each_layer_with_its_own_kernel(tmp_path, exporter):
+    """The demo CNN's residual blocks have 1x1 shortcuts that ORT runs after the 3x3 path; every
+    quantized kernel keeps its source node's name, and each node gets the kernel named after it."""
+    torch.manual_seed(0)
+    shape = (2, 1, 28, 28)
+    f = export_for_timing(demo_cnn().eval(), shape, tmp_path / "f.onnx", exporter=exporter)
+    q = write_qdq(f, _timing_ranges(f, shape), tmp_path / "q.onnx", form="qdq_u8s8", placement="onnxruntime")
+    src = onnx.load(str(f))
+    names = [n for n, _ in source_weighted_nodes(src)]
+    prof = profile_session(q, batch=2, runs=3)
+    weighted = [k for k in prof.kernels if k.weighted]
+    assert {k.op for k in weighted} >= {"QLinearConv"}
+    order = [names.index(next(n for n in sorted(names, key=len, reverse=True) if k.name.startswith(n))) for k in weighted]
+    assert order != sorted(order)  # ORT's order is not the source's here: the case names must settle
+    times = dict(zip([k.name for k in weighted], prof.weighted_times(), strict=True))
+    paired = layer_times(prof, src)
+    for node in names:
+        own = next(k for k in times if k == node or k.startswith(node + "_token_"))
+        assert paired[node] == pytest.approx(times[own])
 
 
 def test_int8_slow_layers_times_both_graphs(demo_onnx):
