@@ -108,6 +108,42 @@ def test_a_real_int8_profile_pairs_each_layer_with_its_own_kernel(tmp_path, expo
         assert paired[node] == pytest.approx(times[own])
 
 
+class _Branches(torch.nn.Module):
+    """An Inception-like block: ORT runs its branches in another order than the source lists them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        conv = torch.nn.Conv2d
+        self.stem = conv(3, 32, 3, padding=1)
+        self.b1, self.b2a, self.b2b = conv(32, 16, 1), conv(32, 64, 1), conv(64, 256, 3, padding=1)
+        self.b3a, self.b3b, self.b4 = conv(32, 4, 1), conv(4, 8, 3, padding=1), conv(32, 16, 1)
+        self.head, self.fc = conv(296, 32, 1), torch.nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        y = torch.cat([torch.relu(self.b1(x)), torch.relu(self.b2b(torch.relu(self.b2a(x)))),
+                       torch.relu(self.b3b(torch.relu(self.b3a(x)))), torch.relu(self.b4(x))], 1)
+        return self.fc(torch.relu(self.head(y)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("exporter", ["deploy", "fast"])
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_branches_run_out_of_source_order_keep_their_own_times(tmp_path, exporter, precision):
+    """The 64 -> 256 3x3 conv of one branch does 512x the work of the 4 -> 8 3x3 conv of another;
+    paired by keys in execution order, the small one took the big one's time (FP32: NCHWc kernels are
+    named after the tensor they write, traced back to their conv; INT8: after the node)."""
+    torch.manual_seed(0)
+    shape = (1, 3, 32, 32)
+    f = export_for_timing(_Branches().eval(), shape, tmp_path / "f.onnx", exporter=exporter)
+    path = f if precision == "fp32" else write_qdq(f, _timing_ranges(f, shape), tmp_path / "q.onnx", form="qdq_u8s8", placement="onnxruntime")
+    src = onnx.load(str(f))
+    conv_of = {tuple(i.dims): i.name for i in src.graph.initializer if len(i.dims) == 4}
+    node_of = {n.input[1]: n.name for n in src.graph.node if n.op_type == "Conv"}
+    big, small = node_of[conv_of[(256, 64, 3, 3)]], node_of[conv_of[(8, 4, 3, 3)]]
+    times = layer_times(profile_session(path, batch=1, runs=5), src)
+    assert times[big] > 3 * times[small]  # swapped, the small one got ~20x the big one's time
+
+
 def test_int8_slow_layers_times_both_graphs(demo_onnx):
     f, q = demo_onnx
     slow, timings = int8_slow_layers(f, q, 2, rounds=1, runs=3)

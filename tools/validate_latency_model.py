@@ -72,12 +72,48 @@ class GroupedCNN(nn.Module):
         return self.head(self.body(x))
 
 
+class _ConvBN(nn.Sequential):
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1) -> None:
+        super().__init__(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class _InceptionBlock(nn.Module):
+    """Four branches (1x1; 1x1 -> 3x3; 1x1 -> 3x3 -> 3x3; pool -> 1x1) concatenated."""
+
+    def __init__(self, cin: int, b1: int, b2: tuple[int, int], b3: tuple[int, int], b4: int) -> None:
+        super().__init__()
+        self.b1 = _ConvBN(cin, b1, 1)
+        self.b2 = nn.Sequential(_ConvBN(cin, b2[0], 1), _ConvBN(b2[0], b2[1], 3))
+        self.b3 = nn.Sequential(_ConvBN(cin, b3[0], 1), _ConvBN(b3[0], b3[1], 3), _ConvBN(b3[1], b3[1], 3))
+        self.b4 = nn.Sequential(nn.MaxPool2d(3, 1, 1), _ConvBN(cin, b4, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.b1(x), self.b2(x), self.b3(x), self.b4(x)], 1)
+
+
+class InceptionCNN(nn.Module):
+    """A small Inception-like CNN: ONNX Runtime runs its branches in another order than the source
+    lists them, which keys alone in execution order pair wrongly (ort_profile.pair_kernels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(_ConvBN(3, 32, 3, 2), _ConvBN(32, 64, 3))
+        self.block1 = _InceptionBlock(64, 32, (48, 64), (16, 32), 32)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.block2 = _InceptionBlock(160, 64, (64, 96), (32, 48), 32)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(240, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block2(self.pool(self.block1(self.stem(x)))))
+
+
 MODELS = {
     "resnet18": (lambda: resnet18(), (3, 224, 224)),
     "mobilenet_v2": (lambda: mobilenet_v2(), (3, 224, 224)),
     "demo": (lambda: demo_cnn(), (1, 28, 28)),
     "demo96": (lambda: demo_cnn(), (1, 96, 96)),
     "grouped": (lambda: GroupedCNN(), (3, 64, 64)),
+    "inception": (lambda: InceptionCNN(), (3, 64, 64)),
 }
 
 

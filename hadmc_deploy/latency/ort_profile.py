@@ -241,13 +241,25 @@ def layer_times(profile: SessionProfile, source: onnx.ModelProto) -> dict[str, f
     nodes = source_weighted_nodes(source)
     weighted = [k for k in profile.kernels if k.weighted]
     kernels = [(t, k.key) for t, k in zip(profile.weighted_times(), weighted, strict=True)]
-    pairs = pair_kernels(nodes, [k.name for k in weighted], kernels)
+    pairs = pair_kernels(nodes, [k.name for k in weighted], kernels, source.graph)
     if pairs is None:
         raise LatencyModelError(
             f"the profiled session's {len(kernels)} weighted kernels do not pair with the {len(nodes)} weighted nodes of the source graph",
             hint="per-layer in-context timing is not available for this graph; the whole-model correction is used instead",
         )
     return {nodes[i][0]: kernels[j][0] for i, j in pairs}
+
+
+#: ops a fused kernel's output may pass through after its weighted node (ORT fuses activations,
+#: residual adds and folded batch norms into the conv, and the kernel takes the last one's output name)
+FUSABLE_AFTER_WEIGHTS = frozenset({
+    "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Softplus",
+    "Mul", "Add", "Sum", "BatchNormalization", "Identity",
+})
+#: how ONNX Runtime's NCHWc transformer names a conv it rewrites: after its output tensor
+NCHWC_SUFFIX = "_nchwc"
+#: producer steps walked back from a kernel's output tensor at most
+MAX_FUSION_DEPTH = 6
 
 
 def named_after(kernel: str, nodes: Sequence[str]) -> int | None:
@@ -260,19 +272,54 @@ def named_after(kernel: str, nodes: Sequence[str]) -> int | None:
     return best
 
 
-def pair_kernels(nodes: list[tuple], kernel_names: list[str], kernels: list[tuple]) -> list[tuple[int, int]] | None:
-    """Pairs (node index, kernel index): by name where a kernel is named after one source node,
-    then the rest by key in order (`match_by_key`); None when they cannot all pair up.
+def producing_nodes(producer: dict[str, onnx.NodeProto], tensor: str, weighted: dict[str, int]) -> set[int]:
+    """The weighted nodes (indices in `weighted`, by node name) nearest upstream of `tensor` through
+    ops ORT fuses after a conv (`FUSABLE_AFTER_WEIGHTS`; `producer`: tensor -> the node writing it):
+    what computes a fused kernel's output. A residual add with a shortcut conv gives two; the
+    caller's keys tell them apart."""
+    frontier, seen = [tensor], set()
+    for _ in range(MAX_FUSION_DEPTH):
+        found, upstream = set(), []
+        for t in frontier:
+            node = producer.get(t)
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.name in weighted:
+                found.add(weighted[node.name])
+            elif node.op_type in FUSABLE_AFTER_WEIGHTS:
+                upstream += [i for i in node.input if i]
+        if found:
+            return found
+        frontier = upstream
+    return set()
 
-    Why names first: quantized kernels report no kernel size, so keys alone pair them in order, and
-    ONNX Runtime runs a ResNet block's 1x1 shortcut after its 3x3 path: in order, every INT8 layer
-    after the first shortcut took a neighbour's time (the demo CNN's INT8 plans priced the shortcut
-    of layer 3 with its 3x3 conv's cost; 13-17% off on narrow plans at batch 32)."""
+
+def pair_kernels(nodes: list[tuple], kernel_names: list[str], kernels: list[tuple], graph: onnx.GraphProto | None = None) -> list[tuple[int, int]] | None:
+    """Pairs (node index, kernel index): by name where it names one source node, then the rest by
+    key in order (`match_by_key`); None when they cannot all pair up. A kernel names a node by its
+    own name or `<node>_token_<n>` (ORT's QLinearConv made from a QDQ Conv), or, given the source
+    `graph`, by the tensor it writes (an NCHWc conv is `<output tensor>_nchwc`), traced back to the
+    nearest weighted node of a matching key.
+
+    Why names first: keys alone pair kernels of one key in execution order, which is not the
+    source's. Quantized kernels report no kernel size, and ORT runs a ResNet block's 1x1 shortcut
+    after its 3x3 path: every INT8 layer after the first shortcut took a neighbour's time (the demo
+    CNN's INT8 plans priced the shortcut of layer 3 with its 3x3 conv's cost; 13-17% off on narrow
+    plans at batch 32). In an Inception-like block ORT ran the FP32 branches in another order than
+    the source too, and a 3x3 conv of 8 -> 16 channels took a 48 -> 64 one's time."""
+    names = [n for n, _ in nodes]
+    weighted = {n: i for i, n in enumerate(names) if n}
+    producer = {out: node for node in graph.node for out in node.output} if graph is not None else {}
     by_name: dict[int, int] = {}
-    for j, name in enumerate(kernel_names):
-        i = named_after(name, [n for n, _ in nodes])
-        if i is not None and i not in by_name.values():
-            by_name[j] = i
+    for j, kernel in enumerate(kernel_names):
+        direct = named_after(kernel, names)
+        candidates = {direct} if direct is not None else set()
+        if not candidates and producer:
+            candidates = producing_nodes(producer, kernel.removesuffix(NCHWC_SUFFIX), weighted)
+        candidates = {i for i in candidates if _compatible(nodes[i][1], kernels[j][1]) and i not in by_name.values()}
+        if len(candidates) == 1:
+            by_name[j] = candidates.pop()
     rest_nodes = [i for i in range(len(nodes)) if i not in by_name.values()]
     rest_kernels = [j for j in range(len(kernels)) if j not in by_name]
     rest = match_by_key([nodes[i] for i in rest_nodes], [kernels[j] for j in rest_kernels])
