@@ -9,13 +9,12 @@ import torch
 from hadmc_deploy.calibration.qdq import write_qdq
 from hadmc_deploy.graph.trace import trace
 from hadmc_deploy.latency.auto import MeasureOptions, measured_latency_model
+from hadmc_deploy.latency.kernel_pairing import match_by_key, pair_kernels
 from hadmc_deploy.latency.ort_profile import (
     KernelTime,
     SessionProfile,
     int8_slow_layers,
     layer_times,
-    match_by_key,
-    pair_kernels,
     parse_profile,
     profile_session,
     source_weighted_nodes,

@@ -37,6 +37,7 @@ from hadmc_deploy.graph.trace import trace  # noqa: E402
 from hadmc_deploy.latency.auto import MeasureOptions, measure_table  # noqa: E402
 from hadmc_deploy.latency.context import fit_context  # noqa: E402
 from hadmc_deploy.latency.context_build import build_deployed_artifact  # noqa: E402
+from hadmc_deploy.latency.kernel_pairing import match_by_key  # noqa: E402
 from hadmc_deploy.latency.predictor import LutLatencyModel  # noqa: E402
 from hadmc_deploy.targets import get_target  # noqa: E402
 from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS  # noqa: E402
@@ -103,7 +104,7 @@ def main() -> int:
             by_name = fit()
             recorder.replaying = True
             paired = ort_profile.pair_kernels
-            ort_profile.pair_kernels = lambda nodes, names, kernels, graph=None: ort_profile.match_by_key(nodes, kernels)
+            ort_profile.pair_kernels = lambda nodes, names, kernels, graph=None: match_by_key(nodes, kernels)
             try:
                 by_order = fit(rounds=by_name.context.fitted_on[0]["rounds"])
             finally:

@@ -48,8 +48,9 @@ from hadmc_deploy.latency.channel_form import Point, choose_form
 from hadmc_deploy.latency.context_build import build_deployed_artifact, faster_exporter
 from hadmc_deploy.latency.context_plans import calibration_plans, context_step
 from hadmc_deploy.latency.context_probe import probe_for
+from hadmc_deploy.latency.kernel_pairing import match_by_key
 from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
-from hadmc_deploy.latency.ort_profile import kernel_key, match_by_key, source_weighted_nodes
+from hadmc_deploy.latency.ort_profile import kernel_key, source_weighted_nodes
 from hadmc_deploy.latency.predictor import interp_context_ms
 from hadmc_deploy.latency.repeat import SpeedGate
 from hadmc_deploy.latency.whole_model import TimingRanges
