@@ -391,7 +391,7 @@ def write_doc(results: dict, path: Path, section: str = "validation") -> None:
                          + ("" if not chk.get("conv_entry_ratio_p10_p50_p90") else
                             " Isolated conv prices, second table over first: {:.2f} / {:.2f} / {:.2f} (10th / 50th / 90th percentile).".format(*chk["conv_entry_ratio_p10_p50_p90"])))
     begin, finish = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
-    text = path.read_text()
+    text = path.read_text() if path.exists() else ""  # a new --doc file gets the section
     if begin not in text:
         text += f"\n{begin}\n{finish}\n"
     start, end = text.index(begin) + len(begin), text.index(finish)
