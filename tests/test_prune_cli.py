@@ -119,9 +119,14 @@ def test_prune_and_build_share_options_and_give_the_same_checkpoint(demo_sd, tmp
               # runs on a loaded machine (tests in parallel) trained different numbers of steps
               "--no-distill"]
     pruned = tmp_path / "p.pth"
-    assert main(["prune", *common, "--timing-rounds", "0", "-o", str(pruned)]) == 0
+    # the closed loop measures the plan: on a loaded machine it may miss the budget (exit 14), and the
+    # checkpoint is written either way (a test never asserts a wall-clock result)
+    code = main(["prune", *common, "--timing-rounds", "0", "-o", str(pruned)])
     result = _json(capsys)
-    assert result["search"]["method"] == "greedy" and result["predicted"]["speedup"] >= 1.5 - 1e-9
+    assert code in (0, 14), result
+    if code == 0:
+        assert result["search"]["method"] == "greedy" and result["predicted"]["speedup"] >= 1.5 - 1e-9
+    prune_keep = json.loads((tmp_path / "p-prune" / "width_plan.json").read_text())["keep"]
     # the build also judges the budget on its measurement (exit 14 when missed) and, without --eval, the pruned
     # model's agreement with this random-weight original (exit 15 when it fails); the checkpoint is the same either way
     assert main(["build", *common, "--out", str(tmp_path / "b"), "--batch", "1", "--runs", "3", "--warmup", "1"]) in (0, 14, 15)
@@ -129,4 +134,4 @@ def test_prune_and_build_share_options_and_give_the_same_checkpoint(demo_sd, tmp
     a, b = load_model(pruned).model.state_dict(), load_model(tmp_path / "b" / "recovered.pth").model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     build_keep = json.loads((tmp_path / "b" / "width_plan.json").read_text())["keep"]
-    assert build_keep and all(result["plan"]["keep"][g] == k for g, k in build_keep.items())
+    assert build_keep and build_keep == prune_keep
