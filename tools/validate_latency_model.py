@@ -93,7 +93,7 @@ class _InceptionBlock(nn.Module):
 
 class InceptionCNN(nn.Module):
     """A small Inception-like CNN: ONNX Runtime runs its branches in another order than the source
-    lists them, which keys alone in execution order pair wrongly (ort_profile.pair_kernels)."""
+    lists them, which keys alone in execution order pair wrongly (latency/kernel_pairing.py)."""
 
     def __init__(self) -> None:
         super().__init__()
