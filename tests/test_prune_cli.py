@@ -124,9 +124,11 @@ def test_prune_and_build_share_options_and_give_the_same_checkpoint(demo_sd, tmp
     code = main(["prune", *common, "--timing-rounds", "0", "-o", str(pruned)])
     result = _json(capsys)
     assert code in (0, 14), result
+    prune_plan = json.loads((tmp_path / "p-prune" / "width_plan.json").read_text())
+    meta, prune_keep = prune_plan["meta"], prune_plan["keep"]
+    assert meta["method"] == "greedy" and meta["baseline_ms"] / meta["predicted_ms"] >= 1.5 - 1e-9
     if code == 0:
         assert result["search"]["method"] == "greedy" and result["predicted"]["speedup"] >= 1.5 - 1e-9
-    prune_keep = json.loads((tmp_path / "p-prune" / "width_plan.json").read_text())["keep"]
     # the build also judges the budget on its measurement (exit 14 when missed) and, without --eval, the pruned
     # model's agreement with this random-weight original (exit 15 when it fails); the checkpoint is the same either way
     assert main(["build", *common, "--out", str(tmp_path / "b"), "--batch", "1", "--runs", "3", "--warmup", "1"]) in (0, 14, 15)
