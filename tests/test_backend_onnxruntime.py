@@ -361,3 +361,75 @@ def test_the_optimizer_choice_takes_fewer_runs_of_a_slow_model(exported, tmp_pat
     art, _ = _int8_artifact(src, tmp_path / "slow", [first_conv])
     measured = art.metadata["session_options"]["disabled_optimizers_measured"]
     assert (measured["rounds"], measured["runs"]) == (3, 3)
+
+
+def test_release_sessions_drops_the_kept_sessions(artifact):
+    """A benchmark keeps its session for the next call; release_sessions drops it (whole-model
+    timings of several artifacts keep one session alive at a time)."""
+    backend = get("onnxruntime")
+    backend.benchmark(artifact, batch=1, warmup=0, runs=1)
+    assert len(backend._sessions) == 1
+    backend.release_sessions()
+    assert backend._sessions == {}
+    assert backend.benchmark(artifact, batch=1, warmup=0, runs=1).p50_ms > 0  # and a new one is made when needed
+
+
+def _count_alive_at_each_benchmark(monkeypatch, module) -> tuple[list[int], list]:
+    """Patch `module.get` so that every ONNX Runtime backend it hands out is recorded, and every
+    timed benchmark records how many sessions all of them hold at that moment."""
+    counts: list[int] = []
+    made: list = []
+    real_get = module.get
+
+    def counting_get(name):
+        backend = real_get(name)
+        made.append(backend)
+        real = backend._benchmark
+
+        def timed(art, batch, warmup, runs):
+            counts.append(sum(len(b._sessions) for b in made))
+            return real(art, batch, warmup, runs)
+
+        backend._benchmark = timed
+        return backend
+
+    monkeypatch.setattr(module, "get", counting_get)
+    return counts, made
+
+
+def test_the_decide_stage_times_one_session_at_a_time(monkeypatch, artifact, exported, tmp_path):
+    """The decision's interleaved rounds keep no idle session beside the one being timed (an idle
+    session's spinning workers slowed the next model: tools/bench_sessions_alive.py)."""
+    import types as _types
+
+    from hadmc_deploy.build.stages import decide
+    from hadmc_deploy.ui import quiet_ui
+
+    _, path, _ = exported
+    other = get("onnxruntime").build(request(path, "fp32", tmp_path / "tiny-fp32-b", ort=OrtBuildOptions(threads=1)))
+    counts, _ = _count_alive_at_each_benchmark(monkeypatch, decide)
+    ctx = _types.SimpleNamespace(path=lambda p: p, ui=quiet_ui())
+    rows = [{"name": "a", "backend": "onnxruntime", "artifact": artifact.path}, {"name": "b", "backend": "onnxruntime", "artifact": other.path}]
+    fastest, _ = decide.time_interleaved(ctx, rows, batch=1)
+    assert set(fastest) == {"a", "b"} and all(v > 0 for v in fastest.values())
+    assert len(counts) >= 2 * decide.ROUNDS
+    assert max(counts) <= 1, counts
+
+
+def test_whole_model_timing_keeps_one_session_alive(exported, tmp_path):
+    """time_onnx_interleaved (the build's latency check) releases each model's session after its
+    round: the session count seen by every timed benchmark is at most one."""
+    from hadmc_deploy.latency.whole_model import time_onnx_interleaved
+
+    _, path, _ = exported
+    backend = get("onnxruntime")
+    counts: list[int] = []
+    real = backend._benchmark
+
+    def timed(art, batch, warmup, runs):
+        counts.append(len(backend._sessions))
+        return real(art, batch, warmup, runs)
+
+    backend._benchmark = timed
+    out = time_onnx_interleaved([path, path], backend, batch=1, rounds=2, warmup=1, runs=2)
+    assert len(out) == 2 and counts and max(counts) <= 1, counts

@@ -213,7 +213,10 @@ def time_onnx_interleaved(
         else:
 
             def bench(art: Any) -> Any:
-                return backend.benchmark(art, batch=batch, warmup=warmup, runs=runs, min_seconds=WHOLE_MODEL_SECONDS)
+                try:
+                    return backend.benchmark(art, batch=batch, warmup=warmup, runs=runs, min_seconds=WHOLE_MODEL_SECONDS)
+                finally:
+                    backend.release_sessions()  # one session alive at a time (Backend.release_sessions)
 
         rounds_ms: list[list[float]] = [[] for _ in artifacts]
         fastest = [float("inf")] * len(artifacts)

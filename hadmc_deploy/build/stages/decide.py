@@ -52,6 +52,7 @@ def time_interleaved(ctx: BuildContext, rows: list[dict[str, Any]], batch: int) 
         for _ in range(ROUNDS):
             for name, (backend, artifact) in loaded.items():
                 per_round[name].append(backend.benchmark(artifact, batch=batch, warmup=2, runs=WHOLE_MODEL_RUNS, min_seconds=WHOLE_MODEL_SECONDS).p50_ms)
+                backend.release_sessions()  # one session alive at a time, as deployed and as the table timed
                 bar.advance()
     medians = {n: statistics.median(v) for n, v in per_round.items()}
     spreads = [(max(v) - min(v)) / 2 / medians[n] for n, v in per_round.items() if len(v) > 1 and medians[n] > 0]

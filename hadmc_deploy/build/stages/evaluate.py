@@ -68,6 +68,7 @@ def run(ctx: BuildContext) -> StageResult:
             row["accuracy_measured_with"] = f"{entry['backend']} artifact"
             lat = benchmark_artifact(backend, artifact, ctx.plan.batch_sizes, warmup=bench.warmup, runs=bench.runs, primary=primary_batch(ctx), ui=ctx.ui)
             row["latency"] = {str(b): s for b, s in lat.per_batch.items()}
+            backend.release_sessions()  # the next variant is timed with no idle session beside it
             row["session"] = {k: artifact.metadata.get(k) for k in ("session_options", "backend_version", "device", "precision_path", "int8_form") if k in artifact.metadata}
         else:
             row.update({"backend": None, "artifact": None, "file_bytes": file_size(onnx_file), "latency": {}})
