@@ -256,7 +256,7 @@ def print_summary(ctx: Any, report: dict[str, Any]) -> None:
         ui.out.print(f"[yellow]{msg}[/yellow]")
     from hadmc_deploy.report_md import decision_line
 
-    ui.out.print(decision_line(report).replace("**", "").replace("`", ""))
+    ui.out.print(decision_line(report, ctx.plan.out_dir).replace("**", "").replace("`", ""))
     ui.out.print(f"report: {ctx.plan.out_dir / 'report.md'} (and report.json, plots/)")
 
 

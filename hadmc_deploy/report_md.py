@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 #: prediction sources that predict the variant's own graph from measurements on this machine: their misses are flagged.
@@ -171,13 +172,16 @@ def _delta(v: float | None) -> str:
     return "-" if v is None else f"{v:+.2f}"
 
 
-def decision_line(report: dict[str, Any]) -> str:
-    """The report's first line: what to deploy, and what it measured."""
+def decision_line(report: dict[str, Any], build_dir: str | Path | None = None) -> str:
+    """The report's first line: what to deploy, and what it measured. The artifact's path is the
+    build directory's (report.md lives there); with `build_dir`, it is joined to it, for a line
+    printed to a user whose working directory is elsewhere."""
     d = report.get("deploy")
     if not d:
         return "**Deploy:** nothing was built and measured here (see the backend stage)."
     acc = "" if d.get("accuracy_change") is None else f", accuracy {d['accuracy_change']:+.2f} points"
-    line = (f"**Deploy: `{d['variant']}`** (`{d['artifact']}`): measured {d['speedup_vs_fp32_original']:.2f}x over the FP32 original and "
+    where = Path(build_dir) / d["artifact"] if build_dir is not None else d["artifact"]
+    line = (f"**Deploy: `{d['variant']}`** (`{where}`): measured {d['speedup_vs_fp32_original']:.2f}x over the FP32 original and "
             f"{d['speedup_vs_original_at_precision']:.2f}x over the original at {report['target']['precision']}, batch {d['primary_batch']}{acc}.")
     budget = d.get("budget")
     if budget:

@@ -208,3 +208,24 @@ def test_a_budget_missed_because_of_the_guards_float_layers_says_so() -> None:
     with pytest.raises(BudgetError) as err:
         raise_on_unmet(report)
     assert "ask for less" in err.value.hint
+
+
+def test_the_unmet_errors_and_the_last_line_name_the_artifact_under_the_build_directory(tmp_path) -> None:
+    """A user in another directory can pass the path they are given to `bench`: the exit-14/15
+    errors and the printed decision line join the build directory to the artifact's path, which
+    report.md keeps relative to itself."""
+    from pathlib import Path
+
+    from hadmc_deploy.build.pipeline import raise_on_unmet
+    from hadmc_deploy.errors import AccuracyGuardError
+    from hadmc_deploy.report_md import decision_line
+
+    build_dir = Path("build") / "net-cpu"
+    report = {"decision": {"deploy": "baseline-int8", "artifact": "artifacts/cpu/deploy", "verdict": {"exit_code": 15, "why": "pruned-int8 loses 2 points"}}}
+    with pytest.raises(AccuracyGuardError, match=r"deployed baseline-int8 instead \(build/net-cpu/artifacts/cpu/deploy\)"):
+        raise_on_unmet(report, build_dir)
+    deploy = {"variant": "pruned-int8", "artifact": "artifacts/cpu/deploy", "speedup_vs_fp32_original": 2.0, "speedup_vs_original_at_precision": 1.3,
+              "primary_batch": 32}
+    printed = decision_line({"deploy": deploy, "target": {"precision": "int8"}}, build_dir)
+    assert "(`build/net-cpu/artifacts/cpu/deploy`)" in printed
+    assert "(`artifacts/cpu/deploy`)" in decision_line({"deploy": deploy, "target": {"precision": "int8"}})  # report.md's own line

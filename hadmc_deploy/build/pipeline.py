@@ -10,6 +10,7 @@ same stages up to recover, with the same options, so one plan gives one checkpoi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from hadmc_deploy.build.correction import LatencyCorrection, MeasuredPoint
@@ -148,19 +149,21 @@ def build(plan: BuildPlan, ui: UI | None = None) -> dict[str, Any]:
     report["stages"] = [o.to_dict() for o in ctx.outcomes]
     write_report(ctx, report)  # with the report stage's own status
     print_summary(ctx, report)
-    raise_on_unmet(report)
+    raise_on_unmet(report, plan.out_dir)
     return report
 
 
-def raise_on_unmet(report: dict[str, Any]) -> None:
+def raise_on_unmet(report: dict[str, Any], build_dir: Path | None = None) -> None:
     """The exit code follows the measurement (`build/decide.py` `verdict`): what was asked and not
-    delivered is an error, raised after the report and the deployed artifact are written."""
+    delivered is an error, raised after the report and the deployed artifact are written. The
+    message names the deployed artifact under `build_dir` (the path a user can pass to `bench`)."""
     decision = report.get("decision") or {}
+    where = (build_dir / decision["artifact"]) if build_dir is not None and decision.get("artifact") else decision.get("artifact")
     code = (decision.get("verdict") or {}).get("exit_code", 0)
     why = (decision.get("verdict") or {}).get("why", "")
     if code == AccuracyGuardError.exit_code:
         raise AccuracyGuardError(
-            f"{why}; deployed {decision['deploy']} instead ({decision.get('artifact')})",
+            f"{why}; deployed {decision['deploy']} instead ({where})",
             hint=(decision.get("verdict") or {}).get("hint") or "see report.md; recover longer (--epochs), or pass --allow-accuracy-drop to accept the loss",
         )
     budget = decision.get("budget") or {}
@@ -169,7 +172,7 @@ def raise_on_unmet(report: dict[str, Any]) -> None:
         deployed = "" if best["variant"] == decision["deploy"] else f"; deployed {decision['deploy']} ({budget['measured_speedup']:.2f}x), simpler and within the measured noise"
         raise BudgetError(
             f"the budget of {budget['goal_speedup']:.2f}x was not met when measured: the best measured is {best['variant']} at "
-            f"{best['speedup']:.2f}x over the original at the same precision{deployed} ({decision.get('artifact')})",
+            f"{best['speedup']:.2f}x over the original at the same precision{deployed} ({where})",
             hint=_budget_hint(budget),
             best_speedup=best["speedup"],
         )
