@@ -5,19 +5,18 @@ judge the accuracy guard and the latency budget on what was measured."""
 from __future__ import annotations
 
 import shutil
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from hadmc_deploy.backends import Artifact, get
+from hadmc_deploy.backends import Artifact
 from hadmc_deploy.build.decide import (
     Candidate,
     Decision,
+    budget_reference,
     budget_verdict,
     chance_level_warning,
     choose,
-    budget_reference,
     delivers,
     guard_exclusion,
     verdict,
@@ -26,11 +25,9 @@ from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import primary_batch
 from hadmc_deploy.build.sample_budget import MIN_INT8_GUARD_SAMPLES
 from hadmc_deploy.build.self_check import check_deployed, guard_float_layers
-from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS, WHOLE_MODEL_SECONDS
+from hadmc_deploy.build.side_by_side import time_interleaved
 from hadmc_deploy.triton import write_triton_repo
 
-#: interleaved rounds over the candidates at the primary batch.
-ROUNDS = WHOLE_MODEL_ROUNDS
 DEPLOY_DIR = "deploy"
 
 
@@ -39,25 +36,6 @@ def inputs(ctx: BuildContext) -> dict[str, Any]:
     return {"guard": q.max_accuracy_drop, "allow": q.allow_accuracy_drop, "speedup": ctx.settings.search.speedup,
             "latency_ms": ctx.settings.search.latency_ms, "batch": primary_batch(ctx),
             "triton_repo": ctx.settings.output.triton_repo}
-
-
-def time_interleaved(ctx: BuildContext, rows: list[dict[str, Any]], batch: int) -> tuple[dict[str, float], float]:
-    """Per variant the p50 of its fastest interleaved round (load only adds time; on a shared
-    2-vCPU machine whole rounds run on one core when the other is taken, and a median over
-    rounds mixes the two regimes), and the noise: the median relative spread of each
-    variant's round p50s around its own median."""
-    per_round: dict[str, list[float]] = {r["name"]: [] for r in rows}
-    loaded = {r["name"]: (get(r["backend"]), Artifact.load(ctx.path(r["artifact"]))) for r in rows}
-    with ctx.ui.progress(f"timing {len(rows)} candidates side by side (batch {batch})", ROUNDS * len(rows)) as bar:
-        for _ in range(ROUNDS):
-            for name, (backend, artifact) in loaded.items():
-                per_round[name].append(backend.benchmark(artifact, batch=batch, warmup=2, runs=WHOLE_MODEL_RUNS, min_seconds=WHOLE_MODEL_SECONDS).p50_ms)
-                backend.release_sessions()  # one session alive at a time, as deployed and as the table timed
-                bar.advance()
-    medians = {n: statistics.median(v) for n, v in per_round.items()}
-    spreads = [(max(v) - min(v)) / 2 / medians[n] for n, v in per_round.items() if len(v) > 1 and medians[n] > 0]
-    noise = min(0.10, statistics.median(spreads)) if spreads else 0.0
-    return {n: min(v) for n, v in per_round.items()}, noise
 
 
 def run(ctx: BuildContext) -> StageResult:
