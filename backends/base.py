@@ -134,16 +134,10 @@ class Backend:
         return self._run(artifact, inputs)
 
     def release_sessions(self) -> None:
-        """Drop the sessions (ONNX Runtime sessions, TensorRT execution contexts) kept for the
-        artifacts run or benchmarked so far. Whole-model timings of several artifacts call it after
-        each one, so that one session is alive at a time, as in a service and as the latency
-        table times whole models: beside the idle sessions of a build's other artifacts, the pruned
-        INT8 and mixed artifacts ran 1.08-1.37x slower in the median round, the demo's INT8 and
-        mixed originals 1.13x and 1.33x, a ResNet-18's 1.00-1.03x, FP32 ones 0.97-1.05x
-        (tools/bench_sessions_alive.py, docs/sessions_alive.txt)."""
-        sessions = getattr(self, "_sessions", None)
-        if isinstance(sessions, dict):
-            sessions.clear()
+        """Drop the sessions kept for the artifacts run or benchmarked so far, where an idle one
+        costs the next model timed (ONNX Runtime overrides it). Whole-model timings of several
+        artifacts call it after each one. A no-op here: an idle TensorRT execution context holds
+        GPU memory but no CPU thread, and deserializing an engine every round would cost more."""
 
     def benchmark(self, artifact: Artifact, batch: int = 1, warmup: int = 10, runs: int = 50, min_seconds: float = 0.0) -> LatencyStats:
         """`runs` timed runs after `warmup`; with `min_seconds`, as many more as fill that much time

@@ -235,6 +235,15 @@ class OnnxRuntimeBackend(Backend):
         return worst
 
     # -- run and time -------------------------------------------------------------------
+    def release_sessions(self) -> None:
+        """Drop every kept session, so that the next model is timed with one session alive, as in
+        a service and as the latency table times whole models: an idle session keeps its spinning
+        worker threads, and beside the idle sessions of a build's other artifacts the pruned INT8
+        and mixed artifacts ran 1.08-1.37x slower in the median round, the demo's INT8 and mixed
+        originals 1.13x and 1.33x, a ResNet-18's 1.00-1.03x, FP32 ones 0.97-1.05x
+        (tools/bench_sessions_alive.py, docs/sessions_alive.txt)."""
+        self._sessions.clear()
+
     def _session(self, artifact: Artifact) -> Any:
         sess_meta = artifact.metadata.get("session_options") or {}
         threads = resolve_threads(sess_meta.get("intra_op_num_threads"))

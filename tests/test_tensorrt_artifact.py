@@ -200,3 +200,12 @@ def test_fp16_typed_graph_runs_and_matches_fp32(tmp_path):
     got = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     assert got.dtype == np.float32 and converter.startswith("onnxconverter")
     np.testing.assert_allclose(got, ref, rtol=1e-2, atol=1e-2)
+
+
+def test_tensorrt_keeps_its_engine_sessions_when_timings_release_sessions():
+    """Whole-model timings call release_sessions after each model (idle ONNX Runtime sessions spin
+    on the CPU); TensorRT keeps its deserialized engines, which hold no CPU thread while idle."""
+    backend = get("tensorrt")
+    backend._sessions[("engine.plan", 0.0)] = "kept"
+    backend.release_sessions()
+    assert backend._sessions == {("engine.plan", 0.0): "kept"}
