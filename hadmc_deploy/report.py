@@ -14,6 +14,7 @@ from typing import Any
 from hadmc_deploy.fileio import write_json_atomic, write_text_atomic
 from hadmc_deploy.plots import plot_pareto, plot_widths
 from hadmc_deploy.report_md import MEASURED_PREDICTORS
+from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS
 
 SCHEMA = "hadmc-deploy/report"
 SCHEMA_VERSION = 1
@@ -131,6 +132,7 @@ def build_report(ctx: Any, partial: bool = False) -> dict[str, Any]:
     res = ctx.results
     plan = ctx.plan
     variants = res.get("evaluate", {}).get("variants", [])
+    int8_checks = res.get("evaluate", {}).get("int8_vs_fp32", []) + decision_int8_checks(res.get("decide", {}))
     search = res.get("search", {})
     groups = search.get("groups", [])
     load = res.get("load", {})
@@ -156,8 +158,8 @@ def build_report(ctx: Any, partial: bool = False) -> dict[str, Any]:
         "versions": tool_versions(),
         "hashes": {"model_sha256": plan.model_sha256, **{f"{v['name']}_onnx_sha256": v.get("onnx_sha256") for v in variants}},
         "plots": {},
-        "notes": _notes(res.get("evaluate", {}).get("int8_vs_fp32", [])),
-        "int8_vs_fp32": res.get("evaluate", {}).get("int8_vs_fp32", []),
+        "notes": _notes(int8_checks),
+        "int8_vs_fp32": int8_checks,
         "decision": {k: v for k, v in res.get("decide", {}).items() if not k.startswith("_")},
         "closed_loop": {"rounds": list(ctx.loop.rounds), "latency_check": {k: v for k, v in res.get("latency check", {}).items() if not k.startswith("_")},
                         "correction": ctx.loop.correction.to_dict() if ctx.loop.correction is not None else None},
@@ -177,6 +179,16 @@ def _deploy_summary(decision: dict[str, Any]) -> dict[str, Any] | None:
         return None
     keys = ("deploy", "artifact", "reason", "primary_batch", "speedup_vs_fp32_original", "speedup_vs_original_at_precision", "accuracy_change", "budget")
     return {("variant" if k == "deploy" else k): decision.get(k) for k in keys}
+
+
+def decision_int8_checks(decision: dict[str, Any]) -> list[dict[str, Any]]:
+    """The INT8-vs-FP32 comparison at the primary batch, per model, from the decide stage's own
+    side-by-side timings (the evaluate stage leaves that batch to them)."""
+    p50 = {c["name"]: c["p50_ms"] for c in decision.get("candidates", [])}
+    noise, batch = decision.get("noise", 0.0), decision.get("primary_batch")
+    return [{"model": m, "batch": batch, "fp32_ms": p50[f"{m}-fp32"], "int8_ms": p50[f"{m}-int8"], "noise": noise, "rounds": WHOLE_MODEL_ROUNDS,
+             "slower": p50[f"{m}-int8"] > p50[f"{m}-fp32"] * (1.0 + noise)}
+            for m in ("baseline", "pruned") if f"{m}-fp32" in p50 and f"{m}-int8" in p50]
 
 
 def _notes(int8_checks: list[dict[str, Any]]) -> list[str]:

@@ -462,7 +462,23 @@ def test_an_int8_slowdown_seen_once_is_timed_again_side_by_side_before_the_repor
     assert check["fp32_ms"] > 0 and check["int8_ms"] > 0 and 0 <= check["noise"] <= 0.10
     assert check["slower"] == (check["int8_ms"] > check["fp32_ms"] * (1 + check["noise"]))
     assert confirm_int8_slowdowns(ctx, [rows[0], {**rows[1], "artifact": None}]) == []  # nothing built here: nothing timed
+    assert confirm_int8_slowdowns(ctx, rows, skip_batch=1) == []  # the primary batch: the decide stage's timings judge it
     confirmed = {**check, "slower": True}
     assert _notes([check | {"slower": False}]) == []
     (note,) = _notes([confirmed])
     assert note.startswith("baseline: INT8 measured slower than FP32 at batch 1 side by side") and "deploy baseline-fp32" in note
+
+
+def test_the_primary_batchs_int8_check_comes_from_the_decisions_side_by_side_timings():
+    """At the primary batch the decide stage has timed every candidate side by side: the report's
+    INT8-vs-FP32 check there reads those timings (slower only beyond the decision's noise)."""
+    from hadmc_deploy.report import _notes, decision_int8_checks
+
+    decision = {"primary_batch": 32, "noise": 0.05, "candidates": [
+        {"name": "baseline-fp32", "p50_ms": 1.0}, {"name": "baseline-int8", "p50_ms": 1.2},
+        {"name": "pruned-fp32", "p50_ms": 0.8}, {"name": "pruned-int8", "p50_ms": 0.82}, {"name": "pruned-mixed", "p50_ms": 0.7}]}
+    checks = decision_int8_checks(decision)
+    assert [(c["model"], c["batch"], c["slower"]) for c in checks] == [("baseline", 32, True), ("pruned", 32, False)]
+    (note,) = _notes(checks)
+    assert note.startswith("baseline: INT8 measured slower than FP32 at batch 32 side by side (1.200 vs 1.000 ms")
+    assert decision_int8_checks({}) == []  # no decision (nothing built here): no check
