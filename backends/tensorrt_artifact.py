@@ -20,10 +20,10 @@ ENGINE_FILE = "model.engine"
 #: unpruned baseline (the names `hadmc-deploy build` writes). Roles of one variant go together
 #: so a pruned float graph is never paired with the baseline's QDQ graph.
 VARIANT_FILES = (
-    {"float_onnx": "model.onnx", "qdq_onnx": "qdq_s8s8.onnx", "scales": "scales.json"},
-    {"float_onnx": "baseline.onnx", "qdq_onnx": "baseline_qdq_s8s8.onnx", "scales": "baseline_scales.json"},
+    {"float_onnx": "model.onnx", "qdq_onnx": "qdq_s8s8.onnx", "scales": "scales.json", "calibration_cache": "calibration.cache"},
+    {"float_onnx": "baseline.onnx", "qdq_onnx": "baseline_qdq_s8s8.onnx", "scales": "baseline_scales.json", "calibration_cache": "baseline_calibration.cache"},
 )
-SHARED_FILES = {"calibration_cache": ("calibration.cache",), "plan": ("build_plan.json", "plan.json")}
+SHARED_FILES = {"plan": ("build_plan.json", "plan.json")}
 #: where in a build directory they may sit (the top, or one stage folder below it).
 _SUBDIRS = ("", "onnx", "export", "calibration", "int8", "quant")
 
@@ -254,8 +254,10 @@ def portable_artifacts(build_dir: str | Path) -> dict[str, Path]:
             if hit is not None:
                 hits[role] = hit
         variants.append(hits)
-    # the first variant with a float graph; else the first with only a QDQ graph
-    chosen = next((v for v in variants if "float_onnx" in v), None) or next((v for v in variants if "qdq_onnx" in v), {})
+    # the first variant with a float graph and its QDQ graph (a build that pruned nothing writes model.onnx,
+    # the baseline's copy, but only baseline_qdq_s8s8.onnx); else the first with a float graph; else with a QDQ graph
+    chosen = (next((v for v in variants if "float_onnx" in v and "qdq_onnx" in v), None) or next((v for v in variants if "float_onnx" in v), None)
+              or next((v for v in variants if "qdq_onnx" in v), {}))
     found.update(chosen)
     for role, names in SHARED_FILES.items():
         for sub in _SUBDIRS:

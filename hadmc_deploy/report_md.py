@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hadmc_deploy.errors import BackendUnavailableError
+
 #: prediction sources that predict the variant's own graph from measurements on this machine: their misses are flagged.
 MEASURED_PREDICTORS = ("lut",)
 
@@ -177,14 +179,17 @@ def decision_line(report: dict[str, Any], build_dir: str | Path | None = None) -
     build directory's (report.md lives there); with `build_dir`, it is joined to it, for a line
     printed to a user whose working directory is elsewhere."""
     d = report.get("deploy")
+    unmeasured = ((report.get("decision") or {}).get("verdict") or {}).get("exit_code") == BackendUnavailableError.exit_code
     if not d:
-        return "**Deploy:** nothing was built and measured here (see the backend stage)."
+        return "**Deploy:** nothing was built and measured here (see the backend stage)." + (" The latency budget was **not measured**." if unmeasured else "")
     acc = "" if d.get("accuracy_change") is None else f", accuracy {d['accuracy_change']:+.2f} points"
     where = Path(build_dir) / d["artifact"] if build_dir is not None else d["artifact"]
     line = (f"**Deploy: `{d['variant']}`** (`{where}`): measured {d['speedup_vs_fp32_original']:.2f}x over the FP32 original and "
             f"{d['speedup_vs_original_at_precision']:.2f}x over the original at {report['target']['precision']}, batch {d['primary_batch']}{acc}.")
     budget = d.get("budget")
-    if budget:
+    if unmeasured:  # the --fallback cpu artifacts were timed, not the target's
+        line += f" The latency budget was **not measured on the {report['target']['name']}** (these are the CPU fallback's timings)."
+    elif budget:
         line += budget_phrase(budget)
     return line
 

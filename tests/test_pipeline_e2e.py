@@ -109,3 +109,33 @@ def test_t4_fallback_stops_at_portable_artifacts(tiny: Path, tmp_path: Path, cap
     int8 = next(v for v in report["variants"] if v["name"] == "pruned-int8")
     assert int8["accuracy"] is not None and int8["latency"] == {}
     assert "portable ONNX" in int8["accuracy_measured_with"]
+
+
+def test_t4_budget_without_tensorrt_exits_13_after_the_portable_artifacts(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A latency budget that nothing here could measure is not reported as met: exit 13 (backend
+    unavailable), one line naming the resume command for the target host, and every portable
+    artifact and the report written, as without a budget."""
+    out = tmp_path / "t4b"
+    # a budget the analytic T4 model meets at full width (nothing is pruned): only the measurement is missing
+    rc = main(["build", str(tiny), "--target", "t4", "--latency-ms", "1000", "--out", str(out), *BASE])
+    assert rc == 13
+    err = capsys.readouterr().err.strip().splitlines()
+    line = next(x for x in err if "latency budget" in x)
+    assert "1000 ms was not measured on the t4" in line and f"hadmc-deploy build --resume {out}" in line
+    for f in ("model.onnx", "baseline_qdq_s8s8.onnx", "baseline_calibration.cache", "baseline_scales.json", "report.json", "report.md"):
+        assert (out / f).is_file(), f
+    report = json.loads((out / "report.json").read_text())
+    assert report["deploy"] is None and report["decision"]["verdict"]["exit_code"] == 13
+    assert statuses(out)["latency check"] in ("skipped", "done") and statuses(out)["backend build"] == "stopped"
+
+
+def test_t4_budget_with_cpu_fallback_is_not_judged_on_the_cpu(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--fallback cpu builds and times ONNX Runtime artifacts, but their speedup is not the T4's:
+    the budget stays unmeasured (exit 13) and the line says what the CPU measured."""
+    out = tmp_path / "t4f"
+    rc = main(["build", str(tiny), "--target", "t4", "--precision", "int8", "--fallback", "cpu", "--latency-ms", "1000", "--out", str(out), *BASE])
+    assert rc == 13
+    line = next(x for x in capsys.readouterr().err.splitlines() if "latency budget" in x)
+    assert "on the cpu fallback only" in line
+    report = json.loads((out / "report.json").read_text())
+    assert report["deploy"] is not None and (out / report["deploy"]["artifact"]).is_dir()

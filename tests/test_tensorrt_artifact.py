@@ -143,6 +143,18 @@ def test_portable_artifacts_pair_the_baseline_files(tmp_path):
     assert found == {"float_onnx": tmp_path / "baseline.onnx", "qdq_onnx": tmp_path / "baseline_qdq_s8s8.onnx"}
 
 
+def test_portable_artifacts_of_a_build_that_pruned_nothing(tmp_path):
+    """Nothing pruned: model.onnx is the baseline's copy, and only the baseline's QDQ graph and
+    calibration cache exist; the engine command must get those, not a float graph without them."""
+    tiny_cnn(tmp_path / "baseline.onnx")
+    tiny_cnn(tmp_path / "model.onnx")
+    (tmp_path / "baseline_qdq_s8s8.onnx").write_bytes(b"x")
+    trt_cache.write_cache(tmp_path / "baseline_calibration.cache", {"input": 1.0})
+    found = portable_artifacts(tmp_path)
+    assert found["float_onnx"] == tmp_path / "baseline.onnx" and found["qdq_onnx"] == tmp_path / "baseline_qdq_s8s8.onnx"
+    assert found["calibration_cache"] == tmp_path / "baseline_calibration.cache"
+
+
 # -- calibrator (fake tensorrt base class, CPU tensors) --------------------------------------
 def test_fake_module_calibrator_feeds_full_batches_then_stops(tmp_path):
     """Fake-module test: the calibrator subclass feeds whole batches of our data and ends with None."""

@@ -31,7 +31,7 @@ from hadmc_deploy.build.stages import (
     trace,
 )
 from hadmc_deploy.cache import StageCache
-from hadmc_deploy.errors import AccuracyGuardError, BudgetError
+from hadmc_deploy.errors import AccuracyGuardError, BackendUnavailableError, BudgetError
 from hadmc_deploy.plan import BuildPlan
 from hadmc_deploy.report import print_dry_run, print_summary, write_report
 from hadmc_deploy.ui import UI, quiet_ui
@@ -166,6 +166,8 @@ def raise_on_unmet(report: dict[str, Any], build_dir: Path | None = None) -> Non
             f"{why}; deployed {decision['deploy']} instead ({where})",
             hint=(decision.get("verdict") or {}).get("hint") or "see report.md; recover longer (--epochs), or pass --allow-accuracy-drop to accept the loss",
         )
+    if code == BackendUnavailableError.exit_code:
+        raise BackendUnavailableError(why, hint=(decision.get("verdict") or {}).get("hint", ""))
     budget = decision.get("budget") or {}
     if code == BudgetError.exit_code:
         best = budget.get("best") or {"variant": decision["deploy"], "speedup": budget["measured_speedup"]}

@@ -32,6 +32,8 @@ def build_variants(ctx: BuildContext, backend: Backend, target: TargetProfile) -
     names = models(ctx)
     built = []
     for model, precision in all_variants(ctx):
+        if precision == "fp16" and "fp16" not in target.precisions:
+            continue  # the CPU fallback of a TensorRT build: ONNX Runtime has no fast FP16 kernels to build it for
         name = variant_name(model, precision)
         int8 = precision in ("int8", "mixed")
         mixed = (quant.get(model) or {}).get("mixed") if precision == "mixed" else None

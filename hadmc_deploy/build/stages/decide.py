@@ -26,6 +26,7 @@ from hadmc_deploy.build.inputs import primary_batch
 from hadmc_deploy.build.sample_budget import MIN_INT8_GUARD_SAMPLES
 from hadmc_deploy.build.self_check import check_deployed, guard_float_layers
 from hadmc_deploy.build.side_by_side import time_interleaved
+from hadmc_deploy.errors import BackendUnavailableError
 from hadmc_deploy.triton import write_triton_repo
 
 DEPLOY_DIR = "deploy"
@@ -41,7 +42,10 @@ def inputs(ctx: BuildContext) -> dict[str, Any]:
 def run(ctx: BuildContext) -> StageResult:
     rows = [r for r in ctx.results["evaluate"]["variants"] if r.get("artifact")]
     if not rows:
-        return StageResult({"deploy": None}, skipped="no artifact was built here: the decision is taken where the target's backend runs")
+        result: dict[str, Any] = {"deploy": None}
+        if ctx.settings.search.latency_budget:
+            result["verdict"] = unmeasured_budget_verdict(ctx)
+        return StageResult(result, skipped="no artifact was built here: the decision is taken where the target's backend runs")
     q = ctx.settings.quantization
     batch = primary_batch(ctx)
     fastest, noise = time_interleaved(ctx, rows, batch)
@@ -90,6 +94,11 @@ def run(ctx: BuildContext) -> StageResult:
             decision.budget["plan_all_int8_speedup"] = check.get("measured_speedup")
     code, why = verdict(name, candidates, budget_ref["name"], goal, noise, pruning_asked, ctx.plan.precision)
     decision.verdict = {"exit_code": code, "why": why}
+    fallback = (ctx.results.get("backend build") or {}).get("fallback_target")
+    if fallback and s.latency_budget and code != 15:
+        # the CPU artifacts' speedup says nothing of the target's: their budget is not the one asked
+        measured = fastest[budget_ref["name"]] / fastest[name]
+        decision.verdict = unmeasured_budget_verdict(ctx, also=f"measured {measured:.2f}x on the {fallback} fallback only, which does not tell the {ctx.plan.target.name}'s")
     if code == 15 and PRUNED_UNCHECKED in why:
         decision.verdict["hint"] = ("give --calib images (no labels needed) so the pruned model is recalibrated and compared with the original, "
                                     "--train data to recover it, or --allow-accuracy-drop to deploy it unchecked")
@@ -124,6 +133,23 @@ def run(ctx: BuildContext) -> StageResult:
     result["source_artifact"] = deployed["artifact"]
     result["_summary"] = f"deploy {name}: {decision.speedup_vs_fp32_original:.2f}x over the FP32 original at batch {batch} ({reason})"
     return StageResult(result, [out])
+
+
+def unmeasured_budget_verdict(ctx: BuildContext, also: str = "") -> dict[str, Any]:
+    """Exit 13 when a latency budget was asked and the target's backend is missing here (TensorRT):
+    the portable artifacts are complete, but an exit 0 would read as a budget met that nobody
+    measured on the target, and the next step of a script would deploy on that word. `also`: what
+    was measured instead (the --fallback cpu artifacts)."""
+    s, target, out_dir = ctx.settings.search, ctx.plan.target, ctx.plan.out_dir
+    asked = f"{s.speedup:.2f}x" if s.speedup is not None else f"{s.latency_ms:g} ms"
+    reason = (ctx.results.get("backend build") or {}).get("reason") or f"the {target.backend} backend is not available here"
+    return {
+        "exit_code": BackendUnavailableError.exit_code,
+        "why": f"the latency budget of {asked} was not measured on the {target.name}: none of its artifacts could be built and timed here ({reason}"
+               + (f"; {also}" if also else "") + f"); the portable artifacts are in {out_dir}",
+        "hint": (f"on a host with the {target.description}, run `hadmc-deploy build --resume {out_dir}`, which builds and measures it "
+                 f"(`hadmc-deploy engine {out_dir} --precision {ctx.plan.precision} --target {target.name} -o {out_dir / 'engine'}` builds the engine without the check)"),
+    }
 
 
 #: the start of the exclusion a pruned model gets when its held-out images do not vouch for its agreement with the original (no --eval)

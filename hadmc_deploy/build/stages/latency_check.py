@@ -31,7 +31,10 @@ ROUNDS = WHOLE_MODEL_ROUNDS
 
 
 def inputs(ctx: BuildContext) -> dict[str, Any]:
-    return {"precision": ctx.plan.precision, "batch": ctx.plan.input_shape[0], "speedup": ctx.settings.search.speedup, "latency_ms": ctx.settings.search.latency_ms}
+    # whether the backend runs here: a build resumed on the target host (TensorRT installed) must time the plan the first host could not
+    available, _ = get_backend(ctx.plan.target.backend).available()
+    return {"precision": ctx.plan.precision, "batch": ctx.plan.input_shape[0], "speedup": ctx.settings.search.speedup, "latency_ms": ctx.settings.search.latency_ms,
+            "backend_available": available}
 
 
 def run(ctx: BuildContext) -> StageResult:
