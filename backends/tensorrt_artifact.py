@@ -268,11 +268,12 @@ def portable_artifacts(build_dir: str | Path) -> dict[str, Path]:
     return found
 
 
-def sibling_qdq(onnx_path: str | Path) -> Path:
-    """Where the INT8 stage puts the QDQ graph of this float graph (beside it, by the variant's name)."""
-    onnx_path = Path(onnx_path)
-    name = next((v["qdq_onnx"] for v in VARIANT_FILES if v["float_onnx"] == onnx_path.name), "qdq_s8s8.onnx")
-    return onnx_path.parent / name
+def sibling_qdq(onnx_path: str | Path, role: str = "qdq_onnx") -> Path:
+    """Where the INT8 stage puts the QDQ graph of this float graph (beside it, by the variant's name);
+    with role "calibration_cache", its TensorRT calibration cache (baseline.onnx's is
+    baseline_calibration.cache: the pruned model's calibration.cache holds other tensors' scales)."""
+    name = next((v[role] for v in VARIANT_FILES if v["float_onnx"] == Path(onnx_path).name), VARIANT_FILES[0][role])
+    return Path(onnx_path).parent / name
 
 
 def fallback_message(build_dir: str | Path, target: Any, reason: str, *, precision: str | None = None) -> str:

@@ -22,6 +22,7 @@ from hadmc_deploy.backends.tensorrt_artifact import (
     onnx_input_shapes,
     parse_batch_triple,
     portable_artifacts,
+    sibling_qdq,
     timing_cache_path,
 )
 from hadmc_deploy.backends.tensorrt_calibrator import make_calibrator
@@ -153,6 +154,8 @@ def test_portable_artifacts_of_a_build_that_pruned_nothing(tmp_path):
     found = portable_artifacts(tmp_path)
     assert found["float_onnx"] == tmp_path / "baseline.onnx" and found["qdq_onnx"] == tmp_path / "baseline_qdq_s8s8.onnx"
     assert found["calibration_cache"] == tmp_path / "baseline_calibration.cache"
+    assert sibling_qdq(tmp_path / "baseline.onnx", "calibration_cache") == tmp_path / "baseline_calibration.cache"
+    assert sibling_qdq(tmp_path / "model.onnx", "calibration_cache") == tmp_path / "calibration.cache"
 
 
 # -- calibrator (fake tensorrt base class, CPU tensors) --------------------------------------

@@ -61,7 +61,7 @@ def _sources(source: Path) -> dict[str, Path]:
         return found
     if source.is_file() and source.suffix == ".onnx":
         found = {"float_onnx": source}
-        for role, path in (("qdq_onnx", sibling_qdq(source)), ("calibration_cache", source.parent / "calibration.cache")):
+        for role, path in (("qdq_onnx", sibling_qdq(source)), ("calibration_cache", sibling_qdq(source, "calibration_cache"))):
             if path.is_file():
                 found[role] = path
         return found
