@@ -276,6 +276,11 @@ def sibling_qdq(onnx_path: str | Path, role: str = "qdq_onnx") -> Path:
     return Path(onnx_path).parent / name
 
 
+def engine_command(build_dir: Path, target_name: str, precision: str) -> str:
+    """The command that builds the engine on the GPU host from a build directory's portable artifacts."""
+    return f"hadmc-deploy engine {build_dir} --precision {precision} --target {target_name} -o {build_dir / 'engine'}"
+
+
 def fallback_message(build_dir: str | Path, target: Any, reason: str, *, precision: str | None = None) -> str:
     """What to tell the user when the engine cannot be built here: why, what exists, the exact command."""
     build_dir = Path(build_dir)
@@ -284,7 +289,7 @@ def fallback_message(build_dir: str | Path, target: Any, reason: str, *, precisi
     have = portable_artifacts(build_dir)
     listed = ", ".join(str(p.relative_to(build_dir)) if p.is_relative_to(build_dir) else str(p) for p in have.values()) or "none yet"
     device = getattr(target, "description", target_name)
-    command = f"hadmc-deploy engine {build_dir} --precision {precision} --target {target_name} -o {build_dir / 'engine'}"
+    command = engine_command(build_dir, target_name, precision)
     return (
         f"The TensorRT engine for target {target_name!r} was not built here ({reason}). "
         f"Portable artifacts in {build_dir}: {listed}. "

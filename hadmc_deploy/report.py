@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from hadmc_deploy.build.side_by_side import int8_vs_fp32
 from hadmc_deploy.fileio import write_json_atomic, write_text_atomic
 from hadmc_deploy.plots import plot_pareto, plot_widths
 from hadmc_deploy.report_md import MEASURED_PREDICTORS
-from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS
 
 SCHEMA = "hadmc-deploy/report"
 SCHEMA_VERSION = 1
@@ -186,14 +186,13 @@ def decision_int8_checks(decision: dict[str, Any]) -> list[dict[str, Any]]:
     side-by-side timings (the evaluate stage leaves that batch to them)."""
     p50 = {c["name"]: c["p50_ms"] for c in decision.get("candidates", [])}
     noise, batch = decision.get("noise", 0.0), decision.get("primary_batch")
-    return [{"model": m, "batch": batch, "fp32_ms": p50[f"{m}-fp32"], "int8_ms": p50[f"{m}-int8"], "noise": noise, "rounds": WHOLE_MODEL_ROUNDS,
-             "slower": p50[f"{m}-int8"] > p50[f"{m}-fp32"] * (1.0 + noise)}
-            for m in ("baseline", "pruned") if f"{m}-fp32" in p50 and f"{m}-int8" in p50]
+    return [int8_vs_fp32(m, batch, p50[f"{m}-fp32"], p50[f"{m}-int8"], noise) for m in ("baseline", "pruned") if f"{m}-fp32" in p50 and f"{m}-int8" in p50]
 
 
 def _notes(int8_checks: list[dict[str, Any]]) -> list[str]:
     """Measured facts a user should act on: INT8 slower than FP32 for a model at some batch on this
-    target, when the evaluate stage's side-by-side timing confirmed what its single pass suggested."""
+    target, when side-by-side timings (the decide stage's at the primary batch, the evaluate stage's
+    re-timing elsewhere) confirmed it."""
     return [f"{c['model']}: INT8 measured slower than FP32 at batch {c['batch']} side by side ({c['int8_ms']:.3f} vs {c['fp32_ms']:.3f} ms p50, "
             f"fastest of {c['rounds']} interleaved rounds, noise ±{c['noise']:.0%}): deploy {c['model']}-fp32 at that batch size, or build with --precision fp32"
             for c in int8_checks if c.get("slower")]

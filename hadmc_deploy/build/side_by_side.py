@@ -36,3 +36,10 @@ def time_interleaved(ctx: BuildContext, rows: list[dict[str, Any]], batch: int) 
     spreads = [(max(v) - min(v)) / 2 / medians[n] for n, v in per_round.items() if len(v) > 1 and medians[n] > 0]
     noise = min(0.10, statistics.median(spreads)) if spreads else 0.0
     return {n: min(v) for n, v in per_round.items()}, noise
+
+
+def int8_vs_fp32(model: str, batch: int, fp32_ms: float, int8_ms: float, noise: float) -> dict[str, Any]:
+    """One model's INT8-vs-FP32 comparison from side-by-side timings at `batch`: INT8 is "slower"
+    only beyond the measured noise (the rule report.md's advice to deploy FP32 follows)."""
+    return {"model": model, "batch": batch, "fp32_ms": fp32_ms, "int8_ms": int8_ms, "noise": noise, "rounds": ROUNDS,
+            "slower": int8_ms > fp32_ms * (1.0 + noise)}

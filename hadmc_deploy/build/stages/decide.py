@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hadmc_deploy.backends import Artifact
+from hadmc_deploy.backends.tensorrt_artifact import engine_command
 from hadmc_deploy.build.decide import (
     Candidate,
     Decision,
@@ -148,7 +149,7 @@ def unmeasured_budget_verdict(ctx: BuildContext, also: str = "") -> dict[str, An
         "why": f"the latency budget of {asked} was not measured on the {target.name}: none of its artifacts could be built and timed here ({reason}"
                + (f"; {also}" if also else "") + f"); the portable artifacts are in {out_dir}",
         "hint": (f"on a host with the {target.description}, run `hadmc-deploy build --resume {out_dir}`, which builds and measures it "
-                 f"(`hadmc-deploy engine {out_dir} --precision {ctx.plan.precision} --target {target.name} -o {out_dir / 'engine'}` builds the engine without the check)"),
+                 f"(`{engine_command(out_dir, target.name, ctx.plan.precision)}` builds the engine without the check)"),
     }
 
 

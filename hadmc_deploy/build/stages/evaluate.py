@@ -18,7 +18,7 @@ from hadmc_deploy.build.inputs import (
     with_precision,
 )
 from hadmc_deploy.build.metric import METRIC_NAMES, artifact_score, onnx_score
-from hadmc_deploy.build.side_by_side import ROUNDS, time_interleaved
+from hadmc_deploy.build.side_by_side import int8_vs_fp32, time_interleaved
 from hadmc_deploy.build.variants import all_variants, float_onnx, qdq_name, variant_name
 from hadmc_deploy.evaluate import benchmark_artifact, file_size
 from hadmc_deploy.fileio import sha256_file
@@ -110,8 +110,7 @@ def confirm_int8_slowdowns(ctx: BuildContext, rows: list[dict[str, Any]], skip_b
                 continue
             fastest, noise = time_interleaved(ctx, [fp32, int8], int(batch))
             fp32_ms, int8_ms = fastest[fp32["name"]], fastest[int8["name"]]
-            checks.append({"model": model, "batch": int(batch), "fp32_ms": fp32_ms, "int8_ms": int8_ms, "noise": noise, "rounds": ROUNDS,
-                           "single_pass": {"fp32_ms": ref["p50_ms"], "int8_ms": stats["p50_ms"]}, "slower": int8_ms > fp32_ms * (1.0 + noise)})
+            checks.append(int8_vs_fp32(model, int(batch), fp32_ms, int8_ms, noise) | {"single_pass": {"fp32_ms": ref["p50_ms"], "int8_ms": stats["p50_ms"]}})
     return checks
 
 
