@@ -222,8 +222,8 @@ def decision_section(report: dict[str, Any]) -> list[str]:
                 return f"{fmt_ms(p['ms'])} ({p.get('source')})"
             return f"{fmt_ms(p['ms'])} ({100 * (p['ms'] / measured - 1):+.0f}%)"
 
-        rows = [[c["name"], fmt_ms(c["p50_ms"]), pred_cell(c["name"], c["p50_ms"]), "-" if c["accuracy"] is None else f"{c['accuracy']:.2f}%", c["excluded"] or "yes"] for c in decision["candidates"]]
-        out += [_table(["variant", "p50 ms (fastest round)", "predicted ms", "accuracy", "may deploy"], rows), ""]
+        rows = [[c["name"], fmt_ms(c["fastest_ms"]), pred_cell(c["name"], c["fastest_ms"]), "-" if c["accuracy"] is None else f"{c['accuracy']:.2f}%", c["excluded"] or "yes"] for c in decision["candidates"]]
+        out += [_table(["variant", "ms (fastest side-by-side run)", "predicted ms", "accuracy", "may deploy"], rows), ""]
         out += [f"- **warning**: {w}" for w in decision.get("warnings", [])]
     loop = report.get("closed_loop") or {}
     if loop.get("rounds"):

@@ -20,7 +20,14 @@ from collections.abc import Callable
 #: latency tables' context fit, the build's latency check and decide stage, and the validation
 #: tool all take, so their estimates are alike.
 WHOLE_MODEL_SECONDS = 0.04
-#: interleaved rounds of a whole-model comparison; a model's time is its fastest round's median.
+#: interleaved rounds of a whole-model comparison; a model's time is its fastest run over them
+#: (`round_time` per round, the fastest round). Why the fastest run and not a round's median (until
+#: measured-v16): on these shared machines a round's median sat 1.14-1.36x above the fastest run in
+#: the median round, and the fastest of 7 round medians moved 9.0% (FP32) / 13.5% (INT8) between two
+#: windows of the same plans (median pair), the fastest run over the same 7 rounds 3.3% / 1.3%
+#: (`tools/bench_round_statistic.py`, docs/round_statistic.json). Load only adds time: the fastest
+#: run is the best estimate here of what a quiet machine measures, where run times barely spread
+#: (the fastest round's median sat 0.7% above the fastest run over the same trace).
 #: The build's latency check and decide stage, the latency tables' context fit and the validation
 #: tool all take this many, so a prediction and the measurement it is checked against are the same
 #: estimator: the fastest of 3 rounds sat 0.5-3.3% above the fastest of 7 on average, up to 27%
@@ -36,6 +43,13 @@ WHOLE_MODEL_ROUNDS = 7
 WHOLE_MODEL_RUNS = 8
 #: runs at most, however fast the call (a 10 us model would otherwise run 4000 times per 40 ms).
 MAX_TIMED_RUNS = 2000
+
+
+def round_time(samples: list[float]) -> float:
+    """One round's whole-model time: its fastest run (see WHOLE_MODEL_ROUNDS for why)."""
+    if not samples:
+        raise ValueError("no runs")
+    return min(samples)
 
 
 def timed_samples(call: Callable[[], object], runs: int, min_seconds: float = 0.0, clock: Callable[[], float] = time.perf_counter,

@@ -475,8 +475,8 @@ def test_the_primary_batchs_int8_check_comes_from_the_decisions_side_by_side_tim
     from hadmc_deploy.report import _notes, decision_int8_checks
 
     decision = {"primary_batch": 32, "noise": 0.05, "candidates": [
-        {"name": "baseline-fp32", "p50_ms": 1.0}, {"name": "baseline-int8", "p50_ms": 1.2},
-        {"name": "pruned-fp32", "p50_ms": 0.8}, {"name": "pruned-int8", "p50_ms": 0.82}, {"name": "pruned-mixed", "p50_ms": 0.7}]}
+        {"name": "baseline-fp32", "fastest_ms": 1.0}, {"name": "baseline-int8", "fastest_ms": 1.2},
+        {"name": "pruned-fp32", "fastest_ms": 0.8}, {"name": "pruned-int8", "fastest_ms": 0.82}, {"name": "pruned-mixed", "fastest_ms": 0.7}]}
     checks = decision_int8_checks(decision)
     assert [(c["model"], c["batch"], c["slower"]) for c in checks] == [("baseline", 32, True), ("pruned", 32, False)]
     (note,) = _notes(checks)

@@ -47,18 +47,18 @@ def render(report: dict[str, Any], cmd: list[str], rc: int, seconds: float) -> s
         f"Closed loop: predicted {fmt(check.get('predicted_speedup'))}x, measured {fmt(check.get('measured_speedup'))}x "
         f"(pruned vs original at INT8, before recovery), {len(loop.get('rounds') or [])} round(s).",
         "",
-        "| variant | mAP@0.5 | mAP@0.5:0.95 | p50 ms (batch " + batch + ", side by side) | x FP32 original (same timing) | params | may deploy |",
+        "| variant | mAP@0.5 | mAP@0.5:0.95 | ms (batch " + batch + ", fastest run side by side) | x FP32 original (same timing) | params | may deploy |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     candidates = {c["name"]: c for c in d.get("candidates", [])}
-    # speedups from the decision's side-by-side timing (the p50 column), not the evaluate stage's
+    # speedups from the decision's side-by-side timing (the ms column), not the evaluate stage's
     # one-at-a-time benchmarks: on a shared machine those two disagreed by up to 1.8x
-    fp32_ms = candidates.get("baseline-fp32", {}).get("p50_ms")
+    fp32_ms = candidates.get("baseline-fp32", {}).get("fastest_ms")
     for v in report["variants"]:
         det = v.get("detection") or {}
         c = candidates.get(v["name"], {})
-        speedup = fp32_ms / c["p50_ms"] if fp32_ms and c.get("p50_ms") else None
-        lines.append(f"| {v['name']} | {fmt(det.get('map50'))} | {fmt(det.get('map50_95'))} | {fmt(c.get('p50_ms'), '.3f')} "
+        speedup = fp32_ms / c["fastest_ms"] if fp32_ms and c.get("fastest_ms") else None
+        lines.append(f"| {v['name']} | {fmt(det.get('map50'))} | {fmt(det.get('map50_95'))} | {fmt(c.get('fastest_ms'), '.3f')} "
                      f"| {fmt(speedup)} | {v.get('params'):,} | {c.get('excluded') or 'yes'} |")
     rec = report.get("recovery", {}).get("accuracy") or {}
     lines += ["", f"mAP@0.5:0.95 (torch): original {fmt(rec.get('baseline'))}, pruned as cut {fmt(rec.get('pruned'))}, "

@@ -127,7 +127,8 @@ class TimedPlan:
 
     @property
     def min_round_ms(self) -> float:
-        """The fastest round's median: the plan's time when the machine was least loaded."""
+        """The fastest round's time (its fastest run, `timing.round_time`): the plan's time when the
+        machine was least loaded."""
         return min(self.round_ms) if self.round_ms else self.median_ms
 
     def value(self, statistic: str) -> float:
@@ -190,8 +191,9 @@ def time_onnx_interleaved(
     clock: str = "wall",
     ui: UI | None = None,
 ) -> list[tuple[float, list[float], float]]:
-    """(median over rounds, per-round medians, fastest run) per model, built and benchmarked by `backend`
-    (each round at least `runs` runs and WHOLE_MODEL_SECONDS of them)."""
+    """(median over rounds, per-round times, fastest run) per model, built and benchmarked by `backend`
+    (each round at least `runs` runs and WHOLE_MODEL_SECONDS of them; a round's time is its fastest
+    run, `timing.round_time`)."""
     ui = ui or quiet_ui()
     with tempfile.TemporaryDirectory(prefix="hadmc-wholemodel-") as tmp:
         artifacts = []
@@ -224,7 +226,7 @@ def time_onnx_interleaved(
             for _ in range(rounds):
                 for i, art in enumerate(artifacts):
                     stats = bench(art)
-                    rounds_ms[i].append(stats.p50_ms)
+                    rounds_ms[i].append(stats.min_ms)
                     fastest[i] = min(fastest[i], stats.min_ms)
                     bar.advance()
     return [(statistics.median(r), r, f) for r, f in zip(rounds_ms, fastest, strict=True)]
