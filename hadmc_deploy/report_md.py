@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hadmc_deploy.errors import BackendUnavailableError
+from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS
 
 #: prediction sources that predict the variant's own graph from measurements on this machine: their misses are flagged.
 MEASURED_PREDICTORS = ("lut",)
@@ -211,7 +212,7 @@ def decision_section(report: dict[str, Any]) -> list[str]:
     decision = report.get("decision") or {}
     out: list[str] = []
     if decision.get("candidates"):
-        out += ["## Decision", "", f"{decision['reason']}; candidates timed side by side at batch {decision['primary_batch']} (the p50 of each one's fastest interleaved round, noise ±{100 * decision.get('noise', 0):.0f}%):", ""]
+        out += ["## Decision", "", f"{decision['reason']}; candidates timed side by side at batch {decision['primary_batch']} (each one's fastest run over {WHOLE_MODEL_ROUNDS} interleaved rounds, noise ±{100 * decision.get('noise', 0):.0f}%):", ""]
         predicted = {v["name"]: ((v.get("predicted") or {}).get(str(decision["primary_batch"])) or {}) for v in report.get("variants", [])}
 
         def pred_cell(name: str, measured: float) -> str:
