@@ -2,9 +2,9 @@
 
 A plan is applied by surgery, exported the way deployment exports it, built by
 the target's backend and benchmarked there. Plans are timed in interleaved
-rounds (A B C, A B C, ...) and each plan's latency is the median over rounds of
-the per-round medians (and its fastest run, `min_ms`, the estimate to pair with
-a "min" table), so a burst of load from other processes on a shared machine hits
+rounds (A B C, A B C, ...); a round's time is its fastest run (`timing.round_time`)
+and a plan's latency its fastest round (`TimedPlan.min_round_ms`, what the latency
+table predicts), so a burst of load from other processes on a shared machine hits
 every plan alike instead of skewing one.
 """
 
