@@ -108,9 +108,9 @@ def prediction_misses(ctx: Any, variants: list[dict[str, Any]]) -> list[dict[str
         if meas and abs(pred / meas - 1) > PREDICTION_TOLERANCE:
             misses.append({"what": "plan speedup (latency check)", "predicted": pred, "measured": meas, "error": pred / meas - 1})
     # the latency model predicts the least-loaded time: at the primary batch it is compared with
-    # the decide stage's fastest side-by-side run, elsewhere with the evaluate stage's p50
+    # the decide stage's fastest side-by-side round, elsewhere with the evaluate stage's p50
     decide = ctx.results.get("decide", {})
-    fastest_run = {c["name"]: c["fastest_ms"] for c in decide.get("candidates") or []}
+    fastest_round = {c["name"]: c["p50_ms"] for c in decide.get("candidates") or []}
     primary = str(decide.get("primary_batch"))
     for row in variants:
         for batch, stats in (row.get("latency") or {}).items():
@@ -118,10 +118,10 @@ def prediction_misses(ctx: Any, variants: list[dict[str, Any]]) -> list[dict[str
             if pred.get("source") not in MEASURED_PREDICTORS:
                 continue  # an analytic (datasheet) estimate is labelled as such, not a measured model's miss
             p = pred.get("ms")
-            side_by_side = batch == primary and row["name"] in fastest_run
-            m = fastest_run[row["name"]] if side_by_side else stats.get("p50_ms")
+            side_by_side = batch == primary and row["name"] in fastest_round
+            m = fastest_round[row["name"]] if side_by_side else stats.get("p50_ms")
             if p and m and abs(p / m - 1) > PREDICTION_TOLERANCE:
-                what = f"{row['name']} latency at batch {batch} (ms{', fastest side-by-side run' if side_by_side else ', p50'})"
+                what = f"{row['name']} latency at batch {batch} (ms{', p50 of the fastest side-by-side round' if side_by_side else ', p50'})"
                 misses.append({"what": what, "predicted": p, "measured": m, "error": p / m - 1})
     return misses
 
@@ -184,9 +184,9 @@ def _deploy_summary(decision: dict[str, Any]) -> dict[str, Any] | None:
 def decision_int8_checks(decision: dict[str, Any]) -> list[dict[str, Any]]:
     """The INT8-vs-FP32 comparison at the primary batch, per model, from the decide stage's own
     side-by-side timings (the evaluate stage leaves that batch to them)."""
-    fastest = {c["name"]: c["fastest_ms"] for c in decision.get("candidates", [])}
+    p50 = {c["name"]: c["p50_ms"] for c in decision.get("candidates", [])}
     noise, batch = decision.get("noise", 0.0), decision.get("primary_batch")
-    return [int8_vs_fp32(m, batch, fastest[f"{m}-fp32"], fastest[f"{m}-int8"], noise) for m in ("baseline", "pruned") if f"{m}-fp32" in fastest and f"{m}-int8" in fastest]
+    return [int8_vs_fp32(m, batch, p50[f"{m}-fp32"], p50[f"{m}-int8"], noise) for m in ("baseline", "pruned") if f"{m}-fp32" in p50 and f"{m}-int8" in p50]
 
 
 def _notes(int8_checks: list[dict[str, Any]]) -> list[str]:

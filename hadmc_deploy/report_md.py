@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from hadmc_deploy.errors import BackendUnavailableError
-from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS
 
 #: prediction sources that predict the variant's own graph from measurements on this machine: their misses are flagged.
 MEASURED_PREDICTORS = ("lut",)
@@ -212,7 +211,7 @@ def decision_section(report: dict[str, Any]) -> list[str]:
     decision = report.get("decision") or {}
     out: list[str] = []
     if decision.get("candidates"):
-        out += ["## Decision", "", f"{decision['reason']}; candidates timed side by side at batch {decision['primary_batch']} (each one's fastest run over {WHOLE_MODEL_ROUNDS} interleaved rounds, noise ±{100 * decision.get('noise', 0):.0f}%):", ""]
+        out += ["## Decision", "", f"{decision['reason']}; candidates timed side by side at batch {decision['primary_batch']} (the p50 of each one's fastest interleaved round, noise ±{100 * decision.get('noise', 0):.0f}%):", ""]
         predicted = {v["name"]: ((v.get("predicted") or {}).get(str(decision["primary_batch"])) or {}) for v in report.get("variants", [])}
 
         def pred_cell(name: str, measured: float) -> str:
@@ -223,8 +222,8 @@ def decision_section(report: dict[str, Any]) -> list[str]:
                 return f"{fmt_ms(p['ms'])} ({p.get('source')})"
             return f"{fmt_ms(p['ms'])} ({100 * (p['ms'] / measured - 1):+.0f}%)"
 
-        rows = [[c["name"], fmt_ms(c["fastest_ms"]), pred_cell(c["name"], c["fastest_ms"]), "-" if c["accuracy"] is None else f"{c['accuracy']:.2f}%", c["excluded"] or "yes"] for c in decision["candidates"]]
-        out += [_table(["variant", "ms (fastest side-by-side run)", "predicted ms", "accuracy", "may deploy"], rows), ""]
+        rows = [[c["name"], fmt_ms(c["p50_ms"]), pred_cell(c["name"], c["p50_ms"]), "-" if c["accuracy"] is None else f"{c['accuracy']:.2f}%", c["excluded"] or "yes"] for c in decision["candidates"]]
+        out += [_table(["variant", "p50 ms (fastest round)", "predicted ms", "accuracy", "may deploy"], rows), ""]
         out += [f"- **warning**: {w}" for w in decision.get("warnings", [])]
     loop = report.get("closed_loop") or {}
     if loop.get("rounds"):

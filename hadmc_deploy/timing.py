@@ -20,14 +20,7 @@ from collections.abc import Callable
 #: latency tables' context fit, the build's latency check and decide stage, and the validation
 #: tool all take, so their estimates are alike.
 WHOLE_MODEL_SECONDS = 0.04
-#: interleaved rounds of a whole-model comparison; a model's time is its fastest run over them
-#: (`round_time` per round, the fastest round). Why the fastest run and not a round's median (until
-#: measured-v16): on these shared machines a round's median sat 1.27-1.68x above the fastest run of
-#: a 100-120-round trace of the context fit's plans in the median round, and between two windows of
-#: 7 rounds the fastest round's median moved 6.8-10.7% (FP32) / 12.4% (INT8) in the median pair,
-#: the fastest run 4.4-6.1% / 2.4%; over 18 rounds 5.6-6.0% / 6.7% against 0.8-4.4% / 0.7%; in a
-#: heavier spell (INT8, 06:13) all estimators moved alike (about 21%): `tools/bench_round_statistic.py`, docs/round_statistic.json.
-#: Load only adds time, so the fastest run is the best estimate here of a quiet machine's time.
+#: interleaved rounds of a whole-model comparison; a model's time is its fastest round's median.
 #: The build's latency check and decide stage, the latency tables' context fit and the validation
 #: tool all take this many, so a prediction and the measurement it is checked against are the same
 #: estimator: the fastest of 3 rounds sat 0.5-3.3% above the fastest of 7 on average, up to 27%
@@ -43,13 +36,6 @@ WHOLE_MODEL_ROUNDS = 7
 WHOLE_MODEL_RUNS = 8
 #: runs at most, however fast the call (a 10 us model would otherwise run 4000 times per 40 ms).
 MAX_TIMED_RUNS = 2000
-
-
-def round_time(samples: list[float]) -> float:
-    """One round's whole-model time: its fastest run (see WHOLE_MODEL_ROUNDS for why)."""
-    if not samples:
-        raise ValueError("no runs")
-    return min(samples)
 
 
 def timed_samples(call: Callable[[], object], runs: int, min_seconds: float = 0.0, clock: Callable[[], float] = time.perf_counter,

@@ -475,60 +475,10 @@ def test_the_primary_batchs_int8_check_comes_from_the_decisions_side_by_side_tim
     from hadmc_deploy.report import _notes, decision_int8_checks
 
     decision = {"primary_batch": 32, "noise": 0.05, "candidates": [
-        {"name": "baseline-fp32", "fastest_ms": 1.0}, {"name": "baseline-int8", "fastest_ms": 1.2},
-        {"name": "pruned-fp32", "fastest_ms": 0.8}, {"name": "pruned-int8", "fastest_ms": 0.82}, {"name": "pruned-mixed", "fastest_ms": 0.7}]}
+        {"name": "baseline-fp32", "p50_ms": 1.0}, {"name": "baseline-int8", "p50_ms": 1.2},
+        {"name": "pruned-fp32", "p50_ms": 0.8}, {"name": "pruned-int8", "p50_ms": 0.82}, {"name": "pruned-mixed", "p50_ms": 0.7}]}
     checks = decision_int8_checks(decision)
     assert [(c["model"], c["batch"], c["slower"]) for c in checks] == [("baseline", 32, True), ("pruned", 32, False)]
     (note,) = _notes(checks)
     assert note.startswith("baseline: INT8 measured slower than FP32 at batch 32 side by side (1.200 vs 1.000 ms")
     assert decision_int8_checks({}) == []  # no decision (nothing built here): no check
-
-
-def test_side_by_side_and_the_latency_check_take_each_models_fastest_run(monkeypatch, artifact, exported, tmp_path):
-    """The decide stage's and the latency check's whole-model time is the fastest run over their
-    interleaved rounds (timing.round_time), the statistic the latency table's context fit
-    predicts, not a round's median: checked against every benchmark the rounds ran."""
-    import types as _types
-
-    from hadmc_deploy.build import side_by_side
-    from hadmc_deploy.latency.whole_model import time_onnx_interleaved
-    from hadmc_deploy.ui import quiet_ui
-
-    _, path, _ = exported
-    other = get("onnxruntime").build(request(path, "fp32", tmp_path / "tiny-fp32-d", ort=OrtBuildOptions(threads=1)))
-    seen: dict[str, list] = {}
-    real_get = side_by_side.get
-
-    def recording_get(name):
-        backend = real_get(name)
-        real = backend.benchmark
-
-        def benchmark(art, **kw):
-            stats = real(art, **kw)
-            seen.setdefault(str(art.path), []).append(stats)
-            return stats
-
-        backend.benchmark = benchmark
-        return backend
-
-    monkeypatch.setattr(side_by_side, "get", recording_get)
-    ctx = _types.SimpleNamespace(path=lambda p: p, ui=quiet_ui())
-    rows = [{"name": "a", "backend": "onnxruntime", "artifact": artifact.path}, {"name": "b", "backend": "onnxruntime", "artifact": other.path}]
-    fastest, _ = side_by_side.time_interleaved(ctx, rows, batch=1)
-    for row in rows:
-        stats = seen[str(row["artifact"])]
-        assert len(stats) == side_by_side.ROUNDS
-        assert fastest[row["name"]] == min(s.min_ms for s in stats) < min(s.p50_ms for s in stats) or all(s.min_ms == s.p50_ms for s in stats)
-
-    backend = get("onnxruntime")
-    rounds: list = []
-    real = backend.benchmark
-
-    def recording(art, **kw):
-        rounds.append(real(art, **kw))
-        backend.release_sessions()
-        return rounds[-1]
-
-    backend.benchmark = recording
-    ((_, per_round, _),) = time_onnx_interleaved([path], backend, batch=1, rounds=3, warmup=1, runs=4)
-    assert per_round == [s.min_ms for s in rounds]

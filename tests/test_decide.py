@@ -52,9 +52,9 @@ def test_noise_never_lets_the_original_meet_a_budget() -> None:
     assert budget_verdict(1.08, 1.00, 0.10)["met"] is False
     assert budget_verdict(1.08, 0.98, 0.10)["met"] is False
     assert budget_verdict(1.08, 1.02, 0.10)["met"] is True
-    fastest = {"baseline-int8": 1.0, "pruned-int8": 0.98}
-    assert not delivers("baseline-int8", fastest, "baseline-int8", 1.08, 0.10, False, "int8")
-    assert delivers("pruned-int8", fastest, "baseline-int8", 1.08, 0.10, False, "int8")
+    p50 = {"baseline-int8": 1.0, "pruned-int8": 0.98}
+    assert not delivers("baseline-int8", p50, "baseline-int8", 1.08, 0.10, False, "int8")
+    assert delivers("pruned-int8", p50, "baseline-int8", 1.08, 0.10, False, "int8")
     assert budget_verdict(0.9, 1.0, 0.0)["met"] is True  # a budget looser than the original
 
 
@@ -101,10 +101,10 @@ def test_verdict_follows_what_was_asked() -> None:
 def test_a_budget_is_measured_against_the_faster_original() -> None:
     """INT8 of the original measured slower than FP32 (MobileNetV3 on digits): the unpruned FP32
     original must not "meet" a 1.3x pruning budget by being faster than that slow INT8 graph."""
-    fastest = {"baseline-fp32": 1.0, "baseline-int8": 1.6, "pruned-int8": 1.2, "pruned-fp32": 0.9}
-    ref = budget_reference(fastest, "baseline-int8", "baseline-fp32")
+    p50 = {"baseline-fp32": 1.0, "baseline-int8": 1.6, "pruned-int8": 1.2, "pruned-fp32": 0.9}
+    ref = budget_reference(p50, "baseline-int8", "baseline-fp32")
     assert ref == "baseline-fp32"
-    cands = [Candidate(n, t, 90.0) for n, t in fastest.items()]
+    cands = [Candidate(n, t, 90.0) for n, t in p50.items()]
     assert verdict("baseline-fp32", cands, ref, 1.3, 0.05, False, "int8")[0] == 14
     assert verdict("baseline-fp32", cands, "baseline-int8", 1.3, 0.05, False, "int8")[0] == 0  # the old reference let it pass
     # INT8 that pays stays the reference (the demo: a budget over the INT8 original)
@@ -135,13 +135,13 @@ def test_demo_retries_the_plan_it_measured(tmp_path) -> None:  # noqa: ANN001
 
 def test_predictions_at_the_primary_batch_meet_the_side_by_side_measurement() -> None:
     """At the decide stage's batch a LUT prediction is checked against the fastest side-by-side
-    run (the definition the model predicts), elsewhere against the evaluate stage's p50;
+    round (the definition the model predicts), elsewhere against the evaluate stage's p50;
     analytic estimates are never flagged."""
     from types import SimpleNamespace
 
     from hadmc_deploy.report import prediction_misses
 
-    ctx = SimpleNamespace(results={"decide": {"primary_batch": 32, "candidates": [{"name": "baseline-int8", "fastest_ms": 1.0}]}})
+    ctx = SimpleNamespace(results={"decide": {"primary_batch": 32, "candidates": [{"name": "baseline-int8", "p50_ms": 1.0}]}})
     row = {"name": "baseline-int8", "predicted": {"32": {"ms": 1.05, "source": "lut"}, "1": {"ms": 0.10, "source": "lut"}},
            "latency": {"32": {"p50_ms": 1.5}, "1": {"p50_ms": 0.2}}}
     analytic = {"name": "baseline-fp32", "predicted": {"32": {"ms": 9.0, "source": "analytic"}}, "latency": {"32": {"p50_ms": 2.0}}}

@@ -324,11 +324,11 @@ def markdown(res: dict[str, Any], args: argparse.Namespace) -> str:
         f"~{2 * se:.1f} points are within noise. Exit codes: 0 met; 14 the latency budget was not met when measured; 15 the accuracy "
         "guard excluded the variant that would have met it (the build then deployed the best variant within the guard).",
         "",
-        "Per build, the candidates it timed itself (at batch 32 in its own side-by-side run: the fastest run since measured-v16, the fastest round's p50 before) and their accuracy:",
+        "Per build, the candidates it timed itself (p50 at batch 32 in its own side-by-side run) and their accuracy:",
         "",
     ]
     for r in rows:
-        cands = ", ".join(f"{c['name']} {c.get('fastest_ms', c.get('p50_ms')):.3f} ms {c['accuracy']:.2f}%" + (" (excluded)" if c.get("excluded") else "") for c in r.get("candidates", []))
+        cands = ", ".join(f"{c['name']} {c['p50_ms']:.3f} ms {c['accuracy']:.2f}%" + (" (excluded)" if c.get("excluded") else "") for c in r.get("candidates", []))
         lines.append(f"- **{r['name']}** (exit {r['exit']}, {r['seconds']} s): {cands or r.get('last_line', '')}")
     lines += ["", "Kept widths per group:", ""]
     for r in rows:

@@ -10,9 +10,9 @@ WHOLE_MODEL_SECONDS), keeps every run, then draws pairs of non-overlapping windo
 the trace and prints how far each estimator's two values lie apart, per plan (absolute) and
 relative to the full model of the same window (what a speedup sees):
 
-- the fastest round's median (the build's statistic until measured-v16; over 7 rounds as the build takes),
+- the fastest round's median (the build's statistic; over 7 rounds as the build takes),
 - the expected fastest of 7 round medians (the context fit's estimate of it, `timing.expected_fastest`),
-- the fastest run over the window (`timing.round_time`, the statistic since measured-v16),
+- the fastest run over the window (tried as method measured-v16 and reverted: docs/latency_model.md),
 - the 5th / 10th / 25th percentile of every run in the window.
 
     .venv/bin/python tools/bench_round_statistic.py --precision fp32 --rounds 150
@@ -54,9 +54,9 @@ from hadmc_deploy.timing import (  # noqa: E402
 Rounds = list[list[float]]  # per round, every run's ms
 
 ESTIMATORS: dict[str, Callable[[Rounds], float]] = {
-    "fastest round's median (build, until v16)": lambda rs: min(statistics.median(r) for r in rs),
-    "expected fastest of 7 round medians (fit, until v16)": lambda rs: expected_fastest([statistics.median(r) for r in rs]),
-    "fastest run (since v16)": lambda rs: min(min(r) for r in rs),
+    "fastest round's median (the build's)": lambda rs: min(statistics.median(r) for r in rs),
+    "expected fastest of 7 round medians (the fit's)": lambda rs: expected_fastest([statistics.median(r) for r in rs]),
+    "fastest run (measured-v16, reverted)": lambda rs: min(min(r) for r in rs),
     "5th percentile of runs": lambda rs: float(np.percentile(np.concatenate(rs), 5)),
     "10th percentile of runs": lambda rs: float(np.percentile(np.concatenate(rs), 10)),
     "25th percentile of runs": lambda rs: float(np.percentile(np.concatenate(rs), 25)),

@@ -5,11 +5,10 @@ Per cell (model x precision x batch): measure the table the way a build does
 off-grid points, per-layer context factors from profiling the deployed full and
 off-grid plans), draw random plans (half aligned to the measured step, half not),
 build each exactly as a build deploys it (export_onnx, backend.build, INT8 with
-write_qdq's ORT placement) and time them interleaved (the fastest run over the
-rounds, as the build's checks time: `timing.round_time`; until measured-v16 the
-fastest round's median). Reported beside the LUT model: a MACs-proportional predictor
+write_qdq's ORT placement) and time them interleaved (min over rounds of the
+per-round median). Reported beside the LUT model: a MACs-proportional predictor
 (k fitted on the full model) and the noise floor (the full model timed in every
-round: relative range of its per-round times).
+round: relative range of its per-round medians).
 
 `--issue` adds issue 13's checks: the demo CNN at 1x1x96x96, plans pruned by ratio
 0.3 and 0.6 without rounding, and a second table measured from scratch (whole-model
@@ -151,7 +150,7 @@ def ratio_plans(graph, ratios: tuple[float, ...]) -> dict[str, dict[str, int]]: 
 
 
 def time_deployed(model, graph, plans, shape, precision, rounds, runs, clock, ui, anchor=None):  # noqa: ANN001, ANN201
-    """({plan: [per-round times]}, {plan: ran a round in a fast window}) of the plans built as
+    """({plan: [per-round medians]}, {plan: ran a round in a fast window}) of the plans built as
     deployed, interleaved. With the table's speed anchor (latency/speed_anchor.py) a plan none of
     whose rounds ran in a fast window of the machine gets up to 4 more, as the table's entries did."""
     backend = get_backend("onnxruntime")

@@ -24,8 +24,7 @@ SIMPLICITY = ("baseline-fp32", "baseline-fp16", "pruned-fp32", "pruned-fp16", "b
 @dataclass(frozen=True)
 class Candidate:
     name: str
-    #: its fastest run over the decide stage's side-by-side rounds (`side_by_side.time_interleaved`)
-    fastest_ms: float
+    p50_ms: float
     accuracy: float | None
     #: why it may not deploy ("" when it may)
     excluded: str = ""
@@ -60,14 +59,14 @@ def choose(candidates: list[Candidate], noise: float) -> tuple[str, str]:
     allowed = [c for c in candidates if not c.excluded]
     if not allowed:
         raise ValueError("no candidate may deploy (the original FP32 model always may: a caller bug)")
-    best = min(allowed, key=lambda c: c.fastest_ms)
+    best = min(allowed, key=lambda c: c.p50_ms)
     # walk from the simplest: keep a simpler variant that is within noise of the fastest
     for c in sorted(allowed, key=lambda c: rank_key(c.name)):
-        if c.fastest_ms <= best.fastest_ms * (1 + noise):
+        if c.p50_ms <= best.p50_ms * (1 + noise):
             if c.name == best.name:
-                return c.name, f"fastest allowed variant at the primary batch ({c.fastest_ms:.3f} ms, fastest run)"
+                return c.name, f"fastest allowed variant at the primary batch ({c.p50_ms:.3f} ms p50)"
             return c.name, (f"within the measured noise (±{100 * noise:.0f}%) of the fastest, {best.name} "
-                            f"({c.fastest_ms:.3f} vs {best.fastest_ms:.3f} ms, fastest runs), and simpler")
+                            f"({c.p50_ms:.3f} vs {best.p50_ms:.3f} ms p50), and simpler")
     return best.name, "fastest allowed variant"
 
 
@@ -80,12 +79,12 @@ def guard_exclusion(accuracy: float | None, reference: float | None, max_drop: f
     return ""
 
 
-def budget_reference(fastest: dict[str, float], at_precision: str, fp32_original: str) -> str:
+def budget_reference(p50: dict[str, float], at_precision: str, fp32_original: str) -> str:
     """The variant a latency budget is measured against: what the user could deploy without
     pruning, i.e. the original at the build's precision, or the FP32 original where that measured
     faster. INT8 that does not pay must not let the unpruned FP32 model "meet" a pruning budget
     (MobileNetV3 on digits: FP32 original 1.6x faster than its INT8, exit 0 at --speedup 1.3)."""
-    return min((at_precision, fp32_original), key=lambda name: fastest[name])
+    return min((at_precision, fp32_original), key=lambda name: p50[name])
 
 
 def meets(measured_speedup: float, goal_speedup: float, noise: float) -> bool:
@@ -112,12 +111,12 @@ def chance_level_warning(accuracy: float | None, num_classes: int | None) -> str
     return None
 
 
-def delivers(name: str, fastest: dict[str, float], reference: str, goal_speedup: float | None, noise: float, pruning_asked: bool, precision: str) -> bool:
+def delivers(name: str, p50: dict[str, float], reference: str, goal_speedup: float | None, noise: float, pruning_asked: bool, precision: str) -> bool:
     """Whether a variant delivers what the build was asked for: the latency budget when one was
     given (measured over the original at the build's precision), else a pruned model when pruning
     was asked, else the build's precision (INT8, or its mixed graph)."""
     if goal_speedup is not None:
-        return meets(fastest[reference] / fastest[name], goal_speedup, noise)
+        return meets(p50[reference] / p50[name], goal_speedup, noise)
     if pruning_asked:
         return name.startswith("pruned-")
     return name.endswith((f"-{precision}", "-mixed"))
@@ -128,12 +127,12 @@ def verdict(deployed: str, candidates: list[Candidate], reference: str, goal_spe
     """(exit code, why). 0: the deployed variant delivers what was asked. 15: a variant that would
     have delivered it exists but the accuracy guard excluded it. 14: no measured variant met the
     latency budget. Deploying FP32 because INT8 measured slower is not a failure."""
-    fastest = {c.name: c.fastest_ms for c in candidates}
-    if delivers(deployed, fastest, reference, goal_speedup, noise, pruning_asked, precision):
+    p50 = {c.name: c.p50_ms for c in candidates}
+    if delivers(deployed, p50, reference, goal_speedup, noise, pruning_asked, precision):
         return 0, f"{deployed} delivers what was asked"
-    lost = [c for c in candidates if c.excluded and delivers(c.name, fastest, reference, goal_speedup, noise, pruning_asked, precision)]
+    lost = [c for c in candidates if c.excluded and delivers(c.name, p50, reference, goal_speedup, noise, pruning_asked, precision)]
     if lost:
-        best = min(lost, key=lambda c: c.fastest_ms)
+        best = min(lost, key=lambda c: c.p50_ms)
         return 15, f"{best.name} would deliver it but {best.excluded}"
     if goal_speedup is not None:
         return 14, f"no measured variant reaches {goal_speedup:.2f}x"

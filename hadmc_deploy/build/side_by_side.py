@@ -20,17 +20,16 @@ ROUNDS = WHOLE_MODEL_ROUNDS
 
 
 def time_interleaved(ctx: BuildContext, rows: list[dict[str, Any]], batch: int) -> tuple[dict[str, float], float]:
-    """Per variant (`rows`: name, backend, artifact) its fastest run over interleaved rounds (load
+    """Per variant (`rows`: name, backend, artifact) the p50 of its fastest interleaved round (load
     only adds time; on a shared 2-vCPU machine whole rounds run on one core when the other is
-    taken, and a median over rounds mixes the two regimes; why the fastest run rather than the
-    fastest round's median: `timing.WHOLE_MODEL_ROUNDS`), and the noise: the median relative
-    spread of each variant's round times around their own median, at most 10%."""
+    taken, and a median over rounds mixes the two regimes), and the noise: the median relative
+    spread of each variant's round p50s around its own median, at most 10%."""
     per_round: dict[str, list[float]] = {r["name"]: [] for r in rows}
     loaded = {r["name"]: (get(r["backend"]), Artifact.load(ctx.path(r["artifact"]))) for r in rows}
     with ctx.ui.progress(f"timing {len(rows)} candidates side by side (batch {batch})", ROUNDS * len(rows)) as bar:
         for _ in range(ROUNDS):
             for name, (backend, artifact) in loaded.items():
-                per_round[name].append(backend.benchmark(artifact, batch=batch, warmup=2, runs=WHOLE_MODEL_RUNS, min_seconds=WHOLE_MODEL_SECONDS).min_ms)
+                per_round[name].append(backend.benchmark(artifact, batch=batch, warmup=2, runs=WHOLE_MODEL_RUNS, min_seconds=WHOLE_MODEL_SECONDS).p50_ms)
                 backend.release_sessions()  # one session alive at a time, as deployed and as the table timed
                 bar.advance()
     medians = {n: statistics.median(v) for n, v in per_round.items()}

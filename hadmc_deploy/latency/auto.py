@@ -48,10 +48,8 @@ from hadmc_deploy.ui import UI, quiet_ui
 #: conv's regime is priced by its fitted channel form where that predicts better: latency/channel_form.py;
 #: v14: a context plan's whole-model time is the expected fastest of WHOLE_MODEL_ROUNDS rounds,
 #: estimated from up to three times as many: timing.expected_fastest; v15: profiled kernels pair
-#: with their layers by the source names they keep before keys: kernel_pairing.pair_kernels; v16: a
-#: whole-model round's time is its fastest run, not its median, here as in the build's checks:
-#: timing.round_time).
-METHOD = "measured-v16"
+#: with their layers by the source names they keep before keys: kernel_pairing.pair_kernels).
+METHOD = "measured-v15"
 
 
 @dataclass

@@ -111,8 +111,8 @@ def fit_context(
     and set `table.context`. Raises LatencyModelError when kernels cannot be mapped to layers.
 
     Every profiled time is the minimum over rounds (load only adds time), whole-model times (each
-    round's fastest run, `timing.round_time`) over WHOLE_MODEL_ROUNDS rounds at least, the fastest
-    of which is what the build's latency check and decide stage measure. With a speed `anchor`
+    round's median) over WHOLE_MODEL_ROUNDS rounds at least, the fastest of which is what the
+    build's latency check and decide stage measure. With a speed `anchor`
     (latency/speed_anchor.py) a plan none of whose rounds ran in a fast window of the machine gets
     up to `MAX_EXTRA_ROUNDS` more, as the table's layers get more passes. With clock "cpu" the
     sessions run one thread and whole-model times are CPU time; the profiler's kernel
@@ -161,7 +161,7 @@ def fit_context(
                 )
             node_of_layer[name] = {layer_keys[a][0]: nodes[b][0] for a, b in pairs}
         best: dict[str, list[float]] = {}
-        round_ms: dict[str, list[float]] = {name: [] for name in built}  # each whole-model round's time (its fastest run)
+        round_ms: dict[str, list[float]] = {name: [] for name in built}  # each whole-model round's median
         quiet = dict.fromkeys(built, False)
 
         def time_round(names: list[str]) -> None:

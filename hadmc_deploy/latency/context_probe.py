@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import onnx
 
 from hadmc_deploy.errors import LatencyModelError
-from hadmc_deploy.timing import WHOLE_MODEL_SECONDS, round_time, timed_samples
+from hadmc_deploy.timing import WHOLE_MODEL_SECONDS, timed_samples
 
 
 class ContextProbe(Protocol):
@@ -26,7 +26,7 @@ class ContextProbe(Protocol):
         """Weighted ONNX node name (of the float graph `source`) -> ms in the deployed graph."""
 
     def model_ms(self, artifact: Any, batch: int, runs: int) -> float:
-        """One round of the whole deployed model: its fastest of `runs` runs (`timing.round_time`)."""
+        """The whole deployed model's median over `runs` runs (one round)."""
 
 
 class OrtProbe:
@@ -62,7 +62,7 @@ class TensorRTProbe:
         return onnx_node_times(profile_engine(artifact, batch=batch, runs=runs, warmup=max(2, runs // 4)), parsed_onnx(artifact))
 
     def model_ms(self, artifact: Any, batch: int, runs: int) -> float:
-        return float(self.backend.benchmark(artifact, batch=batch, warmup=2, runs=runs, min_seconds=WHOLE_MODEL_SECONDS).min_ms)
+        return float(self.backend.benchmark(artifact, batch=batch, warmup=2, runs=runs, min_seconds=WHOLE_MODEL_SECONDS).p50_ms)
 
 
 def probe_for(backend: Any, threads: int | None, clock: str) -> ContextProbe:
@@ -77,9 +77,11 @@ def probe_for(backend: Any, threads: int | None, clock: str) -> ContextProbe:
 
 def whole_model_ms(model_path: Path, batch: int, threads: int | None, runs: int, clock: str = "wall", disabled_optimizers: Sequence[str] = (),
                    min_seconds: float = WHOLE_MODEL_SECONDS) -> float:
-    """The fastest of `runs` runs (more while under `min_seconds` have passed: `timing.round_time`)
+    """Median of `runs` runs (more while under `min_seconds` have passed: see hadmc_deploy.timing)
     of the model file in a session of its own, spinning as deployed (no other session may be alive
     meanwhile: see latency.repeat.measuring_session); clock "cpu": one thread, CPU time."""
+    import statistics
+
     from hadmc_deploy.backends.ort_session import random_feeds
     from hadmc_deploy.latency.repeat import clock_function, measuring_session
 
@@ -87,4 +89,4 @@ def whole_model_ms(model_path: Path, batch: int, threads: int | None, runs: int,
     feeds = random_feeds(sess, batch=batch)
     for _ in range(2):
         sess.run(None, feeds)
-    return round_time(timed_samples(lambda: sess.run(None, feeds), runs, min_seconds, clock=clock_function(clock)))
+    return statistics.median(timed_samples(lambda: sess.run(None, feeds), runs, min_seconds, clock=clock_function(clock)))

@@ -2,9 +2,9 @@
 
 A plan is applied by surgery, exported the way deployment exports it, built by
 the target's backend and benchmarked there. Plans are timed in interleaved
-rounds (A B C, A B C, ...); a round's time is its fastest run (`timing.round_time`)
-and a plan's latency its fastest round (`TimedPlan.min_round_ms`, what the latency
-table predicts), so a burst of load from other processes on a shared machine hits
+rounds (A B C, A B C, ...) and each plan's latency is the median over rounds of
+the per-round medians (and its fastest run, `min_ms`, the estimate to pair with
+a "min" table), so a burst of load from other processes on a shared machine hits
 every plan alike instead of skewing one.
 """
 
@@ -127,8 +127,7 @@ class TimedPlan:
 
     @property
     def min_round_ms(self) -> float:
-        """The fastest round's time (its fastest run, `timing.round_time`): the plan's time when the
-        machine was least loaded."""
+        """The fastest round's median: the plan's time when the machine was least loaded."""
         return min(self.round_ms) if self.round_ms else self.median_ms
 
     def value(self, statistic: str) -> float:
@@ -191,9 +190,8 @@ def time_onnx_interleaved(
     clock: str = "wall",
     ui: UI | None = None,
 ) -> list[tuple[float, list[float], float]]:
-    """(median over rounds, per-round times, fastest run) per model, built and benchmarked by `backend`
-    (each round at least `runs` runs and WHOLE_MODEL_SECONDS of them; a round's time is its fastest
-    run, `timing.round_time`)."""
+    """(median over rounds, per-round medians, fastest run) per model, built and benchmarked by `backend`
+    (each round at least `runs` runs and WHOLE_MODEL_SECONDS of them)."""
     ui = ui or quiet_ui()
     with tempfile.TemporaryDirectory(prefix="hadmc-wholemodel-") as tmp:
         artifacts = []
@@ -226,7 +224,7 @@ def time_onnx_interleaved(
             for _ in range(rounds):
                 for i, art in enumerate(artifacts):
                     stats = bench(art)
-                    rounds_ms[i].append(stats.min_ms)
+                    rounds_ms[i].append(stats.p50_ms)
                     fastest[i] = min(fastest[i], stats.min_ms)
                     bar.advance()
     return [(statistics.median(r), r, f) for r, f in zip(rounds_ms, fastest, strict=True)]

@@ -73,12 +73,12 @@ def run(ctx: BuildContext) -> StageResult:
     meeting = [c for c in candidates if not c.excluded and delivers(c.name, fastest, budget_ref["name"], goal, noise, pruning_asked, ctx.plan.precision)]
     if goal is not None and meeting and name not in {c.name for c in meeting}:
         # a simpler variant within noise of the fastest, but short of the budget: the budget wins
-        best = min(meeting, key=lambda c: c.fastest_ms)
-        name, reason = best.name, f"the fastest allowed variant that meets the budget ({best.fastest_ms:.3f} ms, fastest run)"
+        best = min(meeting, key=lambda c: c.p50_ms)
+        name, reason = best.name, f"the fastest allowed variant that meets the budget ({best.p50_ms:.3f} ms p50)"
     deployed = by_name[name]
     decision = Decision(
         deploy=name, reason=reason, primary_batch=batch, noise=noise,
-        candidates=[{"name": c.name, "fastest_ms": c.fastest_ms, "accuracy": c.accuracy, "excluded": c.excluded} for c in candidates],
+        candidates=[{"name": c.name, "p50_ms": c.p50_ms, "accuracy": c.accuracy, "excluded": c.excluded} for c in candidates],
         speedup_vs_fp32_original=fastest["baseline-fp32"] / fastest[name],
         speedup_vs_original_at_precision=fastest[precision_ref["name"]] / fastest[name],
         accuracy_change=(deployed.get("accuracy") - reference_acc) if deployed.get("accuracy") is not None and reference_acc is not None else None,
@@ -87,8 +87,8 @@ def run(ctx: BuildContext) -> StageResult:
     if decision.budget is not None:
         decision.budget["reference"] = budget_ref["name"]
         allowed = [c for c in candidates if not c.excluded]
-        best = min(allowed, key=lambda c: c.fastest_ms)  # the deployed one may be a simpler variant within noise of it
-        decision.budget["best"] = {"variant": best.name, "speedup": fastest[budget_ref["name"]] / best.fastest_ms}
+        best = min(allowed, key=lambda c: c.p50_ms)  # the deployed one may be a simpler variant within noise of it
+        decision.budget["best"] = {"variant": best.name, "speedup": fastest[budget_ref["name"]] / best.p50_ms}
         decision.budget["guard_float_layers"] = _guard_float_layers(ctx, best.name)
         check = ctx.results.get("latency check", {})
         if check.get("checked"):

@@ -5,8 +5,8 @@ Why here: a pruned model's speed does not depend on its weights, so the budget c
 verified right after surgery. Both models are exported, built by the target's backend at
 the build's precision (INT8 with speed-only ranges: ranges change scales, never the
 graph) and timed in interleaved rounds at the search batch, so load from other processes
-hits both alike. The measured speedup is the ratio of each model's fastest round, a round's time
-being its fastest run (load only adds time, as in the latency tables: `timing.round_time`): on these shared 2-vCPU machines the second core comes
+hits both alike. The measured speedup is the ratio of each model's fastest round (load only
+adds time, as in the latency tables): on these shared 2-vCPU machines the second core comes
 and goes for seconds at a time, and a median of per-round ratios mixed the two regimes (one
 demo build read 1.47, 1.28, 1.22, 1.88, 1.88 for one plan). The spread of the per-round
 ratios is the measurement's noise: a plan misses the budget only when it misses it by more
