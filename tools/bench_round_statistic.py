@@ -37,18 +37,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hadmc_deploy.arch import build_arch  # noqa: E402
-from hadmc_deploy.backends.ort_session import random_feeds  # noqa: E402
+from hadmc_deploy.backends.ort_optimizer_choice import artifact_disabled_optimizers  # noqa: E402
 from hadmc_deploy.graph.trace import trace  # noqa: E402
 from hadmc_deploy.latency.context_build import build_deployed_artifact  # noqa: E402
 from hadmc_deploy.latency.context_plans import calibration_plans  # noqa: E402
+from hadmc_deploy.latency.context_probe import whole_model_runs  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
-from hadmc_deploy.latency.repeat import clock_function, measuring_session  # noqa: E402
 from hadmc_deploy.timing import (  # noqa: E402
     WHOLE_MODEL_ROUNDS,
     WHOLE_MODEL_RUNS,
     WHOLE_MODEL_SECONDS,
     expected_fastest,
-    timed_samples,
 )
 
 Rounds = list[list[float]]  # per round, every run's ms
@@ -70,17 +69,13 @@ def record(arch: str, input_shape: tuple[int, ...], precision: str, rounds: int,
     graph = trace(model, (1, *input_shape[1:]))
     plans = calibration_plans(graph, step)
     backend = get_backend("onnxruntime")
-    tmp = Path(tempfile.mkdtemp(prefix="hadmc-round-statistic-"))
-    built = {n: build_deployed_artifact(model, graph, w, input_shape, backend, precision, tmp, n, exporter="fast")[1] for n, w in plans.items()}
-    runs: dict[str, Rounds] = {n: [] for n in built}
-    for _ in range(rounds):
-        for name, art in built.items():
-            sess = measuring_session(Path(art.model_path), None, (), allow_spinning=True)
-            feeds = random_feeds(sess, batch=input_shape[0])
-            for _ in range(2):
-                sess.run(None, feeds)
-            runs[name].append(timed_samples(lambda s=sess, f=feeds: s.run(None, f), WHOLE_MODEL_RUNS, WHOLE_MODEL_SECONDS, clock=clock_function("wall")))
-            del sess
+    with tempfile.TemporaryDirectory(prefix="hadmc-round-statistic-") as tmp:
+        built = {n: build_deployed_artifact(model, graph, w, input_shape, backend, precision, Path(tmp), n, exporter="fast")[1] for n, w in plans.items()}
+        runs: dict[str, Rounds] = {n: [] for n in built}
+        for _ in range(rounds):
+            for name, art in built.items():  # a round as the context fit's OrtProbe.model_ms times it, every run kept
+                runs[name].append(whole_model_runs(Path(art.model_path), input_shape[0], None, WHOLE_MODEL_RUNS, "wall",
+                                                   artifact_disabled_optimizers(art.metadata), WHOLE_MODEL_SECONDS))
     return runs
 
 
@@ -118,9 +113,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="append this run's rows to a JSON list here")
     args = parser.parse_args()
     shape = tuple(int(x) for x in args.input_shape.split(","))
+    windows = [int(x) for x in args.windows.split(",")]
+    if args.rounds < 2 * max(windows):
+        parser.error(f"--rounds {args.rounds} holds no two separate windows of {max(windows)} rounds: give at least {2 * max(windows)}")
     started = time.strftime("%Y-%m-%d %H:%M")
     runs = record(args.arch, shape, args.precision, args.rounds, args.step)
-    rows = [r for w in (int(x) for x in args.windows.split(",")) for r in compare(runs, w, args.pairs)]
+    rows = [r for w in windows for r in compare(runs, w, args.pairs)]
     print(f"{args.arch} {args.input_shape} {args.precision}: {args.rounds} interleaved rounds of {len(runs)} plans ({started})")
     print(f"{'window':>6}  {'estimator':54s} {'two windows apart (median / p90)':>34} {'speedups apart':>16}")
     for r in rows:

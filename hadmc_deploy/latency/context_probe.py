@@ -82,6 +82,13 @@ def whole_model_ms(model_path: Path, batch: int, threads: int | None, runs: int,
     meanwhile: see latency.repeat.measuring_session); clock "cpu": one thread, CPU time."""
     import statistics
 
+    return statistics.median(whole_model_runs(model_path, batch, threads, runs, clock, disabled_optimizers, min_seconds))
+
+
+def whole_model_runs(model_path: Path, batch: int, threads: int | None, runs: int, clock: str = "wall", disabled_optimizers: Sequence[str] = (),
+                     min_seconds: float = WHOLE_MODEL_SECONDS) -> list[float]:
+    """Every run's ms of one `whole_model_ms` round (a fresh session, two warm-up runs): for tools
+    that compare statistics of the same runs (tools/bench_round_statistic.py)."""
     from hadmc_deploy.backends.ort_session import random_feeds
     from hadmc_deploy.latency.repeat import clock_function, measuring_session
 
@@ -89,4 +96,4 @@ def whole_model_ms(model_path: Path, batch: int, threads: int | None, runs: int,
     feeds = random_feeds(sess, batch=batch)
     for _ in range(2):
         sess.run(None, feeds)
-    return statistics.median(timed_samples(lambda: sess.run(None, feeds), runs, min_seconds, clock=clock_function(clock)))
+    return timed_samples(lambda: sess.run(None, feeds), runs, min_seconds, clock=clock_function(clock))
