@@ -193,7 +193,7 @@ def test_cpu_clock_context_fit_takes_more_rounds_within_its_time(tmp_path):
     `cpu_context_seconds` (the minimum over more rounds is a floor that repeats); on the wall
     clock it stops at its rounds."""
     from hadmc_deploy.latency.auto import measure_table
-    from hadmc_deploy.latency.context import MAX_CONTEXT_ROUNDS
+    from hadmc_deploy.latency.context_measure import MAX_CONTEXT_ROUNDS
 
     torch.manual_seed(0)
     model = demo_cnn().eval()

@@ -31,31 +31,23 @@ What is read from each deployed plan comes from the backend's probe
 from __future__ import annotations
 
 import statistics
-import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import onnx
 from torch import nn
 
-from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency.alignment import WEIGHTED_OPS, counts_aligned, size_fraction
 from hadmc_deploy.latency.channel_form import Point, choose_form
-from hadmc_deploy.latency.context_build import build_deployed_artifact, faster_exporter
+from hadmc_deploy.latency.context_measure import ContextMeasurements, measure_plans
 from hadmc_deploy.latency.context_plans import calibration_plans, context_step
-from hadmc_deploy.latency.context_probe import probe_for
-from hadmc_deploy.latency.kernel_pairing import match_by_key
 from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
-from hadmc_deploy.latency.ort_profile import kernel_key, source_weighted_nodes
 from hadmc_deploy.latency.predictor import interp_context_ms
 from hadmc_deploy.latency.repeat import SpeedGate
-from hadmc_deploy.latency.whole_model import TimingRanges
 from hadmc_deploy.specs import LayerSpec
-from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS, expected_fastest
+from hadmc_deploy.timing import WHOLE_MODEL_RUNS
 from hadmc_deploy.ui import UI, quiet_ui
 
 #: a layer's factor is clipped to this multiple range of the median factor (a mapping or
@@ -63,12 +55,6 @@ from hadmc_deploy.ui import UI, quiet_ui
 FACTOR_CLIP = 4.0
 
 
-#: more rounds for a plan none of whose rounds ran while the speed anchor said the machine was fast.
-MAX_EXTRA_ROUNDS = 4
-#: rounds of the context fit at most, with `more_rounds_seconds` (the CPU clock's floor).
-MAX_CONTEXT_ROUNDS = 20
-#: whole-model rounds per plan at most, with `model_seconds` (wall clock)
-MAX_MODEL_ROUNDS = 3 * WHOLE_MODEL_ROUNDS
 
 
 def factor_curve(points: list[tuple[float, float]]) -> list[list[float]]:
@@ -107,107 +93,24 @@ def fit_context(
     step: int | None = None,
     ui: UI | None = None,
 ) -> ContextCorrection:
-    """Profile `plans` (default: `calibration_plans`) as deployed, interleaved over `rounds`,
-    and set `table.context`. Raises LatencyModelError when kernels cannot be mapped to layers.
-
-    Every profiled time is the minimum over rounds (load only adds time), whole-model times (each
-    round's median) over WHOLE_MODEL_ROUNDS rounds at least, the fastest of which is what the
-    build's latency check and decide stage measure. With a speed `anchor`
-    (latency/speed_anchor.py) a plan none of whose rounds ran in a fast window of the machine gets
-    up to `MAX_EXTRA_ROUNDS` more, as the table's layers get more passes. With clock "cpu" the
-    sessions run one thread and whole-model times are CPU time; the profiler's kernel
-    times are wall clock, so there they only apportion the measured total. With
-    `more_rounds_seconds`, rounds go on while the rounds so far took less than that (at most
-    MAX_CONTEXT_ROUNDS): the minimum over more rounds is a floor that repeats (see
-    MeasureOptions.cpu_context_seconds). On the wall clock a plan's whole-model time is the
-    expected fastest of WHOLE_MODEL_ROUNDS rounds (`timing.expected_fastest`), estimated from
-    further rounds of every plan while they take under `model_seconds` (at most MAX_MODEL_ROUNDS).
+    """Profile `plans` (default: `calibration_plans`) as deployed (`context_measure.measure_plans`,
+    whose docstring says how each time is taken) and set `table.context` fitted on them.
     `step`: profile the regimes of this step instead of `context_step(table)`."""
+    step = step or context_step(table)
+    measured = measure_plans(table, model, graph, input_shape, backend, plans=plans or calibration_plans(graph, step), rounds=rounds, runs=runs,
+                             threads=threads, exporter=exporter, baseline_onnx=baseline_onnx, clock=clock, anchor=anchor,
+                             more_rounds_seconds=more_rounds_seconds, model_seconds=model_seconds, ui=ui)
+    return fit_measured(table, graph, measured, step, ui=ui)
+
+
+def fit_measured(table: LatencyTable, graph: DependencyGraph, measured: ContextMeasurements, step: int, *, ui: UI | None = None) -> ContextCorrection:
+    """Set `table.context` to the per-layer correction fitted on `measured` (regimes of `step`):
+    a function of the measurements alone."""
     from hadmc_deploy.latency.predictor import LutLatencyModel, context_layer_ms
 
     ui = ui or quiet_ui()
-    probe = probe_for(backend, threads, clock)
+    plans, weighted_idx, best, walls = measured.plans, measured.weighted_idx, measured.layer_ms, measured.model_ms
     precision, batch = table.meta.precision, table.meta.batch
-    step = step or context_step(table)
-    plans = plans or calibration_plans(graph, step)
-    weighted_idx = [i for i, layer in enumerate(graph.layers) if layer.spec.op in WEIGHTED_OPS]
-    full = graph.full_widths()
-    with tempfile.TemporaryDirectory(prefix="hadmc-context-") as tmp:
-        built = {}
-        ranges = TimingRanges(input_shape)  # INT8 timing ranges shared by the plans
-        plan_exporter = exporter
-        full_name = next((name for name, widths in plans.items() if widths == full), None)
-        if exporter == "deploy" and full_name is not None and backend.name == "onnxruntime":
-            built[full_name] = build_deployed_artifact(model, graph, full, input_shape, backend, precision, Path(tmp), full_name, float_onnx=baseline_onnx, ranges=ranges)
-            plan_exporter = faster_exporter(model, graph, input_shape, backend, precision, Path(tmp), built[full_name][1], batch, threads, ranges)
-            ui.log("context plans exported by " + ("TorchScript (checked: its graph runs the deployed graph's kernels)" if plan_exporter == "fast"
-                                                   else "the deploy exporter (TorchScript's graph would run other kernels)"))
-        for name, widths in ui.track(list(plans.items()), "building deployed plans"):
-            if name in built:
-                continue
-            reuse = baseline_onnx if (baseline_onnx is not None and widths == full) else None
-            built[name] = build_deployed_artifact(model, graph, widths, input_shape, backend, precision, Path(tmp), name, exporter=plan_exporter, float_onnx=reuse, ranges=ranges)
-        built = {name: built[name] for name in plans}  # the plans' order: the order of every round
-        sources = {name: onnx.load(str(f), load_external_data=False) for name, (f, _) in built.items()}
-        layer_keys = [(i, kernel_key("Conv" if graph.layers[i].spec.op != "linear" else "Gemm", [0, 0, *graph.layers[i].spec.kernel])) for i in weighted_idx]
-        node_of_layer: dict[str, dict[int, str]] = {}
-        for name, src in sources.items():
-            nodes = source_weighted_nodes(src)
-            pairs = match_by_key(layer_keys, nodes)
-            if pairs is None:
-                raise LatencyModelError(
-                    f"plan {name!r} exports {len(nodes)} weighted nodes that do not pair with the {len(weighted_idx)} weighted layers of the graph",
-                    hint="the per-layer context correction is not available for this model",
-                )
-            node_of_layer[name] = {layer_keys[a][0]: nodes[b][0] for a, b in pairs}
-        best: dict[str, list[float]] = {}
-        round_ms: dict[str, list[float]] = {name: [] for name in built}  # each whole-model round's median
-        quiet = dict.fromkeys(built, False)
-
-        def time_round(names: list[str]) -> None:
-            for name in names:
-                if anchor is not None:
-                    quiet[name] |= anchor.is_quiet()
-                art = built[name][1]
-                by_node = probe.node_times(art, sources[name], batch, runs)
-                missing = [node_of_layer[name][i] for i in weighted_idx if node_of_layer[name][i] not in by_node]
-                if missing:
-                    raise LatencyModelError(f"the {backend.name} profile of plan {name!r} has no time for {len(missing)} weighted node(s) ({', '.join(missing[:3])})",
-                                            hint="the per-layer context correction is not available for this model")
-                times = [by_node[node_of_layer[name][i]] for i in weighted_idx]
-                best[name] = times if name not in best else [min(a, b) for a, b in zip(best[name], times, strict=True)]
-                model_round([name])
-
-        def model_round(names: list[str]) -> None:
-            for name in names:
-                round_ms[name].append(probe.model_ms(built[name][1], batch, runs))
-
-        started = time.monotonic()
-        for _ in ui.track(range(rounds), "profiling deployed plans (interleaved)"):
-            time_round(list(built))
-        done = rounds
-        while done < MAX_CONTEXT_ROUNDS and time.monotonic() - started < more_rounds_seconds:
-            time_round(list(built))
-            done += 1
-        for _ in range(MAX_EXTRA_ROUNDS if anchor is not None else 0):
-            slow = [name for name, q in quiet.items() if not q]
-            if not slow:
-                break
-            time_round(slow)
-        # whole-model times over as many rounds as the build's latency check and decide stage
-        # take (the profiles need fewer): the same estimator as what the predictions are checked on
-        while min(len(r) for r in round_ms.values()) < WHOLE_MODEL_ROUNDS:
-            model_round([name for name in built if len(round_ms[name]) < WHOLE_MODEL_ROUNDS])
-        # and more while they fit in `model_seconds`: the expected fastest of WHOLE_MODEL_ROUNDS
-        # estimated from more rounds moves less between tables (timing.expected_fastest)
-        extra_started = time.monotonic()
-        while clock == "wall" and min(len(r) for r in round_ms.values()) < MAX_MODEL_ROUNDS and time.monotonic() - extra_started < model_seconds:
-            model_round(list(built))
-        model_rounds = {name: len(r) for name, r in round_ms.items()}
-        walls = {name: expected_fastest(r) if clock == "wall" else min(r) for name, r in round_ms.items()}
-        if anchor is not None:
-            for q in quiet.values():
-                anchor.record(q)
     raw_model = LutLatencyModel(replace(table, context=None, feedback=None, correction=None), source="<context fit>", warn_extrapolation=False)
     # per layer and regime: (size fraction, factor, table price, plan) of each profiled plan
     estimates: list[dict[str, list[tuple[float, float, float, str]]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
@@ -229,10 +132,7 @@ def fit_context(
             size = size_fraction(s, fs.in_channels, fs.out_channels)
             estimates[i]["aligned" if aligned else "unaligned"].append((size, t * scale / max(raw[i], 1e-9), raw[i], name))
             channels[i][name] = (s.in_channels / max(fs.in_channels, 1), s.out_channels / max(fs.out_channels, 1))
-        exported = exporter if name == full_name else plan_exporter  # plan_exporter differs only for exporter "deploy"
-        fitted_on.append({"plan": name, "measured_ms": walls[name], "rounds": done, "model_rounds": model_rounds[name], "exporter": exported,
-                          "kernel_sum_ms": kernel_sum, "table_sum_ms": sum(raw),
-                          **({"quiet": quiet[name]} if anchor is not None else {})})
+        fitted_on.append({**measured.rows[name], "table_sum_ms": sum(raw)})
     all_f = [f for e in estimates for lst in e.values() for _, f, _, _ in lst]
     median_f = statistics.median(all_f) if all_f else 1.0
 
