@@ -62,8 +62,9 @@ ESTIMATORS: dict[str, Callable[[Rounds], float]] = {
 }
 
 
-def record(arch: str, input_shape: tuple[int, ...], precision: str, rounds: int, step: int) -> dict[str, Rounds]:
-    """Every run of every context plan, round after round (one session alive at a time)."""
+def record(arch: str, input_shape: tuple[int, ...], precision: str, rounds: int, step: int, clock: list[float] | None = None) -> dict[str, Rounds]:
+    """Every run of every context plan, round after round (one session alive at a time); `clock`
+    gets each round's start in seconds from the first."""
     torch.manual_seed(0)
     model = build_arch(arch).eval()
     graph = trace(model, (1, *input_shape[1:]))
@@ -72,7 +73,10 @@ def record(arch: str, input_shape: tuple[int, ...], precision: str, rounds: int,
     with tempfile.TemporaryDirectory(prefix="hadmc-round-statistic-") as tmp:
         built = {n: build_deployed_artifact(model, graph, w, input_shape, backend, precision, Path(tmp), n, exporter="fast")[1] for n, w in plans.items()}
         runs: dict[str, Rounds] = {n: [] for n in built}
+        started = time.monotonic()
         for _ in range(rounds):
+            if clock is not None:
+                clock.append(time.monotonic() - started)
             for name, art in built.items():  # a round as the context fit's OrtProbe.model_ms times it, every run kept
                 runs[name].append(whole_model_runs(Path(art.model_path), input_shape[0], None, WHOLE_MODEL_RUNS, "wall",
                                                    artifact_disabled_optimizers(art.metadata), WHOLE_MODEL_SECONDS))
@@ -101,6 +105,30 @@ def compare(runs: dict[str, Rounds], window: int, pairs: int, seed: int = 1) -> 
     return rows
 
 
+def lag1_autocorrelation(xs: list[float]) -> float:
+    """Correlation of each value with the next: near 0 when rounds vary independently, near 1
+    when the machine holds a state over many rounds."""
+    a = np.asarray(xs, dtype=float)
+    if len(a) < 3 or float(np.std(a[:-1])) == 0.0 or float(np.std(a[1:])) == 0.0:
+        return 0.0
+    return float(np.corrcoef(a[:-1], a[1:])[0, 1])
+
+
+def relative_trace(runs: dict[str, Rounds]) -> dict[str, dict[str, float]]:
+    """Per plan, its round median over the same round's full-model median: 10th / 50th / 90th
+    percentile and lag-1 autocorrelation over the trace (is a plan's cost relative to the full
+    model a constant, noise round by round, or a state the machine holds for minutes?)."""
+    full = [statistics.median(r) for r in runs["full"]]
+    out = {}
+    for plan, rs in runs.items():
+        if plan == "full":
+            continue
+        ratio = [statistics.median(r) / f for r, f in zip(rs, full, strict=True)]
+        p10, p50, p90 = (float(np.percentile(ratio, q)) for q in (10, 50, 90))
+        out[plan] = {"p10": p10, "p50": p50, "p90": p90, "lag1": lag1_autocorrelation(ratio)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="hadmc_deploy.models.demo:demo_cnn")
@@ -111,13 +139,15 @@ def main() -> None:
     parser.add_argument("--windows", default=f"{WHOLE_MODEL_ROUNDS},18", help="window lengths in rounds, comma-separated")
     parser.add_argument("--pairs", type=int, default=500)
     parser.add_argument("--json", type=Path, help="append this run's rows to a JSON list here")
+    parser.add_argument("--trace", type=Path, help="write every round's median per plan, with its start time, here")
     args = parser.parse_args()
     shape = tuple(int(x) for x in args.input_shape.split(","))
     windows = [int(x) for x in args.windows.split(",")]
     if args.rounds < 2 * max(windows):
         parser.error(f"--rounds {args.rounds} holds no two separate windows of {max(windows)} rounds: give at least {2 * max(windows)}")
     started = time.strftime("%Y-%m-%d %H:%M")
-    runs = record(args.arch, shape, args.precision, args.rounds, args.step)
+    clock: list[float] = []
+    runs = record(args.arch, shape, args.precision, args.rounds, args.step, clock)
     rows = [r for w in windows for r in compare(runs, w, args.pairs)]
     print(f"{args.arch} {args.input_shape} {args.precision}: {args.rounds} interleaved rounds of {len(runs)} plans ({started})")
     print(f"{'window':>6}  {'estimator':54s} {'two windows apart (median / p90)':>34} {'speedups apart':>16}")
@@ -126,10 +156,18 @@ def main() -> None:
     floor = {p: min(min(r) for r in rs) for p, rs in runs.items()}
     above = statistics.median(statistics.median(r) / floor[p] for p, rs in runs.items() for r in rs)
     print(f"a round's median over the fastest run of the whole trace, median round: {above:.3f}")
+    relative = relative_trace(runs)
+    print("each plan's round median over the same round's full model: p10 / p50 / p90, lag-1 autocorrelation")
+    for plan, r in relative.items():
+        print(f"  {plan:14s} {r['p10']:.3f} / {r['p50']:.3f} / {r['p90']:.3f}   {r['lag1']:+.2f}")
+    if args.trace:
+        args.trace.write_text(json.dumps({"measured_at": started, "arch": args.arch, "input_shape": list(shape), "precision": args.precision,
+                                          "start_s": clock, "round_median_ms": {p: [statistics.median(r) for r in rs] for p, rs in runs.items()}}) + "\n")
+        print(f"wrote {args.trace}")
     if args.json:
         data = json.loads(args.json.read_text()) if args.json.exists() else []
         data.append({"measured_at": started, "arch": args.arch, "input_shape": list(shape), "precision": args.precision, "rounds": args.rounds,
-                     "plans": list(runs), "round_median_over_fastest_run": above, "rows": rows})
+                     "plans": list(runs), "round_median_over_fastest_run": above, "rows": rows, "relative_to_full": relative})
         args.json.write_text(json.dumps(data, indent=1) + "\n")
         print(f"wrote {args.json}")
 

@@ -1,0 +1,130 @@
+"""Which deployed plans the context fit should profile, judged on the same measurements: every
+candidate plan is profiled once, then the fit runs on subsets of them, and each fit prices the
+same held-out plans, timed once.
+
+    .venv/bin/python tools/ablate_context_plans.py --cell demo96:fp32:1 --repeats 3
+    .venv/bin/python tools/ablate_context_plans.py --cell demo96:int8:1 --repeats 3 --json docs/context_plans_ablation.json
+
+Why: two validation runs minutes apart differ by the machine's drift (here often more than the
+effect of adding or dropping one profiled plan: docs/latency_model.md, "Method v17"), so A/B runs
+of two checkouts need many repeats to see such a change. Here the fits differ only in which of the
+same measurements they may use (`context_measure.ContextMeasurements.subset`,
+`context.fit_measured`). Each repeat measures a new table, profiles the candidates
+(`context_plans.calibration_plans` of the current method) and times the held-out plans: issue 13's
+`prune --ratio` plans (unaligned), the validation's random plans (`validate_latency_model.draw_plans`,
+half aligned, half not), in 7 interleaved rounds, the fastest round as the validation takes it.
+
+The subsets compared: the current method's plans ("all"), and each off-grid plan left out in turn
+(what the fit loses without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from validate_latency_model import MODELS, draw_plans, predict, ratio_plans, spearman, time_deployed  # noqa: E402
+
+from hadmc_deploy.graph.trace import trace  # noqa: E402
+from hadmc_deploy.latency.auto import MeasureOptions, measure_table  # noqa: E402
+from hadmc_deploy.latency.context import fit_measured  # noqa: E402
+from hadmc_deploy.latency.context_measure import measure_plans  # noqa: E402
+from hadmc_deploy.latency.context_plans import calibration_plans, context_step  # noqa: E402
+from hadmc_deploy.latency.measure import get_backend  # noqa: E402
+from hadmc_deploy.latency.predictor import LutLatencyModel  # noqa: E402
+from hadmc_deploy.targets import get_target  # noqa: E402
+from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS  # noqa: E402
+from hadmc_deploy.ui import UI  # noqa: E402
+
+
+def subsets(candidates: list[str]) -> dict[str, list[str]]:
+    """"all", and the candidates without each off-grid plan in turn."""
+    out = {"all": candidates}
+    for name in candidates:
+        if name.startswith("offgrid"):
+            out[f"without {name}"] = [n for n in candidates if n != name]
+    return out
+
+
+def one_repeat(arch: str, precision: str, batch: int, plans_per_seed: int, seed: int, work: Path, ui: UI) -> dict:
+    torch.manual_seed(0)
+    build, chw = MODELS[arch]
+    model = build().eval()
+    shape = (batch, *chw)
+    graph = trace(model, shape)
+    backend = get_backend("onnxruntime")
+    opts = MeasureOptions(context=False)
+    table, _ = measure_table(model, graph, shape, get_target("cpu"), precision, batch, work / "lut.json", options=opts, ui=ui)
+    step = context_step(table)
+    candidates = calibration_plans(graph, step)
+    defaults = MeasureOptions()
+    measured = measure_plans(table, model, graph, shape, backend, plans=candidates, rounds=defaults.context_rounds,
+                             model_seconds=defaults.context_model_seconds, ui=ui)
+    held_out = {"full": graph.full_widths(), **ratio_plans(graph, (0.3, 0.6)), **draw_plans(graph, plans_per_seed, step, seed)}
+    rounds, _ = time_deployed(model, graph, held_out, shape, precision, WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS, "wall", ui)
+    timed = {n: min(r) for n, r in rounds.items()}
+    fits = {}
+    for label, names in subsets(list(candidates)).items():
+        fitted = copy.deepcopy(table)
+        fit_measured(fitted, graph, measured.subset(names), step)
+        lm = LutLatencyModel(fitted, source="<ablation>", warn_extrapolation=False)
+        predicted = {n: predict(lm, graph, w, precision, batch) for n, w in held_out.items()}
+        err = {n: 100 * (predicted[n] / timed[n] - 1) for n in held_out}
+        ratio_err = {n: 100 * ((predicted[n] / predicted["full"]) / (timed[n] / timed["full"]) - 1) for n in held_out if n != "full"}
+        held = [n for n in held_out if n != "full"]
+        fits[label] = {"plans": names, "predicted_ms": predicted, "err_pct": err, "ratio_err_pct": ratio_err,
+                       "mape": float(np.mean([abs(err[n]) for n in held])), "ratio_mape": float(np.mean([abs(ratio_err[n]) for n in held])),
+                       "spearman": spearman([predicted[n] for n in held], [timed[n] for n in held])}
+    return {"step": step, "candidates": list(candidates), "context_ms": measured.model_ms, "timed_ms": timed, "fits": fits}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cell", default="demo96:fp32:1", help="model:precision:batch (models of validate_latency_model.py)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--plans", type=int, default=6, help="random held-out plans per repeat (half aligned)")
+    parser.add_argument("--json", type=Path, help="append this run to a JSON list here")
+    args = parser.parse_args()
+    arch, precision, batch_text = args.cell.split(":")
+    if arch not in MODELS:
+        parser.error(f"unknown model {arch!r}: one of {', '.join(MODELS)}")
+    ui = UI(quiet=True)
+    torch.set_num_threads(1)
+    started = time.strftime("%Y-%m-%d %H:%M")
+    repeats = []
+    for k in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="hadmc-ablate-") as tmp:
+            repeats.append(one_repeat(arch, precision, int(batch_text), args.plans, k, Path(tmp), ui))
+        r = repeats[-1]
+        print(f"repeat {k + 1}: " + "; ".join(f"{label}: MAPE {f['mape']:.1f}%, of speedups {f['ratio_mape']:.1f}%" for label, f in r["fits"].items()))
+    labels = list(repeats[0]["fits"])
+    plans = [n for n in repeats[0]["timed_ms"] if n != "full"]
+    print(f"\n{args.cell}, {args.repeats} repeats ({started}): median over repeats of each held-out plan's |error of its speedup| (%)")
+    print(f"{'plan':14s} " + " ".join(f"{label:>22s}" for label in labels))
+    for plan in plans:
+        print(f"{plan:14s} " + " ".join(f"{statistics.median(abs(r['fits'][label]['ratio_err_pct'][plan]) for r in repeats):22.1f}" for label in labels))
+    for key, title in (("mape", "MAPE"), ("ratio_mape", "MAPE of speedups"), ("spearman", "Spearman")):
+        print(f"{title + ', median':14s} " + " ".join(f"{statistics.median(r['fits'][label][key] for r in repeats):22.2f}" for label in labels))
+    if args.json:
+        data = json.loads(args.json.read_text()) if args.json.exists() else []
+        data.append({"measured_at": started, "cell": args.cell, "repeats": repeats})
+        args.json.write_text(json.dumps(data, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
