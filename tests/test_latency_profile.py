@@ -447,3 +447,36 @@ def test_a_batchnorm_turned_into_an_nchwc_conv_is_glue_not_a_layer(tmp_path):
     assert set(times) == {name for name, _ in source_weighted_nodes(source)} and len(times) == 4
     bn_convs = [k for k in prof.kernels if k.name.endswith(NCHWC_BATCHNORM_SUFFIX)]
     assert all(not k.weighted for k in bn_convs)  # on CPUs with an NCHWc layout there is one; it is glue
+
+
+def test_the_fit_is_a_function_of_its_measurements_and_fits_any_subset(tmp_path):
+    """The context fit reads only what `measure_plans` measured: two fits of the same
+    measurements agree exactly (what tools/ablate_context_plans.py relies on to compare plan
+    sets without the machine's drift between them), a plan left out is not fitted on, and each
+    profiled plan is priced at what it measured."""
+    import copy
+    from dataclasses import replace
+
+    from hadmc_deploy.latency.context import fit_measured
+    from hadmc_deploy.latency.context_measure import measure_plans
+    from hadmc_deploy.latency.context_plans import calibration_plans, context_step
+    from hadmc_deploy.latency.measure import get_backend
+    from hadmc_deploy.latency.predictor import LutLatencyModel
+
+    model, shape, graph, table = _demo_table_without_context(tmp_path, grid_points=2, runs_per_pass=1)
+    step = context_step(table)
+    plans = calibration_plans(graph, step)
+    measured = measure_plans(table, model, graph, shape, get_backend("onnxruntime"), plans=plans, rounds=1, runs=2, exporter="fast")
+    assert set(measured.model_ms) == set(plans) and all(len(v) == len(measured.weighted_idx) for v in measured.layer_ms.values())
+    first, second = copy.deepcopy(table), copy.deepcopy(table)
+    fit_measured(first, graph, measured, step)
+    fit_measured(second, graph, measured, step)
+    assert first.context.to_dict() == second.context.to_dict()
+    dropped = next(n for n in plans if n.startswith("offgrid"))
+    fewer = copy.deepcopy(table)
+    fit_measured(fewer, graph, measured.subset([n for n in plans if n != dropped]), step)
+    assert dropped not in {r["plan"] for r in fewer.context.fitted_on} and len(fewer.context.fitted_on) == len(plans) - 1
+    lm = LutLatencyModel(first, warn_extrapolation=False)
+    for name in ("full", dropped):  # a profiled plan is priced near what it measured
+        total = lm.predict([replace(s, precision="fp32", batch=1) for s in graph.layer_specs(plans[name])]).total_ms
+        assert total == pytest.approx(measured.model_ms[name], rel=0.25)

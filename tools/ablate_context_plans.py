@@ -3,7 +3,7 @@ candidate plan is profiled once, then the fit runs on subsets of them, and each 
 same held-out plans, timed once.
 
     .venv/bin/python tools/ablate_context_plans.py --cell demo96:fp32:1 --repeats 3
-    .venv/bin/python tools/ablate_context_plans.py --cell demo96:int8:1 --repeats 3 --json docs/context_plans_ablation.json
+    .venv/bin/python tools/ablate_context_plans.py --cell demo96:int8:1 --repeats 4 --offgrid 0.3 --json docs/context_plans_ablation.json
 
 Why: two validation runs minutes apart differ by the machine's drift (here often more than the
 effect of adding or dropping one profiled plan: docs/latency_model.md, "Method v17"), so A/B runs
@@ -12,10 +12,12 @@ same measurements they may use (`context_measure.ContextMeasurements.subset`,
 `context.fit_measured`). Each repeat measures a new table, profiles the candidates
 (`context_plans.calibration_plans` of the current method) and times the held-out plans: issue 13's
 `prune --ratio` plans (unaligned), the validation's random plans (`validate_latency_model.draw_plans`,
-half aligned, half not), in 7 interleaved rounds, the fastest round as the validation takes it.
+half aligned, half not) and two of the profiled plans again (`AGAIN`: their errors are the
+drift between the fit's timing and this one, a floor for the others'), in 7 interleaved rounds,
+the fastest round as the validation takes it.
 
-The subsets compared: the current method's plans ("all"), and each off-grid plan left out in turn
-(what the fit loses without it).
+The subsets compared: the current method's plans and any `--offgrid` candidates ("all"), and each
+off-grid plan left out in turn (what the fit loses without it).
 """
 
 from __future__ import annotations
@@ -42,12 +44,15 @@ from hadmc_deploy.graph.trace import trace  # noqa: E402
 from hadmc_deploy.latency.auto import MeasureOptions, measure_table  # noqa: E402
 from hadmc_deploy.latency.context import fit_measured  # noqa: E402
 from hadmc_deploy.latency.context_measure import measure_plans  # noqa: E402
-from hadmc_deploy.latency.context_plans import calibration_plans, context_step  # noqa: E402
+from hadmc_deploy.latency.context_plans import calibration_plans, context_step, offgrid_plan  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
 from hadmc_deploy.latency.predictor import LutLatencyModel  # noqa: E402
 from hadmc_deploy.targets import get_target  # noqa: E402
 from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS  # noqa: E402
 from hadmc_deploy.ui import UI  # noqa: E402
+
+#: context plans timed again with the held-out plans (see one_repeat)
+AGAIN = ("aligned50", "offgrid45")
 
 
 def subsets(candidates: list[str]) -> dict[str, list[str]]:
@@ -59,7 +64,7 @@ def subsets(candidates: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def one_repeat(arch: str, precision: str, batch: int, plans_per_seed: int, seed: int, work: Path, ui: UI) -> dict:
+def one_repeat(arch: str, precision: str, batch: int, plans_per_seed: int, seed: int, work: Path, ui: UI, offgrid: tuple[float, ...] = ()) -> dict:
     torch.manual_seed(0)
     build, chw = MODELS[arch]
     model = build().eval()
@@ -70,10 +75,17 @@ def one_repeat(arch: str, precision: str, batch: int, plans_per_seed: int, seed:
     table, _ = measure_table(model, graph, shape, get_target("cpu"), precision, batch, work / "lut.json", options=opts, ui=ui)
     step = context_step(table)
     candidates = calibration_plans(graph, step)
+    for frac in offgrid if step > 1 else ():  # more odd-width candidates than the method profiles
+        plan = offgrid_plan(graph, frac)
+        if plan not in candidates.values():
+            candidates[f"offgrid{int(frac * 100)}"] = plan
     defaults = MeasureOptions()
     measured = measure_plans(table, model, graph, shape, backend, plans=candidates, rounds=defaults.context_rounds,
                              model_seconds=defaults.context_model_seconds, ui=ui)
-    held_out = {"full": graph.full_widths(), **ratio_plans(graph, (0.3, 0.6)), **draw_plans(graph, plans_per_seed, step, seed)}
+    # two profiled plans timed again: their error is the drift and noise between the fit's timing
+    # and this one (each fit prices its own plans near what they measured), the floor of the others'
+    again = {f"again:{n}": candidates[n] for n in AGAIN if n in candidates}
+    held_out = {"full": graph.full_widths(), **ratio_plans(graph, (0.3, 0.6)), **draw_plans(graph, plans_per_seed, step, seed), **again}
     rounds, _ = time_deployed(model, graph, held_out, shape, precision, WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS, "wall", ui)
     timed = {n: min(r) for n, r in rounds.items()}
     fits = {}
@@ -84,7 +96,7 @@ def one_repeat(arch: str, precision: str, batch: int, plans_per_seed: int, seed:
         predicted = {n: predict(lm, graph, w, precision, batch) for n, w in held_out.items()}
         err = {n: 100 * (predicted[n] / timed[n] - 1) for n in held_out}
         ratio_err = {n: 100 * ((predicted[n] / predicted["full"]) / (timed[n] / timed["full"]) - 1) for n in held_out if n != "full"}
-        held = [n for n in held_out if n != "full"]
+        held = [n for n in held_out if n != "full" and not n.startswith("again:")]
         fits[label] = {"plans": names, "predicted_ms": predicted, "err_pct": err, "ratio_err_pct": ratio_err,
                        "mape": float(np.mean([abs(err[n]) for n in held])), "ratio_mape": float(np.mean([abs(ratio_err[n]) for n in held])),
                        "spearman": spearman([predicted[n] for n in held], [timed[n] for n in held])}
@@ -96,18 +108,21 @@ def main() -> int:
     parser.add_argument("--cell", default="demo96:fp32:1", help="model:precision:batch (models of validate_latency_model.py)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--plans", type=int, default=6, help="random held-out plans per repeat (half aligned)")
+    parser.add_argument("--offgrid", default="", help="comma-separated width fractions of further odd-width candidate plans "
+                        "(0.3: the plan method v17 added, docs/latency_model.md)")
     parser.add_argument("--json", type=Path, help="append this run to a JSON list here")
     args = parser.parse_args()
     arch, precision, batch_text = args.cell.split(":")
     if arch not in MODELS:
         parser.error(f"unknown model {arch!r}: one of {', '.join(MODELS)}")
+    offgrid = tuple(float(x) for x in args.offgrid.split(",") if x)
     ui = UI(quiet=True)
     torch.set_num_threads(1)
     started = time.strftime("%Y-%m-%d %H:%M")
     repeats = []
     for k in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="hadmc-ablate-") as tmp:
-            repeats.append(one_repeat(arch, precision, int(batch_text), args.plans, k, Path(tmp), ui))
+            repeats.append(one_repeat(arch, precision, int(batch_text), args.plans, k, Path(tmp), ui, offgrid))
         r = repeats[-1]
         print(f"repeat {k + 1}: " + "; ".join(f"{label}: MAPE {f['mape']:.1f}%, of speedups {f['ratio_mape']:.1f}%" for label, f in r["fits"].items()))
     labels = list(repeats[0]["fits"])

@@ -33,6 +33,11 @@ def _odd_width(g: Any, frac: float) -> int:
     return _legal_width(g, w)
 
 
+def offgrid_plan(graph: DependencyGraph, frac: float) -> dict[str, int]:
+    """Every prunable group at an odd width near `frac` of its width: off every step > 1."""
+    return {g.id: _odd_width(g, frac) for g in graph.prunable_groups}
+
+
 def crossed_plan(graph: DependencyGraph, even: float, odd: float) -> dict[str, int]:
     """Prunable groups in graph order alternately at fractions `even` and `odd`, at odd widths."""
     return {g.id: _odd_width(g, even if k % 2 == 0 else odd) for k, g in enumerate(graph.prunable_groups)}
@@ -62,7 +67,7 @@ def calibration_plans(graph: DependencyGraph, step: int) -> dict[str, dict[str, 
             plans[f"pergroup{int(frac * 100)}"] = on_grid(frac, per_group=True)
     if step > 1:
         for frac in OFFGRID_FRACTIONS:
-            plans[f"offgrid{int(frac * 100)}"] = {g.id: _odd_width(g, frac) for g in graph.prunable_groups}
+            plans[f"offgrid{int(frac * 100)}"] = offgrid_plan(graph, frac)
     if any(layer.spec.op == "gconv" for layer in graph.layers):
         high, low = CROSSED_FRACTIONS
         plans["crossed"] = crossed_plan(graph, high, low)
