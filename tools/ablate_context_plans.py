@@ -38,9 +38,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from validate_latency_model import MODELS, draw_plans, predict, ratio_plans, spearman, time_deployed  # noqa: E402
+from validate_latency_model import (  # noqa: E402
+    MODELS,
+    cell_model,
+    draw_plans,
+    predict,
+    ratio_plans,
+    spearman,
+    time_deployed,
+)
 
-from hadmc_deploy.graph.trace import trace  # noqa: E402
 from hadmc_deploy.latency.auto import MeasureOptions, measure_table  # noqa: E402
 from hadmc_deploy.latency.context import fit_measured  # noqa: E402
 from hadmc_deploy.latency.context_measure import measure_plans  # noqa: E402
@@ -65,11 +72,7 @@ def subsets(candidates: list[str]) -> dict[str, list[str]]:
 
 
 def one_repeat(arch: str, precision: str, batch: int, plans_per_seed: int, seed: int, work: Path, ui: UI, offgrid: tuple[float, ...] = ()) -> dict:
-    torch.manual_seed(0)
-    build, chw = MODELS[arch]
-    model = build().eval()
-    shape = (batch, *chw)
-    graph = trace(model, shape)
+    model, shape, graph = cell_model(arch, batch)
     backend = get_backend("onnxruntime")
     opts = MeasureOptions(context=False)
     table, _ = measure_table(model, graph, shape, get_target("cpu"), precision, batch, work / "lut.json", options=opts, ui=ui)

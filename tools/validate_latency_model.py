@@ -117,6 +117,15 @@ MODELS = {
 }
 
 
+def cell_model(arch: str, batch: int):  # noqa: ANN201
+    """(model, input shape, graph) of a cell's model at `batch`, its weights seeded as every tool here seeds them."""
+    torch.manual_seed(0)
+    build, chw = MODELS[arch]
+    model = build().eval()
+    shape = (batch, *chw)
+    return model, shape, trace(model, shape)
+
+
 def spearman(a: list[float], b: list[float]) -> float:
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
@@ -193,11 +202,7 @@ def macs(graph, widths) -> int:  # noqa: ANN001
 
 
 def run_cell(arch: str, precision: str, batch: int, args: argparse.Namespace, ui: UI, extra_plans=None) -> dict:  # noqa: ANN001
-    torch.manual_seed(0)
-    build, chw = MODELS[arch]
-    model = build().eval()
-    shape = (batch, *chw)
-    graph = trace(model, shape)
+    model, shape, graph = cell_model(arch, batch)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     lut = work / f"lut-{arch}-{precision}-b{batch}-{args.clock}.json"
@@ -253,11 +258,7 @@ def run_cell(arch: str, precision: str, batch: int, args: argparse.Namespace, ui
 
 def repeatability(arch: str, precision: str, batch: int, args: argparse.Namespace, ui: UI, first: dict) -> dict:
     """A second table from scratch; whole-model predictions of both tables on the cell's plans."""
-    torch.manual_seed(0)
-    build, chw = MODELS[arch]
-    model = build().eval()
-    shape = (batch, *chw)
-    graph = trace(model, shape)
+    model, shape, graph = cell_model(arch, batch)
     lut2 = Path(args.workdir) / f"lut-{arch}-{precision}-b{batch}-{args.clock}-second.json"
     if lut2.exists():
         lut2.unlink()
@@ -290,11 +291,7 @@ def anchor_ab(precision: str, pairs: int, args: argparse.Namespace, ui: UI) -> d
     """`pairs` tables of the demo CNN at 96x96 measured alternately with and without the speed
     anchor's gate (one machine reference shared by the gated ones, as on a machine); how far apart
     each group's whole-model predictions lie (max / min - 1 over its tables, per plan)."""
-    torch.manual_seed(0)
-    build, chw = MODELS["demo96"]
-    model = build().eval()
-    shape = (1, *chw)
-    graph = trace(model, shape)
+    model, shape, graph = cell_model("demo96", 1)
     plans = {"full": graph.full_widths(), **ratio_plans(graph, (0.3, 0.6))}
     work = Path(args.workdir) / "anchor-ab"
     work.mkdir(parents=True, exist_ok=True)
