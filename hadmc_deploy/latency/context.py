@@ -55,8 +55,6 @@ from hadmc_deploy.ui import UI, quiet_ui
 FACTOR_CLIP = 4.0
 
 
-
-
 def factor_curve(points: list[tuple[float, float]]) -> list[list[float]]:
     """Sorted [size fraction, factor] points, the factors of equal fractions averaged."""
     by_size: dict[float, list[float]] = {}
