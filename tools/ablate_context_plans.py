@@ -4,6 +4,7 @@ same held-out plans, timed once.
 
     .venv/bin/python tools/ablate_context_plans.py --cell demo96:fp32:1 --repeats 3
     .venv/bin/python tools/ablate_context_plans.py --cell demo96:int8:1 --repeats 4 --offgrid 0.3 --json docs/context_plans_ablation.json
+    .venv/bin/python tools/ablate_context_plans.py --cell resnet18:fp32:32 --repeats 2 --crossed
 
 Why: two validation runs minutes apart differ by the machine's drift (here often more than the
 effect of adding or dropping one profiled plan: docs/latency_model.md, "Method v17"), so A/B runs
@@ -16,8 +17,10 @@ half aligned, half not) and two of the profiled plans again (`AGAIN`: their erro
 drift between the fit's timing and this one, a floor for the others'), in 7 interleaved rounds,
 the fastest round as the validation takes it.
 
-The subsets compared: the current method's plans and any `--offgrid` candidates ("all"), and each
-off-grid plan left out in turn (what the fit loses without it).
+The fits compared: the current method's plans and any `--offgrid` candidates ("all"), and each
+off-grid plan left out in turn (what the fit loses without it); with `--crossed`, the method's
+plans against theirs plus the two crossed plans, fitted as the method does and with channel
+forms (latency/channel_form.py) allowed on every conv, by the method's rule and always.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +53,16 @@ from validate_latency_model import (  # noqa: E402
 )
 
 from hadmc_deploy.latency.auto import MeasureOptions, measure_table  # noqa: E402
-from hadmc_deploy.latency.context import fit_measured  # noqa: E402
+from hadmc_deploy.latency.channel_form import WIN_MARGIN  # noqa: E402
+from hadmc_deploy.latency.context import FORM_OPS, fit_measured  # noqa: E402
 from hadmc_deploy.latency.context_measure import measure_plans  # noqa: E402
-from hadmc_deploy.latency.context_plans import calibration_plans, context_step, offgrid_plan  # noqa: E402
+from hadmc_deploy.latency.context_plans import (  # noqa: E402
+    CROSSED_FRACTIONS,
+    calibration_plans,
+    context_step,
+    crossed_plan,
+    offgrid_plan,
+)
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
 from hadmc_deploy.latency.predictor import LutLatencyModel  # noqa: E402
 from hadmc_deploy.targets import get_target  # noqa: E402
@@ -62,22 +73,48 @@ from hadmc_deploy.ui import UI  # noqa: E402
 AGAIN = ("aligned50", "offgrid45")
 
 
-def subsets(candidates: list[str]) -> dict[str, list[str]]:
-    """"all", and the candidates without each off-grid plan in turn."""
-    out = {"all": candidates}
-    for name in candidates:
-        if name.startswith("offgrid"):
-            out[f"without {name}"] = [n for n in candidates if n != name]
+@dataclass(frozen=True)
+class FitVariant:
+    """Which of the profiled plans a fit may use, and where it may keep a channel form."""
+
+    plans: list[str]
+    form_ops: frozenset[str] = FORM_OPS
+    form_margin: float = WIN_MARGIN
+
+
+def variants(candidates: list[str], method: list[str]) -> dict[str, FitVariant]:
+    """"all"; without --crossed the candidates without each off-grid plan in turn, with it the
+    method's own plans, the crossed plans in place of the off-grid ones (as many plans), and all
+    with channel forms on every conv (kept by the method's rule, and always)."""
+    out = {"all": FitVariant(candidates)}
+    extra = [n for n in candidates if n not in method]
+    if not any(n.startswith("crossed") for n in extra):
+        for name in candidates:
+            if name.startswith("offgrid"):
+                out[f"without {name}"] = FitVariant([n for n in candidates if n != name])
+        return out
+    out["method"] = FitVariant(method)
+    out["crossed, not off-grid"] = FitVariant([n for n in candidates if not n.startswith("offgrid")])
+    conv_forms = FORM_OPS | {"conv"}
+    out["all, conv forms"] = FitVariant(candidates, conv_forms)
+    out["all, conv forms always"] = FitVariant(candidates, conv_forms, float("inf"))
     return out
 
 
-def one_repeat(arch: str, precision: str, batch: int, plans_per_seed: int, seed: int, work: Path, ui: UI, offgrid: tuple[float, ...] = ()) -> dict:
+def one_repeat(arch: str, precision: str, batch: int, plans_per_seed: int, seed: int, work: Path, ui: UI, offgrid: tuple[float, ...] = (),
+               crossed: bool = False) -> dict:
     model, shape, graph = cell_model(arch, batch)
     backend = get_backend("onnxruntime")
     opts = MeasureOptions(context=False)
     table, _ = measure_table(model, graph, shape, get_target("cpu"), precision, batch, work / "lut.json", options=opts, ui=ui)
     step = context_step(table)
     candidates = calibration_plans(graph, step)
+    method = list(candidates)
+    if crossed:  # the crossed plans the method profiles for grouped convs only
+        high, low = CROSSED_FRACTIONS
+        for name, plan in (("crossed", crossed_plan(graph, high, low)), ("crossed-reverse", crossed_plan(graph, low, high))):
+            if plan not in candidates.values():
+                candidates[name] = plan
     for frac in offgrid if step > 1 else ():  # more odd-width candidates than the method profiles
         plan = offgrid_plan(graph, frac)
         if plan not in candidates.values():
@@ -92,15 +129,16 @@ def one_repeat(arch: str, precision: str, batch: int, plans_per_seed: int, seed:
     rounds, _ = time_deployed(model, graph, held_out, shape, precision, WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS, "wall", ui)
     timed = {n: min(r) for n, r in rounds.items()}
     fits = {}
-    for label, names in subsets(list(candidates)).items():
+    for label, variant in variants(list(candidates), method).items():
         fitted = copy.deepcopy(table)
-        fit_measured(fitted, graph, measured.subset(names), step)
+        fit_measured(fitted, graph, measured.subset(variant.plans), step, form_ops=variant.form_ops, form_margin=variant.form_margin)
+        forms = sum(1 for f in fitted.context.factors for k in f if k.endswith("_form"))
         lm = LutLatencyModel(fitted, source="<ablation>", warn_extrapolation=False)
         predicted = {n: predict(lm, graph, w, precision, batch) for n, w in held_out.items()}
         err = {n: 100 * (predicted[n] / timed[n] - 1) for n in held_out}
         ratio_err = {n: 100 * ((predicted[n] / predicted["full"]) / (timed[n] / timed["full"]) - 1) for n in held_out if n != "full"}
         held = [n for n in held_out if n != "full" and not n.startswith("again:")]
-        fits[label] = {"plans": names, "predicted_ms": predicted, "err_pct": err, "ratio_err_pct": ratio_err,
+        fits[label] = {"plans": variant.plans, "forms": forms, "predicted_ms": predicted, "err_pct": err, "ratio_err_pct": ratio_err,
                        "mape": float(np.mean([abs(err[n]) for n in held])), "ratio_mape": float(np.mean([abs(ratio_err[n]) for n in held])),
                        "spearman": spearman([predicted[n] for n in held], [timed[n] for n in held])}
     return {"step": step, "candidates": list(candidates), "context_ms": measured.model_ms, "timed_ms": timed, "fits": fits}
@@ -113,6 +151,8 @@ def main() -> int:
     parser.add_argument("--plans", type=int, default=6, help="random held-out plans per repeat (half aligned)")
     parser.add_argument("--offgrid", default="", help="comma-separated width fractions of further odd-width candidate plans "
                         "(0.3: the plan method v17 added, docs/latency_model.md)")
+    parser.add_argument("--crossed", action="store_true", help="also profile the crossed plans (for grouped convs only in the method) "
+                        "and compare fits with channel forms on every conv")
     parser.add_argument("--json", type=Path, help="append this run to a JSON list here")
     args = parser.parse_args()
     arch, precision, batch_text = args.cell.split(":")
@@ -125,7 +165,7 @@ def main() -> int:
     repeats = []
     for k in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="hadmc-ablate-") as tmp:
-            repeats.append(one_repeat(arch, precision, int(batch_text), args.plans, k, Path(tmp), ui, offgrid))
+            repeats.append(one_repeat(arch, precision, int(batch_text), args.plans, k, Path(tmp), ui, offgrid, args.crossed))
         r = repeats[-1]
         print(f"repeat {k + 1}: " + "; ".join(f"{label}: MAPE {f['mape']:.1f}%, of speedups {f['ratio_mape']:.1f}%" for label, f in r["fits"].items()))
     labels = list(repeats[0]["fits"])

@@ -84,11 +84,11 @@ def leave_one_out_error(points: Sequence[Point], predict: Callable[[Sequence[Poi
     return statistics.fmean(errors)
 
 
-def choose_form(points: Sequence[Point], curve_ms: Callable[[Sequence[Point], float, float], float]) -> list[float] | None:
+def choose_form(points: Sequence[Point], curve_ms: Callable[[Sequence[Point], float, float], float], margin: float = WIN_MARGIN) -> list[float] | None:
     """The form's coefficients when it predicts each point left out clearly better
-    (`WIN_MARGIN`) than `curve_ms` (the curve built from the other points) does, else None."""
+    (`margin`) than `curve_ms` (the curve built from the other points) does, else None."""
     if len(points) < MIN_POINTS or not shapes_vary(points):
         return None
     form_error = leave_one_out_error(points, lambda rest, ci, co: form_ms(fit_form(rest), ci, co))
     curve_error = leave_one_out_error(points, curve_ms)
-    return fit_form(points) if form_error < WIN_MARGIN * curve_error else None
+    return fit_form(points) if form_error < margin * curve_error else None

@@ -40,7 +40,7 @@ from torch import nn
 
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency.alignment import WEIGHTED_OPS, counts_aligned, size_fraction
-from hadmc_deploy.latency.channel_form import Point, choose_form
+from hadmc_deploy.latency.channel_form import WIN_MARGIN, Point, choose_form
 from hadmc_deploy.latency.context_measure import ContextMeasurements, measure_plans
 from hadmc_deploy.latency.context_plans import calibration_plans, context_step
 from hadmc_deploy.latency.lut import ContextCorrection, LatencyTable
@@ -50,6 +50,8 @@ from hadmc_deploy.specs import LayerSpec
 from hadmc_deploy.timing import WHOLE_MODEL_RUNS
 from hadmc_deploy.ui import UI, quiet_ui
 
+#: the ops whose in-context cost the fit may give a channel form (latency/channel_form.py)
+FORM_OPS: frozenset[str] = frozenset({"gconv"})
 #: a layer's factor is clipped to this multiple range of the median factor (a mapping or
 #: timing glitch on one layer must not make it free or 10x dearer).
 FACTOR_CLIP = 4.0
@@ -101,9 +103,11 @@ def fit_context(
     return fit_measured(table, graph, measured, step, ui=ui)
 
 
-def fit_measured(table: LatencyTable, graph: DependencyGraph, measured: ContextMeasurements, step: int, *, ui: UI | None = None) -> ContextCorrection:
+def fit_measured(table: LatencyTable, graph: DependencyGraph, measured: ContextMeasurements, step: int, *, ui: UI | None = None,
+                 form_ops: frozenset[str] = FORM_OPS, form_margin: float = WIN_MARGIN) -> ContextCorrection:
     """Set `table.context` to the per-layer correction fitted on `measured` (regimes of `step`):
-    a function of the measurements alone."""
+    a function of the measurements alone. `form_ops`: the layers whose channel form may be kept, `form_margin`: by how much it must beat
+    the curve (`channel_form.choose_form`)."""
     from hadmc_deploy.latency.predictor import LutLatencyModel, context_layer_ms
 
     ui = ui or quiet_ui()
@@ -161,9 +165,9 @@ def fit_measured(table: LatencyTable, graph: DependencyGraph, measured: ContextM
                 entry[f"{regime}_curve"] = curve
                 if ms_curves:
                     entry[f"{regime}_ms_curve"] = ms_curves.get(regime, ms_curves.get(other))
-                if layer.spec.op == "gconv" and est[regime]:  # see latency/channel_form.py
+                if layer.spec.op in form_ops and est[regime]:  # see latency/channel_form.py
                     points = [(*channels[i][plan], clip(f) * price * rescale[plan]) for _, f, price, plan in est[regime]]
-                    form = choose_form(points, macs_curve_ms)
+                    form = choose_form(points, macs_curve_ms, form_margin)
                     if form is not None:
                         entry[f"{regime}_form"] = form
         factors.append(entry)
