@@ -259,7 +259,19 @@ def self_check_lines(check: dict[str, Any]) -> list[str]:
     else:
         what = f"within ±{tol:.0f}%"
     skipped = "".join(f" Not checked: {s}." for s in check.get("skipped") or [])
-    return [f"Self-check of the latency table against the side-by-side timings: {plans}: {what}.{skipped}", ""]
+    return [f"Self-check of the latency table against the side-by-side timings: {plans}: {what}.{skipped}{_stage_timings(check)}", ""]
+
+
+def _stage_timings(check: dict[str, Any]) -> str:
+    """Where the build timed a graph in two stages: that the faster is what was checked, and how far they were apart."""
+    timings = {name: t for name, t in (check.get("timings") or {}).items() if len(t) > 1}
+    if not timings:
+        return ""
+    parts = []
+    for name, t in timings.items():
+        slow, fast = max(t.values()), min(t.values())
+        parts.append(f"{name} " + " / ".join(f"{ms:.3f} ms ({stage})" for stage, ms in t.items()) + (f", {100 * (slow / fast - 1):.0f}% apart" if fast > 0 else ""))
+    return (" Measured: the faster of the build's two side-by-side timings of each graph (load only adds time): " + "; ".join(parts) + ".")
 
 
 def _x(value: float | None) -> str:

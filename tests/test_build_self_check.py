@@ -89,3 +89,37 @@ def test_another_batch_is_not_checked(monkeypatch, tmp_path):
     record = sc.check_deployed(ctx, {"baseline-int8": p_full}, batch=1)
     assert not record["checked"] and "batch 32" in record["why"]
     assert "not run" in self_check_lines(record)[0]
+
+
+def _latency_check(base_ms: float, plan_ms: float, precision: str = "int8", batch: int = 1) -> dict:
+    return {"checked": True, "precision": precision, "batch": batch, "measured_ms": {"baseline": base_ms, "plan": plan_ms}}
+
+
+def test_a_slow_spell_in_the_decide_stage_alone_is_not_fed_back(monkeypatch, tmp_path):
+    """The latency check timed both graphs on the table's scale; the decide stage, minutes later,
+    25% slower (the machine's level moved, both graphs alike): the faster timing of each graph is
+    checked, so no miss is flagged and the cached table keeps its scale."""
+    ctx, cache, p_full, p_plan = _setup(monkeypatch, tmp_path)
+    ctx.results["latency check"] = _latency_check(1.01 * p_full, 0.99 * p_plan)
+    record = sc.check_deployed(ctx, {"baseline-int8": 1.25 * p_full, "pruned-int8": 1.28 * p_plan}, batch=1)
+    assert record["checked"] and not record["flagged"] and record["feedback_written_to"] is None
+    assert [p["measured_ms"] for p in record["plans"]] == [1.01 * p_full, 0.99 * p_plan]
+    assert record["timings"]["baseline"] == {"decide": 1.25 * p_full, "latency check": 1.01 * p_full}
+    assert read_table(cache).feedback.scale == 1.0
+    line = self_check_lines(record)[0]
+    assert "the faster of the build's two side-by-side timings" in line and "24% apart" in line
+
+
+def test_both_stages_slow_is_a_miss(monkeypatch, tmp_path):
+    ctx, cache, p_full, p_plan = _setup(monkeypatch, tmp_path)
+    ctx.results["latency check"] = _latency_check(1.3 * p_full, 1.3 * p_plan)
+    record = sc.check_deployed(ctx, {"baseline-int8": 1.4 * p_full, "pruned-int8": 1.4 * p_plan}, batch=1)
+    assert record["flagged"] and read_table(cache).feedback.scale == pytest.approx(1.3, rel=1e-6)
+
+
+def test_a_latency_check_of_another_batch_or_precision_is_not_used(monkeypatch, tmp_path):
+    ctx, _, p_full, p_plan = _setup(monkeypatch, tmp_path)
+    for check in (_latency_check(p_full, p_plan, batch=8), _latency_check(p_full, p_plan, precision="fp32"), {"checked": False}):
+        ctx.results["latency check"] = check
+        record = sc.check_deployed(ctx, {"baseline-int8": 1.3 * p_full, "pruned-int8": 1.3 * p_plan}, batch=1)
+        assert record["flagged"] and record["timings"]["baseline"] == {"decide": 1.3 * p_full}

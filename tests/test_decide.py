@@ -149,6 +149,24 @@ def test_predictions_at_the_primary_batch_meet_the_side_by_side_measurement() ->
     assert [m["what"] for m in misses] == ["baseline-int8 latency at batch 1 (ms, p50)"]
 
 
+def test_a_graph_timed_in_two_stages_is_judged_on_the_faster_timing() -> None:
+    """Where the self-check took the latency check's timing of a graph (faster than the decide
+    stage's, build/self_check.py), the report's misses judge the prediction on the same number."""
+    from types import SimpleNamespace
+
+    from hadmc_deploy.report import prediction_misses
+
+    check = {"checked": True, "plans": [{"name": "baseline", "predicted_ms": 0.71, "measured_ms": 0.70}],
+             "timings": {"baseline": {"decide": 0.88, "latency check": 0.70}}}
+    ctx = SimpleNamespace(plan=SimpleNamespace(precision="int8"), results={"decide": {
+        "primary_batch": 32, "candidates": [{"name": "baseline-int8", "p50_ms": 0.88}], "self_check": check}})
+    row = {"name": "baseline-int8", "predicted": {"32": {"ms": 0.71, "source": "lut"}}, "latency": {"32": {"p50_ms": 0.9}}}
+    assert prediction_misses(ctx, [row]) == []
+    check["timings"]["baseline"] = {"decide": 0.88}  # timed once: the decide stage's round
+    check["plans"][0]["measured_ms"] = 0.88
+    assert [m["measured"] for m in prediction_misses(ctx, [row])] == [0.88]
+
+
 def test_a_missed_budget_names_the_fastest_measured_variant() -> None:
     """The deployed original (simpler, within noise) is not called the best measured."""
     from hadmc_deploy.build.pipeline import raise_on_unmet
