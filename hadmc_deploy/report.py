@@ -107,17 +107,12 @@ def prediction_misses(ctx: Any, variants: list[dict[str, Any]]) -> list[dict[str
         pred, meas = check["predicted_speedup"], check["measured_speedup"]
         if meas and abs(pred / meas - 1) > PREDICTION_TOLERANCE:
             misses.append({"what": "plan speedup (latency check)", "predicted": pred, "measured": meas, "error": pred / meas - 1})
-    # the latency model predicts the least-loaded time: at the primary batch it is compared with
-    # the decide stage's fastest side-by-side round, elsewhere with the evaluate stage's p50
-    decide = ctx.results.get("decide", {})
+    # the latency model predicts the least-loaded time: at the primary batch it is compared with the fastest
+    # side-by-side round (the self-check's, the faster of two stages', where it took one), elsewhere the evaluate stage's p50
+    decide, sc = ctx.results.get("decide", {}), ctx.results.get("decide", {}).get("self_check") or {}
     fastest_round = {c["name"]: c["p50_ms"] for c in decide.get("candidates") or []}
+    fastest_round |= {f"{c['name']}-{ctx.plan.precision}": c["measured_ms"] for c in sc.get("plans") or [] if len((sc.get("timings") or {}).get(c["name"]) or {}) > 1}
     primary = str(decide.get("primary_batch"))
-    # where the self-check took the faster of two stages' timings of a graph, the same measurement here
-    checked = decide.get("self_check") or {}
-    for p in checked.get("plans") or [] if checked.get("checked") else []:
-        name = f"{p['name']}-{ctx.plan.precision}"
-        if name in fastest_round and len((checked.get("timings") or {}).get(p["name"]) or {}) > 1:
-            fastest_round[name] = p["measured_ms"]
     for row in variants:
         for batch, stats in (row.get("latency") or {}).items():
             pred = (row.get("predicted") or {}).get(batch, {})

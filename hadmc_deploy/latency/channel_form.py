@@ -31,6 +31,10 @@ import numpy as np
 MIN_POINTS = 5
 #: the form is kept only when its leave-one-out error is below this fraction of the curve's.
 WIN_MARGIN = 0.8
+#: ...and only when it is also at least this much better (mean relative error, absolute): a gain
+#: below the timings' resolution is a tie, and a tie keeps the curve. Where both fit exactly (a cost
+#: proportional to MACs), the two errors are float rounding (1e-16), which the margin alone compared.
+MIN_GAIN = 0.005
 #: (ci, co) pairs whose ratios differ by less than this count as one shape (uniform plans).
 _DISTINCT_RATIO = 0.1
 
@@ -85,10 +89,10 @@ def leave_one_out_error(points: Sequence[Point], predict: Callable[[Sequence[Poi
 
 
 def choose_form(points: Sequence[Point], curve_ms: Callable[[Sequence[Point], float, float], float], margin: float = WIN_MARGIN) -> list[float] | None:
-    """The form's coefficients when it predicts each point left out clearly better
-    (`margin`) than `curve_ms` (the curve built from the other points) does, else None."""
+    """The form's coefficients when it predicts each point left out clearly better (`margin`, and
+    by `MIN_GAIN` at least) than `curve_ms` (the curve built from the other points) does, else None."""
     if len(points) < MIN_POINTS or not shapes_vary(points):
         return None
     form_error = leave_one_out_error(points, lambda rest, ci, co: form_ms(fit_form(rest), ci, co))
     curve_error = leave_one_out_error(points, curve_ms)
-    return fit_form(points) if form_error < margin * curve_error else None
+    return fit_form(points) if form_error < margin * curve_error and curve_error - form_error >= MIN_GAIN else None
