@@ -247,3 +247,29 @@ def test_the_unmet_errors_and_the_last_line_name_the_artifact_under_the_build_di
     printed = decision_line({"deploy": deploy, "target": {"precision": "int8"}}, build_dir)
     assert "(`build/net-cpu/artifacts/cpu/deploy`)" in printed
     assert "(`artifacts/cpu/deploy`)" in decision_line({"deploy": deploy, "target": {"precision": "int8"}})  # report.md's own line
+
+
+def test_variants_the_table_does_not_price_are_priced_analytically_without_a_warning(monkeypatch) -> None:
+    """An INT8 table at batch 32 prices the INT8 variants at batch 32; the FP32 variants and other
+    batches go to its analytic fallback, labelled "analytic", with no "does not cover" warning."""
+    from types import SimpleNamespace
+
+    from hadmc_deploy.build.stages import evaluate
+    from hadmc_deploy.latency.analytic import AnalyticLatencyModel
+    from hadmc_deploy.latency.lut import LatencyTable, LutMeta
+    from hadmc_deploy.latency.predictor import LutLatencyModel
+    from hadmc_deploy.specs import LayerSpec
+    from hadmc_deploy.targets import get_target
+
+    spec = LayerSpec("conv", 16, 16, (3, 3), (1, 1), (1, 1), in_hw=(8, 8), out_hw=(8, 8), batch=32, precision="int8")
+    table = LatencyTable(meta=LutMeta("cpu", "onnxruntime", "x", {}, 2, 32, "int8", 16))
+    table.add(spec, 0.05, 0.0, 1)
+    warnings: list[str] = []
+    lm = LutLatencyModel(table, AnalyticLatencyModel(get_target("cpu")), ui=SimpleNamespace(warn=warnings.append, log=lambda *a: None))
+    monkeypatch.setattr(evaluate, "graph", lambda ctx: SimpleNamespace(layer_specs=lambda widths=None: [spec]))
+    monkeypatch.setattr(evaluate, "latency_model", lambda ctx: lm)
+    ctx = SimpleNamespace(results={"search": {}}, plan=SimpleNamespace(batch_sizes=(1, 32)))
+    assert evaluate.predicted(ctx, "baseline", "int8")["32"] == {"ms": pytest.approx(0.05), "source": "lut"}
+    assert evaluate.predicted(ctx, "baseline", "int8")["1"]["source"] == "analytic"
+    assert {p["source"] for p in evaluate.predicted(ctx, "baseline", "fp32").values()} == {"analytic"}
+    assert warnings == []

@@ -38,12 +38,23 @@ def predicted(ctx: BuildContext, model: str, precision: str) -> dict[str, Any]:
     what they measured: the Q/DQ around a float island costs more than its layers save."""
     widths = ctx.results.get("search", {}).get("keep", {}) if model == "pruned" else {}
     lm = latency_model(ctx)
-    specs = with_precision(graph(ctx).layer_specs(widths or None), "int8" if precision == "mixed" else precision)
+    priced_as = "int8" if precision == "mixed" else precision
+    specs = with_precision(graph(ctx).layer_specs(widths or None), priced_as)
     out = {}
     for batch in ctx.plan.batch_sizes:
-        pred = lm.predict([replace(s, batch=batch) for s in specs])
+        pred = predictor_for(lm, priced_as, batch).predict([replace(s, batch=batch) for s in specs])
         out[str(batch)] = {"ms": float(pred.total_ms), "source": pred.source + (" (as all-INT8)" if precision == "mixed" else "")}
     return out
+
+
+def predictor_for(lm: Any, precision: str, batch: int) -> Any:
+    """`lm` where it is a table of this precision and batch (or no table), else the table's analytic
+    fallback, whose predictions say "analytic". Why: a table prices one precision at one batch, and
+    pricing the other variants through it printed "does not cover every layer" in every build."""
+    table, fallback = getattr(lm, "table", None), getattr(lm, "fallback", None)
+    if table is not None and fallback is not None and (table.meta.precision != precision or table.meta.batch != batch):
+        return fallback
+    return lm
 
 
 def run(ctx: BuildContext) -> StageResult:
