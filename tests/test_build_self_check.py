@@ -91,8 +91,8 @@ def test_another_batch_is_not_checked(monkeypatch, tmp_path):
     assert "not run" in self_check_lines(record)[0]
 
 
-def _latency_check(base_ms: float, plan_ms: float, precision: str = "int8", batch: int = 1) -> dict:
-    return {"checked": True, "precision": precision, "batch": batch, "measured_ms": {"baseline": base_ms, "plan": plan_ms}}
+def _latency_check(base_ms: float, plan_ms: float, precision: str = "int8", batch: int = 1, plan: dict | None = None) -> dict:
+    return {"checked": True, "precision": precision, "batch": batch, "measured_ms": {"baseline": base_ms, "plan": plan_ms}, "plan_widths": plan or {"g": 32}}
 
 
 def test_a_slow_spell_in_the_decide_stage_alone_is_not_fed_back(monkeypatch, tmp_path):
@@ -123,3 +123,11 @@ def test_a_latency_check_of_another_batch_or_precision_is_not_used(monkeypatch, 
         ctx.results["latency check"] = check
         record = sc.check_deployed(ctx, {"baseline-int8": 1.3 * p_full, "pruned-int8": 1.3 * p_plan}, batch=1)
         assert record["flagged"] and record["timings"]["baseline"] == {"decide": 1.3 * p_full}
+
+
+def test_a_latency_check_of_another_plan_times_only_the_baseline(monkeypatch, tmp_path):
+    ctx, _, p_full, p_plan = _setup(monkeypatch, tmp_path)
+    ctx.results["latency check"] = _latency_check(p_full, p_plan, plan={"g": 48})
+    record = sc.check_deployed(ctx, {"baseline-int8": 1.3 * p_full, "pruned-int8": 1.3 * p_plan}, batch=1)
+    assert record["timings"] == {"baseline": {"decide": 1.3 * p_full, "latency check": p_full}, "pruned": {"decide": 1.3 * p_plan}}
+    assert record["flagged"]  # the pruned model's only timing missed by 30%

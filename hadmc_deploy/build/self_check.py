@@ -95,13 +95,14 @@ def check_deployed(ctx: BuildContext, fastest: dict[str, float], batch: int) -> 
 
 def earlier_timing(ctx: BuildContext, model: str, precision: str, batch: int) -> dict[str, float]:
     """{"latency check": ms} where the latency check timed `model`'s graph ("baseline", or
-    "pruned": the search's plan) at `precision` and `batch`, else {}. The plan it timed is the
-    search's last (the closed loop runs both stages again after a re-search), all-`precision`,
-    the graph the decide stage times unless the accuracy guard kept layers in float, which the
-    caller has excluded."""
+    "pruned": the search's plan, checked by its widths) at `precision` and `batch`, else {}.
+    All-`precision`: the graph the decide stage times unless the accuracy guard kept layers in
+    float, which the caller has excluded."""
     check = ctx.results.get("latency check") or {}
     if not check.get("checked") or check.get("precision") != precision or check.get("batch") != batch:
         return {}
+    if model == "pruned" and check.get("plan_widths") != {k: int(v) for k, v in (ctx.results.get("search", {}).get("keep") or {}).items()}:
+        return {}  # another plan than the one deployed (or a record that does not say which)
     ms = (check.get("measured_ms") or {}).get("plan" if model == "pruned" else "baseline")
     return {"latency check": float(ms)} if ms else {}
 

@@ -68,6 +68,7 @@ def run(ctx: BuildContext) -> StageResult:
         "predicted_speedup": search["predicted_speedup"],
         "predicted_ms": {"baseline": search["baseline_ms"], "plan": search["predicted_ms"]},
         "measured_ms": {"baseline": base.min_round_ms, "plan": plan.min_round_ms},
+        "plan_widths": plans["plan"],  # which plan was timed (build/self_check.py compares it with the deployed one)
         "median_ms": {"baseline": base.median_ms, "plan": plan.median_ms},
         "measured_speedup": measured,
         "round_ratios": ratios,
