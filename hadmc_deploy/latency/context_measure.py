@@ -22,6 +22,7 @@ from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency.alignment import WEIGHTED_OPS
 from hadmc_deploy.latency.context_build import build_deployed_artifact, faster_exporter
+from hadmc_deploy.latency.context_plans import same_plan
 from hadmc_deploy.latency.context_probe import probe_for
 from hadmc_deploy.latency.kernel_pairing import match_by_key
 from hadmc_deploy.latency.lut import LatencyTable
@@ -101,7 +102,7 @@ def measure_plans(
         built = {}
         ranges = TimingRanges(input_shape)  # INT8 timing ranges shared by the plans
         plan_exporter = exporter
-        full_name = next((name for name, widths in plans.items() if widths == full), None)
+        full_name = next((name for name, widths in plans.items() if same_plan(graph, widths, full)), None)
         if exporter == "deploy" and full_name is not None and backend.name == "onnxruntime":
             built[full_name] = build_deployed_artifact(model, graph, full, input_shape, backend, precision, Path(tmp), full_name, float_onnx=baseline_onnx, ranges=ranges)
             plan_exporter = faster_exporter(model, graph, input_shape, backend, precision, Path(tmp), built[full_name][1], batch, threads, ranges)
@@ -110,7 +111,7 @@ def measure_plans(
         for name, widths in ui.track(list(plans.items()), "building deployed plans"):
             if name in built:
                 continue
-            reuse = baseline_onnx if (baseline_onnx is not None and widths == full) else None
+            reuse = baseline_onnx if (baseline_onnx is not None and same_plan(graph, widths, full)) else None
             built[name] = build_deployed_artifact(model, graph, widths, input_shape, backend, precision, Path(tmp), name, exporter=plan_exporter, float_onnx=reuse, ranges=ranges)
         built = {name: built[name] for name in plans}  # the plans' order: the order of every round
         sources = {name: onnx.load(str(f), load_external_data=False) for name, (f, _) in built.items()}

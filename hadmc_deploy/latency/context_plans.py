@@ -74,9 +74,17 @@ def calibration_plans(graph: DependencyGraph, step: int) -> dict[str, dict[str, 
         plans["crossed-reverse"] = crossed_plan(graph, low, high)
     unique: dict[str, dict[str, int]] = {}
     for name, widths in plans.items():
-        if widths not in unique.values():
+        if not any(same_plan(graph, widths, seen) for seen in unique.values()):
             unique[name] = widths
     return unique
+
+
+def same_plan(graph: DependencyGraph, a: dict[str, int], b: dict[str, int]) -> bool:
+    """Whether two plans give every group the same width (a group a plan leaves out is at full
+    width). Why: a per-group plan of a small grouped CNN named only its prunable groups, all at
+    full width, and was profiled as a second, different "full" plan."""
+    full = graph.full_widths()
+    return {**full, **a} == {**full, **b}
 
 
 def context_step(table: LatencyTable) -> int:

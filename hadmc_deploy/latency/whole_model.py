@@ -75,11 +75,13 @@ def pruned_module(model: nn.Module, graph: DependencyGraph, widths: dict[str, in
 
 
 def export_for_timing(model: nn.Module, input_shape: tuple[int, ...], path: Path, *, exporter: str = "deploy", opset: int = 18) -> Path:
-    """ONNX export of `model` at a fixed batch for timing.
+    """ONNX export of `model` for timing.
 
-    "deploy": `hadmc_deploy.export.export_onnx` exactly as a build exports (dynamo,
-    simplified, verified; ~10 s for ResNet-18 here). "fast": the TorchScript
-    exporter in eval mode (~1.5 s), for timing many plans: ONNX Runtime's own
+    "deploy": `hadmc_deploy.export.export_onnx` exactly as a build ships (dynamo, simplified,
+    verified, the batch axis dynamic: at a fixed batch ONNX Runtime ran a channel shuffle's INT8
+    graph with other kernels, 2.3x as long; tools/bench_timing_exports.py). "fast": the TorchScript
+    exporter in eval mode at a fixed batch (~1.5 s; its dynamic-batch graph keeps shape
+    arithmetic the deployed one does not), for timing many plans: ONNX Runtime's own
     graph optimizations (BN folding, conv+activation fusion, NCHWc layout) run on
     both, and its GlobalAveragePool head is rewritten as the dynamo exporter writes
     it (`onnx_passes.pooling_as_reduce_mean`), so the session executes the same
@@ -90,7 +92,7 @@ def export_for_timing(model: nn.Module, input_shape: tuple[int, ...], path: Path
     if exporter == "deploy":
         from hadmc_deploy.export import export_onnx
 
-        export_onnx(model, input_shape, path, opset=opset, dynamic_batch=False, simplify=True)
+        export_onnx(model, input_shape, path, opset=opset, dynamic_batch=True, simplify=True)
         return path
     try:
         return torchscript_export(model, input_shape, path, opset)
@@ -245,15 +247,19 @@ def time_plans(
     exporter: str = "deploy",
     clock: str = "wall",
     precision: str = "fp32",
+    exported: dict[str, Path] | None = None,
     ui: UI | None = None,
 ) -> list[TimedPlan]:
-    """Prune, export, build and time every plan (name -> widths), interleaved."""
+    """Prune, export, build and time every plan (name -> widths), interleaved; a plan named in
+    `exported` is timed from that float ONNX file instead of being exported again."""
     ui = ui or quiet_ui()
     workdir.mkdir(parents=True, exist_ok=True)
+    exported = exported or {}
     paths = []
     with single_torch_thread():  # ORT sessions keep their own thread count
         for name, widths in ui.track(list(plans.items()), "exporting plans"):
-            paths.append(export_for_timing(make_module(model, graph, widths), input_shape, workdir / f"{name}.onnx", exporter=exporter))
+            given = exported.get(name)
+            paths.append(given if given is not None else export_for_timing(make_module(model, graph, widths), input_shape, workdir / f"{name}.onnx", exporter=exporter))
         timed = time_onnx_interleaved(
             paths, backend, batch=input_shape[0], precision=precision, input_shape=input_shape, rounds=rounds, warmup=warmup, runs=runs, clock=clock, ui=ui
         )

@@ -17,12 +17,13 @@ latency model with these numbers and searches again (`build/pipeline.py`).
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 from typing import Any
 
 from hadmc_deploy.backends import get as get_backend
 from hadmc_deploy.build.decide import meets
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.inputs import graph, loaded_model
+from hadmc_deploy.build.inputs import baseline_export, graph, latency_model, loaded_model
 from hadmc_deploy.latency.whole_model import time_plans
 from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS
 
@@ -37,6 +38,23 @@ def inputs(ctx: BuildContext) -> dict[str, Any]:
             "backend_available": available}
 
 
+def timing_exporter(ctx: BuildContext) -> str:
+    """"fast" (TorchScript, a fixed batch) where the latency table's context fit checked that its
+    graph runs the deployed graph's kernels, else "deploy": the plan exported as it ships. Why
+    checked: a channel shuffle's TorchScript graph ran 1.8x as long in INT8 as the deployed one
+    (a small ShuffleNet-like CNN), so an unchecked export timed something that never deploys."""
+    return checked_exporter(getattr(latency_model(ctx), "table", None))
+
+
+def checked_exporter(table: Any) -> str:
+    """"fast" when every plan of `table`'s context fit but the full one was exported by TorchScript
+    (which the fit does only after checking its kernels), else "deploy" (no table, no context fit,
+    or a fit that exported as deployed)."""
+    context = getattr(table, "context", None)
+    rows = [r for r in getattr(context, "fitted_on", None) or [] if r.get("exporter") and r.get("plan") != "full"]
+    return "fast" if rows and all(r["exporter"] == "fast" for r in rows) else "deploy"
+
+
 def run(ctx: BuildContext) -> StageResult:
     s = ctx.settings.search
     search = ctx.results["search"]
@@ -48,9 +66,11 @@ def run(ctx: BuildContext) -> StageResult:
         return StageResult({"checked": False}, skipped=f"the {ctx.plan.target.backend} backend is not available here ({reason}): the budget is checked on the target host")
     g = graph(ctx)
     plans = {"baseline": g.full_widths(), "plan": {k: int(v) for k, v in search["keep"].items()}}
+    exporter = timing_exporter(ctx)
     timed = time_plans(
         loaded_model(ctx).model, g, plans, ctx.plan.input_shape, backend, workdir=ctx.path("latency_check"),
-        rounds=ROUNDS, warmup=2, runs=WHOLE_MODEL_RUNS, exporter="fast", precision=ctx.plan.precision, ui=ctx.ui,
+        rounds=ROUNDS, warmup=2, runs=WHOLE_MODEL_RUNS, exporter=exporter, precision=ctx.plan.precision,
+        exported={"baseline": Path(baseline_export(ctx).path)} if exporter == "deploy" else None, ui=ctx.ui,
     )
     base, plan = timed
     ratios = [b / p for b, p in zip(base.round_ms, plan.round_ms, strict=True) if p > 0]
@@ -69,6 +89,7 @@ def run(ctx: BuildContext) -> StageResult:
         "predicted_ms": {"baseline": search["baseline_ms"], "plan": search["predicted_ms"]},
         "measured_ms": {"baseline": base.min_round_ms, "plan": plan.min_round_ms},
         "plan_widths": plans["plan"],  # which plan was timed (build/self_check.py compares it with the deployed one)
+        "exporter": exporter,
         "median_ms": {"baseline": base.median_ms, "plan": plan.median_ms},
         "measured_speedup": measured,
         "round_ratios": ratios,
