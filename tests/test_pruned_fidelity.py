@@ -80,17 +80,18 @@ def test_confidence_weighted_agreement_is_recorded_but_does_not_pass_a_model() -
     assert "top-1 agreement" in check.reason
 
 
-def test_outputs_that_are_not_class_scores_are_recorded_not_judged() -> None:
+def test_outputs_that_are_not_class_scores_are_not_judged_and_may_not_deploy_unlabelled() -> None:
     maps = np.random.default_rng(2).normal(size=(50, 4, 3, 3))
     check = pruned_agreement(Fixed(maps), Fixed(-maps), _index_images(50), "x")
     assert not check.judged and check.passed and check.top1_agreement is None and check.snr_db < 0
-    assert pruned_exclusion({"agreement": check.to_dict()}) == ""
+    # without labelled --eval data nothing shows such a pruned model agrees: it may not deploy
+    assert pruned_exclusion({"agreement": check.to_dict()}).startswith("the pruned model's outputs are not class scores")
 
 
-def test_exclusion_text_only_for_a_failed_judged_check_or_no_check_at_all() -> None:
+def test_exclusion_text_for_a_failed_or_unjudged_check_or_no_check_at_all() -> None:
     assert pruned_exclusion({}) == pruned_exclusion({"agreement": None}) == ""
     assert pruned_exclusion({"agreement": {"judged": True, "passed": True}}) == ""
-    assert pruned_exclusion({"agreement": {"judged": False, "passed": True}}) == ""
+    assert "not class scores" in pruned_exclusion({"agreement": {"judged": False, "passed": True, "source": "64 held-out images"}})
     text = pruned_exclusion({"agreement": {"judged": True, "passed": False, "source": "64 held-out images", "reason": "output0: top-1 agreement 30%"}})
     assert text.startswith("the pruned model is not shown to agree with the original") and "64 held-out images" in text
     assert pruned_exclusion({"unchecked": True}).startswith("the pruned model was checked on no data")

@@ -17,8 +17,9 @@ recorded beside it but does not pass a model: it rests on the original's probabi
 calibrated, and a digits CNN whose original scored 78.6% measured 97.7% weighted (83.0% plain)
 while losing 12.8 points on the labelled test set. A random-weight original therefore fails the
 check after most prunings: build it with --allow-accuracy-drop when only speed matters.
-Outputs that are not classifier scores cannot be judged without labels: they are recorded, not
-judged, and the report says so.
+Outputs that are not classifier scores cannot be judged without labels: they are recorded, and
+without labelled --eval data such a pruned model does not deploy (`decide.pruned_exclusion`) unless
+--allow-accuracy-drop says so.
 """
 
 from __future__ import annotations

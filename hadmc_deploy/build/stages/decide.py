@@ -103,6 +103,8 @@ def run(ctx: BuildContext) -> StageResult:
     if code == 15 and PRUNED_UNCHECKED in why:
         decision.verdict["hint"] = ("give --calib images (no labels needed) so the pruned model is recalibrated and compared with the original, "
                                     "--train data to recover it, or --allow-accuracy-drop to deploy it unchecked")
+    elif code == 15 and PRUNED_UNJUDGED in why:
+        decision.verdict["hint"] = "give labelled --eval data so its accuracy is measured, or --allow-accuracy-drop to deploy it unjudged"
     elif code == 15 and PRUNED_DISAGREES in why:
         decision.verdict["hint"] = ("give --train data so recovery fine-tunes the pruned model from the original, or raise --epochs (without "
                                     "--train it distils on the calibration images, longer with more epochs); more --calib images (the check needs enough held-out "
@@ -165,15 +167,23 @@ INT8_DISAGREES = "its outputs disagree with FP32"
 PRUNED_UNCHECKED = "the pruned model was checked on no data"
 
 
+#: the exclusion of a pruned model whose outputs are not class scores, without labelled --eval data
+PRUNED_UNJUDGED = "the pruned model's outputs are not class scores"
+
+
 def pruned_exclusion(recovered: dict[str, Any]) -> str:
     """Why a pruned variant may not deploy without labelled data, or "": it disagrees with the
-    original (`build/fidelity.py`), or there were no images at all to check it on (its BatchNorm
-    statistics are then the original's, stale for the narrower layers)."""
+    original (`build/fidelity.py`), there were no images at all to check it on (its BatchNorm
+    statistics are then the original's, stale for the narrower layers), or its outputs are not
+    class scores, which the images cannot judge without labels (a random-weight CNN with a 4-class
+    per-pixel map, pruned to 2.8x, deployed with exit 0 on nothing but a note in report.md)."""
     if recovered.get("unchecked"):
         return f"{PRUNED_UNCHECKED} (no --train, --calib or --eval images)"
     agreement = recovered.get("agreement")
-    if not agreement or not agreement.get("judged") or agreement.get("passed"):
+    if not agreement or agreement.get("passed") and agreement.get("judged"):
         return ""
+    if not agreement.get("judged"):
+        return f"{PRUNED_UNJUDGED}: nothing shows it agrees with the original without labels ({agreement.get('source')} compared, not judged)"
     return f"{PRUNED_DISAGREES} on {agreement['source']} ({agreement['reason']})"
 
 
