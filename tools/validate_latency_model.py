@@ -47,6 +47,7 @@ from hadmc_deploy.latency.speed_anchor import table_anchor  # noqa: E402
 
 #: the machine's anchor references of a validation run (latency/speed_anchor.py), in its workdir.
 ANCHOR_STORE = "speed-anchor.json"
+from hadmc_deploy.models import zoo  # noqa: E402
 from hadmc_deploy.models.demo import demo_cnn  # noqa: E402
 from hadmc_deploy.models.mobilenet import mobilenet_v2  # noqa: E402
 from hadmc_deploy.models.resnet import resnet18  # noqa: E402
@@ -114,6 +115,8 @@ MODELS = {
     "demo96": (lambda: demo_cnn(), (1, 96, 96)),
     "grouped": (lambda: GroupedCNN(), (3, 64, 64)),
     "inception": (lambda: InceptionCNN(), (3, 64, 64)),
+    # channel shuffles: its context plans are exported as shipped (TorchScript's graph runs other kernels)
+    "shufflenet_v2": (lambda: zoo.shufflenet_v2_x1_0(num_classes=10), (3, 64, 64)),
 }
 
 
