@@ -180,7 +180,7 @@ def pruned_exclusion(recovered: dict[str, Any]) -> str:
     if recovered.get("unchecked"):
         return f"{PRUNED_UNCHECKED} (no --train, --calib or --eval images)"
     agreement = recovered.get("agreement")
-    if not agreement or agreement.get("passed") and agreement.get("judged"):
+    if not agreement or (agreement.get("passed") and agreement.get("judged")):
         return ""
     if not agreement.get("judged"):
         return f"{PRUNED_UNJUDGED}: nothing shows it agrees with the original without labels ({agreement.get('source')} compared, not judged)"
