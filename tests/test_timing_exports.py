@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import onnx
 import torch
-from torch import nn
 
 from hadmc_deploy.backends import get
 from hadmc_deploy.build.stages.latency_check import checked_exporter
@@ -17,30 +16,14 @@ from hadmc_deploy.graph.trace import trace
 from hadmc_deploy.latency.context_build import kernel_ops
 from hadmc_deploy.latency.context_plans import calibration_plans, same_plan
 from hadmc_deploy.latency.whole_model import TimingRanges, export_for_timing
-
-
-class _Shuffle(nn.Module):
-    """Grouped convs with a channel shuffle between them (ShuffleNet's Reshape / 5-D Transpose)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
-        self.g1 = nn.Sequential(nn.Conv2d(32, 64, 1, groups=4), nn.BatchNorm2d(64), nn.ReLU())
-        self.g2 = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, groups=4), nn.BatchNorm2d(64), nn.ReLU())
-        self.fc = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.g1(self.stem(x))
-        n, c, h, w = x.shape
-        x = x.view(n, 4, c // 4, h, w).transpose(1, 2).reshape(n, c, h, w)
-        return self.fc(self.g2(x).mean((2, 3)))
+from hadmc_deploy.models.zoo import ShuffleCNN
 
 
 def test_the_deploy_timing_export_runs_the_deployed_graphs_kernels(tmp_path: Path) -> None:
-    """In INT8 the channel shuffle's graph at a fixed batch ran other kernels (2.3x as long) than
+    """In INT8 the channel shuffle's graph at a fixed batch ran other kernels (1.7-2.9x as long) than
     the dynamic-batch graph that ships: the timing export must be the shipped graph."""
     torch.manual_seed(0)
-    model, shape = _Shuffle().eval(), (1, 1, 28, 28)
+    model, shape = ShuffleCNN().eval(), (1, 1, 28, 28)
     timing = export_for_timing(model, shape, tmp_path / "timing.onnx", exporter="deploy")
     assert onnx.load(str(timing)).graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch axis is symbolic
     deployed = tmp_path / "deployed.onnx"
@@ -53,7 +36,7 @@ def test_the_deploy_timing_export_runs_the_deployed_graphs_kernels(tmp_path: Pat
 def test_a_per_group_plan_at_full_width_is_not_profiled_as_a_second_full_plan() -> None:
     """Groups narrower than groups x step stay at full width in the per-group plans: such a plan,
     naming only the prunable groups, is the full plan and is profiled once."""
-    graph = trace(_Shuffle().eval(), (1, 1, 28, 28))
+    graph = trace(ShuffleCNN().eval(), (1, 1, 28, 28))
     plans = calibration_plans(graph, 16)
     assert [name for name, widths in plans.items() if same_plan(graph, widths, graph.full_widths())] == ["full"]
     assert same_plan(graph, {g.id: g.width for g in graph.prunable_groups}, graph.full_widths())

@@ -29,30 +29,13 @@ from hadmc_deploy.latency.context_build import kernel_ops
 from hadmc_deploy.latency.whole_model import TimingRanges, torchscript_export
 
 
-class ShuffleCNN(nn.Module):
-    """Grouped convs with a channel shuffle between them (ShuffleNet's Reshape / 5-D Transpose)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
-        self.g1 = nn.Sequential(nn.Conv2d(32, 64, 1, groups=4), nn.BatchNorm2d(64), nn.ReLU())
-        self.g2 = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, groups=4), nn.BatchNorm2d(64), nn.ReLU())
-        self.fc = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.g1(self.stem(x))
-        n, c, h, w = x.shape
-        x = x.view(n, 4, c // 4, h, w).transpose(1, 2).reshape(n, c, h, w)
-        return self.fc(self.g2(x).mean((2, 3)))
-
-
 def build_model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     from hadmc_deploy.models import zoo
     from hadmc_deploy.models.demo import demo_cnn
     from hadmc_deploy.models.resnet import resnet18
 
     torch.manual_seed(0)
-    makers = {"shuffle_cnn": (ShuffleCNN, (1, 1, 28, 28)), "shufflenet_v2": (lambda: zoo.shufflenet_v2_x1_0(num_classes=10), (1, 3, 64, 64)),
+    makers = {"shuffle_cnn": (zoo.ShuffleCNN, (1, 1, 28, 28)), "shufflenet_v2": (lambda: zoo.shufflenet_v2_x1_0(num_classes=10), (1, 3, 64, 64)),
               "demo": (demo_cnn, (1, 1, 28, 28)), "resnet18": (resnet18, (1, 3, 64, 64))}
     make, shape = makers[name]
     return make().eval(), shape

@@ -79,7 +79,7 @@ def export_for_timing(model: nn.Module, input_shape: tuple[int, ...], path: Path
 
     "deploy": `hadmc_deploy.export.export_onnx` exactly as a build ships (dynamo, simplified,
     verified, the batch axis dynamic: at a fixed batch ONNX Runtime ran a channel shuffle's INT8
-    graph with other kernels, 2.3x as long; tools/bench_timing_exports.py). "fast": the TorchScript
+    graph with other kernels, 1.7-2.9x as long; tools/bench_timing_exports.py). "fast": the TorchScript
     exporter in eval mode at a fixed batch (~1.5 s; its dynamic-batch graph keeps shape
     arithmetic the deployed one does not), for timing many plans: ONNX Runtime's own
     graph optimizations (BN folding, conv+activation fusion, NCHWc layout) run on

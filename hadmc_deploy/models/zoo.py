@@ -183,6 +183,21 @@ def shufflenet_v2_x1_0(num_classes: int = 1000, repeats: tuple[int, ...] = (4, 8
     return _bn_random(model)
 
 
+class ShuffleCNN(nn.Module):
+    """A small grouped CNN with one channel shuffle between its grouped convs: the smallest graph
+    whose INT8 timing depends on how it is exported (tools/bench_timing_exports.py)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.stem = _cba(in_channels, 32, 3)
+        self.g1 = _cba(32, 64, 1, groups=4)
+        self.g2 = _cba(64, 64, 3, groups=4)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.g2(channel_shuffle(self.g1(self.stem(x)), 4)).mean((2, 3)))
+
+
 # -- DenseNet ------------------------------------------------------------------------------------
 class DenseLayer(nn.Module):
     def __init__(self, cin: int, growth: int, bn_size: int = 4) -> None:
