@@ -109,7 +109,8 @@ def prediction_misses(ctx: Any, variants: list[dict[str, Any]]) -> list[dict[str
             misses.append({"what": "plan speedup (latency check)", "predicted": pred, "measured": meas, "error": pred / meas - 1})
     # the latency model predicts the least-loaded time: at the primary batch it is compared with the fastest
     # side-by-side round (the self-check's, the faster of two stages', where it took one), elsewhere the evaluate stage's p50
-    decide, sc = ctx.results.get("decide", {}), ctx.results.get("decide", {}).get("self_check") or {}
+    decide = ctx.results.get("decide", {})
+    sc = decide.get("self_check") or {}
     fastest_round = {c["name"]: c["p50_ms"] for c in decide.get("candidates") or []}
     fastest_round |= {f"{c['name']}-{ctx.plan.precision}": c["measured_ms"] for c in sc.get("plans") or [] if len((sc.get("timings") or {}).get(c["name"]) or {}) > 1}
     primary = str(decide.get("primary_batch"))
