@@ -41,7 +41,7 @@ def inputs(ctx: BuildContext) -> dict[str, Any]:
 def timing_exporter(ctx: BuildContext) -> str:
     """"fast" (TorchScript, a fixed batch) where the latency table's context fit checked that its
     graph runs the deployed graph's kernels, else "deploy": the plan exported as it ships. Why
-    checked: a channel shuffle's TorchScript graph ran 1.8-2.9x as long in INT8 as the deployed one
+    checked: a channel shuffle's TorchScript graph ran 2.1-2.9x as long in INT8 as the deployed one
     (a small ShuffleNet-like CNN; tools/bench_timing_exports.py), so an unchecked export timed
     something that never deploys."""
     return checked_exporter(getattr(latency_model(ctx), "table", None))
