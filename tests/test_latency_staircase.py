@@ -239,7 +239,7 @@ def test_calibration_plans_cover_sizes_and_both_regimes():
     assert plans["full"] == graph.full_widths()
     aligned = [p for n, p in plans.items() if n.startswith("aligned")]
     offgrid = [p for n, p in plans.items() if n.startswith("offgrid")]
-    assert len(aligned) >= 2 and len(offgrid) == 2
+    assert len(aligned) >= 2 and len(offgrid) == 3
     assert all(w % 16 == 0 for p in aligned for w in p.values())
     assert all(w % 2 == 1 for p in offgrid for w in p.values())
     assert len({tuple(sorted(p.items())) for p in plans.values()}) == len(plans)  # no plan profiled twice

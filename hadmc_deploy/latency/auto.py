@@ -48,8 +48,10 @@ from hadmc_deploy.ui import UI, quiet_ui
 #: conv's regime is priced by its fitted channel form where that predicts better: latency/channel_form.py;
 #: v14: a context plan's whole-model time is the expected fastest of WHOLE_MODEL_ROUNDS rounds,
 #: estimated from up to three times as many: timing.expected_fastest; v15: profiled kernels pair
-#: with their layers by the source names they keep before keys: kernel_pairing.pair_kernels).
-METHOD = "measured-v15"
+#: with their layers by the source names they keep before keys: kernel_pairing.pair_kernels;
+#: v18 (v16 and v17 were tried and reverted, see docs/latency_model.md): a third off-grid plan at
+#: 0.9 of every width, context_plans.OFFGRID_FRACTIONS).
+METHOD = "measured-v18"
 
 
 @dataclass

@@ -11,9 +11,14 @@ from hadmc_deploy.latency.alignment import blocked_layout_width, grid_step
 from hadmc_deploy.latency.lut import LatencyTable
 
 #: uniform width fractions profiled on the step's grid, and at odd widths (when the step is
-#: > 1): the range a search explores, both regimes of every layer.
+#: > 1): the range a search explores, both regimes of every layer. The off-grid 0.9 plan since
+#: measured-v18: with only 0.75 and 0.45 a layer's off-grid cost above 0.75 was extrapolated on the
+#: line through those two, while it flattens towards full width (MobileNetV2 INT8 at 224, batch 1:
+#: 1.31 / 1.92 / 2.05 ms at 0.45 / 0.75 / 0.9), and random unaligned plans with groups up to full
+#: width were priced 10-14% high in three validations (`tools/ablate_context_plans.py --cell
+#: mobilenet_v2:int8:1 --offgrid 0.9`, docs/latency_model.md "Method v18").
 ALIGNED_FRACTIONS = (0.7, 0.5, 0.3)
-OFFGRID_FRACTIONS = (0.75, 0.45)
+OFFGRID_FRACTIONS = (0.9, 0.75, 0.45)
 #: for graphs with grouped convs: prunable groups alternately at these fractions (and the other
 #: way round), at odd widths: each layer's input and output channels apart, which the channel
 #: form of a grouped conv needs (latency/channel_form.py).
