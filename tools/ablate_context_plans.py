@@ -5,6 +5,7 @@ same held-out plans, timed once.
     .venv/bin/python tools/ablate_context_plans.py --cell demo96:fp32:1 --repeats 3
     .venv/bin/python tools/ablate_context_plans.py --cell demo96:int8:1 --repeats 4 --offgrid 0.3 --json docs/context_plans_ablation.json
     .venv/bin/python tools/ablate_context_plans.py --cell resnet18:fp32:32 --repeats 2 --crossed
+    .venv/bin/python tools/ablate_context_plans.py --summarise docs/context_plans_offgrid90.json
 
 Why: two validation runs minutes apart differ by the machine's drift (here often more than the
 effect of adding or dropping one profiled plan: docs/latency_model.md, "Method v17"), so A/B runs
@@ -144,6 +145,26 @@ def one_repeat(arch: str, precision: str, batch: int, plans_per_seed: int, seed:
     return {"step": step, "candidates": list(candidates), "context_ms": measured.model_ms, "timed_ms": timed, "fits": fits}
 
 
+def summarise(path: Path) -> None:
+    """Per cell of a --json file (runs appended by this tool): each fit's median over repeats of the
+    MAPE of speedups, of that over the random unaligned plans alone, and of the MAPE, as a Markdown table."""
+    cells: dict[str, list[dict]] = {}
+    for run in json.loads(path.read_text()):
+        cells.setdefault(run["cell"], []).extend(run["repeats"])
+    labels = list(dict.fromkeys(label for repeats in cells.values() for r in repeats for label in r["fits"]))
+
+    def unaligned(fit: dict) -> float:
+        return statistics.fmean(abs(v) for plan, v in fit["ratio_err_pct"].items() if plan.startswith("unaligned"))
+
+    columns = [("MAPE of speedups", lambda f: f["ratio_mape"]), ("unaligned plans' MAPE of speedups", unaligned), ("MAPE", lambda f: f["mape"])]
+    print("| cell | repeats | " + " | ".join(f"{title}: {label}" for title, _ in columns for label in labels) + " |")
+    print("|---|---|" + "---|" * (len(columns) * len(labels)))
+    for cell, repeats in cells.items():
+        values = [statistics.median(get(r["fits"][label]) for r in repeats) if all(label in r["fits"] for r in repeats) else None
+                  for _, get in columns for label in labels]
+        print(f"| {cell} | {len(repeats)} | " + " | ".join("-" if v is None else f"{v:.1f}%" for v in values) + " |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cell", default="demo96:fp32:1", help="model:precision:batch (models of validate_latency_model.py)")
@@ -154,7 +175,11 @@ def main() -> int:
     parser.add_argument("--crossed", action="store_true", help="also profile the crossed plans (for grouped convs only in the method) "
                         "and compare fits with channel forms on every conv")
     parser.add_argument("--json", type=Path, help="append this run to a JSON list here")
+    parser.add_argument("--summarise", type=Path, help="print the fits of every cell of such a JSON list as a table, measure nothing")
     args = parser.parse_args()
+    if args.summarise:
+        summarise(args.summarise)
+        return 0
     arch, precision, batch_text = args.cell.split(":")
     if arch not in MODELS:
         parser.error(f"unknown model {arch!r}: one of {', '.join(MODELS)}")

@@ -347,6 +347,14 @@ def _drift(cell: dict) -> str:
     return f"{cell['fit_full_ms']:.3g} -> {full:.3g} ms ({cell['drift_pct']:+.0f}%)"
 
 
+def _plan_spreads(cell: dict) -> str:
+    """Each plan's own range over the validation's rounds (slowest over fastest round): the floor of
+    the plans beside the full model's, wider for FP32 off-grid plans (docs/latency_model.md, "How far
+    an off-grid plan's own cost moves")."""
+    spreads = [r["round_spread_pct"] for r in cell["rows"] if "round_spread_pct" in r]
+    return f"{np.median(spreads):.1f} / {max(spreads):.1f}%" if spreads else "-"
+
+
 def write_doc(results: dict, path: Path, section: str = "validation") -> None:
     """Replace the text between `<!-- SECTION:begin -->` and `<!-- SECTION:end -->` in `path`."""
     lines = [
@@ -354,20 +362,20 @@ def write_doc(results: dict, path: Path, section: str = "validation") -> None:
         f"clock **{results['clock']}**, {results['plans']} random plans per cell + the full model, {results['rounds']} interleaved rounds. "
         "Produced by `tools/validate_latency_model.py`.",
         "",
-        "| model | input | precision | step (mode, penalty) | table s | LUT MAPE | LUT max | LUT Spearman | LUT MAPE of speedups | MACs MAPE (speedups) | MACs Spearman | noise floor (full model, range over rounds) | machine speed (speed anchor / its reference): table, validation | full model: table fit -> validation |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | input | precision | step (mode, penalty) | table s | LUT MAPE | LUT max | LUT Spearman | LUT MAPE of speedups | MACs MAPE (speedups) | MACs Spearman | noise floor (full model, range over rounds) | each plan's own range over rounds (median / max over plans) | machine speed (speed anchor / its reference): table, validation | full model: table fit -> validation |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     if not results["cells"]:  # only the --issue / --anchor-ab checks were run
         lines = [f"Measured {results['measured_at']} on {results['machine']} ({results['cores']} logical CPUs, shared: load average "
                  f"{results['load_average']} at the start), clock **{results['clock']}**. Produced by `tools/validate_latency_model.py`."]
     for c in results["cells"]:
         if "error" in c:
-            lines.append(f"| {c['arch']} | | {c['precision']} b{c['batch']} | failed: {c['error'][:80]} | | | | | | | | | | |")
+            lines.append(f"| {c['arch']} | | {c['precision']} b{c['batch']} | failed: {c['error'][:80]} | | | | | | | | | | | |")
             continue
         lines.append(
             f"| {c['arch']} | {'x'.join(map(str, c['input']))} | {c['precision']} | {_step(c)} | {c['table_seconds']:.0f} | "
             f"**{c['lut_mape']:.1f}%** | {c['lut_max_err']:.1f}% | **{c['lut_spearman']:.2f}** | {_pct(c.get('lut_ratio_mape'))} | {c['macs_mape']:.1f}% | "
-            f"{c['macs_spearman']:.2f} | {c['noise_floor_pct']:.1f}% | {_slowdown(c)} | {_drift(c)} |"
+            f"{c['macs_spearman']:.2f} | {c['noise_floor_pct']:.1f}% | {_plan_spreads(c)} | {_slowdown(c)} | {_drift(c)} |"
         )
     for ab in results.get("anchor_ab", []):
         lines.append("")
