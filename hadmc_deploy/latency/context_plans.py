@@ -15,8 +15,9 @@ from hadmc_deploy.latency.lut import LatencyTable
 #: measured-v18: with only 0.75 and 0.45 a layer's off-grid cost above 0.75 was extrapolated on the
 #: line through those two, while it flattens towards full width (MobileNetV2 INT8 at 224, batch 1:
 #: 1.31 / 1.92 / 2.05 ms at 0.45 / 0.75 / 0.9), and random unaligned plans with groups up to full
-#: width were priced 10-14% high in three validations (`tools/ablate_context_plans.py --cell
-#: mobilenet_v2:int8:1 --offgrid 0.9`, docs/latency_model.md "Method v18").
+#: width had their time over the full model's priced 9-17% high in three validations (2026-12-03
+#: 09:50, 12:05, 14:10); judged with `tools/ablate_context_plans.py --cell mobilenet_v2:int8:1
+#: --offgrid 0.9` and on eight more cells (docs/latency_model.md, "Method v18").
 ALIGNED_FRACTIONS = (0.7, 0.5, 0.3)
 OFFGRID_FRACTIONS = (0.9, 0.75, 0.45)
 #: for graphs with grouped convs: prunable groups alternately at these fractions (and the other
