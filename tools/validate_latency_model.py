@@ -44,9 +44,6 @@ from hadmc_deploy.latency.lut import cpu_fingerprint  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
 from hadmc_deploy.latency.predictor import LutLatencyModel  # noqa: E402
 from hadmc_deploy.latency.speed_anchor import table_anchor  # noqa: E402
-
-#: the machine's anchor references of a validation run (latency/speed_anchor.py), in its workdir.
-ANCHOR_STORE = "speed-anchor.json"
 from hadmc_deploy.models import zoo  # noqa: E402
 from hadmc_deploy.models.demo import demo_cnn  # noqa: E402
 from hadmc_deploy.models.mobilenet import mobilenet_v2  # noqa: E402
@@ -54,6 +51,9 @@ from hadmc_deploy.models.resnet import resnet18  # noqa: E402
 from hadmc_deploy.targets import get_target  # noqa: E402
 from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS  # noqa: E402
 from hadmc_deploy.ui import UI  # noqa: E402
+
+#: the machine's anchor references of a validation run (latency/speed_anchor.py), in its workdir.
+ANCHOR_STORE = "speed-anchor.json"
 
 
 class GroupedCNN(nn.Module):

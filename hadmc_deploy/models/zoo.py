@@ -184,7 +184,7 @@ def shufflenet_v2_x1_0(num_classes: int = 1000, repeats: tuple[int, ...] = (4, 8
 
 
 class ShuffleCNN(nn.Module):
-    """A small grouped CNN with one channel shuffle between its grouped convs: the smallest graph
+    """A small grouped CNN with one channel shuffle between its grouped convs: a small graph
     whose INT8 timing depends on how it is exported (tools/bench_timing_exports.py)."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
