@@ -1,0 +1,46 @@
+"""tools/validate_latency_model.py: the context-fit plans it times again beside the random ones,
+and how far their speedups moved since the fit (the cell's own measure of the machine's move)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+import validate_latency_model as vlm  # noqa: E402
+
+from hadmc_deploy.latency.context_plans import calibration_plans  # noqa: E402
+
+
+def _table(graph, times: dict[str, float]):  # noqa: ANN001, ANN202
+    rows = [{"plan": name, "measured_ms": ms} for name, ms in times.items()]
+    return SimpleNamespace(context=SimpleNamespace(step=16, fitted_on=rows))
+
+
+@pytest.fixture(scope="module")
+def grouped():
+    return vlm.cell_model("grouped", 1)[2]
+
+
+def test_fit_plans_are_spread_over_the_fits_times_and_never_the_full_model(grouped):
+    names = [n for n in calibration_plans(grouped, 16) if n != "full"]
+    times = {"full": 1.0, **{n: 0.1 * (i + 1) for i, n in enumerate(names)}}
+    picked = vlm.fit_plans(_table(grouped, times), grouped, 3)
+    assert list(picked) == [names[0], names[round((len(names) - 1) / 2)], names[-1]]  # fastest, middle, slowest
+    assert picked[names[0]] == calibration_plans(grouped, 16)[names[0]]  # the widths the fit timed
+    assert vlm.fit_plans(_table(grouped, times), grouped, 0) == {}
+    assert vlm.fit_plans(SimpleNamespace(context=None), grouped, 3) == {}
+
+
+def test_a_fit_plan_that_now_runs_slower_against_the_full_model_moved_negative(grouped):
+    table = _table(grouped, {"full": 0.25, "aligned50": 0.11})
+    rows = [{"plan": "fit:aligned50", "measured_ms": 0.14, "round_spread_pct": 5.0}]
+    (move,) = vlm.fit_plan_moves(table, rows, full_ms=0.25)
+    assert move["plan"] == "aligned50"
+    assert move["speedup_move_pct"] == pytest.approx(100 * (0.11 / 0.14 - 1))
+    assert vlm._fit_moves({"fit_plans_retimed": [move]}) == "aligned50 -21%"
+    assert vlm._fit_moves({}) == "-"  # JSONs of earlier runs render as before
