@@ -1,17 +1,18 @@
 """How a model's plans move with the machine's state at two threads and at one, side by side.
 
-Why: on the shared 2-vCPU machines here one vCPU at a time runs slower for seconds to minutes (an
-SMT neighbour, presumably: no steal time is reported), and a plan of small kernels timed at two
-threads then runs 25-35% slower while the full model moves 5% (ONNX Runtime splits a small kernel's
-work in two halves and waits for the slower one; a large kernel's many blocks balance). A latency
-table fitted in one state and validated in the other misses by that much, and the full model's
-range over rounds (the validation's noise floor) does not show it. This tool times the same plans
-(the full model, the validation's random plans, two of the context fit's) at the session's default
-threads and at one thread in every round, with a per-vCPU speed probe (a pure-Python loop pinned to
-each CPU in turn: the slowed one runs it at about half speed) before each round, and prints each
-plan's spread over the rounds at both thread counts.
+Why: on the shared 2-vCPU machines here a plan's whole-model time at two threads (the session's
+default) moves in phases while the same plan at one thread barely moves (the grouped CNN, 18:03,
+120 rounds: 28-53% from the 10th to the 90th percentile at two threads, 3-4% at one;
+docs/thread_states_grouped.json). A phase need not move every plan alike: in a trace at 17:52 one
+slowed that model's pruned plans by 24-39% and its full model by 6% for about 20 s, and a table
+fitted in one phase and validated in the other reads that as a model miss which the full model's
+range over rounds (the validation's noise floor) does not show. This tool times the same plans (the
+full model, the validation's random plans, two of the context fit's) at the default threads and at
+one thread in every round, with a per-vCPU probe before each round (a pure-Python loop pinned to
+each CPU in turn: at times one vCPU runs it at about half speed, but in the trace above a round's
+probe did not predict that round's times), and prints each plan's spread at both thread counts.
 
-    .venv/bin/python tools/trace_thread_states.py --arch grouped --rounds 150 --json docs/thread_states.json
+    .venv/bin/python tools/trace_thread_states.py --arch grouped --rounds 120 --json docs/thread_states_grouped.json
 """
 
 from __future__ import annotations

@@ -193,10 +193,11 @@ def time_deployed(model, graph, plans, shape, precision, rounds, runs, clock, ui
 def fit_plans(table, graph, count: int) -> dict[str, dict[str, int]]:  # noqa: ANN001
     """`count` of the table's context-fit plans (not the full model; evenly spaced by the time the fit
     measured), to be timed again in the validation's rounds. Why: on the shared 2-vCPU machines here
-    small-kernel plans run 25-35% slower in phases that leave the full model within 5% (one vCPU
-    slowed: docs/latency_model.md, "Two threads on a shared core"), so the full model's drift does not
-    say whether a cell's miss is the model or the machine; the fit's own plans, timed beside the
-    random ones, do: their speedups moved by as much as the machine did between fit and validation."""
+    two-thread timings move in phases that need not move every plan alike (a trace slowed a grouped
+    CNN's pruned plans by 24-39% and its full model by 6%: docs/latency_model.md, "Two threads, one
+    thread"), so the full model's drift does not say whether a cell's miss is the model or the
+    machine; the fit's own plans, timed beside the random ones, say how far the machine moved their
+    speedups between the fit and the validation."""
     rows = [r for r in (table.context.fitted_on if table.context else []) if r["plan"] != "full"]
     if count <= 0 or not rows:
         return {}
