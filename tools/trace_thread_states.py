@@ -1,9 +1,10 @@
 """How a model's plans move with the machine's state at two threads and at one, side by side.
 
 Why: on the shared 2-vCPU machines here a plan's whole-model time at two threads (the session's
-default) moves in phases while the same plan at one thread barely moves (the grouped CNN, 18:03,
-120 rounds: 28-53% from the 10th to the 90th percentile at two threads, 3-4% at one;
-docs/thread_states_grouped.json). A phase need not move every plan alike: in a trace at 17:52 one
+default) moves in phases while, in a quiet spell, the same plan at one thread barely moves (the
+grouped CNN, 18:03, 120 rounds: 28-53% from the 10th to the 90th percentile at two threads, 3-4% at
+one; docs/thread_states_grouped.json; in a busy hour one thread moved 12-44% too,
+docs/thread_states_grouped_1929.json). A phase need not move every plan alike: in a trace at 17:52 one
 slowed that model's pruned plans by 24-39% and its full model by 6% for about 20 s, and a table
 fitted in one phase and validated in the other reads that as a model miss which the full model's
 range over rounds (the validation's noise floor) does not show. This tool times the same plans (the
