@@ -16,7 +16,7 @@ import validate_latency_model as vlm  # noqa: E402
 from hadmc_deploy.latency.context_plans import calibration_plans  # noqa: E402
 
 
-def _table(graph, times: dict[str, float]):  # noqa: ANN001, ANN202
+def _table(times: dict[str, float]):  # noqa: ANN202
     rows = [{"plan": name, "measured_ms": ms} for name, ms in times.items()]
     return SimpleNamespace(context=SimpleNamespace(step=16, fitted_on=rows))
 
@@ -29,15 +29,15 @@ def grouped():
 def test_fit_plans_are_spread_over_the_fits_times_and_never_the_full_model(grouped):
     names = [n for n in calibration_plans(grouped, 16) if n != "full"]
     times = {"full": 1.0, **{n: 0.1 * (i + 1) for i, n in enumerate(names)}}
-    picked = vlm.fit_plans(_table(grouped, times), grouped, 3)
+    picked = vlm.fit_plans(_table(times), grouped, 3)
     assert list(picked) == [names[0], names[round((len(names) - 1) / 2)], names[-1]]  # fastest, middle, slowest
     assert picked[names[0]] == calibration_plans(grouped, 16)[names[0]]  # the widths the fit timed
-    assert vlm.fit_plans(_table(grouped, times), grouped, 0) == {}
+    assert vlm.fit_plans(_table(times), grouped, 0) == {}
     assert vlm.fit_plans(SimpleNamespace(context=None), grouped, 3) == {}
 
 
 def test_a_fit_plan_that_now_runs_slower_against_the_full_model_moved_negative(grouped):
-    table = _table(grouped, {"full": 0.25, "aligned50": 0.11})
+    table = _table({"full": 0.25, "aligned50": 0.11})
     rows = [{"plan": "fit:aligned50", "measured_ms": 0.14, "round_spread_pct": 5.0}]
     (move,) = vlm.fit_plan_moves(table, rows, full_ms=0.25)
     assert move["plan"] == "aligned50"
