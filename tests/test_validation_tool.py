@@ -36,7 +36,7 @@ def test_fit_plans_are_spread_over_the_fits_times_and_never_the_full_model(group
     assert vlm.fit_plans(SimpleNamespace(context=None), grouped, 3) == {}
 
 
-def test_a_fit_plan_that_now_runs_slower_against_the_full_model_moved_negative(grouped):
+def test_a_fit_plan_that_now_runs_slower_against_the_full_model_moved_negative():
     table = _table({"full": 0.25, "aligned50": 0.11})
     rows = [{"plan": "fit:aligned50", "measured_ms": 0.14, "round_spread_pct": 5.0}]
     (move,) = vlm.fit_plan_moves(table, rows, full_ms=0.25)
