@@ -1,5 +1,6 @@
 """tools/validate_latency_model.py: the context-fit plans it times again beside the random ones,
-and how far their speedups moved since the fit (the cell's own measure of the machine's move)."""
+and how far their speedups moved since the fit (the cell's own measure of the machine's move);
+tools/trace_thread_states.py: whether the random and the fit's plans moved together."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
+import trace_thread_states as tts  # noqa: E402
 import validate_latency_model as vlm  # noqa: E402
 
 from hadmc_deploy.latency.context_plans import calibration_plans  # noqa: E402
@@ -44,3 +46,18 @@ def test_a_fit_plan_that_now_runs_slower_against_the_full_model_moved_negative()
     assert move["speedup_move_pct"] == pytest.approx(100 * (0.11 / 0.14 - 1))
     assert vlm._fit_moves({"fit_plans_retimed": [move]}) == "aligned50 -21%"
     assert vlm._fit_moves({}) == "-"  # JSONs of earlier runs render as before
+
+
+def _round(full: float, random: float, fit: float) -> dict:
+    ms = {"full@default": full, "aligned00@default": random, "unaligned01@default": 2 * random, "fit:aligned50@default": fit}
+    return {"vcpu_slowdown": 0.0, "ms": ms}
+
+
+def test_random_plans_slow_in_rounds_where_the_fit_plans_are_not_are_counted():
+    fast = [_round(1.0, 1.0, 1.0) for _ in range(8)]
+    together = [_round(1.0, 1.5, 1.5), _round(1.0, 1.4, 1.4)]
+    apart = [_round(1.0, 1.5, 1.0)]
+    move = tts.co_movement(fast + together + apart)
+    assert move["random_slow_fit_not"] == 1 and move["fit_slow_random_not"] == 0
+    assert 0.5 < move["correlation"] < 1.0
+    assert tts.co_movement(fast + together)["correlation"] == pytest.approx(1.0)

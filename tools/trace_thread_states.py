@@ -11,9 +11,12 @@ range over rounds (the validation's noise floor) does not show. This tool times 
 full model, the validation's random plans, two of the context fit's) at the default threads and at
 one thread in every round, with a per-vCPU probe before each round (a pure-Python loop pinned to
 each CPU in turn: at times one vCPU runs it at about half speed, but in the trace above a round's
-probe did not predict that round's times), and prints each plan's spread at both thread counts.
+probe did not tell most plans' times in that round apart), and prints each plan's spread at both
+thread counts, its median in rounds with and without a slowed vCPU, and how alike the random and the
+fit's plans moved.
 
     .venv/bin/python tools/trace_thread_states.py --arch grouped --rounds 120 --json docs/thread_states_grouped.json
+    .venv/bin/python tools/trace_thread_states.py --summarise docs/thread_states_grouped_1929.json
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from hadmc_deploy.latency.measure import get_backend  # noqa: E402
 
 #: a vCPU counts as slowed when the probe runs this much slower on it than on the fastest one.
 SLOWED = 0.15
+#: a group of plans counts as slow in a round when its times average this multiple of their 10th percentiles.
+SLOW_ROUND = 1.2
 
 
 def _spin(n: int) -> None:
@@ -71,6 +76,48 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"p10_ms": p10, "p50_ms": p50, "p90_ms": p90, "p90_over_p10_pct": 100 * (p90 / p10 - 1)}
 
 
+def summarise(trace: list[dict]) -> tuple[dict[str, dict[str, float]], float]:
+    """Each plan's spread over the rounds at each thread count, and the fraction of rounds whose probe
+    found a vCPU slowed."""
+    summary = {key: spread([r["ms"][key] for r in trace]) for key in trace[0]["ms"]}
+    return summary, sum(r["vcpu_slowdown"] > SLOWED for r in trace) / len(trace)
+
+
+def co_movement(trace: list[dict], label: str = "default") -> dict[str, float] | None:
+    """At one thread count: each plan's round time over its own 10th percentile, averaged over the
+    validation's random plans and over the fit's plans; how alike the two move (correlation over
+    rounds) and in how many rounds one group ran over SLOW_ROUND of its floor and the other did not."""
+    def relative(names: list[str]) -> np.ndarray:
+        return np.mean([np.array(t) / np.percentile(t, 10) for t in ([r["ms"][f"{n}@{label}"] for r in trace] for n in names)], axis=0)
+
+    names = [key.rsplit("@", 1)[0] for key in trace[0]["ms"] if key.endswith(f"@{label}")]
+    fit_names = [n for n in names if n.startswith("fit:")]
+    random_names = [n for n in names if n != "full" and not n.startswith("fit:")]
+    if not fit_names or not random_names:
+        return None  # a graph without those fit plans (no step): nothing to compare
+    fit, rand = relative(fit_names), relative(random_names)
+    return {"correlation": float(np.corrcoef(rand, fit)[0, 1]), "random_slow_fit_not": int(np.sum((rand > SLOW_ROUND) & (fit <= SLOW_ROUND))),
+            "fit_slow_random_not": int(np.sum((fit > SLOW_ROUND) & (rand <= SLOW_ROUND)))}
+
+
+def report(result: dict) -> None:
+    """The tables this tool prints, from a run's result (also from its --json file: --summarise)."""
+    trace, summary = result["rounds"], result["summary"]
+    print(f"{result['arch']} {result['precision']} b{result['batch']}, {len(trace)} rounds ({result['measured_at']}); "
+          f"a vCPU >{100 * SLOWED:.0f}% slower in {100 * result['slowed_fraction']:.0f}% of the probes")
+    print(f"{'plan':22s} {'threads':8s} {'p10 ms':>8s} {'p50 ms':>8s} {'p90 ms':>8s} {'p90/p10':>8s} {'p50, vCPU slowed / not':>24s}")
+    slowed = [r["vcpu_slowdown"] > SLOWED for r in trace]
+    for key, s in summary.items():
+        name, label = key.rsplit("@", 1)
+        split = [[r["ms"][key] for r, flag in zip(trace, slowed, strict=True) if flag == want] for want in (True, False)]
+        by_probe = " / ".join("-" if not part else f"{statistics.median(part):.3f}" for part in split)
+        print(f"{name:22s} {label:8s} {s['p10_ms']:8.3f} {s['p50_ms']:8.3f} {s['p90_ms']:8.3f} {s['p90_over_p10_pct']:7.0f}% {by_probe:>24s}")
+    move = co_movement(trace)
+    if move is not None:
+        print(f"random vs fit plans at the default threads: correlation {move['correlation']:.2f} over {len(trace)} rounds; "
+              f"rounds over {SLOW_ROUND}x their floor, random not fit: {move['random_slow_fit_not']}, fit not random: {move['fit_slow_random_not']}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="grouped", choices=sorted(MODELS))
@@ -80,7 +127,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--runs", type=int, default=20, help="runs per plan and round (their median is the round's time)")
     parser.add_argument("--json", type=Path, help="write the rounds and the summary here")
+    parser.add_argument("--summarise", type=Path, metavar="JSON", help="print the tables of an earlier run's --json file, measure nothing")
     args = parser.parse_args()
+    if args.summarise:
+        report(json.loads(args.summarise.read_text()))
+        return 0
 
     model, shape, graph = cell_model(args.arch, args.batch)
     fit = calibration_plans(graph, args.step)
@@ -101,17 +152,11 @@ def main() -> int:
                     row["ms"][f"{name}@{label}"] = statistics.median(whole_model_runs(path, args.batch, count, args.runs))
             trace.append(row)
             print(f"round {i}: vCPU slowdown {100 * row['vcpu_slowdown']:.0f}%, full {row['ms']['full@default']:.3f} ms", flush=True)
-    summary = {key: spread([r["ms"][key] for r in trace]) for key in trace[0]["ms"]}
-    slowed = sum(r["vcpu_slowdown"] > SLOWED for r in trace) / len(trace)
-    print(f"{args.arch} {args.precision} b{args.batch}, {len(trace)} rounds; a vCPU >{100 * SLOWED:.0f}% slower in {100 * slowed:.0f}% of the probes")
-    print(f"{'plan':22s} {'threads':8s} {'p10 ms':>8s} {'p50 ms':>8s} {'p90 ms':>8s} {'p90/p10':>8s}")
-    for key, s in summary.items():
-        name, label = key.rsplit("@", 1)
-        print(f"{name:22s} {label:8s} {s['p10_ms']:8.3f} {s['p50_ms']:8.3f} {s['p90_ms']:8.3f} {s['p90_over_p10_pct']:7.0f}%")
+    result = {"arch": args.arch, "precision": args.precision, "batch": args.batch, "input": list(shape), "plans": plans,
+              "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)), "rounds": trace}
+    result["summary"], result["slowed_fraction"] = summarise(trace)
+    report(result)
     if args.json:
-        result = {"arch": args.arch, "precision": args.precision, "batch": args.batch, "input": list(shape), "plans": plans,
-                  "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)), "slowed_fraction": slowed,
-                  "summary": summary, "rounds": trace}
         args.json.write_text(json.dumps(result, indent=1))
     return 0
 
