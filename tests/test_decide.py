@@ -15,6 +15,7 @@ from hadmc_deploy.build.decide import (
     delivers,
     guard_exclusion,
     verdict,
+    vouch_for_choice,
 )
 from hadmc_deploy.latency.base import Prediction
 
@@ -273,3 +274,48 @@ def test_variants_the_table_does_not_price_are_priced_analytically_without_a_war
     assert evaluate.predicted(ctx, "baseline", "int8")["1"]["source"] == "analytic"
     assert {p["source"] for p in evaluate.predicted(ctx, "baseline", "fp32").values()} == {"analytic"}
     assert warnings == []
+
+
+def _checks_run(failing: set[str]):  # noqa: ANN202
+    """A check that fails for `failing` and records the order it was asked in."""
+    asked: list[str] = []
+
+    def check(name: str) -> tuple[str, dict]:
+        asked.append(name)
+        return ("its outputs disagree with FP32 (test)" if name in failing else ""), {"passed": name not in failing}
+
+    return asked, check
+
+
+def test_a_mixed_graph_slower_than_the_choice_is_never_checked() -> None:
+    """The held-out check of a mixed graph (seconds for a ResNet-18) runs only where it can change
+    what deploys: baseline-mixed, slower than baseline-int8, is left unchecked and not chosen."""
+    cands = [Candidate("baseline-fp32", 10.0, None), Candidate("baseline-int8", 3.7, None), Candidate("baseline-mixed", 3.9, None)]
+    asked, check = _checks_run(set())
+    _, name, _, checks = vouch_for_choice(cands, lambda c: choose(c, 0.02), {"baseline-mixed"}, check)
+    assert name == "baseline-int8" and asked == [] and checks == {}
+
+
+def test_a_chosen_mixed_graph_that_fails_its_check_gives_way() -> None:
+    """pruned-mixed is fastest, fails its check, and is excluded; pruned-int8 is chosen, and the next
+    pending mixed graph is checked only once it is the fastest allowed."""
+    cands = [Candidate("baseline-fp32", 10.0, None), Candidate("baseline-int8", 3.7, None), Candidate("baseline-mixed", 3.9, None),
+             Candidate("pruned-int8", 1.9, None), Candidate("pruned-mixed", 1.7, None)]
+    asked, check = _checks_run({"pruned-mixed"})
+    out, name, _, checks = vouch_for_choice(cands, lambda c: choose(c, 0.02), {"baseline-mixed", "pruned-mixed"}, check)
+    assert name == "pruned-int8" and asked == ["pruned-mixed"] and checks == {"pruned-mixed": {"passed": False}}
+    assert {c.name: c.excluded for c in out}["pruned-mixed"].startswith("its outputs disagree")
+    assert verdict(name, out, "baseline-int8", 1.9, 0.02, True, "int8")[0] == 0  # pruned-int8 still delivers 1.95x
+
+
+def test_the_fastest_allowed_mixed_graph_is_checked_even_when_a_simpler_one_is_chosen() -> None:
+    """Within noise the simpler pruned-int8 deploys, but the budget's verdict names the fastest
+    allowed variant: pruned-mixed must have passed its check to be named, and a failure there
+    excludes it."""
+    cands = [Candidate("baseline-fp32", 10.0, None), Candidate("pruned-int8", 1.75, None), Candidate("pruned-mixed", 1.70, None)]
+    asked, check = _checks_run(set())
+    out, name, _, _ = vouch_for_choice(cands, lambda c: choose(c, 0.05), {"pruned-mixed"}, check)
+    assert name == "pruned-int8" and asked == ["pruned-mixed"] and not any(c.excluded for c in out)
+    asked, check = _checks_run({"pruned-mixed"})
+    out, name, _, _ = vouch_for_choice(cands, lambda c: choose(c, 0.05), {"pruned-mixed"}, check)
+    assert name == "pruned-int8" and {c.name: c.excluded for c in out}["pruned-mixed"] != ""

@@ -49,3 +49,21 @@ def test_enough_held_out_images_vouch_for_the_same_int8(tiny: Path, tmp_path: Pa
     assert base["check"]["loss_bound"] <= 0.01 and "expected top-1 loss" in base["reason"]
     excluded = {c["name"]: c["excluded"] for c in report["decision"]["candidates"]}
     assert rc == 0 and excluded["baseline-int8"] == ""  # it may deploy (whether it does is the timing's call)
+    _mixed_graphs_checked_only_where_they_could_deploy(report)
+
+
+def _mixed_graphs_checked_only_where_they_could_deploy(report: dict) -> None:
+    """Every mixed graph's check against FP32 was left to the decide stage; it ran for a mixed graph
+    that deployed or was the fastest allowed, and the deployed variant is never an unchecked one."""
+    quant, decision = report["quantization"], report["decision"]
+    pending = {f"{m}-mixed" for m in ("baseline", "pruned") if ((quant.get(m) or {}).get("mixed") or {}).get("check_pending")}
+    assert all(quant[m]["mixed"]["check"] is None for m in ("baseline", "pruned") if (quant.get(m) or {}).get("mixed"))
+    checks = decision.get("mixed_checks") or {}
+    assert set(checks) == pending
+    allowed = [c for c in decision["candidates"] if not c["excluded"]]
+    fastest = min(allowed, key=lambda c: c["p50_ms"])["name"]
+    for name in {decision["deploy"], fastest} & pending:
+        assert isinstance(checks[name], dict) and checks[name]["samples"] >= MIN_INT8_GUARD_SAMPLES
+    assert not (decision["deploy"] in pending and not checks[decision["deploy"]]["passed"])
+    for c in decision["candidates"]:
+        assert ("unchecked" in c) == (c["name"] in pending and not isinstance(checks[c["name"]], dict) and not c["excluded"])

@@ -14,7 +14,8 @@ Rules (the build's promise: never hand back something worse than what the user g
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 #: order of "simplicity": on a tie within noise the earlier wins (fewer transformations).
@@ -68,6 +69,27 @@ def choose(candidates: list[Candidate], noise: float) -> tuple[str, str]:
             return c.name, (f"within the measured noise (±{100 * noise:.0f}%) of the fastest, {best.name} "
                             f"({c.p50_ms:.3f} vs {best.p50_ms:.3f} ms p50), and simpler")
     return best.name, "fastest allowed variant"
+
+
+def vouch_for_choice(candidates: list[Candidate], pick: Callable[[list[Candidate]], tuple[str, str]], pending: set[str],
+                     check: Callable[[str], tuple[str, dict[str, Any]]]) -> tuple[list[Candidate], str, str, dict[str, dict[str, Any]]]:
+    """(candidates, chosen, reason, checks): `pick`'s choice once every variant of `pending` (checks
+    left to this point) that it chooses, or that is the fastest allowed, was checked: `check(name)`
+    gives (why it may not deploy or "", what to record). Failed ones are excluded and the choice is
+    made again. Why: a check that costs seconds is run only where its answer can change what
+    deploys; a slower variant that nothing checked is never chosen."""
+    checks: dict[str, dict[str, Any]] = {}
+    name, reason = pick(candidates)
+    while True:
+        fastest = min((c for c in candidates if not c.excluded), key=lambda c: c.p50_ms).name
+        due = [n for n in dict.fromkeys((name, fastest)) if n in pending and n not in checks]
+        if not due:
+            return candidates, name, reason, checks
+        for variant in due:
+            excluded, checks[variant] = check(variant)
+            if excluded:
+                candidates = [replace(c, excluded=excluded) if c.name == variant else c for c in candidates]
+        name, reason = pick(candidates)
 
 
 def guard_exclusion(accuracy: float | None, reference: float | None, max_drop: float | None) -> str:

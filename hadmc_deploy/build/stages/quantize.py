@@ -11,45 +11,24 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import data_hash, dataset, int8_guarding, macs_per_image, task
+from hadmc_deploy.build.int8_heldout import GUARD_SAMPLES, heldout_reference, int8_options
 from hadmc_deploy.build.metric import DETECT
 from hadmc_deploy.build.sample_budget import verify_samples
 from hadmc_deploy.build.stages.decide import pruned_exclusion
 from hadmc_deploy.build.variants import float_onnx, mixed_name, models, qdq_name, scales_name
-from hadmc_deploy.calibration.guard import GuardSettings
-from hadmc_deploy.calibration.qdq import cpu_reduce_range, write_qdq
-from hadmc_deploy.calibration.quantize import Int8Options, heldout_samples, quantize_int8
+from hadmc_deploy.calibration.qdq import write_qdq
+from hadmc_deploy.calibration.quantize import Int8Options, quantize_int8
 from hadmc_deploy.calibration.ranges import ActivationRanges
-from hadmc_deploy.calibration.verify_qdq import compare_outputs, judge, ort_session, run_all_outputs
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.latency.ort_profile import int8_slow_layers
-from hadmc_deploy.targets import detect_cpu_isa
-
-#: eval samples the guard's repair measures each candidate on; the final accuracy uses all of --eval.
-GUARD_SAMPLES = 2000
 
 
 def inputs(ctx: BuildContext) -> dict[str, Any]:
     q = ctx.settings.quantization
     return {"form": ctx.plan.target.int8_form, "guard": q.max_accuracy_drop, "allow": q.allow_accuracy_drop, "method": q.calib_method,
             "eval": data_hash(ctx, "eval") if q.max_accuracy_drop is not None else None, "batch": ctx.plan.input_shape[0]}
-
-
-def options(ctx: BuildContext) -> Int8Options:
-    q, target = ctx.settings.quantization, ctx.plan.target
-    guard = None
-    if not q.allow_accuracy_drop:
-        # without labelled data (or for a detector, whose accuracy is not top-1) the guard
-        # compares INT8 with FP32 outputs on held-out calibration samples instead
-        guard = GuardSettings(max_accuracy_drop=q.max_accuracy_drop if q.max_accuracy_drop is not None else 1.0, eval_samples=GUARD_SAMPLES)
-    return Int8Options(
-        method=q.calib_method, samples=ctx.settings.data.calib_samples, form=target.int8_form,
-        verify_samples=verify_samples(macs_per_image(ctx), guarding=int8_guarding(ctx)),
-        reduce_range=target.backend == "onnxruntime" and cpu_reduce_range(detect_cpu_isa()), guard=guard,
-    )
 
 
 def run(ctx: BuildContext) -> StageResult:
@@ -60,7 +39,7 @@ def run(ctx: BuildContext) -> StageResult:
     evald = dataset(ctx, "eval") if task(ctx) != DETECT else None
     if evald is not None:
         evald = evald.subset(GUARD_SAMPLES, seed=ctx.settings.data.seed)
-    opts = options(ctx)
+    opts = int8_options(ctx)
     outputs: list[Path] = []
     result: dict[str, Any] = {"form": form, "float_nodes": {}}
     for model in models(ctx):
@@ -73,7 +52,7 @@ def run(ctx: BuildContext) -> StageResult:
             # (a random-weight ResNet-18's unlabelled build spent 15-20 s of its 41 s quantize stage there)
             model_opts = replace(opts, guard=None, verify_samples=verify_samples(macs_per_image(ctx)))
             ctx.ui.log("pruned: its INT8 graph is checked plainly, not guarded: the pruned model itself may not deploy (report.md, Recovery)")
-        reference = _heldout_reference(ctx, model, model_opts) if int8_guarding(ctx) and model_opts.guard is not None else None
+        reference = heldout_reference(ctx, model, model_opts) if int8_guarding(ctx) and model_opts.guard is not None else None
         r = quantize_int8(float_onnx(ctx, model), calib, ctx.plan.out_dir, model_opts, eval_data=evald, prefix=prefix, heldout_reference=reference, ui=ctx.ui)
         outputs += [Path(r.qdq_path), Path(r.scales_path)] + ([Path(r.trt_cache_path)] if r.trt_cache_path else [])
         result["float_nodes"][model] = [{"node": n, "reason": r.float_node_reasons.get(n, "")} for n in r.float_nodes]
@@ -88,17 +67,6 @@ def run(ctx: BuildContext) -> StageResult:
     result["_summary"] = f"{form} QDQ graphs for {', '.join(models(ctx))}" + "".join(
         f"; {m}: {result[m]['reason']}" for m in models(ctx) if not result[m]["deployable"])
     return StageResult(result, outputs)
-
-
-def _heldout_reference(ctx: BuildContext, model: str, opts: Int8Options) -> list[np.ndarray]:
-    """The float model's outputs on the INT8 check's held-out samples, computed once for the guard
-    and the mixed graph's check (a ResNet-18 at 224 spent 10 s per pass over 473 of them)."""
-
-    def run() -> list[np.ndarray]:
-        heldout_x, _ = heldout_samples(dataset(ctx, "calib"), opts.samples, opts.verify_samples)
-        return run_all_outputs(ort_session(float_onnx(ctx, model)), heldout_x)
-
-    return ctx.lazy(f"int8-reference:{model}:{opts.samples}:{opts.verify_samples}", run)
 
 
 def _speed_mixed(ctx: BuildContext, model: str, ranges: ActivationRanges, float_nodes: list[str], opts: Int8Options, outputs: list[Path]) -> dict[str, Any] | None:
@@ -120,24 +88,15 @@ def _speed_mixed(ctx: BuildContext, model: str, ranges: ActivationRanges, float_
     out = write_qdq(source, ranges, ctx.path(mixed_name(model, form)), form=form, float_nodes=[*float_nodes, *keep_float], reduce_range=opts.reduce_range)
     outputs.append(Path(out))
     ctx.ui.log(f"{model}: {len(keep_float)} of {len(weighted)} layers run slower in INT8 here; a mixed graph keeps them in float")
-    check = None
-    if int8_guarding(ctx) and opts.guard is not None:
-        # without labels nothing else judges the mixed graph: it must vouch for the guard on its own
-        # (more layers in float usually means closer to FP32, but nothing guarantees it)
-        heldout_x, _ = heldout_samples(dataset(ctx, "calib"), opts.samples, opts.verify_samples)
-        session = ort_session(out)
-        check = judge(compare_outputs(_heldout_reference(ctx, model, opts), run_all_outputs(session, heldout_x), [o.name for o in session.get_outputs()]),
-                      max_loss=opts.guard.max_accuracy_drop / 100.0)
-        if not check.passed:
-            ctx.ui.warn(f"{model}: the mixed INT8/FP32 graph is not offered: {check.reason}")
-            Path(out).unlink(missing_ok=True)
-            outputs.remove(Path(out))
-            return None
     return {
         "path": mixed_name(model, form),
         "float_nodes": [*float_nodes, *keep_float],
         "slow_in_int8": [{"node": t.node, "fp32_ms": t.fp32_ms, "int8_ms": t.int8_ms} for t in timings if t.node in keep_float],
-        "check": check.to_dict() if check is not None else None,  # against FP32, when it is the guard (no labels)
+        # against FP32, where it is the guard (no labels): run by the decide stage, and only when
+        # this graph could deploy (a ResNet-18 at 224 spent 5 s of its build checking a mixed graph
+        # that then measured slower than the all-INT8 one)
+        "check": None,
+        "check_pending": bool(int8_guarding(ctx) and opts.guard is not None),
     }
 
 
