@@ -166,10 +166,8 @@ def _agreement_text(a: dict, consequence: str) -> str:
     return f"{text}, on {a.get('source')}: {verdict}"
 
 
-def _mixed_check_text(check: dict[str, Any] | str) -> str:
-    """A mixed graph's check against FP32 (the decide stage's, without labels), or why it was not run."""
-    if isinstance(check, str):
-        return check
+def _mixed_check_text(check: dict[str, Any]) -> str:
+    """A mixed graph's check against FP32 (the decide stage's, without labels)."""
     agreement = check.get("top1_agreement")
     seen = f"top-1 agreement {agreement:.1%} on {check.get('samples')} images" if agreement is not None else f"{check.get('samples')} images"
     return f"{seen}, passed" if check.get("passed") else f"{seen}, FAILED ({check.get('reason')}): not deployed"
@@ -234,7 +232,8 @@ def decision_section(report: dict[str, Any]) -> list[str]:
         rows = [[c["name"], fmt_ms(c["p50_ms"]), pred_cell(c["name"], c["p50_ms"]), "-" if c["accuracy"] is None else f"{c['accuracy']:.2f}%", c["excluded"] or c.get("unchecked") or "yes"] for c in decision["candidates"]]
         out += [_table(["variant", "p50 ms (fastest round)", "predicted ms", "accuracy", "may deploy"], rows), ""]
         out += [f"- **warning**: {w}" for w in decision.get("warnings", [])]
-        out += [f"- {name} against FP32 on held-out images: {_mixed_check_text(check)}" for name, check in (decision.get("mixed_checks") or {}).items()]
+        out += [f"- {name}: {check}" if isinstance(check, str) else f"- {name} against FP32 on held-out images: {_mixed_check_text(check)}"
+                for name, check in (decision.get("mixed_checks") or {}).items()]
     loop = report.get("closed_loop") or {}
     if loop.get("rounds"):
         rows = [[str(r.get("round")), _x(r.get("predicted_speedup")), _x(r.get("measured_speedup")), {True: "met", False: "missed"}.get(r.get("met"), r.get("stopped", "-"))] for r in loop["rounds"]]
