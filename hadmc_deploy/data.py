@@ -161,6 +161,11 @@ def _read_idx_pair(images: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _idx_dir(directory: Path, split: str | None) -> tuple[np.ndarray, np.ndarray]:
+    return _read_idx_pair(_idx_images(directory, split))
+
+
+def _idx_images(directory: Path, split: str | None) -> Path:
+    """The IDX images file of `split` (or the only one) in a directory."""
     images = sorted(p for p in directory.iterdir() if "images-idx3" in p.name or "images.idx3" in p.name)
     if not images:
         raise DataError(f"{directory} holds no IDX images file (*-images-idx3-ubyte[.gz])")
@@ -173,7 +178,7 @@ def _idx_dir(directory: Path, split: str | None) -> tuple[np.ndarray, np.ndarray
         prefixes = sorted({p.name.split("-")[0] for p in images})
         if len(prefixes) > 1:
             raise DataError(f"{directory} holds several IDX splits ({', '.join(prefixes)})", hint=f"name one: {directory}:train or {directory}:test")
-    return _read_idx_pair(images[0])
+    return images[0]
 
 
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -275,11 +280,8 @@ def check_source_exists(source: str) -> None:
     raise DataError(f"data source {source} does not exist", hint="pass a directory, an .npz, an IDX file or builtin:fashion-mnist")
 
 
-def _read_raw(source: str, resize: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
-    if source.startswith("builtin:"):
-        rest = source[len("builtin:") :]
-        name, _, split = rest.partition(":")
-        return _builtin(name, split or None)
+def _resolve(source: str) -> tuple[Path, str | None]:
+    """(path, split) of a file or directory source ("DIR:test" names a split of an IDX directory)."""
     path = Path(source)
     split = None
     if not path.exists() and ":" in source:
@@ -287,6 +289,60 @@ def _read_raw(source: str, resize: tuple[int, int] | None) -> tuple[np.ndarray, 
         path = Path(base)
     if not path.exists():
         raise DataError(f"data source {source} does not exist", hint="pass a directory, an .npz, an IDX file or builtin:fashion-mnist")
+    return path, split
+
+
+def source_labels(source: str) -> np.ndarray:
+    """The labels of a source (UNLABELLED where it has none) without reading or preprocessing its
+    images where the format allows: an IDX labels file, an npz's 'y', an image folder's class
+    folders. Why: the build checks them against the model's classes before its heavy stages, and
+    preprocessing the images (a ResNet-18's 224x224) is the cost of loading them."""
+    if source.startswith("builtin:"):
+        name, _, split = source[len("builtin:") :].partition(":")
+        if name == "fashion-mnist":
+            _check_builtin(name, split or "train")
+            images = _idx_images(FASHION_MNIST_DIR, split or "train")
+            return read_idx(_labels_beside(images)).astype(np.int64)
+        return _builtin(name, split or None)[1]
+    path, split = _resolve(source)
+    if path.is_file() and path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "y" in data:
+                    return np.asarray(data["y"], dtype=np.int64).reshape(-1)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {path}: {exc}") from exc
+    elif path.is_file() and "idx3" in path.name:
+        return read_idx(_labels_beside(path)).astype(np.int64)
+    elif path.is_dir() and any("idx3" in p.name for p in path.iterdir()):
+        return read_idx(_labels_beside(_idx_images(path, split))).astype(np.int64)
+    elif path.is_dir():
+        classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+        return np.arange(len(classes), dtype=np.int64) if classes else np.full(1, UNLABELLED, dtype=np.int64)
+    return _read_raw(source, None)[1]
+
+
+def check_labels(source: str, labels: np.ndarray, role: str, num_classes: int | None) -> None:
+    """Training and evaluation need a label per image, each below the model's class count; a
+    calibration set's labels are never read (ranges, agreement checks and distillation take the
+    original's outputs), so they are not checked."""
+    if role not in ("train", "eval"):
+        return
+    if not len(labels) or (labels == UNLABELLED).any():
+        flag = "--train" if role == "train" else "--eval"
+        raise DataError(f"{flag} data {source} has no labels: {'training' if role == 'train' else 'evaluation'} needs one label per image",
+                        hint="add a 'y' array to the npz (or use class folders / an IDX labels file); unlabelled images can serve as --calib")
+    if num_classes is not None and int(labels.max()) + 1 > num_classes:
+        raise DataError(f"{source} has labels up to {int(labels.max())} but the model has {num_classes} outputs",
+                        hint="give data labelled with the model's classes, or the architecture with as many outputs as the data has classes")
+
+
+def _read_raw(source: str, resize: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    if source.startswith("builtin:"):
+        rest = source[len("builtin:") :]
+        name, _, split = rest.partition(":")
+        return _builtin(name, split or None)
+    path, split = _resolve(source)
     if path.is_file():
         if path.suffix == ".npz":
             return _npz(path)
@@ -356,15 +412,10 @@ def load_data(source: str, preprocess: Preprocess | None = None, *, limit: int |
 
 def check_matches_model(data: ArrayDataset, input_shape: tuple[int, ...], num_classes: int | None = None, role: str | None = None) -> None:
     """Fail early, naming the mismatch, when data cannot feed the model (in `role`: train, calib, eval)."""
-    if role in ("train", "eval") and not data.labelled:
-        flag = "--train" if role == "train" else "--eval"
-        raise DataError(f"{flag} data {data.source} has no labels: {'training' if role == 'train' else 'evaluation'} needs one label per image",
-                        hint="add a 'y' array to the npz (or use class folders / an IDX labels file); unlabelled images can serve as --calib")
+    check_labels(data.source, data.y, role or "calib", num_classes)
     want_c, want_hw = input_shape[1], tuple(input_shape[2:])
     got_c, got_hw = data.x.shape[1], tuple(data.x.shape[2:])
     if got_c != want_c:
         raise DataError(f"{data.source} has {got_c}-channel images but the model takes {want_c}", hint="pass --channels to convert or use matching data")
     if got_hw != want_hw:
         raise DataError(f"{data.source} has {got_hw[0]}x{got_hw[1]} images but the model takes {want_hw[0]}x{want_hw[1]}", hint=f"pass --resize {want_hw[0]},{want_hw[1]}")
-    if num_classes is not None and data.num_classes > num_classes:
-        raise DataError(f"{data.source} has labels up to {data.num_classes - 1} but the model has {num_classes} outputs")

@@ -199,3 +199,53 @@ def test_bn_recalibration_images_shrink_only_for_expensive_models():
     assert bn_calib_samples(2_000_000) == BN_CALIB_SAMPLES  # a 28x28 CNN: every image
     assert bn_calib_samples(800_000_000) == 375  # a pruned ResNet-18 at 224: 0.3 TMACs of passes
     assert bn_calib_samples(50_000_000_000) == BN_CALIB_MIN_SAMPLES
+
+
+def test_labels_are_read_without_the_images_as_loading_reads_them(tmp_path, idx_dir):
+    """`source_labels` (the build's check before its heavy stages) gives the labels `load_data` does,
+    for every format: an IDX split, an npz with and without 'y', class folders, a flat folder."""
+    from hadmc_deploy.data import UNLABELLED, source_labels
+
+    pil = pytest.importorskip("PIL.Image")
+    np.savez(tmp_path / "y.npz", x=np.zeros((3, 1, 4, 4), np.uint8), y=np.array([0, 5, 2]))
+    np.savez(tmp_path / "noy.npz", x=np.zeros((3, 1, 4, 4), np.uint8))
+    for cls in ("a", "b", "c"):
+        (tmp_path / "folders" / cls).mkdir(parents=True)
+        pil.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "folders" / cls / "0.png")
+    (tmp_path / "flat").mkdir()
+    pil.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "flat" / "0.png")
+    for source in (f"{idx_dir}:train", f"{idx_dir}:test", str(tmp_path / "y.npz"), str(tmp_path / "noy.npz"), str(tmp_path / "folders"),
+                   str(tmp_path / "flat"), "builtin:digits:test"):
+        loaded = load_data(source)
+        labels = source_labels(source)
+        assert labels.max() == loaded.y.max() and bool((labels == UNLABELLED).any()) == (not loaded.labelled), source
+
+
+def test_calibration_labels_are_never_checked_against_the_models_classes():
+    """Calibration reads no labels (ranges, agreement checks and distillation take the original's
+    outputs): 10-class images calibrate a 7-class model; as --eval they are refused, naming both."""
+    ds = load_data("builtin:digits:test")
+    check_matches_model(ds, (1, 1, 8, 8), 7, role="calib")
+    with pytest.raises(DataError, match="labels up to 9 but the model has 7 outputs"):
+        check_matches_model(ds, (1, 1, 8, 8), 7, role="eval")
+
+
+def test_a_build_refuses_eval_labels_beyond_the_models_classes_before_measuring_anything(tmp_path, capsys):
+    """A 10-class model given --eval data labelled up to 11: exit 8 in the load stage, before the
+    latency table, the search or any data is preprocessed."""
+    from pipeline_models import DIGITS_TRAIN, TINY_ARCH
+
+    from hadmc_deploy.cli import main
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "eval.npz", x=rng.integers(0, 255, (20, 1, 16, 16), dtype=np.uint8), y=np.arange(20) % 12)
+    model = tmp_path / "tiny.pth"
+    import torch
+    from pipeline_models import tiny_cnn
+
+    torch.save(tiny_cnn().state_dict(), model)
+    out = tmp_path / "out"
+    rc = main(["build", str(model), "--arch", TINY_ARCH, "--input-shape", "1,1,16,16", "--target", "cpu", "--calib", DIGITS_TRAIN,
+               "--eval", str(tmp_path / "eval.npz"), "--speedup", "1.5", "-q", "--out", str(out)])
+    assert rc == 8 and "labels up to 11 but the model has 10 outputs" in capsys.readouterr().err
+    assert not list(out.rglob("lut-*.json")) and not (out / "width_plan.json").exists()

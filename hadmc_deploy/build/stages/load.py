@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.inputs import loaded_model
+from hadmc_deploy.build.inputs import loaded_model, task
+from hadmc_deploy.build.metric import CLASSIFY
+from hadmc_deploy.data import check_labels, source_labels
 from hadmc_deploy.profile import profile_model
 
 
@@ -22,6 +24,7 @@ def run(ctx: BuildContext) -> StageResult:
         "outputs": {name: list(shape) for name, shape in prof.output_shapes.items()},
         "_summary": f"{loaded.kind} via {loaded.arch}: {prof.params:,} params, {prof.macs:,} MACs",
     }
+    check_labelled_sources(ctx, prof.num_classes)
     prefix = (loaded.info or {}).get("stripped_key_prefix")
     if prefix:
         result["stripped_key_prefix"] = prefix
@@ -32,6 +35,18 @@ def run(ctx: BuildContext) -> StageResult:
 def inputs(ctx: BuildContext) -> dict:
     plan = ctx.plan
     return {"model": plan.model_sha256, "arch": plan.arch, "arch_kwargs": plan.arch_kwargs, "input_shape": list(plan.input_shape)}
+
+
+def check_labelled_sources(ctx: BuildContext, num_classes: int | None) -> None:
+    """--train and --eval labels against the model's classes, read without the images, before any
+    heavy stage: data is otherwise loaded, and checked, when the recovery stage first reads it, after the
+    latency table and the search (minutes for a large model)."""
+    if task(ctx) != CLASSIFY:
+        return
+    d = ctx.settings.data
+    for role, source in (("train", d.train), ("eval", d.eval)):
+        if source:
+            check_labels(source, source_labels(source), role, num_classes)
 
 
 STAGE = Stage("load", run, inputs, (), dry_run=True)
