@@ -202,33 +202,36 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y.astype(np.int64)
 
 
+def _image_files(directory: Path) -> list[tuple[int, Path]]:
+    """(label, file) of every image in a folder: DIR/<class>/ labelled by the classes' sorted order;
+    images directly in DIR, no class folders, unlabelled, as a calibration set often is (training
+    and evaluation refuse them, like an npz without 'y')."""
+    classes = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    folders = [(label, directory / cls) for label, cls in enumerate(classes)] or [(UNLABELLED, directory)]
+    return [(label, file) for label, folder in folders for file in sorted(folder.iterdir())
+            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES]
+
+
 def _image_folder(directory: Path, resize: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
     try:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise DataError("reading an image folder needs Pillow", hint="pip install pillow") from exc
-    classes = sorted(p.name for p in directory.iterdir() if p.is_dir())
-    # Images directly in DIR, no class folders: unlabelled, as a calibration set often is (training
-    # and evaluation refuse them, like an npz without 'y').
-    folders = [(label, directory / cls) for label, cls in enumerate(classes)] or [(UNLABELLED, directory)]
     images, labels = [], []
-    for label, folder in folders:
-        for file in sorted(folder.iterdir()):
-            if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(file) as img:
-                    img = img.convert("RGB" if img.mode not in ("L", "I;16") else "L")
-                    if resize is not None:
-                        img = img.resize((resize[1], resize[0]), Image.BILINEAR)
-                    arr = np.asarray(img, dtype=np.uint8)
-            except Exception as exc:
-                raise DataError(f"cannot read image {file}: {exc}") from exc
-            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-            if images and arr.shape != images[0].shape:
-                raise DataError(f"image {file} has shape {arr.shape}, others {images[0].shape}", hint="pass --resize H,W")
-            images.append(arr)
-            labels.append(label)
+    for label, file in _image_files(directory):
+        try:
+            with Image.open(file) as img:
+                img = img.convert("RGB" if img.mode not in ("L", "I;16") else "L")
+                if resize is not None:
+                    img = img.resize((resize[1], resize[0]), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
+        except Exception as exc:
+            raise DataError(f"cannot read image {file}: {exc}") from exc
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        if images and arr.shape != images[0].shape:
+            raise DataError(f"image {file} has shape {arr.shape}, others {images[0].shape}", hint="pass --resize H,W")
+        images.append(arr)
+        labels.append(label)
     if not images:
         raise DataError(f"{directory} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
                         hint="put the images in DIR (unlabelled: calibration only) or in DIR/<class>/ (labelled)")
@@ -317,9 +320,19 @@ def source_labels(source: str) -> np.ndarray:
     elif path.is_dir() and any("idx3" in p.name for p in path.iterdir()):
         return read_idx(_labels_beside(_idx_images(path, split))).astype(np.int64)
     elif path.is_dir():
-        classes = sorted(p.name for p in path.iterdir() if p.is_dir())
-        return np.arange(len(classes), dtype=np.int64) if classes else np.full(1, UNLABELLED, dtype=np.int64)
+        return np.asarray([label for label, _ in _image_files(path)], dtype=np.int64)
     return _read_raw(source, None)[1]
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the kernel can give without swapping (MemAvailable in /proc/meminfo; None where there is none)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def check_labels(source: str, labels: np.ndarray, role: str, num_classes: int | None) -> None:

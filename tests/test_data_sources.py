@@ -249,3 +249,30 @@ def test_a_build_refuses_eval_labels_beyond_the_models_classes_before_measuring_
                "--eval", str(tmp_path / "eval.npz"), "--speedup", "1.5", "-q", "--out", str(out)])
     assert rc == 8 and "labels up to 11 but the model has 10 outputs" in capsys.readouterr().err
     assert not list(out.rglob("lut-*.json")) and not (out / "width_plan.json").exists()
+
+
+def test_a_training_set_too_large_for_memory_is_subset_or_refused(tmp_path, monkeypatch, capsys):
+    """Fashion-MNIST's 60,000 images for a 3x224x224 model are 36 GB preprocessed. With the memory
+    this machine reports shrunk to 40 MB, digits' 1,437 training images at 1x64x64 (16 KB each) do
+    not fit its share: a build loads a seeded subset with a warning naming --train-limit, and
+    refuses a --train-limit that does not fit before loading anything."""
+    import torch
+    from pipeline_models import DIGITS_TRAIN, TINY_ARCH, tiny_cnn
+
+    import hadmc_deploy.build.inputs as inputs
+    from hadmc_deploy.build.sample_budget import DATA_MEMORY_SHARE
+    from hadmc_deploy.cli import main
+
+    monkeypatch.setattr(inputs, "available_memory_bytes", lambda: 40_000_000)
+    fits = int(40_000_000 * DATA_MEMORY_SHARE) // (4 * 64 * 64)
+    assert fits < 1437
+    model = tmp_path / "tiny.pth"
+    torch.save(tiny_cnn().state_dict(), model)
+    common = ["build", str(model), "--arch", TINY_ARCH, "--input-shape", "1,1,64,64", "--target", "cpu", "--precision", "fp32",
+              "--ratio", "0.5", "--allow-accuracy-drop", "--no-measure-lut", "--epochs", "1", "--batch", "1", "--runs", "3", "--warmup", "1", "--train", DIGITS_TRAIN]
+    rc = main([*common, "--train-limit", str(fits + 1), "-q", "--out", str(tmp_path / "refused")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 8 and f"--train-limit {fits + 1}" in err and f"pass --train-limit {fits} or less" in err
+    rc = main([*common, "--out", str(tmp_path / "subset")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 0 and f"using a seeded {fits:,} of them (pass --train-limit to choose)" in err

@@ -14,9 +14,10 @@ from typing import Any
 
 from hadmc_deploy.build.engine import BuildContext
 from hadmc_deploy.build.metric import CLASSIFY, DETECT, infer_task
-from hadmc_deploy.build.sample_budget import calib_images_to_load
-from hadmc_deploy.data import ArrayDataset, Preprocess, check_matches_model
-from hadmc_deploy.detection.dataset import load_source
+from hadmc_deploy.build.sample_budget import calib_images_to_load, images_in_memory
+from hadmc_deploy.data import ArrayDataset, Preprocess, available_memory_bytes, check_matches_model, source_labels
+from hadmc_deploy.detection.dataset import is_detection_source, load_source
+from hadmc_deploy.errors import DataError
 from hadmc_deploy.export import ExportResult, export_onnx
 from hadmc_deploy.graph.trace import trace
 from hadmc_deploy.graph.types import DependencyGraph
@@ -51,12 +52,33 @@ def dataset(ctx: BuildContext, kind: str) -> ArrayDataset | None:
                                          image_bytes=4 * math.prod(shape[1:]), int8_guarding=int8_guarding(ctx))
         else:
             limit = {"train": d.train_limit, "eval": d.eval_limit, "data": d.train_limit}[kind]
+            if not is_detection_source(source):
+                limit = limit_to_memory(ctx, kind, source, limit, 4 * math.prod(shape[1:]))
         data = load_source(source, pre, limit=limit, seed=d.seed)
         classes = ctx.results.get("load", {}).get("num_classes") if task(ctx) == CLASSIFY else None
         check_matches_model(data, shape, classes, role=kind if task(ctx) == CLASSIFY else "calib")
         return data
 
     return ctx.lazy(f"data:{kind}", make)
+
+
+def limit_to_memory(ctx: BuildContext, kind: str, source: str, limit: int | None, image_bytes: int) -> int | None:
+    """The images of a --train or --eval set to load so that, preprocessed, they fit in memory
+    (sample_budget.DATA_MEMORY_SHARE of what is available now): a seeded subset, with a warning, when
+    no limit was given; a DataError when the given one does not fit (loading would be killed)."""
+    fits = images_in_memory(available_memory_bytes(), image_bytes)
+    count = len(source_labels(source))
+    wanted = count if limit is None else min(limit, count)
+    if fits is None or wanted <= fits:
+        return limit
+    flag = "--eval-limit" if kind == "eval" else "--train-limit"
+    size = f"{wanted:,} images at {'x'.join(map(str, ctx.plan.input_shape[1:]))} take {wanted * image_bytes / 1e9:.1f} GB preprocessed"
+    if limit is not None:
+        raise DataError(f"{flag} {limit}: {size}, more than this machine can hold beside the build",
+                        hint=f"pass {flag} {fits} or less")
+    ctx.ui.warn(f"--{kind} {source}: {size}, more than this machine can hold beside the build: "
+                f"using a seeded {fits:,} of them (pass {flag} to choose)")
+    return fits
 
 
 def task(ctx: BuildContext) -> str:
