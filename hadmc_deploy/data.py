@@ -341,7 +341,9 @@ def check_labels(source: str, labels: np.ndarray, role: str, num_classes: int | 
     original's outputs), so they are not checked."""
     if role not in ("train", "eval"):
         return
-    if not len(labels) or (labels == UNLABELLED).any():
+    if not len(labels):
+        raise DataError(f"data source {source} is empty", hint="pass a directory, an .npz, an IDX file or builtin:fashion-mnist holding images")
+    if (labels == UNLABELLED).any():
         flag = "--train" if role == "train" else "--eval"
         raise DataError(f"{flag} data {source} has no labels: {'training' if role == 'train' else 'evaluation'} needs one label per image",
                         hint="add a 'y' array to the npz (or use class folders / an IDX labels file); unlabelled images can serve as --calib")

@@ -72,6 +72,24 @@ def test_coarse_grid_interpolates_only_between_aligned_points():
     assert 0.001 * 64 * 8 < ms < 0.001 * 64 * 64
 
 
+def test_a_family_merged_from_layers_with_their_own_grids_interpolates_along_its_rows(capsys):
+    """Two layers of one shape (an SE block's squeeze convs) measured each over its own widths: the
+    family's grid is not a product of its axes ((432, 64) was never measured). (384, 80) lies inside
+    it: priced along the rows 288 and 432 and across them, labelled interpolated, no warning."""
+    table = LatencyTable(meta=_meta(16))
+    price = {(288, 16): 0.02, (288, 64): 0.05, (288, 96): 0.07, (432, 16): 0.03, (432, 48): 0.06, (432, 96): 0.10}
+    for (cin, cout), ms in price.items():
+        table.add(BASE.with_channels(cin, cout), ms, 0.0, 1)
+    model = LutLatencyModel(table, source="t.json", ui=UI(quiet=True))
+    ms, how = model.layer_ms(BASE.with_channels(384, 80))
+    row288 = 0.05 + (0.07 - 0.05) * (80 - 64) / 32
+    row432 = 0.06 + (0.10 - 0.06) * (80 - 48) / 48
+    assert how == "lut-interp" and ms == pytest.approx(row288 + (row432 - row288) * (384 - 288) / 144)
+    assert model.predict([BASE.with_channels(384, 80)]).per_layer_source == ["lut-interp"]
+    assert "outside the measured range" not in capsys.readouterr().err
+    assert model.layer_ms(BASE.with_channels(384, 128))[1] == "lut-extrap"  # beyond both rows: still said
+
+
 def test_sources_exact_extrapolated_and_analytic(capsys):
     target = get_target("cpu")
     model = LutLatencyModel(_staircase_table(), AnalyticLatencyModel(target), source="t.json", ui=UI(quiet=True))

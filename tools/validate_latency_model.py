@@ -118,6 +118,11 @@ MODELS = {
     "inception": (lambda: InceptionCNN(), (3, 64, 64)),
     # channel shuffles: its context plans are exported as shipped (TorchScript's graph runs other kernels)
     "shufflenet_v2": (lambda: zoo.shufflenet_v2_x1_0(num_classes=10), (3, 64, 64)),
+    # not in the validation matrix the predictor was developed on: squeeze-excite gating, swish and
+    # hard-swish, grouped stages (docs/latency_model.md, "Models the predictor was not developed on")
+    "efficientnet_b0": (lambda: zoo.efficientnet_b0(num_classes=10), (3, 96, 96)),
+    "regnet_x_200mf": (lambda: zoo.regnet_x_200mf(num_classes=10), (3, 96, 96)),
+    "mobilenet_v3_small": (lambda: zoo.mobilenet_v3_small(num_classes=10), (3, 96, 96)),
 }
 
 

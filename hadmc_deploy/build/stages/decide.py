@@ -162,7 +162,7 @@ def run(ctx: BuildContext) -> StageResult:
 
 #: what a mixed INT8/FP32 variant that was never checked against FP32 shows (no labels: the check is
 #: the guard, and it runs only on a variant that could deploy)
-MIXED_UNCHECKED = "not checked against FP32: slower than the variants that could deploy"
+MIXED_UNCHECKED = "not checked against FP32: neither chosen nor the fastest allowed, so it could not deploy"
 
 
 def _pending_mixed_checks(ctx: BuildContext) -> set[str]:
