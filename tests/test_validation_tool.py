@@ -61,3 +61,18 @@ def test_random_plans_slow_in_rounds_where_the_fit_plans_are_not_are_counted():
     assert move["random_slow_fit_not"] == 1 and move["fit_slow_random_not"] == 0
     assert 0.5 < move["correlation"] < 1.0
     assert tts.co_movement(fast + together)["correlation"] == pytest.approx(1.0)
+
+
+def test_the_order_effect_reads_a_plan_timed_last_as_slower():
+    """Shuffled rounds in which whichever plan runs last takes 1.3x its usual time: the effect by
+    position reads 1.0 for the first positions and 1.3 for the last; fixed-order traces have none."""
+    names = ["a", "b", "c"]
+    base = {"a": 1.0, "b": 2.0, "c": 3.0}
+    trace = []
+    for k in range(9):
+        order = names[k % 3:] + names[: k % 3]
+        ms = {f"{n}@default": base[n] * (1.3 if pos == 2 else 1.0) for pos, n in enumerate(order)}
+        trace.append({"ms": ms, "order": {"default": order}, "vcpu_slowdown": 0.0})
+    effect = tts.order_effect(trace)
+    assert effect[0] == pytest.approx(1.0) and effect[1] == pytest.approx(1.0) and effect[2] == pytest.approx(1.3)
+    assert tts.order_effect([{k: v for k, v in r.items() if k != "order"} for r in trace]) is None

@@ -17,6 +17,7 @@ fit's plans moved.
 
     .venv/bin/python tools/trace_thread_states.py --arch grouped --rounds 120 --json docs/thread_states_grouped.json
     .venv/bin/python tools/trace_thread_states.py --summarise docs/thread_states_grouped_1929.json
+    .venv/bin/python tools/trace_thread_states.py --arch grouped --rounds 120 --shuffle --json docs/thread_states_grouped_shuffled.json
 """
 
 from __future__ import annotations
@@ -100,6 +101,23 @@ def co_movement(trace: list[dict], label: str = "default") -> dict[str, float] |
             "fit_slow_random_not": int(np.sum((fit > SLOW_ROUND) & (rand <= SLOW_ROUND)))}
 
 
+def order_effect(trace: list[dict], label: str = "default") -> list[float] | None:
+    """With --shuffle: at one thread count, the median over plans and rounds of a plan's round time
+    over its own median, by its position in the round (None without recorded orders). Why: the
+    validation times its random plans first and the fit's plans last in every round, and a plan
+    timed right after another (a session just closed) may run in another state than the first."""
+    orders = [r.get("order", {}).get(label) for r in trace]
+    if not all(orders):
+        return None
+    medians = {key: statistics.median(r["ms"][key] for r in trace) for key in trace[0]["ms"] if key.endswith(f"@{label}")}
+    by_position: dict[int, list[float]] = {}
+    for r, order in zip(trace, orders, strict=True):
+        for pos, name in enumerate(order):
+            key = f"{name}@{label}"
+            by_position.setdefault(pos, []).append(r["ms"][key] / medians[key])
+    return [statistics.median(by_position[p]) for p in sorted(by_position)]
+
+
 def report(result: dict) -> None:
     """The tables this tool prints, from a run's result (also from its --json file: --summarise)."""
     trace, summary = result["rounds"], result["summary"]
@@ -116,6 +134,11 @@ def report(result: dict) -> None:
     if move is not None:
         print(f"random vs fit plans at the default threads: correlation {move['correlation']:.2f} over {len(trace)} rounds; "
               f"rounds over {SLOW_ROUND}x their floor, random not fit: {move['random_slow_fit_not']}, fit not random: {move['fit_slow_random_not']}")
+    for label in ("default", "one"):
+        effect = order_effect(trace, label)
+        if effect is not None:
+            print(f"shuffled order, {label} threads: a plan's time over its median by its position in the round: "
+                  + ", ".join(f"{e:.3f}" for e in effect))
 
 
 def main() -> int:
@@ -128,6 +151,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20, help="runs per plan and round (their median is the round's time)")
     parser.add_argument("--json", type=Path, help="write the rounds and the summary here")
     parser.add_argument("--summarise", type=Path, metavar="JSON", help="print the tables of an earlier run's --json file, measure nothing")
+    parser.add_argument("--shuffle", action="store_true", help="time the plans in a fresh random order every round (recorded) instead of in a fixed one")
     args = parser.parse_args()
     if args.summarise:
         report(json.loads(args.summarise.read_text()))
@@ -140,6 +164,7 @@ def main() -> int:
     backend = get_backend("onnxruntime")
     threads = {"default": None, "one": 1}
     trace = []
+    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="hadmc-thread-states-") as tmp:
         arts = {n: Path(build_deployed_artifact(model, graph, w, shape, backend, args.precision, Path(tmp), n.replace(":", "_"))[1].model_path)
                 for n, w in plans.items()}
@@ -148,8 +173,11 @@ def main() -> int:
             speeds = vcpu_speeds()
             row = {"t_s": round(time.time() - started, 2), "vcpu_slowdown": max(speeds) / min(speeds) - 1, "ms": {}}
             for label, count in threads.items():
-                for name, path in arts.items():
-                    row["ms"][f"{name}@{label}"] = statistics.median(whole_model_runs(path, args.batch, count, args.runs))
+                names = list(rng.permutation(list(arts))) if args.shuffle else list(arts)
+                if args.shuffle:
+                    row.setdefault("order", {})[label] = [str(n) for n in names]
+                for name in names:
+                    row["ms"][f"{name}@{label}"] = statistics.median(whole_model_runs(arts[name], args.batch, count, args.runs))
             trace.append(row)
             print(f"round {i}: vCPU slowdown {100 * row['vcpu_slowdown']:.0f}%, full {row['ms']['full@default']:.3f} ms", flush=True)
     result = {"arch": args.arch, "precision": args.precision, "batch": args.batch, "input": list(shape), "plans": plans,
