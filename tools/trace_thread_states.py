@@ -17,7 +17,7 @@ fit's plans moved.
 
     .venv/bin/python tools/trace_thread_states.py --arch grouped --rounds 120 --json docs/thread_states_grouped.json
     .venv/bin/python tools/trace_thread_states.py --summarise docs/thread_states_grouped_1929.json
-    .venv/bin/python tools/trace_thread_states.py --arch grouped --rounds 120 --shuffle --json docs/thread_states_grouped_shuffled.json
+    .venv/bin/python tools/trace_thread_states.py --arch grouped --rounds 120 --shuffle --json docs/thread_states_grouped_shuffled_2128.json
 """
 
 from __future__ import annotations
