@@ -63,8 +63,14 @@ class BuildPlan:
 
     @property
     def batch_sizes(self) -> tuple[int, ...]:
-        sizes = self.options.get("batch") or self.target.batch_sizes
-        return tuple(int(b) for b in sizes)
+        """The batches benchmarked: --batch, else the target's, with the --input-shape batch added.
+        Why added: the decide stage times the candidates at the batch the search optimised for only
+        when it is benchmarked (build/inputs.primary_batch); a build at 4,1,16,16 searched and priced
+        batch 4, then decided, judged its budget and skipped its self-check at batch 1."""
+        given = self.options.get("batch")
+        sizes = tuple(int(b) for b in (given or self.target.batch_sizes))
+        search = int(self.input_shape[0])
+        return sizes if given or search in sizes else tuple(sorted({*sizes, search}))
 
     @property
     def calib_source(self) -> str | None:

@@ -319,3 +319,24 @@ def test_the_fastest_allowed_mixed_graph_is_checked_even_when_a_simpler_one_is_c
     asked, check = _checks_run({"pruned-mixed"})
     out, name, _, _ = vouch_for_choice(cands, lambda c: choose(c, 0.05), {"pruned-mixed"}, check)
     assert name == "pruned-int8" and {c.name: c.excluded for c in out}["pruned-mixed"] != ""
+
+
+def test_the_input_shapes_batch_is_benchmarked_and_decided_at() -> None:
+    """--input-shape 4,... without --batch: batch 4 joins the target's benchmarked batches and is the
+    primary batch (a build searched and priced batch 4, then decided at batch 1 and skipped its
+    self-check); an explicit --batch list is left as given."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from hadmc_deploy.build.inputs import primary_batch
+    from hadmc_deploy.plan import BuildPlan
+    from hadmc_deploy.targets import get_target
+
+    def plan(shape: tuple[int, ...], options: dict) -> BuildPlan:
+        return BuildPlan(model=None, arch="x:y", arch_kwargs={}, input_shape=shape, trust_model=False, target=get_target("cpu"), out_dir=Path("."), options=options)
+
+    four = plan((4, 1, 16, 16), {})
+    assert four.batch_sizes == (1, 4, 8, 32) and primary_batch(SimpleNamespace(plan=four)) == 4
+    assert plan((1, 1, 16, 16), {}).batch_sizes == (1, 8, 32)
+    given = plan((4, 1, 16, 16), {"batch": [1, 8]})
+    assert given.batch_sizes == (1, 8) and primary_batch(SimpleNamespace(plan=given)) == 1
