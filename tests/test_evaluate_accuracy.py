@@ -102,3 +102,49 @@ def test_batches_other_than_the_primary_are_timed_for_less_time():
     assert out.per_batch[1]["runs"] == out.per_batch[32]["runs"] == int(SECONDARY_TIMED_SECONDS / 0.020) == 12
     same = benchmark_artifact(FakeBackend(), _Art(), (1, 8, 32), warmup=10, runs=50)  # no primary: one cap for all
     assert {s["runs"] for s in same.per_batch.values()} == {25}
+
+
+def test_labels_numbered_unlike_the_models_classes_are_named():
+    """A classifier right on 80% of its images whose data numbers three classes differently (class
+    folders sorted by name): 30% as labelled, 80% renumbered; the warning names the renumbering.
+    Labels numbered as the model's, or a model at chance, raise nothing."""
+    import numpy as np
+
+    from hadmc_deploy.evaluate import label_order_warning
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 5, 1000)
+    predicted = np.where(rng.random(1000) < 0.8, truth, rng.integers(0, 5, 1000))
+    relabel = np.array([3, 1, 0, 4, 2])  # the data's label of each model class: classes 0, 2, 3, 4 move
+    as_numbered = np.zeros((5, 5), np.int64)
+    np.add.at(as_numbered, (truth, predicted), 1)
+    moved = np.zeros((5, 5), np.int64)
+    np.add.at(moved, (relabel[truth], predicted), 1)
+    warning = label_order_warning(moved)
+    assert warning is not None and "label 3 -> class 0" in warning and "4 of its labels were renumbered" in warning
+    assert label_order_warning(as_numbered) is None
+    chance = np.zeros((5, 5), np.int64)
+    np.add.at(chance, (truth, rng.integers(0, 5, 1000)), 1)
+    assert label_order_warning(chance) is None
+
+
+def test_a_build_warns_when_the_eval_labels_are_numbered_unlike_the_model(tmp_path):
+    """A trained digits CNN built with --eval digits whose labels 0-4 are rotated (half the images'
+    labels renumbered): the decision carries the renumbering warning (report.json and report.md)."""
+    import json
+
+    from pipeline_models import DIGITS_TEST, TINY_ARCH, train_tiny
+
+    from hadmc_deploy.cli import main
+    from hadmc_deploy.data import load_data
+
+    model = train_tiny(tmp_path / "tiny.pth", epochs=3)
+    test = load_data(DIGITS_TEST)
+    swapped = np.where(test.y < 5, (test.y + 1) % 5, test.y)
+    raw = np.clip(np.round((test.x * 0.5 + 0.5) * 255), 0, 255).astype(np.uint8)
+    np.savez(tmp_path / "eval.npz", x=raw, y=swapped)
+    rc = main(["build", str(model), "--arch", TINY_ARCH, "--target", "cpu", "--precision", "fp32", "--eval", str(tmp_path / "eval.npz"),
+               "--batch", "1", "--runs", "3", "--warmup", "1", "-q", "--out", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rc == 0 and any("label 1 -> class 0" in w for w in report["decision"]["warnings"])
+    assert "renumbered" in (tmp_path / "out" / "report.md").read_text()

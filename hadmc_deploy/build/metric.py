@@ -44,8 +44,9 @@ def onnx_score(path: str | Path, data: ArrayDataset, ui: UI | None = None) -> tu
     return onnx_accuracy(path, data, ui=ui), None
 
 
-def artifact_score(backend: Any, artifact: Any, data: ArrayDataset, ui: UI | None = None) -> tuple[float, dict[str, Any] | None]:
+def artifact_score(backend: Any, artifact: Any, data: ArrayDataset, ui: UI | None = None, confusion: Any = None) -> tuple[float, dict[str, Any] | None]:
+    """The artifact's metric on `data`; for a classifier, its (label, top-1) counts go into `confusion` when given."""
     if isinstance(data, DetectionDataset):
         result = artifact_map(backend, artifact, data, ui=ui)
         return result.map50_95, _detail(result)
-    return artifact_accuracy(backend, artifact, data, ui=ui), None
+    return artifact_accuracy(backend, artifact, data, ui=ui, confusion=confusion), None

@@ -139,10 +139,10 @@ def run(ctx: BuildContext) -> StageResult:
     if q.max_accuracy_drop is not None and reference_acc is not None:
         decision.guard = {"allowed": q.max_accuracy_drop, "reference": reference_acc, "allowed_by_flag": q.allow_accuracy_drop,
                           "excluded": {c.name: c.excluded for c in candidates if c.excluded}}
-    warning = chance_level_warning(reference_acc, ctx.results["load"].get("num_classes"))
-    if warning:
-        decision.warnings.append(warning)
-        ctx.ui.warn(warning)
+    for warning in [chance_level_warning(reference_acc, ctx.results["load"].get("num_classes")), *ctx.results["evaluate"].get("warnings", [])]:
+        if warning:
+            decision.warnings.append(warning)
+            ctx.ui.warn(warning)
     out = _copy_deployed(ctx, deployed)
     result = decision.to_dict()
     if pending:

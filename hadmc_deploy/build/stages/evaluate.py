@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from hadmc_deploy.backends import Artifact, get
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import (
@@ -17,10 +19,10 @@ from hadmc_deploy.build.inputs import (
     task,
     with_precision,
 )
-from hadmc_deploy.build.metric import METRIC_NAMES, artifact_score, onnx_score
+from hadmc_deploy.build.metric import CLASSIFY, METRIC_NAMES, artifact_score, onnx_score
 from hadmc_deploy.build.side_by_side import int8_vs_fp32, time_interleaved
 from hadmc_deploy.build.variants import all_variants, float_onnx, qdq_name, variant_name
-from hadmc_deploy.evaluate import benchmark_artifact, file_size
+from hadmc_deploy.evaluate import benchmark_artifact, file_size, label_order_warning
 from hadmc_deploy.fileio import sha256_file
 
 
@@ -65,6 +67,7 @@ def run(ctx: BuildContext) -> StageResult:
     form = ctx.plan.target.int8_form
     bench = ctx.settings.benchmark
     rows = []
+    warnings: list[str] = []
     quant = ctx.results.get("quantize", {})
     for model, precision in all_variants(ctx):
         name = variant_name(model, precision)
@@ -84,7 +87,10 @@ def run(ctx: BuildContext) -> StageResult:
             backend = get(entry["backend"])
             artifact = Artifact.load(ctx.path(entry["artifact"]))
             row.update({"backend": entry["backend"], "target": entry["target"], "artifact": entry["artifact"], "file_bytes": file_size(artifact.model_path)})
-            row["accuracy"], row["detection"] = artifact_score(backend, artifact, evald, ui=ctx.ui) if evald is not None else (None, None)
+            confusion = _confusion(ctx, evald) if name == "baseline-fp32" else None
+            row["accuracy"], row["detection"] = artifact_score(backend, artifact, evald, ui=ctx.ui, confusion=confusion) if evald is not None else (None, None)
+            if confusion is not None and (warning := label_order_warning(confusion)):
+                warnings.append(warning)
             row["accuracy_measured_with"] = f"{entry['backend']} artifact"
             lat = benchmark_artifact(backend, artifact, ctx.plan.batch_sizes, warmup=bench.warmup, runs=bench.runs, primary=primary_batch(ctx), ui=ctx.ui)
             row["latency"] = {str(b): s for b, s in lat.per_batch.items()}
@@ -98,7 +104,15 @@ def run(ctx: BuildContext) -> StageResult:
     add_speedups(rows)
     int8_checks = confirm_int8_slowdowns(ctx, rows, skip_batch=primary_batch(ctx))
     summary = "; ".join(f"{r['name']} {r['accuracy']:.2f}%" for r in rows if r.get("accuracy") is not None) or f"{len(rows)} variants"
-    return StageResult({"variants": rows, "int8_vs_fp32": int8_checks, "metric": METRIC_NAMES[task(ctx)], "eval_source": ctx.settings.data.eval, "eval_samples": len(evald) if evald is not None else 0, "_summary": summary})
+    return StageResult({"variants": rows, "int8_vs_fp32": int8_checks, "warnings": warnings, "metric": METRIC_NAMES[task(ctx)], "eval_source": ctx.settings.data.eval, "eval_samples": len(evald) if evald is not None else 0, "_summary": summary})
+
+
+def _confusion(ctx: BuildContext, evald: Any) -> np.ndarray | None:
+    """Zeroed (label x class) counts for the original's pass over labelled classifier --eval data, else None."""
+    classes = ctx.results["load"].get("num_classes")
+    if evald is None or task(ctx) != CLASSIFY or not classes or not getattr(evald, "labelled", False):
+        return None
+    return np.zeros((max(int(evald.num_classes), int(classes)), int(classes)), dtype=np.int64)
 
 
 def confirm_int8_slowdowns(ctx: BuildContext, rows: list[dict[str, Any]], skip_batch: int | None = None) -> list[dict[str, Any]]:
