@@ -15,7 +15,13 @@ from typing import Any
 from hadmc_deploy.build.engine import BuildContext
 from hadmc_deploy.build.metric import CLASSIFY, DETECT, infer_task
 from hadmc_deploy.build.sample_budget import calib_images_to_load, images_in_memory
-from hadmc_deploy.data import ArrayDataset, Preprocess, available_memory_bytes, check_matches_model, source_labels
+from hadmc_deploy.data import (
+    ArrayDataset,
+    Preprocess,
+    available_memory_bytes,
+    check_matches_model,
+    source_labels,
+)
 from hadmc_deploy.detection.dataset import is_detection_source, load_source
 from hadmc_deploy.errors import DataError
 from hadmc_deploy.export import ExportResult, export_onnx

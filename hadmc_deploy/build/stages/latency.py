@@ -5,7 +5,6 @@ roofline, labelled, only for targets that are not this machine (or with --no-mea
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
