@@ -92,7 +92,7 @@ def label_order_warning(confusion: np.ndarray) -> str | None:
     renumbering of the classes than as numbered (greedy one-to-one matching on the confusion
     counts), else None. Why: class folders are numbered by their sorted names, which is rarely a
     model's own class order; a Fashion-MNIST CNN at 84% scored 31% on a folder of its test images
-    (three folders happened to sort to their own index) with no warning, and every accuracy, guard
+    (four of the ten folders happened to sort to their own index) with no warning, and every accuracy, guard
     and exit code of that build was judged against the wrong labels."""
     total = float(confusion.sum())
     if total <= 0 or min(confusion.shape) < 2:
