@@ -68,12 +68,18 @@ def dataset(ctx: BuildContext, kind: str) -> ArrayDataset | None:
     return ctx.lazy(f"data:{kind}", make)
 
 
+def labels_of(ctx: BuildContext, source: str) -> Any:
+    """A source's labels read without its images (`data.source_labels`), once per build: the load
+    stage checks them and the data sets are sized by their count."""
+    return ctx.lazy(f"labels:{source}", lambda: source_labels(source))
+
+
 def limit_to_memory(ctx: BuildContext, kind: str, source: str, limit: int | None, image_bytes: int) -> int | None:
     """The images of a --train or --eval set to load so that, preprocessed, they fit in memory
     (sample_budget.DATA_MEMORY_SHARE of what is available now): a seeded subset, with a warning, when
     no limit was given; a DataError when the given one does not fit (loading would be killed)."""
     fits = images_in_memory(available_memory_bytes(), image_bytes)
-    count = len(source_labels(source))
+    count = len(labels_of(ctx, source))
     wanted = count if limit is None else min(limit, count)
     if fits is None or wanted <= fits:
         return limit

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
-from hadmc_deploy.build.inputs import loaded_model, task
+from hadmc_deploy.build.inputs import labels_of, loaded_model, task
 from hadmc_deploy.build.metric import CLASSIFY
-from hadmc_deploy.data import check_labels, source_labels
+from hadmc_deploy.data import check_labels
 from hadmc_deploy.profile import profile_model
 
 
@@ -46,7 +46,7 @@ def check_labelled_sources(ctx: BuildContext, num_classes: int | None) -> None:
     d = ctx.settings.data
     for role, source in (("train", d.train), ("eval", d.eval)):
         if source:
-            check_labels(source, source_labels(source), role, num_classes)
+            check_labels(source, labels_of(ctx, source), role, num_classes)
 
 
 STAGE = Stage("load", run, inputs, (), dry_run=True)
