@@ -7,7 +7,7 @@ import torch
 from latency_models import FULL, TinyNet, tiny_graph
 
 from hadmc_deploy.latency import AnalyticLatencyModel, LutLatencyModel, fit_correction, predict_graph
-from hadmc_deploy.latency.lut import Correction, LatencyTable, LutMeta
+from hadmc_deploy.latency.lut import Correction, LatencyTable, LutMeta, Staircase
 from hadmc_deploy.latency.measure import (
     backend_timer,
     get_backend,
@@ -88,6 +88,27 @@ def test_a_family_merged_from_layers_with_their_own_grids_interpolates_along_its
     assert model.predict([BASE.with_channels(384, 80)]).per_layer_source == ["lut-interp"]
     assert "outside the measured range" not in capsys.readouterr().err
     assert model.layer_ms(BASE.with_channels(384, 128))[1] == "lut-extrap"  # beyond both rows: still said
+
+
+def test_a_padded_count_reads_the_count_its_row_measured_in_the_same_block(capsys):
+    """Pad mode (the staircase probe found that a count costs its whole block of 16): an SE block's
+    squeeze conv measured at 32->12/16/24 only, priced at 32->17. 17 pads to 32, which row 32 never
+    measured; 24 lies in the same block of 16, so its measured price is the price of 17. It was
+    extrapolated past 24 along the line and the user warned to re-measure a table that already
+    covered it."""
+    table = LatencyTable(meta=_meta(16))
+    table.staircase = Staircase(16, 1.0, {}, "pad")
+    price = {(32, 12): 0.020, (32, 16): 0.021, (32, 24): 0.030, (48, 16): 0.025, (48, 32): 0.040, (48, 48): 0.050}
+    for (cin, cout), ms in price.items():
+        table.add(BASE.with_channels(cin, cout), ms, 0.0, 1)
+    model = LutLatencyModel(table, source="t.json", ui=UI(quiet=True))
+    for cout in (17, 20, 32):
+        assert model.layer_ms(BASE.with_channels(32, cout)) == (pytest.approx(0.030), "lut-interp")
+    assert "outside the measured range" not in capsys.readouterr().err
+    # a count beyond the row's last block is still extrapolated, and said so
+    assert model.layer_ms(BASE.with_channels(32, 40))[1] == "lut-extrap"
+    # the input pads too: 40 inputs read row 48, which measured 17's padded count itself
+    assert model.layer_ms(BASE.with_channels(40, 17)) == (pytest.approx(0.040), "lut-interp")
 
 
 def test_sources_exact_extrapolated_and_analytic(capsys):

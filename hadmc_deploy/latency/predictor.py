@@ -44,6 +44,17 @@ def _ceil_to(c: int, align: int) -> int:
     return int(math.ceil(c / align) * align) if align > 1 else c
 
 
+def _in_block(count: int, step: int, measured: list[int]) -> int:
+    """The count a padded price reads (pad mode: a blocked kernel pays for whole blocks of `step`):
+    `count` or its padded count where measured, else the largest count measured in the same block
+    (a measurement of the same price), else the padded count, interpolated from the grid."""
+    padded = _ceil_to(count, step)
+    if count in measured or padded in measured:
+        return count if count in measured else padded
+    same = [v for v in measured if _ceil_to(v, step) == padded]
+    return max(same) if same else padded
+
+
 def axis_weights(values: list[int], c: int, align: int) -> tuple[list[tuple[int, float]], bool]:
     """Grid values and weights that price channel count `c` on one axis, and whether it extrapolates.
 
@@ -85,11 +96,11 @@ class _Family:
     def reference(self, ci: int, co: int, step: int, mode: str) -> tuple[float, str]:
         """An unaligned point's price before its penalty: at its padded counts ("pad") or on the line."""
         if mode == "pad":
-            pi = ci if ci in self.ins else _ceil_to(ci, step)
-            po = co if co in self.outs else _ceil_to(co, step)
             if self.diagonal and ci == co:
-                pi = po = ci if ci in self.diag_values else _ceil_to(ci, step)
-            return self.price_aligned(pi, po, step)
+                pi = po = _in_block(ci, step, self.diag_values)
+            else:
+                pi, po = _in_block(ci, step, self.ins), _in_block(co, step, self.outs)
+            return self.price_aligned(pi, po, step, padded=True)
         return self.price_aligned(ci, co, step)
 
     def measured_penalties(self, step: int, mode: str) -> None:
@@ -108,8 +119,10 @@ class _Family:
         self.pen_in = statistics.median(pin) if pin else None
         self.pen_out = statistics.median(pout) if pout else None
 
-    def price_aligned(self, ci: int, co: int, step: int) -> tuple[float, str]:
-        """The line through aligned grid points at (ci, co), no padding, no penalty."""
+    def price_aligned(self, ci: int, co: int, step: int, padded: bool = False) -> tuple[float, str]:
+        """The line through aligned grid points at (ci, co), no padding, no penalty. `padded`: priced
+        as its block of `step` (pad mode), so a row of a merged family may read it at another count
+        measured in the same block (`_by_rows`)."""
         if self.diagonal and ci == co:
             vals = [v for v in self.diag_values if v % step == 0] or self.diag_values
             weights, extrap = axis_weights(vals, ci, 1)
@@ -124,7 +137,7 @@ class _Family:
         if all(p in self.points for p, _ in corners):
             ms = sum(w * self.points[p] for p, w in corners)
             return self._floor(ms, [p for p, _ in corners]), "lut-extrap" if (ex_in or ex_out) else "lut-interp"
-        return self._by_rows(ci, co, w_in, ex_in, 1, lambda o: o % step == 0 or o == co)
+        return self._by_rows(ci, co, w_in, ex_in, 1, lambda o: o % step == 0 or o == co, block=step if padded else 0)
 
     def price_staircase(self, ci: int, co: int, step: int, op_penalty: float, mode: str, weighted: bool) -> tuple[float, str]:
         """Reference price (padded or line, see Staircase.mode) times the measured penalty of each
@@ -162,17 +175,24 @@ class _Family:
     def _floor(self, ms: float, used: list[tuple[int, int]]) -> float:
         return max(ms, _EXTRAPOLATION_FLOOR * min(self.points[p] for p in used))
 
-    def _by_rows(self, ci: int, co: int, w_in: list[tuple[int, float]], ex_in: bool, align: int, usable: Any) -> tuple[float, str]:
+    def _by_rows(self, ci: int, co: int, w_in: list[tuple[int, float]], ex_in: bool, align: int, usable: Any, block: int = 0) -> tuple[float, str]:
         """(ci, co) where the grid is not a product of its axes: layers of one shape merged into one
         family, each measured over its own widths (an SE block's squeeze convs: 8-22% of the layer
         prices of random MobileNetV2/V3 and EfficientNet-B0 plans). Along each neighbouring input
         row, interpolated over the outputs measured in that row (those `usable`, when two are),
         then across the rows; extrapolated only outside a row's or the rows' range. Before this,
         any missing corner fell to the nearest point scaled by work, labelled extrapolated, and the
-        user was told to re-measure a table that covered the layer."""
+        user was told to re-measure a table that covered the layer. With `block` (pad mode: a count
+        costs its block of `block` channels) a row that lacks `co` reads the count it measured in the
+        same block: an SE squeeze conv at 32->17, padded to 32, read row 32's 24 (measured, the same
+        two blocks) instead of extrapolating past it and warning."""
         total, used, extrap = 0.0, [], ex_in
         for i, wi in w_in:
             row = sorted(o for pi, o in self.points if pi == i)
+            if block and co not in row and (same := [o for o in row if _ceil_to(o, block) == _ceil_to(co, block)]):
+                total += wi * self.points[(i, max(same))]
+                used.append((i, max(same)))
+                continue
             row = [o for o in row if usable(o)] if sum(usable(o) for o in row) >= min(2, len(row)) else row
             if not row:
                 return self._nearest_scaled(ci, co, align), "lut-extrap"
