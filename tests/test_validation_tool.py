@@ -76,3 +76,20 @@ def test_the_order_effect_reads_a_plan_timed_last_as_slower():
     effect = tts.order_effect(trace)
     assert effect[0] == pytest.approx(1.0) and effect[1] == pytest.approx(1.0) and effect[2] == pytest.approx(1.3)
     assert tts.order_effect([{k: v for k, v in r.items() if k != "order"} for r in trace]) is None
+
+
+def test_rank_swaps_name_the_plans_the_table_ranks_the_other_way_with_their_gap():
+    """Five plans, the table right but for c and d: one swap (Spearman 0.90), measured 2% apart,
+    beside the wider of the two plans' ranges over rounds. The full model and the re-timed fit
+    plans are not random plans and are never counted."""
+    def row(plan, measured, lut, spread):
+        return {"plan": plan, "measured_ms": measured, "lut_ms": lut, "round_spread_pct": spread}
+
+    rows = [row("full", 1.0, 0.5, 1.0), row("a", 0.2, 0.21, 3.0), row("b", 0.3, 0.31, 2.0), row("c", 0.50, 0.42, 4.0),
+            row("d", 0.51, 0.40, 6.0), row("e", 0.7, 0.69, 1.0), row("fit:x", 0.9, 0.1, 1.0)]
+    (swap,) = vlm.rank_swaps(rows)
+    assert swap["plans"] == ["c", "d"]
+    assert swap["measured_gap_pct"] == pytest.approx(2.0) and swap["range_pct"] == 6.0
+    assert vlm.spearman([r["lut_ms"] for r in rows[1:6]], [r["measured_ms"] for r in rows[1:6]]) == pytest.approx(0.9)
+    assert vlm._swaps({"rows": rows}) == "2.0% apart (ranges 6%)"
+    assert vlm._swaps({"rows": rows[:3]}) == "none"

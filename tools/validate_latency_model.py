@@ -398,6 +398,30 @@ def _plan_spreads(cell: dict) -> str:
     return f"{np.median(spreads):.1f} / {max(spreads):.1f}%" if spreads else "-"
 
 
+def rank_swaps(rows: list[dict]) -> list[dict]:
+    """The random plans the table ranks the other way round from the measurement (what costs a cell
+    its Spearman: with five plans one swap reads 0.90), each with how far apart the two measured
+    and the wider of their own ranges over the validation's rounds. A swap of two plans measured
+    closer than their rounds move cannot be told from the machine's noise by any predictor."""
+    held = [r for r in rows if r["plan"] != "full" and not r["plan"].startswith("fit:")]
+    swaps = []
+    for i, a in enumerate(held):
+        for b in held[i + 1:]:
+            if (a["lut_ms"] - b["lut_ms"]) * (a["measured_ms"] - b["measured_ms"]) < 0:
+                fast, slow = sorted((a, b), key=lambda r: r["measured_ms"])
+                swaps.append({"plans": [fast["plan"], slow["plan"]], "measured_gap_pct": 100 * (slow["measured_ms"] / fast["measured_ms"] - 1),
+                              "range_pct": max(a.get("round_spread_pct", 0.0), b.get("round_spread_pct", 0.0))})
+    return swaps
+
+
+def _swaps(cell: dict) -> str:
+    """The rank swaps (`rank_swaps`): measured gap against the two plans' range over rounds."""
+    if "rows" not in cell or any("lut_ms" not in r for r in cell["rows"]):
+        return "-"
+    swaps = rank_swaps(cell["rows"])
+    return "; ".join(f"{s['measured_gap_pct']:.1f}% apart (ranges {s['range_pct']:.0f}%)" for s in swaps) if swaps else "none"
+
+
 def _fit_moves(cell: dict) -> str:
     """How far the re-timed context-fit plans' speedups moved between the fit and the validation
     (negative: the plan now runs slower against the full model than the fit measured)."""
@@ -412,20 +436,20 @@ def write_doc(results: dict, path: Path, section: str = "validation") -> None:
         f"clock **{results['clock']}**, {results['plans']} random plans per cell + the full model, {results['rounds']} interleaved rounds. "
         "Produced by `tools/validate_latency_model.py`.",
         "",
-        "| model | input | precision | step (mode, penalty) | table s | LUT MAPE | LUT max | LUT Spearman | LUT MAPE of speedups | MACs MAPE (speedups) | MACs Spearman | noise floor (full model, range over rounds) | each plan's own range over rounds (median / max over plans) | machine speed (speed anchor / its reference): table, validation | full model: table fit -> validation | fit's plans re-timed: speedup moved since the fit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | input | precision | step (mode, penalty) | table s | LUT MAPE | LUT max | LUT Spearman | LUT MAPE of speedups | MACs MAPE (speedups) | MACs Spearman | noise floor (full model, range over rounds) | each plan's own range over rounds (median / max over plans) | machine speed (speed anchor / its reference): table, validation | full model: table fit -> validation | fit's plans re-timed: speedup moved since the fit | plans ranked the other way: measured gap (their range over rounds) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     if not results["cells"]:  # only the --issue / --anchor-ab checks were run
         lines = [f"Measured {results['measured_at']} on {results['machine']} ({results['cores']} logical CPUs, shared: load average "
                  f"{results['load_average']} at the start), clock **{results['clock']}**. Produced by `tools/validate_latency_model.py`."]
     for c in results["cells"]:
         if "error" in c:
-            lines.append(f"| {c['arch']} | | {c['precision']} b{c['batch']} | failed: {c['error'][:80]} | | | | | | | | | | | | |")
+            lines.append(f"| {c['arch']} | | {c['precision']} b{c['batch']} | failed: {c['error'][:80]} | | | | | | | | | | | | | |")
             continue
         lines.append(
             f"| {c['arch']} | {'x'.join(map(str, c['input']))} | {c['precision']} | {_step(c)} | {c['table_seconds']:.0f} | "
             f"**{c['lut_mape']:.1f}%** | {c['lut_max_err']:.1f}% | **{c['lut_spearman']:.2f}** | {_pct(c.get('lut_ratio_mape'))} | {c['macs_mape']:.1f}% | "
-            f"{c['macs_spearman']:.2f} | {c['noise_floor_pct']:.1f}% | {_plan_spreads(c)} | {_slowdown(c)} | {_drift(c)} | {_fit_moves(c)} |"
+            f"{c['macs_spearman']:.2f} | {c['noise_floor_pct']:.1f}% | {_plan_spreads(c)} | {_slowdown(c)} | {_drift(c)} | {_fit_moves(c)} | {_swaps(c)} |"
         )
     for ab in results.get("anchor_ab", []):
         lines.append("")
