@@ -126,6 +126,21 @@ def test_sources_exact_extrapolated_and_analytic(capsys):
     assert model.predict([other]).source == "analytic"
 
 
+def test_a_complete_table_is_not_said_to_need_measuring_again(capsys):
+    """A count beyond a complete table's grid (the demo's first conv pruned to 15 outputs, below the
+    grid's step of 16) is extrapolated and said so, without advice to rerun `lut`, which would
+    measure the same grid; a table a budget cut short still gets that advice."""
+    table = _staircase_table()
+    table.meta.method["complete"] = True
+    model = LutLatencyModel(table, source="t.json", ui=UI(quiet=True))
+    assert model.layer_ms(BASE.with_channels(16, 80))[1] == "lut-extrap"
+    err = " ".join(capsys.readouterr().err.split())
+    assert "lies beyond the channel counts t.json measured" in err and "rerun" not in err
+    table.meta.method["complete"] = False
+    LutLatencyModel(table, source="t.json", ui=UI(quiet=True)).layer_ms(BASE.with_channels(16, 80))
+    assert "rerun `hadmc-deploy lut`" in " ".join(capsys.readouterr().err.split())
+
+
 def test_a_caller_pricing_off_table_plans_on_purpose_is_not_warned(capsys):
     model = LutLatencyModel(_staircase_table(), source="<context fit>", warn_extrapolation=False)
     assert model.predict([BASE.with_channels(16, 80)]).per_layer_source == ["lut-extrap"]

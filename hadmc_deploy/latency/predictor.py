@@ -264,11 +264,18 @@ class LutLatencyModel:
             if result[1] == "lut-extrap" and self.warn_extrapolation and "extrapolated" not in self._warned:
                 # once per model: a plan outside the table has many such layers, and one line says what to do
                 self._warned.add("extrapolated")
-                self.ui.warn(
-                    f"{spec.op} at {spec.in_channels}->{spec.out_channels} channels (and any other layer priced outside the table) is outside "
-                    f"the measured range of {self.source} (or between points a budget-limited run did not reach): extrapolated from the "
-                    "nearest table points, labelled 'lut-extrap'; rerun `hadmc-deploy lut` for this model to measure them"
-                )
+                where = f"{spec.op} at {spec.in_channels}->{spec.out_channels} channels (and any other layer priced outside the table)"
+                if self.table.meta.method.get("complete"):
+                    # a complete table's grid spans the counts it could measure for this model (from its
+                    # step up to each layer's own widths): a count below the step or past a merged row's
+                    # widths is not there, and re-measuring would not put it there
+                    self.ui.warn(f"{where} lies beyond the channel counts {self.source} measured for this model: extrapolated along the "
+                                 "line through its nearest points, labelled 'lut-extrap' (the table is complete; measuring again adds no such counts)")
+                else:
+                    self.ui.warn(
+                        f"{where} is outside the measured range of {self.source} (or between points a budget-limited run did not reach): "
+                        "extrapolated from the nearest table points, labelled 'lut-extrap'; rerun `hadmc-deploy lut` for this model to measure them"
+                    )
         self._cache[key] = result
         return result
 
