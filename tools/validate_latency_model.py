@@ -41,7 +41,7 @@ from hadmc_deploy.latency.auto import MeasureOptions, measure_table  # noqa: E40
 from hadmc_deploy.latency.context_build import build_deployed_artifact  # noqa: E402
 from hadmc_deploy.latency.context_plans import calibration_plans  # noqa: E402
 from hadmc_deploy.latency.context_probe import whole_model_ms  # noqa: E402
-from hadmc_deploy.latency.lut import cpu_fingerprint  # noqa: E402
+from hadmc_deploy.latency.lut import cpu_fingerprint, read_table  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
 from hadmc_deploy.latency.predictor import LutLatencyModel  # noqa: E402
 from hadmc_deploy.latency.speed_anchor import table_anchor  # noqa: E402
@@ -51,7 +51,7 @@ from hadmc_deploy.models.mobilenet import mobilenet_v2  # noqa: E402
 from hadmc_deploy.models.resnet import resnet18  # noqa: E402
 from hadmc_deploy.targets import get_target  # noqa: E402
 from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS  # noqa: E402
-from hadmc_deploy.ui import UI  # noqa: E402
+from hadmc_deploy.ui import UI, quiet_ui  # noqa: E402
 
 #: the machine's anchor references of a validation run (latency/speed_anchor.py), in its workdir.
 ANCHOR_STORE = "speed-anchor.json"
@@ -480,6 +480,24 @@ def write_doc(results: dict, path: Path, section: str = "validation") -> None:
     path.write_text(text[:start] + "\n" + "\n".join(lines) + "\n" + text[end:])
 
 
+def repredict(results: dict, seed: int, ui: UI) -> list[dict]:
+    """Every cell's plans priced again from the table the run saved, with this checkout's predictor:
+    how far a change to the predictor moves a recorded run (percent per plan; 0.00 where it does
+    not touch these tables). The tables must still be at the paths the run recorded (its --workdir)."""
+    moves = []
+    for c in results["cells"]:
+        if "error" in c:
+            continue
+        _, _, graph = cell_model(c["arch"], c["batch"])
+        table = read_table(Path(c["lut"]))
+        lm = LutLatencyModel(table, source=c["lut"], ui=quiet_ui())
+        plans = {"full": graph.full_widths(), **draw_plans(graph, results["plans"], c["step"], results.get("seed", seed))}
+        pct = {r["plan"]: 100 * (predict(lm, graph, plans[r["plan"]], c["precision"], c["batch"]) / r["lut_ms"] - 1) for r in c["rows"]}
+        moves.append({"cell": f"{c['arch']}:{c['precision']}:{c['batch']}", "moved_pct": pct})
+        ui.log(f"{moves[-1]['cell']}: " + " ".join(f"{n} {m:+.2f}%" for n, m in pct.items()))
+    return moves
+
+
 def machine_label() -> str:
     """The CPU by model and ISA: steps, INT8 speed and noise differ between the machines here."""
     cpu = cpu_fingerprint()
@@ -507,7 +525,13 @@ def main() -> int:
     parser.add_argument("--doc", default=str(ROOT / "docs" / "latency_model.md"))
     parser.add_argument("--section", help="the doc's marked section to replace (validation, validation-wall, ...); without it the doc is left alone")
     parser.add_argument("--render", metavar="JSON", help="only write the doc section from a results JSON of an earlier run")
+    parser.add_argument("--repredict", metavar="JSON", help="only price an earlier run's plans again from its saved tables with this checkout's predictor")
     args = parser.parse_args()
+    if args.repredict:
+        moves = repredict(json.loads(Path(args.repredict).read_text()), args.seed, UI(quiet=False))
+        worst = max((abs(m) for c in moves for m in c["moved_pct"].values()), default=0.0)
+        print(f"{len(moves)} cells re-predicted; the largest move {worst:.2f}%")
+        return 0
     if args.render:
         if not args.section:
             parser.error("--render needs --section: the doc's marked section to replace")
@@ -519,7 +543,8 @@ def main() -> int:
     if args.remeasure and store.exists():  # from scratch: the machine's anchor reference too
         store.unlink()
     results = {"measured_at": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_label(), "cores": os.cpu_count(),
-               "load_average": [round(x, 1) for x in os.getloadavg()], "clock": args.clock, "plans": args.plans, "rounds": args.rounds, "cells": [], "issue": []}
+               "load_average": [round(x, 1) for x in os.getloadavg()], "clock": args.clock, "plans": args.plans, "seed": args.seed, "rounds": args.rounds,
+               "cells": [], "issue": []}
     start = time.monotonic()
     for cell in filter(None, args.cells.split(",")):  # --cells "": only the --issue checks
         arch, precision, batch = cell.split(":")
