@@ -229,6 +229,26 @@ def test_a_budget_missed_because_of_the_guards_float_layers_says_so() -> None:
     assert "ask for less" in err.value.hint
 
 
+def test_a_budget_judged_against_the_faster_fp32_original_advises_an_fp32_build() -> None:
+    """An INT8 build of a CNN with GroupNorm and PReLU: its INT8 original ran slower than its FP32
+    one, so the budget was judged against FP32, which the plan chosen for INT8 prices did not reach.
+    The advice names --precision fp32; an FP32 build's miss keeps the usual advice."""
+    from hadmc_deploy.build.pipeline import raise_on_unmet
+    from hadmc_deploy.errors import BudgetError
+
+    budget = {"goal_speedup": 1.5, "measured_speedup": 1.0, "best": {"variant": "baseline-fp32", "speedup": 1.0}, "guard_float_layers": 0,
+              "plan_all_int8_speedup": 1.61, "reference": "baseline-fp32", "original_at_precision": "baseline-int8"}
+    report = {"decision": {"deploy": "baseline-fp32", "artifact": "artifacts/cpu/deploy", "verdict": {"exit_code": 14, "why": ""}, "budget": budget}}
+    with pytest.raises(BudgetError) as err:
+        raise_on_unmet(report)
+    assert "baseline-int8 measured slower than baseline-fp32" in err.value.hint and "--precision fp32" in err.value.hint
+    assert "1.00x over baseline-fp32, the original that measured faster than baseline-int8" in str(err.value)
+    budget["original_at_precision"] = "baseline-fp32"
+    with pytest.raises(BudgetError) as err:
+        raise_on_unmet(report)
+    assert "--precision fp32" not in err.value.hint and "ask for less" in err.value.hint
+
+
 def test_the_unmet_errors_and_the_last_line_name_the_artifact_under_the_build_directory(tmp_path) -> None:
     """A user in another directory can pass the path they are given to `bench`: the exit-14/15
     errors and the printed decision line join the build directory to the artifact's path, which

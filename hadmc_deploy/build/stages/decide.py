@@ -106,6 +106,7 @@ def run(ctx: BuildContext) -> StageResult:
     decision.budget = budget_verdict(goal, fastest[budget_ref["name"]] / fastest[name], noise)
     if decision.budget is not None:
         decision.budget["reference"] = budget_ref["name"]
+        decision.budget["original_at_precision"] = precision_ref["name"]
         allowed = [c for c in candidates if not c.excluded]
         best = min(allowed, key=lambda c: c.p50_ms)  # the deployed one may be a simpler variant within noise of it
         decision.budget["best"] = {"variant": best.name, "speedup": fastest[budget_ref["name"]] / best.p50_ms}
