@@ -212,6 +212,25 @@ def _image_files(directory: Path) -> list[tuple[int, Path]]:
             if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES]
 
 
+def check_image_files(source: str) -> None:
+    """Every file of an image-folder source opens as an image (its header only; other sources pass):
+    a build checks this before its heavy stages, which otherwise met a broken file in --eval when
+    the evaluation first read the folder, after the latency table, the search and recovery."""
+    if source.startswith("builtin:"):
+        return
+    path, _ = _resolve(source)
+    if not path.is_dir() or any("idx3" in p.name for p in path.iterdir()):
+        return
+    from PIL import Image
+
+    for _, file in _image_files(path):
+        try:
+            with Image.open(file) as img:
+                img.size  # noqa: B018 - the header is read on open; the size is what loading needs first
+        except Exception as exc:
+            raise DataError(f"cannot read image {file}: {exc}", hint="remove or replace the file: every image of the folder is read") from exc
+
+
 def _image_folder(directory: Path, resize: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
     try:
         from PIL import Image
@@ -226,12 +245,18 @@ def _image_folder(directory: Path, resize: tuple[int, int] | None) -> tuple[np.n
                     img = img.resize((resize[1], resize[0]), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.uint8)
         except Exception as exc:
-            raise DataError(f"cannot read image {file}: {exc}") from exc
+            raise DataError(f"cannot read image {file}: {exc}", hint="remove or replace the file: every image of the folder is read") from exc
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-        if images and arr.shape != images[0].shape:
-            raise DataError(f"image {file} has shape {arr.shape}, others {images[0].shape}", hint="pass --resize H,W")
+        if images and arr.shape[1:] != images[0].shape[1:]:
+            raise DataError(f"image {file} is {arr.shape[1]}x{arr.shape[2]}, others {images[0].shape[1]}x{images[0].shape[2]}",
+                            hint="give images of one size (a build resizes them to its --input-shape)")
         images.append(arr)
         labels.append(label)
+    if len({a.shape[0] for a in images}) > 1:
+        # a colour folder with a few grayscale files (ImageNet's JPEGs include some): the grayscale
+        # ones become colour, as PIL's convert("RGB") makes them (R = G = B); they were refused,
+        # with advice to resize them
+        images = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in images]
     if not images:
         raise DataError(f"{directory} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
                         hint="put the images in DIR (unlabelled: calibration only) or in DIR/<class>/ (labelled)")

@@ -111,6 +111,26 @@ def test_colour_images_for_a_grayscale_model_become_luma(tmp_path):
         load_data(str(tmp_path / "two.npz"), Preprocess(channels=1))
 
 
+def test_a_colour_folder_with_a_few_grayscale_files_reads_them_as_colour(tmp_path):
+    """ImageNet-style folders hold a few grayscale JPEGs among colour ones: those become colour as
+    PIL's convert("RGB") makes them (R = G = B). The folder was refused ("image ... has shape
+    (1, 8, 8), others (3, 8, 8)") with advice to pass a --resize flag no command has."""
+    pil = pytest.importorskip("PIL.Image")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    rng = np.random.default_rng(0)
+    pil.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "a" / "colour.png")
+    gray = rng.integers(0, 255, (8, 8), dtype=np.uint8)
+    pil.fromarray(gray, "L").save(tmp_path / "b" / "gray.png")
+    ds = load_data(str(tmp_path), Preprocess(resize=(8, 8), channels=3, mean=(0.0,), std=(1.0,)))
+    assert ds.x.shape == (2, 3, 8, 8)
+    assert np.allclose(ds.x[1], np.repeat(gray[None] / 255.0, 3, axis=0), atol=1e-6)
+    pil.fromarray(rng.integers(0, 255, (9, 9, 3), dtype=np.uint8)).save(tmp_path / "b" / "other_size.png")
+    with pytest.raises(DataError, match="9x9, others 8x8") as err:  # read unresized: one size, named
+        load_data(str(tmp_path))
+    assert "--resize" not in (err.value.hint or "")
+
+
 def test_unreadable_image_names_the_file(tmp_path):
     pytest.importorskip("PIL.Image")
     (tmp_path / "a").mkdir()
@@ -248,6 +268,28 @@ def test_a_build_refuses_eval_labels_beyond_the_models_classes_before_measuring_
     rc = main(["build", str(model), "--arch", TINY_ARCH, "--input-shape", "1,1,16,16", "--target", "cpu", "--calib", DIGITS_TRAIN,
                "--eval", str(tmp_path / "eval.npz"), "--speedup", "1.5", "-q", "--out", str(out)])
     assert rc == 8 and "labels up to 11 but the model has 10 outputs" in capsys.readouterr().err
+    assert not list(out.rglob("lut-*.json")) and not (out / "width_plan.json").exists()
+
+
+def test_a_build_refuses_a_broken_image_in_an_eval_folder_before_measuring_anything(tmp_path, capsys):
+    """A class folder with a file that is not an image: exit 8 in the load stage, naming the file,
+    before the latency table or the search (it failed when the evaluation first read the folder)."""
+    pil = pytest.importorskip("PIL.Image")
+    import torch
+    from pipeline_models import DIGITS_TRAIN, TINY_ARCH, tiny_cnn
+
+    from hadmc_deploy.cli import main
+
+    for cls in range(3):
+        (tmp_path / "eval" / str(cls)).mkdir(parents=True)
+        pil.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "eval" / str(cls) / "0.png")
+    (tmp_path / "eval" / "2" / "broken.jpg").write_bytes(b"not a jpeg")
+    model = tmp_path / "tiny.pth"
+    torch.save(tiny_cnn().state_dict(), model)
+    out = tmp_path / "out"
+    rc = main(["build", str(model), "--arch", TINY_ARCH, "--input-shape", "1,1,16,16", "--target", "cpu", "--calib", DIGITS_TRAIN,
+               "--eval", str(tmp_path / "eval"), "--speedup", "1.5", "-q", "--out", str(out)])
+    assert rc == 8 and "broken.jpg" in capsys.readouterr().err
     assert not list(out.rglob("lut-*.json")) and not (out / "width_plan.json").exists()
 
 

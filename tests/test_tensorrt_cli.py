@@ -138,3 +138,21 @@ def test_check_tensorrt_device_calibration_gets_data_and_no_cache(tmp_path):
     assert reqs["int8-qdq"].qdq_graph == prep["qdq"] and reqs["fp16"].qdq_graph is None
     eleven = tool.variants(types.SimpleNamespace(implicit_calibration=False, version="11.1.0"))
     assert [o is None for _, _, o, _ in eleven] == [False, False, False, True, True]
+
+
+def test_engine_calibration_images_are_preprocessed_as_the_build_did(tmp_path):
+    """--calib data for the TensorRT calibrator takes the ONNX input's channels and size and the
+    --mean/--std the build recorded in plan.json (the build directory, or a folder above the ONNX
+    file); it was read with the defaults, unresized."""
+    from hadmc_deploy.commands.engine import calib_preprocess
+
+    build = tmp_path / "build"
+    (build / "artifacts" / "cpu").mkdir(parents=True)
+    onnx_path = tiny_cnn(build / "artifacts" / "cpu" / "model.onnx", channels=3, hw=24)
+    (build / "plan.json").write_text('{"options": {"mean": [0.1, 0.2, 0.3], "std": [0.5], "input_shape": null}}')
+    pre = calib_preprocess(onnx_path, build)
+    assert (pre.resize, pre.channels, pre.mean, pre.std) == ((24, 24), 3, (0.1, 0.2, 0.3), (0.5,))
+    assert calib_preprocess(onnx_path, onnx_path).mean == (0.1, 0.2, 0.3)  # found above the ONNX file
+    alone = tiny_cnn(tmp_path / "alone.onnx", channels=1, hw="H")
+    pre = calib_preprocess(alone, alone)
+    assert (pre.resize, pre.channels, pre.mean) == (None, 1, None)  # a symbolic size is not resized to

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from hadmc_deploy.data import Preprocess
 from hadmc_deploy.errors import BackendUnavailableError, UsageError
 from hadmc_deploy.ui import UI
 
@@ -68,6 +69,28 @@ def _sources(source: Path) -> dict[str, Path]:
     raise UsageError(f"{source} is neither a build directory nor an .onnx file")
 
 
+def calib_preprocess(onnx_path: Path, source: Path) -> Preprocess:
+    """--calib images as the build preprocessed its own: the ONNX input's channels and size, and the
+    --mean/--std the build recorded in plan.json (in `source` or a folder above it). They were read
+    with the defaults, unresized: a folder of images of other sizes failed, and a build's own
+    normalisation was not the calibrator's, whose ranges the deployed inputs then never take."""
+    import json
+
+    import onnx
+
+    dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    chw = [d.dim_value if d.HasField("dim_value") else 0 for d in dims[1:4]]
+    options: dict[str, Any] = {}
+    for folder in ([source] if source.is_dir() else []) + list(source.resolve().parents)[:3]:
+        if (folder / "plan.json").is_file():
+            options = json.loads((folder / "plan.json").read_text()).get("options") or {}
+            break
+    mean, std = options.get("mean"), options.get("std")
+    channels = chw[0] if chw and chw[0] else None
+    size = (chw[1], chw[2]) if len(chw) == 3 and chw[1] and chw[2] else None
+    return Preprocess(resize=size, channels=channels, mean=tuple(mean) if mean else None, std=tuple(std) if std else None)
+
+
 def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
     from hadmc_deploy.backends import BuildRequest, TrtBuildOptions, get
     from hadmc_deploy.backends.tensorrt_artifact import batch_triple_from_sizes, parse_batch_triple
@@ -108,9 +131,9 @@ def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
         )
     calib_data = None
     if int8 and args.calib:
-        from hadmc_deploy.data import Preprocess, load_data
+        from hadmc_deploy.data import load_data
 
-        calib_data = load_data(args.calib, Preprocess(), limit=args.calib_samples)
+        calib_data = load_data(args.calib, calib_preprocess(Path(onnx_path), source), limit=args.calib_samples)
     request = BuildRequest(
         onnx_path=onnx_path, precision=precision, out_dir=Path(args.output), target=target,
         qdq_graph=found.get("qdq_onnx") if int8 else None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import labels_of, loaded_model, task
 from hadmc_deploy.build.metric import CLASSIFY
-from hadmc_deploy.data import check_labels
+from hadmc_deploy.data import check_image_files, check_labels
 from hadmc_deploy.profile import profile_model
 
 
@@ -38,15 +38,18 @@ def inputs(ctx: BuildContext) -> dict:
 
 
 def check_labelled_sources(ctx: BuildContext, num_classes: int | None) -> None:
-    """--train and --eval labels against the model's classes, read without the images, before any
-    heavy stage: data is otherwise loaded, and checked, when the recovery stage first reads it, after the
-    latency table and the search (minutes for a large model)."""
+    """--train and --eval labels against the model's classes, read without the images, and every file
+    of an image-folder source opened as an image, before any heavy stage: data is otherwise loaded,
+    and checked, when the recovery stage first reads it, after the latency table and the search
+    (minutes for a large model)."""
     if task(ctx) != CLASSIFY:
         return
     d = ctx.settings.data
     for role, source in (("train", d.train), ("eval", d.eval)):
         if source:
             check_labels(source, labels_of(ctx, source), role, num_classes)
+    for source in dict.fromkeys(s for s in (d.train, d.eval, d.calib) if s):
+        check_image_files(source)
 
 
 STAGE = Stage("load", run, inputs, (), dry_run=True)
