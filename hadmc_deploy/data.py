@@ -240,10 +240,16 @@ def _image_folder(directory: Path, resize: tuple[int, int] | None) -> tuple[np.n
     for label, file in _image_files(directory):
         try:
             with Image.open(file) as img:
-                img = img.convert("RGB" if img.mode not in ("L", "I;16") else "L")
+                if img.mode.startswith("I;16") or img.mode == "I":
+                    # 16-bit grayscale (medical, microscopy, depth PNGs): as floats in [0, 1] of the
+                    # 16-bit range. convert("L") clipped every value above 255, so such an image read
+                    # as white wherever it was not black.
+                    img, scale = img.convert("I").convert("F"), 65535.0
+                else:
+                    img, scale = img.convert("RGB" if img.mode != "L" else "L"), None
                 if resize is not None:
                     img = img.resize((resize[1], resize[0]), Image.BILINEAR)
-                arr = np.asarray(img, dtype=np.uint8)
+                arr = np.asarray(img, dtype=np.uint8) if scale is None else np.clip(np.asarray(img, dtype=np.float32) / scale, 0.0, 1.0)
         except Exception as exc:
             raise DataError(f"cannot read image {file}: {exc}", hint="remove or replace the file: every image of the folder is read") from exc
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
@@ -257,6 +263,8 @@ def _image_folder(directory: Path, resize: tuple[int, int] | None) -> tuple[np.n
         # ones become colour, as PIL's convert("RGB") makes them (R = G = B); they were refused,
         # with advice to resize them
         images = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in images]
+    if len({a.dtype for a in images}) > 1:  # 8- and 16-bit files in one folder: all as floats in [0, 1]
+        images = [a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a for a in images]
     if not images:
         raise DataError(f"{directory} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
                         hint="put the images in DIR (unlabelled: calibration only) or in DIR/<class>/ (labelled)")

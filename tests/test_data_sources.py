@@ -131,6 +131,23 @@ def test_a_colour_folder_with_a_few_grayscale_files_reads_them_as_colour(tmp_pat
     assert "--resize" not in (err.value.hint or "")
 
 
+def test_sixteen_bit_grayscale_images_keep_their_values(tmp_path):
+    """16-bit PNGs (medical, microscopy, depth) read as their share of the 16-bit range; PIL's
+    convert("L") clipped every value above 255, so all but the black pixels read as white. An 8-bit
+    file beside them reads as its share of 255."""
+    pil = pytest.importorskip("PIL.Image")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    deep = np.linspace(0, 65535, 64).reshape(8, 8).astype(np.uint16)
+    pil.fromarray(deep).save(tmp_path / "a" / "deep.png")
+    pil.fromarray(np.full((8, 8), 51, np.uint8)).save(tmp_path / "b" / "plain.png")
+    ds = load_data(str(tmp_path), Preprocess(mean=(0.0,), std=(1.0,)))
+    assert np.allclose(ds.x[0, 0], deep / 65535.0, atol=1e-6)
+    assert np.allclose(ds.x[1, 0], 0.2, atol=1e-6)
+    small = load_data(str(tmp_path), Preprocess(resize=(4, 4), mean=(0.0,), std=(1.0,)))
+    assert 0.3 < float(small.x[0].mean()) < 0.7  # resized, still spread over the range
+
+
 def test_unreadable_image_names_the_file(tmp_path):
     pytest.importorskip("PIL.Image")
     (tmp_path / "a").mkdir()
