@@ -9,6 +9,8 @@ import importlib.util
 import inspect
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,23 @@ def parse_arch_kwargs(text: str | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ArchSpecError("--arch-kwargs must be a JSON object", hint='e.g. --arch-kwargs \'{"num_classes": 10}\'')
     return value
+
+
+@contextmanager
+def cwd_importable() -> Iterator[None]:
+    """The working directory on the import path (last: it shadows no installed package) for the
+    duration: `--arch models:Net` and a trusted pickle of a class from models.py are found where
+    `python` finds them. The console script's path holds its own bin/ directory instead, and both
+    failed from the user's project folder (a pickle "truncated or corrupt")."""
+    cwd = str(Path.cwd())
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
 
 
 def _import_from_file(path: Path, name: str) -> Any:
@@ -148,9 +167,11 @@ def resolve_arch(spec: str) -> Any:
     if where.endswith(".py") or "/" in where or "\\" in where:
         return _import_from_file(Path(where), name)
     try:
-        module = importlib.import_module(where)
+        with cwd_importable():
+            module = importlib.import_module(where)
     except Exception as exc:
-        raise ArchSpecError(f"cannot import module {where!r} for --arch: {type(exc).__name__}: {exc}") from exc
+        raise ArchSpecError(f"cannot import module {where!r} for --arch: {type(exc).__name__}: {exc}",
+                            hint=f"run from the folder that holds it, or name its file: --arch path/to/{where.replace('.', '/')}.py:{name}") from exc
     if not hasattr(module, name):
         raise ArchSpecError(f"module {where!r} has no {name!r}")
     return getattr(module, name)

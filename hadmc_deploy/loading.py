@@ -22,6 +22,7 @@ from hadmc_deploy.arch import (
     build_arch,
     check_finite,
     check_single_input,
+    cwd_importable,
     first_line,
     load_state_dict_checked,
     parse_arch_kwargs,
@@ -46,7 +47,20 @@ PRUNED_FORMAT_PREFIX = "hadmc-pruned/"
 # -- reading the file ---------------------------------------------------------------------
 def _torch_load(path: Path, weights_only: bool) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        if weights_only:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        with cwd_importable():
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as exc:
+        if weights_only or not _is_well_formed_pickle(path):
+            raise _corrupt(path, exc) from exc
+        # a whole model pickles its class by module and name; one the unpickler cannot find is no damage
+        where = f"module {exc.name!r}" if isinstance(exc, ModuleNotFoundError) else f"'{first_line(str(exc))}'"
+        raise ModelFileCorruptError(
+            f"{path} pickles a model whose class cannot be found here ({type(exc).__name__}: {where})",
+            hint="run from the folder that holds the class's module, or add it to PYTHONPATH (a class defined in the script that "
+                 "saved the model, module '__main__', is not found again): or save model.state_dict() and pass --arch FILE.py:CLASS",
+        ) from exc
     except pickle.UnpicklingError as exc:
         text = str(exc)
         needs_code = "Weights only load failed" in text or "Unsupported global" in text or "Unsupported class" in text
@@ -60,13 +74,14 @@ def _torch_load(path: Path, weights_only: bool) -> Any:
             raise ModelFileCorruptError(f"{path} is not a PyTorch checkpoint: its bytes are neither a torch zip archive nor a pickle (corrupt, or another format)",
                                         hint="re-save the model with torch.save(model.state_dict(), path)") from exc
         raise ModelFileCorruptError(f"{path} is not a readable PyTorch checkpoint ({first_line(text)})") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, ImportError, IndexError, KeyError, TypeError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, ImportError, IndexError, KeyError, TypeError) as exc:
         # torch.load signals damaged files through many exception types (the weights-only
         # unpickler raises IndexError on garbage, zipfile errors on truncation).
-        raise ModelFileCorruptError(
-            f"{path} is truncated or corrupt ({type(exc).__name__}: {first_line(str(exc))})",
-            hint="re-save the checkpoint with torch.save",
-        ) from exc
+        raise _corrupt(path, exc) from exc
+
+
+def _corrupt(path: Path, exc: BaseException) -> ModelFileCorruptError:
+    return ModelFileCorruptError(f"{path} is truncated or corrupt ({type(exc).__name__}: {first_line(str(exc))})", hint="re-save the checkpoint with torch.save")
 
 
 def _is_well_formed_pickle(path: Path) -> bool:
@@ -141,9 +156,16 @@ def load_model(
     obj = _torch_load(path, weights_only=not trust_model)
     if isinstance(obj, nn.Module):
         # Only reachable with --trust-model: weights_only refuses modules.
+        info = {}
+        reduced = sorted({str(t.dtype).removeprefix("torch.") for t in [*obj.parameters(), *obj.buffers()] if t.dtype in (torch.float16, torch.bfloat16)})
+        if reduced:
+            # a model saved after .half(): the pipeline computes, calibrates and exports in float32 (the
+            # deployed precision is the build's); in half it failed on float32 inputs, called a wrong --input-shape
+            obj = obj.float()
+            info["converted_to_float32_from"] = reduced
         check_finite(obj, str(path))
         check_single_input(obj, str(path))
-        return LoadedModel(obj.eval(), "pickle", str(path), arch, arch_kwargs)
+        return LoadedModel(obj.eval(), "pickle", str(path), arch, arch_kwargs, info)
     if isinstance(obj, dict) and str(obj.get("format", "")).startswith(PRUNED_FORMAT_PREFIX):
         loaded = load_pruned(obj, str(path))
         check_finite(loaded.model, str(path))

@@ -180,6 +180,54 @@ def test_mismatch_lists_first_keys(tmp_path):
     assert "conv1.weight" in msg and "extra.weight" in msg and "fc.weight (5, 128) vs (10, 128)" in msg
 
 
+def _project(tmp_path, monkeypatch, name: str) -> pathlib.Path:
+    """A user's project folder holding NAME.py (a small CNN class), the working directory, and an
+    import path as the console script has it: neither the folder nor '' on it."""
+    import sys
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / f"{name}.py").write_text(textwrap.dedent("""
+        from torch import nn
+        class Net(nn.Sequential):
+            def __init__(self):
+                super().__init__(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    """))
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(project), ".")])
+    return project
+
+
+def test_a_module_in_the_working_directory_serves_arch_and_trusted_pickles(tmp_path, monkeypatch):
+    """`--arch usernet:Net` and a whole model pickled from usernet.py load from the folder that holds
+    it, as `python` would find them: the console script's import path lacks the working directory,
+    and the pickle was called "truncated or corrupt". From elsewhere, the errors say what is missing."""
+    import importlib
+    import sys
+
+    from hadmc_deploy.errors import ArchSpecError, ModelFileCorruptError
+
+    project = _project(tmp_path, monkeypatch, "usernet_cwd")
+    assert load_model(None, "usernet_cwd:Net").kind == "arch"
+    assert str(project) not in sys.path  # the working directory is on the import path only while loading
+    sys.path.append(str(project))
+    torch.save(importlib.import_module("usernet_cwd").Net().half(), project / "whole.pt")
+    sys.path.remove(str(project))
+    for name in [n for n in sys.modules if n.startswith("usernet_cwd")]:
+        del sys.modules[name]
+    loaded = load_model(project / "whole.pt", trust_model=True)
+    assert loaded.kind == "pickle" and loaded.info["converted_to_float32_from"] == ["float16"]
+    assert loaded.model(torch.zeros(1, 3, 8, 8)).dtype == torch.float32  # a .half() model runs on the pipeline's inputs
+    del sys.modules["usernet_cwd"]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelFileCorruptError, match="class cannot be found here .*usernet_cwd") as err:
+        load_model(project / "whole.pt", trust_model=True)
+    assert "truncated" not in str(err.value) and "PYTHONPATH" in err.value.hint
+    with pytest.raises(ArchSpecError) as err:
+        load_model(None, "usernet_cwd:Net")
+    assert "usernet_cwd.py:Net" in err.value.hint
+
+
 def test_arch_from_file_with_kwargs(tmp_path):
     file = tmp_path / "mymodels.py"
     file.write_text(textwrap.dedent("""

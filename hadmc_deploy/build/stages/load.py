@@ -25,6 +25,10 @@ def run(ctx: BuildContext) -> StageResult:
         "_summary": f"{loaded.kind} via {loaded.arch}: {prof.params:,} params, {prof.macs:,} MACs",
     }
     check_labelled_sources(ctx, prof.num_classes)
+    reduced = (loaded.info or {}).get("converted_to_float32_from")
+    if reduced:
+        result["converted_to_float32_from"] = reduced
+        result["_summary"] += f" (its {'/'.join(reduced)} weights converted to float32)"
     prefix = (loaded.info or {}).get("stripped_key_prefix")
     if prefix:
         result["stripped_key_prefix"] = prefix
