@@ -33,6 +33,8 @@ def test_prune_state_dict_then_use_checkpoint_everywhere(demo_sd, tmp_path, caps
     assert out.is_file() and result["ok"]
     assert result["params_after"] < 0.4 * result["params_before"] and result["macs_after"] < 0.4 * result["macs_before"]
     assert all(k % 8 == 0 for gid, k in result["plan"]["keep"].items() if gid != "fc")
+    # timed at the precision the prediction priced (the CPU target's INT8), not FP32 beside an INT8 price
+    assert (result["measured"]["precision"], result["measured"]["batch"]) == ("int8", 1) and result["measured"]["speedup"] > 0
     # the checkpoint is a MODEL for every command: inspect lists its (narrower) groups
     assert main(["inspect", str(out), "--json", "-q"]) == 0
     info = _json(capsys)

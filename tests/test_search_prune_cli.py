@@ -90,7 +90,8 @@ def test_prune_cli_speedup_end_to_end(tmp_path, capsys) -> None:
     assert acc["after_recovery"] > (50 if replanned else 80)
     assert result["recovery"]["mode"] == "distillation"
     md = (tmp_path / "tiny_pruned-prune" / "summary.md").read_text()
-    assert "measured latency, ORT batch 1" in md and "after recovery" in md
+    assert "measured latency, onnxruntime, fp32, batch 1" in md and "after recovery" in md
+    assert (result["measured"]["precision"], result["measured"]["batch"]) == ("fp32", 1)  # as the search priced it
     # the pruned checkpoint loads without --arch and matches the reported params
     loaded = load_model(str(out), None, {})
     assert sum(p.numel() for p in loaded.model.parameters()) == result["params"]["pruned"]

@@ -10,15 +10,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hadmc_deploy.build.inputs import loaded_model
 from hadmc_deploy.build.pipeline import compress
+from hadmc_deploy.build.stages.latency import round_to as plan_round_to
 from hadmc_deploy.commands.build import plan_from_args
 from hadmc_deploy.commands.common import add_model_argument
 from hadmc_deploy.commands.prune_report import measure_side_by_side, print_summary, summary_markdown
 from hadmc_deploy.config import add_build_arguments
 from hadmc_deploy.errors import BudgetError, UsageError
 from hadmc_deploy.fileio import atomic_path, write_json_atomic, write_text_atomic
-from hadmc_deploy.loading import load_model
 from hadmc_deploy.ui import UI
 
 HELP = "prune a model by a channel ratio or to a latency budget, recover it, and save a safe pruned checkpoint"
@@ -83,8 +82,7 @@ def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
     rounds = plan.settings.benchmark.timing_rounds
     measured = None
     if rounds > 0:
-        original = loaded_model(ctx).model
-        measured = measure_side_by_side(original, load_model(output).model, plan.input_shape, plan.out_dir, rounds=rounds, ui=ui)
+        measured = measure_side_by_side(ctx, rounds=rounds, ui=ui)
     acc = res["recover"].get("accuracy") or {}
     notes = list(search.get("notes", []))
     if res["latency model"].get("source") == "analytic":
@@ -108,7 +106,7 @@ def run(args: argparse.Namespace, ui: UI) -> dict[str, Any]:
         "target": plan.target.name,
         "input_shape": list(plan.input_shape),
         "importance": plan.settings.search.importance,
-        "round_to": plan.round_to,
+        "round_to": plan_round_to(ctx),  # the step measured here where the table has one, as the search used
         "search": {k: v for k, v in search.items() if not k.startswith("_")},
         "predicted": {"baseline_ms": search.get("baseline_ms"), "pruned_ms": search.get("predicted_ms"), "speedup": search.get("predicted_speedup"), "source": search.get("latency_source")},
         "measured": measured,
