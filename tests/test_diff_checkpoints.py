@@ -42,5 +42,19 @@ def test_identical_weights_changed_and_shapes_changed(tmp_path: Path, capsys: py
     assert any(t["status"] == "shape changed" for t in result["tensors"])
 
 
+def test_what_only_one_side_records_is_not_called_a_difference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A plain state_dict beside one that records its architecture: the same weights are identical
+    ("arch differs" said only that one side did not record it); two recorded architectures that
+    differ still rebuild."""
+    torch.manual_seed(0)
+    model = tiny_cnn()
+    plain = tmp_path / "plain.pth"
+    torch.save(model.state_dict(), plain)
+    assert diff(plain, save(model, tmp_path / "recorded.pth"), capsys)["verdict"] == "identical"
+    torch.save({"arch": "other.py:net", "state_dict": model.state_dict()}, tmp_path / "other.pth")
+    result = diff(tmp_path / "recorded.pth", tmp_path / "other.pth", capsys)
+    assert result["verdict"] == "rebuild" and "arch differs" in result["reason"]
+
+
 def test_missing_path_is_a_usage_error(tmp_path: Path) -> None:
     assert main(["diff", str(tmp_path / "nope.pth"), str(tmp_path / "nope2.pth"), "-q"]) == 2

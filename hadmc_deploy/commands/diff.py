@@ -113,7 +113,9 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
 def verdict(rows: list[dict[str, Any]], arch_old: dict[str, Any], arch_new: dict[str, Any]) -> tuple[str, str]:
     statuses = {r["status"] for r in rows}
     arch_keys = ("arch", "arch_kwargs", "widths")
-    arch_changed = [k for k in arch_keys if arch_old.get(k) != arch_new.get(k)]
+    # only what both record: a plain state_dict records no architecture, so beside a pruned checkpoint
+    # "arch differs" and "arch_kwargs differs" said nothing the tensors did not (None against a value)
+    arch_changed = [k for k in arch_keys if k in arch_old and k in arch_new and arch_old[k] != arch_new[k]]
     if statuses & {"added", "removed", "shape changed"} or arch_changed:
         why = [f"{sum(r['status'] == s for r in rows)} tensors {s}" for s in ("added", "removed", "shape changed") if s in statuses]
         why += [f"{k} differs" for k in arch_changed]
