@@ -270,44 +270,40 @@ def test_calibration_labels_are_never_checked_against_the_models_classes():
 def test_a_build_refuses_eval_labels_beyond_the_models_classes_before_measuring_anything(tmp_path, capsys):
     """A 10-class model given --eval data labelled up to 11: exit 8 in the load stage, before the
     latency table, the search or any data is preprocessed."""
-    from pipeline_models import DIGITS_TRAIN, TINY_ARCH
 
-    from hadmc_deploy.cli import main
 
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "eval.npz", x=rng.integers(0, 255, (20, 1, 16, 16), dtype=np.uint8), y=np.arange(20) % 12)
-    model = tmp_path / "tiny.pth"
-    import torch
-    from pipeline_models import tiny_cnn
+    assert _tiny_build_stopped_early(tmp_path, tmp_path / "eval.npz")
+    assert "labels up to 11 but the model has 10 outputs" in capsys.readouterr().err
 
+
+def _tiny_build_stopped_early(tmp_path, eval_source) -> bool:  # noqa: ANN001
+    """A tiny CNN built with --eval `eval_source`: whether it exited 8 before writing a latency
+    table or a width plan."""
+    import torch
+    from pipeline_models import DIGITS_TRAIN, TINY_ARCH, tiny_cnn
+
+    from hadmc_deploy.cli import main
+
+    model = tmp_path / "tiny.pth"
     torch.save(tiny_cnn().state_dict(), model)
     out = tmp_path / "out"
     rc = main(["build", str(model), "--arch", TINY_ARCH, "--input-shape", "1,1,16,16", "--target", "cpu", "--calib", DIGITS_TRAIN,
-               "--eval", str(tmp_path / "eval.npz"), "--speedup", "1.5", "-q", "--out", str(out)])
-    assert rc == 8 and "labels up to 11 but the model has 10 outputs" in capsys.readouterr().err
-    assert not list(out.rglob("lut-*.json")) and not (out / "width_plan.json").exists()
+               "--eval", str(eval_source), "--speedup", "1.5", "-q", "--out", str(out)])
+    return rc == 8 and not list(out.rglob("lut-*.json")) and not (out / "width_plan.json").exists()
 
 
 def test_a_build_refuses_a_broken_image_in_an_eval_folder_before_measuring_anything(tmp_path, capsys):
     """A class folder with a file that is not an image: exit 8 in the load stage, naming the file,
     before the latency table or the search (it failed when the evaluation first read the folder)."""
     pil = pytest.importorskip("PIL.Image")
-    import torch
-    from pipeline_models import DIGITS_TRAIN, TINY_ARCH, tiny_cnn
-
-    from hadmc_deploy.cli import main
-
     for cls in range(3):
         (tmp_path / "eval" / str(cls)).mkdir(parents=True)
         pil.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "eval" / str(cls) / "0.png")
     (tmp_path / "eval" / "2" / "broken.jpg").write_bytes(b"not a jpeg")
-    model = tmp_path / "tiny.pth"
-    torch.save(tiny_cnn().state_dict(), model)
-    out = tmp_path / "out"
-    rc = main(["build", str(model), "--arch", TINY_ARCH, "--input-shape", "1,1,16,16", "--target", "cpu", "--calib", DIGITS_TRAIN,
-               "--eval", str(tmp_path / "eval"), "--speedup", "1.5", "-q", "--out", str(out)])
-    assert rc == 8 and "broken.jpg" in capsys.readouterr().err
-    assert not list(out.rglob("lut-*.json")) and not (out / "width_plan.json").exists()
+    assert _tiny_build_stopped_early(tmp_path, tmp_path / "eval")
+    assert "broken.jpg" in capsys.readouterr().err
 
 
 def test_a_training_set_too_large_for_memory_is_subset_or_refused(tmp_path, monkeypatch, capsys):
