@@ -221,8 +221,10 @@ def check_image_files(source: str) -> None:
     path, _ = _resolve(source)
     if not path.is_dir() or any("idx3" in p.name for p in path.iterdir()):
         return
-    from PIL import Image
-
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise DataError("reading an image folder needs Pillow", hint="pip install pillow") from exc
     for _, file in _image_files(path):
         try:
             with Image.open(file) as img:
