@@ -360,3 +360,33 @@ def test_the_input_shapes_batch_is_benchmarked_and_decided_at() -> None:
     assert plan((1, 1, 16, 16), {}).batch_sizes == (1, 8, 32)
     given = plan((4, 1, 16, 16), {"batch": [1, 8]})
     assert given.batch_sizes == (1, 8) and primary_batch(SimpleNamespace(plan=given)) == 1
+
+
+def test_a_budget_missed_because_int8_ran_slower_builds_again_at_fp32() -> None:
+    """No --precision: the CPU target's INT8 build of a CNN whose INT8 original ran slower than its
+    FP32 one (0.144 vs 0.138 ms) missed 1.4x against FP32; the build is planned again at FP32, the
+    reason naming both timings. Not when --precision was given, when the build was FP32 already,
+    when the budget was met, or when INT8 was the faster original."""
+    from pathlib import Path
+
+    from hadmc_deploy.build.pipeline import fp32_rebuild
+    from hadmc_deploy.plan import BuildPlan
+    from hadmc_deploy.targets import get_target
+
+    def plan(options: dict) -> BuildPlan:
+        return BuildPlan(model=None, arch="x:y", arch_kwargs={}, input_shape=(1, 3, 48, 48), trust_model=False, target=get_target("cpu"),
+                         out_dir=Path("."), options=options)
+
+    def report(code: int, reference: str = "baseline-fp32") -> dict:
+        budget = {"goal_speedup": 1.4, "measured_speedup": 1.21, "reference": reference, "original_at_precision": "baseline-int8"}
+        cands = [{"name": "baseline-fp32", "p50_ms": 0.138}, {"name": "baseline-int8", "p50_ms": 0.144}]
+        return {"decision": {"budget": budget, "candidates": cands, "primary_batch": 1, "verdict": {"exit_code": code}}}
+
+    auto = plan({"speedup": 1.4})
+    again = fp32_rebuild(auto, report(14))
+    assert again is not None and again[0].precision == "fp32" and again[0].options["speedup"] == 1.4
+    assert "baseline-int8 measured slower than baseline-fp32 (0.144 vs 0.138 ms at batch 1)" in again[1]
+    assert fp32_rebuild(plan({"speedup": 1.4, "precision": "int8"}), report(14)) is None  # asked for INT8
+    assert fp32_rebuild(plan({"speedup": 1.4, "precision": "fp32"}), report(14)) is None
+    assert fp32_rebuild(auto, report(0)) is None and fp32_rebuild(auto, report(15)) is None
+    assert fp32_rebuild(auto, report(14, reference="baseline-int8")) is None  # INT8 was the faster original
