@@ -390,3 +390,6 @@ def test_a_budget_missed_because_int8_ran_slower_builds_again_at_fp32() -> None:
     assert fp32_rebuild(plan({"speedup": 1.4, "precision": "fp32"}), report(14)) is None
     assert fp32_rebuild(auto, report(0)) is None and fp32_rebuild(auto, report(15)) is None
     assert fp32_rebuild(auto, report(14, reference="baseline-int8")) is None  # INT8 was the faster original
+    gpu = BuildPlan(model=None, arch="x:y", arch_kwargs={}, input_shape=(1, 3, 48, 48), trust_model=False, target=get_target("t4"),
+                    out_dir=Path("."), options={"speedup": 1.4})
+    assert fp32_rebuild(gpu, report(14)) is None  # measured on ONNX Runtime only

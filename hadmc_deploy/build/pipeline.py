@@ -175,7 +175,8 @@ def fp32_rebuild(plan: BuildPlan, report: dict[str, Any]) -> tuple[BuildPlan, st
     it at FP32 (1.50x), which the user had to find out and ask for."""
     decision = report.get("decision") or {}
     budget = decision.get("budget") or {}
-    if (plan.options.get("precision") or plan.precision == "fp32" or "fp32" not in plan.target.precisions
+    # ONNX Runtime only: what was measured here; a TensorRT host would rather try FP16 than FP32
+    if (plan.options.get("precision") or plan.precision == "fp32" or "fp32" not in plan.target.precisions or plan.target.backend != "onnxruntime"
             or (decision.get("verdict") or {}).get("exit_code") != BudgetError.exit_code):
         return None
     reference, at_precision = budget.get("reference"), budget.get("original_at_precision")
