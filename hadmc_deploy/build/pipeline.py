@@ -33,6 +33,7 @@ from hadmc_deploy.build.stages import (
 )
 from hadmc_deploy.cache import StageCache
 from hadmc_deploy.errors import AccuracyGuardError, BackendUnavailableError, BudgetError
+from hadmc_deploy.fileio import write_text_atomic
 from hadmc_deploy.plan import BuildPlan
 from hadmc_deploy.report import print_dry_run, print_summary, write_report
 from hadmc_deploy.ui import UI, quiet_ui
@@ -159,7 +160,7 @@ def build(plan: BuildPlan, ui: UI | None = None, *, rebuilt_from: dict[str, Any]
     if again is not None:
         first = {"precision": plan.precision, "report": "report-int8.json", "budget": report["decision"]["budget"], "note": again[1]}
         for suffix in ("json", "md"):  # the first build's report stays beside the second's
-            (plan.out_dir / f"report-int8.{suffix}").write_bytes((plan.out_dir / f"report.{suffix}").read_bytes())
+            write_text_atomic(plan.out_dir / f"report-int8.{suffix}", (plan.out_dir / f"report.{suffix}").read_text())
         ctx.ui.warn(again[1])
         return build(again[0], ui, rebuilt_from=first)
     raise_on_unmet(report, plan.out_dir)
