@@ -158,9 +158,9 @@ def build(plan: BuildPlan, ui: UI | None = None, *, rebuilt_from: dict[str, Any]
     print_summary(ctx, report)
     again = fp32_rebuild(plan, report)
     if again is not None:
-        first = {"precision": plan.precision, "report": "report-int8.json", "budget": report["decision"]["budget"], "note": again[1]}
+        first = {"precision": plan.precision, "report": f"report-{plan.precision}.json", "budget": report["decision"]["budget"], "note": again[1]}
         for suffix in ("json", "md"):  # the first build's report stays beside the second's
-            write_text_atomic(plan.out_dir / f"report-int8.{suffix}", (plan.out_dir / f"report.{suffix}").read_text())
+            write_text_atomic(plan.out_dir / f"report-{plan.precision}.{suffix}", (plan.out_dir / f"report.{suffix}").read_text())
         ctx.ui.warn(again[1])
         return build(again[0], ui, rebuilt_from=first)
     raise_on_unmet(report, plan.out_dir)
@@ -186,7 +186,7 @@ def fp32_rebuild(plan: BuildPlan, report: dict[str, Any]) -> tuple[BuildPlan, st
     p50 = {c["name"]: c["p50_ms"] for c in decision.get("candidates", [])}
     why = (f"{at_precision} measured slower than {reference} ({p50.get(at_precision, 0):.3f} vs {p50.get(reference, 0):.3f} ms at batch "
            f"{decision.get('primary_batch')}), so the budget of {budget.get('goal_speedup', 0):.2f}x was judged against {reference} and missed "
-           f"({budget.get('measured_speedup', 0):.2f}x): building again at FP32 (the {plan.precision} build's report: report-int8.md)")
+           f"({budget.get('measured_speedup', 0):.2f}x): building again at FP32 (the {plan.precision} build's report: report-{plan.precision}.md)")
     return replace(plan, options={**plan.options, "precision": "fp32"}), why
 
 
