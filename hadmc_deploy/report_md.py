@@ -205,12 +205,17 @@ def budget_phrase(budget: dict[str, Any]) -> str:
     """The budget's verdict with the side-by-side speedup it rests on; a budget met only within the
     measured noise says so (1.13x against 1.25x with ±10% noise is not silently "met")."""
     goal, got, noise = budget["goal_speedup"], budget.get("measured_speedup"), budget.get("noise") or 0.0
-    seen = f" ({got:.2f}x over {budget.get('reference', 'the reference')} side by side)" if got is not None else ""
+    reference = budget.get("reference", "the reference")
+    asked = f"{goal:.2f}x"
+    if budget.get("goal_ms"):  # --latency-ms: the milliseconds asked, and the speedup over the reference they meant
+        asked = f"{budget['goal_ms']:.3g} ms ({goal:.2f}x over {reference} as measured)"
+    deployed = f"{budget['deployed_ms']:.3g} ms, " if budget.get("deployed_ms") else ""
+    seen = f" ({deployed}{got:.2f}x over {reference} side by side)" if got is not None else ""
     if not budget["met"]:
-        return f" Budget {goal:.2f}x: **NOT met** when measured{seen}."
+        return f" Budget {asked}: **NOT met** when measured{seen}."
     if got is not None and got < goal:
-        return f" Budget {goal:.2f}x: **met within the measured noise** ({got:.2f}x over {budget.get('reference', 'the reference')} side by side, noise ±{noise:.0%})."
-    return f" Budget {goal:.2f}x: **met** when measured{seen}."
+        return f" Budget {asked}: **met within the measured noise** ({deployed}{got:.2f}x over {reference} side by side, noise ±{noise:.0%})."
+    return f" Budget {asked}: **met** when measured{seen}."
 
 
 def decision_section(report: dict[str, Any]) -> list[str]:

@@ -189,6 +189,10 @@ def test_a_budget_met_only_within_noise_says_so():
     assert "**met** when measured (1.31x" in clean
     missed = budget_phrase({"goal_speedup": 1.25, "measured_speedup": 1.01, "noise": 0.1, "met": False, "reference": "baseline-int8"})
     assert "NOT met" in missed and "1.01x" in missed
+    # asked with --latency-ms: the milliseconds, the speedup they meant, and what the deployed variant measured
+    in_ms = budget_phrase({"goal_speedup": 1.72, "measured_speedup": 1.0, "noise": 0.1, "met": False, "reference": "baseline-int8",
+                           "goal_ms": 0.3, "deployed_ms": 0.516})
+    assert "Budget 0.3 ms (1.72x over baseline-int8 as measured): **NOT met** when measured (0.516 ms, 1.00x" in in_ms
 
 
 def test_a_mixed_variant_is_labelled_as_priced_all_int8_and_not_flagged(monkeypatch) -> None:
