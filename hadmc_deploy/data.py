@@ -23,6 +23,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -212,6 +213,24 @@ def _image_files(directory: Path) -> list[tuple[int, Path]]:
             if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES]
 
 
+def _holds_idx(directory: Path) -> bool:
+    """Whether a directory source is an IDX set (else it is an image folder)."""
+    return any("idx3" in p.name for p in directory.iterdir())
+
+
+def _pil_image() -> Any:
+    """PIL's Image module, or the one-line error an image folder needs without Pillow."""
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise DataError("reading an image folder needs Pillow", hint="pip install pillow") from exc
+    return Image
+
+
+def _unreadable(file: Path, exc: BaseException) -> DataError:
+    return DataError(f"cannot read image {file}: {exc}", hint="remove or replace the file: every image of the folder is read")
+
+
 def check_image_files(source: str) -> None:
     """Every file of an image-folder source opens as an image (its header only; other sources pass):
     a build checks this before its heavy stages, which otherwise met a broken file in --eval when
@@ -219,25 +238,19 @@ def check_image_files(source: str) -> None:
     if source.startswith("builtin:"):
         return
     path, _ = _resolve(source)
-    if not path.is_dir() or any("idx3" in p.name for p in path.iterdir()):
+    if not path.is_dir() or _holds_idx(path):
         return
-    try:
-        from PIL import Image
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise DataError("reading an image folder needs Pillow", hint="pip install pillow") from exc
+    image = _pil_image()
     for _, file in _image_files(path):
         try:
-            with Image.open(file) as img:
+            with image.open(file) as img:
                 img.size  # noqa: B018 - the header is read on open; the size is what loading needs first
         except Exception as exc:
-            raise DataError(f"cannot read image {file}: {exc}", hint="remove or replace the file: every image of the folder is read") from exc
+            raise _unreadable(file, exc) from exc
 
 
 def _image_folder(directory: Path, resize: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from PIL import Image
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise DataError("reading an image folder needs Pillow", hint="pip install pillow") from exc
+    Image = _pil_image()  # noqa: N806 - PIL's module name, as every PIL caller spells it
     images, labels = [], []
     for label, file in _image_files(directory):
         try:
@@ -253,7 +266,7 @@ def _image_folder(directory: Path, resize: tuple[int, int] | None) -> tuple[np.n
                     img = img.resize((resize[1], resize[0]), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.uint8) if scale is None else np.clip(np.asarray(img, dtype=np.float32) / scale, 0.0, 1.0)
         except Exception as exc:
-            raise DataError(f"cannot read image {file}: {exc}", hint="remove or replace the file: every image of the folder is read") from exc
+            raise _unreadable(file, exc) from exc
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         if images and arr.shape[1:] != images[0].shape[1:]:
             raise DataError(f"image {file} is {arr.shape[1]}x{arr.shape[2]}, others {images[0].shape[1]}x{images[0].shape[2]}",
@@ -352,7 +365,7 @@ def source_labels(source: str) -> np.ndarray:
             raise DataError(f"cannot read {path}: {exc}") from exc
     elif path.is_file() and "idx3" in path.name:
         return read_idx(_labels_beside(path)).astype(np.int64)
-    elif path.is_dir() and any("idx3" in p.name for p in path.iterdir()):
+    elif path.is_dir() and _holds_idx(path):
         return read_idx(_labels_beside(_idx_images(path, split))).astype(np.int64)
     elif path.is_dir():
         return np.asarray([label for label, _ in _image_files(path)], dtype=np.int64)
@@ -399,7 +412,7 @@ def _read_raw(source: str, resize: tuple[int, int] | None) -> tuple[np.ndarray, 
         if "idx3" in path.name:
             return _read_idx_pair(path)
         raise DataError(f"{path}: unknown data file type", hint="use .npz, an IDX images file, or a directory")
-    if any("idx3" in p.name for p in path.iterdir()):
+    if _holds_idx(path):
         return _idx_dir(path, split)
     return _image_folder(path, resize)
 
