@@ -180,9 +180,10 @@ def fp32_rebuild(plan: BuildPlan, report: dict[str, Any]) -> tuple[BuildPlan, st
     if (plan.options.get("precision") or plan.precision == "fp32" or "fp32" not in plan.target.precisions or plan.target.backend != "onnxruntime"
             or (decision.get("verdict") or {}).get("exit_code") != BudgetError.exit_code):
         return None
-    reference, at_precision = budget.get("reference"), budget.get("original_at_precision")
-    if not reference or not at_precision or reference == at_precision:
+    faster = faster_original(budget)
+    if faster is None:
         return None
+    reference, at_precision = faster
     p50 = {c["name"]: c["p50_ms"] for c in decision.get("candidates", [])}
     why = (f"{at_precision} measured slower than {reference} ({p50.get(at_precision, 0):.3f} vs {p50.get(reference, 0):.3f} ms at batch "
            f"{decision.get('primary_batch')}), so the budget of {budget.get('goal_speedup', 0):.2f}x was judged against {reference} and missed "
@@ -217,13 +218,17 @@ def raise_on_unmet(report: dict[str, Any], build_dir: Path | None = None) -> Non
         )
 
 
-def _budget_reference(budget: dict[str, Any]) -> str:
-    """What the budget was judged against: the original at the build's precision, or the FP32
-    original where that measured faster (named then: "the same precision" would be wrong)."""
+def faster_original(budget: dict[str, Any]) -> tuple[str, str] | None:
+    """(the FP32 original, the original at the build's precision) when the budget was judged against
+    the former because it measured faster (`decide.budget_reference`); None when it was not."""
     reference, at_precision = budget.get("reference"), budget.get("original_at_precision")
-    if reference and at_precision and reference != at_precision:
-        return f"{reference}, the original that measured faster than {at_precision}"
-    return "the original at the same precision"
+    return (reference, at_precision) if reference and at_precision and reference != at_precision else None
+
+
+def _budget_reference(budget: dict[str, Any]) -> str:
+    """What the budget was judged against, named where it was not the original at the build's precision."""
+    faster = faster_original(budget)
+    return f"{faster[0]}, the original that measured faster than {faster[1]}" if faster else "the original at the same precision"
 
 
 def _budget_hint(budget: dict[str, Any]) -> str:
@@ -234,13 +239,12 @@ def _budget_hint(budget: dict[str, Any]) -> str:
         return (f"the plan measured {all_int8:.2f}x all-INT8 in the latency check, but the accuracy guard kept {floats} of its layers in "
                 "float (report.md, Quantization): give labelled --eval data so the guard judges accuracy instead of agreement with FP32, "
                 "pass --allow-accuracy-drop to deploy it all-INT8, or ask for more speedup to leave room for them")
-    at_precision = budget.get("original_at_precision")
-    if at_precision and budget.get("reference") != at_precision:
+    if faster := faster_original(budget):
         # the search priced the build's precision, but the original ran faster in FP32: a budget
         # judged against that is out of reach of plans chosen for the slower precision (a CNN with
         # GroupNorm and PReLU: its INT8 plan measured 1.61x over INT8, 1.19x over the FP32 original)
-        return (f"{at_precision} measured slower than {budget['reference']} for the original here, so the budget is judged against "
-                f"{budget['reference']}: build with --precision fp32 (the table, the search and the latency check then price FP32), "
+        return (f"{faster[1]} measured slower than {faster[0]} for the original here, so the budget is judged against "
+                f"{faster[0]}: build with --precision fp32 (the table, the search and the latency check then price FP32), "
                 "or ask for less")
     return "see report.md for each round's plan, prediction and measurement; ask for less, or lower --min-keep-ratio"
 
