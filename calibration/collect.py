@@ -22,7 +22,7 @@ import onnx
 
 from hadmc_deploy.calibration.observers import DEFAULT_PERCENTILE, HistogramObserver, make_observer
 from hadmc_deploy.calibration.ranges import ActivationRanges, TensorRange
-from hadmc_deploy.calibration.samples import MIN_CALIBRATION_SAMPLES, check_calib_samples
+from hadmc_deploy.calibration.samples import MIN_CALIBRATION_SAMPLES, check_calib_samples, check_calib_set
 from hadmc_deploy.calibration.select import CANDIDATE_METHODS, HeldOutError
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import DataError
@@ -39,11 +39,7 @@ _BATCH_BYTES = 256 << 20  # activations of one calibration batch, all tensors to
 def calibration_subset(data: ArrayDataset, num_samples: int) -> ArrayDataset:
     """The samples calibration uses: a fixed, seeded subset of `num_samples` (all when fewer)."""
     check_calib_samples(num_samples)
-    if len(data) < MIN_CALIBRATION_SAMPLES:
-        raise DataError(
-            f"calibration data {data.source} has only {len(data)} samples",
-            hint=f"calibration needs at least {MIN_CALIBRATION_SAMPLES} (512 recommended); pass a larger --calib set",
-        )
+    check_calib_set(data.source, len(data))
     return data.subset(num_samples)
 
 

@@ -13,3 +13,10 @@ def check_calib_samples(num_samples: int) -> None:
     """Raises DataError, naming the fix, for fewer than MIN_CALIBRATION_SAMPLES."""
     if num_samples < MIN_CALIBRATION_SAMPLES:
         raise DataError(f"--calib-samples {num_samples} is too few", hint=f"calibration needs at least {MIN_CALIBRATION_SAMPLES} samples; 512 is the default")
+
+
+def check_calib_set(source: str, count: int) -> None:
+    """Raises DataError, naming the fix, for a calibration set of fewer than MIN_CALIBRATION_SAMPLES images."""
+    if count < MIN_CALIBRATION_SAMPLES:
+        raise DataError(f"calibration data {source} has only {count} samples",
+                        hint=f"calibration needs at least {MIN_CALIBRATION_SAMPLES} (512 recommended); pass a larger --calib set")

@@ -278,9 +278,9 @@ def test_a_build_refuses_eval_labels_beyond_the_models_classes_before_measuring_
     assert "labels up to 11 but the model has 10 outputs" in capsys.readouterr().err
 
 
-def _tiny_build_stopped_early(tmp_path, eval_source) -> bool:  # noqa: ANN001
-    """A tiny CNN built with --eval `eval_source`: whether it exited 8 before writing a latency
-    table or a width plan."""
+def _tiny_build_stopped_early(tmp_path, eval_source, calib=None) -> bool:  # noqa: ANN001
+    """A tiny CNN built with --eval `eval_source` (and --calib `calib`, else digits): whether it
+    exited 8 before writing a latency table or a width plan."""
     import torch
     from pipeline_models import DIGITS_TRAIN, TINY_ARCH, tiny_cnn
 
@@ -289,7 +289,7 @@ def _tiny_build_stopped_early(tmp_path, eval_source) -> bool:  # noqa: ANN001
     model = tmp_path / "tiny.pth"
     torch.save(tiny_cnn().state_dict(), model)
     out = tmp_path / "out"
-    rc = main(["build", str(model), "--arch", TINY_ARCH, "--input-shape", "1,1,16,16", "--target", "cpu", "--calib", DIGITS_TRAIN,
+    rc = main(["build", str(model), "--arch", TINY_ARCH, "--input-shape", "1,1,16,16", "--target", "cpu", "--calib", str(calib or DIGITS_TRAIN),
                "--eval", str(eval_source), "--speedup", "1.5", "-q", "--out", str(out)])
     return rc == 8 and not list(out.rglob("lut-*.json")) and not (out / "width_plan.json").exists()
 
@@ -304,6 +304,15 @@ def test_a_build_refuses_a_broken_image_in_an_eval_folder_before_measuring_anyth
     (tmp_path / "eval" / "2" / "broken.jpg").write_bytes(b"not a jpeg")
     assert _tiny_build_stopped_early(tmp_path, tmp_path / "eval")
     assert "broken.jpg" in capsys.readouterr().err
+
+
+def test_a_calibration_set_too_small_is_refused_before_measuring_anything(tmp_path, capsys):
+    """Five calibration images (16 at least are needed): exit 8 before the latency table and the
+    search; the calibrate stage found it after both, and after recovery."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.integers(0, 255, (5, 1, 16, 16), dtype=np.uint8))
+    assert _tiny_build_stopped_early(tmp_path, "builtin:digits:test", calib=tmp_path / "calib.npz")
+    assert "has only 5 samples" in capsys.readouterr().err
 
 
 def test_a_training_set_too_large_for_memory_is_subset_or_refused(tmp_path, monkeypatch, capsys):

@@ -16,6 +16,8 @@ from typing import Any
 
 from hadmc_deploy.build.correction import LatencyCorrection, MeasuredPoint
 from hadmc_deploy.build.engine import BuildContext, Stage, StageOutcome, run_stages
+from hadmc_deploy.build.inputs import labels_of, task
+from hadmc_deploy.build.metric import CLASSIFY
 from hadmc_deploy.build.stages import (
     backend,
     calibrate,
@@ -32,6 +34,7 @@ from hadmc_deploy.build.stages import (
     trace,
 )
 from hadmc_deploy.cache import StageCache
+from hadmc_deploy.calibration.samples import check_calib_set
 from hadmc_deploy.errors import AccuracyGuardError, BackendUnavailableError, BudgetError
 from hadmc_deploy.fileio import write_text_atomic
 from hadmc_deploy.plan import BuildPlan
@@ -142,6 +145,7 @@ def build(plan: BuildPlan, ui: UI | None = None, *, rebuilt_from: dict[str, Any]
         run_stages(ctx, [s for s in STAGES if s.dry_run])
         return print_dry_run(ctx, STAGE_NAMES)
     try:
+        check_calibration_set(ctx)
         run_stages(ctx, list(ANALYSIS_STAGES))
         plan_rounds(ctx)
         run_stages(ctx, [recover.STAGE, *DEPLOY_STAGES])
@@ -165,6 +169,15 @@ def build(plan: BuildPlan, ui: UI | None = None, *, rebuilt_from: dict[str, Any]
         return build(again[0], ui, rebuilt_from=first)
     raise_on_unmet(report, plan.out_dir)
     return report
+
+
+def check_calibration_set(ctx: BuildContext) -> None:
+    """A build that calibrates INT8 refuses a calibration set too small to calibrate before any stage,
+    counted from its labels (or unlabelled markers) without its images: the calibrate stage found it
+    after the latency table, the search and recovery (15 s for a 1-image folder and a small CNN)."""
+    source = ctx.settings.data.calib_source
+    if ctx.plan.precision == "int8" and source and task(ctx) == CLASSIFY:
+        check_calib_set(source, len(labels_of(ctx, source)))
 
 
 def fp32_rebuild(plan: BuildPlan, report: dict[str, Any]) -> tuple[BuildPlan, str] | None:
