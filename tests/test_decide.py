@@ -397,3 +397,23 @@ def test_a_budget_missed_because_int8_ran_slower_builds_again_at_fp32() -> None:
     gpu = BuildPlan(model=None, arch="x:y", arch_kwargs={}, input_shape=(1, 3, 48, 48), trust_model=False, target=get_target("t4"),
                     out_dir=Path("."), options={"speedup": 1.4})
     assert fp32_rebuild(gpu, report(14)) is None  # measured on ONNX Runtime only
+
+
+def test_the_first_build_is_kept_aside_before_the_fp32_rebuild(tmp_path) -> None:
+    """Its report as report-int8.*, its artifacts under artifacts-int8/ with the report's paths
+    following them, and nothing of it left in artifacts/cpu/ for the rebuild's variants to sit beside."""
+    from hadmc_deploy.build.pipeline import _keep_first_build
+    from hadmc_deploy.plan import BuildPlan
+    from hadmc_deploy.targets import get_target
+
+    plan = BuildPlan(model=None, arch="x:y", arch_kwargs={}, input_shape=(1, 3, 8, 8), trust_model=False, target=get_target("cpu"),
+                     out_dir=tmp_path, options={"speedup": 1.4})
+    (tmp_path / "artifacts" / "cpu" / "pruned-int8").mkdir(parents=True)
+    (tmp_path / "artifacts" / "cpu" / "pruned-int8" / "model.onnx").write_text("x")
+    (tmp_path / "report.json").write_text('{"artifact": "artifacts/cpu/deploy"}')
+    (tmp_path / "report.md").write_text("deploy `artifacts/cpu/deploy`")
+    _keep_first_build(plan)
+    assert (tmp_path / "artifacts-int8" / "cpu" / "pruned-int8" / "model.onnx").is_file()
+    assert not (tmp_path / "artifacts" / "cpu").exists()
+    assert (tmp_path / "report-int8.json").read_text() == '{"artifact": "artifacts-int8/cpu/deploy"}'
+    assert (tmp_path / "report-int8.md").read_text() == "deploy `artifacts-int8/cpu/deploy`"

@@ -10,6 +10,7 @@ same stages up to recover, with the same options, so one plan gives one checkpoi
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -163,12 +164,28 @@ def build(plan: BuildPlan, ui: UI | None = None, *, rebuilt_from: dict[str, Any]
     again = fp32_rebuild(plan, report)
     if again is not None:
         first = {"precision": plan.precision, "report": f"report-{plan.precision}.json", "budget": report["decision"]["budget"], "note": again[1]}
-        for suffix in ("json", "md"):  # the first build's report stays beside the second's
-            write_text_atomic(plan.out_dir / f"report-{plan.precision}.{suffix}", (plan.out_dir / f"report.{suffix}").read_text())
+        _keep_first_build(plan)
         ctx.ui.warn(again[1])
         return build(again[0], ui, rebuilt_from=first)
     raise_on_unmet(report, plan.out_dir)
     return report
+
+
+def _keep_first_build(plan: BuildPlan) -> None:
+    """Before the FP32 rebuild: the first build's report as report-<precision>.json/.md and its
+    artifacts under artifacts-<precision>/ (the report's paths rewritten to them). Why moved: left in
+    artifacts/<target>/, its INT8 variants of the first plan sat beside the rebuild's FP32 ones of
+    another plan, and the deploy directory's neighbours no longer matched either report."""
+    ours, kept = f"artifacts/{plan.target.name}/", f"artifacts-{plan.precision}/{plan.target.name}/"
+    source = plan.out_dir / "artifacts" / plan.target.name
+    if source.is_dir():
+        dest = plan.out_dir / kept
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        source.rename(dest)
+    for suffix in ("json", "md"):
+        text = (plan.out_dir / f"report.{suffix}").read_text().replace(ours, kept)
+        write_text_atomic(plan.out_dir / f"report-{plan.precision}.{suffix}", text)
 
 
 def check_calibration_set(ctx: BuildContext) -> None:
