@@ -95,7 +95,7 @@ def heldout_samples(calib: ArrayDataset, num_samples: int, count: int) -> tuple[
     When the calibration set has nothing left over, its last samples are reused, and the
     source string says so (the check is then less independent).
     """
-    order = np.random.default_rng(0).permutation(len(calib))  # the same shuffle as ArrayDataset.subset
+    order = calib.shuffled_order(0)  # the same shuffle as ArrayDataset.subset
     rest = np.sort(order[num_samples : num_samples + count])
     if len(rest) >= min(count, 16):
         return calib.x[rest], f"{len(rest)} held-out samples of {calib.source}"

@@ -74,6 +74,10 @@ class ArrayDataset:
     y: np.ndarray
     source: str
     preprocess: dict = field(default_factory=dict)
+    #: each sample's place in the source's seeded shuffle (`load_data`), where it was loaded from one
+    shuffle_ranks: np.ndarray | None = field(default=None, repr=False)
+    #: the seed of that shuffle
+    shuffle_seed: int = 0
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -95,13 +99,28 @@ class ArrayDataset:
         digest.update(memoryview(np.ascontiguousarray(self.y)).cast("B"))
         return digest.hexdigest()
 
+    def shuffled_order(self, seed: int = 0) -> np.ndarray:
+        """The samples' indices in a fixed shuffle. Loaded from a source, the shuffle is the
+        source's (its first samples are the same whichever number was loaded), else a seeded
+        permutation of these samples. Why: a build loads as many calibration images as its
+        passes reach, which depends on the pruned model; the ranges and the INT8 check take the
+        first of them and are reused across builds only when they are the same images."""
+        if self.shuffle_ranks is not None and seed == self.shuffle_seed:
+            return np.argsort(self.shuffle_ranks, kind="stable")
+        return np.random.default_rng(seed).permutation(len(self))
+
+    def take(self, order: np.ndarray, source: str) -> ArrayDataset:
+        """The samples at `order` (their shuffle ranks kept)."""
+        ranks = self.shuffle_ranks[order] if self.shuffle_ranks is not None else None
+        return ArrayDataset(self.x[order], self.y[order], source, self.preprocess, ranks, self.shuffle_seed)
+
     def subset(self, n: int | None, seed: int = 0) -> ArrayDataset:
-        """The first n samples of a fixed shuffle (class balance is kept in expectation)."""
+        """The first n samples of a fixed shuffle (`shuffled_order`; class balance is kept in expectation)."""
         if n is None or n >= len(self):
             return self
-        order = np.random.default_rng(seed).permutation(len(self))[:n]
+        order = self.shuffled_order(seed)[:n]
         order.sort()
-        return ArrayDataset(self.x[order], self.y[order], f"{self.source}[{n}]", self.preprocess)
+        return self.take(order, f"{self.source}[{n}]")
 
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start in range(0, len(self), batch_size):
@@ -436,9 +455,12 @@ def load_data(source: str, preprocess: Preprocess | None = None, *, limit: int |
     x, y = _read_raw(source, preprocess.resize)
     if len(x) == 0:
         raise DataError(f"data source {source} is empty")
+    shuffle = np.random.default_rng(seed).permutation(len(x))
+    ranks = np.empty(len(x), np.int64)
+    ranks[shuffle] = np.arange(len(x))
     if limit is not None and limit < len(x):
-        order = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
-        x, y = x[order], y[order]
+        order = np.sort(shuffle[:limit])
+        x, y, ranks = x[order], y[order], ranks[order]
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     x = x.astype(np.float32) / scale
     channels = x.shape[1]
@@ -470,7 +492,7 @@ def load_data(source: str, preprocess: Preprocess | None = None, *, limit: int |
         np.subtract(x[:, 0 if repeat else c], np.float32(mean[c]), out=out[:, c])
         out[:, c] /= np.float32(std[c])
     x = out
-    return ArrayDataset(np.ascontiguousarray(x, dtype=np.float32), y, source, {**preprocess.to_dict(), "mean": mean, "std": std})
+    return ArrayDataset(np.ascontiguousarray(x, dtype=np.float32), y, source, {**preprocess.to_dict(), "mean": mean, "std": std}, ranks, seed)
 
 
 def check_matches_model(data: ArrayDataset, input_shape: tuple[int, ...], num_classes: int | None = None, role: str | None = None) -> None:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,8 @@ class ExportResult:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    #: taken from an earlier build's export of the same model (`build/reuse.py`); `seconds` are that export's
+    reused: bool = False
 
     @property
     def output_name(self) -> str:
@@ -101,6 +103,13 @@ class ExportResult:
         data["max_abs_err"] = self.max_abs_err
         data["max_rel_err"] = self.max_rel_err
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExportResult:
+        """The result `to_dict` wrote (its derived fields dropped)."""
+        names = {f.name for f in fields(cls)}
+        kept = {k: v for k, v in data.items() if k in names}
+        return cls(**{**kept, "verification": Verification(**kept["verification"])})
 
 
 # -- exporters --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Wall time and stage times of issue 13's ResNet-18 build, for one or two checkouts side by side.
 
-    .venv/bin/python tools/bench_build_time.py [--repeats 2] [--compare OTHER_CHECKOUT] [--json OUT]
+    .venv/bin/python tools/bench_build_time.py [--repeats 2] [--compare OTHER_CHECKOUT] [--repeat-speedup 2.4] [--json OUT]
 
 Why: issue 13 asks a whole `build` of a random-weight ResNet-18 at 224x224 with its latency table
 (`--speedup 2 --measure-lut`, 128 calibration images) to take about 45 s. Build times here move
@@ -69,19 +69,21 @@ def checkout_files(checkout: Path) -> list[str]:
     return out
 
 
-def one_build(checkout: Path, model: Path, work: Path, label: str) -> dict:
-    out, cache = work / f"{label}-out", work / f"{label}-cache"
+def one_build(checkout: Path, model: Path, work: Path, label: str, *, cache_label: str | None = None, speedup: str | None = None) -> dict:
+    out, cache = work / f"{label}-out", work / f"{cache_label or label}-cache"
     env = {**os.environ, "HADMC_CACHE": str(cache)}
+    args = BUILD_ARGS if speedup is None else [*BUILD_ARGS[: BUILD_ARGS.index("--speedup") + 1], speedup, *BUILD_ARGS[BUILD_ARGS.index("--speedup") + 2 :]]
     imported = checkout_files(checkout)
     if not all(path.startswith(str(checkout) + "/") for path in imported):
         raise SystemExit(f"bench_build_time: {checkout} would import {imported}, not its own packages")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CHECKOUT_IMPORTS, str(checkout), "build", str(model), *BUILD_ARGS, "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-c", CHECKOUT_IMPORTS, str(checkout), "build", str(model), *args, "--out", str(out)],
                           cwd=checkout, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     report = out / "report.json"
     stages = json.loads(report.read_text()).get("stages", []) if report.is_file() else []
-    return {"checkout": str(checkout), "label": label, "exit_code": proc.returncode, "wall_s": round(wall, 1),
+    return {"checkout": str(checkout), "label": label, "speedup": speedup or BUILD_ARGS[BUILD_ARGS.index("--speedup") + 1],
+            "cache": "reused" if cache_label else "empty", "exit_code": proc.returncode, "wall_s": round(wall, 1),
             "stages_s": [[s["name"], round(float(s["seconds"]), 1)] for s in stages if s.get("seconds") is not None]}
 
 
@@ -89,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--compare", type=Path, help="another checkout, built alternately with this one (it runs first)")
+    parser.add_argument("--repeat-speedup", help="after each build, another with its cache at this --speedup")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
     checkouts = [args.compare.resolve(), ROOT] if args.compare else [ROOT]
@@ -98,10 +101,14 @@ def main() -> None:
         model = random_resnet18(work / "r18.pth")
         for i in range(args.repeats):
             for n, checkout in enumerate(checkouts):
-                row = one_build(checkout, model, work, f"{n}-{i}")
-                rows.append(row)
-                stages = ", ".join(f"{name} {s}" for name, s in row["stages_s"])
-                print(f"{checkout}  run {i + 1}: exit {row['exit_code']}, {row['wall_s']} s wall; {stages}", flush=True)
+                label = f"{n}-{i}"
+                builds = [one_build(checkout, model, work, label)]
+                if args.repeat_speedup:
+                    builds.append(one_build(checkout, model, work, f"{label}-again", cache_label=label, speedup=args.repeat_speedup))
+                for row in builds:
+                    rows.append(row)
+                    stages = ", ".join(f"{name} {s}" for name, s in row["stages_s"])
+                    print(f"{checkout}  run {i + 1} (--speedup {row['speedup']}, {row['cache']} cache): exit {row['exit_code']}, {row['wall_s']} s wall; {stages}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"command": "hadmc-deploy build r18.pth " + " ".join(BUILD_ARGS), "rows": rows}, indent=1) + "\n")
 

@@ -69,7 +69,7 @@ def held_out_images(data: ArrayDataset, used: int, count: int, seed: int) -> tup
     """(up to `count` images of `data` past the first `used` of its seeded shuffle (the images
     `ArrayDataset.subset(used, seed)` took), where they came from, whether they are held out): the
     last used ones are reused, and the source says so, when fewer than 64 are left."""
-    order = np.random.default_rng(seed).permutation(len(data))
+    order = data.shuffled_order(seed)
     rest = np.sort(order[used : used + count])
     if len(rest) >= min(count, 64):
         return data.x[rest], f"{len(rest)} held-out images of {data.source}", True

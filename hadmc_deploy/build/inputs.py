@@ -7,11 +7,13 @@ Lazy because a fully cached build must not load a model or a data set at all.
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hadmc_deploy.build import reuse
 from hadmc_deploy.build.engine import BuildContext
 from hadmc_deploy.build.metric import CLASSIFY, DETECT, infer_task
 from hadmc_deploy.build.sample_budget import calib_images_to_load, images_in_memory
@@ -158,7 +160,16 @@ def baseline_export(ctx: BuildContext) -> ExportResult:
 
     def make() -> ExportResult:
         scratch = ctx.lazy("scratch", lambda: tempfile.TemporaryDirectory(prefix="hadmc-build-"))
-        return export_onnx(loaded_model(ctx).model, ctx.plan.input_shape, Path(scratch.name) / "baseline.onnx",
-                           opset=ctx.plan.target.opset, dynamic_batch=True, ui=ctx.ui)
+        path, model, opset = Path(scratch.name) / "baseline.onnx", loaded_model(ctx).model, ctx.plan.target.opset
+        key = reuse.model_key(model, ctx.plan.input_shape, opset) if ctx.cache.enabled else None
+        stored = reuse.stored_export(key) if key else None
+        if stored is not None:
+            shutil.copyfile(stored[0], path)
+            ctx.ui.log(f"the original's export reused from an earlier build of the same model ({stored[0].parent})")
+            return replace(ExportResult.from_dict(stored[1]), path=str(path), reused=True)
+        result = export_onnx(model, ctx.plan.input_shape, path, opset=opset, dynamic_batch=True, ui=ctx.ui)
+        if key:
+            reuse.store_export(key, path, result.to_dict())
+        return result
 
     return ctx.lazy("export:baseline", make)

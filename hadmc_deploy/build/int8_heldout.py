@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hadmc_deploy.build import reuse
 from hadmc_deploy.build.engine import BuildContext
 from hadmc_deploy.build.inputs import dataset, int8_guarding, macs_per_image
 from hadmc_deploy.build.sample_budget import verify_samples
@@ -49,7 +50,16 @@ def heldout_reference(ctx: BuildContext, model: str, opts: Int8Options) -> list[
 
     def run() -> list[np.ndarray]:
         heldout_x, _ = heldout_samples(dataset(ctx, "calib"), opts.samples, opts.verify_samples)
-        return run_all_outputs(ort_session(float_onnx(ctx, model)), heldout_x)
+        onnx_path = float_onnx(ctx, model)
+
+        def outputs(into: Path) -> None:
+            reuse.save_arrays(run_all_outputs(ort_session(onnx_path), heldout_x), into)
+
+        if not ctx.cache.enabled:
+            return run_all_outputs(ort_session(onnx_path), heldout_x)
+        # the same graph on the same images: outputs an earlier build computed
+        stored, _ = reuse.reused_file("heldout", reuse.file_key("heldout", onnx_path, images=reuse.array_sha256(heldout_x)), outputs, ".npz")
+        return reuse.load_arrays(stored)
 
     return ctx.lazy(f"int8-reference:{model}:{opts.samples}:{opts.verify_samples}", run)
 

@@ -59,7 +59,7 @@ class DetectionDataset(ArrayDataset):
         return self.take(order, f"{self.source}[{n}]")
 
     def take(self, order: np.ndarray, source: str | None = None) -> DetectionDataset:
-        return DetectionDataset(self.x[order], self.y[order], source or self.source, self.preprocess, [self.labels[i] for i in order], self.class_names)
+        return DetectionDataset(self.x[order], self.y[order], source or self.source, self.preprocess, labels=[self.labels[i] for i in order], class_names=self.class_names)
 
 
 def is_detection_source(source: str) -> bool:
@@ -235,7 +235,7 @@ def load_detection(source: str, preprocess: Preprocess | None = None, *, limit: 
             raise DataError(f"{source} has {channels}-channel images but {preprocess.channels} channels were asked for")
     mean, std = preprocess.stats_for(channels)
     x = (x - np.asarray(mean, np.float32)[None, :, None, None]) / np.asarray(std, np.float32)[None, :, None, None]
-    return DetectionDataset(np.ascontiguousarray(x, np.float32), index.astype(np.int64), source, {**preprocess.to_dict(), "mean": mean, "std": std}, labels, names)
+    return DetectionDataset(np.ascontiguousarray(x, np.float32), index.astype(np.int64), source, {**preprocess.to_dict(), "mean": mean, "std": std}, labels=labels, class_names=names)
 
 
 def load_source(source: str, preprocess: Preprocess | None = None, *, limit: int | None = None, seed: int = 0) -> ArrayDataset:

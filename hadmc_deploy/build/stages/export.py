@@ -17,7 +17,9 @@ VERIFY_SAMPLES = 16
 
 def run(ctx: BuildContext) -> StageResult:
     sample = dataset(ctx, "eval") or dataset(ctx, "calib")
-    verify = sample.x[:VERIFY_SAMPLES] if sample is not None else None
+    # the first of the data's fixed shuffle, the same images whichever number a build loaded: the
+    # verification is recorded in the file, which later builds' reused work is keyed by (build/reuse.py)
+    verify = sample.subset(VERIFY_SAMPLES).x if sample is not None else None
     jobs = [("baseline", loaded_model(ctx).model, ctx.path("baseline.onnx"))]
     if pruned(ctx):
         jobs.append(("pruned", final_torch_model(ctx), ctx.path("model.onnx")))
@@ -38,7 +40,8 @@ def run(ctx: BuildContext) -> StageResult:
         # The final float model is the original: model.onnx names it for the backends' tools.
         write_bytes_atomic(ctx.path("model.onnx"), ctx.path("baseline.onnx").read_bytes())
     worst = max(r["max_abs_err"] for r in result.values())
-    result["_summary"] = f"{len(jobs)} model(s) exported, verified in ONNX Runtime (max abs err {worst:.2e}, {'real' if verify is not None else 'random'} inputs)"
+    result["_summary"] = f"{len(jobs)} model(s) exported, verified in ONNX Runtime (max abs err {worst:.2e}, {'real' if verify is not None else 'random'} inputs)" + (
+        "; the original's export from an earlier build" if result["baseline"].get("reused") else "")
     return StageResult(result, [p for _, _, p in jobs] + [ctx.path("model.onnx")])
 
 

@@ -1,0 +1,153 @@
+"""Work a build does on a model that another build of the same model on this machine already did,
+kept in the user cache between builds: the original's verified early export, every float graph's
+activation ranges and its float outputs on the INT8 check's held-out images.
+
+Why: a user asks again with another budget, guard or precision, or into another --out; each time
+the build exported, calibrated and ran the original over hundreds of held-out images again. A
+random-weight ResNet-18 at 224 spent 13 s of a 58 s second build (its table already cached) on
+these three (`tools/bench_build_time.py --repeat-speedup 2.4`).
+
+Entries are content-addressed: the ranges and the held-out outputs by the SHA-256 of the ONNX file
+they were computed on, of the data and of the options and code that computed them, so an entry can
+only be reused for the very same computation. The export's key is the model's weights (each
+tensor's hash), its module tree, the source files of its module classes, the input shape, opset
+and the export code; the export stage verifies the file again against the model on real images,
+and exports afresh when it disagrees (`stages/export.py`). --no-cache reuses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from hadmc_deploy.cache import code_hash, hash_json, tensor_hashes, tool_versions
+from hadmc_deploy.fileio import atomic_path, sha256_file, user_cache_root, write_json_atomic
+
+#: entries of each kind kept (the least recently used go first): an export holds the model's
+#: weights (45 MB for a ResNet-18), ranges and held-out outputs are small ...
+KEEP = {"export": 8, "ranges": 64, "heldout": 64}
+#: ... and at most this many bytes of each kind (the most recent entry is always kept)
+KEEP_BYTES = 2 << 30
+
+
+def store() -> Path:
+    """Where reused work is kept ($HADMC_CACHE/reuse, else the user's cache folder)."""
+    return user_cache_root() / "reuse"
+
+
+def model_key(model: nn.Module, input_shape: tuple[int, ...], opset: int) -> str:
+    """What an export of `model` depends on: weights, module tree (with each module's settings),
+    the source of its module classes, the input shape and opset, the export code and libraries."""
+    sources = sorted({path for m in model.modules() if (path := _source_file(type(m)))})
+    return hash_json({
+        "weights": tensor_hashes(model.state_dict()),
+        "tree": repr(model),
+        "sources": {path: sha256_file(path) for path in sources},
+        "input_shape": list(input_shape[1:]), "opset": opset,
+        "code": code_hash(["hadmc_deploy.export"]), "versions": tool_versions(),
+    })
+
+
+def _source_file(cls: type) -> str | None:
+    try:
+        path = inspect.getsourcefile(cls)
+    except (TypeError, OSError):  # a builtin or a class defined where no file holds it
+        return None
+    return path if path and Path(path).is_file() else None
+
+
+def file_key(kind: str, onnx_path: str | Path, **options: Any) -> str:
+    """Key of work on one ONNX file: its bytes, the `options` (data hashes included) and the code."""
+    modules = {"ranges": ["hadmc_deploy.calibration.collect"], "heldout": ["hadmc_deploy.calibration.verify_qdq", "hadmc_deploy.calibration.quantize"]}[kind]
+    return hash_json({"onnx": sha256_file(onnx_path), "options": options, "code": code_hash(modules), "versions": tool_versions()})
+
+
+def _entry(kind: str, key: str) -> Path:
+    return store() / kind / key[:40]
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry used now (eviction drops the least recently used)."""
+    with contextlib.suppress(OSError):  # a read-only cache still serves what it holds
+        os.utime(path)
+
+
+def _evict(kind: str) -> None:
+    """Drop the least recently used entries of `kind` beyond KEEP[kind]."""
+    entries = sorted((p for p in (store() / kind).glob("*") if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime, reverse=True)
+    total = 0
+    for index, entry in enumerate(entries):
+        total += sum(f.stat().st_size for f in entry.rglob("*") if f.is_file()) if entry.is_dir() else entry.stat().st_size
+        if index == 0 or (index < KEEP[kind] and total <= KEEP_BYTES):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def reused_file(kind: str, key: str, make: Callable[[Path], None], suffix: str) -> tuple[Path, bool]:
+    """(the stored file holding what `make(path)` writes for `key`, whether it was there already):
+    made at a temporary path and stored when it was not. Callers copy what they keep."""
+    path = _entry(kind, key).with_suffix(suffix)
+    if path.is_file():
+        _touch(path)
+        return path, True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        make(tmp)
+    _evict(kind)
+    return path, False
+
+
+def stored_export(key: str) -> tuple[Path, dict[str, Any]] | None:
+    """(ONNX file, its ExportResult as a dict) stored for `key`, or None."""
+    folder = _entry("export", key)
+    onnx_file, record = folder / "model.onnx", folder / "result.json"
+    if not (onnx_file.is_file() and record.is_file()):
+        return None
+    try:
+        result = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    if result.get("sha256") != sha256_file(onnx_file):  # truncated or replaced: not trusted
+        return None
+    _touch(folder)
+    return onnx_file, result
+
+
+def store_export(key: str, onnx_file: Path, result: dict[str, Any]) -> None:
+    """Keep an export for later builds (a copy; the build keeps its own)."""
+    folder = _entry("export", key)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "model.onnx") as tmp:
+        shutil.copyfile(onnx_file, tmp)
+    write_json_atomic(folder / "result.json", result)
+    _evict("export")
+
+
+def save_arrays(arrays: list[np.ndarray], path: Path) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, *arrays)
+
+
+def load_arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+def array_sha256(x: np.ndarray) -> str:
+    """A key for images: their shape, dtype and bytes (a view, not a copy)."""
+    digest = hashlib.sha256(f"{x.shape}|{x.dtype}|".encode())
+    digest.update(memoryview(np.ascontiguousarray(x)).cast("B"))
+    return digest.hexdigest()

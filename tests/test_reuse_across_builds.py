@@ -1,0 +1,133 @@
+"""Work on the same model reused across builds (hadmc_deploy/build/reuse.py): a second build of a
+trained digits CNN into another --out takes the original's export, its activation ranges and its
+held-out float outputs from the first, and ends with the same baseline files; the keys see a
+changed weight or module setting; the calibration passes take the same images whichever number
+of images a build loaded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pipeline_models import DIGITS_TRAIN, TINY_ARCH, train_tiny
+
+from hadmc_deploy.build import reuse
+from hadmc_deploy.calibration.quantize import heldout_samples
+from hadmc_deploy.cli import main
+from hadmc_deploy.data import Preprocess, load_data
+from hadmc_deploy.export import ExportResult, export_onnx
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("reuse") / "tiny.pth", epochs=2)
+
+
+def _build(tiny: Path, out: Path, *extra: str) -> tuple[int, dict]:
+    rc = main(["build", str(tiny), "--arch", TINY_ARCH, "--target", "cpu", "--precision", "int8", "--calib", DIGITS_TRAIN,
+               "--calib-samples", "256", "--no-measure-lut", "--batch", "1", "--runs", "3", "--warmup", "1", "-q", "--out", str(out), *extra])
+    return rc, json.loads((out / "report.json").read_text())
+
+
+def _stage(report: dict, name: str) -> str:
+    return next(s for s in report["stages"] if s["name"] == name)["detail"]
+
+
+def _entries(cache: Path, kind: str) -> list[Path]:
+    return sorted((cache / "reuse" / kind).glob("*"))
+
+
+def test_a_second_build_reuses_the_original_s_export_ranges_and_held_out_outputs(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HADMC_CACHE", str(cache))
+    rc1, first = _build(tiny, tmp_path / "first")
+    stored = {kind: _entries(cache, kind) for kind in ("export", "ranges", "heldout")}
+    assert rc1 in (0, 15) and all(stored.values()), stored
+    assert "earlier build" not in _stage(first, "export") and "earlier build" not in _stage(first, "calibrate")
+
+    rc2, second = _build(tiny, tmp_path / "second")
+    assert rc2 == rc1
+    assert "the original's export from an earlier build" in _stage(second, "export")
+    assert "baseline: from an earlier build" in _stage(second, "calibrate")
+    assert {kind: _entries(cache, kind) for kind in stored} == stored  # nothing computed again, so nothing new stored
+    for name in ("baseline.onnx", "baseline_scales.json"):
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
+    assert first["quantization"]["baseline"]["check"] == second["quantization"]["baseline"]["check"]
+
+    _build(tiny, tmp_path / "uncached", "--no-cache")  # --no-cache reuses and stores nothing
+    assert {kind: _entries(cache, kind) for kind in stored} == stored
+    assert "earlier build" not in _stage(json.loads((tmp_path / "uncached" / "report.json").read_text()), "export")
+
+
+def test_the_export_key_sees_weights_settings_and_shape() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    model(torch.zeros(1, 1, 8, 8))
+    key = reuse.model_key(model, (1, 1, 8, 8), 18)
+    assert reuse.model_key(model, (4, 1, 8, 8), 18) == key  # the batch is dynamic in the export
+    assert reuse.model_key(model, (1, 1, 9, 9), 18) != key and reuse.model_key(model, (1, 1, 8, 8), 17) != key
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] += 1e-6
+    assert reuse.model_key(model, (1, 1, 8, 8), 18) != key
+    changed = reuse.model_key(model, (1, 1, 8, 8), 18)
+    model[1].inplace = True  # a module setting, no weight
+    assert reuse.model_key(model, (1, 1, 8, 8), 18) != changed
+
+
+def test_export_result_round_trips_through_its_dict(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU())
+    result = export_onnx(model, (1, 1, 6, 6), tmp_path / "m.onnx", exporters=("legacy",))
+    assert ExportResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+def test_a_stored_file_is_made_once_and_a_damaged_export_is_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HADMC_CACHE", str(tmp_path))
+    calls = []
+
+    def make(path: Path) -> None:
+        calls.append(path)
+        path.write_text("ranges")
+
+    first, hit1 = reuse.reused_file("ranges", "a" * 64, make, ".json")
+    second, hit2 = reuse.reused_file("ranges", "a" * 64, make, ".json")
+    assert (hit1, hit2, len(calls), first, second.read_text()) == (False, True, 1, second, "ranges")
+
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"graph")
+    reuse.store_export("b" * 64, onnx_file, {"sha256": hashlib.sha256(b"graph").hexdigest()})
+    assert reuse.stored_export("b" * 64) is not None
+    next((tmp_path / "reuse" / "export").glob("*")).joinpath("model.onnx").write_bytes(b"grap")  # truncated
+    assert reuse.stored_export("b" * 64) is None
+
+
+def test_the_least_recently_used_entries_go_beyond_the_count_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HADMC_CACHE", str(tmp_path))
+    monkeypatch.setitem(reuse.KEEP, "heldout", 2)
+    paths = []
+    for n, key in enumerate("abc"):
+        path, _ = reuse.reused_file("heldout", key * 64, lambda p: p.write_bytes(b"x"), ".npz")
+        os.utime(path, (1000 + n, 1000 + n))  # made in this order
+        paths.append(path)
+    reuse.reused_file("heldout", "a" * 64, lambda p: p.write_bytes(b"x"), ".npz")  # used again: now the most recent
+    reuse.reused_file("heldout", "d" * 64, lambda p: p.write_bytes(b"x"), ".npz")
+    assert [p.name[0] for p in _entries(tmp_path, "heldout")] == ["a", "d"]
+
+
+def test_the_calibration_passes_take_the_same_images_whichever_number_was_loaded() -> None:
+    """A build loads as many calibration images as its passes reach, a number that follows the
+    pruned model's cost; the ranges' images and the INT8 check's held-out ones are the first of
+    the source's own fixed shuffle, the same in every build."""
+    pre = Preprocess(channels=1)
+    few, more, every = (load_data(DIGITS_TRAIN, pre, limit=n) for n in (500, 800, None))
+    assert len(few) == 500 and len(more) == 800
+    for data in (more, every):
+        assert np.array_equal(few.subset(128).x, data.subset(128).x)
+        assert np.array_equal(heldout_samples(few, 128, 300)[0], heldout_samples(data, 128, 300)[0])
+    # loaded in full, the shuffle is the seeded permutation a subset always took
+    order = np.sort(np.random.default_rng(0).permutation(len(every))[:128])
+    assert np.array_equal(every.subset(128).x, every.x[order])
