@@ -162,14 +162,14 @@ def baseline_export(ctx: BuildContext) -> ExportResult:
         scratch = ctx.lazy("scratch", lambda: tempfile.TemporaryDirectory(prefix="hadmc-build-"))
         path, model, opset = Path(scratch.name) / "baseline.onnx", loaded_model(ctx).model, ctx.plan.target.opset
         key = reuse.model_key(model, ctx.plan.input_shape, opset) if ctx.cache.enabled else None
-        stored = reuse.stored_export(key) if key else None
+        stored = reuse.stored_files("export", key) if key else None
         if stored is not None:
-            shutil.copyfile(stored[0], path)
-            ctx.ui.log(f"the original's export reused from an earlier build of the same model ({stored[0].parent})")
+            shutil.copyfile(stored[0][path.name], path)
+            ctx.ui.log(f"the original's export reused from an earlier build of the same model ({stored[0][path.name].parent})")
             return replace(ExportResult.from_dict(stored[1]), path=str(path), reused=True)
         result = export_onnx(model, ctx.plan.input_shape, path, opset=opset, dynamic_batch=True, ui=ctx.ui)
         if key:
-            reuse.store_export(key, path, result.to_dict())
+            reuse.store_files("export", key, [path], result.to_dict())
         return result
 
     return ctx.lazy("export:baseline", make)

@@ -35,7 +35,9 @@ from hadmc_deploy.fileio import atomic_path, sha256_file, user_cache_root, write
 
 #: entries of each kind kept (the least recently used go first): an export holds the model's
 #: weights (45 MB for a ResNet-18), ranges and held-out outputs are small ...
-KEEP = {"export": 8, "ranges": 64, "heldout": 64}
+KEEP = {"export": 8, "quantized": 16, "ranges": 64, "heldout": 64, "score": 256}
+#: the file naming an entry's files (with their hashes) and its record
+ENTRY_FILE = "entry.json"
 #: ... and at most this many bytes of each kind (the most recent entry is always kept)
 KEEP_BYTES = 2 << 30
 
@@ -68,7 +70,8 @@ def _source_file(cls: type) -> str | None:
 
 def file_key(kind: str, onnx_path: str | Path, **options: Any) -> str:
     """Key of work on one ONNX file: its bytes, the `options` (data hashes included) and the code."""
-    modules = {"ranges": ["hadmc_deploy.calibration.collect"], "heldout": ["hadmc_deploy.calibration.verify_qdq", "hadmc_deploy.calibration.quantize"]}[kind]
+    modules = {"ranges": ["hadmc_deploy.calibration.collect"], "heldout": ["hadmc_deploy.calibration.verify_qdq"],
+               "quantized": ["hadmc_deploy.calibration.quantize"], "score": ["hadmc_deploy.build.metric"]}[kind]
     return hash_json({"onnx": sha256_file(onnx_path), "options": options, "code": code_hash(modules), "versions": tool_versions()})
 
 
@@ -110,30 +113,31 @@ def reused_file(kind: str, key: str, make: Callable[[Path], None], suffix: str) 
     return path, False
 
 
-def stored_export(key: str) -> tuple[Path, dict[str, Any]] | None:
-    """(ONNX file, its ExportResult as a dict) stored for `key`, or None."""
-    folder = _entry("export", key)
-    onnx_file, record = folder / "model.onnx", folder / "result.json"
-    if not (onnx_file.is_file() and record.is_file()):
-        return None
+def stored_files(kind: str, key: str) -> tuple[dict[str, Path], dict[str, Any]] | None:
+    """({file name: stored path}, the record stored with them) for `key`, or None when there is no
+    whole entry (a file missing, truncated or replaced is not trusted)."""
+    folder = _entry(kind, key)
     try:
-        result = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return None
-    if result.get("sha256") != sha256_file(onnx_file):  # truncated or replaced: not trusted
+        entry = json.loads((folder / ENTRY_FILE).read_text())
+        files = {name: folder / name for name in entry["files"]}
+        if any(sha256_file(path) != entry["files"][name] for name, path in files.items()):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     _touch(folder)
-    return onnx_file, result
+    return files, entry["record"]
 
 
-def store_export(key: str, onnx_file: Path, result: dict[str, Any]) -> None:
-    """Keep an export for later builds (a copy; the build keeps its own)."""
-    folder = _entry("export", key)
+def store_files(kind: str, key: str, files: list[Path], record: dict[str, Any]) -> None:
+    """Keep copies of `files` (by name) and `record` for later builds; the entry file, written
+    last, lists each file's hash."""
+    folder = _entry(kind, key)
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "model.onnx") as tmp:
-        shutil.copyfile(onnx_file, tmp)
-    write_json_atomic(folder / "result.json", result)
-    _evict("export")
+    for path in files:
+        with atomic_path(folder / path.name) as tmp:
+            shutil.copyfile(path, tmp)
+    write_json_atomic(folder / ENTRY_FILE, {"files": {path.name: sha256_file(path) for path in files}, "record": record})
+    _evict(kind)
 
 
 def save_arrays(arrays: list[np.ndarray], path: Path) -> None:

@@ -3,12 +3,15 @@ with the latency model's prediction beside each measurement."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hadmc_deploy.backends import Artifact, get
+from hadmc_deploy.build import reuse
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import (
     data_hash,
@@ -23,7 +26,7 @@ from hadmc_deploy.build.metric import CLASSIFY, METRIC_NAMES, artifact_score, on
 from hadmc_deploy.build.side_by_side import int8_vs_fp32, time_interleaved
 from hadmc_deploy.build.variants import all_variants, float_onnx, qdq_name, variant_name
 from hadmc_deploy.evaluate import benchmark_artifact, file_size, label_order_warning
-from hadmc_deploy.fileio import sha256_file
+from hadmc_deploy.fileio import sha256_file, write_json_atomic
 
 
 def inputs(ctx: BuildContext) -> dict[str, Any]:
@@ -88,7 +91,7 @@ def run(ctx: BuildContext) -> StageResult:
             artifact = Artifact.load(ctx.path(entry["artifact"]))
             row.update({"backend": entry["backend"], "target": entry["target"], "artifact": entry["artifact"], "file_bytes": file_size(artifact.model_path)})
             confusion = _confusion(ctx, evald) if name == "baseline-fp32" else None
-            row["accuracy"], row["detection"] = artifact_score(backend, artifact, evald, ui=ctx.ui, confusion=confusion) if evald is not None else (None, None)
+            row["accuracy"], row["detection"] = _score(ctx, entry["backend"], backend, artifact, evald, confusion) if evald is not None else (None, None)
             if confusion is not None and (warning := label_order_warning(confusion)):
                 warnings.append(warning)
             row["accuracy_measured_with"] = f"{entry['backend']} artifact"
@@ -105,6 +108,29 @@ def run(ctx: BuildContext) -> StageResult:
     int8_checks = confirm_int8_slowdowns(ctx, rows, skip_batch=primary_batch(ctx))
     summary = "; ".join(f"{r['name']} {r['accuracy']:.2f}%" for r in rows if r.get("accuracy") is not None) or f"{len(rows)} variants"
     return StageResult({"variants": rows, "int8_vs_fp32": int8_checks, "warnings": warnings, "metric": METRIC_NAMES[task(ctx)], "eval_source": ctx.settings.data.eval, "eval_samples": len(evald) if evald is not None else 0, "_summary": summary})
+
+
+def _score(ctx: BuildContext, backend_name: str, backend: Any, artifact: Any, evald: Any, confusion: np.ndarray | None) -> tuple[float, dict[str, Any] | None]:
+    """The artifact's metric on --eval (and its confusion counts), from an earlier build where the
+    same model file ran through the same backend on the same images (`build/reuse.py`): a repeat
+    build's original and its INT8 graph are the same files, and their passes over every --eval
+    image are the stage's longest."""
+    if not ctx.cache.enabled:
+        return artifact_score(backend, artifact, evald, ui=ctx.ui, confusion=confusion)
+
+    def run(path: Path) -> None:
+        score, detail = artifact_score(backend, artifact, evald, ui=ctx.ui, confusion=confusion)
+        write_json_atomic(path, {"score": score, "detail": detail, "confusion": confusion.tolist() if confusion is not None else None})
+
+    # the session's options (threads, optimizers left off) and the device can move outputs too; the
+    # timings that chose them cannot
+    session = {k: v for k, v in (artifact.metadata.get("session_options") or {}).items() if not k.endswith("_measured")}
+    key = reuse.file_key("score", artifact.model_path, backend=backend_name, eval=data_hash(ctx, "eval"), session=session, device=artifact.metadata.get("device"))
+    stored, earlier_build = reuse.reused_file("score", key, run, ".json")
+    record = json.loads(stored.read_text())
+    if earlier_build and confusion is not None and record["confusion"] is not None:
+        confusion[...] = np.asarray(record["confusion"], dtype=confusion.dtype)
+    return record["score"], record["detail"]
 
 
 def _confusion(ctx: BuildContext, evald: Any) -> np.ndarray | None:

@@ -7,10 +7,12 @@ keeps in float the layers measured slower in INT8."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from hadmc_deploy.build import reuse
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import data_hash, dataset, int8_guarding, macs_per_image, task
 from hadmc_deploy.build.int8_heldout import GUARD_SAMPLES, heldout_reference, int8_options
@@ -19,9 +21,10 @@ from hadmc_deploy.build.sample_budget import verify_samples
 from hadmc_deploy.build.stages.decide import pruned_exclusion
 from hadmc_deploy.build.variants import float_onnx, mixed_name, models, qdq_name, scales_name
 from hadmc_deploy.calibration.qdq import write_qdq
-from hadmc_deploy.calibration.quantize import Int8Options, quantize_int8
+from hadmc_deploy.calibration.quantize import Int8Options, heldout_samples, quantize_int8
 from hadmc_deploy.calibration.ranges import ActivationRanges
 from hadmc_deploy.errors import LatencyModelError
+from hadmc_deploy.fileio import sha256_file
 from hadmc_deploy.latency.ort_profile import int8_slow_layers
 
 
@@ -52,21 +55,51 @@ def run(ctx: BuildContext) -> StageResult:
             # (a random-weight ResNet-18's unlabelled build spent 15-20 s of its 41 s quantize stage there)
             model_opts = replace(opts, guard=None, verify_samples=verify_samples(macs_per_image(ctx)))
             ctx.ui.log("pruned: its INT8 graph is checked plainly, not guarded: the pruned model itself may not deploy (report.md, Recovery)")
-        reference = heldout_reference(ctx, model, model_opts) if int8_guarding(ctx) and model_opts.guard is not None else None
-        r = quantize_int8(float_onnx(ctx, model), calib, ctx.plan.out_dir, model_opts, eval_data=evald, prefix=prefix, heldout_reference=reference, ui=ctx.ui)
-        outputs += [Path(r.qdq_path), Path(r.scales_path)] + ([Path(r.trt_cache_path)] if r.trt_cache_path else [])
-        result["float_nodes"][model] = [{"node": n, "reason": r.float_node_reasons.get(n, "")} for n in r.float_nodes]
+        r, earlier_build = _quantized(ctx, model, calib, model_opts, evald, prefix)
+        outputs += [Path(r["qdq_path"]), Path(r["scales_path"])] + ([Path(r["trt_cache_path"])] if r["trt_cache_path"] else [])
+        result["float_nodes"][model] = [{"node": n, "reason": r["float_node_reasons"].get(n, "")} for n in r["float_nodes"]]
         ranges = ActivationRanges.load(ctx.path(scales_name(model)))
         result[model] = {
-            "path": qdq_name(model, form), "deployable": r.deployable,
-            "reason": f"not guarded, as the pruned model itself may not deploy; {r.reason}" if excluded else r.reason, "method": r.method, "method_counts": r.method_counts,
-            "check": r.check.to_dict(),
-            "guard": json.loads(json.dumps(asdict(r.guard), default=str)) if r.guard is not None else None,
-            "mixed": _speed_mixed(ctx, model, ranges, list(r.float_nodes), model_opts, outputs) if r.deployable else None,
+            "path": qdq_name(model, form), "deployable": r["deployable"],
+            "reason": f"not guarded, as the pruned model itself may not deploy; {r['reason']}" if excluded else r["reason"], "method": r["method"], "method_counts": r["method_counts"],
+            "check": r["check"], "guard": r["guard"], "from_earlier_build": earlier_build,
+            "mixed": _speed_mixed(ctx, model, ranges, list(r["float_nodes"]), model_opts, outputs) if r["deployable"] else None,
         }
-    result["_summary"] = f"{form} QDQ graphs for {', '.join(models(ctx))}" + "".join(
+    earlier = [m for m in models(ctx) if result[m]["from_earlier_build"]]
+    result["_summary"] = f"{form} QDQ graphs for {', '.join(models(ctx))}" + (f" ({', '.join(earlier)}: from an earlier build)" if earlier else "") + "".join(
         f"; {m}: {result[m]['reason']}" for m in models(ctx) if not result[m]["deployable"])
     return StageResult(result, outputs)
+
+
+def _quantized(ctx: BuildContext, model: str, calib: Any, opts: Int8Options, evald: Any, prefix: str) -> tuple[dict[str, Any], bool]:
+    """`quantize_int8`'s result as JSON (its files written to the build directory), and whether an
+    earlier build of the same graph, ranges, images and options had it (`build/reuse.py`): the
+    guard's passes over the held-out and --eval images are most of the stage."""
+    source = float_onnx(ctx, model)
+    scales = ctx.path(scales_name(model))
+    names = {"qdq_path": Path(ctx.path(qdq_name(model, opts.form))).name, "scales_path": scales.name, "trt_cache_path": None}
+
+    def run() -> dict[str, Any]:
+        reference = heldout_reference(ctx, model, opts) if int8_guarding(ctx) and opts.guard is not None else None
+        r = quantize_int8(source, calib, ctx.plan.out_dir, opts, eval_data=evald, prefix=prefix, heldout_reference=reference, ui=ctx.ui)
+        return json.loads(json.dumps(asdict(r), default=str))
+
+    if not ctx.cache.enabled:
+        return run(), False
+    heldout_x, _ = heldout_samples(calib, opts.samples, opts.verify_samples)
+    key = reuse.file_key("quantized", source, ranges=sha256_file(scales), options=asdict(opts), prefix=prefix,
+                         heldout=reuse.array_sha256(heldout_x), eval=evald.sha256() if evald is not None else None)
+    stored = reuse.stored_files("quantized", key)
+    if stored is not None:
+        files, r = stored
+        for name in files:
+            shutil.copyfile(files[name], ctx.path(name))
+        ctx.ui.log(f"{model}: its QDQ graph and INT8 check from an earlier build of the same graph ({files[names['qdq_path']].parent})")
+        return {**r, **{k: str(ctx.path(r[k])) for k in names if r.get(k)}}, True
+    r = run()
+    relative = {**r, **{k: Path(r[k]).name for k in names if r.get(k)}}
+    reuse.store_files("quantized", key, [Path(r[k]) for k in names if r.get(k)], relative)
+    return r, False
 
 
 def _speed_mixed(ctx: BuildContext, model: str, ranges: ActivationRanges, float_nodes: list[str], opts: Int8Options, outputs: list[Path]) -> dict[str, Any] | None:
