@@ -100,11 +100,15 @@ def test_a_stored_file_is_made_once_and_a_damaged_entry_is_not_trusted(tmp_path:
 
     def make(path: Path) -> None:
         calls.append(path)
-        path.write_text("ranges")
+        path.write_text('{"ranges": 1}')
 
-    first, hit1 = reuse.reused_file("ranges", "a" * 64, make, ".json")
-    second, hit2 = reuse.reused_file("ranges", "a" * 64, make, ".json")
-    assert (hit1, hit2, len(calls), first, second.read_text()) == (False, True, 1, second, "ranges")
+    def read(path: Path) -> dict:
+        return json.loads(path.read_text())
+
+    assert reuse.reused("ranges", "a" * 64, make, read, ".json") == ({"ranges": 1}, False)
+    assert reuse.reused("ranges", "a" * 64, make, read, ".json") == ({"ranges": 1}, True) and len(calls) == 1
+    next((tmp_path / "reuse" / "ranges").glob("*")).write_text('{"ran')  # damaged: made again
+    assert reuse.reused("ranges", "a" * 64, make, read, ".json") == ({"ranges": 1}, False) and len(calls) == 2
 
     onnx_file = tmp_path / "m.onnx"
     onnx_file.write_bytes(b"graph")
@@ -118,13 +122,14 @@ def test_a_stored_file_is_made_once_and_a_damaged_entry_is_not_trusted(tmp_path:
 def test_the_least_recently_used_entries_go_beyond_the_count_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HADMC_CACHE", str(tmp_path))
     monkeypatch.setitem(reuse.KEEP, "heldout", 2)
-    paths = []
+
+    def stored(key: str) -> Path:
+        return reuse.reused("heldout", key * 64, lambda p: p.write_bytes(b"x"), lambda p: p, ".npz")[0]
+
     for n, key in enumerate("abc"):
-        path, _ = reuse.reused_file("heldout", key * 64, lambda p: p.write_bytes(b"x"), ".npz")
-        os.utime(path, (1000 + n, 1000 + n))  # made in this order
-        paths.append(path)
-    reuse.reused_file("heldout", "a" * 64, lambda p: p.write_bytes(b"x"), ".npz")  # used again: now the most recent
-    reuse.reused_file("heldout", "d" * 64, lambda p: p.write_bytes(b"x"), ".npz")
+        os.utime(stored(key), (1000 + n, 1000 + n))  # made in this order
+    stored("a")  # used again: now the most recent
+    stored("d")
     assert [p.name[0] for p in _entries(tmp_path, "heldout")] == ["a", "d"]
 
 

@@ -58,8 +58,7 @@ def heldout_reference(ctx: BuildContext, model: str, opts: Int8Options) -> list[
         if not ctx.cache.enabled:
             return run_all_outputs(ort_session(onnx_path), heldout_x)
         # the same graph on the same images: outputs an earlier build computed
-        stored, _ = reuse.reused_file("heldout", reuse.file_key("heldout", onnx_path, images=reuse.array_sha256(heldout_x)), outputs, ".npz")
-        return reuse.load_arrays(stored)
+        return reuse.reused("heldout", reuse.file_key("heldout", onnx_path, images=reuse.array_sha256(heldout_x)), outputs, reuse.load_arrays, ".npz")[0]
 
     return ctx.lazy(f"int8-reference:{model}:{opts.samples}:{opts.verify_samples}", run)
 

@@ -25,13 +25,15 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from torch import nn
 
 from hadmc_deploy.cache import code_hash, hash_json, tensor_hashes, tool_versions
 from hadmc_deploy.fileio import atomic_path, sha256_file, user_cache_root, write_json_atomic
+
+T = TypeVar("T")
 
 #: entries of each kind kept (the least recently used go first): an export holds the model's
 #: weights (45 MB for a ResNet-18), ranges and held-out outputs are small ...
@@ -99,18 +101,23 @@ def _evict(kind: str) -> None:
             entry.unlink(missing_ok=True)
 
 
-def reused_file(kind: str, key: str, make: Callable[[Path], None], suffix: str) -> tuple[Path, bool]:
-    """(the stored file holding what `make(path)` writes for `key`, whether it was there already):
-    made at a temporary path and stored when it was not. Callers copy what they keep."""
+def reused(kind: str, key: str, make: Callable[[Path], None], read: Callable[[Path], T], suffix: str) -> tuple[T, bool]:
+    """(what `read` gives of the stored file for `key`, whether an earlier build had made it): the
+    file `make(path)` writes, made and stored when there was none or `read` failed on it."""
     path = _entry(kind, key).with_suffix(suffix)
     if path.is_file():
-        _touch(path)
-        return path, True
+        try:
+            value = read(path)
+        except Exception:  # noqa: BLE001 - whatever a damaged entry makes the reader raise: made again
+            pass
+        else:
+            _touch(path)
+            return value, True
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         make(tmp)
     _evict(kind)
-    return path, False
+    return read(path), False
 
 
 def stored_files(kind: str, key: str) -> tuple[dict[str, Path], dict[str, Any]] | None:

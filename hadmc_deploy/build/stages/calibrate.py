@@ -13,6 +13,7 @@ from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import data_hash, dataset
 from hadmc_deploy.build.variants import float_onnx, models, scales_name
 from hadmc_deploy.calibration.collect import calibration_subset, load_or_collect
+from hadmc_deploy.calibration.ranges import ActivationRanges
 
 
 def inputs(ctx: BuildContext) -> dict[str, Any]:
@@ -36,12 +37,17 @@ def run(ctx: BuildContext) -> StageResult:
         def collect(into: Path, onnx_path: Path = onnx_path) -> None:
             load_or_collect(onnx_path, data, method, into, num_samples=samples, form=form, ui=ctx.ui)
 
-        earlier_build = False
+        def kept(stored: Path, path: Path = path) -> ActivationRanges:
+            ranges = ActivationRanges.load(stored)
+            shutil.copyfile(stored, path)
+            return ranges
+
         if ctx.cache.enabled:  # the same graph on the same images: ranges an earlier build collected
             key = reuse.file_key("ranges", onnx_path, images=calibration_subset(data, samples).sha256(), method=method, samples=samples, form=form)
-            stored, earlier_build = reuse.reused_file("ranges", key, collect, ".json")
-            shutil.copyfile(stored, path)
-        ranges, reused = load_or_collect(onnx_path, data, method, path, num_samples=samples, form=form, ui=ctx.ui)
+            ranges, earlier_build = reuse.reused("ranges", key, collect, kept, ".json")
+            reused = earlier_build
+        else:
+            (ranges, reused), earlier_build = load_or_collect(onnx_path, data, method, path, num_samples=samples, form=form, ui=ctx.ui), False
         outputs.append(path)
         result[model] = {"tensors": len(ranges), "method": ranges.method, "method_counts": ranges.method_counts(), "num_samples": ranges.num_samples,
                          "reused": reused, "from_earlier_build": earlier_build}

@@ -126,11 +126,17 @@ def _score(ctx: BuildContext, backend_name: str, backend: Any, artifact: Any, ev
     # timings that chose them cannot
     session = {k: v for k, v in (artifact.metadata.get("session_options") or {}).items() if not k.endswith("_measured")}
     key = reuse.file_key("score", artifact.model_path, backend=backend_name, eval=data_hash(ctx, "eval"), session=session, device=artifact.metadata.get("device"))
-    stored, earlier_build = reuse.reused_file("score", key, run, ".json")
-    record = json.loads(stored.read_text())
+    record, earlier_build = reuse.reused("score", key, run, _score_record, ".json")
     if earlier_build and confusion is not None and record["confusion"] is not None:
         confusion[...] = np.asarray(record["confusion"], dtype=confusion.dtype)
     return record["score"], record["detail"]
+
+
+def _score_record(path: Path) -> dict[str, Any]:
+    record = json.loads(path.read_text())
+    if not isinstance(record.get("score"), (int, float)) or "detail" not in record or "confusion" not in record:
+        raise ValueError(f"{path}: not a stored score")
+    return record
 
 
 def _confusion(ctx: BuildContext, evald: Any) -> np.ndarray | None:
