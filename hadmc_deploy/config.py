@@ -81,7 +81,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_accuracy_drop", "float", None, "accuracy guard: points the deployed artifact may lose (default 1.0 with --eval); INT8 is repaired (range method per tensor, sensitive layers in float) before it fails", metavar="P", section="quantization"),
     Option("allow_accuracy_drop", "bool", False, "report but do not fail when the accuracy guard is exceeded (the guard then does not restrict what deploys)", section="quantization"),
     Option("batch", "ints", None, "benchmark batch sizes (default: the target's)", metavar="N", section="benchmark"),
-    Option("runs", "int", 50, "timed runs per benchmark of the report's latency table (stopped at about 0.5 s of runs, never below 3); the side-by-side rounds that decide take their own 8 and 40 ms", section="benchmark"),
+    Option("runs", "int", 50, "timed runs per benchmark of the report's latency table at the batches other than the primary one (stopped at about 0.25 s of runs, never below 3); at the primary batch the table shows the decision's side-by-side rounds, 8 runs and 40 ms each at least", section="benchmark"),
     Option("warmup", "int", 10, "warm-up runs per benchmark", section="benchmark"),
     Option("timing_rounds", "int", 5, "interleaved timing rounds when two models are timed side by side", section="benchmark"),
     Option("fallback", "str", None, "when the target's backend is unavailable, also build for this one", choices=("cpu",)),

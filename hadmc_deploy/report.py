@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from hadmc_deploy.build.side_by_side import int8_vs_fp32
+from hadmc_deploy.build.side_by_side import int8_vs_fp32, with_decision_timings
 from hadmc_deploy.fileio import write_json_atomic, write_text_atomic
 from hadmc_deploy.plots import plot_pareto, plot_widths
 from hadmc_deploy.report_md import MEASURED_PREDICTORS
@@ -133,7 +133,7 @@ def build_report(ctx: Any, partial: bool = False) -> dict[str, Any]:
 
     res = ctx.results
     plan = ctx.plan
-    variants = res.get("evaluate", {}).get("variants", [])
+    variants = with_decision_timings(res.get("evaluate", {}).get("variants", []), res.get("decide") or {})
     int8_checks = res.get("evaluate", {}).get("int8_vs_fp32", []) + decision_int8_checks(res.get("decide", {}))
     search = res.get("search", {})
     groups = search.get("groups", [])

@@ -84,6 +84,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             lat_rows.append([v["name"], b, fmt_ms(s.get("p50_ms")), fmt_ms(s.get("p90_ms")), f"{s.get('throughput', 0):.1f}", fmt_ms(pred.get("ms")), pred.get("source", "-"), str(s.get("runs"))])
     if lat_rows:
         out += ["### Latency detail", "", _table(["variant", "batch", "p50 ms", "p90 ms", "throughput /s", "predicted ms", "predicted by", "runs"], lat_rows), ""]
+        how = sorted({(b, s["timed"]) for v in report["variants"] for b, s in (v.get("latency") or {}).items() if s.get("timed")})
+        out += [f"At batch {b}: {timed}; at the other batches one pass of timed runs per variant." for b, timed in how] + ([""] if how else [])
     for note in report.get("notes", []):
         out.append(f"- **note**: {note}")
     for v in report["variants"]:

@@ -417,3 +417,25 @@ def test_the_first_build_is_kept_aside_before_the_fp32_rebuild(tmp_path) -> None
     assert not (tmp_path / "artifacts" / "cpu").exists()
     assert (tmp_path / "report-int8.json").read_text() == '{"artifact": "artifacts-int8/cpu/deploy"}'
     assert (tmp_path / "report-int8.md").read_text() == "deploy `artifacts-int8/cpu/deploy`"
+
+
+def test_the_report_shows_the_decision_s_rounds_at_the_primary_batch() -> None:
+    """The evaluate stage leaves the primary batch to the decide stage's side-by-side rounds: the
+    report's row there is the fastest round's p50 (the decision's number) with the median round's
+    tail, and the speedups are taken again from it; other batches keep the evaluate stage's."""
+    from hadmc_deploy.backends import LatencyStats
+    from hadmc_deploy.build.side_by_side import ROUND_STATS, round_stats, with_decision_timings
+
+    def stats(p50: float, p90: float) -> LatencyStats:
+        return LatencyStats(p50_ms=p50, p90_ms=p90, p99_ms=p90 * 1.5, mean_ms=p50, min_ms=p50 * 0.9, runs=8)
+
+    timed = {"baseline-fp32": round_stats([stats(2.0, 2.6), stats(1.8, 3.0), stats(2.2, 2.4)]), "pruned-fp32": round_stats([stats(1.0, 1.2)])}
+    assert timed["baseline-fp32"]["p50_ms"] == 1.8 and timed["baseline-fp32"]["p90_ms"] == 2.6 and timed["baseline-fp32"]["runs"] == 24
+    assert timed["baseline-fp32"]["timed"] == ROUND_STATS
+    variants = [{"name": "baseline-fp32", "latency": {"8": {"p50_ms": 16.0}}}, {"name": "pruned-fp32", "latency": {"8": {"p50_ms": 4.0}}},
+                {"name": "pruned-int8", "latency": {}}]
+    rows = with_decision_timings(variants, {"primary_batch": 1, "latency": timed})
+    assert [list(r["latency"]) for r in rows] == [["1", "8"], ["1", "8"], []]
+    assert rows[1]["speedup"] == {"1": 1.8, "8": 4.0} and rows[2]["speedup"] == {}
+    assert "1" not in variants[0]["latency"]  # the evaluate stage's rows are not changed
+    assert with_decision_timings(variants, {}) is variants

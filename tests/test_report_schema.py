@@ -9,6 +9,7 @@ import json
 import pytest
 from pipeline_models import DIGITS_TEST, TINY_ARCH
 
+from hadmc_deploy.build.side_by_side import ROUND_STATS, ROUNDS
 from hadmc_deploy.cli import main
 from hadmc_deploy.report import REQUIRED, SCHEMA, SCHEMA_VERSION, validate_report
 from hadmc_deploy.report_md import render_markdown
@@ -29,7 +30,9 @@ def test_report_conforms_to_schema(report: dict) -> None:
     assert set(REQUIRED) <= set(report)
     (row,) = report["variants"]
     assert row["name"] == "baseline-fp32" and row["backend"] == "onnxruntime"
-    assert row["latency"]["1"]["p50_ms"] > 0 and row["latency"]["1"]["runs"] == 3
+    # at the primary batch the decision's side-by-side rounds (8 runs each at least), not --runs 3
+    assert row["latency"]["1"]["p50_ms"] == report["decision"]["candidates"][0]["p50_ms"] > 0
+    assert row["latency"]["1"]["timed"] == ROUND_STATS and row["latency"]["1"]["runs"] >= 8 * ROUNDS
     assert row["predicted"]["1"]["source"] == report["latency_model"]["source"] == "analytic"
     assert report["deploy"]["variant"] == "baseline-fp32" and report["deploy"]["artifact"].endswith("deploy")
     assert [s["name"] for s in report["stages"]][-1] == "report"

@@ -7,6 +7,7 @@ of images a build loaded."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -86,6 +87,49 @@ def test_the_export_key_sees_weights_settings_and_shape() -> None:
     changed = reuse.model_key(model, (1, 1, 8, 8), 18)
     model[1].inplace = True  # a module setting, no weight
     assert reuse.model_key(model, (1, 1, 8, 8), 18) != changed
+
+
+class _Scaled(torch.nn.Module):
+    """A module whose forward reads a plain attribute that its repr does not show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+        self.scale = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * self.scale
+
+
+def test_the_export_key_sees_a_plain_attribute_and_skips_state_that_is_not_a_tensor() -> None:
+    model = _Scaled()
+    key = reuse.model_key(model, (1, 1, 8, 8), 18)
+    model.scale = 2.0
+    assert reuse.model_key(model, (1, 1, 8, 8), 18) != key
+    model.get_extra_state = lambda: {"note": "kept in the state_dict, not a tensor"}  # torch's extra state
+    assert reuse.model_key(model, (1, 1, 8, 8), 18)
+
+
+def test_a_stored_export_that_disagrees_with_the_model_is_replaced(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the key cannot see (code outside the model's class files) the export stage's check on
+    real images does: a stored export of other weights is not shipped, the model is exported
+    again and the entry replaced."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HADMC_CACHE", str(cache))
+    _build(tiny, tmp_path / "first")
+    (entry,) = _entries(cache, "export")
+    stored, record = entry / "baseline.onnx", json.loads((entry / reuse.ENTRY_FILE).read_text())
+    other = train_tiny(tmp_path / "other.pth", epochs=1, seed=1)
+    rc, _ = _build(other, tmp_path / "other")
+    assert rc in (0, 15)
+    stored.write_bytes((tmp_path / "other" / "baseline.onnx").read_bytes())  # the entry now holds another model's graph
+    record["files"]["baseline.onnx"] = hashlib.sha256(stored.read_bytes()).hexdigest()
+    (entry / reuse.ENTRY_FILE).write_text(json.dumps(record))
+
+    rc2, second = _build(tiny, tmp_path / "second")
+    assert rc2 in (0, 15) and "earlier build" not in _stage(second, "export")
+    assert (tmp_path / "second" / "baseline.onnx").read_bytes() != (tmp_path / "other" / "baseline.onnx").read_bytes()
+    assert stored.read_bytes() == (tmp_path / "second" / "baseline.onnx").read_bytes()  # replaced
 
 
 def test_export_result_round_trips_through_its_dict(tmp_path: Path) -> None:

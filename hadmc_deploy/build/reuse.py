@@ -23,11 +23,13 @@ import inspect
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import torch
 from torch import nn
 
 from hadmc_deploy.cache import code_hash, hash_json, tensor_hashes, tool_versions
@@ -50,16 +52,27 @@ def store() -> Path:
 
 
 def model_key(model: nn.Module, input_shape: tuple[int, ...], opset: int) -> str:
-    """What an export of `model` depends on: weights, module tree (with each module's settings),
-    the source of its module classes, the input shape and opset, the export code and libraries."""
+    """What an export of `model` depends on: weights, module tree (with each module's settings and
+    plain attributes), the source of its module classes, the input shape and opset, the export code
+    and libraries. What this misses (code outside those classes' files) the export stage's check on
+    real images catches: a file that disagrees with the model is exported again."""
+    state = model.state_dict()
     sources = sorted({path for m in model.modules() if (path := _source_file(type(m)))})
     return hash_json({
-        "weights": tensor_hashes(model.state_dict()),
+        "weights": tensor_hashes({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}),
+        "other_state": {k: repr(v) for k, v in state.items() if not isinstance(v, torch.Tensor)},
         "tree": repr(model),
+        "attributes": {name: _plain_attributes(m) for name, m in model.named_modules()},
         "sources": {path: sha256_file(path) for path in sources},
         "input_shape": list(input_shape[1:]), "opset": opset,
         "code": code_hash(["hadmc_deploy.export"]), "versions": tool_versions(),
     })
+
+
+def _plain_attributes(module: nn.Module) -> dict[str, Any]:
+    """A module's public attributes of plain types (a scale or a flag its forward reads), not its
+    parameters, buffers or submodules (torch keeps those apart) and not its training flag."""
+    return {k: repr(v) for k, v in vars(module).items() if not k.startswith("_") and k != "training" and isinstance(v, (int, float, str, bool, tuple, list, type(None)))}
 
 
 def _source_file(cls: type) -> str | None:
@@ -113,9 +126,15 @@ def reused(kind: str, key: str, make: Callable[[Path], None], read: Callable[[Pa
         else:
             _touch(path)
             return value, True
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        make(tmp)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            make(tmp)
+    except OSError:  # a cache folder that cannot be written: the work is done, not kept
+        with tempfile.TemporaryDirectory(prefix="hadmc-reuse-") as folder:
+            unkept = Path(folder) / path.name
+            make(unkept)
+            return read(unkept), False
     _evict(kind)
     return read(path), False
 
@@ -139,11 +158,14 @@ def store_files(kind: str, key: str, files: list[Path], record: dict[str, Any]) 
     """Keep copies of `files` (by name) and `record` for later builds; the entry file, written
     last, lists each file's hash."""
     folder = _entry(kind, key)
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in files:
-        with atomic_path(folder / path.name) as tmp:
-            shutil.copyfile(path, tmp)
-    write_json_atomic(folder / ENTRY_FILE, {"files": {path.name: sha256_file(path) for path in files}, "record": record})
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            with atomic_path(folder / path.name) as tmp:
+                shutil.copyfile(path, tmp)
+        write_json_atomic(folder / ENTRY_FILE, {"files": {path.name: sha256_file(path) for path in files}, "record": record})
+    except OSError:  # a cache folder that cannot be written (read-only, full): nothing kept, nothing lost
+        return
     _evict(kind)
 
 

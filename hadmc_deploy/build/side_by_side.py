@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from hadmc_deploy.backends import Artifact, get
+from hadmc_deploy.backends import Artifact, LatencyStats, get
 from hadmc_deploy.build.engine import BuildContext
 from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS, WHOLE_MODEL_SECONDS
 
@@ -19,23 +19,71 @@ from hadmc_deploy.timing import WHOLE_MODEL_ROUNDS, WHOLE_MODEL_RUNS, WHOLE_MODE
 ROUNDS = WHOLE_MODEL_ROUNDS
 
 
-def time_interleaved(ctx: BuildContext, rows: list[dict[str, Any]], batch: int) -> tuple[dict[str, float], float]:
+def time_interleaved(ctx: BuildContext, rows: list[dict[str, Any]], batch: int, stats_out: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, float], float]:
     """Per variant (`rows`: name, backend, artifact) the p50 of its fastest interleaved round (load
     only adds time; on a shared 2-vCPU machine whole rounds run on one core when the other is
     taken, and a median over rounds mixes the two regimes), and the noise: the median relative
-    spread of each variant's round p50s around its own median, at most 10%."""
-    per_round: dict[str, list[float]] = {r["name"]: [] for r in rows}
+    spread of each variant's round p50s around its own median, at most 10%. With `stats_out`,
+    each variant's latency over the rounds (`round_stats`) goes there."""
+    rounds: dict[str, list[LatencyStats]] = {r["name"]: [] for r in rows}
     loaded = {r["name"]: (get(r["backend"]), Artifact.load(ctx.path(r["artifact"]))) for r in rows}
     with ctx.ui.progress(f"timing {len(rows)} candidates side by side (batch {batch})", ROUNDS * len(rows)) as bar:
         for _ in range(ROUNDS):
             for name, (backend, artifact) in loaded.items():
-                per_round[name].append(backend.benchmark(artifact, batch=batch, warmup=2, runs=WHOLE_MODEL_RUNS, min_seconds=WHOLE_MODEL_SECONDS).p50_ms)
+                rounds[name].append(backend.benchmark(artifact, batch=batch, warmup=2, runs=WHOLE_MODEL_RUNS, min_seconds=WHOLE_MODEL_SECONDS))
                 backend.release_sessions()  # one session alive at a time, as deployed and as the table timed
                 bar.advance()
+    per_round = {n: [s.p50_ms for s in v] for n, v in rounds.items()}
     medians = {n: statistics.median(v) for n, v in per_round.items()}
     spreads = [(max(v) - min(v)) / 2 / medians[n] for n, v in per_round.items() if len(v) > 1 and medians[n] > 0]
     noise = min(0.10, statistics.median(spreads)) if spreads else 0.0
+    if stats_out is not None:
+        stats_out.update({n: round_stats(v) for n, v in rounds.items()})
     return {n: min(v) for n, v in per_round.items()}, noise
+
+
+#: how `round_stats` summarises the rounds, recorded with them
+ROUND_STATS = f"side by side, {ROUNDS} interleaved rounds: p50 of the fastest round, p90/p99 of the median round"
+
+
+def round_stats(rounds: list[LatencyStats]) -> dict[str, Any]:
+    """One variant's latency over interleaved rounds, as a LatencyStats dict: the p50 of its fastest
+    round (the decision's number) and the median round's p90 and p99 (a round is 8 runs or more:
+    one round's tail is too few runs to stand alone)."""
+    fastest = min(rounds, key=lambda s: s.p50_ms)
+    stats = LatencyStats(p50_ms=fastest.p50_ms, p90_ms=statistics.median(s.p90_ms for s in rounds), p99_ms=statistics.median(s.p99_ms for s in rounds),
+                         mean_ms=statistics.fmean(s.mean_ms for s in rounds), min_ms=min(s.min_ms for s in rounds), runs=sum(s.runs for s in rounds),
+                         batch=fastest.batch, warmup=fastest.warmup)
+    return {**stats.to_dict(), "timed": ROUND_STATS}
+
+
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    """Each row's speedup over the FP32 original at every batch both were timed at (p50 over p50)."""
+    base = next((r for r in rows if r["name"] == "baseline-fp32"), None)
+    for row in rows:
+        row["speedup"] = {}
+        if base is None:
+            continue
+        for batch, stats in row["latency"].items():
+            ref = base["latency"].get(batch)
+            if ref and stats.get("p50_ms"):
+                row["speedup"][batch] = ref["p50_ms"] / stats["p50_ms"]
+
+
+def with_decision_timings(variants: list[dict[str, Any]], decide: dict[str, Any]) -> list[dict[str, Any]]:
+    """The evaluate stage's rows with the decide stage's side-by-side latency at the primary batch
+    (which the evaluate stage leaves to it: timing every variant there twice spent 2-3 s of a
+    ResNet-18 build at 224, and its two numbers for one artifact disagreed in one report), and
+    their speedups over the FP32 original again."""
+    timed = decide.get("latency") or {}
+    if not timed:
+        return variants
+    batch = str(decide.get("primary_batch"))
+    rows = [{**row, "latency": {**(row.get("latency") or {}), **({batch: timed[row["name"]]} if row["name"] in timed else {})}} for row in variants]
+    for row in rows:
+        row["latency"] = dict(sorted(row["latency"].items(), key=lambda kv: int(kv[0])))
+    add_speedups(rows)
+    return rows
 
 
 def int8_vs_fp32(model: str, batch: int, fp32_ms: float, int8_ms: float, noise: float) -> dict[str, Any]:

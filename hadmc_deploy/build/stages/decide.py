@@ -52,7 +52,8 @@ def run(ctx: BuildContext) -> StageResult:
         return StageResult(result, skipped="no artifact was built here: the decision is taken where the target's backend runs")
     q = ctx.settings.quantization
     batch = primary_batch(ctx)
-    fastest, noise = time_interleaved(ctx, rows, batch)
+    timed: dict[str, dict[str, Any]] = {}
+    fastest, noise = time_interleaved(ctx, rows, batch, timed)
     by_name = {r["name"]: r for r in rows}
     original = by_name["baseline-fp32"]
     reference_acc = original.get("accuracy")
@@ -148,6 +149,7 @@ def run(ctx: BuildContext) -> StageResult:
             ctx.ui.warn(warning)
     out = _copy_deployed(ctx, deployed)
     result = decision.to_dict()
+    result["latency"] = timed  # the report's latency of each variant at this batch (the evaluate stage left it to this stage)
     if pending:
         result["mixed_checks"] = {n: mixed_checks.get(n, MIXED_UNCHECKED) for n in pending}
     result["self_check"] = check_deployed(ctx, fastest, batch)

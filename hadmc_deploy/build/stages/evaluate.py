@@ -23,9 +23,9 @@ from hadmc_deploy.build.inputs import (
     with_precision,
 )
 from hadmc_deploy.build.metric import CLASSIFY, METRIC_NAMES, artifact_score, onnx_score
-from hadmc_deploy.build.side_by_side import int8_vs_fp32, time_interleaved
+from hadmc_deploy.build.side_by_side import add_speedups, int8_vs_fp32, time_interleaved
 from hadmc_deploy.build.variants import all_variants, float_onnx, qdq_name, variant_name
-from hadmc_deploy.evaluate import benchmark_artifact, file_size, label_order_warning
+from hadmc_deploy.evaluate import SECONDARY_TIMED_SECONDS, benchmark_artifact, file_size, label_order_warning
 from hadmc_deploy.fileio import sha256_file, write_json_atomic
 
 
@@ -95,7 +95,9 @@ def run(ctx: BuildContext) -> StageResult:
             if confusion is not None and (warning := label_order_warning(confusion)):
                 warnings.append(warning)
             row["accuracy_measured_with"] = f"{entry['backend']} artifact"
-            lat = benchmark_artifact(backend, artifact, ctx.plan.batch_sizes, warmup=bench.warmup, runs=bench.runs, primary=primary_batch(ctx), ui=ctx.ui)
+            # the primary batch is the decide stage's: it times every variant there side by side
+            lat = benchmark_artifact(backend, artifact, tuple(b for b in ctx.plan.batch_sizes if b != primary_batch(ctx)), warmup=bench.warmup, runs=bench.runs, ui=ctx.ui,
+                                     max_seconds=SECONDARY_TIMED_SECONDS)
             row["latency"] = {str(b): s for b, s in lat.per_batch.items()}
             backend.release_sessions()  # the next variant is timed with no idle session beside it
             row["session"] = {k: artifact.metadata.get(k) for k in ("session_options", "backend_version", "device", "precision_path", "int8_form") if k in artifact.metadata}
@@ -169,18 +171,6 @@ def confirm_int8_slowdowns(ctx: BuildContext, rows: list[dict[str, Any]], skip_b
             fp32_ms, int8_ms = fastest[fp32["name"]], fastest[int8["name"]]
             checks.append(int8_vs_fp32(model, int(batch), fp32_ms, int8_ms, noise) | {"single_pass": {"fp32_ms": ref["p50_ms"], "int8_ms": stats["p50_ms"]}})
     return checks
-
-
-def add_speedups(rows: list[dict[str, Any]]) -> None:
-    base = next((r for r in rows if r["name"] == "baseline-fp32"), None)
-    for row in rows:
-        row["speedup"] = {}
-        if base is None:
-            continue
-        for batch, stats in row["latency"].items():
-            ref = base["latency"].get(batch)
-            if ref and stats.get("p50_ms"):
-                row["speedup"][batch] = ref["p50_ms"] / stats["p50_ms"]
 
 
 STAGE = Stage("evaluate", run, inputs, ("backend build", "recover", "surgery", "search"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hadmc_deploy.build import reuse
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import baseline_export, dataset, final_torch_model, loaded_model
 from hadmc_deploy.build.variants import pruned
@@ -35,6 +36,8 @@ def run(ctx: BuildContext) -> StageResult:
                 ctx.ui.warn(f"the early export of the original disagrees with it on real images ({exc.one_line()}): exporting it again on them")
         if res is None:
             res = export_onnx(model, ctx.plan.input_shape, path, opset=ctx.plan.target.opset, dynamic_batch=True, verify_inputs=verify, ui=ctx.ui)
+            if name == "baseline" and (key := ctx.lazy("export:baseline:key", lambda: None)):
+                reuse.store_files("export", key, [path], res.to_dict())  # later builds take this one, not the one that disagreed
         result[name] = res.to_dict()
     if not pruned(ctx):
         # The final float model is the original: model.onnx names it for the backends' tools.
