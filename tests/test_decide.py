@@ -439,3 +439,67 @@ def test_the_report_shows_the_decision_s_rounds_at_the_primary_batch() -> None:
     assert rows[1]["speedup"] == {"1": 1.8, "8": 4.0} and rows[2]["speedup"] == {}
     assert "1" not in variants[0]["latency"]  # the evaluate stage's rows are not changed
     assert with_decision_timings(variants, {}) is variants
+
+
+def _rebuilt_dir(tmp_path):
+    """A build directory after an FP32 rebuild that missed its budget too: the first build's
+    artifacts and report kept aside, the rebuild's in place."""
+    from types import SimpleNamespace
+
+    from hadmc_deploy.plan import BuildPlan
+    from hadmc_deploy.targets import get_target
+    from hadmc_deploy.ui import quiet_ui
+
+    plan = BuildPlan(model=None, arch="x:y", arch_kwargs={}, input_shape=(1, 3, 8, 8), trust_model=False, target=get_target("cpu"),
+                     out_dir=tmp_path, options={"speedup": 2.0})
+    for where in ("artifacts-int8/cpu/deploy", "artifacts/cpu/deploy"):
+        (tmp_path / where).mkdir(parents=True)
+        (tmp_path / where / "model.onnx").write_text(where)
+    (tmp_path / "report.json").write_text('{"deploy": "artifacts/cpu/deploy", "from": "the rebuild"}')
+    (tmp_path / "report.md").write_text("rebuild: `artifacts/cpu/deploy`")
+    (tmp_path / "report-int8.json").write_text('{"deploy": "artifacts-int8/cpu/deploy"}')
+    (tmp_path / "report-int8.md").write_text("first: `artifacts-int8/cpu/deploy`")
+    first = {"decision": {"deploy": "pruned-int8", "verdict": {"exit_code": 14}}, "notes": []}
+    second = {"decision": {"deploy": "pruned-fp32", "primary_batch": 1, "verdict": {"exit_code": 14}}, "notes": ["rebuilt"]}
+    return SimpleNamespace(plan=plan, ui=quiet_ui()), first, second
+
+
+def test_a_rebuild_that_also_misses_keeps_the_first_build_where_that_measured_faster(tmp_path, monkeypatch) -> None:
+    """Both builds missed; the first build's deployed artifact, timed side by side with the
+    rebuild's, is faster beyond the noise: it deploys again, its report back in place, the
+    rebuild's kept as report-fp32.* with its artifacts under artifacts-fp32/."""
+    import hadmc_deploy.build.pipeline as pipeline
+
+    ctx, first, second = _rebuilt_dir(tmp_path)
+    written, saved = [], []
+    monkeypatch.setattr(pipeline, "write_report", lambda ctx, report: written.append(report) or report)
+    monkeypatch.setattr(type(ctx.plan), "save", lambda plan: saved.append(plan.precision))
+    timed = []
+
+    def timer(ctx, rows, batch):
+        timed.append(([r["artifact"] for r in rows], batch))
+        return {"first": 1.0, "rebuild": 1.3}, 0.05
+
+    report = pipeline.keep_faster_build(ctx, first, second, "fp32", timer=timer)
+    assert timed == [(["artifacts-int8/cpu/deploy", "artifacts/cpu/deploy"], 1)]
+    assert report is written[0] and report["decision"]["deploy"] == "pruned-int8" and report["rebuild"]["deploy_ms"] == 1.3
+    assert saved == ["int8"]  # plan.json: --resume continues the build that deploys
+    assert "missed the budget too" in report["notes"][0] and "report-fp32.md" in report["notes"][0]
+    assert (tmp_path / "artifacts/cpu/deploy/model.onnx").read_text() == "artifacts-int8/cpu/deploy"
+    assert (tmp_path / "artifacts-fp32/cpu/deploy/model.onnx").read_text() == "artifacts/cpu/deploy"
+    assert not (tmp_path / "artifacts-int8").joinpath("cpu").exists() and not (tmp_path / "report-int8.json").exists()
+    assert (tmp_path / "report-fp32.json").read_text() == '{"deploy": "artifacts-fp32/cpu/deploy", "from": "the rebuild"}'
+
+
+def test_a_rebuild_stays_deployed_unless_the_first_build_is_faster_beyond_the_noise(tmp_path) -> None:
+    import hadmc_deploy.build.pipeline as pipeline
+
+    ctx, first, second = _rebuilt_dir(tmp_path)
+    within = pipeline.keep_faster_build(ctx, first, second, "fp32", timer=lambda ctx, rows, batch: ({"first": 1.0, "rebuild": 1.04}, 0.05))
+    assert within is second and (tmp_path / "artifacts/cpu/deploy/model.onnx").read_text() == "artifacts/cpu/deploy"
+    met = {**second, "decision": {**second["decision"], "verdict": {"exit_code": 0}}}
+
+    def never(ctx, rows, batch):
+        raise AssertionError("a rebuild that met its budget is not timed against the first build")
+
+    assert pipeline.keep_faster_build(ctx, first, met, "fp32", timer=never) is met
