@@ -373,7 +373,7 @@ def test_a_budget_missed_because_int8_ran_slower_builds_again_at_fp32() -> None:
     when the budget was met, or when INT8 was the faster original."""
     from pathlib import Path
 
-    from hadmc_deploy.build.pipeline import fp32_rebuild
+    from hadmc_deploy.build.rebuild import fp32_rebuild
     from hadmc_deploy.plan import BuildPlan
     from hadmc_deploy.targets import get_target
 
@@ -402,7 +402,7 @@ def test_a_budget_missed_because_int8_ran_slower_builds_again_at_fp32() -> None:
 def test_the_first_build_is_kept_aside_before_the_fp32_rebuild(tmp_path) -> None:
     """Its report as report-int8.*, its artifacts under artifacts-int8/ with the report's paths
     following them, and nothing of it left in artifacts/cpu/ for the rebuild's variants to sit beside."""
-    from hadmc_deploy.build.pipeline import _keep_first_build
+    from hadmc_deploy.build.rebuild import keep_first_build
     from hadmc_deploy.plan import BuildPlan
     from hadmc_deploy.targets import get_target
 
@@ -412,7 +412,7 @@ def test_the_first_build_is_kept_aside_before_the_fp32_rebuild(tmp_path) -> None
     (tmp_path / "artifacts" / "cpu" / "pruned-int8" / "model.onnx").write_text("x")
     (tmp_path / "report.json").write_text('{"artifact": "artifacts/cpu/deploy"}')
     (tmp_path / "report.md").write_text("deploy `artifacts/cpu/deploy`")
-    _keep_first_build(plan)
+    keep_first_build(plan)
     assert (tmp_path / "artifacts-int8" / "cpu" / "pruned-int8" / "model.onnx").is_file()
     assert not (tmp_path / "artifacts" / "cpu").exists()
     assert (tmp_path / "report-int8.json").read_text() == '{"artifact": "artifacts-int8/cpu/deploy"}'
@@ -468,11 +468,11 @@ def test_a_rebuild_that_also_misses_keeps_the_first_build_where_that_measured_fa
     """Both builds missed; the first build's deployed artifact, timed side by side with the
     rebuild's, is faster beyond the noise: it deploys again, its report back in place, the
     rebuild's kept as report-fp32.* with its artifacts under artifacts-fp32/."""
-    import hadmc_deploy.build.pipeline as pipeline
+    import hadmc_deploy.build.rebuild as rebuild
 
     ctx, first, second = _rebuilt_dir(tmp_path)
     written, saved = [], []
-    monkeypatch.setattr(pipeline, "write_report", lambda ctx, report: written.append(report) or report)
+    monkeypatch.setattr(rebuild, "write_report", lambda ctx, report: written.append(report) or report)
     monkeypatch.setattr(type(ctx.plan), "save", lambda plan: saved.append(plan.precision))
     timed = []
 
@@ -480,7 +480,7 @@ def test_a_rebuild_that_also_misses_keeps_the_first_build_where_that_measured_fa
         timed.append(([r["artifact"] for r in rows], batch))
         return {"first": 1.0, "rebuild": 1.3}, 0.05
 
-    report = pipeline.keep_faster_build(ctx, first, second, "fp32", timer=timer)
+    report = rebuild.keep_faster_build(ctx, first, second, "fp32", timer=timer)
     assert timed == [(["artifacts-int8/cpu/deploy", "artifacts/cpu/deploy"], 1)]
     assert report is written[0] and report["decision"]["deploy"] == "pruned-int8" and report["rebuild"]["deploy_ms"] == 1.3
     assert saved == ["int8"]  # plan.json: --resume continues the build that deploys
@@ -492,14 +492,14 @@ def test_a_rebuild_that_also_misses_keeps_the_first_build_where_that_measured_fa
 
 
 def test_a_rebuild_stays_deployed_unless_the_first_build_is_faster_beyond_the_noise(tmp_path) -> None:
-    import hadmc_deploy.build.pipeline as pipeline
+    import hadmc_deploy.build.rebuild as rebuild
 
     ctx, first, second = _rebuilt_dir(tmp_path)
-    within = pipeline.keep_faster_build(ctx, first, second, "fp32", timer=lambda ctx, rows, batch: ({"first": 1.0, "rebuild": 1.04}, 0.05))
+    within = rebuild.keep_faster_build(ctx, first, second, "fp32", timer=lambda ctx, rows, batch: ({"first": 1.0, "rebuild": 1.04}, 0.05))
     assert within is second and (tmp_path / "artifacts/cpu/deploy/model.onnx").read_text() == "artifacts/cpu/deploy"
     met = {**second, "decision": {**second["decision"], "verdict": {"exit_code": 0}}}
 
     def never(ctx, rows, batch):
         raise AssertionError("a rebuild that met its budget is not timed against the first build")
 
-    assert pipeline.keep_faster_build(ctx, first, met, "fp32", timer=never) is met
+    assert rebuild.keep_faster_build(ctx, first, met, "fp32", timer=never) is met

@@ -1,15 +1,18 @@
 """Work a build does on a model that another build of the same model on this machine already did,
-kept in the user cache between builds: the original's verified early export, every float graph's
-activation ranges and its float outputs on the INT8 check's held-out images.
+kept in the user cache between builds: the original's early export, and for every float graph its
+activation ranges, its INT8 graph with the guard's verdict and its float outputs on the INT8
+check's held-out images, and each artifact's --eval score. Timings are never kept: they are
+measured again, side by side, in every build.
 
 Why: a user asks again with another budget, guard or precision, or into another --out; each time
-the build exported, calibrated and ran the original over hundreds of held-out images again. A
-random-weight ResNet-18 at 224 spent 13 s of a 58 s second build (its table already cached) on
-these three (`tools/bench_build_time.py --repeat-speedup 2.4`).
+the build exported, calibrated, guarded INT8 and scored the original again. A random-weight
+ResNet-18 at 224 built again after a --speedup 2 build took 58.3 s with only its table reused
+(--speedup 2.5, before this module), 38.5-43.5 s with it (--speedup 2.4,
+`tools/bench_build_time.py --repeat-speedup 2.4`, docs/latency_model.md "2026-12-04").
 
-Entries are content-addressed: the ranges and the held-out outputs by the SHA-256 of the ONNX file
-they were computed on, of the data and of the options and code that computed them, so an entry can
-only be reused for the very same computation. The export's key is the model's weights (each
+Entries are content-addressed: all but the export by the SHA-256 of the ONNX file they were
+computed on, of the data and of the options and code that computed them, so an entry can only be
+reused for the very same computation. The export's key is the model's weights (each
 tensor's hash), its module tree, the source files of its module classes, the input shape, opset
 and the export code; the export stage verifies the file again against the model on real images,
 and exports afresh when it disagrees (`stages/export.py`). --no-cache reuses nothing.
@@ -38,12 +41,12 @@ from hadmc_deploy.fileio import atomic_path, sha256_file, user_cache_root, write
 T = TypeVar("T")
 
 #: entries of each kind kept (the least recently used go first): an export holds the model's
-#: weights (45 MB for a ResNet-18), ranges and held-out outputs are small ...
+#: weights (45 MB for a ResNet-18), an INT8 graph a quarter of that, the others are small ...
 KEEP = {"export": 8, "quantized": 16, "ranges": 64, "heldout": 64, "score": 256}
-#: the file naming an entry's files (with their hashes) and its record
-ENTRY_FILE = "entry.json"
 #: ... and at most this many bytes of each kind (the most recent entry is always kept)
 KEEP_BYTES = 2 << 30
+#: the file naming an entry's files (with their hashes) and its record
+ENTRY_FILE = "entry.json"
 
 
 def store() -> Path:

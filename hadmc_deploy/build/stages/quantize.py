@@ -75,9 +75,8 @@ def _quantized(ctx: BuildContext, model: str, calib: Any, opts: Int8Options, eva
     """`quantize_int8`'s result as JSON (its files written to the build directory), and whether an
     earlier build of the same graph, ranges, images and options had it (`build/reuse.py`): the
     guard's passes over the held-out and --eval images are most of the stage."""
-    source = float_onnx(ctx, model)
-    scales = ctx.path(scales_name(model))
-    names = {"qdq_path": Path(ctx.path(qdq_name(model, opts.form))).name, "scales_path": scales.name, "trt_cache_path": None}
+    source, scales = float_onnx(ctx, model), ctx.path(scales_name(model))
+    files = ("qdq_path", "scales_path", "trt_cache_path")  # the result's paths: stored by name, restored into this build
 
     def run() -> dict[str, Any]:
         reference = heldout_reference(ctx, model, opts) if int8_guarding(ctx) and opts.guard is not None else None
@@ -93,14 +92,13 @@ def _quantized(ctx: BuildContext, model: str, calib: Any, opts: Int8Options, eva
                          eval=[data_hash(ctx, "eval"), ctx.settings.data.seed, len(evald)] if evald is not None else None)
     stored = reuse.stored_files("quantized", key)
     if stored is not None:
-        files, r = stored
-        for name in files:
-            shutil.copyfile(files[name], ctx.path(name))
-        ctx.ui.log(f"{model}: its QDQ graph and INT8 check from an earlier build of the same graph ({files[names['qdq_path']].parent})")
-        return {**r, **{k: str(ctx.path(r[k])) for k in names if r.get(k)}}, True
+        copies, r = stored
+        for name, path in copies.items():
+            shutil.copyfile(path, ctx.path(name))
+        ctx.ui.log(f"{model}: its QDQ graph and INT8 check from an earlier build of the same graph ({next(iter(copies.values())).parent})")
+        return {**r, **{k: str(ctx.path(r[k])) for k in files if r.get(k)}}, True
     r = run()
-    relative = {**r, **{k: Path(r[k]).name for k in names if r.get(k)}}
-    reuse.store_files("quantized", key, [Path(r[k]) for k in names if r.get(k)], relative)
+    reuse.store_files("quantized", key, [Path(r[k]) for k in files if r.get(k)], {**r, **{k: Path(r[k]).name for k in files if r.get(k)}})
     return r, False
 
 
