@@ -503,3 +503,39 @@ def test_a_rebuild_stays_deployed_unless_the_first_build_is_faster_beyond_the_no
         raise AssertionError("a rebuild that met its budget is not timed against the first build")
 
     assert rebuild.keep_faster_build(ctx, first, met, "fp32", timer=never) is met
+
+
+def test_the_faster_build_is_chosen_by_timing_the_two_deployed_artifacts(tmp_path, monkeypatch) -> None:
+    """The same choice with ONNX Runtime timing two real artifacts side by side: the first build's
+    deploy is a 4-channel conv, the rebuild's a 256-channel one on the same 64x64 input, tens of
+    times the work, so the first measures faster whatever the machine is doing."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import hadmc_deploy.build.rebuild as rebuild
+    from hadmc_deploy.backends import BuildRequest, get
+    from hadmc_deploy.plan import BuildPlan
+    from hadmc_deploy.targets import cpu_profile, get_target
+    from hadmc_deploy.ui import quiet_ui
+
+    plan = BuildPlan(model=None, arch="x:y", arch_kwargs={}, input_shape=(1, 3, 64, 64), trust_model=False, target=get_target("cpu"),
+                     out_dir=tmp_path, options={"speedup": 2.0})
+    for where, channels in (("artifacts-int8/cpu", 4), ("artifacts/cpu", 256)):
+        src = tmp_path / f"conv{channels}.onnx"
+        torch.onnx.export(torch.nn.Conv2d(3, channels, 3, padding=1).eval(), (torch.zeros(1, 3, 64, 64),), str(src), dynamo=False,
+                          input_names=["input"], output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+        get("onnxruntime").build(BuildRequest(onnx_path=src, precision="fp32", out_dir=tmp_path / where / "deploy", target=cpu_profile()))
+    for suffix in ("json", "md"):
+        (tmp_path / f"report.{suffix}").write_text("artifacts/cpu/deploy")
+    ctx = SimpleNamespace(plan=plan, ui=quiet_ui(), path=lambda p: tmp_path / p)
+    monkeypatch.setattr(rebuild, "write_report", lambda ctx, report: report)  # the reports here are stand-ins
+    monkeypatch.setattr(BuildPlan, "save", lambda plan: None)
+    first = {"decision": {"deploy": "pruned-int8"}, "notes": []}
+    second = {"decision": {"deploy": "pruned-fp32", "primary_batch": 1, "verdict": {"exit_code": 14}}, "notes": []}
+    kept = []
+    report = rebuild.keep_faster_build(ctx, first, second, "fp32", timer=lambda *a: kept.append(rebuild.time_interleaved(*a)) or kept[-1])
+    (fastest, noise), = kept
+    assert fastest["first"] < fastest["rebuild"] * (1 - noise)
+    assert report["decision"]["deploy"] == "pruned-int8" and report["rebuild"]["kept_ms"] == fastest["first"]
+    assert (tmp_path / "artifacts-fp32" / "cpu" / "deploy").is_dir() and (tmp_path / "report-fp32.md").read_text() == "artifacts-fp32/cpu/deploy"
