@@ -44,12 +44,24 @@ def int8_options(ctx: BuildContext) -> Int8Options:
     )
 
 
+def heldout_images(ctx: BuildContext, opts: Int8Options) -> tuple[np.ndarray, str]:
+    """(the INT8 check's held-out calibration images, their SHA-256), once per build: the float
+    reference, the reused INT8 graph's key and the mixed graph's check all read them (473 images
+    at 224 are 285 MB to gather and hash)."""
+
+    def gather() -> tuple[np.ndarray, str]:
+        x, _ = heldout_samples(dataset(ctx, "calib"), opts.samples, opts.verify_samples)
+        return x, reuse.array_sha256(x)
+
+    return ctx.lazy(f"int8-heldout:{opts.samples}:{opts.verify_samples}", gather)
+
+
 def heldout_reference(ctx: BuildContext, model: str, opts: Int8Options) -> list[np.ndarray]:
     """The float model's outputs on the INT8 check's held-out samples, computed once for the guard
     and the mixed graph's check (a ResNet-18 at 224 spent 10 s per pass over 473 of them)."""
 
     def run() -> list[np.ndarray]:
-        heldout_x, _ = heldout_samples(dataset(ctx, "calib"), opts.samples, opts.verify_samples)
+        heldout_x, images = heldout_images(ctx, opts)
         onnx_path = float_onnx(ctx, model)
 
         def outputs(into: Path) -> None:
@@ -58,7 +70,7 @@ def heldout_reference(ctx: BuildContext, model: str, opts: Int8Options) -> list[
         if not ctx.cache.enabled:
             return run_all_outputs(ort_session(onnx_path), heldout_x)
         # the same graph on the same images: outputs an earlier build computed
-        return reuse.reused("heldout", reuse.file_key("heldout", onnx_path, images=reuse.array_sha256(heldout_x)), outputs, reuse.load_arrays, ".npz")[0]
+        return reuse.reused("heldout", reuse.file_key("heldout", onnx_path, images=images), outputs, reuse.load_arrays, ".npz")[0]
 
     return ctx.lazy(f"int8-reference:{model}:{opts.samples}:{opts.verify_samples}", run)
 
@@ -68,7 +80,7 @@ def check_against_float(ctx: BuildContext, model: str, qdq_path: str | Path, opt
     bound. Why a graph with more layers in float is checked on its own: closer to FP32 is likely,
     not guaranteed, and without labels nothing else vouches for it."""
     assert opts.guard is not None, "the held-out check is the guard only when the guard is on"
-    heldout_x, _ = heldout_samples(dataset(ctx, "calib"), opts.samples, opts.verify_samples)
+    heldout_x, _ = heldout_images(ctx, opts)
     session = ort_session(qdq_path)
     outputs = run_all_outputs(session, heldout_x)
     return judge(compare_outputs(heldout_reference(ctx, model, opts), outputs, [o.name for o in session.get_outputs()]),

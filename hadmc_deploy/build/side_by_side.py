@@ -79,9 +79,10 @@ def with_decision_timings(variants: list[dict[str, Any]], decide: dict[str, Any]
     if not timed:
         return variants
     batch = str(decide.get("primary_batch"))
-    rows = [{**row, "latency": {**(row.get("latency") or {}), **({batch: timed[row["name"]]} if row["name"] in timed else {})}} for row in variants]
-    for row in rows:
-        row["latency"] = dict(sorted(row["latency"].items(), key=lambda kv: int(kv[0])))
+    rows = []
+    for row in variants:
+        latency = {**(row.get("latency") or {}), **({batch: timed[row["name"]]} if row["name"] in timed else {})}
+        rows.append({**row, "latency": dict(sorted(latency.items(), key=lambda kv: int(kv[0])))})
     add_speedups(rows)
     return rows
 

@@ -15,13 +15,13 @@ from typing import Any
 from hadmc_deploy.build import reuse
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import data_hash, dataset, int8_guarding, macs_per_image, task
-from hadmc_deploy.build.int8_heldout import GUARD_SAMPLES, heldout_reference, int8_options
+from hadmc_deploy.build.int8_heldout import GUARD_SAMPLES, heldout_images, heldout_reference, int8_options
 from hadmc_deploy.build.metric import DETECT
 from hadmc_deploy.build.sample_budget import verify_samples
 from hadmc_deploy.build.stages.decide import pruned_exclusion
 from hadmc_deploy.build.variants import float_onnx, mixed_name, models, qdq_name, scales_name
 from hadmc_deploy.calibration.qdq import write_qdq
-from hadmc_deploy.calibration.quantize import Int8Options, heldout_samples, quantize_int8
+from hadmc_deploy.calibration.quantize import Int8Options, quantize_int8
 from hadmc_deploy.calibration.ranges import ActivationRanges
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.fileio import sha256_file
@@ -85,9 +85,8 @@ def _quantized(ctx: BuildContext, model: str, calib: Any, opts: Int8Options, eva
 
     if not ctx.cache.enabled:
         return run(), False
-    heldout_x, _ = heldout_samples(calib, opts.samples, opts.verify_samples)
     key = reuse.file_key("quantized", source, ranges=sha256_file(scales), options=asdict(opts), prefix=prefix,
-                         heldout=reuse.array_sha256(heldout_x),
+                         heldout=heldout_images(ctx, opts)[1],
                          # the --eval subset by what draws it (hashing 2,000 images at 224 took a second)
                          eval=[data_hash(ctx, "eval"), ctx.settings.data.seed, len(evald)] if evald is not None else None)
     stored = reuse.stored_files("quantized", key)
