@@ -101,13 +101,30 @@ class _Scaled(torch.nn.Module):
         return self.conv(x) * self.scale
 
 
-def test_the_export_key_sees_a_plain_attribute_and_skips_state_that_is_not_a_tensor() -> None:
+class _Noted(_Scaled):
+    """A module with extra state (torch's `get_extra_state`), which its state_dict holds as it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.note = "first"
+
+    def get_extra_state(self) -> dict:
+        return {"note": self.note}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.note = state["note"]
+
+
+def test_the_export_key_sees_a_plain_attribute_and_state_that_is_not_a_tensor() -> None:
     model = _Scaled()
     key = reuse.model_key(model, (1, 1, 8, 8), 18)
     model.scale = 2.0
     assert reuse.model_key(model, (1, 1, 8, 8), 18) != key
-    model.get_extra_state = lambda: {"note": "kept in the state_dict, not a tensor"}  # torch's extra state
-    assert reuse.model_key(model, (1, 1, 8, 8), 18)
+    noted = _Noted()
+    assert "_extra_state" in noted.state_dict()  # torch's extra state: in the state_dict, not a tensor
+    key = reuse.model_key(noted, (1, 1, 8, 8), 18)
+    noted.note = "another"
+    assert reuse.model_key(noted, (1, 1, 8, 8), 18) != key
 
 
 def test_a_stored_export_that_disagrees_with_the_model_is_replaced(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
