@@ -2,8 +2,8 @@
 
 A short driver in onnx-simplifier's shape: export (the dynamo exporter, falling back to
 the TorchScript one with the reason recorded), simplify (onnxslim, falling back to
-onnxsim), fold any Conv+BatchNormalization the simplifier left, check and infer shapes,
-and finally run the graph in ONNX Runtime against PyTorch on the given inputs. A graph
+onnxsim), fold any Conv+BatchNormalization the simplifier left, give a bias-less Conv that
+feeds an Add a zero bias (so ONNX Runtime fuses the two), check and infer shapes, and finally run the graph in ONNX Runtime against PyTorch on the given inputs. A graph
 that disagrees beyond tolerance raises `VerificationError`; nothing is written then.
 The file is written once, atomically, as a single .onnx (no external-data side file).
 
@@ -84,6 +84,8 @@ class ExportResult:
     versions: dict[str, str] = field(default_factory=dict)
     #: taken from an earlier build's export of the same model (`build/reuse.py`); `seconds` are that export's
     reused: bool = False
+    #: bias-less Convs feeding an Add given a zero bias, so that ONNX Runtime fuses them (`onnx_passes.bias_for_add_fusion`)
+    conv_biases_added: int = 0
 
     @property
     def output_name(self) -> str:
@@ -315,6 +317,7 @@ def export_onnx(
             unfolded = len(onnx_passes.conv_bn_pairs(final))
             if unfolded:  # only where the conv's output also feeds another node: folding would change that input
                 notes.append(f"{unfolded} BatchNormalization after a Conv left unfolded (the Conv output has other consumers)")
+            final, biases = onnx_passes.bias_for_add_fusion(final)
             final = check_and_infer(final)
             task.advance()
             task.update(info="verify")
@@ -349,6 +352,7 @@ def export_onnx(
         nodes_final=len(final.graph.node),
         ops=onnx_passes.op_counts(final),
         bn_folded_by_hadmc=folded,
+        conv_biases_added=biases,
         verification=verification,
         sha256=sha256_file(out_path),
         size_bytes=out_path.stat().st_size,

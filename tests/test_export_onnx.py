@@ -265,3 +265,46 @@ def test_an_earlier_export_is_verified_again_on_real_inputs_before_it_ships(tmp_
     with pytest.raises(VerificationError):
         reverified(early, model, tmp_path / "stale.onnx", real)
     assert not (tmp_path / "stale.onnx").exists()
+
+
+class _PreActBlock(torch.nn.Module):
+    """A pre-activation residual block: its second conv has no bias and feeds the Add directly; 23
+    channels are off the blocked (NCHWc) width of AVX2 and AVX-512, where ONNX Runtime fuses either way."""
+
+    def __init__(self, channels: int = 23) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, channels, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(channels)
+        self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        return torch.relu(self.conv(torch.relu(self.bn(y))) + y)
+
+
+def _ort_ops(path, tmp_path) -> list[str]:  # noqa: ANN001
+    """The op types of the graph ONNX Runtime runs after its optimizations."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+
+def test_a_bias_less_conv_feeding_an_add_gets_a_zero_bias_and_onnxruntime_fuses_them(tmp_path):
+    torch.manual_seed(0)
+    model = _PreActBlock().eval()
+    result = export_onnx(model, (1, 1, 12, 12), tmp_path / "block.onnx")
+    assert result.conv_biases_added == 1 and result.verification.passed
+    exported = onnx.load(str(tmp_path / "block.onnx"))
+    assert all(len(n.input) == 3 for n in exported.graph.node if n.op_type == "Conv")
+    assert "Add" not in _ort_ops(tmp_path / "block.onnx", tmp_path)  # fused into the conv
+    # the same graph without the bias: ONNX Runtime leaves the Add (what the pass is for)
+    without = onnx.ModelProto()
+    without.CopyFrom(exported)
+    conv = next(n for n in without.graph.node if n.op_type == "Conv" and n.input[2].endswith("_zero_bias"))
+    del conv.input[2]
+    onnx.save(without, str(tmp_path / "without.onnx"))
+    assert "Add" in _ort_ops(tmp_path / "without.onnx", tmp_path)
+    again, count = onnx_passes.bias_for_add_fusion(exported)
+    assert count == 0 and len(again.graph.initializer) == len(exported.graph.initializer)  # idempotent

@@ -361,6 +361,33 @@ def test_context_plans_take_the_torchscript_export_only_where_it_runs_the_deploy
     assert set(exporters.values()) == {"fast" if same_kernels else "deploy"}
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_an_off_grid_plan_runs_the_deployed_kernels_from_its_torchscript_export(tmp_path, precision):
+    """The context fit checks TorchScript's graph against the deployed one on the full plan only, and
+    then exports its off-grid plans with TorchScript. With random weights a folded BatchNorm's bias
+    is zero and the dynamo exporter dropped it: off the NCHWc path ONNX Runtime then ran Conv, Add and
+    Relu as three kernels where TorchScript's graph ran one FusedConv (the demo CNN's odd widths; both
+    exports now give such a Conv a zero bias, `onnx_passes.bias_for_add_fusion`)."""
+    from hadmc_deploy.latency.context_build import build_deployed_artifact, kernel_ops
+    from hadmc_deploy.latency.context_plans import offgrid_plan
+    from hadmc_deploy.latency.measure import get_backend
+
+    torch.manual_seed(0)
+    model = demo_cnn().eval()
+    shape = (1, 1, 28, 28)
+    graph = trace(model, shape)
+    widths = offgrid_plan(graph, 0.75)
+    backend = get_backend("onnxruntime")
+    kernels = {}
+    for exporter in ("fast", "deploy"):
+        _, artifact = build_deployed_artifact(model, graph, widths, shape, backend, precision, tmp_path, exporter, exporter=exporter)
+        kernels[exporter] = kernel_ops(artifact, 1, None)
+    assert "Conv" in kernels["deploy"] or "QLinearConv" in kernels["deploy"]
+    assert kernels["fast"] == kernels["deploy"]
+    if precision == "fp32":
+        assert "Add" not in kernels["deploy"]  # each residual Add fused into its conv
+
+
 def test_a_model_torchscript_cannot_export_is_profiled_as_deployed_and_quietly(capfd):
     """Adaptive pooling to a non-divisor: the TorchScript exporter fails (and prints its whole IR
     graph from C++); the context plans are then exported as deployed, and nothing reaches stdout."""

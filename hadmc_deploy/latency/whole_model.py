@@ -102,20 +102,21 @@ def export_for_timing(model: nn.Module, input_shape: tuple[int, ...], path: Path
 
 def torchscript_export(model: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = 18) -> Path:
     """The TorchScript exporter's graph of `model` (eval mode, fixed batch) with its pooling head
-    written as deployed; raises what the exporter raises."""
+    and its Conv biases written as deployed (`export_onnx` gives a bias-less Conv feeding an Add a
+    zero bias); raises what the exporter raises."""
     import warnings
 
     import onnx
 
     from hadmc_deploy.fileio import atomic_path
-    from hadmc_deploy.onnx_passes import pooling_as_reduce_mean
+    from hadmc_deploy.onnx_passes import bias_for_add_fusion, pooling_as_reduce_mean
 
     model.eval()
     with warnings.catch_warnings(), torch.no_grad(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore")
         with native_stdout_silenced():
             torch.onnx.export(model, torch.zeros(input_shape), str(tmp), dynamo=False, opset_version=opset, input_names=["input"], output_names=["output"])
-        onnx.save(pooling_as_reduce_mean(onnx.load(str(tmp)))[0], str(tmp))  # the pooling head as deployed
+        onnx.save(bias_for_add_fusion(pooling_as_reduce_mean(onnx.load(str(tmp)))[0])[0], str(tmp))  # the pooling head and Conv biases as deployed
     return path
 
 
