@@ -55,7 +55,7 @@ def main() -> None:
                 with tempfile.TemporaryDirectory(prefix="hadmc-offgrid-kernels-") as tmp:
                     fast, deployed = (kernel_ops(build_deployed_artifact(model, graph, plan, shape, backend, precision, Path(tmp), ex, exporter=ex)[1], shape[0], None)
                                       for ex in ("fast", "deploy"))
-                first = next(((i, a, b) for i, (a, b) in enumerate(zip(fast, deployed)) if a != b), None)
+                first = next(((i, a, b) for i, (a, b) in enumerate(zip(fast, deployed, strict=False)) if a != b), None)
                 where = f"kernel {first[0]}: {first[1]} / {first[2]}" if first else ("-" if fast == deployed else "one is longer")
                 print(f"| {name} {shape} | {precision} | offgrid{int(frac * 100)} | {len(fast)} | {len(deployed)} | {'yes' if fast == deployed else 'no'} | {where} |", flush=True)
 
