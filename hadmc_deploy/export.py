@@ -3,7 +3,8 @@
 A short driver in onnx-simplifier's shape: export (the dynamo exporter, falling back to
 the TorchScript one with the reason recorded), simplify (onnxslim, falling back to
 onnxsim), fold any Conv+BatchNormalization the simplifier left, give a bias-less Conv that
-feeds an Add a zero bias (so ONNX Runtime fuses the two), check and infer shapes, and finally run the graph in ONNX Runtime against PyTorch on the given inputs. A graph
+feeds an Add a zero bias (so ONNX Runtime fuses the two), check and infer shapes, and
+finally run the graph in ONNX Runtime against PyTorch on the given inputs. A graph
 that disagrees beyond tolerance raises `VerificationError`; nothing is written then.
 The file is written once, atomically, as a single .onnx (no external-data side file).
 
