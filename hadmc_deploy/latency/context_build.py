@@ -63,7 +63,14 @@ def faster_exporter(model: nn.Module, graph: DependencyGraph, input_shape: tuple
     of the deployed one, FP32 and INT8, as did MobileNetV3-small, EfficientNet-B0 and RegNetX of the
     model zoo at 64x64; ShuffleNetV2 and the Inception-like model in FP32 ran the same kernels in
     another order, DenseNet (Concat) and ConvNeXt (GELU) other kernels, and those are exported as
-    deployed (compared once by hand; the demo CNN's check runs in the tests)."""
+    deployed (compared once by hand; the demo CNN's check runs in the tests).
+
+    Checked on the full plan only, where ONNX Runtime's NCHWc path fuses much alike; off it (the
+    off-grid plans) other fusions apply: a random-weight model's off-grid plans ran other FP32
+    kernels from the two exports until both gave a bias-less Conv feeding an Add a zero bias
+    (`onnx_passes.bias_for_add_fusion`). `tools/check_offgrid_kernels.py` compares off-grid plans;
+    EfficientNet-B0's INT8 45% plan still runs two Transposes more from TorchScript's graph. Checking
+    an off-grid plan here would cost a deploy export of it per table (about 3 s at ResNet-18 224)."""
     from hadmc_deploy.latency.whole_model import single_torch_thread, torchscript_export
 
     try:
