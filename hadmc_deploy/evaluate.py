@@ -204,15 +204,16 @@ SECONDARY_TIMED_SECONDS = 0.25
 
 
 def benchmark_artifact(backend: Any, artifact: Any, batches: tuple[int, ...], *, warmup: int, runs: int,
-                       max_seconds: float | None = MAX_TIMED_SECONDS, primary: int | None = None, ui: UI | None = None) -> VariantLatency:
+                       max_seconds: float | None = MAX_TIMED_SECONDS, ui: UI | None = None) -> VariantLatency:
     """p50/p90/p99 and throughput at each batch size through the artifact's backend; with
     `max_seconds`, slow models get fewer runs (one probe run after a warm-up sizes them; at least
-    MIN_TIMED_RUNS), and with a `primary` batch the others at most SECONDARY_TIMED_SECONDS of them."""
+    MIN_TIMED_RUNS). The build's evaluate stage passes the batches other than the primary one with
+    SECONDARY_TIMED_SECONDS: the decide stage times the primary batch side by side."""
     ui = ui or quiet_ui()
     out = VariantLatency(threads=artifact.metadata.get("session_options", {}).get("intra_op_num_threads") if isinstance(artifact.metadata.get("session_options"), dict) else None)
     for batch in batches:
         n_warmup, n_runs = warmup, runs
-        cap = max_seconds if max_seconds is None or primary is None or batch == primary else min(max_seconds, SECONDARY_TIMED_SECONDS)
+        cap = max_seconds
         if cap is not None:
             # one cold run sizes the rest: it is never faster than a warm one, so it can only ask
             # for fewer runs, and a slow model gets MIN_TIMED_RUNS either way (a warm-up plus a

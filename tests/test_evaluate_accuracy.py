@@ -97,10 +97,11 @@ def test_batches_other_than_the_primary_are_timed_for_less_time():
         def benchmark(self, artifact, batch: int, warmup: int, runs: int):  # noqa: ANN001
             return _Stats(20.0, runs)  # 20 ms a run at every batch
 
-    out = benchmark_artifact(FakeBackend(), _Art(), (1, 8, 32), warmup=10, runs=50, primary=8)
-    assert out.per_batch[8]["runs"] == int(MAX_TIMED_SECONDS / 0.020) == 25
-    assert out.per_batch[1]["runs"] == out.per_batch[32]["runs"] == int(SECONDARY_TIMED_SECONDS / 0.020) == 12
-    same = benchmark_artifact(FakeBackend(), _Art(), (1, 8, 32), warmup=10, runs=50)  # no primary: one cap for all
+    primary = benchmark_artifact(FakeBackend(), _Art(), (8,), warmup=10, runs=50)  # the default cap
+    others = benchmark_artifact(FakeBackend(), _Art(), (1, 32), warmup=10, runs=50, max_seconds=SECONDARY_TIMED_SECONDS)  # as the evaluate stage asks
+    assert primary.per_batch[8]["runs"] == int(MAX_TIMED_SECONDS / 0.020) == 25
+    assert others.per_batch[1]["runs"] == others.per_batch[32]["runs"] == int(SECONDARY_TIMED_SECONDS / 0.020) == 12
+    same = benchmark_artifact(FakeBackend(), _Art(), (1, 8, 32), warmup=10, runs=50)  # one cap for all
     assert {s["runs"] for s in same.per_batch.values()} == {25}
 
 
