@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from hadmc_deploy.build.engine import BuildContext
@@ -56,9 +57,7 @@ def keep_first_build(plan: BuildPlan) -> None:
         shutil.rmtree(dest, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
         source.rename(dest)
-    for suffix in ("json", "md"):
-        text = (plan.out_dir / f"report.{suffix}").read_text().replace(ours, kept)
-        write_text_atomic(plan.out_dir / f"report-{plan.precision}.{suffix}", text)
+    _copy_report(plan.out_dir, plan.precision, ours, kept)
 
 
 def keep_faster_build(ctx: BuildContext, first: dict[str, Any], second: dict[str, Any], second_precision: str,
@@ -85,9 +84,8 @@ def keep_faster_build(ctx: BuildContext, first: dict[str, Any], second: dict[str
     (plan.out_dir / rebuilt).parent.mkdir(parents=True, exist_ok=True)
     (plan.out_dir / ours).rename(plan.out_dir / rebuilt)
     (plan.out_dir / kept).rename(plan.out_dir / ours)
+    _copy_report(plan.out_dir, second_precision, ours, rebuilt)
     for suffix in ("json", "md"):
-        text = (plan.out_dir / f"report.{suffix}").read_text().replace(ours, rebuilt)
-        write_text_atomic(plan.out_dir / f"report-{second_precision}.{suffix}", text)
         (plan.out_dir / f"report-{plan.precision}.{suffix}").unlink(missing_ok=True)
     note = (f"built again at {second_precision} (report-{second_precision}.md), which missed the budget too: its deployed "
             f"{second['decision']['deploy']} measured {fastest['rebuild']:.3f} ms against this build's {first['decision']['deploy']} at "
@@ -97,6 +95,13 @@ def keep_faster_build(ctx: BuildContext, first: dict[str, Any], second: dict[str
                                                                            "deploy_ms": fastest["rebuild"], "kept_ms": fastest["first"], "noise": noise}}
     plan.save()  # --resume continues this build, not the rebuild
     return write_report(ctx, first)
+
+
+def _copy_report(out_dir: Path, precision: str, old: str, new: str) -> None:
+    """report.json/.md copied to report-<precision>.json/.md, their artifact paths `old` rewritten to `new`."""
+    for suffix in ("json", "md"):
+        text = (out_dir / f"report.{suffix}").read_text().replace(old, new)
+        write_text_atomic(out_dir / f"report-{precision}.{suffix}", text)
 
 
 def faster_original(budget: dict[str, Any]) -> tuple[str, str] | None:
