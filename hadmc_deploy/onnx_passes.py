@@ -83,7 +83,8 @@ def fold_conv_bn(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 
 
 def bias_for_add_fusion(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """A zero bias on every bias-less Conv whose output feeds one Add alone; returns (model, biases added).
+    """A zero bias on every bias-less Conv whose output feeds one Add alone; returns (model, biases
+    added), the model a copy when any was added, else the one given.
 
     Why: ONNX Runtime's CPU fusion of Conv + Add (+ activation) into one FusedConv
     (`ConvAddActivationFusion`) skips a Conv without a bias, and the dynamo exporter's optimizer drops
@@ -92,19 +93,26 @@ def bias_for_add_fusion(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     either way; off it (channel counts off the blocked width, a CPU without it) a random-weight
     ResNet-18's off-grid plan at 224 ran 41 kernels instead of 25. The outputs are unchanged.
     """
-    model = onnx.ModelProto.FromString(model.SerializeToString())
     inits = {init.name: init for init in model.graph.initializer}
     users = _consumers(model)
     graph_outputs = {out.name for out in model.graph.output}
+
+    def needs_bias(conv: onnx.NodeProto) -> bool:
+        if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or (len(conv.input) > 2 and conv.input[2]):
+            return False
+        consumers = users.get(conv.output[0], [])
+        return len(conv.input) > 1 and conv.input[1] in inits and conv.output[0] not in graph_outputs and len(consumers) == 1 and consumers[0].op_type == "Add"
+
+    todo = [i for i, node in enumerate(model.graph.node) if needs_bias(node)]
+    if not todo:  # a trained model's folded BatchNorms left a bias everywhere: no copy of its weights
+        return model, 0
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    inits = {init.name: init for init in model.graph.initializer}
     taken = set(inits) | {name for node in model.graph.node for name in [*node.input, *node.output]}
     added = 0
-    for conv in model.graph.node:
-        if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or (len(conv.input) > 2 and conv.input[2]):
-            continue
-        weight = inits.get(conv.input[1]) if len(conv.input) > 1 else None
-        consumers = users.get(conv.output[0], [])
-        if weight is None or conv.output[0] in graph_outputs or len(consumers) != 1 or consumers[0].op_type != "Add":
-            continue
+    for index in todo:
+        conv = model.graph.node[index]
+        weight = inits[conv.input[1]]
         name, k = f"{conv.name or conv.output[0]}_zero_bias", 0
         while name in taken:
             k += 1
