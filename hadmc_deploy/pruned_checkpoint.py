@@ -21,6 +21,7 @@ from hadmc_deploy.arch import LoadedModel, build_arch, load_state_dict_checked
 from hadmc_deploy.errors import ArchSpecError, ModelFileCorruptError
 from hadmc_deploy.fileio import atomic_path
 from hadmc_deploy.graph.types import WidthPlan
+from hadmc_deploy.ui import silent_ui
 
 FORMAT = "hadmc-pruned/1"
 
@@ -77,7 +78,7 @@ def load_pruned(obj: dict[str, Any], source: str) -> LoadedModel:
         raise ModelFileCorruptError(f"{source} is an incomplete pruned checkpoint ({type(exc).__name__}: {exc})") from exc
     model = build_arch(arch, arch_kwargs).eval()
     for plan in stages:
-        graph = trace(model, input_shape)
+        graph = trace(model, input_shape, ui=silent_ui())  # its warnings were shown when the original was traced
         model, _ = apply(model, graph, WidthPlan(keep=plan.keep, indices=plan.indices), inplace=True)
     load_state_dict_checked(model, state_dict, source)
     info = {k: v for k, v in obj.items() if k not in ("state_dict",) and isinstance(v, (int, float, str, list, dict))}

@@ -34,6 +34,8 @@ class UI:
     #: warnings already shown: a build traces its model again in later stages, and the same note
     #: about an operation the channel graph does not understand printed five times
     warned: set[str] = field(default_factory=set)
+    #: no warnings either: for internal repeats of work whose warnings were shown when it first ran
+    silent: bool = False
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -47,7 +49,7 @@ class UI:
 
     def warn(self, message: str) -> None:
         """Warnings print even with --quiet: they change what the user should trust. Once each."""
-        if message in self.warned:
+        if self.silent or message in self.warned:
             return
         self.warned.add(message)
         self.err.print(f"[yellow]warning:[/yellow] {message}")
@@ -101,3 +103,10 @@ class _NullTask:
 
 def quiet_ui() -> UI:
     return UI(quiet=True)
+
+
+def silent_ui() -> UI:
+    """Nothing printed, warnings included: rebuilding a pruned model traces its original again, and
+    each stage that loaded the checkpoint printed the trace's warnings once more (a model with a
+    PixelShuffle showed the same warning four times in one build)."""
+    return UI(quiet=True, silent=True)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from hadmc_deploy.arch import build_arch
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import GraphError, UsageError
 from hadmc_deploy.graph.align import uniform_plan_keep
@@ -16,6 +17,7 @@ from hadmc_deploy.loading import LoadedModel, load_model
 from hadmc_deploy.models.demo import DEMO_ARCH, DEMO_INPUT_SHAPE, demo_cnn
 from hadmc_deploy.pruned_checkpoint import save_pruned
 from hadmc_deploy.surgery import apply
+from hadmc_deploy.ui import UI
 
 torch.set_num_threads(1)
 
@@ -101,3 +103,31 @@ def test_pruned_checkpoint_round_trip(tmp_path) -> None:  # noqa: ANN001
     with torch.no_grad():
         assert torch.equal(again.model(x), twice(x))
     assert len(torch.load(path2, weights_only=True)["stages"]) == 2
+
+
+PIXEL_SHUFFLE_NET = """
+from torch import nn
+
+def net():
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.PixelShuffle(2),
+                         nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+"""
+
+
+def test_loading_a_pruned_checkpoint_does_not_repeat_the_originals_trace_warnings(tmp_path, capsys) -> None:  # noqa: ANN001
+    """A build loads its pruned checkpoint in several stages, each tracing the original again: the
+    channel graph's warning about the PixelShuffle it does not understand printed once per load."""
+    (tmp_path / "ps.py").write_text(PIXEL_SHUFFLE_NET)
+    arch = f"{tmp_path / 'ps.py'}:net"
+    torch.save(build_arch(arch, {}).state_dict(), tmp_path / "ps.pth")
+    loaded = load_model(tmp_path / "ps.pth", arch=arch)
+    g = trace(loaded.model, DEMO_INPUT_SHAPE, ui=UI(quiet=True))
+    assert "PixelShuffle" in capsys.readouterr().err  # the trace the build shows: warned once
+    pruned, plan = apply(loaded.model, g, WidthPlan(keep=uniform_plan_keep(g, 0.5)))
+    path = save_pruned(tmp_path / "p.pth", pruned, loaded, plan, DEMO_INPUT_SHAPE)
+    back = load_model(path)
+    assert capsys.readouterr().err == ""
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(back.model(x), pruned(x))
+
