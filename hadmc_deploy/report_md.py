@@ -239,6 +239,8 @@ def decision_section(report: dict[str, Any]) -> list[str]:
         rows = [[c["name"], fmt_ms(c["p50_ms"]), pred_cell(c["name"], c["p50_ms"]), "-" if c["accuracy"] is None else f"{c['accuracy']:.2f}%", c["excluded"] or c.get("unchecked") or "yes"] for c in decision["candidates"]]
         out += [_table(["variant", "p50 ms (fastest round)", "predicted ms", "accuracy", "may deploy"], rows), ""]
         out += [f"- **warning**: {w}" for w in decision.get("warnings", [])]
+        if decision.get("retimed"):
+            out += [f"- timed again: {decision['retimed']['why']}; the table reads all {decision['retimed']['rounds']} rounds of each"]
         out += [f"- {name}: {check}" if isinstance(check, str) else f"- {name} against FP32 on held-out images: {_mixed_check_text(check)}"
                 for name, check in (decision.get("mixed_checks") or {}).items()]
     loop = report.get("closed_loop") or {}

@@ -403,13 +403,12 @@ def test_the_decide_stage_times_one_session_at_a_time(monkeypatch, artifact, exp
     spinning workers slowed the next model: tools/bench_sessions_alive.py)."""
     import types as _types
 
-    from hadmc_deploy.build import side_by_side
-    from hadmc_deploy.build.stages import decide
+    from hadmc_deploy.build import decision_timing, side_by_side
     from hadmc_deploy.ui import quiet_ui
 
     _, path, _ = exported
     other = get("onnxruntime").build(request(path, "fp32", tmp_path / "tiny-fp32-b", ort=OrtBuildOptions(threads=1)))
-    assert decide.time_interleaved is side_by_side.time_interleaved
+    assert decision_timing.interleaved_rounds is side_by_side.interleaved_rounds
     counts, _ = _count_alive_at_each_benchmark(monkeypatch, side_by_side)
     ctx = _types.SimpleNamespace(path=lambda p: p, ui=quiet_ui())
     rows = [{"name": "a", "backend": "onnxruntime", "artifact": artifact.path}, {"name": "b", "backend": "onnxruntime", "artifact": other.path}]

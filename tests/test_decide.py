@@ -178,6 +178,10 @@ def test_a_missed_budget_names_the_fastest_measured_variant() -> None:
     with pytest.raises(BudgetError, match="best measured is pruned-int8 at 1.06x.*deployed baseline-int8") as err:
         raise_on_unmet(report)
     assert err.value.best_speedup == 1.06
+    # a variant kept from deploying that measured faster is named with why (a PixelShuffle CNN's exit 14 named only the original)
+    report["decision"]["budget"]["excluded_faster"] = [{"variant": "pruned-fp32", "speedup": 1.12, "why": "loses 8.40 points of accuracy (guard 1.00)"}]
+    with pytest.raises(BudgetError, match=r"pruned-fp32 measured faster \(1.12x\) but loses 8.40 points of accuracy"):
+        raise_on_unmet(report)
 
 
 def test_a_budget_met_only_within_noise_says_so():
@@ -431,7 +435,7 @@ def test_the_report_shows_the_decision_s_rounds_at_the_primary_batch() -> None:
 
     timed = {"baseline-fp32": round_stats([stats(2.0, 2.6), stats(1.8, 3.0), stats(2.2, 2.4)]), "pruned-fp32": round_stats([stats(1.0, 1.2)])}
     assert timed["baseline-fp32"]["p50_ms"] == 1.8 and timed["baseline-fp32"]["p90_ms"] == 2.6 and timed["baseline-fp32"]["runs"] == 24
-    assert timed["baseline-fp32"]["timed"] == ROUND_STATS
+    assert timed["baseline-fp32"]["timed"] == ROUND_STATS.format(rounds=3)
     variants = [{"name": "baseline-fp32", "latency": {"8": {"p50_ms": 16.0}}}, {"name": "pruned-fp32", "latency": {"8": {"p50_ms": 4.0}}},
                 {"name": "pruned-int8", "latency": {}}]
     rows = with_decision_timings(variants, {"primary_batch": 1, "latency": timed})
@@ -539,3 +543,51 @@ def test_the_faster_build_is_chosen_by_timing_the_two_deployed_artifacts(tmp_pat
     assert fastest["first"] < fastest["rebuild"] * (1 - noise)
     assert report["decision"]["deploy"] == "pruned-int8" and report["rebuild"]["kept_ms"] == fastest["first"]
     assert (tmp_path / "artifacts-fp32" / "cpu" / "deploy").is_dir() and (tmp_path / "report-fp32.md").read_text() == "artifacts-fp32/cpu/deploy"
+
+
+def _stats(ms: float):  # noqa: ANN202
+    from hadmc_deploy.backends import LatencyStats
+
+    return LatencyStats(p50_ms=ms, p90_ms=ms, p99_ms=ms, mean_ms=ms, min_ms=ms, runs=8, batch=1, warmup=2)
+
+
+def _decide_ctx(check: dict, float_nodes: dict | None = None):  # noqa: ANN202
+    from types import SimpleNamespace
+
+    from hadmc_deploy.ui import quiet_ui
+
+    return SimpleNamespace(plan=SimpleNamespace(precision="int8"), ui=quiet_ui(),
+                           results={"latency check": check, "quantize": {"float_nodes": float_nodes or {}}})
+
+
+CHECKED = {"checked": True, "batch": 1, "measured_speedup": 1.45, "noise": 0.10}
+
+
+@pytest.mark.parametrize(("check", "float_nodes", "here", "disputed"), [
+    (CHECKED, None, 1.00, True),  # the decide pass read the plan at 1.00x, the latency check 1.45x
+    (CHECKED, None, 1.75, True),  # too fast is disputed too: an exit 0 on a lucky pass is as wrong
+    (CHECKED, None, 1.30, False),  # within the larger noise (10%) and the margin
+    (CHECKED, {"pruned": [{"node": "conv1"}]}, 1.00, False),  # the guard kept a layer in float: other graphs
+    ({**CHECKED, "batch": 8}, None, 1.00, False),  # timed at another batch
+    ({"checked": False}, None, 1.00, False),
+])
+def test_the_decision_is_timed_again_when_it_disputes_the_latency_checks_measurement(monkeypatch, check, float_nodes, here, disputed) -> None:  # noqa: ANN001
+    """The latency check and the decide stage time the same two graphs (the original and the plan at
+    the build's precision); a pass whose speedup lies further from the other than their noise allows
+    is timed again and the decision reads both passes' rounds (fastest of 14)."""
+    from hadmc_deploy.build import decision_timing as stage
+
+    passes = []
+
+    def rounds(ctx, rows, batch, n=7):  # noqa: ANN001, ANN202
+        passes.append(batch)
+        plan_ms = 1.0 / here if len(passes) == 1 else 1.0 / 1.45
+        return {"baseline-int8": [_stats(1.0)] * n, "pruned-int8": [_stats(plan_ms)] * n}
+
+    monkeypatch.setattr(stage, "interleaved_rounds", rounds)
+    timed, why = stage.time_candidates(_decide_ctx(check, float_nodes), [], 1)
+    assert len(passes) == (2 if disputed else 1)
+    assert bool(why) == disputed and len(timed["pruned-int8"]) == 7 * len(passes)
+    if disputed:
+        assert "latency check" in why and f"{here:.2f}x" in why
+        assert min(s.p50_ms for s in timed["pruned-int8"]) == pytest.approx(min(1.0 / here, 1.0 / 1.45))

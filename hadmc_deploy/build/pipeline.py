@@ -199,9 +199,11 @@ def raise_on_unmet(report: dict[str, Any], build_dir: Path | None = None) -> Non
     if code == BudgetError.exit_code:
         best = budget.get("best") or {"variant": decision["deploy"], "speedup": budget["measured_speedup"]}
         deployed = "" if best["variant"] == decision["deploy"] else f"; deployed {decision['deploy']} ({budget['measured_speedup']:.2f}x), simpler and within the measured noise"
+        excluded = (budget.get("excluded_faster") or [])[:1]
+        faster = "".join(f"; {e['variant']} measured faster ({e['speedup']:.2f}x) but {e['why']}" for e in excluded)
         raise BudgetError(
             f"the budget of {budget['goal_speedup']:.2f}x was not met when measured: the best measured is {best['variant']} at "
-            f"{best['speedup']:.2f}x over {_budget_reference(budget)}{deployed} ({where})",
+            f"{best['speedup']:.2f}x over {_budget_reference(budget)}{deployed}{faster} ({where})",
             hint=_budget_hint(budget),
             best_speedup=best["speedup"],
         )

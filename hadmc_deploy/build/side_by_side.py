@@ -25,25 +25,36 @@ def time_interleaved(ctx: BuildContext, rows: list[dict[str, Any]], batch: int, 
     taken, and a median over rounds mixes the two regimes), and the noise: the median relative
     spread of each variant's round p50s around its own median, at most 10%. With `stats_out`,
     each variant's latency over the rounds (`round_stats`) goes there."""
-    rounds: dict[str, list[LatencyStats]] = {r["name"]: [] for r in rows}
+    rounds = interleaved_rounds(ctx, rows, batch)
+    if stats_out is not None:
+        stats_out.update({n: round_stats(v) for n, v in rounds.items()})
+    return fastest_and_noise(rounds)
+
+
+def interleaved_rounds(ctx: BuildContext, rows: list[dict[str, Any]], batch: int, rounds: int = ROUNDS) -> dict[str, list[LatencyStats]]:
+    """Each variant's `rounds` interleaved rounds, one session alive at a time."""
+    timed: dict[str, list[LatencyStats]] = {r["name"]: [] for r in rows}
     loaded = {r["name"]: (get(r["backend"]), Artifact.load(ctx.path(r["artifact"]))) for r in rows}
-    with ctx.ui.progress(f"timing {len(rows)} candidates side by side (batch {batch})", ROUNDS * len(rows)) as bar:
-        for _ in range(ROUNDS):
+    with ctx.ui.progress(f"timing {len(rows)} candidates side by side (batch {batch})", rounds * len(rows)) as bar:
+        for _ in range(rounds):
             for name, (backend, artifact) in loaded.items():
-                rounds[name].append(backend.benchmark(artifact, batch=batch, warmup=2, runs=WHOLE_MODEL_RUNS, min_seconds=WHOLE_MODEL_SECONDS))
+                timed[name].append(backend.benchmark(artifact, batch=batch, warmup=2, runs=WHOLE_MODEL_RUNS, min_seconds=WHOLE_MODEL_SECONDS))
                 backend.release_sessions()  # one session alive at a time, as deployed and as the table timed
                 bar.advance()
+    return timed
+
+
+def fastest_and_noise(rounds: dict[str, list[LatencyStats]]) -> tuple[dict[str, float], float]:
+    """(each variant's fastest round p50, the noise) of `interleaved_rounds`' rounds (see `time_interleaved`)."""
     per_round = {n: [s.p50_ms for s in v] for n, v in rounds.items()}
     medians = {n: statistics.median(v) for n, v in per_round.items()}
     spreads = [(max(v) - min(v)) / 2 / medians[n] for n, v in per_round.items() if len(v) > 1 and medians[n] > 0]
     noise = min(0.10, statistics.median(spreads)) if spreads else 0.0
-    if stats_out is not None:
-        stats_out.update({n: round_stats(v) for n, v in rounds.items()})
     return {n: min(v) for n, v in per_round.items()}, noise
 
 
 #: how `round_stats` summarises the rounds, recorded with them
-ROUND_STATS = f"side by side, {ROUNDS} interleaved rounds: p50 of the fastest round, p90/p99 of the median round"
+ROUND_STATS = "side by side, {rounds} interleaved rounds: p50 of the fastest round, p90/p99 of the median round"
 
 
 def round_stats(rounds: list[LatencyStats]) -> dict[str, Any]:
@@ -54,7 +65,7 @@ def round_stats(rounds: list[LatencyStats]) -> dict[str, Any]:
     stats = LatencyStats(p50_ms=fastest.p50_ms, p90_ms=statistics.median(s.p90_ms for s in rounds), p99_ms=statistics.median(s.p99_ms for s in rounds),
                          mean_ms=statistics.fmean(s.mean_ms for s in rounds), min_ms=min(s.min_ms for s in rounds), runs=sum(s.runs for s in rounds),
                          batch=fastest.batch, warmup=fastest.warmup)
-    return {**stats.to_dict(), "timed": ROUND_STATS}
+    return {**stats.to_dict(), "timed": ROUND_STATS.format(rounds=len(rounds))}
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:

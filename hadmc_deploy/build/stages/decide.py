@@ -23,12 +23,13 @@ from hadmc_deploy.build.decide import (
     verdict,
     vouch_for_choice,
 )
+from hadmc_deploy.build.decision_timing import time_candidates
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import primary_batch
 from hadmc_deploy.build.int8_heldout import check_against_float, int8_options
 from hadmc_deploy.build.sample_budget import MIN_INT8_GUARD_SAMPLES
 from hadmc_deploy.build.self_check import check_deployed, guard_float_layers
-from hadmc_deploy.build.side_by_side import time_interleaved
+from hadmc_deploy.build.side_by_side import fastest_and_noise, round_stats
 from hadmc_deploy.calibration.verify_qdq import QdqCheck
 from hadmc_deploy.errors import BackendUnavailableError
 from hadmc_deploy.triton import write_triton_repo
@@ -52,8 +53,9 @@ def run(ctx: BuildContext) -> StageResult:
         return StageResult(result, skipped="no artifact was built here: the decision is taken where the target's backend runs")
     q = ctx.settings.quantization
     batch = primary_batch(ctx)
-    timed: dict[str, dict[str, Any]] = {}
-    fastest, noise = time_interleaved(ctx, rows, batch, timed)
+    rounds, disputed = time_candidates(ctx, rows, batch)
+    fastest, noise = fastest_and_noise(rounds)
+    timed = {name: round_stats(r) for name, r in rounds.items()}
     by_name = {r["name"]: r for r in rows}
     original = by_name["baseline-fp32"]
     reference_acc = original.get("accuracy")
@@ -113,6 +115,9 @@ def run(ctx: BuildContext) -> StageResult:
         allowed = [c for c in candidates if not c.excluded]
         best = min(allowed, key=lambda c: c.p50_ms)  # the deployed one may be a simpler variant within noise of it
         decision.budget["best"] = {"variant": best.name, "speedup": fastest[budget_ref["name"]] / best.p50_ms}
+        # faster than every allowed variant but kept from deploying: what a missed budget's message names
+        decision.budget["excluded_faster"] = [{"variant": c.name, "speedup": fastest[budget_ref["name"]] / c.p50_ms, "why": c.excluded}
+                                              for c in sorted(candidates, key=lambda c: c.p50_ms) if c.excluded and c.p50_ms < best.p50_ms]
         decision.budget["guard_float_layers"] = _guard_float_layers(ctx, best.name)
         check = ctx.results.get("latency check", {})
         if check.get("checked"):
@@ -149,6 +154,8 @@ def run(ctx: BuildContext) -> StageResult:
             ctx.ui.warn(warning)
     out = _copy_deployed(ctx, deployed)
     result = decision.to_dict()
+    if disputed:
+        result["retimed"] = {"why": disputed, "rounds": len(next(iter(rounds.values())))}
     result["latency"] = timed  # the report's latency of each variant at this batch (the evaluate stage left it to this stage)
     if pending:
         result["mixed_checks"] = {n: mixed_checks.get(n, MIXED_UNCHECKED) for n in pending}
