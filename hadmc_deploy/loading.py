@@ -8,8 +8,10 @@ it can execute arbitrary code.
 
 from __future__ import annotations
 
+import json
 import pickle
 import pickletools
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,54 @@ PRUNED_FORMAT_PREFIX = "hadmc-pruned/"
 
 
 # -- reading the file ---------------------------------------------------------------------
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then that many bytes of JSON."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= struct.unpack("<Q", head[:8])[0] < 1 << 30  # a truncated file still reads as one, and is called corrupt
+
+
+def _safetensors_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file (weights only by design: no code runs to read them)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as exc:
+        raise ModelFileCorruptError(f"{path} is a truncated or corrupt safetensors file ({type(exc).__name__}: {first_line(str(exc))})",
+                                    hint="save it again with safetensors.torch.save_file(model.state_dict(), path)") from exc
+
+
+def _refuse_other_formats(path: Path) -> None:
+    """A one-line error for a model file of another framework or form that torch.load would call
+    corrupt (a TorchScript archive: "truncated or corrupt"; an ONNX file: "neither a torch zip
+    archive nor a pickle"). Both lack what pruning needs: the nn.Module's code."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            raise ModelFileCorruptError(
+                f"{path} is a TorchScript archive (torch.jit.save): its layers cannot be pruned, TorchScript keeps no nn.Module code to rebuild",
+                hint="save the eager model's weights with torch.save(model.state_dict(), path) and pass --arch FILE.py:CLASS")
+    elif path.suffix.lower() == ".onnx" and _is_onnx(path):
+        raise ModelFileCorruptError(
+            f"{path} is an ONNX model: hadmc-deploy compiles PyTorch models (it prunes their layers), not exported graphs",
+            hint="pass the PyTorch state_dict with --arch FILE.py:CLASS; an .onnx file can be timed with `hadmc-deploy bench`")
+
+
+def _is_onnx(path: Path) -> bool:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a protobuf ModelProto: leave it to torch.load's own message
+        return False
+    return bool(model.ir_version and model.graph.node)
+
+
 def _torch_load(path: Path, weights_only: bool) -> Any:
     try:
         if weights_only:
@@ -153,7 +203,11 @@ def load_model(
         raise ModelFileNotFoundError(f"model file {path} does not exist")
     if path.is_dir():
         raise ModelFileCorruptError(f"{path} is a directory, not a model file")
-    obj = _torch_load(path, weights_only=not trust_model)
+    if _is_safetensors(path):
+        obj: Any = _safetensors_state_dict(path)
+    else:
+        _refuse_other_formats(path)
+        obj = _torch_load(path, weights_only=not trust_model)
     if isinstance(obj, nn.Module):
         # Only reachable with --trust-model: weights_only refuses modules.
         info = {}

@@ -290,3 +290,37 @@ def test_torchvision_arch_builds_where_installed() -> None:
 
     model = build_arch("torchvision:googlenet?aux_logits=false&init_weights=true", {"num_classes": 5})
     assert model.aux1 is None and model.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 5)
+
+
+def test_a_safetensors_state_dict_loads_like_a_torch_one(tmp_path):
+    """Weights saved with safetensors (the Hugging Face and timm default) need no pickle at all."""
+    from safetensors.torch import save_file
+
+    sd = _demo_state_dict()
+    save_file(sd, tmp_path / "m.safetensors")
+    loaded = load_model(tmp_path / "m.safetensors", ARCH)
+    assert loaded.kind == "state_dict"
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in sd.items())
+    with pytest.raises(ArchSpecError, match="architecture is needed"):
+        load_model(tmp_path / "m.safetensors")
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes((tmp_path / "m.safetensors").read_bytes()[:200])
+    with pytest.raises(ModelFileCorruptError, match="corrupt safetensors file"):
+        load_model(broken, ARCH)
+
+
+def test_torchscript_and_onnx_files_are_named_not_called_corrupt(tmp_path):
+    """torch.load called a TorchScript archive "truncated or corrupt" and an ONNX file "neither a
+    torch zip archive nor a pickle": neither keeps the nn.Module code pruning needs, and the error
+    says what the file is and what to pass instead, with or without --trust-model."""
+    from hadmc_deploy.models.demo import demo_cnn
+
+    model = demo_cnn().eval()
+    x = torch.randn(1, 1, 28, 28)
+    torch.jit.save(torch.jit.trace(model, x), tmp_path / "m.pt")
+    for trust in (False, True):
+        with pytest.raises(ModelFileCorruptError, match=r"TorchScript archive.*state_dict\(\)"):
+            load_model(tmp_path / "m.pt", trust_model=trust)
+    torch.onnx.export(model, x, tmp_path / "m.onnx", dynamo=False)
+    with pytest.raises(ModelFileCorruptError, match=r"is an ONNX model.*hadmc-deploy bench"):
+        load_model(tmp_path / "m.onnx", ARCH)
