@@ -350,6 +350,19 @@ def check_source_exists(source: str) -> None:
     raise DataError(f"data source {source} does not exist", hint="pass a directory, an .npz, an IDX file or builtin:fashion-mnist")
 
 
+def source_identity(source: str) -> tuple[str, str]:
+    """(what, split) a data source names, so that two spellings of one source compare equal
+    (`builtin:fashion-mnist` and `builtin:fashion-mnist:train`, a folder by relative or absolute path)."""
+    if source.startswith("builtin:"):
+        name, _, split = source[len("builtin:") :].partition(":")
+        return f"builtin:{name}", split or "train"
+    path, split = Path(source), ""
+    if not path.exists() and ":" in source:
+        base, _, split = source.rpartition(":")
+        path = Path(base)
+    return str(path.resolve()), split
+
+
 def _resolve(source: str) -> tuple[Path, str | None]:
     """(path, split) of a file or directory source ("DIR:test" names a split of an IDX directory)."""
     path = Path(source)

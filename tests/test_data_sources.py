@@ -340,3 +340,27 @@ def test_a_training_set_too_large_for_memory_is_subset_or_refused(tmp_path, monk
     rc = main([*common, "--out", str(tmp_path / "subset")])
     err = " ".join(capsys.readouterr().err.split())
     assert rc == 0 and f"using a seeded {fits:,} of them (pass --train-limit to choose)" in err
+
+
+def test_a_build_evaluated_on_the_images_it_was_fitted_to_is_warned(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """--eval naming the --train data (or, without --train, the --calib data a pruned model is
+    distilled on) measures accuracy and the guard on fitted images: warned before the stages and in
+    the report, whichever spelling names the source; held-out data is not warned about."""
+    from types import SimpleNamespace
+
+    from hadmc_deploy.build.inputs import eval_leak_warning
+    from hadmc_deploy.data import source_identity
+
+    (tmp_path / "imgs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert source_identity("builtin:fashion-mnist") == source_identity("builtin:fashion-mnist:train") != source_identity("builtin:fashion-mnist:test")
+    assert source_identity("imgs") == source_identity(str(tmp_path / "imgs")) == source_identity("./imgs")
+
+    def ctx(train, calib, eval_):  # noqa: ANN001, ANN202
+        return SimpleNamespace(settings=SimpleNamespace(data=SimpleNamespace(train=train, calib_source=calib or train, eval=eval_)))
+
+    assert "is the --train data" in eval_leak_warning(ctx("builtin:fashion-mnist", None, "builtin:fashion-mnist:train"))
+    assert eval_leak_warning(ctx("builtin:fashion-mnist:train", None, "builtin:fashion-mnist:test")) is None
+    assert "is the --calib data" in eval_leak_warning(ctx(None, "imgs", str(tmp_path / "imgs")))
+    assert eval_leak_warning(ctx("builtin:fashion-mnist:train", "imgs", "imgs")) is None  # recovery trains on --train: only ranges saw them
+    assert eval_leak_warning(ctx("imgs", None, None)) is None

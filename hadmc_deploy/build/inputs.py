@@ -22,6 +22,7 @@ from hadmc_deploy.data import (
     Preprocess,
     available_memory_bytes,
     check_matches_model,
+    source_identity,
     source_labels,
 )
 from hadmc_deploy.detection.dataset import is_detection_source, load_source
@@ -106,6 +107,21 @@ def int8_guarding(ctx: BuildContext) -> bool:
     without labelled --eval data, the guard on (its held-out images must then vouch for the bound)."""
     q = ctx.settings.quantization
     return ctx.plan.precision == "int8" and not q.allow_accuracy_drop and task(ctx) != DETECT and not ctx.settings.data.eval
+
+
+def eval_leak_warning(ctx: BuildContext) -> str | None:
+    """A warning when --eval names the images the build fits the model to: the accuracy, and the
+    guard that judges on it, then read higher than on images the model has not seen."""
+    d = ctx.settings.data
+    if not d.eval:
+        return None
+    if d.train and source_identity(d.eval) == source_identity(d.train):
+        return (f"--eval {d.eval} is the --train data: the accuracy and the accuracy guard are measured on the images recovery "
+                "trained on, and read higher than on new images; pass held-out data to --eval (for example builtin:fashion-mnist:test)")
+    if not d.train and d.calib_source and source_identity(d.eval) == source_identity(d.calib_source):
+        return (f"--eval {d.eval} is the --calib data: without --train a pruned model is distilled on these images and INT8 is "
+                "calibrated on them, so the accuracy is measured on what they were fitted to; pass held-out data to --eval")
+    return None
 
 
 def data_hash(ctx: BuildContext, kind: str) -> str | None:

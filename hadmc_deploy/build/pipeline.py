@@ -15,7 +15,7 @@ from typing import Any
 
 from hadmc_deploy.build.correction import LatencyCorrection, MeasuredPoint
 from hadmc_deploy.build.engine import BuildContext, Stage, StageOutcome, run_stages
-from hadmc_deploy.build.inputs import labels_of, task
+from hadmc_deploy.build.inputs import eval_leak_warning, labels_of, task
 from hadmc_deploy.build.metric import CLASSIFY
 from hadmc_deploy.build.rebuild import faster_original, fp32_rebuild, keep_faster_build, keep_first_build
 from hadmc_deploy.build.stages import (
@@ -178,6 +178,8 @@ def check_calibration_set(ctx: BuildContext) -> None:
     source = ctx.settings.data.calib_source
     if ctx.plan.precision == "int8" and source and task(ctx) == CLASSIFY:
         check_calib_set(source, len(labels_of(ctx, source)))
+    if warning := eval_leak_warning(ctx):
+        ctx.ui.warn(warning)  # before the stages, not only in the report: the build may take minutes
 
 
 def raise_on_unmet(report: dict[str, Any], build_dir: Path | None = None) -> None:

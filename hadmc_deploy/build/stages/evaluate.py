@@ -16,6 +16,7 @@ from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import (
     data_hash,
     dataset,
+    eval_leak_warning,
     graph,
     latency_model,
     primary_batch,
@@ -70,7 +71,7 @@ def run(ctx: BuildContext) -> StageResult:
     form = ctx.plan.target.int8_form
     bench = ctx.settings.benchmark
     rows = []
-    warnings: list[str] = []
+    warnings: list[str] = [w for w in [eval_leak_warning(ctx)] if w]
     quant = ctx.results.get("quantize", {})
     for model, precision in all_variants(ctx):
         name = variant_name(model, precision)
