@@ -6,6 +6,11 @@
 - `C2f`: Ultralytics' C2f block verbatim in structure
   (`y = list(self.cv1(x).chunk(2, 1)); y.extend(m(y[-1]) for m in self.m)`),
   and `C2fNet`, a small backbone of them with a dict of outputs.
+- `GhostCBAMNet`: GhostNet's module (a primary conv and a cheap depthwise conv on its output,
+  concatenated) with CBAM attention (channel gate from average and max pooling through one shared
+  MLP; spatial gate from the channel-wise mean and max) and a learned per-channel scale.
+- `FactorisedNet`: Inception-v3's 1x7 / 7x1 factorised kernels beside a dilated branch, a depthwise
+  conv with a channel multiplier of 2 whose output is `torch.split` in halves and summed.
 
 Random init; no third-party code is imported.
 """
@@ -124,3 +129,69 @@ class C2fNet(nn.Module):
 
 def c2f_net(num_classes: int = 10) -> nn.Module:
     return _bn_random(C2fNet(num_classes))
+
+
+def _cba(cin: int, cout: int, k: int | tuple[int, int] = 3, s: int = 1, g: int = 1, d: int = 1) -> nn.Sequential:
+    pad = (k // 2) * d if isinstance(k, int) else tuple((kk // 2) * d for kk in k)
+    return nn.Sequential(nn.Conv2d(cin, cout, k, s, pad, dilation=d, groups=g, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class Ghost(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        half = cout // 2
+        self.primary = _cba(cin, half, 1)
+        self.cheap = _cba(half, cout - half, 3, g=half)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.primary(x)
+        return torch.cat([y, self.cheap(y)], dim=1)
+
+
+class CBAM(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Conv2d(c, max(4, c // 8), 1), nn.ReLU(), nn.Conv2d(max(4, c // 8), c, 1))
+        self.spatial = nn.Conv2d(2, 1, 7, padding=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * torch.sigmoid(self.mlp(nn.functional.adaptive_avg_pool2d(x, 1)) + self.mlp(nn.functional.adaptive_max_pool2d(x, 1)))
+        return x * torch.sigmoid(self.spatial(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)))
+
+
+class GhostCBAMNet(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = _cba(3, 32, 3, 2)
+        self.g1, self.att = Ghost(32, 64), CBAM(64)
+        self.down, self.g2 = _cba(64, 96, 3, 2), Ghost(96, 128)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 128).view(1, 128, 1, 1))
+        self.head = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.g2(self.down(self.att(self.g1(self.stem(x))))) * self.scale
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class FactorisedNet(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = _cba(3, 32, 3, 2)
+        self.b1 = nn.Sequential(_cba(32, 24, 1), _cba(24, 24, (1, 7)), _cba(24, 32, (7, 1)))
+        self.b2 = _cba(32, 32, 3, d=2)
+        self.dw2 = _cba(64, 128, 3, 2, g=64)  # channel multiplier 2
+        self.pw = _cba(64, 96, 1)
+        self.fc = nn.Linear(96, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        a, b = torch.split(self.dw2(torch.cat([self.b1(x), self.b2(x)], 1)), 64, dim=1)
+        return self.fc(self.pw(a + b).mean((2, 3)))
+
+
+def ghost_cbam_net(num_classes: int = 10) -> nn.Module:
+    return _bn_random(GhostCBAMNet(num_classes))
+
+
+def factorised_net(num_classes: int = 10) -> nn.Module:
+    return _bn_random(FactorisedNet(num_classes))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hadmc_deploy.loading import build_arch
-from hadmc_deploy.models.everyday import c2f_net, onet
+from hadmc_deploy.models.everyday import c2f_net, factorised_net, ghost_cbam_net, onet
 from hadmc_deploy.models.zoo import (
     _bn_random,
     convnext_tiny,
@@ -50,6 +50,8 @@ MATRIX: dict[str, Entry] = {
     "unet_groupnorm_prelu_convtranspose": (unetish, (1, 3, 32, 32), (1, 3, 128, 128)),
     "mtcnn_onet_3_outputs": (onet, (2, 3, 48, 48), (2, 3, 48, 48)),
     "c2f_backbone_dict_outputs": (c2f_net, (1, 3, 64, 64), (1, 3, 224, 224)),
+    "ghost_cbam_channel_gates": (ghost_cbam_net, (1, 3, 64, 64), (1, 3, 224, 224)),
+    "factorised_dilated_split": (factorised_net, (1, 3, 64, 64), (1, 3, 224, 224)),
 }
 #: full-size entries only run with -m slow / in tools/prune_matrix.py
 SLOW_ONLY: dict[str, Entry] = {"vgg11_bn": (vgg11_bn, (1, 3, 32, 32), (1, 3, 224, 224))}
