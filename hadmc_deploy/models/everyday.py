@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hadmc_deploy.models.zoo import _bn_random
+from hadmc_deploy.models.zoo import _bn_random, _cba
 
 
 class ONet(nn.Module):
@@ -131,17 +131,12 @@ def c2f_net(num_classes: int = 10) -> nn.Module:
     return _bn_random(C2fNet(num_classes))
 
 
-def _cba(cin: int, cout: int, k: int | tuple[int, int] = 3, s: int = 1, g: int = 1, d: int = 1) -> nn.Sequential:
-    pad = (k // 2) * d if isinstance(k, int) else tuple((kk // 2) * d for kk in k)
-    return nn.Sequential(nn.Conv2d(cin, cout, k, s, pad, dilation=d, groups=g, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
 class Ghost(nn.Module):
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
         half = cout // 2
         self.primary = _cba(cin, half, 1)
-        self.cheap = _cba(half, cout - half, 3, g=half)
+        self.cheap = _cba(half, cout - half, 3, groups=half)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.primary(x)
@@ -178,8 +173,8 @@ class FactorisedNet(nn.Module):
         super().__init__()
         self.stem = _cba(3, 32, 3, 2)
         self.b1 = nn.Sequential(_cba(32, 24, 1), _cba(24, 24, (1, 7)), _cba(24, 32, (7, 1)))
-        self.b2 = _cba(32, 32, 3, d=2)
-        self.dw2 = _cba(64, 128, 3, 2, g=64)  # channel multiplier 2
+        self.b2 = _cba(32, 32, 3, dilation=2)
+        self.dw2 = _cba(64, 128, 3, 2, groups=64)  # channel multiplier 2
         self.pw = _cba(64, 96, 1)
         self.fc = nn.Linear(96, num_classes)
 

@@ -26,8 +26,11 @@ from hadmc_deploy.models.mobilenet import _make_divisible, mobilenet_v2
 from hadmc_deploy.models.resnet import resnet18, resnet50
 
 
-def _cba(cin: int, cout: int, k: int = 3, s: int = 1, groups: int = 1, act: type[nn.Module] | None = nn.ReLU) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, s, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+def _cba(cin: int, cout: int, k: int | tuple[int, int] = 3, s: int = 1, groups: int = 1, act: type[nn.Module] | None = nn.ReLU,
+         dilation: int = 1) -> nn.Sequential:
+    """Conv (no bias, "same" padding for odd kernels, square or (kh, kw), dilated or not), BatchNorm, activation."""
+    pad = ((k - 1) // 2) * dilation if isinstance(k, int) else tuple(((kk - 1) // 2) * dilation for kk in k)
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, s, pad, dilation=dilation, groups=groups, bias=False), nn.BatchNorm2d(cout)]
     if act is not None:
         layers.append(act(inplace=True) if act in (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU) else act())
     return nn.Sequential(*layers)
