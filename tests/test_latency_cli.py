@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -54,10 +55,25 @@ def test_inspect_latency_per_layer_and_best_groups(demo_lut, capsys):
     assert result["source"] == "lut"
     assert len(result["layers"]) == len(graph.layers)
     assert result["total_ms"] == pytest.approx(sum(layer["ms"] for layer in result["layers"]) + result["overhead_ms"])
-    assert any(layer["best_to_prune"] for layer in result["layers"])
     savings = [g["ms_per_channel"] for g in result["groups_by_saving"]]
     assert savings == sorted(savings, reverse=True)
+    # the marks follow the measured prices: only groups whose step saved time (a noisy table may have none)
+    saving_groups = {g["group"] for g in result["groups_by_saving"][:5] if g["saved_ms"] > 0}
+    assert {layer["group"] for layer in result["layers"] if layer["best_to_prune"]} <= saving_groups
     assert "predicted latency" in capsys.readouterr().out
+    # the same table with prices that grow with the work: narrower is always cheaper, so there are marks
+    table = read_table(demo_lut)
+    for key, entry in list(table.entries.items()):
+        s = entry.spec
+        work = s.in_channels * s.out_channels * s.kernel[0] * s.kernel[1] * s.out_hw[0] * s.out_hw[1] / s.groups + s.in_channels * s.in_hw[0] * s.in_hw[1]
+        ms = 1e-3 + 1e-7 * work
+        table.entries[key] = replace(entry, median_ms=ms, p90_ms=ms, min_ms=ms, mom_ms=ms)
+    monotone = demo_lut.with_name("monotone.json")
+    table.save(monotone)
+    args = argparse.Namespace(target="cpu", lut=str(monotone), force=False, targets_file=None)
+    result = describe_latency(loaded, shape, graph, args, UI(quiet=True))["latency"]
+    marked = {layer["group"] for layer in result["layers"] if layer["best_to_prune"]}
+    assert marked and marked <= {g["group"] for g in result["groups_by_saving"] if g["saved_ms"] > 0}
     # without a table: the analytic model, labelled
     args = argparse.Namespace(target="cpu", lut=None, force=False, targets_file=None)
     assert describe_latency(loaded, shape, graph, args, UI(quiet=True))["latency"]["source"] == "analytic"
