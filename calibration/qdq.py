@@ -89,6 +89,7 @@ def write_qdq(
     unknown = sorted(set(float_nodes) - {n.name for n in model.graph.node})
     if unknown:
         raise UsageError(f"float_nodes names {unknown[0]!r}, which is not a node of {Path(float_onnx).name}")
+    excluded = float_nodes + (_multi_axis_norms(model) if per_channel and placement == "onnxruntime" else [])
     with tempfile.TemporaryDirectory(prefix="hadmc-qdq-") as tmp:
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
@@ -108,7 +109,7 @@ def write_qdq(
                 reduce_range=reduce_range,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                nodes_to_exclude=float_nodes,
+                nodes_to_exclude=excluded,
                 calibrate_method=CalibrationMethod.MinMax,
                 calibration_cache_path=str(cache),
                 extra_options=extra,
@@ -124,6 +125,15 @@ def write_qdq(
     with atomic_path(out_path) as tmp_out:
         onnx.save(qmodel, str(tmp_out))
     return Path(out_path)
+
+
+def _multi_axis_norms(model: onnx.ModelProto) -> list[str]:
+    """LayerNormalization nodes whose scale spans several axes (`nn.LayerNorm([C, H, W])`): kept in
+    float, as ORT 1.32's per-channel int32-bias adjustment indexes such a bias by its first axis and
+    fails ("truth value of an array ... is ambiguous"). ORT's CPU EP has no INT8 LayerNorm kernel:
+    the node ran in float between a DQ and a Q either way."""
+    ranks = {t.name: len(t.dims) for t in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "LayerNormalization" and len(n.input) > 1 and ranks.get(n.input[1], 1) > 1]
 
 
 def _below_error(record: logging.LogRecord) -> bool:

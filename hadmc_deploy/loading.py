@@ -38,6 +38,7 @@ from hadmc_deploy.errors import (
     UntrustedPickleError,
 )
 from hadmc_deploy.pruned_checkpoint import load_pruned
+from hadmc_deploy.reparam import bake_reparametrizations
 
 #: re-exported: callers load and build models through this module
 __all__ = ["LoadedModel", "build_arch", "check_finite", "load_model", "load_state_dict_checked", "parse_arch_kwargs", "resolve_arch", "split_arch_spec"]
@@ -197,7 +198,7 @@ def load_model(
             raise ArchSpecError("no model file and no --arch given", hint="pass MODEL, or --arch for a randomly initialised model")
         model = build_arch(arch, arch_kwargs)
         check_single_input(model, arch)
-        return LoadedModel(model.eval(), "arch", f"{arch} (random init)", arch, arch_kwargs)
+        return LoadedModel(model.eval(), "arch", f"{arch} (random init)", arch, arch_kwargs, _baked({}, model))
     path = Path(path)
     if not path.exists():
         raise ModelFileNotFoundError(f"model file {path} does not exist")
@@ -219,7 +220,7 @@ def load_model(
             info["converted_to_float32_from"] = reduced
         check_finite(obj, str(path))
         check_single_input(obj, str(path))
-        return LoadedModel(obj.eval(), "pickle", str(path), arch, arch_kwargs, info)
+        return LoadedModel(obj.eval(), "pickle", str(path), arch, arch_kwargs, _baked(info, obj))
     if isinstance(obj, dict) and str(obj.get("format", "")).startswith(PRUNED_FORMAT_PREFIX):
         loaded = load_pruned(obj, str(path))
         check_finite(loaded.model, str(path))
@@ -246,4 +247,10 @@ def load_model(
     info = {k: v for k, v in obj.items() if k not in ("state_dict", "model", "model_state_dict", "ema") and isinstance(v, (int, float, str, list, dict))} if isinstance(obj, dict) and obj is not state_dict else {}
     if prefix:
         info["stripped_key_prefix"] = prefix
-    return LoadedModel(model.eval(), "state_dict", str(path), arch, arch_kwargs, info)
+    return LoadedModel(model.eval(), "state_dict", str(path), arch, arch_kwargs, _baked(info, model))
+
+
+def _baked(info: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """`info`, with the weights whose weight/spectral-norm parametrization was baked (`reparam.py`)."""
+    baked = bake_reparametrizations(model)
+    return {**info, "baked_reparametrizations": baked} if baked else info

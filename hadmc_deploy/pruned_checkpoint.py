@@ -21,6 +21,7 @@ from hadmc_deploy.arch import LoadedModel, build_arch, load_state_dict_checked
 from hadmc_deploy.errors import ArchSpecError, ModelFileCorruptError
 from hadmc_deploy.fileio import atomic_path
 from hadmc_deploy.graph.types import WidthPlan
+from hadmc_deploy.reparam import bake_reparametrizations
 from hadmc_deploy.ui import silent_ui
 
 FORMAT = "hadmc-pruned/1"
@@ -77,6 +78,7 @@ def load_pruned(obj: dict[str, Any], source: str) -> LoadedModel:
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileCorruptError(f"{source} is an incomplete pruned checkpoint ({type(exc).__name__}: {exc})") from exc
     model = build_arch(arch, arch_kwargs).eval()
+    bake_reparametrizations(model)  # as `load_model` did before the original was pruned
     for plan in stages:
         graph = trace(model, input_shape, ui=silent_ui())  # its warnings were shown when the original was traced
         model, _ = apply(model, graph, WidthPlan(keep=plan.keep, indices=plan.indices), inplace=True)

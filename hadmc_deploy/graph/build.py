@@ -213,11 +213,13 @@ def _terms(labels: np.ndarray, groups: list[ChannelGroup], group_of_atom: np.nda
     return tuple((gid, terms[gid][0], terms[gid][1]) for gid in order)
 
 
-def _pair(v: Any, ndim: int = 2) -> tuple[int, int]:
+def _pair(v: Any, fill: int = 1) -> tuple[int, int]:
+    """A 2-D (h, w) setting; a 1-D layer's (k,) is priced as a (1, k) conv over a (1, L) image,
+    with `fill` on the missing axis (1 for kernel, stride, dilation; 0 for padding)."""
     if isinstance(v, int):
         return (v, v)
     v = tuple(int(x) for x in v)
-    return (1, v[0]) if len(v) == 1 else (v[0], v[1])
+    return (fill, v[0]) if len(v) == 1 else (v[0], v[1])
 
 
 def _hw(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -274,14 +276,14 @@ def _costed_layer(d: LayerDraft, groups: list[ChannelGroup], group_of_atom: np.n
     act = _fused_activation(d.node, root) if root is not None else None
     if d.op in ("conv", "dwconv", "gconv", "convtranspose"):
         padding = m.padding if not isinstance(m.padding, str) else tuple((k - 1) // 2 * dl for k, dl in zip(_pair(m.kernel_size), _pair(m.dilation), strict=True))
-        spec = LayerSpec(d.op, len(in_labels), len(out_labels), _pair(m.kernel_size), _pair(m.stride), _pair(padding), _pair(m.dilation), m.groups,
+        spec = LayerSpec(d.op, len(in_labels), len(out_labels), _pair(m.kernel_size), _pair(m.stride), _pair(padding, fill=0), _pair(m.dilation), m.groups,
                          bias=m.bias is not None, activation=act, **common)
     elif d.op == "linear":
         rows = int(np.prod(d.in_shape[:-1])) if len(d.in_shape) > 1 else 1
         extra = (("rows_per_sample", rows // batch),) if rows != batch else ()
         spec = LayerSpec("linear", len(in_labels), len(out_labels), batch=rows, bias=m.bias is not None, activation=act, extra=extra)
     elif d.op in ("maxpool", "avgpool") and m is not None and hasattr(m, "kernel_size"):
-        spec = LayerSpec(d.op, len(in_labels), len(out_labels), _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding), **common)
+        spec = LayerSpec(d.op, len(in_labels), len(out_labels), _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding, fill=0), **common)
     elif d.op in ("maxpool", "avgpool", "globalpool", "upsample"):
         op = "globalpool" if common["out_hw"] == (1, 1) else d.op
         if op in ("maxpool", "avgpool"):

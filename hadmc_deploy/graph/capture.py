@@ -138,22 +138,26 @@ class ValueTracer(fx.Tracer):
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def value_of(self, node: fx.Node) -> _Value:
+        if node not in self._values and node.op == "get_attr":
+            # a buffer used in arithmetic (`(x - self.mean) / self.std`): fx's `create_arg` adds its
+            # get_attr node with `create_node`, not through `create_proxy`, so it is evaluated here
+            self._values[node] = self._evaluate(node)
         return self._values[node]
 
     def to_bool(self, obj: fx.Proxy) -> bool:
-        known = self._values[obj.node]
+        known = self.value_of(obj.node)
         if not known.static:
             raise UntraceableConstruct("a branch (if/while/and/or/assert) on a value computed from tensor data", user_location())
         return bool(known.value)
 
     def iter(self, obj: fx.Proxy) -> Iterator[Any]:
-        value = self._values[obj.node].value
+        value = self.value_of(obj.node).value
         if isinstance(value, (list, tuple, torch.Size)):
             return iter([obj[i] for i in range(len(value))])
         raise UntraceableConstruct(f"iterating over a {type(value).__name__} (a loop over tensor rows)", user_location())
 
     def keys(self, obj: fx.Proxy) -> Any:
-        value = self._values[obj.node].value
+        value = self.value_of(obj.node).value
         if isinstance(value, dict):
             return list(value.keys())
         return super().keys(obj)
@@ -162,14 +166,14 @@ class ValueTracer(fx.Tracer):
     def _evaluate(self, node: fx.Node) -> _Value:
         if node.op == "placeholder":
             return _Value(self._placeholder_value(node), False)
-        args = fx.node.map_arg(node.args, lambda n: self._values[n].value)
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: self._values[n].value)
-        inputs = [self._values[n] for n in node.all_input_nodes]
         if node.op == "get_attr":
             value: Any = self.root
             for part in str(node.target).split("."):
                 value = getattr(value, part)
             return _Value(value, not isinstance(value, torch.Tensor))
+        args = fx.node.map_arg(node.args, lambda n: self.value_of(n).value)
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: self.value_of(n).value)
+        inputs = [self.value_of(n) for n in node.all_input_nodes]
         if node.op == "call_module":
             return _Value(self.root.get_submodule(str(node.target))(*args, **kwargs), False)
         if node.op == "call_method":

@@ -83,7 +83,8 @@ def info_from_full(full: np.ndarray) -> ChannelInfo | None:
         return ChannelInfo((), full.reshape(()))
     axes = tuple(d for d in range(full.ndim) if full.shape[d] > 1 and not (full.max(axis=d) == full.min(axis=d)).all())
     index = tuple(slice(None) if d in axes else 0 for d in range(full.ndim))
-    labels = np.ascontiguousarray(full[index])
+    # np.array, not np.ascontiguousarray: that makes a single constant channel (all indices ints) 1-d
+    labels = np.array(full[index], copy=True, order="C")
     info = ChannelInfo(axes, labels)
     if not np.array_equal(info.full(full.shape), full):
         return None  # e.g. pixel shuffle: a channel's identity depends on its position in space

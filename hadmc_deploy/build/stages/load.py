@@ -33,6 +33,10 @@ def run(ctx: BuildContext) -> StageResult:
     if prefix:
         result["stripped_key_prefix"] = prefix
         result["_summary"] += f" (the prefix {prefix!r} on every key removed)"
+    baked = (loaded.info or {}).get("baked_reparametrizations")
+    if baked:
+        result["baked_reparametrizations"] = baked
+        result["_summary"] += f" ({len(baked)} weight-/spectral-normed weights baked into plain weights)"
     return StageResult(result)
 
 

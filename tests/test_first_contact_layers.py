@@ -1,0 +1,161 @@
+"""First-contact models that failed before: a normalisation with buffers in forward, a 1-D conv
+net fed flattened images, a LayerNorm over (C, H, W) in INT8, weight-/spectral-normed convs."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hadmc_deploy.calibration.collect import collect_ranges
+from hadmc_deploy.calibration.qdq import write_qdq
+from hadmc_deploy.data import ArrayDataset
+from hadmc_deploy.export import export_onnx
+from hadmc_deploy.graph.check import prune_equivalence
+from hadmc_deploy.graph.labels import info_from_full
+from hadmc_deploy.graph.trace import trace
+from hadmc_deploy.loading import load_model
+from hadmc_deploy.reparam import bake_reparametrizations
+
+torch.set_num_threads(1)
+
+
+class NormalisingNet(nn.Module):
+    """`(x - self.mean) / self.std` with registered buffers, as many deployed models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1))
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        return self.fc(F.relu(self.c2(F.relu(self.c1(x)))).mean((2, 3)))
+
+
+def test_buffers_used_in_arithmetic_trace_and_prune() -> None:
+    g = trace(NormalisingNet(), (1, 3, 8, 8))
+    assert g.group("c1").prunable and g.group("c2").prunable
+    res = prune_equivalence(NormalisingNet(), (1, 3, 8, 8), 0.5, seed=1, graph=g)
+    assert res.max_abs_diff < 1e-5 and res.zeroing_effect > 1e-4
+
+
+class Audio1d(nn.Module):
+    """Conv1d/BatchNorm1d over the flattened pixels: a 1-D conv net reading (N, 1, H, W) images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv1d(1, 16, 9, stride=4, padding=4), nn.BatchNorm1d(16), nn.ReLU(),
+                               nn.Conv1d(16, 24, 5, stride=2, padding=2), nn.BatchNorm1d(24), nn.ReLU(),
+                               nn.Conv1d(24, 24, 3, padding=1, groups=24), nn.ReLU(), nn.Conv1d(24, 32, 1))
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.f(x.flatten(2)).mean(-1))
+
+
+def test_a_single_constant_channel_keeps_no_channel_axis() -> None:
+    info = info_from_full(np.zeros((1, 1, 784), dtype=np.int64))
+    assert info is not None and info.axes == () and info.labels.shape == ()
+
+
+def test_conv1d_net_traces_with_one_d_geometry() -> None:
+    g = trace(Audio1d(), (1, 1, 16, 16))
+    first, second = g.layer_specs()[:2]
+    # priced as (1, k) convs over a (1, L) image: no padding on the missing axis
+    assert first.kernel == (1, 9) and first.stride == (1, 4) and first.padding == (0, 4)
+    assert first.in_hw == (1, 256) and first.out_hw == (1, 64)
+    assert second.padding == (0, 2) and second.out_hw == (1, 32)
+    res = prune_equivalence(Audio1d(), (1, 1, 16, 16), 0.5, seed=4, graph=g)
+    assert res.max_abs_diff < 1e-4 and res.zeroing_effect > 1e-4
+
+
+class LayerNormCHW(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(1, 8, 3, padding=1), nn.LayerNorm([8, 6, 6])
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c2(F.relu(self.n1(self.c1(x))))
+
+
+def test_layernorm_over_chw_quantizes_for_onnxruntime(tmp_path) -> None:  # noqa: ANN001
+    """ORT 1.32's int32-bias adjustment failed on a multi-axis LayerNorm bias: it stays in float."""
+    model = LayerNormCHW().eval()
+    with torch.no_grad():
+        model.n1.bias.uniform_(-1, 1)
+    path = tmp_path / "m.onnx"
+    export_onnx(model, (1, 1, 6, 6), path, dynamic_batch=False, exporters=("legacy",))
+    x = torch.randn(1, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    data = ArrayDataset(torch.randn(64, 1, 6, 6, generator=torch.Generator().manual_seed(1)).numpy(), np.zeros(64, np.int64), "random")
+    ranges = collect_ranges(path, data, method="minmax", num_samples=64)
+    out = write_qdq(path, ranges, tmp_path / "q.onnx", form="qdq_u8s8")
+    q = onnx.load(str(out))
+    assert any(n.op_type == "LayerNormalization" for n in q.graph.node)
+    assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) > 0
+    runs = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0] for p in (path, out)}
+    assert np.abs(runs[out] - runs[path]).max() < 0.1 * np.abs(runs[path]).max()
+
+
+class Normed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the deprecated hook-based forms warn
+            self.a = nn.utils.parametrizations.weight_norm(nn.Conv2d(1, 16, 3, padding=1))
+            self.b = nn.utils.parametrizations.spectral_norm(nn.Conv2d(16, 16, 3, padding=1))
+            self.c = nn.utils.weight_norm(nn.Conv2d(16, 16, 1))
+            self.d = nn.utils.spectral_norm(nn.Conv2d(16, 16, 1))
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in (self.a, self.b, self.c, self.d):
+            x = F.relu(conv(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def normed() -> Normed:
+    return Normed()
+
+
+@pytest.fixture()
+def normed_state(tmp_path):  # noqa: ANN001, ANN201
+    torch.manual_seed(0)
+    model = Normed().train()
+    for _ in range(3):  # spectral norm's power iterations move its u/v
+        model(torch.randn(4, 1, 8, 8))
+    path = tmp_path / "normed.pth"
+    torch.save(model.state_dict(), path)
+    return model.eval(), path
+
+
+def test_weight_and_spectral_norms_are_baked_on_load(normed_state) -> None:  # noqa: ANN001
+    original, path = normed_state
+    loaded = load_model(path, f"{__name__}:normed")
+    assert sorted(loaded.info["baked_reparametrizations"]) == ["a.weight", "b.weight", "c.weight", "d.weight"]
+    assert set(loaded.model.state_dict()) == {f"{m}.{p}" for m in "abcd" for p in ("weight", "bias")} | {"fc.weight", "fc.bias"}
+    # plain trainable parameters again (weight norm's baked value was left a buffer)
+    assert {n for n, _ in loaded.model.named_parameters()} == set(loaded.model.state_dict())
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x), original(x), atol=1e-6)
+    g = trace(loaded.model, (1, 1, 8, 8))
+    assert g.group("a").prunable and g.group("c").prunable
+
+
+def test_a_baked_model_survives_a_second_load_of_its_plain_state() -> None:
+    """`remove_spectral_norm` leaves a load hook that asked a baked state_dict for `weight_orig`."""
+    model = Normed().eval()
+    assert len(bake_reparametrizations(model)) == 4
+    again = Normed().eval()
+    bake_reparametrizations(again)
+    again.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
