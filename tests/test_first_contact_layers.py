@@ -159,3 +159,73 @@ def test_a_baked_model_survives_a_second_load_of_its_plain_state() -> None:
     again = Normed().eval()
     bake_reparametrizations(again)
     again.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+
+
+class GatedNet(nn.Module):
+    """A gated linear unit on channels, reflection padding on a grayscale input, a returned log_softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(1)
+        self.c1 = nn.Conv2d(1, 32, 3)
+        self.z = nn.ConstantPad2d((0, 1, 0, 1), 0.0)
+        self.c2 = nn.Conv2d(16, 24, 3, stride=2)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.c1(self.pad(x)).chunk(2, 1)
+        x = self.z(a * torch.sigmoid(b))
+        return F.log_softmax(self.fc(F.relu(self.c2(x)).mean((2, 3))), dim=1)
+
+
+def test_gated_unit_pads_and_a_returned_log_softmax_prune_without_warnings() -> None:
+    g = trace(GatedNet(), (1, 1, 12, 12))
+    assert g.warnings == []
+    gate = g.group("c1")
+    # each gate channel lies once in each half: pruning it shrinks both halves alike
+    assert gate.prunable and gate.width == 16 and g.group("c2").prunable
+    for seed in range(3):
+        res = prune_equivalence(GatedNet(), (1, 1, 12, 12), 0.5, seed=seed, graph=g)
+        assert res.max_abs_diff < 1e-5 and res.zeroing_effect > 1e-4
+        assert res.pruned.c1.out_channels == 16 and res.pruned.c2.in_channels == 8
+
+
+class SoftmaxInside(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c2(torch.softmax(self.c1(x), dim=1))
+
+
+def test_a_softmax_over_channels_inside_the_model_still_warns() -> None:
+    g = trace(SoftmaxInside(), (1, 3, 4, 4))
+    assert not g.group("c1").prunable and any("softmax over the channel axis" in w for w in g.warnings)
+
+
+def test_a_constant_pad_other_than_zero_leaves_the_group_prunable_not_exact() -> None:
+    model = GatedNet()
+    model.z = nn.ConstantPad2d((0, 1, 0, 1), 0.5)
+    g = trace(model, (1, 1, 12, 12))
+    gate = g.group("c1")
+    assert gate.prunable and not gate.exact and "pads with 0.5" in gate.reason
+
+
+class FunctionalPads(nn.Module):
+    def __init__(self, channel_pad: bool) -> None:
+        super().__init__()
+        self.channel_pad = channel_pad
+        self.c1, self.c2 = nn.Conv2d(3, 8, 1), nn.Conv2d(10 if channel_pad else 8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.pad(self.c1(x), (1, 1, 1, 1), mode="replicate")
+        if self.channel_pad:
+            y = F.pad(y, (0, 0, 0, 0, 0, 2))  # two more channels: sizes the code fixes
+        return self.c2(y)
+
+
+def test_functional_pads_pass_channels_unless_they_pad_the_channel_axis() -> None:
+    assert trace(FunctionalPads(False), (1, 3, 4, 4)).group("c1").prunable
+    locked = trace(FunctionalPads(True), (1, 3, 4, 4))
+    assert not locked.group("c1").prunable

@@ -137,6 +137,10 @@ def _apply_partitions(state: LabelState, groups: list[ChannelGroup], group_of_at
                     ok = False
                     break
                 assign[cls] = bucket
+            if not ok and p.mode == "balanced" and _every_class_in_every_bucket_alike(classes[sel], p.buckets[sel]):
+                # a gated unit, `a, b = conv(x).chunk(2, 1); a * sigmoid(b)`: each channel lies once in each
+                # half, so removing it shrinks every half alike and the recomputed split stays aligned
+                assign, ok = np.zeros(group.width, dtype=np.int64), True
             if p.mode == "balanced" and ok:
                 counts = Counter(classes[sel].tolist())
                 ok = len(set(counts.values())) == 1
@@ -172,6 +176,13 @@ def _apply_partitions(state: LabelState, groups: list[ChannelGroup], group_of_at
             unit = group.width // math.gcd(*sizes)
             group.cells, group.cell_mode = cells, "balanced"
             group.granularity = group.min_width = unit
+
+
+def _every_class_in_every_bucket_alike(classes: np.ndarray, buckets: np.ndarray) -> bool:
+    """Every class of the group occurs the same number of times in every bucket."""
+    counts = Counter(zip(classes.tolist(), buckets.tolist(), strict=True))
+    n_classes, n_buckets = len(set(classes.tolist())), len(set(buckets.tolist()))
+    return len(counts) == n_classes * n_buckets and len(set(counts.values())) == 1
 
 
 def _mapping(positions: np.ndarray, classes: np.ndarray, width: int) -> str:

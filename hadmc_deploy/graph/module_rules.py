@@ -19,6 +19,7 @@ from hadmc_deploy.graph.rules import (
     Info,
     RuleContext,
     channel_shuffle,
+    padding,
     passthrough,
     record_member,
     shape_op,
@@ -262,11 +263,15 @@ MODULE_RULES: dict[type, Any] = {
     nn.Upsample: spatial("upsample"),
     nn.UpsamplingNearest2d: spatial("upsample"),
     nn.UpsamplingBilinear2d: spatial("upsample"),
-    nn.ZeroPad2d: spatial(None),
+    # padding on H, W (or L) only: channels pass through (spatial() locks a pad that changes them)
+    **{pad: padding for pad in (nn.ZeroPad1d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ReflectionPad1d, nn.ReflectionPad2d,
+                                nn.ReplicationPad1d, nn.ReplicationPad2d, nn.CircularPad1d, nn.CircularPad2d)},
     nn.Flatten: shape_op,
     nn.Unflatten: shape_op,
     nn.ChannelShuffle: channel_shuffle(lambda ctx: ctx.module().groups),
     nn.Softmax: softmax_like,
+    nn.LogSoftmax: softmax_like,
+    nn.Softmin: softmax_like,
     **{act: passthrough for act in ACTIVATIONS},
 }
 

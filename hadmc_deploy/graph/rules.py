@@ -144,7 +144,9 @@ def spatial(op: str | None) -> Rule:
         info = ctx.info(tensors[0][0]) if tensors else None
         if info is None:
             return None
-        if info.axes != (1,) or not isinstance(ctx.out, torch.Tensor) or ctx.out.shape[1] != tensors[0][1].shape[1]:
+        # a single channel (a grayscale input) has no channel axis in its labels
+        on_axis_1 = info.axes == (1,) or (info.axes == () and tensors[0][1].dim() > 1 and tensors[0][1].shape[1] == 1)
+        if not on_axis_1 or not isinstance(ctx.out, torch.Tensor) or ctx.out.shape[1] != tensors[0][1].shape[1]:
             ctx.lock_inputs("spatial op applied to a tensor whose channels are not on axis 1")
             return None
         if op is not None:
@@ -155,6 +157,21 @@ def spatial(op: str | None) -> Rule:
         return info
 
     return rule
+
+
+def padding(ctx: RuleContext) -> Info:
+    """Pads on H, W (or L): channels pass through; a constant other than zero makes a zeroed channel's
+    border non-zero, so zeroing it no longer equals removing it (inexact, still prunable)."""
+    info = spatial(None)(ctx)
+    if ctx.node.op == "call_module":
+        module = ctx.module()
+        value = getattr(module, "value", 0.0)
+    else:
+        mode = ctx.kwargs.get("mode", ctx.args[2] if len(ctx.args) > 2 else "constant")
+        value = ctx.kwargs.get("value", ctx.args[3] if len(ctx.args) > 3 else None) if mode == "constant" else 0.0
+    if info is not None and value:
+        ctx.state.mark_inexact(info.labels, f"node {ctx.node.name!r} pads with {value}, not zero")
+    return info
 
 
 def elementwise(ctx: RuleContext) -> Info:
@@ -416,7 +433,9 @@ def softmax_like(ctx: RuleContext) -> Info:
     else:
         dim = ctx.kwargs.get("dim", ctx.args[1] if len(ctx.args) > 1 else None)
     if dim is None or dim % tensors[0][1].dim() in info.axes:
-        ctx.lock_inputs("softmax over the channel axis")
+        # a classifier that returns probabilities: its classes are an output, never pruned, so no warning
+        returned = all(user.op == "output" for user in ctx.node.users)
+        ctx.lock_inputs("softmax over the channel axis", warn=not returned)
         return None
     return info
 
@@ -445,6 +464,6 @@ SHAPE_METHODS = ("view", "reshape", "flatten", "permute", "transpose", "chunk", 
                  "unflatten", "expand", "expand_as", "t")
 SPATIAL_FUNCTIONS: dict[Any, str | None] = {
     F.adaptive_avg_pool2d: "avgpool", F.adaptive_max_pool2d: "maxpool", F.avg_pool2d: "avgpool", F.max_pool2d: "maxpool",
-    F.interpolate: "upsample", F.pad: None,
+    F.interpolate: "upsample",
 }
 REDUCTIONS = (torch.mean, torch.sum, torch.amax, "mean", "sum", "amax")

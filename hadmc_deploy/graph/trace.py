@@ -36,13 +36,15 @@ def _function_rule(target: Any) -> Any:
         return R.elementwise
     if target in R.PASSTHROUGH_FUNCTIONS:
         return R.passthrough
+    if target is torch.nn.functional.pad:
+        return R.padding
     if target in R.SPATIAL_FUNCTIONS:
         return R.spatial(R.SPATIAL_FUNCTIONS[target])
     if target in R.REDUCTIONS:
         return R.reduction
     if target in (torch.nn.functional.layer_norm, torch.layer_norm):
         return R.functional_layer_norm
-    if target in (torch.nn.functional.softmax, torch.softmax):
+    if target in (torch.nn.functional.softmax, torch.softmax, torch.nn.functional.log_softmax, torch.log_softmax, torch.nn.functional.softmin):
         return R.softmax_like
     if target in (torch.nn.functional.channel_shuffle, torch.channel_shuffle):
         return R.channel_shuffle(lambda ctx: int(ctx.args[1]))
@@ -60,7 +62,7 @@ def _method_rule(name: str) -> Any:
         return R.shape_op
     if name in R.REDUCTIONS:
         return R.reduction
-    if name == "softmax":
+    if name in ("softmax", "log_softmax"):
         return R.softmax_like
     if name in ("size", "dim", "numel"):
         return lambda ctx: None
