@@ -66,6 +66,7 @@ def write_qdq(
     model = onnx.load(str(float_onnx))
     _fold_weight_identities(model)
     _constants_to_initializers(model)
+    _fold_initializer_computations(model)
     needed = float_tensor_names(model)
     missing = [n for n in needed if n not in ranges]
     if missing:
@@ -187,6 +188,41 @@ def _constants_to_initializers(model: onnx.ModelProto) -> None:
         tensor.name = node.output[0]
         model.graph.initializer.append(tensor)
         model.graph.node.remove(node)
+
+
+def _fold_initializer_computations(model: onnx.ModelProto) -> int:
+    """Nodes whose every input is an initializer become initializers (evaluated by `onnx.reference`);
+    returns how many.
+
+    A weight computed in forward (BiT's weight standardisation, a weight norm not baked) stays a
+    subgraph in a TorchScript export without the simplifier; ORT's quantizer then finds no
+    initializer for the weight and wants activation ranges for it ("Quantization parameters are
+    not specified for param .../Sub_output_0"). ORT's session folds the same nodes at load time,
+    so the graph that runs is unchanged.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    initializers = {i.name: i for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    folded = 0
+    for node in list(model.graph.node):
+        inputs = [name for name in node.input if name]
+        if (not inputs or any(name not in initializers for name in inputs) or any(o in outputs for o in node.output)
+                or node.domain not in ("", "ai.onnx") or node.op_type.startswith("Random")
+                or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)):
+            continue
+        try:
+            values = ReferenceEvaluator(node, opsets=opsets).run(None, {name: numpy_helper.to_array(initializers[name]) for name in inputs})
+        except Exception:  # an op the reference runtime lacks: left for ORT, as before
+            continue
+        for name, value in zip(node.output, values, strict=True):
+            tensor = numpy_helper.from_array(np.asarray(value), name)
+            model.graph.initializer.append(tensor)
+            initializers[name] = tensor
+        model.graph.node.remove(node)
+        folded += 1
+    return folded
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:

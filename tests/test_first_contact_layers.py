@@ -229,3 +229,72 @@ def test_functional_pads_pass_channels_unless_they_pad_the_channel_axis() -> Non
     assert trace(FunctionalPads(False), (1, 3, 4, 4)).group("c1").prunable
     locked = trace(FunctionalPads(True), (1, 3, 4, 4))
     assert not locked.group("c1").prunable
+
+
+class StdConv2d(nn.Conv2d):
+    """BiT's weight-standardised conv: the weight is standardised in forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(self.weight, dim=[1, 2, 3], keepdim=True, unbiased=False)
+        return F.conv2d(x, (self.weight - mean) / torch.sqrt(var + 1e-10), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Conv2dSame(nn.Conv2d):
+    """timm's TF-"SAME" conv: pads by the input size in forward, then F.conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.size()[-2:]
+        kh, kw = self.weight.size()[-2:]
+        pad_h = max((-(-ih // self.stride[0]) - 1) * self.stride[0] + kh - ih, 0)
+        pad_w = max((-(-iw // self.stride[1]) - 1) * self.stride[1] + kw - iw, 0)
+        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, (0, 0), self.dilation, self.groups)
+
+
+class LoRAConv(nn.Conv2d):
+    """A conv subclass with tensors of its own: traced through, never pruned as a plain conv."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.lora = nn.Parameter(torch.zeros(self.out_channels, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight + self.lora, self.bias, self.stride, self.padding)
+
+
+class Subclassed(nn.Module):
+    def __init__(self, conv: type[nn.Conv2d]) -> None:
+        super().__init__()
+        self.c1, self.n1 = conv(3, 16, 3, padding=1, bias=False), nn.GroupNorm(4, 16)
+        self.c2 = conv(16, 24, 3, stride=2, padding=1) if conv is not Conv2dSame else conv(16, 24, 3, stride=2)
+        self.fc = nn.Linear(24, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.n1(self.c1(x)))
+        return self.fc(F.relu(self.c2(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("conv", [StdConv2d, Conv2dSame])
+def test_conv_subclasses_prune_as_convs_and_quantize(conv, tmp_path) -> None:  # noqa: ANN001
+    g = trace(Subclassed(conv), (1, 3, 12, 12))
+    c1 = g.group("c1")
+    # pruned by Conv2d's rule; what the overridden forward does is not known: not called exact
+    assert c1.prunable and not c1.exact and f"{conv.__name__} overrides Conv2d.forward" in c1.reason
+    model = Subclassed(conv).eval()
+    pruned = prune_equivalence(model, (1, 3, 12, 12), 0.0, graph=g).pruned  # a runnable copy
+    assert pruned.c1.out_channels == 16
+    # the TorchScript export keeps the standardisation as nodes on initializers: folded before quantizing
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.zeros(2, 3, 12, 12),), str(path), dynamo=False, do_constant_folding=False, input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "n"}})
+    data = ArrayDataset(torch.randn(32, 3, 12, 12, generator=torch.Generator().manual_seed(1)).numpy(), np.zeros(32, np.int64), "random")
+    out = write_qdq(path, collect_ranges(path, data, method="minmax", num_samples=32), tmp_path / "q.onnx", form="qdq_u8s8")
+    x = data.x[:4]
+    runs = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0] for p in (path, out)}
+    assert np.abs(runs[out] - runs[path]).max() < 0.1 * np.abs(runs[path]).max() + 1e-3
+
+
+def test_a_conv_subclass_with_tensors_of_its_own_is_traced_through() -> None:
+    g = trace(Subclassed(LoRAConv), (1, 3, 12, 12))
+    assert not any(group.prunable for group in g.groups)
+    assert any("'conv2d' (conv2d): operation not understood" in w for w in g.warnings)

@@ -41,6 +41,8 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 _GRAPH_DIR = os.path.dirname(__file__)
 #: metadata reads whose result depends only on shapes/dtypes, never on tensor data
 _STATIC_METHODS = frozenset({"size", "dim", "numel", "ndimension", "nelement", "element_size", "is_contiguous"})
+#: the tensors the channel rules slice in a conv or linear layer
+_LAYER_TENSORS = frozenset({"weight", "bias"})
 _STATIC_ATTRIBUTES = frozenset({"shape", "ndim", "dtype", "device", "requires_grad", "is_cuda", "layout"})
 
 
@@ -106,9 +108,10 @@ class ValueProxy(fx.Proxy):
 class ValueTracer(fx.Tracer):
     """`fx.Tracer` that evaluates each node on `example` as it records it."""
 
-    def __init__(self, example: tuple[Any, ...]) -> None:
+    def __init__(self, example: tuple[Any, ...], leaf_types: tuple[type, ...] = ()) -> None:
         super().__init__()
         self._examples = list(example)
+        self._leaf_types = leaf_types
         self._values: dict[fx.Node, _Value] = {}
         #: True while a node is being evaluated: modules then run eagerly and attributes are plain values
         self._evaluating = False
@@ -131,6 +134,9 @@ class ValueTracer(fx.Tracer):
         if self._evaluating:  # a leaf module running on real tensors (e.g. its own submodules)
             return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return super().is_leaf_module(m, module_qualified_name) or is_subclass_leaf(m, self._leaf_types)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
         if self._evaluating:
@@ -197,9 +203,21 @@ class ValueTracer(fx.Tracer):
         return node.args[0] if node.args else None
 
 
-def capture(model: nn.Module, example: tuple[Any, ...]) -> fx.GraphModule:
-    """The fx graph of `model.forward` as it runs on `example` (raises `UntraceableConstruct`)."""
-    tracer = ValueTracer(example)
+def is_subclass_leaf(m: nn.Module, leaf_types: tuple[type, ...]) -> bool:
+    """A user subclass of a layer the channel rules know (timm's `Conv2dSame`, BiT's `StdConv2d`: a
+    `Conv2d` whose forward pads or standardises its weight) with no parameters or submodules of its
+    own: kept whole, so the layer's rule slices its weight. One with more (a LoRA linear's extra
+    matrices) is traced through: a rule that sliced only the base tensors would break it."""
+    if type(m) in leaf_types or not isinstance(m, leaf_types) or type(m).__module__.startswith("torch."):
+        return False
+    own = {name for name, _ in m.named_parameters(recurse=False)} | {name for name, _ in m.named_buffers(recurse=False)}
+    return not list(m.children()) and own <= _LAYER_TENSORS
+
+
+def capture(model: nn.Module, example: tuple[Any, ...], leaf_types: tuple[type, ...] = ()) -> fx.GraphModule:
+    """The fx graph of `model.forward` as it runs on `example` (raises `UntraceableConstruct`);
+    user subclasses of `leaf_types` stay whole (`is_subclass_leaf`)."""
+    tracer = ValueTracer(example, leaf_types)
     with torch.no_grad():
         try:
             graph = tracer.trace(model)

@@ -275,6 +275,11 @@ MODULE_RULES: dict[type, Any] = {
     **{act: passthrough for act in ACTIVATIONS},
 }
 
+#: weighted layers whose user subclasses (timm's Conv2dSame, BiT's StdConv2d) the capture keeps whole,
+#: pruned by the base class's rule (`capture.is_subclass_leaf`). Not norms: a subclass there often moves
+#: the channel axis (torchvision's LayerNorm2d permutes to channels-last), so those are traced through
+WEIGHTED_LAYER_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
 #: activation names a backend fuses into the conv before it (LayerSpec.activation)
 FUSED_ACTIVATION_NAMES: dict[type, str] = {
     nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu", nn.Hardswish: "hardswish", nn.GELU: "gelu", nn.Sigmoid: "sigmoid",

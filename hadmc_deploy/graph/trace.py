@@ -22,9 +22,9 @@ from torch import fx, nn
 from hadmc_deploy.errors import GraphError
 from hadmc_deploy.graph import rules as R
 from hadmc_deploy.graph.build import build_graph
-from hadmc_deploy.graph.capture import UntraceableConstruct, capture
+from hadmc_deploy.graph.capture import UntraceableConstruct, capture, is_subclass_leaf
 from hadmc_deploy.graph.labels import ChannelInfo, LabelState
-from hadmc_deploy.graph.module_rules import rule_for_module
+from hadmc_deploy.graph.module_rules import MODULE_RULES, WEIGHTED_LAYER_TYPES, rule_for_module
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.ui import UI, quiet_ui
 
@@ -121,6 +121,8 @@ class _ChannelInterpreter(fx.Interpreter):
             result = rule(ctx)
             for d in self.drafts[before:]:
                 d.module = module
+            if is_subclass_leaf(module, WEIGHTED_LAYER_TYPES):
+                result = self._subclass_layer(ctx, module, result)
             if str(n.target) in self.ignore or any(str(n.target).startswith(p + ".") for p in self.ignore):
                 self._lock_ignored(ctx, result, start_member)
             return result
@@ -134,6 +136,31 @@ class _ChannelInterpreter(fx.Interpreter):
             self.state.lock(atoms, "the network input")
             return R.make_info((1,), atoms)
         return None
+
+    def _subclass_layer(self, ctx: R.RuleContext, module: nn.Module, result: Any) -> Any:
+        """A user subclass of a known layer, pruned by its base class's rule: when it overrides
+        forward, what it does there is not known, so the channels are prunable but not exact (a
+        weight standardised over its input channels changes when one is removed); when its output
+        is not shaped like the base layer's, nothing is pruned."""
+        base = next(t for t in type(module).__mro__ if t in MODULE_RULES)
+        if type(module).forward is base.forward:
+            return result
+        width = getattr(module, "out_channels", getattr(module, "out_features", None))
+        out = ctx.out
+        channel_axis = 1 if not isinstance(module, nn.Linear) else -1
+        if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[channel_axis] != width:
+            ctx.lock_inputs(f"{type(module).__name__} overrides {base.__name__}.forward and returns another shape")
+            if isinstance(result, ChannelInfo):
+                self.state.lock(result.labels, f"{type(module).__name__} returns another shape than {base.__name__}")
+            return None
+        reason = f"{type(module).__name__} overrides {base.__name__}.forward"
+        for arg, _ in ctx.tensor_args():
+            info = ctx.info(arg)
+            if info is not None:
+                self.state.mark_inexact(info.labels, reason)
+        if isinstance(result, ChannelInfo):
+            self.state.mark_inexact(result.labels, reason)
+        return result
 
     def _lock_ignored(self, ctx: R.RuleContext, result: Any, start_member: int) -> None:
         reason = f"--ignore {ctx.module_name}"
@@ -160,7 +187,7 @@ class _ChannelInterpreter(fx.Interpreter):
 
 def _capture(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     try:
-        return capture(model, (example,))
+        return capture(model, (example,), leaf_types=WEIGHTED_LAYER_TYPES)
     except UntraceableConstruct as exc:
         where = f" at {exc.where}" if exc.where else ""
         raise GraphError(

@@ -107,7 +107,7 @@ def measure_plans(
             built[full_name] = build_deployed_artifact(model, graph, full, input_shape, backend, precision, Path(tmp), full_name, float_onnx=baseline_onnx, ranges=ranges)
             plan_exporter = faster_exporter(model, graph, input_shape, backend, precision, Path(tmp), built[full_name][1], batch, threads, ranges)
             ui.log("context plans exported by " + ("TorchScript (checked: its graph runs the deployed graph's kernels)" if plan_exporter == "fast"
-                                                   else "the deploy exporter (TorchScript's graph would run other kernels)"))
+                                                   else "the deploy exporter (TorchScript's graph would run other kernels, or did not export or build)"))
         for name, widths in ui.track(list(plans.items()), "building deployed plans"):
             if name in built:
                 continue
