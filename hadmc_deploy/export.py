@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from hadmc_deploy import onnx_passes
+from hadmc_deploy.batch_check import check_batch_free, runs_at
 from hadmc_deploy.errors import ExportError, GraphError, UsageError
 from hadmc_deploy.fileio import atomic_path, sha256_file
 from hadmc_deploy.onnx_verify import (
@@ -305,6 +306,8 @@ def export_onnx(
         except ExportError:
             raise
         except Exception as exc:
+            if dynamic_batch and shape[0] != example.shape[0] and runs_at(model, shape):
+                check_batch_free(model, shape)  # a batch size written in forward: named, with its line
             raise GraphError(f"the model fails on an input of shape {tuple(example.shape)}: {_first_line(exc)}", hint="pass the right --input-shape N,C,H,W") from exc
         names = [OUTPUT_NAME] + [f"{OUTPUT_NAME}_{i}" for i in range(1, n_outputs)]
         with ui.progress("export", 4) as task, tempfile.TemporaryDirectory(prefix="hadmc-export-") as workdir:

@@ -4,6 +4,7 @@ net fed flattened images, a LayerNorm over (C, H, W) in INT8, weight-/spectral-n
 from __future__ import annotations
 
 import warnings
+from collections import namedtuple
 
 import numpy as np
 import onnx
@@ -298,3 +299,62 @@ def test_a_conv_subclass_with_tensors_of_its_own_is_traced_through() -> None:
     g = trace(Subclassed(LoRAConv), (1, 3, 12, 12))
     assert not any(group.prunable for group in g.groups)
     assert any("'conv2d' (conv2d): operation not understood" in w for w in g.warnings)
+
+
+Pair = namedtuple("Pair", ["logits", "features"])
+
+
+@torch.jit.script
+def scaled_relu(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return torch.relu(x) * scale
+
+
+class MaskedNamed(nn.Module):
+    """`torch.where(y > 0, y, 0.1 * y)`, a TorchScript helper, a namedtuple of outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> Pair:
+        y = self.c1(x)
+        y = torch.where(y > 0, y, 0.1 * y)
+        y = scaled_relu(self.c2(y), 1.5)
+        f = self.c3(y).mean((2, 3))
+        return Pair(self.fc(f), f)
+
+
+def test_masks_scripted_helpers_and_namedtuple_outputs() -> None:
+    g = trace(MaskedNamed(), (1, 3, 8, 8))
+    assert g.group("c1").prunable  # the comparison mask follows its input's channels
+    res = prune_equivalence(MaskedNamed(), (1, 3, 8, 8), 0.5, seed=0, graph=g)
+    assert res.max_abs_diff < 1e-5 and res.zeroing_effect > 1e-4
+    # the TorchScript function is recorded as one opaque call, named, and its channels kept
+    assert not g.group("c2").prunable
+    assert any("TorchScript function scaled_relu" in w for w in g.warnings)
+    # both members of the returned namedtuple are outputs: kept, without a warning about the namedtuple
+    assert not g.group("c3").prunable and not g.group("fc").prunable and "output" in g.group("fc").reason
+    assert not any("Pair" in w for w in g.warnings)
+
+
+class FixedBatch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.c(x).mean((2, 3)).view(1, -1))
+
+
+def test_a_batch_size_written_in_forward_is_named_with_its_line(tmp_path) -> None:  # noqa: ANN001
+    from hadmc_deploy.batch_check import check_batch_free
+    from hadmc_deploy.errors import GraphError
+
+    with pytest.raises(GraphError) as info:
+        check_batch_free(FixedBatch(), (1, 1, 8, 8))
+    text = info.value.one_line()
+    assert "runs at batch 1 but not at batch 2" in text and ".view(1, -1)" in text and "x.flatten(1)" in text
+    check_batch_free(Audio1d().eval(), (1, 1, 16, 16))  # a model that takes any batch passes
+    with pytest.raises(GraphError, match="runs at batch 1 but not at batch 2"):
+        export_onnx(FixedBatch(), (1, 1, 8, 8), tmp_path / "m.onnx", dynamic_batch=True, exporters=("legacy",))

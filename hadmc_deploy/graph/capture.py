@@ -27,6 +27,7 @@ Python while tracing.
 
 from __future__ import annotations
 
+import contextlib
 import linecache
 import os
 import traceback
@@ -108,8 +109,8 @@ class ValueProxy(fx.Proxy):
 class ValueTracer(fx.Tracer):
     """`fx.Tracer` that evaluates each node on `example` as it records it."""
 
-    def __init__(self, example: tuple[Any, ...], leaf_types: tuple[type, ...] = ()) -> None:
-        super().__init__()
+    def __init__(self, example: tuple[Any, ...], leaf_types: tuple[type, ...] = (), opaque_functions: tuple[Any, ...] = ()) -> None:
+        super().__init__(autowrap_functions=opaque_functions)
         self._examples = list(example)
         self._leaf_types = leaf_types
         self._values: dict[fx.Node, _Value] = {}
@@ -214,11 +215,46 @@ def is_subclass_leaf(m: nn.Module, leaf_types: tuple[type, ...]) -> bool:
     return not list(m.children()) and own <= _LAYER_TENSORS
 
 
+@contextlib.contextmanager
+def opaque_scripted_functions(model: nn.Module) -> Iterator[tuple[Any, ...]]:
+    """While tracing, each `torch.jit.script` function a forward calls by a global name is replaced by
+    a plain Python function calling it, which fx records as one opaque call (autowrap): a proxy
+    cannot enter TorchScript ("Expected a value of type 'Tensor' ... found type 'ValueProxy'"), and
+    fx cannot record the ScriptFunction itself (its code generation names it
+    'torch.jit.ScriptFunction', which breaks every later trace in the process)."""
+    patched: list[tuple[dict[str, Any], str, Any]] = []
+    wrappers: dict[int, Any] = {}
+    for module in model.modules():
+        scope = getattr(type(module).forward, "__globals__", None)
+        if scope is None:
+            continue
+        for name, value in list(scope.items()):
+            if isinstance(value, torch.jit.ScriptFunction):
+                if id(value) not in wrappers:
+                    wrappers[id(value)] = _calling(value)
+                patched.append((scope, name, value))
+                scope[name] = wrappers[id(value)]
+    try:
+        yield tuple(wrappers.values())
+    finally:
+        for scope, name, value in reversed(patched):
+            scope[name] = value
+
+
+def _calling(function: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = f"torchscript_{function.name}"
+    call.scripted = function  # type: ignore[attr-defined]
+    return call
+
+
 def capture(model: nn.Module, example: tuple[Any, ...], leaf_types: tuple[type, ...] = ()) -> fx.GraphModule:
     """The fx graph of `model.forward` as it runs on `example` (raises `UntraceableConstruct`);
     user subclasses of `leaf_types` stay whole (`is_subclass_leaf`)."""
-    tracer = ValueTracer(example, leaf_types)
-    with torch.no_grad():
+    with torch.no_grad(), opaque_scripted_functions(model) as opaque:
+        tracer = ValueTracer(example, leaf_types, opaque)
         try:
             graph = tracer.trace(model)
         except UntraceableConstruct:

@@ -88,6 +88,8 @@ class RuleContext:
             return f"{type(self.module()).__name__} (module {n.target})"
         if n.op == "call_method":
             return f"Tensor.{n.target}"
+        if hasattr(n.target, "scripted"):  # capture.opaque_scripted_functions
+            return f"TorchScript function {n.target.scripted.name}"
         return getattr(n.target, "__name__", str(n.target))
 
     def module(self) -> nn.Module:
@@ -157,6 +159,18 @@ def spatial(op: str | None) -> Rule:
         return info
 
     return rule
+
+
+def returned_container(ctx: RuleContext) -> Info:
+    """A namedtuple (or other tuple subclass) built from tensors: returned, its tensors are outputs
+    and locked as such, quietly; used inside the model, not followed (locked, with a warning)."""
+    if ctx.node.users and all(user.op == "output" for user in ctx.node.users):
+        for arg, _ in ctx.tensor_args():
+            info = ctx.info(arg)
+            if info is not None:
+                ctx.state.lock(info.labels, "a model output (classes, boxes, features) is never pruned")
+        return None
+    return unknown(ctx)
 
 
 def padding(ctx: RuleContext) -> Info:
@@ -447,6 +461,8 @@ def record_member(ctx: RuleContext, module: str, attr: str, axis: int, labels: n
 ELEMENTWISE_TARGETS: tuple[Any, ...] = (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
     torch.add, torch.sub, torch.mul, torch.div, torch.where, torch.maximum, torch.minimum,
+    # comparisons (masks for torch.where): channel c of the mask is channel c of its input
+    operator.gt, operator.lt, operator.ge, operator.le, torch.gt, torch.lt, torch.ge, torch.le,
 )
 PASSTHROUGH_FUNCTIONS: tuple[Any, ...] = (
     F.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.leaky_relu, F.elu,
@@ -457,7 +473,7 @@ PASSTHROUGH_METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "float", "to", "type_as", "clone",
     "detach", "clamp", "clamp_", "abs", "neg", "hardswish",
 )
-ELEMENTWISE_METHODS = ("add", "add_", "mul", "mul_", "sub", "div", "__add__", "__mul__")
+ELEMENTWISE_METHODS = ("add", "add_", "mul", "mul_", "sub", "div", "__add__", "__mul__", "gt", "lt", "ge", "le", "where")
 SHAPE_FUNCTIONS: tuple[Any, ...] = (torch.flatten, torch.cat, torch.concat, torch.chunk, torch.split, torch.permute,
                                     torch.transpose, torch.reshape, torch.squeeze, torch.unsqueeze, operator.getitem)
 SHAPE_METHODS = ("view", "reshape", "flatten", "permute", "transpose", "chunk", "split", "squeeze", "unsqueeze",

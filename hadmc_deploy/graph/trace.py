@@ -50,6 +50,8 @@ def _function_rule(target: Any) -> Any:
         return R.channel_shuffle(lambda ctx: int(ctx.args[1]))
     if target in R.SHAPE_FUNCTIONS:
         return R.shape_op
+    if isinstance(target, type) and issubclass(target, tuple):  # a namedtuple of outputs
+        return R.returned_container
     return R.unknown
 
 

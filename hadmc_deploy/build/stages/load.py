@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hadmc_deploy.batch_check import check_batch_free
 from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import labels_of, loaded_model, task
 from hadmc_deploy.build.metric import CLASSIFY
@@ -12,6 +13,7 @@ from hadmc_deploy.profile import profile_model
 def run(ctx: BuildContext) -> StageResult:
     loaded = loaded_model(ctx)
     prof = profile_model(loaded.model, ctx.plan.input_shape)
+    check_batch_free(loaded.model, ctx.plan.input_shape)  # the build exports a dynamic batch axis: say so before any table is measured
     result = {
         "kind": loaded.kind,
         "source": loaded.source,
