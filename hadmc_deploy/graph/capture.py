@@ -224,10 +224,8 @@ def opaque_scripted_functions(model: nn.Module) -> Iterator[tuple[Any, ...]]:
     'torch.jit.ScriptFunction', which breaks every later trace in the process)."""
     patched: list[tuple[dict[str, Any], str, Any]] = []
     wrappers: dict[int, Any] = {}
-    for module in model.modules():
-        scope = getattr(type(module).forward, "__globals__", None)
-        if scope is None:
-            continue
+    scopes = {id(scope): scope for module in model.modules() if (scope := getattr(type(module).forward, "__globals__", None)) is not None}
+    for scope in scopes.values():
         for name, value in list(scope.items()):
             if isinstance(value, torch.jit.ScriptFunction):
                 if id(value) not in wrappers:
