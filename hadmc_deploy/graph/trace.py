@@ -155,25 +155,14 @@ class _ChannelInterpreter(fx.Interpreter):
             if isinstance(result, ChannelInfo):
                 self.state.lock(result.labels, f"{type(module).__name__} returns another shape than {base.__name__}")
             return None
-        reason = f"{type(module).__name__} overrides {base.__name__}.forward"
-        for arg, _ in ctx.tensor_args():
-            info = ctx.info(arg)
-            if info is not None:
-                self.state.mark_inexact(info.labels, reason)
-        if isinstance(result, ChannelInfo):
-            self.state.mark_inexact(result.labels, reason)
+        _mark_call(ctx, result, self.state.mark_inexact, f"{type(module).__name__} overrides {base.__name__}.forward")
         return result
 
     def _lock_ignored(self, ctx: R.RuleContext, result: Any, start_member: int) -> None:
         reason = f"--ignore {ctx.module_name}"
         for member in self.state.members[start_member:]:
             self.state.lock(member.labels, reason)
-        for arg, _ in ctx.tensor_args():
-            info = ctx.info(arg)
-            if info is not None:
-                self.state.lock(info.labels, reason)
-        if isinstance(result, ChannelInfo):
-            self.state.lock(result.labels, reason)
+        _mark_call(ctx, result, self.state.lock, reason)
 
     def _param_info(self, n: fx.Node, value: Any) -> Any:
         if not isinstance(value, torch.Tensor):
@@ -185,6 +174,16 @@ class _ChannelInterpreter(fx.Interpreter):
         atoms = self.state.new_source(str(n.target), "param", value.shape[big[0]])
         R.record_member(R.RuleContext(self.state, n, (), {}, value, self.infos, self.drafts), owner, attr, big[0], atoms, "out")
         return ChannelInfo((big[0],), atoms)
+
+
+def _mark_call(ctx: R.RuleContext, result: Any, mark: Any, reason: str) -> None:
+    """`mark(labels, reason)` (lock, or mark inexact) on every input's and the result's channels."""
+    for arg, _ in ctx.tensor_args():
+        info = ctx.info(arg)
+        if info is not None:
+            mark(info.labels, reason)
+    if isinstance(result, ChannelInfo):
+        mark(result.labels, reason)
 
 
 def _capture(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
