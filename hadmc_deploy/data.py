@@ -356,20 +356,22 @@ def source_identity(source: str) -> tuple[str, str]:
     if source.startswith("builtin:"):
         name, _, split = source[len("builtin:") :].partition(":")
         return f"builtin:{name}", split or "train"
-    path, split = Path(source), ""
+    path, split = _split_source(source)
+    return str(path.resolve()), split or ""
+
+
+def _split_source(source: str) -> tuple[Path, str | None]:
+    """(path, split) as written, whether or not the path exists."""
+    path = Path(source)
     if not path.exists() and ":" in source:
         base, _, split = source.rpartition(":")
-        path = Path(base)
-    return str(path.resolve()), split
+        return Path(base), split
+    return path, None
 
 
 def _resolve(source: str) -> tuple[Path, str | None]:
     """(path, split) of a file or directory source ("DIR:test" names a split of an IDX directory)."""
-    path = Path(source)
-    split = None
-    if not path.exists() and ":" in source:
-        base, _, split = source.rpartition(":")
-        path = Path(base)
+    path, split = _split_source(source)
     if not path.exists():
         raise DataError(f"data source {source} does not exist", hint="pass a directory, an .npz, an IDX file or builtin:fashion-mnist")
     return path, split
