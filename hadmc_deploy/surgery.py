@@ -166,11 +166,12 @@ def _fix_attributes(module: nn.Module, graph: DependencyGraph, name: str, kept_m
         module.in_channels = module.weight.shape[0]
         module.out_channels = module.weight.shape[1] * module.groups
     elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        old_in, old_groups = module.in_channels, module.groups
+        old_in, old_out, old_groups = module.in_channels, module.out_channels, module.groups
         module.out_channels = module.weight.shape[0]
-        if old_groups > 1 and old_groups == old_in and module.weight.shape[1] == 1 and module.out_channels != old_in:
-            module.groups = module.out_channels  # depthwise: groups follow the channels
-            module.in_channels = module.out_channels
+        if old_groups > 1 and old_groups == old_in and module.weight.shape[1] == 1:
+            # depthwise, with a channel multiplier old_out // old_in: groups follow the input channels
+            module.groups = module.out_channels // max(old_out // old_in, 1)
+            module.in_channels = module.groups
         else:
             module.in_channels = module.weight.shape[1] * module.groups
     elif isinstance(module, nn.Linear):

@@ -358,3 +358,66 @@ def test_a_batch_size_written_in_forward_is_named_with_its_line(tmp_path) -> Non
     check_batch_free(Audio1d().eval(), (1, 1, 16, 16))  # a model that takes any batch passes
     with pytest.raises(GraphError, match="runs at batch 1 but not at batch 2"):
         export_onnx(FixedBatch(), (1, 1, 8, 8), tmp_path / "m.onnx", dynamic_batch=True, exporters=("legacy",))
+
+
+class DepthMultiplierNet(nn.Module):
+    """Depthwise convs with a channel multiplier of 2 (groups = in channels, out = 2 x in): every
+    group of this net runs through one, so it was "nothing in this model can be pruned"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1, groups=16, bias=True), nn.BatchNorm2d(32), nn.ReLU())
+        self.pw = nn.Sequential(nn.Conv2d(32, 24, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
+        self.dw2 = nn.Conv2d(24, 72, 3, padding=1, groups=24, bias=False)
+        self.fc = nn.Linear(72, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dw2(self.pw(self.dw(self.c1(x)))).mean((2, 3)))
+
+
+def test_depthwise_channel_multiplier_prunes_with_its_input_channel() -> None:
+    from hadmc_deploy.graph.types import WidthPlan
+    from hadmc_deploy.surgery import apply
+
+    torch.manual_seed(0)
+    model = DepthMultiplierNet().eval()
+    g = trace(model, (1, 1, 12, 12))
+    assert g.group("c1.0").prunable and g.group("pw.0").prunable
+    assert {grp.id for grp in g.prunable_groups} == {"c1.0", "pw.0"}  # the multiplier outputs go with their inputs
+    widths = {"c1.0": 8, "pw.0": 12}
+    specs = {layer.name: layer.spec_at(widths) for layer in g.layers}
+    assert (specs["dw.0"].in_channels, specs["dw.0"].out_channels, specs["dw.0"].groups) == (8, 16, 8)
+    assert (specs["pw.0"].in_channels, specs["dw2"].out_channels, specs["fc"].in_channels) == (16, 36, 36)
+    res = prune_equivalence(DepthMultiplierNet().eval(), (1, 1, 12, 12), 0.5, seed=1, graph=g)
+    assert res.max_abs_diff < 1e-5 and res.zeroing_effect > 1e-4
+    pruned, _ = apply(model, g, WidthPlan(keep=widths))
+    assert (pruned.dw[0].in_channels, pruned.dw[0].out_channels, pruned.dw[0].groups) == (8, 16, 8)
+    assert (pruned.dw2.in_channels, pruned.dw2.out_channels, pruned.dw2.groups) == (12, 36, 12)
+    assert pruned(torch.randn(2, 1, 12, 12)).shape == (2, 10)
+
+
+class SubPixelNet(nn.Module):
+    """Space-to-depth on the input image (`F.pixel_unshuffle`), a depth-to-space inside (`nn.PixelShuffle`)
+    and another at the output, as super-resolution and YOLO-style focus stems write them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 32, 3, padding=1), nn.Conv2d(8, 24, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+        self.head = nn.Conv2d(24, 12, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.shuffle(F.relu(self.a(F.pixel_unshuffle(x, 2))))  # 32 channels -> 8 at twice the size
+        return F.pixel_shuffle(self.head(F.relu(self.b(y))), upscale_factor=2)  # 12 channels -> a 3-channel image
+
+
+def test_pixel_shuffle_ties_each_output_channels_inputs() -> None:
+    torch.manual_seed(0)
+    g = trace(SubPixelNet().eval(), (1, 1, 8, 8))
+    assert g.group("a").prunable and g.group("b").prunable and not g.group("head").prunable
+    assert g.group("a").width == 8  # 32 channels, tied in fours by the shuffle
+    specs = {layer.name: layer.spec_at({"a": 4, "b": 12}) for layer in g.layers}
+    assert (specs["a"].out_channels, specs["b"].in_channels, specs["head"].in_channels) == (16, 4, 12)
+    res = prune_equivalence(SubPixelNet().eval(), (1, 1, 8, 8), 0.5, seed=1, graph=g)
+    assert res.max_abs_diff < 1e-5 and res.zeroing_effect > 1e-4

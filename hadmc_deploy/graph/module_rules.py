@@ -21,6 +21,7 @@ from hadmc_deploy.graph.rules import (
     channel_shuffle,
     padding,
     passthrough,
+    pixel_shuffle,
     record_member,
     shape_op,
     softmax_like,
@@ -69,22 +70,22 @@ def conv(ctx: RuleContext) -> Info:
     if x is not None and (x.axes != (1,) or reused):
         ctx.state.lock(x.labels, "conv input not laid out as N,C,...")
         in_labels = None
-    if depthwise and cout == cin and in_labels is not None:
-        record_member(ctx, name, "weight", 0, in_labels, "out")
+    if depthwise and in_labels is not None:
+        # with a channel multiplier m, output channels i*m .. i*m+m-1 read input channel i alone:
+        # they carry its atom and go with it (MobileNet-v1 / Xception-style depth multipliers)
+        out_labels = np.repeat(in_labels, cout // cin) if cout != cin else in_labels
+        record_member(ctx, name, "weight", 0, out_labels, "out")
         if m.bias is not None:
-            record_member(ctx, name, "bias", 0, in_labels, "out")
-        ctx.draft("dwconv", [in_labels], in_labels)
+            record_member(ctx, name, "bias", 0, out_labels, "out")
+        ctx.draft("dwconv", [in_labels], out_labels)
         _remember_call(ctx, in_labels)
-        return ChannelInfo((1,), in_labels)
+        return ChannelInfo((1,), out_labels)
     out = ctx.state.new_source(name, "layer", cout)
     if reused:
         ctx.state.lock(out, f"module {name} is called more than once")
     if in_labels is not None:
         if groups == 1:
             record_member(ctx, name, "weight", 1, in_labels, "in")
-        elif depthwise:
-            ctx.state.lock(in_labels, f"depthwise conv {name} with a channel multiplier")
-            ctx.state.lock(out, f"depthwise conv {name} with a channel multiplier")
         else:
             buckets = np.arange(cin) // (cin // groups)
             record_member(ctx, name, "weight", 1, in_labels, "in", buckets=buckets)
@@ -269,6 +270,8 @@ MODULE_RULES: dict[type, Any] = {
     nn.Flatten: shape_op,
     nn.Unflatten: shape_op,
     nn.ChannelShuffle: channel_shuffle(lambda ctx: ctx.module().groups),
+    nn.PixelShuffle: pixel_shuffle(lambda ctx: ctx.module().upscale_factor, unshuffle=False),
+    nn.PixelUnshuffle: pixel_shuffle(lambda ctx: ctx.module().downscale_factor, unshuffle=True),
     nn.Softmax: softmax_like,
     nn.LogSoftmax: softmax_like,
     nn.Softmin: softmax_like,

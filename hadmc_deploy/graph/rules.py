@@ -437,6 +437,33 @@ def channel_shuffle(groups_of: Callable[[RuleContext], int]) -> Rule:
     return rule
 
 
+def pixel_shuffle(factor_of: Callable[[RuleContext], int], *, unshuffle: bool) -> Rule:
+    """Depth-to-space (`PixelShuffle(r)`): output channel c is input channels c*r*r .. c*r*r+r*r-1
+    laid out in space, so those r*r channels are tied (pruned together, the input staying a multiple
+    of r*r) and the output channel carries them. Space-to-depth (`PixelUnshuffle(r)`): output
+    channels c*r*r .. c*r*r+r*r-1 are input channel c's pixels and go with it. Why a rule of its own:
+    `shape_op` sees channels mixed with space and locks both sides (a sub-pixel head's whole body)."""
+
+    def rule(ctx: RuleContext) -> Info:
+        info = ctx.info(ctx.tensor_args()[0][0])
+        if info is None:
+            return None
+        blocks = factor_of(ctx) ** 2
+        if info.axes == () and unshuffle:  # a single channel (an image): its pixels become channels
+            info = ChannelInfo((1,), info.labels.reshape(1))
+        if info.axes != (1,) or (not unshuffle and info.labels.size % blocks):
+            ctx.lock_inputs("pixel shuffle on an unexpected layout")
+            return None
+        if unshuffle:
+            return ChannelInfo((1,), np.repeat(info.labels, blocks))
+        grid = info.labels.reshape(-1, blocks)
+        for column in grid.T[1:]:
+            ctx.state.uf.union_arrays(grid[:, 0], column)
+        return ChannelInfo((1,), np.ascontiguousarray(grid[:, 0]))
+
+    return rule
+
+
 def softmax_like(ctx: RuleContext) -> Info:
     tensors = ctx.tensor_args()
     info = ctx.info(tensors[0][0]) if tensors else None

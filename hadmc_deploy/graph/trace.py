@@ -48,6 +48,10 @@ def _function_rule(target: Any) -> Any:
         return R.softmax_like
     if target in (torch.nn.functional.channel_shuffle, torch.channel_shuffle):
         return R.channel_shuffle(lambda ctx: int(ctx.args[1]))
+    if target in (torch.nn.functional.pixel_shuffle, torch.pixel_shuffle):
+        return R.pixel_shuffle(lambda ctx: int(ctx.args[1] if len(ctx.args) > 1 else ctx.kwargs["upscale_factor"]), unshuffle=False)
+    if target in (torch.nn.functional.pixel_unshuffle, torch.pixel_unshuffle):
+        return R.pixel_shuffle(lambda ctx: int(ctx.args[1] if len(ctx.args) > 1 else ctx.kwargs["downscale_factor"]), unshuffle=True)
     if target in R.SHAPE_FUNCTIONS:
         return R.shape_op
     if isinstance(target, type) and issubclass(target, tuple):  # a namedtuple of outputs
