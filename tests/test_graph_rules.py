@@ -125,10 +125,11 @@ def test_instance_norm_with_affine_weights_is_sliced_and_without_them_stays() ->
     assert not plain.prunable and "no affine weights" in plain.reason
 
 
-def test_a_module_called_twice_locks_the_channels_of_every_call() -> None:
+def test_a_module_called_twice_ties_the_channels_of_every_call() -> None:
     """A conv applied to its own output ties its first input (the previous layer's channels) to its
-    output: the earlier call's channels are locked too, not only the second call's (surgery sliced
-    its weight to 12 inputs while its output stayed 16 and the model failed on its second call)."""
+    output: one slicing serves both calls (when only the second call was handled, surgery sliced its
+    weight to 12 inputs while its output stayed 16 and the model failed on its second call). Was
+    locked; now the calls share one group, pruned exactly."""
 
     class Twice(nn.Module):
         def __init__(self) -> None:
@@ -142,10 +143,37 @@ def test_a_module_called_twice_locks_the_channels_of_every_call() -> None:
             return self.fc(x.mean((2, 3)))
 
     g = trace(Twice(), (1, 3, 8, 8))
-    assert not g.group("a").prunable and "called more than once" in g.group("a").reason
-    assert not g.prunable_groups
-    pruned = prune_equivalence(Twice().eval(), (2, 3, 8, 8), 0.5, seed=0)
-    assert pruned.max_abs_diff < 1e-5
+    assert [grp.id for grp in g.prunable_groups] == ["a"]  # a, shared (both calls) and bn: one group
+    assert [layer.spec_at({"a": 8}).in_channels for layer in g.layers if layer.module == "shared"] == [8, 8]
+    pruned = prune_equivalence(Twice().eval(), (2, 3, 8, 8), 0.5, seed=0, graph=g)
+    assert pruned.max_abs_diff < 1e-5 and pruned.zeroing_effect > 1e-4
+
+
+def test_a_head_shared_by_pyramid_levels_ties_the_levels() -> None:
+    """RetinaNet/FCOS-style: one conv head run on every level of a feature pyramid. The levels'
+    lateral convs are tied channel by channel (the head slices its input once); the head's output
+    is one group over all calls."""
+
+    class SharedHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.lat1, self.lat2 = nn.Conv2d(3, 16, 1), nn.Conv2d(8, 16, 1)
+            self.head = nn.Conv2d(16, 12, 3, padding=1)
+            self.cls = nn.Conv2d(12, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            p1, p2 = self.lat1(x), self.lat2(torch.relu(self.stem(x)))
+            outs = [self.cls(torch.relu(self.head(p))).flatten(2) for p in (p1, p2)]
+            return torch.cat(outs, 2)
+
+    g = trace(SharedHead(), (1, 3, 8, 8))
+    assert g.group("lat1").prunable and g.group("head").prunable and g.group("stem").prunable
+    assert {grp.id for grp in g.prunable_groups} == {"stem", "lat1", "head"}  # lat2 tied to lat1 channel by channel
+    heads = [layer for layer in g.layers if layer.module == "head"]
+    assert len(heads) == 2 and all(layer.spec_at({"lat1": 8, "head": 6}).out_channels == 6 for layer in heads)
+    res = prune_equivalence(SharedHead().eval(), (2, 3, 8, 8), 0.5, seed=0, graph=g)
+    assert res.max_abs_diff < 1e-5 and res.zeroing_effect > 1e-4
 
 
 def test_unknown_op_locks_with_warning_naming_node() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from hadmc_deploy.graph.calls import check_reuse, first_call, remember_call, shared_call
 from hadmc_deploy.graph.labels import ChannelInfo, Partition
 from hadmc_deploy.graph.rules import (
     Info,
@@ -39,33 +40,19 @@ def _input(ctx: RuleContext) -> tuple[Any, Info]:
     return arg, ctx.info(arg)
 
 
-def _check_reuse(ctx: RuleContext) -> bool:
-    """A module called twice would need one slicing for two call sites: keep such modules whole.
-    The caller locks this call's channels; the channels its earlier calls tied to the module's
-    tensors (`_remember_call`) are locked here: a conv applied to its own output had its first
-    input's channels pruned (weight sliced to 48 inputs) while its output stayed 64 wide."""
-    calls = ctx.state.__dict__.setdefault("_calls", {})
-    calls[ctx.module_name] = calls.get(ctx.module_name, 0) + 1
-    if calls[ctx.module_name] == 1:
-        return False
-    for labels in ctx.state.__dict__.setdefault("_call_labels", {}).pop(ctx.module_name, []):
-        ctx.state.lock(labels, f"module {ctx.module_name} is called more than once")
-    return True
-
-
-def _remember_call(ctx: RuleContext, *labels: np.ndarray | None) -> None:
-    """The channels this call ties to the module's tensors, locked should the module be called again."""
-    store = ctx.state.__dict__.setdefault("_call_labels", {})
-    store.setdefault(ctx.module_name, []).extend(a for a in labels if a is not None and a.size)
-
-
 def conv(ctx: RuleContext) -> Info:
     m: nn.Conv2d = ctx.module()
     name = ctx.module_name
     _, x = _input(ctx)
-    reused = _check_reuse(ctx)
     cin, cout, groups = m.in_channels, m.out_channels, m.groups
     depthwise = groups > 1 and groups == cin
+    kind = "conv" if groups == 1 else ("dwconv" if depthwise else "gconv")
+    if (groups == 1 or (depthwise and cout == cin)) and x is not None and x.axes == (1,):
+        shared = shared_call(ctx, x.flat())
+        if shared is not None:
+            ctx.draft(kind, [x.flat()], shared)
+            return ChannelInfo((1,), shared)
+    reused = check_reuse(ctx)
     in_labels = x.flat() if x is not None and x.axes == (1,) else None
     if x is not None and (x.axes != (1,) or reused):
         ctx.state.lock(x.labels, "conv input not laid out as N,C,...")
@@ -78,7 +65,8 @@ def conv(ctx: RuleContext) -> Info:
         if m.bias is not None:
             record_member(ctx, name, "bias", 0, out_labels, "out")
         ctx.draft("dwconv", [in_labels], out_labels)
-        _remember_call(ctx, in_labels)
+        remember_call(ctx, in_labels)
+        first_call(ctx, in_labels, out_labels)
         return ChannelInfo((1,), out_labels)
     out = ctx.state.new_source(name, "layer", cout)
     if reused:
@@ -95,9 +83,10 @@ def conv(ctx: RuleContext) -> Info:
     record_member(ctx, name, "weight", 0, out, "out")
     if m.bias is not None:
         record_member(ctx, name, "bias", 0, out, "out")
-    kind = "conv" if groups == 1 else ("dwconv" if depthwise else "gconv")
     ctx.draft(kind, [in_labels if in_labels is not None else np.full(cin, -1)], out)
-    _remember_call(ctx, in_labels, out)
+    remember_call(ctx, in_labels, out)
+    if not reused:
+        first_call(ctx, in_labels, out)
     return ChannelInfo((1,), out)
 
 
@@ -105,7 +94,7 @@ def conv_transpose(ctx: RuleContext) -> Info:
     m: nn.ConvTranspose2d = ctx.module()
     name = ctx.module_name
     _, x = _input(ctx)
-    reused = _check_reuse(ctx)
+    reused = check_reuse(ctx)
     out = ctx.state.new_source(name, "layer", m.out_channels)
     in_labels = x.flat() if x is not None and x.axes == (1,) and not reused else None
     if x is not None and in_labels is None:
@@ -121,7 +110,7 @@ def conv_transpose(ctx: RuleContext) -> Info:
     if m.bias is not None:
         record_member(ctx, name, "bias", 0, out, "out")
     ctx.draft("convtranspose", [in_labels if in_labels is not None else np.full(m.in_channels, -1)], out)
-    _remember_call(ctx, in_labels, out)
+    remember_call(ctx, in_labels, out)
     return ChannelInfo((1,), out)
 
 
@@ -129,7 +118,7 @@ def linear(ctx: RuleContext) -> Info:
     m: nn.Linear = ctx.module()
     name = ctx.module_name
     arg, x = _input(ctx)
-    reused = _check_reuse(ctx)
+    reused = check_reuse(ctx)
     value = ctx.args[0]
     last = value.dim() - 1
     in_labels = None
@@ -142,7 +131,7 @@ def linear(ctx: RuleContext) -> Info:
     out = ctx.state.new_source(name, "layer", m.out_features)
     if reused:
         ctx.state.lock(out, f"module {name} is called more than once")
-    _remember_call(ctx, in_labels, out)
+    remember_call(ctx, in_labels, out)
     record_member(ctx, name, "weight", 0, out, "out")
     if m.bias is not None:
         record_member(ctx, name, "bias", 0, out, "out")
@@ -160,7 +149,9 @@ def batchnorm(ctx: RuleContext) -> Info:
     _, x = _input(ctx)
     if x is None:
         return None
-    reused = _check_reuse(ctx)  # counted on every call, so a later one locks what this one ties
+    if x.axes == (1,) and shared_call(ctx, x.flat()) is not None:
+        return x  # called again on as many channels: tied to the first call's
+    reused = check_reuse(ctx)  # counted on every call, so a later one locks what this one ties
     if x.axes != (1,) or reused:
         ctx.lock_inputs("batch norm over channels the graph cannot place, or a reused norm")
         return x
@@ -170,7 +161,8 @@ def batchnorm(ctx: RuleContext) -> Info:
         ctx.state.lock(x.labels, f"norm {ctx.module_name} has no per-channel tensors to slice")
     for attr, role in tensors:
         record_member(ctx, ctx.module_name, attr, 0, x.flat(), role)
-    _remember_call(ctx, x.flat())
+    remember_call(ctx, x.flat())
+    first_call(ctx, x.flat(), x.flat())
     return x
 
 
@@ -191,7 +183,7 @@ def groupnorm(ctx: RuleContext) -> Info:
     _, x = _input(ctx)
     if x is None:
         return None
-    reused = _check_reuse(ctx)
+    reused = check_reuse(ctx)
     if x.axes != (1,) or not m.affine or reused:
         ctx.lock_inputs("group norm the graph cannot slice")
         return x
@@ -200,7 +192,7 @@ def groupnorm(ctx: RuleContext) -> Info:
     ctx.state.partitions.append(Partition(labels, np.arange(m.num_channels) // block, "blocks", f"GroupNorm {ctx.module_name}"))
     for attr in ("weight", "bias"):
         record_member(ctx, ctx.module_name, attr, 0, labels, "out")
-    _remember_call(ctx, labels)
+    remember_call(ctx, labels)
     return x
 
 
@@ -213,7 +205,7 @@ def layernorm(ctx: RuleContext) -> Info:
     normalized = set(range(ndim - len(m.normalized_shape), ndim))
     if not (normalized & set(x.axes)):
         return x  # normalises over space only: channels untouched
-    reused = _check_reuse(ctx)
+    reused = check_reuse(ctx)
     if x.axes != (ndim - 1,) or len(m.normalized_shape) != 1 or not m.elementwise_affine or reused:
         ctx.lock_inputs("layer norm over channels and other axes together")
         return x
@@ -223,7 +215,7 @@ def layernorm(ctx: RuleContext) -> Info:
             record_member(ctx, ctx.module_name, attr, 0, labels, "out")
     # mean and variance are taken over the channels, so removing some changes the rest slightly
     ctx.state.mark_inexact(labels, f"LayerNorm {ctx.module_name} normalises over these channels")
-    _remember_call(ctx, labels)
+    remember_call(ctx, labels)
     return x
 
 
@@ -232,12 +224,12 @@ def prelu(ctx: RuleContext) -> Info:
     _, x = _input(ctx)
     if x is None or m.num_parameters == 1:
         return x
-    reused = _check_reuse(ctx)
+    reused = check_reuse(ctx)
     if x.axes != (1,) or reused:
         ctx.lock_inputs("PReLU on channels the graph cannot place")
         return x
     record_member(ctx, ctx.module_name, "weight", 0, x.flat(), "aux")
-    _remember_call(ctx, x.flat())
+    remember_call(ctx, x.flat())
     return x
 
 
