@@ -47,7 +47,8 @@ def conv(ctx: RuleContext) -> Info:
     cin, cout, groups = m.in_channels, m.out_channels, m.groups
     depthwise = groups > 1 and groups == cin
     kind = "conv" if groups == 1 else ("dwconv" if depthwise else "gconv")
-    if (groups == 1 or (depthwise and cout == cin)) and x is not None and x.axes == (1,):
+    shareable = groups == 1 or (depthwise and cout == cin)  # one slicing can serve several calls
+    if shareable and x is not None and x.axes == (1,):
         shared = shared_call(ctx, x.flat())
         if shared is not None:
             ctx.draft(kind, [x.flat()], shared)
@@ -66,7 +67,8 @@ def conv(ctx: RuleContext) -> Info:
             record_member(ctx, name, "bias", 0, out_labels, "out")
         ctx.draft("dwconv", [in_labels], out_labels)
         remember_call(ctx, in_labels)
-        first_call(ctx, in_labels, out_labels)
+        if shareable:
+            first_call(ctx, in_labels, out_labels)
         return ChannelInfo((1,), out_labels)
     out = ctx.state.new_source(name, "layer", cout)
     if reused:
@@ -85,7 +87,7 @@ def conv(ctx: RuleContext) -> Info:
         record_member(ctx, name, "bias", 0, out, "out")
     ctx.draft(kind, [in_labels if in_labels is not None else np.full(cin, -1)], out)
     remember_call(ctx, in_labels, out)
-    if not reused:
+    if shareable and not reused:
         first_call(ctx, in_labels, out)
     return ChannelInfo((1,), out)
 
