@@ -17,6 +17,7 @@ import statistics
 from dataclasses import replace
 
 from hadmc_deploy.graph.types import DependencyGraph
+from hadmc_deploy.latency.input_step import detect_input_step
 from hadmc_deploy.latency.lut import LatencyTable, Staircase
 from hadmc_deploy.latency.repeat import Preparer, SpeedGate, time_interleaved
 from hadmc_deploy.specs import LayerSpec
@@ -211,7 +212,9 @@ def probe_staircase(
     """Sweep one layer per weighted op kind; (staircase, [(spec, mom ms, spread)] of every probe point).
 
     The table-wide step and penalty are those of the conv sweep (the bulk of a CNN's
-    time), else of the first op swept; no sweep at all gives step 1, penalty 1.
+    time), else of the first op swept; no sweep at all gives step 1, penalty 1. A plain conv whose
+    output sweep shows a padding kernel is swept on its inputs too (`per_op["conv"]["input"]`: the
+    input step that kernel takes, `blocking.detect_input_step`).
     """
     per_op: dict[str, dict] = {}
     points: list[tuple[LayerSpec, float, float]] = []
@@ -224,6 +227,14 @@ def probe_staircase(
         step, penalty, mode = detect_step(times)
         per_op[op] = {"step": step, "penalty": round(penalty, 4), "mode": mode, "layer": name, "axis": axis, "window": [min(times), max(times)]}
         points += [(s, r.mom_ms, r.spread) for s, r in timed]
+        if op == "conv" and axis == "out" and mode == "pad" and step > 1:
+            # a kernel that pads its outputs may take inputs on a finer step (latency/blocking.py)
+            in_specs = sweep_specs(spec, "in")
+            in_timed = time_interleaved(in_specs, prepare, passes=passes, runs_per_pass=runs_per_pass, chunk=len(in_specs), deadline=deadline, anchor=anchor)
+            if len(in_timed) == len(in_specs):
+                in_times = {s.in_channels: r.mom_ms for s, r in in_timed}
+                per_op[op]["input"] = {"step": detect_input_step(in_times, step), "window": [min(in_times), max(in_times)]}
+                points += [(s, r.mom_ms, r.spread) for s, r in in_timed]
     main = per_op.get("conv") or next(iter(per_op.values()), None)
     if main is None:
         return Staircase(1, 1.0, {}), points

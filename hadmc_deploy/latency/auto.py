@@ -50,8 +50,10 @@ from hadmc_deploy.ui import UI, quiet_ui
 #: estimated from up to three times as many: timing.expected_fastest; v15: profiled kernels pair
 #: with their layers by the source names they keep before keys: kernel_pairing.pair_kernels;
 #: v18 (v16 and v17 were tried and reverted, see docs/latency_model.md): a third off-grid plan at
-#: 0.9 of every width, context_plans.OFFGRID_FRACTIONS).
-METHOD = "measured-v18"
+#: 0.9 of every width, context_plans.OFFGRID_FRACTIONS); v19: a plain conv's input axis swept
+#: too, and where the blocked kernel pads (the output sweep's "pad" shape) a conv whose input is
+#: on the input sweep's step is priced in the aligned regime at its padded size: latency/blocking.py).
+METHOD = "measured-v19"
 
 
 @dataclass

@@ -39,7 +39,8 @@ from typing import Any
 from torch import nn
 
 from hadmc_deploy.graph.types import DependencyGraph
-from hadmc_deploy.latency.alignment import WEIGHTED_OPS, counts_aligned, size_fraction
+from hadmc_deploy.latency.alignment import WEIGHTED_OPS
+from hadmc_deploy.latency.blocking import PADDED_OPS, conv_blocking, regime_and_size
 from hadmc_deploy.latency.channel_form import WIN_MARGIN, Point, choose_form
 from hadmc_deploy.latency.context_measure import ContextMeasurements, measure_plans
 from hadmc_deploy.latency.context_plans import calibration_plans, context_step
@@ -118,6 +119,7 @@ def fit_measured(table: LatencyTable, graph: DependencyGraph, measured: ContextM
     estimates: list[dict[str, list[tuple[float, float, float, str]]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
     channels: list[dict[str, tuple[float, float]]] = [{} for _ in graph.layers]  # per layer: plan -> (in, out) fractions of full
     overheads, fitted_on = [], []
+    blocking = conv_blocking(table.staircase, step)  # which plain convs the blocked kernel pads (latency/blocking.py)
     priced: dict[str, tuple[list[LayerSpec], list[float]]] = {}  # plan -> (its specs, their table prices)
     for name, widths in plans.items():
         specs = [replace(s, precision=precision, batch=batch) for s in graph.layer_specs(widths)]
@@ -130,8 +132,7 @@ def fit_measured(table: LatencyTable, graph: DependencyGraph, measured: ContextM
         full_specs = graph.layer_specs()
         for i, t in zip(weighted_idx, ctx, strict=True):
             s, fs = specs[i], full_specs[i]
-            aligned = counts_aligned(s, fs.in_channels, fs.out_channels, step)
-            size = size_fraction(s, fs.in_channels, fs.out_channels)
+            aligned, size = regime_and_size(s, fs.in_channels, fs.out_channels, step, blocking)
             estimates[i]["aligned" if aligned else "unaligned"].append((size, t * scale / max(raw[i], 1e-9), raw[i], name))
             channels[i][name] = (s.in_channels / max(fs.in_channels, 1), s.out_channels / max(fs.out_channels, 1))
         fitted_on.append({**measured.rows[name], "table_sum_ms": sum(raw)})
@@ -155,6 +156,8 @@ def fit_measured(table: LatencyTable, graph: DependencyGraph, measured: ContextM
     for i, (layer, est) in enumerate(zip(graph.layers, estimates, strict=True)):
         fs = graph.layer_specs()[i]
         entry: dict[str, Any] = {"full_in": fs.in_channels, "full_out": fs.out_channels, "aligned": 0.0, "unaligned": 0.0}
+        if blocking and layer.spec.op in PADDED_OPS:
+            entry["blocking"] = blocking
         if layer.spec.op in WEIGHTED_OPS:
             curves = {k: factor_curve([(size, clip(f)) for size, f, _, _ in v]) for k, v in est.items() if v}
             ms_curves = {k: factor_curve([(size, clip(f) * price * rescale[plan]) for size, f, price, plan in v]) for k, v in est.items() if v}

@@ -25,9 +25,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from hadmc_deploy.latency.alignment import counts_aligned, size_fraction
 from hadmc_deploy.latency.analytic import AnalyticLatencyModel
 from hadmc_deploy.latency.base import Prediction
+from hadmc_deploy.latency.blocking import regime_and_size
 from hadmc_deploy.latency.channel_form import form_ms
 from hadmc_deploy.latency.lut import Correction, LatencyTable
 from hadmc_deploy.specs import LayerSpec
@@ -401,8 +401,8 @@ def fit_correction(layer_sums_ms: list[float], measured_ms: list[float]) -> tupl
 def _regime_and_size(factors: dict[str, Any], spec: LayerSpec, step: int) -> tuple[str, float]:
     """("aligned" or "unaligned", the layer's MACs over its MACs at full width)."""
     full_in, full_out = int(factors.get("full_in", 0)), int(factors.get("full_out", 0))
-    aligned = counts_aligned(spec, full_in, full_out, step)
-    return ("aligned" if aligned else "unaligned"), size_fraction(spec, full_in, full_out)
+    aligned, size = regime_and_size(spec, full_in, full_out, step, factors.get("blocking"))
+    return ("aligned" if aligned else "unaligned"), size
 
 
 def context_factor(factors: dict[str, Any], spec: LayerSpec, step: int) -> float:

@@ -1,0 +1,50 @@
+"""The input step of a conv kernel that pads: which input channel counts it takes.
+
+ONNX Runtime's blocked FP32 conv here pads its output channels up to the block and takes any input
+count on a finer step (4), padding it too; other input counts run the generic kernel, 1.3-2.8x the
+padded count's time on the demo CNN's convs. The staircase probe sweeps such a conv's inputs
+(`alignment.probe_staircase`), and this reads the step from the sweep; latency/blocking.py prices
+with it.
+"""
+
+from __future__ import annotations
+
+#: input steps finer than the output's that the input sweep tries, finest first.
+INPUT_STEPS = (2, 4, 8)
+#: an input count runs the padding kernel when it costs at most this much over its padded count
+#: (the generic kernel measured 1.3-2.8x its padded count on the demo's convs, FP32 here).
+PAD_TOLERANCE = 0.15
+#: a finer input step is read only when at least this share of its multiples pads and at most
+#: 1 - this share of the other counts does: a clean split, else no finer step.
+CLEAN_SPLIT = 0.75
+
+
+def detect_input_step(times: dict[int, float], step: int) -> int:
+    """The finest input step whose multiples a padding kernel takes, from unit-step input-sweep times
+    {input channels: ms} of a conv whose outputs pad at `step`; `step` when no finer step splits
+    the counts cleanly.
+
+    A step s is read when the counts on it (off `step`) cost at most PAD_TOLERANCE over their count
+    padded to `step` (the kernel pads them) and the other counts cost more than PAD_TOLERANCE over
+    the next multiple of s, which pads to the same count (they leave the kernel), each by CLEAN_SPLIT: a
+    threshold per count, not a fit, so one noisy count moves a share, not the answer. Why not
+    `alignment.detect_step`: on two input sweeps of one conv it answered 4, then 2 (a line through
+    zigzagging multiples of 2 fitted as well as the step-4 one)."""
+    lo, hi = min(times), max(times)
+    inner = [c for c in times if lo < c < hi and c % step and _ceil(c, step) in times]
+    pads = {c: times[c] <= (1.0 + PAD_TOLERANCE) * times[_ceil(c, step)] for c in inner}
+    for s in INPUT_STEPS:
+        if s >= step or step % s:
+            continue
+        on = [pads[c] for c in inner if c % s == 0]
+        off = [times[c] > (1.0 + PAD_TOLERANCE) * times[_ceil(c, s)] for c in inner if c % s]
+        if on and off and sum(on) >= CLEAN_SPLIT * len(on) and sum(off) >= CLEAN_SPLIT * len(off):
+            return s
+    # no "any count" answer: where the generic kernel is barely slower (a small conv at batch 1:
+    # 10-15%) every count looks padded, and calling all of them aligned would price every odd
+    # input on the aligned curve of layers where the gap is wide
+    return step
+
+
+def _ceil(c: int, s: int) -> int:
+    return -(-c // s) * s
