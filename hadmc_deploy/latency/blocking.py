@@ -6,14 +6,15 @@ aligned only when both channel counts are multiples of the step misplaced plain 
 Runtime FP32 here: its blocked (NCHWc) conv pads the output channels up to the block, and takes any
 input count that is a multiple of a finer step (4), padding it too. A demo-CNN plan's 44 -> 39 conv
 ran NCHWc as 48 -> 48 (`ReorderInput`, then `nchwc.Conv` with 48 filters in the optimized graph)
-at 0.090 ms; priced on the unaligned curve at 0.317 ms. Alone, at 14x14 and batch 32: 44 -> 39
-0.306 ms, 48 -> 39 0.302 ms, 43 -> 39 0.502 ms, 60 -> 44 1.495 ms, 61 -> 44 2.118 ms
-(`docs/latency_model.md`, "Method v19").
+at 0.090 ms; priced on the unaligned curve at 0.317 ms. Alone on one thread, at 14x14 and batch 32
+(`tools/sweep_conv_channels.py`): 44 or 48 inputs to 39, 41 or 48 outputs 0.59-0.61 ms, 43 or 45
+inputs 1.00-1.17 ms (`docs/latency_model.md`, "Method v19").
 
 Both facts are read from the staircase probe, not assumed: the output sweep's "pad" shape (an
 off-step output count costs what its padded count costs: the same kernel) and the input sweep's own
-step (`alignment.probe_staircase` sweeps a plain conv's input axis too). A table whose probe saw
-neither keeps the both-axes rule.
+step (`alignment.probe_staircase` sweeps a plain conv's input axis too). A table whose probe saw no
+padding keeps the both-axes rule; one that saw padding outputs but no finer input step counts a
+conv's input aligned on the step itself.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The input step of a conv kernel that pads: which input channel counts it takes.
 
 ONNX Runtime's blocked FP32 conv here pads its output channels up to the block and takes any input
-count on a finer step (4), padding it too; other input counts run the generic kernel, 1.3-2.8x the
-padded count's time on the demo CNN's convs. The staircase probe sweeps such a conv's inputs
+count on a finer step (4), padding it too; other input counts run the generic kernel: 1.7-1.9x the
+blocked time on a conv of the demo CNN at batch 32, 1-17% on one of ResNet-18 at batch 1
+(`tools/sweep_conv_channels.py`, docs/latency_model.md "Method v19"). The staircase probe sweeps such a conv's inputs
 (`alignment.probe_staircase`), and this reads the step from the sweep; latency/blocking.py prices
 with it.
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 #: input steps finer than the output's that the input sweep tries, finest first.
 INPUT_STEPS = (2, 4, 8)
 #: an input count runs the padding kernel when it costs at most this much over its padded count
-#: (the generic kernel measured 1.3-2.8x its padded count on the demo's convs, FP32 here).
+#: (the generic kernel: 1.7-1.9x on a demo-CNN conv at batch 32; below this, the gap is too small
+#: to matter and too close to the noise to read).
 PAD_TOLERANCE = 0.15
 #: a finer input step is read only when at least this share of its multiples pads and at most
 #: 1 - this share of the other counts does: a clean split, else no finer step.
