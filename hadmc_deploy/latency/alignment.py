@@ -214,7 +214,10 @@ def probe_staircase(
     The table-wide step and penalty are those of the conv sweep (the bulk of a CNN's
     time), else of the first op swept; no sweep at all gives step 1, penalty 1. A plain conv whose
     output sweep shows a padding kernel is swept on its inputs too (`per_op["conv"]["input"]`: the
-    input step that kernel takes, `blocking.detect_input_step`).
+    input step that kernel takes, `input_step.detect_input_step`), in two passes fewer: the reader
+    classifies each count against a 15% threshold, and with full passes an FP32 ResNet-18 table at
+    batch 32 took 429 s where one without the sweep took 388 s (two noisy runs of the 16 cells,
+    docs/latency_model.md "Method v19").
     """
     per_op: dict[str, dict] = {}
     points: list[tuple[LayerSpec, float, float]] = []
@@ -230,7 +233,7 @@ def probe_staircase(
         if op == "conv" and axis == "out" and mode == "pad" and step > 1:
             # a kernel that pads its outputs may take inputs on a finer step (latency/blocking.py)
             in_specs = sweep_specs(spec, "in")
-            in_timed = time_interleaved(in_specs, prepare, passes=passes, runs_per_pass=runs_per_pass, chunk=len(in_specs), deadline=deadline, anchor=anchor)
+            in_timed = time_interleaved(in_specs, prepare, passes=max(passes - 2, 2), runs_per_pass=runs_per_pass, chunk=len(in_specs), deadline=deadline, anchor=anchor)
             if len(in_timed) == len(in_specs):
                 in_times = {s.in_channels: r.mom_ms for s, r in in_timed}
                 per_op[op]["input"] = {"step": detect_input_step(in_times, step), "window": [min(in_times), max(in_times)]}

@@ -32,15 +32,15 @@ PADDED_OPS = ("conv",)
 def conv_blocking(staircase: Staircase | None, step: int) -> dict[str, Any] | None:
     """{"in_step", "out_pad": True} when the probe showed a plain conv's blocked kernel padding its
     outputs at `step` (the output sweep's shape "pad" at that step); `in_step` is the input sweep's
-    step (`input_step.detect_input_step`; 1: any input count) where it is finer than `step` and
-    divides it, else `step` (also where no input sweep was made). None when the probe showed no
+    step (`input_step.detect_input_step`) where it is finer than `step` and divides it, else `step`
+    (also where no input sweep was made). None when the probe showed no
     padding at `step` (the both-axes rule stands)."""
     conv = (staircase.per_op.get("conv") if staircase is not None else None) or {}
     if step <= 1 or conv.get("mode") != "pad" or int(conv.get("step", 1)) != step:
         return None
     inp = conv.get("input") or {}
     s_in = int(inp.get("step", step))
-    return {"in_step": s_in if 1 <= s_in < step and step % s_in == 0 else step, "out_pad": True}
+    return {"in_step": s_in if 1 < s_in < step and step % s_in == 0 else step, "out_pad": True}
 
 
 def _ceil(c: int, s: int) -> int:
@@ -54,11 +54,9 @@ def regime_and_size(spec: LayerSpec, full_in: int, full_out: int, step: int, blo
     if blocking and spec.op in PADDED_OPS and step > 1:
         in_step = int(blocking.get("in_step", step))
         if spec.in_channels == full_in or spec.in_channels % in_step == 0:
-            # the blocked kernel computes the padded channels: its size is its padded MACs (inputs
-            # at their own count where every count is taken: a smooth input sweep, no padding seen)
-            pad_in = step if in_step > 1 else 1
-            padded = spec.with_channels(_ceil(spec.in_channels, pad_in), _ceil(spec.out_channels, step)).macs()
-            full = spec.with_channels(_ceil(full_in, pad_in), _ceil(full_out, step)).macs()
+            # the blocked kernel computes the padded channels: its size is its padded MACs
+            padded = spec.with_channels(_ceil(spec.in_channels, step), _ceil(spec.out_channels, step)).macs()
+            full = spec.with_channels(_ceil(full_in, step), _ceil(full_out, step)).macs()
             return True, padded / full if full > 0 else 1.0
         return False, size_fraction(spec, full_in, full_out)
     return counts_aligned(spec, full_in, full_out, step), size_fraction(spec, full_in, full_out)
