@@ -31,6 +31,12 @@ OPS = (
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
+def round_up(count: int, step: int) -> int:
+    """`count` channels rounded up to a multiple of `step` (what a blocked kernel that pads
+    computes); `count` itself for a step of 1 or less."""
+    return int(-(-count // step) * step) if step > 1 else count
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     op: str

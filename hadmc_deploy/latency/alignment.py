@@ -20,7 +20,7 @@ from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency.input_step import detect_input_step
 from hadmc_deploy.latency.lut import LatencyTable, Staircase
 from hadmc_deploy.latency.repeat import Preparer, SpeedGate, time_interleaved
-from hadmc_deploy.specs import LayerSpec
+from hadmc_deploy.specs import LayerSpec, round_up
 
 #: 32 is no candidate: a 33-count window holds only two multiples of it, its two ends, which
 #: are no evidence of a step (see detect_step)
@@ -78,13 +78,10 @@ def _line(points: dict[int, float], aligned: list[int], c: int) -> float:
     return (1 - t) * points[lo] + t * points[hi]
 
 
-def _ceil(c: int, s: int) -> int:
-    return -(-c // s) * s
-
 
 def _reference(times: dict[int, float], aligned: list[int], c: int, s: int, mode: str) -> float:
     """What an unaligned count costs before its penalty: its padded count ("pad") or the line ("line")."""
-    return times[_ceil(c, s)] if mode == "pad" else _line(times, aligned, c)
+    return times[round_up(c, s)] if mode == "pad" else _line(times, aligned, c)
 
 
 def _residual(times: dict[int, float], cs: list[int], ref: dict[int, float]) -> tuple[float, float]:

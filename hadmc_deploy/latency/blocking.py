@@ -23,7 +23,7 @@ from typing import Any
 
 from hadmc_deploy.latency.alignment import counts_aligned, size_fraction
 from hadmc_deploy.latency.lut import Staircase
-from hadmc_deploy.specs import LayerSpec
+from hadmc_deploy.specs import LayerSpec, round_up
 
 #: the ops the padding rule applies to: the plain convs the probe sweeps on both axes.
 PADDED_OPS = ("conv",)
@@ -43,9 +43,6 @@ def conv_blocking(staircase: Staircase | None, step: int) -> dict[str, Any] | No
     return {"in_step": s_in if 1 < s_in < step and step % s_in == 0 else step, "out_pad": True}
 
 
-def _ceil(c: int, s: int) -> int:
-    return -(-c // s) * s
-
 
 def regime_and_size(spec: LayerSpec, full_in: int, full_out: int, step: int, blocking: dict[str, Any] | None = None) -> tuple[bool, float]:
     """(aligned, size) of a layer for the context's regimes: the padding rule for a plain conv under
@@ -55,8 +52,8 @@ def regime_and_size(spec: LayerSpec, full_in: int, full_out: int, step: int, blo
         in_step = int(blocking.get("in_step", step))
         if spec.in_channels == full_in or spec.in_channels % in_step == 0:
             # the blocked kernel computes the padded channels: its size is its padded MACs
-            padded = spec.with_channels(_ceil(spec.in_channels, step), _ceil(spec.out_channels, step)).macs()
-            full = spec.with_channels(_ceil(full_in, step), _ceil(full_out, step)).macs()
+            padded = spec.with_channels(round_up(spec.in_channels, step), round_up(spec.out_channels, step)).macs()
+            full = spec.with_channels(round_up(full_in, step), round_up(full_out, step)).macs()
             return True, padded / full if full > 0 else 1.0
         return False, size_fraction(spec, full_in, full_out)
     return counts_aligned(spec, full_in, full_out, step), size_fraction(spec, full_in, full_out)

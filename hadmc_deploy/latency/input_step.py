@@ -10,6 +10,8 @@ with it.
 
 from __future__ import annotations
 
+from hadmc_deploy.specs import round_up
+
 #: input steps finer than the output's that the input sweep tries, finest first.
 INPUT_STEPS = (2, 4, 8)
 #: an input count runs the padding kernel when it costs at most this much over its padded count
@@ -33,13 +35,13 @@ def detect_input_step(times: dict[int, float], step: int) -> int:
     `alignment.detect_step`: on two input sweeps of one conv it answered 4, then 2 (a line through
     zigzagging multiples of 2 fitted as well as the step-4 one)."""
     lo, hi = min(times), max(times)
-    inner = [c for c in times if lo < c < hi and c % step and _ceil(c, step) in times]
-    pads = {c: times[c] <= (1.0 + PAD_TOLERANCE) * times[_ceil(c, step)] for c in inner}
+    inner = [c for c in times if lo < c < hi and c % step and round_up(c, step) in times]
+    pads = {c: times[c] <= (1.0 + PAD_TOLERANCE) * times[round_up(c, step)] for c in inner}
     for s in INPUT_STEPS:
         if s >= step or step % s:
             continue
         on = [pads[c] for c in inner if c % s == 0]
-        off = [times[c] > (1.0 + PAD_TOLERANCE) * times[_ceil(c, s)] for c in inner if c % s]
+        off = [times[c] > (1.0 + PAD_TOLERANCE) * times[round_up(c, s)] for c in inner if c % s]
         if on and off and sum(on) >= CLEAN_SPLIT * len(on) and sum(off) >= CLEAN_SPLIT * len(off):
             return s
     # no "any count" answer: where the generic kernel is barely slower (a small conv at batch 1:
@@ -47,6 +49,3 @@ def detect_input_step(times: dict[int, float], step: int) -> int:
     # input on the aligned curve of layers where the gap is wide
     return step
 
-
-def _ceil(c: int, s: int) -> int:
-    return -(-c // s) * s

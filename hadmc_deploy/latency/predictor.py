@@ -30,7 +30,7 @@ from hadmc_deploy.latency.base import Prediction
 from hadmc_deploy.latency.blocking import regime_and_size
 from hadmc_deploy.latency.channel_form import form_ms
 from hadmc_deploy.latency.lut import Correction, LatencyTable
-from hadmc_deploy.specs import LayerSpec
+from hadmc_deploy.specs import LayerSpec, round_up
 from hadmc_deploy.ui import UI, quiet_ui
 
 #: ops whose kernels are blocked on channels (the staircase penalty applies to them).
@@ -40,18 +40,15 @@ _BLOCKED_OPS = ("conv", "gconv", "dwconv", "linear", "convtranspose")
 _EXTRAPOLATION_FLOOR = 0.25
 
 
-def _ceil_to(c: int, align: int) -> int:
-    return int(math.ceil(c / align) * align) if align > 1 else c
-
 
 def _in_block(count: int, step: int, measured: list[int]) -> int:
     """The count a padded price reads (pad mode: a blocked kernel pays for whole blocks of `step`):
     `count` or its padded count where measured, else the largest count measured in the same block
     (a measurement of the same price), else the padded count, interpolated from the grid."""
-    padded = _ceil_to(count, step)
+    padded = round_up(count, step)
     if count in measured or padded in measured:
         return count if count in measured else padded
-    same = [v for v in measured if _ceil_to(v, step) == padded]
+    same = [v for v in measured if round_up(v, step) == padded]
     return max(same) if same else padded
 
 
@@ -65,7 +62,7 @@ def axis_weights(values: list[int], c: int, align: int) -> tuple[list[tuple[int,
     pos = bisect.bisect_left(values, c)
     if pos < len(values) and values[pos] == c:
         return [(c, 1.0)], False
-    target = _ceil_to(c, align)
+    target = round_up(c, align)
     if pos < len(values) and values[pos] <= target:
         # A measured count between c and its aligned ceiling: c pads at most up to it.
         return [(values[pos], 1.0)], False
@@ -189,7 +186,7 @@ class _Family:
         total, used, extrap = 0.0, [], ex_in
         for i, wi in w_in:
             row = sorted(o for pi, o in self.points if pi == i)
-            if block and co not in row and (same := [o for o in row if _ceil_to(o, block) == _ceil_to(co, block)]):
+            if block and co not in row and (same := [o for o in row if round_up(o, block) == round_up(co, block)]):
                 total += wi * self.points[(i, max(same))]
                 used.append((i, max(same)))
                 continue
@@ -204,7 +201,7 @@ class _Family:
 
     def _nearest_scaled(self, ci: int, co: int, align: int) -> float:
         """Irregular grid (a budget cut it short): the nearest point, scaled by padded work."""
-        ci_a, co_a = _ceil_to(ci, align), _ceil_to(co, align)
+        ci_a, co_a = round_up(ci, align), round_up(co, align)
         (pi, po), ms = min(self.points.items(), key=lambda kv: abs(math.log(kv[0][0] / ci_a)) + abs(math.log(kv[0][1] / co_a)))
         return max(ms * (ci_a * co_a) / (pi * po), _EXTRAPOLATION_FLOOR * ms)
 
