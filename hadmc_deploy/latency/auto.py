@@ -52,8 +52,10 @@ from hadmc_deploy.ui import UI, quiet_ui
 #: v18 (v16 and v17 were tried and reverted, see docs/latency_model.md): a third off-grid plan at
 #: 0.9 of every width, context_plans.OFFGRID_FRACTIONS); v19: a plain conv's input axis swept
 #: too, and where the blocked kernel pads (the output sweep's "pad" shape) a conv whose input is
-#: on the input sweep's step is priced in the aligned regime at its padded size: latency/blocking.py).
-METHOD = "measured-v19"
+#: on the input sweep's step is priced in the aligned regime at its padded size: latency/blocking.py);
+#: v20: a context plan the fit prices >15% from its whole-model time is timed again (twice at most)
+#: and, still so, its layers are scaled to that time: context.fit_context.
+METHOD = "measured-v20"
 
 
 @dataclass
@@ -190,7 +192,7 @@ def measure_table(
     complete = all(s in table or s.key() in refused for s in grid + off)
     info.update({"step": step, "penalty": table.staircase.penalty, "grid_specs": len(grid), "off_grid_specs": len(off), "measured": n_grid + n_off, "failed": failed + failed2, "complete": complete})
     if complete and options.context and table.context is None:
-        from hadmc_deploy.latency.context import fit_context
+        from hadmc_deploy.latency.context import context_fit_summary, fit_context
 
         t0 = time.monotonic()
         full_onnx = baseline_onnx() if callable(baseline_onnx) else baseline_onnx
@@ -220,6 +222,8 @@ def measure_table(
         except LatencyModelError as exc:
             ui.warn(f"no per-layer context correction: {exc.one_line()}")
             info["context_error"] = exc.one_line()
+        if table.context is not None:
+            info["context_fit"] = context_fit_summary(table.context.fitted_on)
         info["phases"]["context_s"] = round(time.monotonic() - t0, 2)
     table.meta.method["complete"] = complete
     if anchor is not None:

@@ -59,9 +59,10 @@ FACTOR_CLIP = 4.0
 #: how far the fit may price one of its own plans from that plan's measured time before the plan is
 #: timed again. The fit carries each plan's profiled layers exactly and adds one overhead (the
 #: plans' median of whole-model time less kernel sum), so a miss on its own plan means that plan's
-#: whole-model rounds and its profile disagree: over 132 fits of earlier validation runs the worst
-#: plan of a fit missed by 4% (median), 10% (90th percentile), 19% (95th); a fit made while CI ran
-#: beside it priced its own 30% plan of ResNet-18 at 10.5 ms against 1.85 ms measured.
+#: whole-model rounds and its profile disagree: over 125 fits of the validation runs of sessions
+#: 34-37 the worst plan of a fit missed by 4.0% (median), 10.7% (90th percentile), 19.5% (95th;
+#: `tools/fit_self_errors.py /tmp/s34 ... /tmp/s37`); a fit made while CI ran beside it priced its
+#: own 30% plan of ResNet-18 at 10.5 ms against 1.85 ms measured.
 SELF_FIT_TOLERANCE = 0.15
 
 
@@ -109,21 +110,39 @@ def fit_context(
                              threads=threads, exporter=exporter, baseline_onnx=baseline_onnx, clock=clock, anchor=anchor,
                              more_rounds_seconds=more_rounds_seconds, model_seconds=model_seconds,
                              recheck=lambda m: inconsistent_plans(table, graph, m, step), ui=ui)
-    fit = fit_measured(table, graph, measured, step, ui=ui)
-    missed = [r for r in fit.fitted_on if self_fit_error(r) > SELF_FIT_TOLERANCE]
-    if missed:
-        ui = ui or quiet_ui()
-        worst = max(missed, key=self_fit_error)
-        ui.warn(f"the context fit prices its own plan {worst['plan']} {self_fit_error(worst):.0%} from its measured time, after timing it again: "
-                "the machine was disturbed while it measured, or the plan runs slower whole than its profiled layers add up to; the build's "
-                "latency check measures its plan side by side")
+    # plans the fit still cannot price near their whole-model time after timing them again: their
+    # profile and whole-model runs disagree for longer than a disturbed minute (the demo CNN's
+    # off-grid plans at 96x96 profiled 17-27% under their whole-model time through two rechecks,
+    # and the validation's unaligned plans then ran 14-35% over the prices of that fit), so the
+    # fit takes their whole-model time, what a build's checks measure, and scales their layers to it
+    unpriced = {r["plan"]: r["predicted_ms"] for r in fit_measured(replace(table), graph, measured, step).fitted_on
+                if self_fit_error(r) > SELF_FIT_TOLERANCE}
+    fit = fit_measured(table, graph, measured, step, ui=ui, reconcile=frozenset(unpriced))
+    for row in fit.fitted_on:
+        if row["plan"] in unpriced:
+            row["profile_predicted_ms"] = unpriced[row["plan"]]
+    if unpriced:
+        worst = max((r for r in fit.fitted_on if r["plan"] in unpriced), key=lambda r: abs(r["profile_predicted_ms"] / r["measured_ms"] - 1))
+        (ui or quiet_ui()).warn(
+            f"context plan(s) {', '.join(unpriced)}: profiled layers and whole-model time disagree, timed {worst.get('rechecks', 0)} time(s) again ({worst['plan']}: "
+            f"{worst['profile_predicted_ms']:.3f} against {worst['measured_ms']:.3f} ms); their layers are scaled to the whole-model time")
     return fit
 
 
 def self_fit_error(row: dict[str, Any]) -> float:
-    """|predicted - measured| / measured of one fitted plan's row (0 without both)."""
-    predicted, measured = row.get("predicted_ms"), row.get("measured_ms")
+    """|predicted - measured| / measured of one fitted plan's row (0 without both): the price from
+    its profiled layers where the fit took its whole-model time instead (`profile_predicted_ms`)."""
+    predicted, measured = row.get("profile_predicted_ms", row.get("predicted_ms")), row.get("measured_ms")
     return abs(predicted - measured) / measured if predicted is not None and measured else 0.0
+
+
+def context_fit_summary(fitted_on: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fit's worst miss on its own plans from their profiled layers, the plans timed again and
+    the plans whose layers were scaled to their whole-model time, for the build's report."""
+    worst = max(fitted_on, key=self_fit_error, default=None)
+    return {"worst_plan": worst["plan"] if worst else None, "worst_error": round(self_fit_error(worst), 4) if worst else 0.0,
+            "tolerance": SELF_FIT_TOLERANCE, "rechecked": [r["plan"] for r in fitted_on if r.get("rechecks")],
+            "reconciled": [r["plan"] for r in fitted_on if r.get("reconciled")]}
 
 
 def inconsistent_plans(table: LatencyTable, graph: DependencyGraph, measured: ContextMeasurements, step: int,
@@ -135,10 +154,11 @@ def inconsistent_plans(table: LatencyTable, graph: DependencyGraph, measured: Co
 
 
 def fit_measured(table: LatencyTable, graph: DependencyGraph, measured: ContextMeasurements, step: int, *, ui: UI | None = None,
-                 form_ops: frozenset[str] = FORM_OPS, form_margin: float = WIN_MARGIN) -> ContextCorrection:
+                 form_ops: frozenset[str] = FORM_OPS, form_margin: float = WIN_MARGIN, reconcile: frozenset[str] = frozenset()) -> ContextCorrection:
     """Set `table.context` to the per-layer correction fitted on `measured` (regimes of `step`):
     a function of the measurements alone. `form_ops`: the layers whose channel form may be kept, `form_margin`: by how much it must beat
-    the curve (`channel_form.choose_form`)."""
+    the curve (`channel_form.choose_form`). `reconcile`: plans whose layers are scaled so that with
+    the fit's overhead they add up to the plan's whole-model time (see `fit_context`)."""
     from hadmc_deploy.latency.predictor import LutLatencyModel, context_layer_ms
 
     ui = ui or quiet_ui()
@@ -148,24 +168,30 @@ def fit_measured(table: LatencyTable, graph: DependencyGraph, measured: ContextM
     # per layer and regime: (size fraction, factor, table price, plan) of each profiled plan
     estimates: list[dict[str, list[tuple[float, float, float, str]]]] = [{"aligned": [], "unaligned": []} for _ in graph.layers]
     channels: list[dict[str, tuple[float, float]]] = [{} for _ in graph.layers]  # per layer: plan -> (in, out) fractions of full
-    overheads, fitted_on = [], []
+    fitted_on = []
     blocking = conv_blocking(table.staircase, step)  # which plain convs the blocked kernel pads (latency/blocking.py)
     priced: dict[str, tuple[list[LayerSpec], list[float]]] = {}  # plan -> (its specs, their table prices)
+    kernel_sums = {name: sum(best[name]) for name in plans}
+    # the profiler's own cost, if any: a plan whose kernels add up to more than its whole-model time
+    scales = {name: min(1.0, walls[name] / ks) if ks > 0 else 1.0 for name, ks in kernel_sums.items()}
+    overhead = statistics.median(max(0.0, walls[name] - kernel_sums[name] * scales[name]) for name in plans)
+    for name in reconcile & set(plans):
+        # its whole-model time, not its profile, is what a build's checks measure; never below a
+        # quarter of it for the layers (an overhead past the plan's own time is itself a glitch)
+        if kernel_sums[name] > 0:
+            scales[name] = max(walls[name] - overhead, 0.25 * walls[name]) / kernel_sums[name]
     for name, widths in plans.items():
         specs = [replace(s, precision=precision, batch=batch) for s in graph.layer_specs(widths)]
         raw = [raw_model.layer_ms(s)[0] for s in specs]
         priced[name] = (specs, raw)
-        ctx = best[name]
-        kernel_sum = sum(ctx)
-        scale = min(1.0, walls[name] / kernel_sum) if kernel_sum > 0 else 1.0  # the profiler's own cost, if any
-        overheads.append(max(0.0, walls[name] - kernel_sum * scale))
+        ctx, scale = best[name], scales[name]
         full_specs = graph.layer_specs()
         for i, t in zip(weighted_idx, ctx, strict=True):
             s, fs = specs[i], full_specs[i]
             aligned, size = regime_and_size(s, fs.in_channels, fs.out_channels, step, blocking)
             estimates[i]["aligned" if aligned else "unaligned"].append((size, t * scale / max(raw[i], 1e-9), raw[i], name))
             channels[i][name] = (s.in_channels / max(fs.in_channels, 1), s.out_channels / max(fs.out_channels, 1))
-        fitted_on.append({**measured.rows[name], "table_sum_ms": sum(raw)})
+        fitted_on.append({**measured.rows[name], "table_sum_ms": sum(raw), **({"reconciled": True} if name in reconcile else {})})
     all_f = [f for e in estimates for lst in e.values() for _, f, _, _ in lst]
     median_f = statistics.median(all_f) if all_f else 1.0
 
@@ -205,7 +231,6 @@ def fit_measured(table: LatencyTable, graph: DependencyGraph, measured: ContextM
                         entry[f"{regime}_form"] = form
         factors.append(entry)
     signature = [replace(s, precision=precision, batch=batch).shape_key() for s in graph.layer_specs()]
-    overhead = statistics.median(overheads)
     penalties = []
     for name, (specs, raw) in priced.items():
         if name.startswith("offgrid"):  # priced with the aligned curves (step 1: every count aligned)
