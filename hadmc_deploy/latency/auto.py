@@ -33,28 +33,24 @@ from hadmc_deploy.latency.speed_anchor import default_store, machine_anchor
 from hadmc_deploy.targets import TargetProfile
 from hadmc_deploy.ui import UI, quiet_ui
 
-#: bump when what a cached table means changes: older cached tables are then re-measured
-#: (v3: context factor curves over the layer size and the context step; v4: whole-model times
-#: as floors, reverted in v5: they predicted ~25% below what the build itself measures; v6: deployed
-#: plans timed and profiled with spinning workers, as they deploy; v7: stricter staircase evidence
-#: and, where the probe finds no step, the grid on the CPU's blocked width; v8: the probe's points
-#: on the grid count as grid points: the swept layer's family had lacked its full-width row; v9: an
-#: isolated step the deployed graphs do not pay for is profiled again on the CPU's blocked width;
-#: v10: layers priced by their in-context times over their size, grouped convs' regimes per group;
-#: v11: an ONNX Runtime probe's step finer than the blocked width and dividing it is profiled at
-#: the blocked width, see context_plans.context_step; v12: the context fit's whole-model times over
-#: the build's WHOLE_MODEL_ROUNDS rounds, every measurement at least WHOLE_MODEL_SECONDS of runs:
-#: hadmc_deploy.timing; v13: graphs with grouped convs profile two crossed plans more, and a grouped
-#: conv's regime is priced by its fitted channel form where that predicts better: latency/channel_form.py;
-#: v14: a context plan's whole-model time is the expected fastest of WHOLE_MODEL_ROUNDS rounds,
-#: estimated from up to three times as many: timing.expected_fastest; v15: profiled kernels pair
-#: with their layers by the source names they keep before keys: kernel_pairing.pair_kernels;
-#: v18 (v16 and v17 were tried and reverted, see docs/latency_model.md): a third off-grid plan at
-#: 0.9 of every width, context_plans.OFFGRID_FRACTIONS); v19: a plain conv's input axis swept
-#: too, and where the blocked kernel pads (the output sweep's "pad" shape) a conv whose input is
-#: on the input sweep's step is priced in the aligned regime at its padded size: latency/blocking.py);
-#: v20: a context plan the fit prices >15% from its whole-model time is timed again (twice at most)
-#: and, still so, its layers are scaled to that time: context.fit_context.
+#: bump when what a cached table means changes: older cached tables are then re-measured (v3: context factor curves over
+#: the layer size and the context step; v4: whole-model times as floors, reverted in v5: they predicted ~25% below what
+#: the build itself measures; v6: deployed plans timed and profiled with spinning workers, as they deploy; v7: stricter
+#: staircase evidence and, where the probe finds no step, the grid on the CPU's blocked width; v8: the probe's points on
+#: the grid count as grid points: the swept layer's family had lacked its full-width row; v9: an isolated step the
+#: deployed graphs do not pay for is profiled again on the CPU's blocked width; v10: layers priced by their in-context
+#: times over their size, grouped convs' regimes per group; v11: an ONNX Runtime probe's step finer than the blocked
+#: width and dividing it is profiled at the blocked width, see context_plans.context_step; v12: the context fit's
+#: whole-model times over the build's WHOLE_MODEL_ROUNDS rounds, every measurement at least WHOLE_MODEL_SECONDS of runs:
+#: hadmc_deploy.timing; v13: graphs with grouped convs profile two crossed plans more, and a grouped conv's regime is
+#: priced by its fitted channel form where that predicts better: latency/channel_form.py; v14: a context plan's
+#: whole-model time is the expected fastest of WHOLE_MODEL_ROUNDS rounds, estimated from up to three times as many:
+#: timing.expected_fastest; v15: profiled kernels pair with their layers by the source names they keep before keys:
+#: kernel_pairing.pair_kernels; v18 (v16 and v17 were tried and reverted, see docs/latency_model.md): a third off-grid
+#: plan at 0.9 of every width, context_plans.OFFGRID_FRACTIONS); v19: a plain conv's input axis swept too, and where the
+#: blocked kernel pads (the output sweep's "pad" shape) a conv whose input is on the input sweep's step is priced in the
+#: aligned regime at its padded size: latency/blocking.py); v20: a context plan the fit prices >15% from its whole-model
+#: time is timed again (twice at most) and, still so, its layers are scaled to that time: context.fit_context.
 METHOD = "measured-v20"
 
 
