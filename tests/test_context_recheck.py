@@ -51,24 +51,6 @@ def test_a_plan_whose_whole_model_time_disagrees_with_its_profile_is_named(tmp_p
     assert self_fit_error(row) > SELF_FIT_TOLERANCE
 
 
-def test_a_plan_reconciled_is_priced_at_its_whole_model_time_and_the_others_as_before(tmp_path):
-    """`reconcile` scales the named plan's layers to its whole-model time (less the fit's overhead):
-    the fit then prices it near what it measured, with the same overhead."""
-    table, graph, step, measured = _measured(tmp_path)
-    disturbed = next(n for n in measured.plans if n != "full")
-    bad = copy.deepcopy(measured)
-    bad.model_ms[disturbed] *= 2.0
-    bad.rows[disturbed]["measured_ms"] *= 2.0
-    plain = fit_measured(replace(table), graph, bad, step)
-    fixed = fit_measured(replace(table), graph, bad, step, reconcile=frozenset({disturbed}))
-    rows = {r["plan"]: r for r in fixed.fitted_on}
-    assert rows[disturbed]["reconciled"] and "reconciled" not in rows["full"]
-    assert abs(rows[disturbed]["predicted_ms"] / rows[disturbed]["measured_ms"] - 1) < SELF_FIT_TOLERANCE
-    before = next(r for r in plain.fitted_on if r["plan"] == disturbed)
-    assert abs(rows[disturbed]["predicted_ms"] - bad.model_ms[disturbed]) < abs(before["predicted_ms"] - bad.model_ms[disturbed])
-    assert fixed.overhead_ms == plain.overhead_ms
-
-
 def test_the_plans_a_recheck_names_are_timed_again_and_their_rounds_kept(tmp_path):
     """measure_plans asks `recheck` after measuring; the plan it names gets another profile round
     and WHOLE_MODEL_ROUNDS more whole-model rounds, added to its earlier ones; the others none."""
@@ -93,9 +75,9 @@ def test_the_summary_names_the_worst_plan_and_the_ones_timed_again():
 
     rows = [{"plan": "full", "predicted_ms": 1.0, "measured_ms": 1.0, "rechecks": 0},
             {"plan": "aligned30", "predicted_ms": 0.5, "measured_ms": 0.4, "rechecks": 2},
-            {"plan": "offgrid45", "predicted_ms": 1.0, "measured_ms": 1.0, "profile_predicted_ms": 0.9, "reconciled": True}]
+            {"plan": "offgrid45", "predicted_ms": 0.9, "measured_ms": 1.0}]
     summary = context_fit_summary(rows)
     assert summary["worst_plan"] == "aligned30" and summary["worst_error"] == 0.25
     assert summary["rechecked"] == ["aligned30"] and summary["tolerance"] == SELF_FIT_TOLERANCE
-    assert summary["reconciled"] == ["offgrid45"] and self_fit_error(rows[2]) == pytest.approx(0.1)
+    assert self_fit_error(rows[2]) == pytest.approx(0.1)
     assert context_fit_summary([])["worst_plan"] is None

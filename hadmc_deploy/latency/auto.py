@@ -49,9 +49,8 @@ from hadmc_deploy.ui import UI, quiet_ui
 #: kernel_pairing.pair_kernels; v18 (v16 and v17 were tried and reverted, see docs/latency_model.md): a third off-grid
 #: plan at 0.9 of every width, context_plans.OFFGRID_FRACTIONS); v19: a plain conv's input axis swept too, and where the
 #: blocked kernel pads (the output sweep's "pad" shape) a conv whose input is on the input sweep's step is priced in the
-#: aligned regime at its padded size: latency/blocking.py); v20: a context plan the fit prices >15% from its whole-model
-#: time is timed again (twice at most) and, still so, its layers are scaled to that time: context.fit_context.
-METHOD = "measured-v20"
+#: aligned regime at its padded size: latency/blocking.py); v20 was tried and reverted, see docs/latency_model.md.
+METHOD = "measured-v19"
 
 
 @dataclass

@@ -110,39 +110,32 @@ def fit_context(
                              threads=threads, exporter=exporter, baseline_onnx=baseline_onnx, clock=clock, anchor=anchor,
                              more_rounds_seconds=more_rounds_seconds, model_seconds=model_seconds,
                              recheck=lambda m: inconsistent_plans(table, graph, m, step), ui=ui)
-    # plans the fit still cannot price near their whole-model time after timing them again: their
-    # profile and whole-model runs disagree for longer than a disturbed minute (the demo CNN's
-    # off-grid plans at 96x96 profiled 17-27% under their whole-model time through two rechecks,
-    # and the validation's unaligned plans then ran 14-35% over the prices of that fit), so the
-    # fit takes their whole-model time, what a build's checks measure, and scales their layers to it
-    unpriced = {r["plan"]: r["predicted_ms"] for r in fit_measured(replace(table), graph, measured, step).fitted_on
-                if self_fit_error(r) > SELF_FIT_TOLERANCE}
-    fit = fit_measured(table, graph, measured, step, ui=ui, reconcile=frozenset(unpriced))
-    for row in fit.fitted_on:
-        if row["plan"] in unpriced:
-            row["profile_predicted_ms"] = unpriced[row["plan"]]
-    if unpriced:
-        worst = max((r for r in fit.fitted_on if r["plan"] in unpriced), key=lambda r: abs(r["profile_predicted_ms"] / r["measured_ms"] - 1))
+    fit = fit_measured(table, graph, measured, step, ui=ui)
+    # still so after the rechecks: kept as fitted. Taking such a plan's whole-model time instead
+    # (its layers scaled to it) was tried and reverted: a plan's whole-model time held in one such
+    # table and was a slow state in another, where scaling priced a plan 62% over what it measured
+    # (docs/latency_model.md, "Method v20, tried and reverted")
+    missed = [r for r in fit.fitted_on if self_fit_error(r) > SELF_FIT_TOLERANCE]
+    if missed:
+        worst = max(missed, key=self_fit_error)
         (ui or quiet_ui()).warn(
-            f"context plan(s) {', '.join(unpriced)}: profiled layers and whole-model time disagree, timed {worst.get('rechecks', 0)} time(s) again ({worst['plan']}: "
-            f"{worst['profile_predicted_ms']:.3f} against {worst['measured_ms']:.3f} ms); their layers are scaled to the whole-model time")
+            f"the context fit prices its own plan {worst['plan']} {self_fit_error(worst):.0%} from its whole-model time (timed "
+            f"{worst.get('rechecks', 0)} time(s) again): its profile and whole-model runs disagree; the build's latency check "
+            "measures its plan side by side")
     return fit
 
 
 def self_fit_error(row: dict[str, Any]) -> float:
-    """|predicted - measured| / measured of one fitted plan's row (0 without both): the price from
-    its profiled layers where the fit took its whole-model time instead (`profile_predicted_ms`)."""
-    predicted, measured = row.get("profile_predicted_ms", row.get("predicted_ms")), row.get("measured_ms")
+    """|predicted - measured| / measured of one fitted plan's row (0 without both)."""
+    predicted, measured = row.get("predicted_ms"), row.get("measured_ms")
     return abs(predicted - measured) / measured if predicted is not None and measured else 0.0
 
 
 def context_fit_summary(fitted_on: list[dict[str, Any]]) -> dict[str, Any]:
-    """The fit's worst miss on its own plans from their profiled layers, the plans timed again and
-    the plans whose layers were scaled to their whole-model time, for the build's report."""
+    """The fit's worst miss on its own plans and the plans timed again, for the build's report."""
     worst = max(fitted_on, key=self_fit_error, default=None)
     return {"worst_plan": worst["plan"] if worst else None, "worst_error": round(self_fit_error(worst), 4) if worst else 0.0,
-            "tolerance": SELF_FIT_TOLERANCE, "rechecked": [r["plan"] for r in fitted_on if r.get("rechecks")],
-            "reconciled": [r["plan"] for r in fitted_on if r.get("reconciled")]}
+            "tolerance": SELF_FIT_TOLERANCE, "rechecked": [r["plan"] for r in fitted_on if r.get("rechecks")]}
 
 
 def inconsistent_plans(table: LatencyTable, graph: DependencyGraph, measured: ContextMeasurements, step: int,
@@ -154,11 +147,10 @@ def inconsistent_plans(table: LatencyTable, graph: DependencyGraph, measured: Co
 
 
 def fit_measured(table: LatencyTable, graph: DependencyGraph, measured: ContextMeasurements, step: int, *, ui: UI | None = None,
-                 form_ops: frozenset[str] = FORM_OPS, form_margin: float = WIN_MARGIN, reconcile: frozenset[str] = frozenset()) -> ContextCorrection:
+                 form_ops: frozenset[str] = FORM_OPS, form_margin: float = WIN_MARGIN) -> ContextCorrection:
     """Set `table.context` to the per-layer correction fitted on `measured` (regimes of `step`):
     a function of the measurements alone. `form_ops`: the layers whose channel form may be kept, `form_margin`: by how much it must beat
-    the curve (`channel_form.choose_form`). `reconcile`: plans whose layers are scaled so that with
-    the fit's overhead they add up to the plan's whole-model time (see `fit_context`)."""
+    the curve (`channel_form.choose_form`)."""
     from hadmc_deploy.latency.predictor import LutLatencyModel, context_layer_ms
 
     ui = ui or quiet_ui()
@@ -175,11 +167,6 @@ def fit_measured(table: LatencyTable, graph: DependencyGraph, measured: ContextM
     # the profiler's own cost, if any: a plan whose kernels add up to more than its whole-model time
     scales = {name: min(1.0, walls[name] / ks) if ks > 0 else 1.0 for name, ks in kernel_sums.items()}
     overhead = statistics.median(max(0.0, walls[name] - kernel_sums[name] * scales[name]) for name in plans)
-    for name in reconcile & set(plans):
-        # its whole-model time, not its profile, is what a build's checks measure; never below a
-        # quarter of it for the layers (an overhead past the plan's own time is itself a glitch)
-        if kernel_sums[name] > 0:
-            scales[name] = max(walls[name] - overhead, 0.25 * walls[name]) / kernel_sums[name]
     for name, widths in plans.items():
         specs = [replace(s, precision=precision, batch=batch) for s in graph.layer_specs(widths)]
         raw = [raw_model.layer_ms(s)[0] for s in specs]
@@ -191,7 +178,7 @@ def fit_measured(table: LatencyTable, graph: DependencyGraph, measured: ContextM
             aligned, size = regime_and_size(s, fs.in_channels, fs.out_channels, step, blocking)
             estimates[i]["aligned" if aligned else "unaligned"].append((size, t * scale / max(raw[i], 1e-9), raw[i], name))
             channels[i][name] = (s.in_channels / max(fs.in_channels, 1), s.out_channels / max(fs.out_channels, 1))
-        fitted_on.append({**measured.rows[name], "table_sum_ms": sum(raw), **({"reconciled": True} if name in reconcile else {})})
+        fitted_on.append({**measured.rows[name], "table_sum_ms": sum(raw)})
     all_f = [f for e in estimates for lst in e.values() for _, f, _, _ in lst]
     median_f = statistics.median(all_f) if all_f else 1.0
 

@@ -78,9 +78,9 @@ def run(ctx: BuildContext) -> StageResult:
         how = (f"measured on this machine through {ctx.plan.target.backend} in {measured.get('seconds', 0):.0f} s"
                if not measured.get("cached") else "measured on this machine earlier (cached table for this graph, machine and backend)")
         fit = measured.get("context_fit") or {}
-        if fit.get("reconciled"):
-            how += (f"; the profiled layers of context plan(s) {', '.join(fit['reconciled'])} disagreed with their whole-model time"
-                    f" (up to {fit['worst_error']:.0%}), which the fit took instead")
+        if fit.get("worst_error", 0.0) > fit.get("tolerance", 1.0):
+            how += (f"; its context fit prices its own plan {fit['worst_plan']} {fit['worst_error']:.0%} from its whole-model time"
+                    f"{' after timing it again' if fit.get('rechecked') else ''}: predictions may miss, the latency check measures")
         outputs.append(Path(lut))
     reused = None
     if measured is None and (reuse := reusable_table(ctx)) is not None:
