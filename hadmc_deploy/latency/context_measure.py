@@ -103,7 +103,7 @@ def measure_plans(
     context fit's own test, `context.inconsistent_plans`); those are profiled and timed again, their
     rounds added to the ones before (a disturbed minute then weighs less in both minima), up to
     MAX_RECHECKS times within RECHECK_SHARE of the time measured so far. Each row records its
-    `rechecks`.
+    `rechecks` apart from `rounds` (the rounds every plan had).
     """
     ui = ui or quiet_ui()
     probe = probe_for(backend, threads, clock)
@@ -184,7 +184,7 @@ def measure_plans(
 
         def measurements() -> ContextMeasurements:
             walls = {name: expected_fastest(r) if clock == "wall" else min(r) for name, r in round_ms.items()}
-            rows = {name: {"plan": name, "measured_ms": walls[name], "rounds": done + rechecked[name], "model_rounds": len(round_ms[name]),
+            rows = {name: {"plan": name, "measured_ms": walls[name], "rounds": done, "model_rounds": len(round_ms[name]),
                            "exporter": exporter if name == full_name else plan_exporter,  # plan_exporter differs only for exporter "deploy"
                            "kernel_sum_ms": sum(best[name]), **({"rechecks": rechecked[name]} if recheck is not None else {}),
                            **({"quiet": quiet[name]} if anchor is not None else {})} for name in plans}
