@@ -78,7 +78,6 @@ def _line(points: dict[int, float], aligned: list[int], c: int) -> float:
     return (1 - t) * points[lo] + t * points[hi]
 
 
-
 def _reference(times: dict[int, float], aligned: list[int], c: int, s: int, mode: str) -> float:
     """What an unaligned count costs before its penalty: its padded count ("pad") or the line ("line")."""
     return times[round_up(c, s)] if mode == "pad" else _line(times, aligned, c)

@@ -10,21 +10,16 @@ labelled "analytic" so nobody mistakes it for a measurement.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from hadmc_deploy.latency.base import Prediction
-from hadmc_deploy.specs import LayerSpec
+from hadmc_deploy.specs import LayerSpec, round_up
 from hadmc_deploy.targets import TargetProfile
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 #: fraction of the datasheet peak a real kernel reaches (roofline models assume 100%;
 #: measured CNN layers on CPUs and GPUs reach roughly half).
 DEFAULT_EFFICIENCY = 0.5
-
-
-def _pad(channels: int, align: int) -> int:
-    return int(math.ceil(channels / align) * align) if align > 1 else channels
 
 
 class AnalyticLatencyModel:
@@ -43,8 +38,8 @@ class AnalyticLatencyModel:
         sheet = self.target.datasheet
         align = self.target.alignment(spec.precision)
         peak = sheet.peak_tflops.get(spec.precision) or sheet.peak_tflops.get("fp32") or 1.0
-        cin = _pad(spec.in_channels, align)
-        cout = _pad(spec.out_channels, align)
+        cin = round_up(spec.in_channels, align)
+        cout = round_up(spec.out_channels, align)
         padded = spec.with_channels(cin, cout) if spec.op not in ("dwconv",) else spec.with_channels(cin, cin)
         compute_s = 2.0 * padded.macs() / (peak * 1e12 * self.efficiency)
         bpe = BYTES_PER_ELEMENT.get(spec.precision, 4)

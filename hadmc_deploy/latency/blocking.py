@@ -43,7 +43,6 @@ def conv_blocking(staircase: Staircase | None, step: int) -> dict[str, Any] | No
     return {"in_step": s_in if 1 < s_in < step and step % s_in == 0 else step, "out_pad": True}
 
 
-
 def regime_and_size(spec: LayerSpec, full_in: int, full_out: int, step: int, blocking: dict[str, Any] | None = None) -> tuple[bool, float]:
     """(aligned, size) of a layer for the context's regimes: the padding rule for a plain conv under
     `blocking` (see `conv_blocking`), else both counts on `step` (`alignment.counts_aligned`) and

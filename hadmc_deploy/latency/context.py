@@ -115,7 +115,7 @@ def fit_context(
     # (its layers scaled to it) was tried and reverted: a plan's whole-model time held in one such
     # table and was a slow state in another, where scaling priced a plan 62% over what it measured
     # (docs/latency_model.md, "Method v20, tried and reverted")
-    missed = [r for r in fit.fitted_on if self_fit_error(r) > SELF_FIT_TOLERANCE]
+    missed = beyond_tolerance(fit.fitted_on)
     if missed:
         worst = max(missed, key=self_fit_error)
         (ui or quiet_ui()).warn(
@@ -131,6 +131,11 @@ def self_fit_error(row: dict[str, Any]) -> float:
     return abs(predicted - measured) / measured if predicted is not None and measured else 0.0
 
 
+def beyond_tolerance(fitted_on: list[dict[str, Any]], tolerance: float = SELF_FIT_TOLERANCE) -> list[dict[str, Any]]:
+    """The fitted plans' rows priced more than `tolerance` from their own measured times."""
+    return [r for r in fitted_on if self_fit_error(r) > tolerance]
+
+
 def context_fit_summary(fitted_on: list[dict[str, Any]]) -> dict[str, Any]:
     """The fit's worst miss on its own plans and the plans timed again, for the build's report."""
     worst = max(fitted_on, key=self_fit_error, default=None)
@@ -142,8 +147,7 @@ def inconsistent_plans(table: LatencyTable, graph: DependencyGraph, measured: Co
                        tolerance: float = SELF_FIT_TOLERANCE) -> list[str]:
     """The plans a fit on `measured` would price more than `tolerance` from their own measured
     times (fitted on a copy of `table`, which is left as it is)."""
-    fit = fit_measured(replace(table), graph, measured, step)
-    return [r["plan"] for r in fit.fitted_on if self_fit_error(r) > tolerance]
+    return [r["plan"] for r in beyond_tolerance(fit_measured(replace(table), graph, measured, step).fitted_on, tolerance)]
 
 
 def fit_measured(table: LatencyTable, graph: DependencyGraph, measured: ContextMeasurements, step: int, *, ui: UI | None = None,

@@ -41,7 +41,7 @@ def detect_input_step(times: dict[int, float], step: int) -> int:
         if s >= step or step % s:
             continue
         on = [pads[c] for c in inner if c % s == 0]
-        off = [times[c] > (1.0 + PAD_TOLERANCE) * times[round_up(c, s)] for c in inner if c % s]
+        off = [times[c] > (1.0 + PAD_TOLERANCE) * times[round_up(c, s)] for c in inner if c % s and round_up(c, s) in times]
         if on and off and sum(on) >= CLEAN_SPLIT * len(on) and sum(off) >= CLEAN_SPLIT * len(off):
             return s
     # no "any count" answer: where the generic kernel is barely slower (a small conv at batch 1:

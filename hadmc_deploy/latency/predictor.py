@@ -40,7 +40,6 @@ _BLOCKED_OPS = ("conv", "gconv", "dwconv", "linear", "convtranspose")
 _EXTRAPOLATION_FLOOR = 0.25
 
 
-
 def _in_block(count: int, step: int, measured: list[int]) -> int:
     """The count a padded price reads (pad mode: a blocked kernel pays for whole blocks of `step`):
     `count` or its padded count where measured, else the largest count measured in the same block
@@ -396,7 +395,8 @@ def fit_correction(layer_sums_ms: list[float], measured_ms: list[float]) -> tupl
 
 
 def _regime_and_size(factors: dict[str, Any], spec: LayerSpec, step: int) -> tuple[str, float]:
-    """("aligned" or "unaligned", the layer's MACs over its MACs at full width)."""
+    """("aligned" or "unaligned", the layer's size: its MACs over its MACs at full width, padded
+    where the fit read a padding kernel, `blocking.regime_and_size`)."""
     full_in, full_out = int(factors.get("full_in", 0)), int(factors.get("full_out", 0))
     aligned, size = regime_and_size(spec, full_in, full_out, step, factors.get("blocking"))
     return ("aligned" if aligned else "unaligned"), size
