@@ -67,6 +67,8 @@ def test_the_plans_a_recheck_names_are_timed_again_and_their_rounds_kept(tmp_pat
     assert measured.rows["full"]["model_rounds"] == first["full"] + WHOLE_MODEL_ROUNDS
     others = [n for n in measured.plans if n != "full"]
     assert all(measured.rows[n]["rechecks"] == 0 and measured.rows[n]["model_rounds"] == first[n] for n in others)
+    # every round is recorded, rechecks' too: the table's stated spread resamples them
+    assert all(len(r["round_ms"]) == r["model_rounds"] and min(r["round_ms"]) > 0 for r in measured.rows.values())
 
 
 def test_the_summary_names_the_worst_plan_and_the_ones_timed_again():

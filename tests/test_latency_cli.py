@@ -85,3 +85,19 @@ def test_lut_command_cpu_clock(tmp_path):
     table = read_table(path)
     assert table.meta.method["clock"] == "cpu" and table.meta.threads == 1
     assert main(["lut", *DEMO, *FAST, "-o", str(path)]) == 2  # wall clock cannot extend a cpu-clock table
+
+
+def test_a_table_with_its_context_fit_states_its_spread(tmp_path, capsys):
+    """`lut` with the context fit records each fitted plan's rounds and states the table's spread
+    (latency/stated_spread.py); `inspect --lut` prints the prediction with it. A table without the
+    fit (--no-correction, the fixture above) states none."""
+    path = tmp_path / "ctx.json"
+    capsys.readouterr()
+    assert main(["lut", *DEMO, "--grid-points", "2", "--passes", "1", "--runs", "2", "--json", "-q", "-o", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0.0 < out["stated_spread"] < 1.0
+    assert all(len(row["round_ms"]) == row["model_rounds"] for row in out["context"])
+    loaded = load_model(None, "hadmc_deploy.models.demo:demo_cnn")
+    graph = trace(loaded.model, (1, 1, 28, 28))
+    args = argparse.Namespace(target="cpu", lut=str(path), force=False, targets_file=None)
+    assert describe_latency(loaded, (1, 1, 28, 28), graph, args, UI(quiet=True))["latency"]["stated_spread"] == pytest.approx(out["stated_spread"])

@@ -45,6 +45,7 @@ from hadmc_deploy.latency.lut import cpu_fingerprint, read_table  # noqa: E402
 from hadmc_deploy.latency.measure import get_backend  # noqa: E402
 from hadmc_deploy.latency.predictor import LutLatencyModel  # noqa: E402
 from hadmc_deploy.latency.speed_anchor import table_anchor  # noqa: E402
+from hadmc_deploy.latency.stated_spread import agree_within, stated_spread  # noqa: E402
 from hadmc_deploy.models import zoo  # noqa: E402
 from hadmc_deploy.models.demo import demo_cnn  # noqa: E402
 from hadmc_deploy.models.mobilenet import mobilenet_v2  # noqa: E402
@@ -296,6 +297,9 @@ def run_cell(arch: str, precision: str, batch: int, args: argparse.Namespace, ui
         "macs_spearman": spearman([r["macs_ms"] for r in held], m),
         "noise_floor_pct": 100 * (max(full_rounds) - min(full_rounds)) / min(full_rounds),
         "median_round_spread_pct": float(np.median([r["round_spread_pct"] for r in rows])),
+        # the table's stated spread (latency/stated_spread.py) and how many random plans measured within it
+        "stated_spread_pct": None if (spread := stated_spread(table)) is None else 100 * spread,
+        "within_stated_spread": None if spread is None else sum(abs(r["lut_err_pct"]) <= 100 * spread for r in held),
         "rows": rows, "lut": str(lut), "fit_plans_retimed": fit_moves,
     }
     ui.log(f"{arch} {precision} b{batch}: LUT MAPE {cell['lut_mape']:.1f}% rho {cell['lut_spearman']:.2f} | MACs {cell['macs_mape']:.1f}% | noise {cell['noise_floor_pct']:.1f}%")
@@ -326,7 +330,10 @@ def repeatability(arch: str, precision: str, batch: int, args: argparse.Namespac
     ratios = sorted(table2.value(e2) / t1.value(e1) for k, e1 in t1.entries.items() if e1.spec.op == "conv"
                     for e2 in (table2.entries.get(k),) if e2 is not None and t1.value(e1) > 0)
     entry_ratio = [float(np.percentile(ratios, q)) for q in (10, 50, 90)] if ratios else None
-    return {"arch": arch, "precision": precision, "batch": batch, "step_first": read_table(first["lut"]).alignment(), "step_second": table2.alignment(),
+    # each table's stated spread (latency/stated_spread.py) and the plans whose two predictions lie beyond both
+    spreads = [stated_spread(t1), stated_spread(table2)]
+    beyond = None if None in spreads else [n for n in plans if not agree_within(p1[n], spreads[0], p2[n], spreads[1])]
+    return {"stated_spread": spreads, "beyond_stated_spread": beyond, "arch": arch, "precision": precision, "batch": batch, "step_first": read_table(first["lut"]).alignment(), "step_second": table2.alignment(),
             "anchor_reference_ms": refs, "anchor_calibrated_ms": [a.get("calibrated_ms") for a in anchors],
             "max_abs_diff_pct": max(abs(v) for v in diffs.values()), "diff_pct": diffs,
             "max_abs_ratio_diff_pct": max(abs(v) for v in ratio_diffs.values()), "ratio_diff_pct": ratio_diffs,
@@ -429,6 +436,23 @@ def _fit_moves(cell: dict) -> str:
     return ", ".join(f"{m['plan']} {m['speedup_move_pct']:+.0f}%" for m in moves) if moves else "-"
 
 
+def _within(cell: dict) -> str:
+    """The table's stated spread and how many of the cell's random plans it covered."""
+    if cell.get("stated_spread_pct") is None:
+        return "-"
+    held = sum(1 for r in cell["rows"] if r["plan"] != "full")
+    return f"+-{cell['stated_spread_pct']:.1f}%: {cell['within_stated_spread']} of {held}"
+
+
+def _spread_text(chk: dict) -> str:
+    """The two tables' stated spreads and whether their predictions agree within them."""
+    spreads, beyond = chk.get("stated_spread") or [None, None], chk.get("beyond_stated_spread")
+    if None in spreads or beyond is None:
+        return ""
+    verdict = "every plan's two predictions agree within them" if not beyond else f"{len(beyond)} plan(s) apart beyond them ({', '.join(beyond)})"
+    return f" Stated spreads {100 * spreads[0]:.1f}% / {100 * spreads[1]:.1f}%: {verdict}."
+
+
 def write_doc(results: dict, path: Path, section: str = "validation") -> None:
     """Replace the text between `<!-- SECTION:begin -->` and `<!-- SECTION:end -->` in `path`."""
     lines = [
@@ -436,19 +460,19 @@ def write_doc(results: dict, path: Path, section: str = "validation") -> None:
         f"clock **{results['clock']}**, {results['plans']} random plans per cell + the full model, {results['rounds']} interleaved rounds. "
         "Produced by `tools/validate_latency_model.py`.",
         "",
-        "| model | input | precision | step (mode, penalty) | table s | LUT MAPE | LUT max | LUT Spearman | LUT MAPE of speedups | MACs MAPE (speedups) | MACs Spearman | noise floor (full model, range over rounds) | each plan's own range over rounds (median / max over plans) | machine speed (speed anchor / its reference): table, validation | full model: table fit -> validation | fit's plans re-timed: speedup moved since the fit | plans ranked the other way: measured gap (their range over rounds) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | input | precision | step (mode, penalty) | table s | LUT MAPE | LUT max | LUT Spearman | stated spread: random plans within it | LUT MAPE of speedups | MACs MAPE (speedups) | MACs Spearman | noise floor (full model, range over rounds) | each plan's own range over rounds (median / max over plans) | machine speed (speed anchor / its reference): table, validation | full model: table fit -> validation | fit's plans re-timed: speedup moved since the fit | plans ranked the other way: measured gap (their range over rounds) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     if not results["cells"]:  # only the --issue / --anchor-ab checks were run
         lines = [f"Measured {results['measured_at']} on {results['machine']} ({results['cores']} logical CPUs, shared: load average "
                  f"{results['load_average']} at the start), clock **{results['clock']}**. Produced by `tools/validate_latency_model.py`."]
     for c in results["cells"]:
         if "error" in c:
-            lines.append(f"| {c['arch']} | | {c['precision']} b{c['batch']} | failed: {c['error'][:80]} | | | | | | | | | | | | | |")
+            lines.append(f"| {c['arch']} | | {c['precision']} b{c['batch']} | failed: {c['error'][:80]} | | | | | | | | | | | | | | |")
             continue
         lines.append(
             f"| {c['arch']} | {'x'.join(map(str, c['input']))} | {c['precision']} | {_step(c)} | {c['table_seconds']:.0f} | "
-            f"**{c['lut_mape']:.1f}%** | {c['lut_max_err']:.1f}% | **{c['lut_spearman']:.2f}** | {_pct(c.get('lut_ratio_mape'))} | {c['macs_mape']:.1f}% | "
+            f"**{c['lut_mape']:.1f}%** | {c['lut_max_err']:.1f}% | **{c['lut_spearman']:.2f}** | {_within(c)} | {_pct(c.get('lut_ratio_mape'))} | {c['macs_mape']:.1f}% | "
             f"{c['macs_spearman']:.2f} | {c['noise_floor_pct']:.1f}% | {_plan_spreads(c)} | {_slowdown(c)} | {_drift(c)} | {_fit_moves(c)} | {_swaps(c)} |"
         )
     for ab in results.get("anchor_ab", []):
@@ -470,6 +494,7 @@ def write_doc(results: dict, path: Path, section: str = "validation") -> None:
             lines.append(f"Issue 13, two tables measured from scratch ({chk['precision']}): whole-model predictions differ by at most {chk['max_abs_diff_pct']:.1f}% "
                          f"over {len(chk['diff_pct'])} plans (steps {chk['step_first']} / {chk['step_second']}{ref_text})"
                          + ("." if ratio is None else f"; their predicted speedups over the full model by at most {ratio:.1f}%.")
+                         + _spread_text(chk)
                          + ("" if not chk.get("conv_entry_ratio_p10_p50_p90") else
                             " Isolated conv prices, second table over first: {:.2f} / {:.2f} / {:.2f} (10th / 50th / 90th percentile).".format(*chk["conv_entry_ratio_p10_p50_p90"])))
     begin, finish = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"

@@ -18,6 +18,7 @@ from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency import load_latency_model
 from hadmc_deploy.latency.alignment import grid_step
 from hadmc_deploy.latency.predictor import LutLatencyModel
+from hadmc_deploy.latency.stated_spread import stated_spread
 from hadmc_deploy.targets import get_target
 from hadmc_deploy.ui import UI
 
@@ -63,7 +64,9 @@ def describe_latency(loaded: Any, shape: tuple[int, ...], graph: DependencyGraph
     savings = group_savings(model, graph, precision, batch, align)
     best = {r["group"]: r for r in savings[:TOP_GROUPS] if r["saved_ms"] > 0}
 
-    table = Table(title=f"predicted latency on {target.name} ({precision}, batch {batch}): {pred.total_ms:.3f} ms (source: {pred.source})", title_justify="left")
+    spread = stated_spread(model.table) if isinstance(model, LutLatencyModel) else None
+    stated = "" if spread is None else f" +-{100 * spread:.1f}%"
+    table = Table(title=f"predicted latency on {target.name} ({precision}, batch {batch}): {pred.total_ms:.3f} ms{stated} (source: {pred.source})", title_justify="left")
     for col, justify in (("layer", "left"), ("op", "left"), ("in->out", "right"), ("HxW", "right"), ("ms", "right"), ("%", "right"), ("how", "left"), ("prune here", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     layers = []
@@ -84,6 +87,7 @@ def describe_latency(loaded: Any, shape: tuple[int, ...], graph: DependencyGraph
         "latency": {
             "model": model.describe(),
             "total_ms": pred.total_ms,
+            "stated_spread": spread,
             "source": pred.source,
             "overhead_ms": pred.overhead_ms,
             "precision": precision,

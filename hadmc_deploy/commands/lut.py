@@ -160,6 +160,7 @@ def _run_measured(args: argparse.Namespace, loaded: Any, graph: Any, shape: tupl
     from hadmc_deploy.errors import LatencyModelError
     from hadmc_deploy.latency.auto import MeasureOptions, measure_table
     from hadmc_deploy.latency.lut import read_table
+    from hadmc_deploy.latency.stated_spread import STEADY_SPREAD, stated_spread
 
     if args.passes < 1 or args.grid_points < 1:
         raise UsageError(f"--passes and --grid-points must be >= 1 (got {args.passes}, {args.grid_points})")
@@ -181,10 +182,16 @@ def _run_measured(args: argparse.Namespace, loaded: Any, graph: Any, shape: tupl
         "entries": len(table), "requested": len(table) if info["complete"] else info["grid_specs"] + info["off_grid_specs"], "measured": len(table) - before,
         "cached": before, "stopped_by_budget": not info["complete"], "staircase": table.staircase.to_dict() if table.staircase else None,
         "context": None if table.context is None else table.context.fitted_on, "phases": info["phases"], "seconds": info["seconds"],
+        "stated_spread": stated_spread(table),
     }
+    spread = result["stated_spread"]
     ui.out.print(
         f"{out}: {len(table)} entries ({result['measured']} measured now) in {info['seconds']:.0f}s; "
         f"staircase step {table.alignment()} (penalty {table.staircase.penalty:.2f}, {table.staircase.mode})"
+        + ("" if spread is None else f"; whole-model predictions +-{100 * spread:.1f}% (its stated spread)")
         + ("" if info["complete"] else "; stopped by --budget-minutes: rerun to continue")
     )
+    if spread is not None and spread > STEADY_SPREAD:
+        ui.warn(f"{out}: its whole-model predictions are uncertain by +-{100 * spread:.1f}% (the plans it timed moved between rounds, or its fit "
+                f"missed them): the machine was likely busy; delete it and measure again when the machine is quiet for tighter predictions")
     return result

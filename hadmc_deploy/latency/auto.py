@@ -188,6 +188,7 @@ def measure_table(
     info.update({"step": step, "penalty": table.staircase.penalty, "grid_specs": len(grid), "off_grid_specs": len(off), "measured": n_grid + n_off, "failed": failed + failed2, "complete": complete})
     if complete and options.context and table.context is None:
         from hadmc_deploy.latency.context import context_fit_summary, fit_context
+        from hadmc_deploy.latency.stated_spread import stated_spread
 
         t0 = time.monotonic()
         full_onnx = baseline_onnx() if callable(baseline_onnx) else baseline_onnx
@@ -219,6 +220,7 @@ def measure_table(
             info["context_error"] = exc.one_line()
         if table.context is not None:
             info["context_fit"] = context_fit_summary(table.context.fitted_on)
+            info["stated_spread"] = stated_spread(table)
         info["phases"]["context_s"] = round(time.monotonic() - t0, 2)
     table.meta.method["complete"] = complete
     if anchor is not None:

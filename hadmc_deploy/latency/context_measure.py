@@ -185,6 +185,7 @@ def measure_plans(
         def measurements() -> ContextMeasurements:
             walls = {name: expected_fastest(r) if clock == "wall" else min(r) for name, r in round_ms.items()}
             rows = {name: {"plan": name, "measured_ms": walls[name], "rounds": done, "model_rounds": len(round_ms[name]),
+                           "round_ms": [round(r, 5) for r in round_ms[name]],  # for the table's stated spread (latency/stated_spread.py)
                            "exporter": exporter if name == full_name else plan_exporter,  # plan_exporter differs only for exporter "deploy"
                            "kernel_sum_ms": sum(best[name]), **({"rechecks": rechecked[name]} if recheck is not None else {}),
                            **({"quiet": quiet[name]} if anchor is not None else {})} for name in plans}

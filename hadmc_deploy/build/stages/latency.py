@@ -16,6 +16,7 @@ from hadmc_deploy.errors import HadmcError, LatencyModelError
 from hadmc_deploy.fileio import sha256_file, user_cache_root
 from hadmc_deploy.latency.auto import MeasureOptions, cached_table, measured_latency_model
 from hadmc_deploy.latency.lut import prices_sha256
+from hadmc_deploy.latency.stated_spread import stated_spread
 
 SOURCE_LABELS = {
     "lut": "measured LUT",
@@ -96,12 +97,16 @@ def run(ctx: BuildContext) -> StageResult:
     pred = lm.predict(specs)
     label = SOURCE_LABELS.get(pred.source, pred.source)
     table = getattr(lm, "table", None)
+    spread = stated_spread(table) if table is not None else None
+    if spread is not None and how:
+        how += f"; whole-model predictions +-{100 * spread:.1f}% (the table's stated spread)"
     result = {
         "source": pred.source,
         "label": label,
         "lut_path": lut,
         "lut_how": how or "none: the analytic model from the target's datasheet",
         "baseline_predicted_ms": float(pred.total_ms),
+        "stated_spread": spread,
         "precision": ctx.plan.precision,
         # the channel step measured on this machine (None: the target's assumed alignment applies). A table
         # reused without a budget only prices: a --ratio plan must not depend on what the cache holds.
