@@ -6,7 +6,9 @@ worst plan, then percentiles over all tables given (duplicates, the same fit cop
 Why: the context fit carries each plan's profiled layers and adds one overhead for all plans
 (latency/context.py), so a fit that misses one of its own plans says that plan's whole-model
 rounds and its profile disagree. `context.SELF_FIT_TOLERANCE`, past which a plan is timed again,
-was set from this distribution over the tables of earlier validation runs.
+was set from this distribution over the tables of earlier validation runs. With `--spreads`, each
+table's stated spread (latency/stated_spread.py: the root mean square of its plans' spreads)
+beside the median of them, the form first tried.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from hadmc_deploy.latency.lut import read_table
+from hadmc_deploy.latency.stated_spread import plan_spread, stated_spread
 
 
 def tables(paths: list[Path]) -> list[Path]:
@@ -40,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="table files or directories holding them")
     parser.add_argument("--over", type=float, default=0.15, help="list the tables whose worst plan missed by more than this")
+    parser.add_argument("--spreads", action="store_true", help="print each table's stated spread (root mean square and median over its plans)")
     args = parser.parse_args()
     seen, errors = set(), []
     for path in tables(args.paths):
@@ -53,6 +59,9 @@ def main() -> None:
             continue
         seen.add(fingerprint)
         errors.append(abs(found[1]))
+        if args.spreads and (spread := stated_spread(read_table(path))) is not None:
+            plans = [s for s in (plan_spread(r) for r in table["context"]["fitted_on"]) if s is not None]
+            print(f"{path.name}: stated spread {spread:.1%} (median of its {len(plans)} plans {np.median(plans):.1%}), worst plan {found[0]} {found[1]:+.1%}")
         if abs(found[1]) > args.over:
             meta = table.get("meta", {})
             print(f"{path}: {meta.get('precision')} b{meta.get('batch')}, worst plan {found[0]} {found[1]:+.0%}")

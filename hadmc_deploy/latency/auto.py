@@ -1,8 +1,10 @@
-"""Measure a latency table for this model on this machine, cheaply, and cache it.
+"""Measure a latency table for this model on this machine, cheaply (the cache around it:
+latency/table_cache.py).
 
-`measured_latency_model` is what a build targeting the CPU it runs on calls by
-default: it returns the cached table for (model graph, machine, backend version,
-precision, batch, method) or measures one: the staircase probe, a coarse grid
+`measure_table` is what a build targeting the CPU it runs on measures by default
+(through `table_cache.measured_latency_model`, which returns the cached table for
+(model graph, machine, backend version, precision, batch, method) instead where
+there is one): the staircase probe, a coarse grid
 at the measured step (the widths the search can choose), one point just off the
 grid per layer, all timed in interleaved passes, then the per-layer context
 correction from profiling the deployed full-width and off-grid plans.
@@ -24,10 +26,8 @@ from torch import nn
 from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency.alignment import blocked_layout_width, grid_step, off_grid_specs, probe_staircase
-from hadmc_deploy.latency.analytic import AnalyticLatencyModel
 from hadmc_deploy.latency.lut import IDENTITY_KEYS, LatencyTable, LutMeta
 from hadmc_deploy.latency.measure import backend_identity, get_backend, specs_for_graph
-from hadmc_deploy.latency.predictor import LutLatencyModel
 from hadmc_deploy.latency.repeat import measure_into_table, ort_preparer
 from hadmc_deploy.latency.speed_anchor import default_store, machine_anchor
 from hadmc_deploy.targets import TargetProfile
@@ -233,67 +233,3 @@ def measure_table(
     table.save(path)
     info["seconds"] = round(time.monotonic() - start, 2)
     return table, info
-
-
-def cache_path(graph: DependencyGraph, target: TargetProfile, precision: str, batch: int, cache_dir: str | Path, clock: str = "wall") -> tuple[Path, str] | None:
-    """(file, key) of the table cached for this graph, machine, backend version, precision, batch and
-    clock (None: the target's backend is not on this machine)."""
-    version, device = backend_identity(get_backend(target.backend))
-    if version is None or device is None:
-        return None
-    key = cache_key(graph, target, precision, batch, version, device, clock)
-    return Path(cache_dir) / f"lut-{precision}-b{batch}-{key}.json", key
-
-
-def cached_table(graph: DependencyGraph, target: TargetProfile, precision: str, batch: int, cache_dir: str | Path, clock: str = "wall") -> Path | None:
-    """The complete table `measured_latency_model` cached for this graph, machine, backend version,
-    precision and batch (None when there is none, or the backend is not here): free to reuse."""
-    found = cache_path(graph, target, precision, batch, cache_dir, clock)
-    if found is None or not found[0].exists():
-        return None
-    path = found[0]
-    from hadmc_deploy.latency.lut import read_table
-
-    try:
-        return path if read_table(path).meta.method.get("complete") else None
-    except LatencyModelError:
-        return None
-
-
-def measured_latency_model(
-    graph: DependencyGraph,
-    model: nn.Module,
-    input_shape: tuple[int, ...],
-    target: TargetProfile,
-    precision: str,
-    batch: int,
-    cache_dir: str | Path,
-    *,
-    budget_s: float | None = 60.0,
-    options: MeasureOptions | None = None,
-    baseline_onnx: Path | Callable[[], Path | None] | None = None,
-    ui: UI | None = None,
-) -> tuple[LutLatencyModel, dict[str, Any]]:
-    """The measured model of `graph` on this machine: from `cache_dir` when a complete table for the
-    same graph, machine, backend version, precision and batch is there, else measured now (and cached).
-
-    info: {"cached": bool, "lut": path, "key": ..., "seconds": ..., "step": ..., ...}. A budget-limited
-    (incomplete) table still predicts (uncovered points extrapolate, labelled) and is resumed next time.
-    """
-    ui = ui or quiet_ui()
-    found = cache_path(graph, target, precision, batch, cache_dir, (options or MeasureOptions()).clock)
-    if found is None:
-        raise LatencyModelError(f"{target.backend} is not available on this machine", hint="install onnxruntime, or pass --lut")
-    path, key = found
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        from hadmc_deploy.latency.lut import read_table
-
-        table = read_table(path)
-        if table.meta.method.get("complete"):
-            ui.log(f"latency table from cache: {path}")
-            return LutLatencyModel(table, AnalyticLatencyModel(target), source=str(path), ui=ui), {"cached": True, "lut": str(path), "key": key, "seconds": 0.0}
-    ui.log(f"measuring a {precision} batch-{batch} latency table on this machine (cached as {path})")
-    table, info = measure_table(model, graph, input_shape, target, precision, batch, path, budget_s=budget_s, options=options, baseline_onnx=baseline_onnx, ui=ui)
-    info.update({"cached": False, "key": key})
-    return LutLatencyModel(table, AnalyticLatencyModel(target), source=str(path), ui=ui), info

@@ -14,9 +14,10 @@ from hadmc_deploy.build.engine import BuildContext, Stage, StageResult
 from hadmc_deploy.build.inputs import baseline_export, graph, latency_model, loaded_model, with_precision
 from hadmc_deploy.errors import HadmcError, LatencyModelError
 from hadmc_deploy.fileio import sha256_file, user_cache_root
-from hadmc_deploy.latency.auto import MeasureOptions, cached_table, measured_latency_model
+from hadmc_deploy.latency.auto import MeasureOptions
 from hadmc_deploy.latency.lut import prices_sha256
 from hadmc_deploy.latency.stated_spread import stated_spread
+from hadmc_deploy.latency.table_cache import cached_table, measured_latency_model
 
 SOURCE_LABELS = {
     "lut": "measured LUT",
@@ -78,6 +79,10 @@ def run(ctx: BuildContext) -> StageResult:
         measured, lut = _measure(ctx)
         how = (f"measured on this machine through {ctx.plan.target.backend} in {measured.get('seconds', 0):.0f} s"
                if not measured.get("cached") else "measured on this machine earlier (cached table for this graph, machine and backend)")
+        again = measured.get("measured_again")
+        if again:
+            how += (f"; measured again as the cached table stated +-{100 * again['earlier_spread']:.1f}% (a busy machine), "
+                    f"the {'new' if again['kept'] == 'new' else 'earlier'} one kept (the steadier)")
         fit = measured.get("context_fit") or {}
         if fit.get("worst_error", 0.0) > fit.get("tolerance", 1.0):
             how += (f"; its context fit prices its own plan {fit['worst_plan']} {fit['worst_error']:.0%} from its whole-model time"
