@@ -83,3 +83,18 @@ def test_the_summary_names_the_worst_plan_and_the_ones_timed_again():
     assert summary["rechecked"] == ["aligned30"] and summary["tolerance"] == SELF_FIT_TOLERANCE
     assert self_fit_error(rows[2]) == pytest.approx(0.1)
     assert context_fit_summary([])["worst_plan"] is None
+
+
+def test_each_plan_but_the_full_model_is_priced_by_a_fit_without_it(tmp_path):
+    """held_out_errors: every profiled plan but the full model gets the miss of a fit on the others
+    (the table itself left unfitted); a plan whose whole-model time tripled is missed by about 2/3."""
+    from hadmc_deploy.latency.context import held_out_errors
+
+    table, graph, step, measured = _measured(tmp_path)
+    errors = held_out_errors(table, graph, measured, step)
+    assert set(errors) == set(measured.plans) - {"full"} and all(0.0 <= e < 10.0 for e in errors.values())
+    assert table.context is None
+    disturbed = next(n for n in errors if errors[n] < 0.3)
+    bad = copy.deepcopy(measured)
+    bad.model_ms[disturbed] *= 3.0
+    assert held_out_errors(table, graph, bad, step)[disturbed] > 0.5

@@ -19,7 +19,7 @@ from hadmc_deploy.latency.ort_profile import (
     profile_session,
     source_weighted_nodes,
 )
-from hadmc_deploy.latency.stated_spread import STEADY_SPREAD, stated_spread
+from hadmc_deploy.latency.stated_spread import STEADY_SPREAD, measurement_spread
 from hadmc_deploy.latency.table_cache import measured_latency_model
 from hadmc_deploy.latency.whole_model import _timing_ranges, export_for_timing
 from hadmc_deploy.models.demo import demo_cnn
@@ -183,8 +183,8 @@ def test_measured_model_is_cached_per_graph_and_machine(tmp_path):
     assert cached_table(graph, get_target("cpu"), "fp32", 1, tmp_path) == Path(info["lut"])
     assert cached_table(graph, get_target("cpu"), "fp32", 2, tmp_path) is None
     lm2, info2 = measured_latency_model(graph, model, shape, get_target("cpu"), "fp32", 1, tmp_path, options=opts)
-    if stated_spread(lm.table) > STEADY_SPREAD:  # measured while the machine was busy (the tests beside it): measured once more
-        assert not info2["cached"] and info2["measured_again"]["earlier_spread"] == pytest.approx(stated_spread(lm.table))
+    if measurement_spread(lm.table) > STEADY_SPREAD:  # measured while the machine was busy (the tests beside it): measured once more
+        assert not info2["cached"] and info2["measured_again"]["earlier_spread"] == pytest.approx(measurement_spread(lm.table))
     else:
         assert info2["cached"] and lm2.predict(graph.layer_specs()).total_ms == pytest.approx(pred.total_ms)
     other = trace(demo_cnn(num_classes=5).eval(), shape)  # another graph: another cache entry

@@ -8,7 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from hadmc_deploy.latency.stated_spread import agree_within, estimate_spread, plan_spread, stated_spread
+from hadmc_deploy.latency.stated_spread import (
+    agree_within,
+    estimate_spread,
+    measurement_spread,
+    plan_spread,
+    stated_spread,
+)
 
 
 def test_rounds_that_move_state_a_wider_spread_than_rounds_that_do_not():
@@ -31,6 +37,15 @@ def test_a_plan_adds_its_rounds_and_the_fits_miss_in_quadrature():
     loose = {**row, "round_ms": [1.00, 1.45, 1.10, 1.60, 1.05, 1.30, 1.55, 1.20, 1.02, 1.40]}
     assert plan_spread(loose) > plan_spread(row)
     assert plan_spread({"plan": "old", "predicted_ms": 1.1, "measured_ms": 1.0}) is None
+
+
+def test_a_plan_left_out_of_the_fit_states_that_fits_miss():
+    """Where the row carries the miss of a fit without the plan, the stated spread takes it and the
+    measurement spread keeps the in-sample miss."""
+    row = {"plan": "aligned50", "predicted_ms": 1.01, "measured_ms": 1.0, "held_out_error": 0.06, "round_ms": [1.0] * 7}
+    table = SimpleNamespace(context=SimpleNamespace(fitted_on=[row]))
+    assert plan_spread(row) == pytest.approx(0.06) and plan_spread(row, held_out=False) == pytest.approx(0.01)
+    assert stated_spread(table) == pytest.approx(0.06) and measurement_spread(table) == pytest.approx(0.01)
 
 
 def test_a_table_states_the_root_mean_square_of_its_plans():

@@ -1,5 +1,5 @@
-"""The cache of measured tables (latency/table_cache.py): a cached table stating a wide spread is
-measured once more and the steadier kept, marked so that it is not measured again."""
+"""The cache of measured tables (latency/table_cache.py): a cached table whose measurements spread
+wide is measured once more and the steadier kept, marked so that it is not measured again."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import torch
 from hadmc_deploy.graph.trace import trace
 from hadmc_deploy.latency.auto import MeasureOptions
 from hadmc_deploy.latency.lut import read_table
-from hadmc_deploy.latency.stated_spread import STEADY_SPREAD, stated_spread
+from hadmc_deploy.latency.stated_spread import STEADY_SPREAD, measurement_spread
 from hadmc_deploy.latency.table_cache import MEASURED_AGAIN, keep_steadier, measured_latency_model
 from hadmc_deploy.models.demo import demo_cnn
 from hadmc_deploy.targets import get_target
 
 
 def _widen(path, miss: float) -> None:  # noqa: ANN001
-    """Make the table at `path` state about `miss`: its fit priced each plan `miss` over its time."""
+    """Make the table at `path` show a measurement spread of about `miss`: its fit priced each of its
+    own plans `miss` over its time."""
     data = json.loads(path.read_text())
     for row in data["context"]["fitted_on"]:
         row["predicted_ms"] = row["measured_ms"] * (1.0 + miss)
@@ -33,16 +34,16 @@ def demo():  # noqa: ANN201
     return model, shape, trace(model, shape), MeasureOptions(grid_points=2, passes=1, runs_per_pass=2, context_rounds=1, exporter="fast")
 
 
-def test_a_cached_table_stating_a_wide_spread_is_measured_once_more(tmp_path, demo):
-    """The cached table altered to state 50%: the next call measures a new one (real sessions), keeps
+def test_a_cached_table_measured_on_a_busy_machine_is_measured_once_more(tmp_path, demo):
+    """The cached table altered to show a 50% measurement spread: the next call measures a new one (real sessions), keeps
     whichever states less (the new one, unless this machine is busier than 50%), and marks it; a
     call after that reuses it whatever it states."""
     model, shape, graph, opts = demo
     lm, info = measured_latency_model(graph, model, shape, get_target("cpu"), "fp32", 1, tmp_path, budget_s=120, options=opts)
     path = tmp_path / info["lut"].split("/")[-1]
-    assert not info["cached"] and stated_spread(lm.table) is not None
+    assert not info["cached"] and measurement_spread(lm.table) is not None
     _widen(path, 0.5)
-    assert stated_spread(read_table(path)) > STEADY_SPREAD
+    assert measurement_spread(read_table(path)) > STEADY_SPREAD
     lm2, info2 = measured_latency_model(graph, model, shape, get_target("cpu"), "fp32", 1, tmp_path, budget_s=120, options=opts)
     again = info2[MEASURED_AGAIN]
     assert not info2["cached"] and again["earlier_spread"] > STEADY_SPREAD
@@ -54,7 +55,7 @@ def test_a_cached_table_stating_a_wide_spread_is_measured_once_more(tmp_path, de
 
 
 def test_keep_steadier_prefers_the_complete_table_stating_less(tmp_path, demo):
-    """Between two tables of the same graph: the one stating the smaller spread wins; a new table
+    """Between two tables of the same graph: the one whose measurements spread less wins; a new table
     stopped by its budget never replaces a complete earlier one."""
     model, shape, graph, opts = demo
     lm, info = measured_latency_model(graph, model, shape, get_target("cpu"), "fp32", 1, tmp_path, budget_s=120, options=opts)

@@ -160,7 +160,7 @@ def _run_measured(args: argparse.Namespace, loaded: Any, graph: Any, shape: tupl
     from hadmc_deploy.errors import LatencyModelError
     from hadmc_deploy.latency.auto import MeasureOptions, measure_table
     from hadmc_deploy.latency.lut import read_table
-    from hadmc_deploy.latency.stated_spread import STEADY_SPREAD, stated_spread
+    from hadmc_deploy.latency.stated_spread import STEADY_SPREAD, measurement_spread, stated_spread
 
     if args.passes < 1 or args.grid_points < 1:
         raise UsageError(f"--passes and --grid-points must be >= 1 (got {args.passes}, {args.grid_points})")
@@ -191,7 +191,8 @@ def _run_measured(args: argparse.Namespace, loaded: Any, graph: Any, shape: tupl
         + ("" if spread is None else f"; whole-model predictions +-{100 * spread:.1f}% (its stated spread)")
         + ("" if info["complete"] else "; stopped by --budget-minutes: rerun to continue")
     )
-    if spread is not None and spread > STEADY_SPREAD:
-        ui.warn(f"{out}: its whole-model predictions are uncertain by +-{100 * spread:.1f}% (the plans it timed moved between rounds, or its fit "
-                f"missed them): the machine was likely busy; delete it and measure again when the machine is quiet for tighter predictions")
+    measured_spread = result["measurement_spread"] = measurement_spread(table)
+    if measured_spread is not None and measured_spread > STEADY_SPREAD:
+        ui.warn(f"{out}: the plans it timed moved by +-{100 * measured_spread:.1f}% between rounds (or their profiles and whole-model times "
+                f"disagreed): the machine was likely busy; delete it and measure again when the machine is quiet for tighter predictions")
     return result

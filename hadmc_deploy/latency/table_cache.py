@@ -1,7 +1,8 @@
 """The cache of measured tables: one per graph, machine, backend version, precision, batch and
-clock, reused by every later build and measured again once when it states a wide spread.
+clock, reused by every later build and measured again once when its measurements spread wide.
 
-Why measured again: a table measured while other jobs ran states it (latency/stated_spread.py),
+Why measured again: a table measured while other jobs ran shows it (its measurement spread,
+latency/stated_spread.py),
 and reused as it is, its misses would follow every build of that model on this machine; one more
 table, the steadier of the two kept, costs one table's time once (the kept table is marked, so a
 machine that stays busy does not pay it in every build).
@@ -22,7 +23,7 @@ from hadmc_deploy.latency.auto import MeasureOptions, cache_key, measure_table
 from hadmc_deploy.latency.lut import LatencyTable, read_table
 from hadmc_deploy.latency.measure import backend_identity, get_backend
 from hadmc_deploy.latency.predictor import LutLatencyModel
-from hadmc_deploy.latency.stated_spread import STEADY_SPREAD, stated_spread
+from hadmc_deploy.latency.stated_spread import STEADY_SPREAD, measurement_spread
 from hadmc_deploy.targets import TargetProfile
 from hadmc_deploy.ui import UI, quiet_ui
 
@@ -82,12 +83,12 @@ def measured_latency_model(
     earlier = None
     if path.exists():
         table = read_table(path)
-        spread = stated_spread(table)
+        spread = measurement_spread(table)
         if table.meta.method.get("complete"):
             if spread is None or spread <= STEADY_SPREAD or table.meta.method.get(MEASURED_AGAIN):
                 ui.log(f"latency table from cache: {path}")
                 return LutLatencyModel(table, AnalyticLatencyModel(target), source=str(path), ui=ui), {"cached": True, "lut": str(path), "key": key, "seconds": 0.0}
-            ui.log(f"the cached table states +-{spread:.1%} (measured while the machine was busy): measuring it once more, the steadier kept")
+            ui.log(f"the cached table's measurements spread +-{spread:.1%} (the machine was busy): measuring it once more, the steadier kept")
             earlier = path.with_name(path.stem + ".earlier.json")
             path.replace(earlier)
     ui.log(f"measuring a {precision} batch-{batch} latency table on this machine (cached as {path})")
@@ -99,11 +100,11 @@ def measured_latency_model(
 
 
 def keep_steadier(path: Path, earlier: Path, table: LatencyTable, info: dict[str, Any]) -> LatencyTable:
-    """Of the table just measured at `path` and the cached one moved to `earlier`, the one stating
-    the smaller spread, left at `path` and marked measured again (a new table stopped by the budget,
+    """Of the table just measured at `path` and the cached one moved to `earlier`, the one whose
+    measurements spread less, left at `path` and marked measured again (a new table stopped by the budget,
     or stating none, loses to the complete earlier one); `info["measured_again"]` says which."""
     before = read_table(earlier)
-    old, new = stated_spread(before), stated_spread(table)
+    old, new = measurement_spread(before), measurement_spread(table)
     keep_new = bool(table.meta.method.get("complete")) and new is not None and (old is None or new < old)
     kept = table if keep_new else before
     kept.meta.method[MEASURED_AGAIN] = True

@@ -81,7 +81,7 @@ def run(ctx: BuildContext) -> StageResult:
                if not measured.get("cached") else "measured on this machine earlier (cached table for this graph, machine and backend)")
         again = measured.get("measured_again")
         if again:
-            how += (f"; measured again as the cached table stated +-{100 * again['earlier_spread']:.1f}% (a busy machine), "
+            how += (f"; measured again as the cached table's measurements spread +-{100 * again['earlier_spread']:.1f}% (a busy machine), "
                     f"the {'new' if again['kept'] == 'new' else 'earlier'} one kept (the steadier)")
         fit = measured.get("context_fit") or {}
         if fit.get("worst_error", 0.0) > fit.get("tolerance", 1.0):
