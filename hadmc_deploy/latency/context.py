@@ -38,6 +38,7 @@ from typing import Any
 
 from torch import nn
 
+from hadmc_deploy.errors import LatencyModelError
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.latency.alignment import WEIGHTED_OPS
 from hadmc_deploy.latency.blocking import PADDED_OPS, conv_blocking, regime_and_size
@@ -163,7 +164,10 @@ def held_out_errors(table: LatencyTable, graph: DependencyGraph, measured: Conte
         if same_plan(graph, measured.plans[name], full) or not measured.model_ms.get(name):
             continue
         copy = replace(table)
-        fit_measured(copy, graph, measured.subset([n for n in names if n != name]), step)
+        try:
+            fit_measured(copy, graph, measured.subset([n for n in names if n != name]), step)
+        except (LatencyModelError, statistics.StatisticsError, ZeroDivisionError):
+            continue  # the others alone cannot be fitted: the plan keeps its own miss (stated_spread.plan_spread)
         specs = [replace(s, precision=table.meta.precision, batch=table.meta.batch) for s in graph.layer_specs(measured.plans[name])]
         predicted = LutLatencyModel(copy, source="<held-out fit>", warn_extrapolation=False).predict(specs).total_ms
         errors[name] = abs(predicted - measured.model_ms[name]) / measured.model_ms[name]
