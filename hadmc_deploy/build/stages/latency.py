@@ -82,7 +82,7 @@ def run(ctx: BuildContext) -> StageResult:
         again = measured.get("measured_again")
         if again:
             how += (f"; measured again as the cached table's measurements spread +-{100 * again['earlier_spread']:.1f}% (a busy machine), "
-                    f"the {'new' if again['kept'] == 'new' else 'earlier'} one kept (the steadier)")
+                    f"the {again['kept']} one kept (the steadier)")
         fit = measured.get("context_fit") or {}
         if fit.get("worst_error", 0.0) > fit.get("tolerance", 1.0):
             how += (f"; its context fit prices its own plan {fit['worst_plan']} {fit['worst_error']:.0%} from its whole-model time"
