@@ -7,8 +7,8 @@ Why: the context fit carries each plan's profiled layers and adds one overhead f
 (latency/context.py), so a fit that misses one of its own plans says that plan's whole-model
 rounds and its profile disagree. `context.SELF_FIT_TOLERANCE`, past which a plan is timed again,
 was set from this distribution over the tables of earlier validation runs. With `--spreads`, each
-table's stated spread (latency/stated_spread.py: the root mean square of its plans' spreads)
-beside the median of them, the form first tried.
+table's stated spread (latency/stated_spread.py: the root mean square of its plans' spreads, with
+the held-out misses where the table records them) beside the median of the same spreads.
 """
 
 from __future__ import annotations
