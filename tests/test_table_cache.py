@@ -75,3 +75,17 @@ def test_keep_steadier_prefers_the_complete_table_stating_less(tmp_path, demo):
     incomplete.meta.method["complete"] = False
     keep_steadier(path, earlier, incomplete, out)
     assert out[MEASURED_AGAIN]["kept"] == "earlier" and read_table(path).meta.method["complete"]
+
+
+def test_a_measuring_again_cut_short_is_resumed_and_compared(tmp_path, demo):
+    """A process killed while measuring again leaves the earlier table moved aside: the next call
+    resumes the table at the cache path and still keeps the steadier, leaving no file aside."""
+    model, shape, graph, opts = demo
+    _, info = measured_latency_model(graph, model, shape, get_target("cpu"), "fp32", 1, tmp_path, budget_s=120, options=opts)
+    path = tmp_path / info["lut"].split("/")[-1]
+    aside = path.with_name(path.stem + ".earlier.json")
+    aside.write_text(path.read_text())
+    _widen(aside, 0.5)
+    _, again = measured_latency_model(graph, model, shape, get_target("cpu"), "fp32", 1, tmp_path, options=opts)
+    assert again[MEASURED_AGAIN]["kept"] == "new" and not aside.exists()
+    assert read_table(path).meta.method[MEASURED_AGAIN]

@@ -80,8 +80,9 @@ def measured_latency_model(
         raise LatencyModelError(f"{target.backend} is not available on this machine", hint="install onnxruntime, or pass --lut")
     path, key = found
     path.parent.mkdir(parents=True, exist_ok=True)
-    earlier = None
-    if path.exists():
+    moved = path.with_name(path.stem + ".earlier.json")
+    earlier = moved if moved.exists() else None  # a measuring again that was cut short: resumed below, then compared
+    if path.exists() and earlier is None:
         table = read_table(path)
         spread = measurement_spread(table)
         if table.meta.method.get("complete"):
@@ -89,7 +90,7 @@ def measured_latency_model(
                 ui.log(f"latency table from cache: {path}")
                 return LutLatencyModel(table, AnalyticLatencyModel(target), source=str(path), ui=ui), {"cached": True, "lut": str(path), "key": key, "seconds": 0.0}
             ui.log(f"the cached table's measurements spread +-{spread:.1%} (the machine was busy): measuring it once more, the steadier kept")
-            earlier = path.with_name(path.stem + ".earlier.json")
+            earlier = moved
             path.replace(earlier)
     ui.log(f"measuring a {precision} batch-{batch} latency table on this machine (cached as {path})")
     table, info = measure_table(model, graph, input_shape, target, precision, batch, path, budget_s=budget_s, options=options, baseline_onnx=baseline_onnx, ui=ui)
