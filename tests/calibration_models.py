@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -55,12 +57,19 @@ def trained_tiny(train: ArrayDataset) -> TinyResNet:
         torch.set_num_threads(threads)
 
 
+def _scratch_dir() -> Path:
+    """A directory for this process's exported models, removed when it exits."""
+    path = Path(tempfile.mkdtemp(prefix="hadmc-calib-tests-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 @functools.cache
 def tiny_digits_onnx() -> tuple[Path, ArrayDataset, ArrayDataset]:
     """(float ONNX of TinyResNet trained on digits, train split, test split), built once per test process."""
     train, test = digits()
     model = trained_tiny(train)
-    path = Path(tempfile.mkdtemp(prefix="hadmc-calib-tests-")) / "tiny.onnx"
+    path = _scratch_dir() / "tiny.onnx"
     return export(model, (1, 1, 8, 8), path, verify_inputs=test.x[:32]), train, test
 
 
@@ -79,5 +88,5 @@ def mbv3_digits_onnx() -> tuple[Path, ArrayDataset, ArrayDataset]:
         model = train_classifier(mobilenet_v3_small(), train, epochs=5, lr=0.05, batch_size=64, seed=0)
     finally:
         torch.set_num_threads(threads)
-    path = Path(tempfile.mkdtemp(prefix="hadmc-calib-tests-")) / "mbv3.onnx"
+    path = _scratch_dir() / "mbv3.onnx"
     return export(model, (1, 1, 8, 8), path, verify_inputs=test.x[:32]), train, test
