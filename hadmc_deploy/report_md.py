@@ -113,6 +113,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["## Recovery", "", f"- mode: {rec.get('mode', '-')}"]
     if rec.get("statement"):
         out.append(f"- {rec['statement']}")
+    detail = rec.get("detail") or {}
+    if detail.get("steps"):
+        out.append(f"- {detail['steps']} optimizer steps at --lr {detail['lr']:g}, kept epoch {detail.get('best_epoch', 0)}" if detail.get("lr")
+                   else f"- {detail['steps']} optimizer steps, kept epoch {detail.get('best_epoch', 0)}")
+    out += [f"- {m}" for m in detail.get("messages") or []]
     agreement = rec.get("agreement")
     if agreement:
         if rec.get("agreement_after_bn"):

@@ -255,3 +255,43 @@ def test_a_model_with_two_outputs_is_scored_and_distilled_on_its_first(data, tea
     # the same computation as the single-output model's: it trained on the first output
     assert [h["val_accuracy"] for h in two.history] == pytest.approx([h["val_accuracy"] for h in one.history])
     assert two.accuracy_after > two.accuracy_before
+
+
+def test_divergence_before_the_first_epoch_starts_again_slower(data, teacher) -> None:
+    """A loss that turns NaN in the first epoch restarts the run from the recalibrated model at a
+    tenth of the rate, which is recorded; the run kept is the slower one, with a finished epoch."""
+    train, val = data
+    torch.manual_seed(1)
+    student = TinyNet(width=8)
+    calls = {"n": 0}
+
+    def blow_up_once(module, inputs, output):  # noqa: ANN001, ANN202
+        if module.training and torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 3:  # the third training step of the first run only
+                return output * float("nan")
+        return output
+
+    student.fc.register_forward_hook(blow_up_once)
+    result = recover(student, teacher, train.subset(400), val, RecoveryOptions(epochs=1, lr=0.05, batch_size=64))
+    assert not result.diverged and result.best_epoch == 1 and len(result.history) == 1
+    assert result.lr == pytest.approx(0.005)
+    assert any("diverged" in m for m in result.messages)
+    assert any("started again from the recalibrated model at --lr 0.005" in m for m in result.messages)
+
+
+def test_feature_projection_fit_stays_bounded_on_collinear_features() -> None:
+    """Nearly collinear student channels (a pruned concat's) made the plain least-squares projection's
+    weights huge and distillation diverge; the ridge keeps them small and the fit close."""
+    from hadmc_deploy.recover import _fit_projection
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 4, 6, 6, generator=g)
+    s = torch.cat([base, base[:, :2] + 1e-5 * torch.randn(64, 2, 6, 6, generator=g)], dim=1)  # 6 channels, 2 near-copies
+    t = torch.cat([base, base[:, :1] - base[:, 1:2], torch.randn(64, 3, 6, 6, generator=g)], dim=1)  # 8 channels
+    proj = _fit_projection(s, t)
+    assert float(proj.weight.abs().max()) < 5.0
+    with torch.no_grad():
+        explained = t[:, :5]  # what the student's channels can express
+        resid = (proj(s)[:, :5] - explained).pow(2).mean() / explained.pow(2).mean()
+    assert float(resid) < 0.01

@@ -122,6 +122,11 @@ def run(ctx: BuildContext) -> StageResult:
     save_pruned(out, student, teacher, _surgery_plan(ctx), ctx.plan.input_shape, extra={"stage": "recover"})
     ctx.forget(f"model:{RECOVERED_FILE}")
     summary = outcome.mode + (f": eval accuracy {acc['pruned']:.2f}% -> {acc['recovered']:.2f}% (baseline {acc['baseline']:.2f}%)" if acc["recovered"] is not None else "")
+    trained_lr = getattr(outcome, "lr", None)
+    if trained_lr is not None and trained_lr < r.lr:
+        summary += f" (diverged at --lr {r.lr:g}: trained at --lr {trained_lr:g})"
+    if getattr(outcome, "diverged", False):
+        ctx.ui.warn(f"recovery: {outcome.messages[-1]}")
     if agreement is not None and agreement.judged:
         summary += (f"; top-1 agreement with the original {agreement.top1_agreement:.1%} ({agreement.confidence_agreement or agreement.top1_agreement:.1%} weighted) "
                     f"on {agreement.source}, a disagreement below {agreement.disagreement_bound:.1%} (95%)")
