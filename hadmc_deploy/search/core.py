@@ -161,8 +161,10 @@ def _most_importance(problem: SearchProblem, widths: dict[str, int], method: str
     if best is not widths and not fits:
         notes.append(f"{method}: its plan missed the budget; the plan was grown from a fast plan found within it")
     elif best is not widths:
-        notes.append(f"{method}: a plan grown from another fast plan keeps more importance within the budget ({best_value / problem.total_value():.1%} "
-                     f"vs {problem.value(widths) / problem.total_value():.1%}); it is the plan")
+        grown_share, own_share = best_value / problem.total_value(), problem.value(widths) / problem.total_value()
+        digits = 1 if f"{grown_share:.1%}" != f"{own_share:.1%}" else 4  # "85.0% vs 85.0%" read as no gain
+        notes.append(f"{method}: a plan grown from another fast plan keeps more importance within the budget ({grown_share:.{digits}%} "
+                     f"vs {own_share:.{digits}%}); it is the plan")
     return best
 
 
