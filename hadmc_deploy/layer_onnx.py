@@ -149,15 +149,23 @@ def _conv(b: _Builder, spec: LayerSpec, xs: list[str], q: _Quant | None) -> str:
 
 def _linear(b: _Builder, spec: LayerSpec, xs: list[str], q: _Quant | None) -> str:
     w = b.weight((spec.out_channels, spec.in_channels))
+    # a channels-last (N, rows, C) input deploys as MatMul + Add, as torch exports it (Gemm is 2-D
+    # only): its weight is stored (in, out)
+    matmul = spec.rows_per_sample() > 1
+    if matmul:
+        w = np.ascontiguousarray(w.T)
     if q is None:
         w_name = b.const("w", w)
     else:  # per-tensor: ORT's QDQ Gemm fusion takes a scalar weight scale
         scale = np.float32(np.abs(w).max() / 127.0 + 1e-8)
         wq = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
         w_name = b.node("DequantizeLinear", [b.const("wq", wq), b.const("w_scale", np.array(scale)), b.const("w_zp", np.array(0, np.int8))])
+    bias = (b.rng.standard_normal(spec.out_channels) * 0.01).astype(np.float32) if spec.bias else None
+    if matmul:
+        y = b.node("MatMul", [xs[0], w_name])
+        return b.node("Add", [y, b.const("bias", bias)]) if bias is not None else y
     inputs = [xs[0], w_name]
-    if spec.bias:
-        bias = (b.rng.standard_normal(spec.out_channels) * 0.01).astype(np.float32)
+    if bias is not None:
         if q is None:
             inputs.append(b.const("bias", bias))
         else:
@@ -247,7 +255,8 @@ def concat_input_channels(spec: LayerSpec) -> list[int]:
 
 def input_shapes(spec: LayerSpec) -> list[tuple[int, ...]]:
     if spec.op == "linear":
-        return [(spec.batch, spec.in_channels)]
+        rows = spec.rows_per_sample()
+        return [(spec.batch, rows, spec.in_channels) if rows > 1 else (spec.batch, spec.in_channels)]
     h, w = spec.in_hw
     if spec.op == "concat":
         return [(spec.batch, c, h, w) for c in concat_input_channels(spec)]
@@ -304,7 +313,10 @@ def layer_model(spec: LayerSpec, int8_form: str | None = None, opset: int = 18, 
     if q is not None:
         y = b.node("QuantizeLinear", [y, b.const("y_scale", np.array(q.out_scale, np.float32)), q.zp(b, q.out_zp)])
     b.nodes.append(helper.make_node("Identity", [y], ["output"], name="output_identity"))
-    out_shape = [spec.batch, spec.out_channels] + ([] if spec.op == "linear" else list(spec.out_hw))
+    if spec.op == "linear":
+        out_shape = [spec.batch, *([spec.rows_per_sample()] if spec.rows_per_sample() > 1 else []), spec.out_channels]
+    else:
+        out_shape = [spec.batch, spec.out_channels, *spec.out_hw]
     output = helper.make_tensor_value_info("output", out_dtype, out_shape)
     graph = helper.make_graph(b.nodes, f"layer_{spec.op}", inputs, [output], initializer=b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="hadmc-deploy-latency")

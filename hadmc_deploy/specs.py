@@ -102,6 +102,11 @@ class LayerSpec:
             out_channels = in_channels * (self.out_channels // max(self.in_channels, 1))
         return replace(self, in_channels=in_channels, out_channels=out_channels, groups=groups)
 
+    def rows_per_sample(self) -> int:
+        """Rows a linear layer multiplies per sample: 1 for (N, C) inputs, H*W for a channels-last
+        (N, H, W, C) input (a ConvNeXt block's pointwise MLP), recorded in `extra` by the graph."""
+        return int(dict(self.extra).get("rows_per_sample", 1))
+
     def macs(self) -> int:
         """Multiply-accumulates for one forward pass of the whole batch."""
         oh, ow = self.out_hw
@@ -111,7 +116,7 @@ class LayerSpec:
             hw = oh * ow if self.op != "convtranspose" else self.in_hw[0] * self.in_hw[1]
             return self.batch * self.out_channels * hw * per_out
         if self.op == "linear":
-            return self.batch * self.in_channels * self.out_channels
+            return self.batch * self.rows_per_sample() * self.in_channels * self.out_channels
         return 0
 
     def to_dict(self) -> dict[str, Any]:

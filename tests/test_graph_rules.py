@@ -251,3 +251,39 @@ def test_round_width() -> None:
     assert round_width(48, 20, 8, granularity=3) == 24
     assert round_width(64, 64, 8) == 64
     assert round_width(10, 9.6, 4) == 10
+
+
+def test_channels_last_linear_counts_samples_in_batch_and_its_rows_apart() -> None:
+    """A ConvNeXt-style pointwise Linear on (N, H, W, C) multiplies N*H*W rows. Its spec's batch
+    counts samples, as every op's does (a table prices a layer at another batch by replacing it),
+    and the rows per sample ride along: before, batch held the rows, so a table re-priced at its
+    own batch timed 196x too few rows and the search priced these layers with the roofline."""
+    from dataclasses import replace
+
+    from hadmc_deploy.layer_onnx import example_inputs, input_shapes, layer_model
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(1, 8, 3, 2, 1)
+            self.pw = nn.Linear(8, 16)
+            self.head = nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.pw(self.stem(x).permute(0, 2, 3, 1))  # (N, 4, 4, 16)
+            return self.head(y.mean((1, 2)))
+
+    g = trace(Block(), (2, 1, 8, 8))
+    pw = next(layer for layer in g.layers if layer.name == "pw").spec
+    head = next(layer for layer in g.layers if layer.name == "head").spec
+    assert (pw.batch, pw.rows_per_sample()) == (2, 16) and (head.batch, head.rows_per_sample()) == (2, 1)
+    assert pw.macs() == 2 * 16 * 8 * 16
+    at_32 = replace(pw, batch=32)
+    assert at_32.macs() == 32 * 16 * 8 * 16 and "rows_per_sample=16" in at_32.key()
+    import onnxruntime as ort
+
+    for precision in ("fp32", "int8"):
+        model = layer_model(replace(at_32, precision=precision), "qdq_u8s8")
+        assert input_shapes(at_32) == [(32, 16, 8)]
+        out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, example_inputs(model))[0]
+        assert out.shape == (32, 16, 16)

@@ -290,9 +290,11 @@ def _costed_layer(d: LayerDraft, groups: list[ChannelGroup], group_of_atom: np.n
         spec = LayerSpec(d.op, len(in_labels), len(out_labels), _pair(m.kernel_size), _pair(m.stride), _pair(padding, fill=0), _pair(m.dilation), m.groups,
                          bias=m.bias is not None, activation=act, **common)
     elif d.op == "linear":
+        # `batch` counts samples for every op (the table re-prices a layer at another batch by
+        # replacing it); the rows each sample brings ride in `extra` (a channels-last MLP's H*W)
         rows = int(np.prod(d.in_shape[:-1])) if len(d.in_shape) > 1 else 1
         extra = (("rows_per_sample", rows // batch),) if rows != batch else ()
-        spec = LayerSpec("linear", len(in_labels), len(out_labels), batch=rows, bias=m.bias is not None, activation=act, extra=extra)
+        spec = LayerSpec("linear", len(in_labels), len(out_labels), batch=batch, bias=m.bias is not None, activation=act, extra=extra)
     elif d.op in ("maxpool", "avgpool") and m is not None and hasattr(m, "kernel_size"):
         spec = LayerSpec(d.op, len(in_labels), len(out_labels), _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding, fill=0), **common)
     elif d.op in ("maxpool", "avgpool", "globalpool", "upsample"):

@@ -47,7 +47,7 @@ class AnalyticLatencyModel:
         oh, ow = spec.out_hw
         n_in = spec.n_inputs if spec.op in ("add", "mul", "concat") else 1
         in_ch = spec.in_channels if spec.op != "concat" else spec.out_channels
-        elements = spec.batch * (in_ch * ih * iw * (n_in if spec.op != "concat" else 1) + spec.out_channels * oh * ow)
+        elements = spec.batch * spec.rows_per_sample() * (in_ch * ih * iw * (n_in if spec.op != "concat" else 1) + spec.out_channels * oh * ow)
         if spec.op in ("conv", "dwconv", "gconv", "convtranspose", "linear"):
             kh, kw = spec.kernel if spec.op != "linear" else (1, 1)
             elements += spec.out_channels * (spec.in_channels // max(spec.groups, 1)) * kh * kw
