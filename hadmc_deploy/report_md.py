@@ -115,8 +115,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         out.append(f"- {rec['statement']}")
     detail = rec.get("detail") or {}
     if detail.get("steps"):
-        out.append(f"- {detail['steps']} optimizer steps at --lr {detail['lr']:g}, kept epoch {detail.get('best_epoch', 0)}" if detail.get("lr")
-                   else f"- {detail['steps']} optimizer steps, kept epoch {detail.get('best_epoch', 0)}")
+        out.append(f"- {detail['steps']} optimizer steps" + (f" at --lr {detail['lr']:g}" if detail.get("lr") else "") + f", kept epoch {detail.get('best_epoch', 0)}")
     out += [f"- {m}" for m in detail.get("messages") or []]
     agreement = rec.get("agreement")
     if agreement:
