@@ -310,7 +310,8 @@ class _DistillStudent(nn.Module):
 #: matrix's condition number 1e8) that the plain fit's weights reached 377 and distillation
 #: diverged within 8 steps at --lr 0.01 and 0.001. With this ridge they stay below 5, the fit leaves
 #: 13.9% of the teacher's mean square (13.2% at a tenth of the ridge, 16.5% at ten times it) and
-#: training converged: that build's pruned model recovered from 10.0% to 65.6% and deployed.
+#: training converged: that build's pruned model recovered from 10.0% to 65.6% and deployed
+#: (scratch /tmp/s40/fc/repro.py and the build it reran, 2026-12-05).
 PROJECTION_RIDGE = 1e-3
 
 

@@ -255,7 +255,9 @@ def print_summary(ctx: Any, report: dict[str, Any]) -> None:
     if acc.get("change_points"):
         parts = [f"{k} {v:+.2f}" for k, v in acc["change_points"].items() if v is not None]
         if parts:
-            ui.out.print(f"accuracy: baseline {fmt_pct(acc.get('baseline'))} -> final {fmt_pct(acc.get('final'))} ({', '.join(parts)} points)")
+            # named: the pipeline's own variant, which is not always the one that deploys (the Deploy line's)
+            final = f"{acc['final_variant']} {fmt_pct(acc.get('final'))}" if acc.get("final_variant") else f"final {fmt_pct(acc.get('final'))}"
+            ui.out.print(f"accuracy: baseline {fmt_pct(acc.get('baseline'))} -> {final} ({', '.join(parts)} points)")
     for note in report.get("notes", []):
         ui.out.print(f"[yellow]note:[/yellow] {note}")
     msg = report["backend"].get("fallback_message")
