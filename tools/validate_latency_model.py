@@ -124,6 +124,8 @@ MODELS = {
     "efficientnet_b0": (lambda: zoo.efficientnet_b0(num_classes=10), (3, 96, 96)),
     "regnet_x_200mf": (lambda: zoo.regnet_x_200mf(num_classes=10), (3, 96, 96)),
     "mobilenet_v3_small": (lambda: zoo.mobilenet_v3_small(num_classes=10), (3, 96, 96)),
+    # channels-last Linear MLPs (ConvNeXt blocks): their rows per sample (docs/latency_model.md, "ConvNeXt")
+    "convnext_tiny": (lambda: zoo.convnext_tiny(num_classes=10), (3, 64, 64)),
 }
 
 
