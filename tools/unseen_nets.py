@@ -1,0 +1,244 @@
+"""CNN architectures no test or validation of this repository was developed on, for
+`tools/build_unseen_models.py`: each carries a construct users' models have and ours lack
+(dense concatenation, inception branches, a flatten into an MLP head, channel shuffles,
+squeeze-excite through Linear layers, a conv applied twice, Mish, ConvNeXt blocks with
+channels-last MLPs and layer scale, a bare F.conv2d, Ghost modules' channel slice, CSP halves).
+All take 1x28x28 inputs and give 10 classes (Fashion-MNIST)."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cbr(i, o, k=3, s=1, g=1):
+    return nn.Sequential(nn.Conv2d(i, o, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+
+
+class DenseCat(nn.Module):
+    """DenseNet-style: every layer sees the concat of all earlier ones."""
+    def __init__(self, g=12):
+        super().__init__()
+        self.stem = cbr(1, 24)
+        self.l1, self.l2, self.l3 = cbr(24, g), cbr(24 + g, g), cbr(24 + 2 * g, g)
+        self.trans = nn.Sequential(nn.Conv2d(24 + 3 * g, 48, 1), nn.AvgPool2d(2))
+        self.m1, self.m2 = cbr(48, g), cbr(48 + g, g)
+        self.head = nn.Linear(48 + 2 * g, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([x, self.l1(x)], 1)
+        x = torch.cat([x, self.l2(x)], 1)
+        x = torch.cat([x, self.l3(x)], 1)
+        x = self.trans(x)
+        x = torch.cat([x, self.m1(x)], 1)
+        x = torch.cat([x, self.m2(x)], 1)
+        return self.head(x.mean((2, 3)))
+
+
+class Incept(nn.Module):
+    """Inception-style branches of different kernels, concatenated."""
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(1, 32, s=2)
+        self.b1 = cbr(32, 16, k=1)
+        self.b3 = nn.Sequential(cbr(32, 16, k=1), cbr(16, 24))
+        self.b5 = nn.Sequential(cbr(32, 8, k=1), cbr(8, 12), cbr(12, 12))
+        self.bp = nn.Sequential(nn.MaxPool2d(3, 1, 1), cbr(32, 12, k=1))
+        self.post = cbr(64, 64, s=2)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], dim=1)
+        x = self.post(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class VGGMLP(nn.Module):
+    """VGG with a flatten into an MLP head: the last conv's channels couple to Linear blocks of 7x7."""
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(cbr(1, 32), cbr(32, 32), nn.MaxPool2d(2), cbr(32, 64), cbr(64, 48), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(48 * 7 * 7, 128), nn.ReLU(inplace=True), nn.Dropout(0.3), nn.Linear(128, 10))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class Shuffle(nn.Module):
+    """ShuffleNetV2-style: split, branch, concat, channel shuffle."""
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(1, 32, s=2)
+        self.branch = nn.Sequential(cbr(16, 16, k=1), nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), nn.BatchNorm2d(16), cbr(16, 16, k=1))
+        self.branch2 = nn.Sequential(cbr(16, 16, k=1), nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), nn.BatchNorm2d(16), cbr(16, 16, k=1))
+        self.post = cbr(32, 64, s=2)
+        self.fc = nn.Linear(64, 10)
+
+    @staticmethod
+    def shuffle(x, groups=2):
+        n, c, h, w = x.shape
+        return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+    def forward(self, x):
+        x = self.stem(x)
+        a, b = x.chunk(2, dim=1)
+        x = self.shuffle(torch.cat([a, self.branch(b)], 1))
+        a, b = x.chunk(2, dim=1)
+        x = self.shuffle(torch.cat([a, self.branch2(b)], 1))
+        return self.fc(self.post(x).mean((2, 3)))
+
+
+class SELinear(nn.Module):
+    """Squeeze-excite through Linear layers (not 1x1 convs), GELU activations."""
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.GELU())
+        self.c2 = nn.Sequential(nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.GELU())
+        self.se1, self.se2 = nn.Linear(64, 16), nn.Linear(16, 64)
+        self.c3 = nn.Sequential(nn.Conv2d(64, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.GELU())
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.c2(self.c1(x))
+        s = torch.sigmoid(self.se2(F.relu(self.se1(x.mean((2, 3))))))
+        x = x * s[:, :, None, None]
+        return self.fc(self.c3(x).mean((2, 3)))
+
+
+class SharedConv(nn.Module):
+    """One conv applied twice (weights shared): pruning it must keep both uses consistent."""
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(1, 32)
+        self.shared = nn.Conv2d(32, 32, 3, 1, 1)
+        self.bn1, self.bn2 = nn.BatchNorm2d(32), nn.BatchNorm2d(32)
+        self.down = cbr(32, 64, s=2)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + F.relu(self.bn1(self.shared(x)))
+        x = x + F.relu(self.bn2(self.shared(x)))
+        return self.fc(F.adaptive_avg_pool2d(self.down(x), 1).flatten(1))
+
+
+class MishRes(nn.Module):
+    """Residual stages with Mish, a strided shortcut via avgpool + 1x1 conv, and a 2-layer head."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 24, 3, 1, 1, bias=False), nn.BatchNorm2d(24), nn.Mish())
+        self.a = nn.Sequential(nn.Conv2d(24, 24, 3, 1, 1, bias=False), nn.BatchNorm2d(24), nn.Mish(), nn.Conv2d(24, 24, 3, 1, 1, bias=False), nn.BatchNorm2d(24))
+        self.b = nn.Sequential(nn.Conv2d(24, 56, 3, 2, 1, bias=False), nn.BatchNorm2d(56), nn.Mish(), nn.Conv2d(56, 56, 3, 1, 1, bias=False), nn.BatchNorm2d(56))
+        self.short = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(24, 56, 1, bias=False), nn.BatchNorm2d(56))
+        self.head = nn.Sequential(nn.Linear(56, 40), nn.Mish(), nn.Linear(40, 10))
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.mish(x + self.a(x))
+        x = F.mish(self.short(x) + self.b(x))
+        return self.head(x.mean((2, 3)))
+
+
+class LayerNorm2d(nn.Module):
+    """ConvNeXt's channels-first LayerNorm."""
+    def __init__(self, c, eps=1e-6):
+        super().__init__()
+        self.weight, self.bias, self.eps = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c)), eps
+
+    def forward(self, x):
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class CNBlock(nn.Module):
+    """ConvNeXt block: dw7x7, channels-last LayerNorm, Linear 4x, GELU, Linear, layer scale."""
+    def __init__(self, c):
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self.pw1, self.act, self.pw2 = nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(1e-1 * torch.ones(c))
+
+    def forward(self, x):
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.pw2(self.act(self.pw1(self.norm(y))))
+        return x + (self.gamma * y).permute(0, 3, 1, 2)
+
+
+class ConvNeXtish(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 2, 2), LayerNorm2d(32))
+        self.s1 = nn.Sequential(CNBlock(32), CNBlock(32))
+        self.down = nn.Sequential(LayerNorm2d(32), nn.Conv2d(32, 64, 2, 2))
+        self.s2 = nn.Sequential(CNBlock(64), CNBlock(64))
+        self.norm = nn.LayerNorm(64)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.s2(self.down(self.s1(self.stem(x))))
+        return self.head(self.norm(x.mean((2, 3))))
+
+
+class FuncConv(nn.Module):
+    """A conv whose weight is a bare Parameter used through F.conv2d, between module convs."""
+    def __init__(self):
+        super().__init__()
+        self.c1 = cbr(1, 32)
+        self.w = nn.Parameter(torch.randn(48, 32, 3, 3) * 0.05)
+        self.bn = nn.BatchNorm2d(48)
+        self.c3 = cbr(48, 64, s=2)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.c1(x)
+        x = F.relu(self.bn(F.conv2d(x, self.w, padding=1, stride=2)))
+        return self.fc(self.c3(x).mean((2, 3)))
+
+
+class Ghost(nn.Module):
+    """GhostNet module: a primary conv, cheap depthwise features, concat, then a channel slice [:, :oup]."""
+    def __init__(self, inp, oup, ratio=2):
+        super().__init__()
+        self.oup = oup
+        init = -(-oup // ratio)
+        self.primary = nn.Sequential(nn.Conv2d(inp, init, 1, bias=False), nn.BatchNorm2d(init), nn.ReLU(inplace=True))
+        self.cheap = nn.Sequential(nn.Conv2d(init, init * (ratio - 1), 3, 1, 1, groups=init, bias=False), nn.BatchNorm2d(init * (ratio - 1)), nn.ReLU(inplace=True))
+
+    def forward(self, x):
+        x1 = self.primary(x)
+        return torch.cat([x1, self.cheap(x1)], dim=1)[:, : self.oup]
+
+
+class GhostNetish(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(1, 16, s=2)
+        self.g1 = Ghost(16, 30)
+        self.g2 = Ghost(30, 48)
+        self.down = cbr(48, 64, s=2)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.g2(self.g1(self.stem(x)))
+        return self.fc(self.down(x).mean((2, 3)))
+
+
+class CSPish(nn.Module):
+    """CSPNet-style: half the channels by slicing go through blocks, then concat and a transition."""
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(1, 32, s=2)
+        self.part = nn.Sequential(cbr(16, 16), cbr(16, 16))
+        self.trans = cbr(32, 48, k=1)
+        self.down = cbr(48, 64, s=2)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        a, b = x[:, :16], x[:, 16:]
+        x = self.trans(torch.cat([a, self.part(b) + b], 1))
+        return self.fc(self.down(x).mean((2, 3)))
