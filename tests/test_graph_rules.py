@@ -287,3 +287,51 @@ def test_channels_last_linear_counts_samples_in_batch_and_its_rows_apart() -> No
         assert input_shapes(at_32) == [(32, 16, 8)]
         out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, example_inputs(model))[0]
         assert out.shape == (32, 16, 16)
+
+
+def test_hand_written_channels_first_layer_norm_leaves_its_channels_prunable_inexactly() -> None:
+    """ConvNeXt's reference LayerNorm (data_format="channels_first") is written out: a mean over
+    the channels with keepdim, (x - u).pow(2), torch.sqrt. Those channels were locked ("reduction
+    over the channel axis", "pow not understood"), which froze the whole residual stream; they
+    are prunable now, inexactly, as through nn.LayerNorm. A mean over the channels that drops the
+    axis still locks them (the channels feed a reduced tensor)."""
+
+    class LN2d(nn.Module):
+        def __init__(self, c: int, use_var: bool) -> None:
+            super().__init__()
+            self.weight, self.bias, self.use_var = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c)), use_var
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            u = x.mean(1, keepdim=True)
+            s = x.var(1, keepdim=True, unbiased=False) if self.use_var else (x - u).pow(2).mean(1, keepdim=True)
+            return self.weight[:, None, None] * ((x - u) / torch.sqrt(s + 1e-6)) + self.bias[:, None, None]
+
+    class Net(nn.Module):
+        def __init__(self, use_var: bool) -> None:
+            super().__init__()
+            self.stem, self.norm, self.body, self.head = nn.Conv2d(3, 16, 3, padding=1), LN2d(16, use_var), nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.norm(self.stem(x))
+            return self.head((x + self.body(x)).mean((2, 3)))
+
+    for use_var in (False, True):
+        g = trace(Net(use_var), (2, 3, 8, 8))
+        stem = g.group("stem")
+        assert stem.prunable and not stem.exact and "over these channels" in stem.reason
+        assert not [w for w in g.warnings if "not understood" in w or "channel axis" in w]
+        torch.manual_seed(0)
+        model = Net(use_var).eval()
+        pruned, _ = apply(model, trace(model, (2, 3, 8, 8)), WidthPlan(keep={"stem": 8}))
+        assert pruned.norm.weight.shape == (8,) and pruned.body.weight.shape == (8, 8, 3, 3)  # the residual add ties body to the stream
+        assert pruned(torch.randn(2, 3, 8, 8)).shape == (2, 4)
+
+    class ChannelMean(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(64, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.stem(x).mean(1).flatten(1))  # (N, H*W): the channels are summed away
+
+    assert not trace(ChannelMean(), (2, 3, 8, 8)).group("stem").prunable

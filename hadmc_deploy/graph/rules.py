@@ -382,10 +382,19 @@ def reduction(ctx: RuleContext) -> Info:
         ctx.lock_inputs("reduction over every axis, channels included")
         return None
     dims = {d % x.dim() for d in ((dims,) if isinstance(dims, int) else dims)}
+    target = ctx.node.target
+    statistic = target in NORMALISING_REDUCTIONS
+    # var/std's third positional argument is `unbiased`, not keepdim
+    keepdim = bool(ctx.kwargs.get("keepdim", ctx.args[2] if len(ctx.args) > 2 and not statistic else False))
     if dims & set(info.axes):
+        if statistic and keepdim and set(info.axes) <= dims:
+            # a mean or variance over the channels, broadcast back (a hand-written channels-first
+            # LayerNorm, as ConvNeXt's reference code has it): prunable as nn.LayerNorm is, inexactly,
+            # since removing channels changes the statistic; the result carries no channels
+            ctx.state.mark_inexact(info.flat(), f"node {ctx.node.name!r} takes a {target if isinstance(target, str) else target.__name__} over these channels")
+            return None
         ctx.lock_inputs("reduction over the channel axis")
         return None
-    keepdim = bool(ctx.kwargs.get("keepdim", ctx.args[2] if len(ctx.args) > 2 else False))
     if keepdim:
         axes = info.axes
     else:
@@ -490,17 +499,20 @@ ELEMENTWISE_TARGETS: tuple[Any, ...] = (
     torch.add, torch.sub, torch.mul, torch.div, torch.where, torch.maximum, torch.minimum,
     # comparisons (masks for torch.where): channel c of the mask is channel c of its input
     operator.gt, operator.lt, operator.ge, operator.le, torch.gt, torch.lt, torch.ge, torch.le,
+    # x ** 2 and x.pow(2): per element (a tensor exponent ties its channels as any operand does)
+    operator.pow, torch.pow,
 )
 PASSTHROUGH_FUNCTIONS: tuple[Any, ...] = (
     F.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.leaky_relu, F.elu,
     F.mish, F.softplus, F.hardtanh, F.dropout, F.dropout2d, torch.relu,
     torch.sigmoid, torch.tanh, F.selu, operator.neg, torch.neg, torch.clamp, torch.abs,
+    torch.sqrt, torch.rsqrt, torch.exp, torch.log, torch.square, torch.reciprocal,
 )
 PASSTHROUGH_METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "float", "to", "type_as", "clone",
-    "detach", "clamp", "clamp_", "abs", "neg", "hardswish",
+    "detach", "clamp", "clamp_", "abs", "neg", "hardswish", "sqrt", "rsqrt", "exp", "log", "square", "reciprocal",
 )
-ELEMENTWISE_METHODS = ("add", "add_", "mul", "mul_", "sub", "div", "__add__", "__mul__", "gt", "lt", "ge", "le", "where")
+ELEMENTWISE_METHODS = ("add", "add_", "mul", "mul_", "sub", "div", "__add__", "__mul__", "gt", "lt", "ge", "le", "where", "pow")
 SHAPE_FUNCTIONS: tuple[Any, ...] = (torch.flatten, torch.cat, torch.concat, torch.chunk, torch.split, torch.permute,
                                     torch.transpose, torch.reshape, torch.squeeze, torch.unsqueeze, operator.getitem)
 SHAPE_METHODS = ("view", "reshape", "flatten", "permute", "transpose", "chunk", "split", "squeeze", "unsqueeze",
@@ -509,4 +521,7 @@ SPATIAL_FUNCTIONS: dict[Any, str | None] = {
     F.adaptive_avg_pool2d: "avgpool", F.adaptive_max_pool2d: "maxpool", F.avg_pool2d: "avgpool", F.max_pool2d: "maxpool",
     F.interpolate: "upsample",
 }
-REDUCTIONS = (torch.mean, torch.sum, torch.amax, "mean", "sum", "amax")
+REDUCTIONS = (torch.mean, torch.sum, torch.amax, torch.var, torch.std, "mean", "sum", "amax", "var", "std")
+#: reductions that are statistics of the channels (not their sum or extreme): over the channel axis
+#: with keepdim they normalise, and the channels stay prunable, inexactly (`reduction`)
+NORMALISING_REDUCTIONS = (torch.mean, torch.var, torch.std, "mean", "var", "std")
