@@ -302,7 +302,7 @@ def test_hand_written_channels_first_layer_norm_leaves_its_channels_prunable_ine
             self.weight, self.bias, self.use_var = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c)), use_var
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            u = x.mean(1, keepdim=True)
+            u = x.mean(1, True)  # keepdim given by position
             s = x.var(1, keepdim=True, unbiased=False) if self.use_var else (x - u).pow(2).mean(1, keepdim=True)
             return self.weight[:, None, None] * ((x - u) / torch.sqrt(s + 1e-6)) + self.bias[:, None, None]
 

@@ -384,8 +384,8 @@ def reduction(ctx: RuleContext) -> Info:
     dims = {d % x.dim() for d in ((dims,) if isinstance(dims, int) else dims)}
     target = ctx.node.target
     statistic = target in NORMALISING_REDUCTIONS
-    # var/std's third positional argument is `unbiased`, not keepdim
-    keepdim = bool(ctx.kwargs.get("keepdim", ctx.args[2] if len(ctx.args) > 2 and not statistic else False))
+    at = 3 if target in (torch.var, torch.std, "var", "std") else 2  # var/std(x, dim, unbiased, keepdim)
+    keepdim = bool(ctx.kwargs.get("keepdim", ctx.args[at] if len(ctx.args) > at else False))
     if dims & set(info.axes):
         if statistic and keepdim and set(info.axes) <= dims:
             # a mean or variance over the channels, broadcast back (a hand-written channels-first
