@@ -2,7 +2,8 @@
 `tools/build_unseen_models.py`: each carries a construct users' models have and ours lack
 (dense concatenation, inception branches, a flatten into an MLP head, channel shuffles,
 squeeze-excite through Linear layers, a conv applied twice, Mish, ConvNeXt blocks with
-channels-last MLPs and layer scale, a bare F.conv2d, Ghost modules' channel slice, CSP halves).
+channels-last MLPs and layer scale, a bare F.conv2d, Ghost modules' channel slice, CSP halves,
+Res2Net's fixed-size split, HRNet's two-resolution exchange).
 All take 1x28x28 inputs and give 10 classes (Fashion-MNIST)."""
 
 import torch
@@ -242,3 +243,47 @@ class CSPish(nn.Module):
         a, b = x[:, :16], x[:, 16:]
         x = self.trans(torch.cat([a, self.part(b) + b], 1))
         return self.fc(self.down(x).mean((2, 3)))
+
+
+class Res2(nn.Module):
+    """Res2Net block: split into 4 scales, hierarchical 3x3 convs, concat, 1x1."""
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(1, 32, s=2)
+        self.convs = nn.ModuleList([cbr(8, 8) for _ in range(3)])
+        self.fuse = cbr(32, 32, k=1)
+        self.down = cbr(32, 64, s=2)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        xs = torch.split(x, 8, 1)
+        ys = [xs[0]]
+        prev = None
+        for i, conv in enumerate(self.convs):
+            prev = conv(xs[i + 1] if prev is None else xs[i + 1] + prev)
+            ys.append(prev)
+        x = x + self.fuse(torch.cat(ys, 1))
+        return self.fc(self.down(x).mean((2, 3)))
+
+
+class HRFuse(nn.Module):
+    """HRNet-style: a high- and a low-resolution branch exchanging features (upsample + add, strided conv + add)."""
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(1, 16)
+        self.to_low = cbr(16, 32, s=2)
+        self.hi, self.lo = cbr(16, 16), cbr(32, 32)
+        self.lo2hi = nn.Sequential(nn.Conv2d(32, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.hi2lo = nn.Sequential(nn.Conv2d(16, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32))
+        self.head = cbr(48, 64, s=2)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        high = self.stem(x)
+        low = self.to_low(high)
+        high, low = self.hi(high), self.lo(low)
+        high2 = F.relu(high + F.interpolate(self.lo2hi(low), scale_factor=2, mode="nearest"))
+        low2 = F.relu(low + self.hi2lo(high))
+        y = torch.cat([F.avg_pool2d(high2, 2), low2], 1)
+        return self.fc(self.head(y).mean((2, 3)))
