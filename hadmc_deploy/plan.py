@@ -171,6 +171,12 @@ def make_plan(
             raise UsageError(f"--{name.replace('_', '-')} must be positive")
     if options["calib_samples"] is not None:
         check_calib_samples(options["calib_samples"])  # before any stage: calibration would refuse it minutes later
+    # recovery's own checks, before any stage: the recover stage met a bad --lr after the table, the
+    # search and the latency check (6.8 s of a build whose table was cached, and a build directory
+    # left, to say so). Imported here: it imports torch, which this module does not need otherwise.
+    from hadmc_deploy.recover import RecoveryOptions
+
+    RecoveryOptions(lr=options["lr"], batch_size=options["batch_size"], temperature=options["kd_temperature"], alpha=options["kd_alpha"]).validate()
     if any(b < 1 for b in options["batch"] or ()):
         raise UsageError("--batch sizes must be >= 1")
     out = Path(options["out"]) if options["out"] else default_out_dir(model, arch, target.name)

@@ -161,6 +161,10 @@ def test_bad_builtin_data_and_demo_budget_fail_before_any_work(tmp_path):
     assert not out.exists()
     res = cli("build", str(ckpt), "--calib", "builtin:digits:val", "--out", str(out))
     assert res.returncode == 8 and "unknown split 'val'" in _one_error_line(res)
+    for flag, value, message in (("--lr", "-1", "--lr -1.0 must be a positive number"), ("--kd-alpha", "2", "--kd-alpha 2.0 must lie in [0, 1]")):
+        res = cli("build", str(ckpt), "--speedup", "2", "--calib", "builtin:digits:train", flag, value, "--out", str(out))
+        assert res.returncode == 2 and message in _one_error_line(res)  # recovery's options, before the table and search
+        assert not out.exists()
     res = cli("demo", "--speedup", "0.5", "--out", str(tmp_path / "demo"))
     assert res.returncode == 2 and "must be greater than 1" in _one_error_line(res)
     assert not (tmp_path / "demo" / "demo.pth").exists()
