@@ -371,37 +371,74 @@ def _split_result(ctx: RuleContext, in_info: ChannelInfo, result: Any) -> Any:
 
 
 def reduction(ctx: RuleContext) -> Info:
-    """mean/sum/amax over dims: fine over space, not over channels (the result would change)."""
+    """mean/sum/amax/max/min/norm over dims: fine over space; over the channels, a statistic of them
+    whose channels also flow on by another path (a normalisation, an attention map) keeps them
+    prunable, inexactly; one that is all that remains of them locks them. torch.max(a, b) and
+    torch.min(a, b) are elementwise; max/min over a dim give (values, indices), both labelled."""
     tensors = ctx.tensor_args()
+    target = ctx.node.target
+    extreme = target in EXTREMES
+    if extreme and len(tensors) > 1:
+        return elementwise(ctx)  # torch.max(a, b): the elementwise maximum
     info = ctx.info(tensors[0][0]) if tensors else None
-    if info is None or not isinstance(ctx.out, torch.Tensor):
+    pair = extreme and isinstance(ctx.out, tuple)  # (values, indices)
+    if info is None or not isinstance(ctx.out[0] if pair else ctx.out, torch.Tensor):
         return None
     x = tensors[0][1]
-    dims = ctx.kwargs.get("dim", ctx.args[1] if len(ctx.args) > 1 else None)
+    dim_at, keepdim_at = REDUCTION_ARG_POSITIONS.get(target, (1, 2))
+    dims = ctx.kwargs.get("dim", ctx.args[dim_at] if len(ctx.args) > dim_at else None)
     if dims is None:
         ctx.lock_inputs("reduction over every axis, channels included")
         return None
     dims = {d % x.dim() for d in ((dims,) if isinstance(dims, int) else dims)}
-    target = ctx.node.target
-    statistic = target in NORMALISING_REDUCTIONS
-    at = 3 if target in (torch.var, torch.std, "var", "std") else 2  # var/std(x, dim, unbiased, keepdim)
-    keepdim = bool(ctx.kwargs.get("keepdim", ctx.args[at] if len(ctx.args) > at else False))
+    keepdim = bool(ctx.kwargs.get("keepdim", ctx.args[keepdim_at] if len(ctx.args) > keepdim_at else False))
     if dims & set(info.axes):
-        if statistic and keepdim and set(info.axes) <= dims:
+        if target in CHANNEL_STATISTICS and set(info.axes) <= dims and _channels_flow_on(ctx.node):
             # a mean or variance over the channels, broadcast back (a hand-written channels-first
-            # LayerNorm, as ConvNeXt's reference code has it): prunable as nn.LayerNorm is, inexactly,
-            # since removing channels changes the statistic; the result carries no channels
-            ctx.state.mark_inexact(info.flat(), f"node {ctx.node.name!r} takes a {target if isinstance(target, str) else target.__name__} over these channels")
-            return None
-        ctx.lock_inputs("reduction over the channel axis")
+            # LayerNorm, as ConvNeXt's reference code has it), or CBAM's channel mean and max feeding
+            # a spatial attention map: prunable as nn.LayerNorm is, inexactly, since removing
+            # channels changes the statistic; the result carries no channels
+            name = target if isinstance(target, str) else target.__name__
+            ctx.state.mark_inexact(info.flat(), f"node {ctx.node.name!r} takes a {name} over these channels")
+            return [None, None] if pair else None
+        ctx.lock_inputs("reduction over the channel axis, all that remains of these channels")
         return None
     if keepdim:
         axes = info.axes
     else:
         axes = tuple(a - sum(1 for d in dims if d < a) for a in info.axes)
-    if info.axes == (1,) and tuple(ctx.out.shape[2:]) in ((1, 1), ()):
+    out = ctx.out[0] if pair else ctx.out
+    if info.axes == (1,) and tuple(out.shape[2:]) in ((1, 1), ()):
         ctx.draft("globalpool", [info.flat()], info.flat())
-    return ChannelInfo(axes, info.labels)
+    result = ChannelInfo(axes, info.labels)
+    return [result, result] if pair else result
+
+
+def _channels_flow_on(node: fx.Node, depth: int = 8) -> bool:
+    """Whether the channels a statistic reads also reach the model by another path than statistics
+    of them (ConvNeXt's `x - u` beside its variance `(x - u).pow(2).mean(1)`, CBAM's `x * attention`):
+    some user, other than a statistic, of the statistic's input or of the ops it was computed from
+    up to the last layer. Why: where the statistic is all that remains of the channels
+    (`stem(x).mean(1)` into a head), pruning them changes everything downstream, and they stay locked."""
+    source = node.args[0] if node.args else None
+    if not isinstance(source, fx.Node) or depth == 0:
+        return False
+    if any(user is not node and user.target not in CHANNEL_STATISTICS for user in source.users):
+        return True
+    return source.op in ("call_function", "call_method") and _channels_flow_on(source, depth - 1)
+
+
+def normalize(ctx: RuleContext) -> Info:
+    """`F.normalize(x, p, dim)`: channels pass through; over the channel axis each position is divided
+    by a norm of its channels, so they stay prunable, inexactly, as through a LayerNorm."""
+    tensors = ctx.tensor_args()
+    info = ctx.info(tensors[0][0]) if tensors else None
+    if info is None or not isinstance(ctx.out, torch.Tensor):
+        return None
+    dim = ctx.kwargs.get("dim", ctx.args[2] if len(ctx.args) > 2 else 1) % ctx.out.dim()
+    if dim in info.axes:
+        ctx.state.mark_inexact(info.flat(), f"node {ctx.node.name!r} divides by a norm over these channels")
+    return info
 
 
 def functional_layer_norm(ctx: RuleContext) -> Info:
@@ -521,7 +558,16 @@ SPATIAL_FUNCTIONS: dict[Any, str | None] = {
     F.adaptive_avg_pool2d: "avgpool", F.adaptive_max_pool2d: "maxpool", F.avg_pool2d: "avgpool", F.max_pool2d: "maxpool",
     F.interpolate: "upsample",
 }
-REDUCTIONS = (torch.mean, torch.sum, torch.amax, torch.var, torch.std, "mean", "sum", "amax", "var", "std")
-#: reductions that are statistics of the channels (not their sum or extreme): over the channel axis
-#: with keepdim they normalise, and the channels stay prunable, inexactly (`reduction`)
-NORMALISING_REDUCTIONS = (torch.mean, torch.var, torch.std, "mean", "var", "std")
+#: max/min: a reduction with a dim ((values, indices)), elementwise with a second tensor
+EXTREMES = (torch.max, torch.min, "max", "min")
+NORMS = (torch.norm, torch.linalg.vector_norm, "norm")
+REDUCTIONS = (torch.mean, torch.sum, torch.amax, torch.amin, torch.var, torch.std, "mean", "sum", "amax", "amin", "var", "std", *EXTREMES, *NORMS)
+#: every reduction summarises the channels it runs over: over the channel axis, where the channels
+#: also flow on (SSD's L2Norm divides by a sum of squares, ConvNeXt's LayerNorm by a variance), they
+#: stay prunable, inexactly (`reduction`)
+CHANNEL_STATISTICS = REDUCTIONS
+#: (position of dim, position of keepdim) where not (1, 2): var/std(x, dim, unbiased, keepdim),
+#: norm(x, p, dim, keepdim), vector_norm(x, ord, dim, keepdim)
+REDUCTION_ARG_POSITIONS: dict[Any, tuple[int, int]] = {
+    torch.var: (1, 3), torch.std: (1, 3), "var": (1, 3), "std": (1, 3), **dict.fromkeys(NORMS, (2, 3)),
+}
