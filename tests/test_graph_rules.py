@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -335,3 +337,137 @@ def test_hand_written_channels_first_layer_norm_leaves_its_channels_prunable_ine
             return self.head(self.stem(x).mean(1).flatten(1))  # (N, H*W): the channels are summed away
 
     assert not trace(ChannelMean(), (2, 3, 8, 8)).group("stem").prunable
+
+
+def test_cbam_channel_mean_and_max_leave_the_channels_prunable_inexactly() -> None:
+    """CBAM's spatial attention reads the channel mean and the channel max (`x.max(1, keepdim=True)[0]`,
+    or `torch.max(x, 1)[0].unsqueeze(1)` as its reference code writes it) while x itself flows on
+    (`x * attention`). Tensor.max was "not understood" and locked the attended channels; now the
+    channels stay prunable, inexactly, surgery narrows them and the model runs. torch.max(a, b)
+    stays elementwise (ties a and b), and a channel max that is all the channels reach still locks."""
+
+    class Net(nn.Module):
+        def __init__(self, form: str) -> None:
+            super().__init__()
+            self.form = form
+            self.stem, self.spatial, self.body, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(2, 1, 7, padding=3), nn.Conv2d(16, 8, 3, padding=1), nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x)
+            if self.form == "keepdim":
+                s = torch.cat([x.mean(1, keepdim=True), x.max(1, keepdim=True)[0]], 1)
+            elif self.form == "values":
+                s = torch.cat([torch.mean(x, 1).unsqueeze(1), x.amin(1, keepdim=True) + x.min(dim=1).values.unsqueeze(1)], 1)
+            else:
+                s = torch.cat([torch.mean(x, 1).unsqueeze(1), torch.max(x, 1)[0].unsqueeze(1)], 1)
+            x = x * torch.sigmoid(self.spatial(s))
+            return self.head(self.body(x).amax((2, 3)))
+
+    for form in ("keepdim", "values", "reference"):
+        g = trace(Net(form), (2, 3, 8, 8))
+        stem = g.group("stem")
+        assert stem.prunable and not stem.exact and "over these channels" in stem.reason, form
+        assert g.group("body").prunable and g.group("body").exact, form  # amax over space: a global max pool
+        assert not [w for w in g.warnings if "not understood" in w or "channel axis" in w], (form, g.warnings)
+        torch.manual_seed(0)
+        model = Net(form).eval()
+        pruned, _ = apply(model, trace(model, (2, 3, 8, 8)), WidthPlan(keep={"stem": 8, "body": 4}))
+        assert pruned.stem.weight.shape[0] == 8 and pruned.body.weight.shape == (4, 8, 3, 3) and pruned.spatial.weight.shape == (1, 2, 7, 7)
+        assert pruned(torch.randn(2, 3, 8, 8)).shape == (2, 4)
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.max(self.a(x), self.b(x)).mean((2, 3)))
+
+    g = trace(Pair(), (2, 3, 8, 8))
+    tied = g.group("a")
+    assert tied.prunable and tied.exact and {"a.weight", "b.weight"} <= {m["tensor"] for m in tied.members}  # one group: a and b tied
+
+    class OnlyMax(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(64, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.stem(x).max(1)[0].flatten(1))  # (N, H*W): a channel max is all that is left
+
+    assert not trace(OnlyMax(), (2, 3, 8, 8)).group("stem").prunable
+
+
+def test_l2_normalisations_over_the_channels_leave_them_prunable_inexactly() -> None:
+    """SSD's L2Norm (`x / x.pow(2).sum(1, keepdim=True).sqrt()` times a per-channel weight),
+    F.normalize, Tensor.norm and torch.linalg.vector_norm over the channels locked them ("not
+    understood", or a sum "over the channel axis"); they are prunable now, inexactly, the L2Norm
+    weight narrows with them, and a norm over space stays exact."""
+
+    class L2Norm(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.full((c,), 20.0))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            norm = x.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10
+            return self.weight.unsqueeze(0).unsqueeze(2).unsqueeze(3).expand_as(x) * torch.div(x, norm)
+
+    class Net(nn.Module):
+        def __init__(self, form: str) -> None:
+            super().__init__()
+            self.form, self.stem, self.l2, self.body, self.head = form, nn.Conv2d(3, 16, 3, padding=1), L2Norm(16), nn.Conv2d(16, 8, 3, padding=1), nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x)
+            x = {"ssd": lambda: self.l2(x), "normalize": lambda: F.normalize(x, dim=1), "norm": lambda: x / x.norm(dim=1, keepdim=True),
+                 "vector_norm": lambda: x / torch.linalg.vector_norm(x, 2, 1, True), "space": lambda: x / x.norm(2, (2, 3), True)}[self.form]()
+            return self.head(self.body(x).mean((2, 3)))
+
+    for form in ("ssd", "normalize", "norm", "vector_norm", "space"):
+        model = Net(form).eval()
+        g = trace(model, (2, 3, 8, 8))
+        stem = g.group("stem")
+        assert stem.prunable and not g.warnings, (form, g.warnings)
+        assert stem.exact == (form == "space"), form
+        pruned, _ = apply(model, g, WidthPlan(keep={"stem": 8}))
+        assert pruned.body.weight.shape == (8, 8, 3, 3) and pruned(torch.randn(2, 3, 8, 8)).shape == (2, 4)
+        if form == "ssd":
+            assert pruned.l2.weight.shape == (8,)
+
+
+def test_auxiliary_head_run_only_in_training_is_narrowed_with_the_channels_it_reads() -> None:
+    """A GoogLeNet-style auxiliary classifier behind `if self.training` (here read in a helper, as
+    torchvision's GoogLeNet does): the eval graph never saw it, surgery left its Linear at full
+    width, and recovery, which trains the pruned model, failed with "mat1 and mat2 shapes cannot be
+    multiplied". The graph now follows the training forward too: the auxiliary Linear narrows with
+    the channels it reads, its costs stay out of the graph, and tracing leaves the model's
+    BatchNorm statistics as they were."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+            self.b = nn.Sequential(nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.BatchNorm2d(24), nn.ReLU())
+            self.aux = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16 * 4, 5))
+            self.fc = nn.Linear(24, 5)
+
+        def _outputs(self, main: torch.Tensor, aux: torch.Tensor | None) -> Any:
+            return (main, aux) if self.training and aux is not None else main
+
+        def forward(self, x: torch.Tensor) -> Any:
+            x = self.a(x)
+            aux = self.aux(x) if self.training else None
+            return self._outputs(self.fc(self.b(x).mean((2, 3))), aux)
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    before = model.a[1].running_mean.clone()
+    g = trace(model, (1, 3, 8, 8))
+    assert torch.equal(model.a[1].running_mean, before) and not model.training
+    assert g.group("a.0").prunable and "aux.2.weight" in {m["tensor"] for m in g.group("a.0").members}
+    assert not [layer for layer in g.layers if layer.name.startswith("aux")]  # the deployed model runs in eval mode
+    pruned, _ = apply(model, g, WidthPlan(keep={"a.0": 8}))
+    assert pruned.aux[2].in_features == 8 * 4
+    main, aux = pruned.train()(torch.randn(4, 3, 8, 8))
+    assert main.shape == aux.shape == (4, 5)

@@ -25,6 +25,7 @@ from hadmc_deploy.graph.build import build_graph
 from hadmc_deploy.graph.capture import UntraceableConstruct, capture, is_subclass_leaf
 from hadmc_deploy.graph.labels import ChannelInfo, LabelState
 from hadmc_deploy.graph.module_rules import MODULE_RULES, WEIGHTED_LAYER_TYPES, rule_for_module
+from hadmc_deploy.graph.training_pass import join_training_branches
 from hadmc_deploy.graph.types import DependencyGraph
 from hadmc_deploy.ui import UI, quiet_ui
 
@@ -42,6 +43,8 @@ def _function_rule(target: Any) -> Any:
         return R.spatial(R.SPATIAL_FUNCTIONS[target])
     if target in R.REDUCTIONS:
         return R.reduction
+    if target is torch.nn.functional.normalize:
+        return R.normalize
     if target in (torch.nn.functional.layer_norm, torch.layer_norm):
         return R.functional_layer_norm
     if target in (torch.nn.functional.softmax, torch.softmax, torch.nn.functional.log_softmax, torch.log_softmax, torch.nn.functional.softmin):
@@ -76,7 +79,11 @@ def _method_rule(name: str) -> Any:
 
 
 def _tensor_attribute(ctx: R.RuleContext) -> Any:
-    """`x.shape`, `x.dtype`, `x.ndim`...: metadata, no channels; `x.T`/`x.mT` move them like a transpose."""
+    """`x.shape`, `x.dtype`, `x.ndim`...: metadata, no channels; `x.T`/`x.mT` move them like a transpose;
+    `.values`/`.indices` of a max or min over a dim: that piece's channels."""
+    pieces = ctx.infos.get(ctx.node.args[0])
+    if isinstance(pieces, list) and len(ctx.node.args) > 1 and ctx.node.args[1] in ("values", "indices"):
+        return pieces[0 if ctx.node.args[1] == "values" else 1]
     if isinstance(ctx.out, torch.Tensor):
         return R.unknown(ctx)
     return None
@@ -232,6 +239,7 @@ def trace(
                 f"the model fails on an input of shape {tuple(input_shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                 hint="pass the right --input-shape N,C,H,W",
             ) from exc
+        join_training_branches(model, input_shape, gm, state, _capture_or_none, lambda train_gm, x: _interpret_training(train_gm, x, state, ignore))
     finally:
         model.train(was_training)
     for name in sorted(ignore):
@@ -244,3 +252,22 @@ def trace(
         ui.warn(w)
     return graph
 
+
+def _capture_or_none(model: nn.Module, example: torch.Tensor) -> fx.GraphModule | None:
+    """The model's fx graph, or None where it does not trace (a training forward may want targets)."""
+    try:
+        return _capture(model, example)
+    except GraphError:
+        return None
+
+
+def _interpret_training(train_gm: fx.GraphModule, example: torch.Tensor, state: LabelState, ignore: set[str]) -> None:
+    """Follow the channels through the training-mode graph into `state` (`training_pass`)."""
+    try:
+        with torch.no_grad():
+            _ChannelInterpreter(train_gm, state, ignore).run(example)
+    except GraphError:
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise GraphError(f"the model fails in training mode on an input of shape {tuple(example.shape)}: {type(exc).__name__}: {first}") from exc
