@@ -471,3 +471,43 @@ def test_auxiliary_head_run_only_in_training_is_narrowed_with_the_channels_it_re
     assert pruned.aux[2].in_features == 8 * 4
     main, aux = pruned.train()(torch.randn(4, 3, 8, 8))
     assert main.shape == aux.shape == (4, 5)
+
+
+def test_non_local_block_products_tie_the_contracted_channels_exactly() -> None:
+    """A non-local block (theta/phi/g 1x1 convs, `torch.matmul` over positions, softmax, W back): the
+    matmuls were "not understood" and locked theta, phi and g. Now the contracted channels tie theta
+    to phi, g's channels pass through the product into W, zeroing equals removing (checked), and a
+    contraction with a weight matrix, which surgery would not slice, still locks."""
+
+    class NonLocal(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.theta, self.phi, self.g, self.w = nn.Conv2d(16, 8, 1), nn.Conv2d(16, 8, 1), nn.Conv2d(16, 8, 1), nn.Conv2d(8, 16, 1)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x)
+            n, _, h, w = x.shape
+            t, p = self.theta(x).flatten(2).transpose(1, 2), self.phi(x).flatten(2)
+            a = torch.softmax(t @ p, dim=-1)
+            y = torch.bmm(a, self.g(x).flatten(2).transpose(1, 2)).transpose(1, 2).reshape(n, -1, h, w)
+            return self.head((x + self.w(y)).mean((2, 3)))
+
+    g = trace(NonLocal().eval(), (2, 3, 8, 8))
+    assert not g.warnings, g.warnings
+    theta = g.group("theta")
+    assert theta.prunable and theta.exact and {"theta.weight", "phi.weight"} <= {m["tensor"] for m in theta.members}
+    assert g.group("g").prunable and g.group("g").exact and "w.weight" in {m["tensor"] for m in g.group("g").members}
+    res = prune_equivalence(NonLocal().eval(), (2, 3, 8, 8), 0.5, seed=0, graph=g)
+    assert res.max_abs_diff < 1e-5 and res.zeroing_effect > 1e-4 and res.pruned_groups >= 2, res.max_abs_diff
+
+    class WeightMatrix(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.proj = nn.Conv2d(3, 16, 3, padding=1), nn.Parameter(torch.randn(16, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.stem(x).mean((2, 3)) @ self.proj
+
+    assert not trace(WeightMatrix(), (2, 3, 8, 8)).group("stem").prunable

@@ -428,6 +428,37 @@ def _channels_flow_on(node: fx.Node, depth: int = 8) -> bool:
     return source.op in ("call_function", "call_method") and _channels_flow_on(source, depth - 1)
 
 
+def matmul(ctx: RuleContext) -> Info:
+    """`a @ b` (torch.matmul, torch.bmm): a non-local or self-attention block's products. Channels on
+    the contracted axis (a's last, b's second last) tie a's to b's, exactly: a removed channel removes
+    one term of every sum, and the product carries no channels; channels elsewhere (a's rows, b's
+    columns) pass into the product. A contraction with a tensor whose channels are unknown (a weight
+    matrix, which surgery would not slice) locks."""
+    tensors = ctx.tensor_args()
+    if len(tensors) != 2 or not isinstance(ctx.out, torch.Tensor) or min(v.dim() for _, v in tensors) < 2:
+        return unknown(ctx)
+    (a_arg, a), (b_arg, b) = tensors
+    ia, ib = ctx.info(a_arg), ctx.info(b_arg)
+    ka, kb = a.dim() - 1, b.dim() - 2
+    on_a, on_b = ia is not None and ka in ia.axes, ib is not None and kb in ib.axes
+    if on_a or on_b:
+        if not (on_a and on_b and ia.axes == (ka,) and ib.axes == (kb,)):
+            ctx.lock_inputs("matmul contracts channels with a tensor whose channels are unknown or laid out otherwise")
+            return None
+        ctx.state.uf.union_arrays(ia.labels, ib.labels)
+        return None
+    if ia is not None and ib is not None:
+        ctx.lock_inputs("matmul of two tensors that both carry channels outside the contracted axis")
+        return None
+    if ia is not None and len(ia.axes) == 1:
+        return ChannelInfo((ia.axes[0] + ctx.out.dim() - a.dim(),), ia.labels)
+    if ib is not None and ib.axes == (b.dim() - 1,):
+        return ChannelInfo((ctx.out.dim() - 1,), ib.labels)
+    if ia is not None or ib is not None:
+        ctx.lock_inputs("matmul with channels on a batch axis")
+    return None
+
+
 def normalize(ctx: RuleContext) -> Info:
     """`F.normalize(x, p, dim)`: channels pass through; over the channel axis each position is divided
     by a norm of its channels, so they stay prunable, inexactly, as through a LayerNorm."""

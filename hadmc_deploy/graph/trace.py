@@ -13,6 +13,7 @@ autograd internals, which is what breaks other pruners on new PyTorch releases.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,6 +44,8 @@ def _function_rule(target: Any) -> Any:
         return R.spatial(R.SPATIAL_FUNCTIONS[target])
     if target in R.REDUCTIONS:
         return R.reduction
+    if target in (torch.matmul, torch.bmm, operator.matmul):
+        return R.matmul
     if target is torch.nn.functional.normalize:
         return R.normalize
     if target in (torch.nn.functional.layer_norm, torch.layer_norm):
@@ -71,6 +74,8 @@ def _method_rule(name: str) -> Any:
         return R.shape_op
     if name in R.REDUCTIONS:
         return R.reduction
+    if name in ("matmul", "bmm", "__matmul__"):
+        return R.matmul
     if name in ("softmax", "log_softmax"):
         return R.softmax_like
     if name in ("size", "dim", "numel"):
