@@ -512,3 +512,38 @@ def test_the_fit_is_a_function_of_its_measurements_and_fits_any_subset(tmp_path)
     for name in ("full", dropped):  # a profiled plan is priced near what it measured
         total = lm.predict([replace(s, precision="fp32", batch=1) for s in graph.layer_specs(plans[name])]).total_ms
         assert total == pytest.approx(measured.model_ms[name], rel=0.25)
+
+
+class _NonLocal(torch.nn.Module):
+    """A non-local block: two MatMuls between activations (no weight) beside the convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        conv = torch.nn.Conv2d
+        self.stem, self.theta, self.phi, self.g, self.w = conv(3, 16, 3, padding=1), conv(16, 8, 1), conv(16, 8, 1), conv(16, 8, 1), conv(8, 16, 1)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        n, _, h, w = x.shape
+        a = torch.softmax(self.theta(x).flatten(2).transpose(1, 2) @ self.phi(x).flatten(2), dim=-1)
+        y = (a @ self.g(x).flatten(2).transpose(1, 2)).transpose(1, 2).reshape(n, -1, h, w)
+        return self.fc((x + self.w(y)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_products_of_activations_are_glue_not_layers(tmp_path, precision):
+    """The source graph counts no MatMul between two activations as weighted, ONNX Runtime's profile
+    did (a FusedMatMul, a QLinearMatMul): the counts never paired and a non-local CNN lost its
+    per-layer correction and its mixed INT8/FP32 graph. Every weighted node now gets a time, and the
+    products' time lands on their neighbours as glue (the times add up to the kernels')."""
+    torch.manual_seed(0)
+    shape = (2, 3, 12, 12)
+    f = export_for_timing(_NonLocal().eval(), shape, tmp_path / "f.onnx", exporter="deploy")
+    path = f if precision == "fp32" else write_qdq(f, _timing_ranges(f, shape), tmp_path / "q.onnx", form="qdq_u8s8", placement="onnxruntime")
+    src = onnx.load(str(f))
+    prof = profile_session(path, batch=2, runs=3)
+    assert sum(1 for k in prof.kernels if k.weighted) > len(source_weighted_nodes(src))  # the products, counted as weighted kernels
+    times = layer_times(prof, src)
+    assert set(times) == {n for n, _ in source_weighted_nodes(src)}
+    assert sum(times.values()) == pytest.approx(prof.kernel_sum_ms, rel=1e-6)

@@ -24,6 +24,7 @@ boundary.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import tempfile
 from collections.abc import Sequence
@@ -200,6 +201,7 @@ def layer_times(profile: SessionProfile, source: onnx.ModelProto) -> dict[str, f
     weightless MatMul miscounted): no attribution is better than a wrong one.
     """
     nodes = source_weighted_nodes(source)
+    profile = _activation_products_unweighted(profile, source)
     weighted = [k for k in profile.kernels if k.weighted]
     kernels = [(t, k.key) for t, k in zip(profile.weighted_times(), weighted, strict=True)]
     pairs = pair_kernels(nodes, [k.name for k in weighted], kernels, source.graph)
@@ -209,6 +211,24 @@ def layer_times(profile: SessionProfile, source: onnx.ModelProto) -> dict[str, f
             hint="per-layer in-context timing is not available for this graph; the whole-model correction is used instead",
         )
     return {nodes[i][0]: kernels[j][0] for i, j in pairs}
+
+
+def _activation_products_unweighted(profile: SessionProfile, source: onnx.ModelProto) -> SessionProfile:
+    """`profile` with the kernels of the source's MatMuls between two activations (an attention map,
+    a non-local block's products) counted as glue: the source graph does not count them as weighted
+    (`source_weighted_nodes`), and a profile that did never paired (a non-local CNN lost its per-layer
+    correction and its mixed INT8/FP32 graph). Kernels are known by the source node's name, which
+    ONNX Runtime keeps with a suffix ("node_matmul/MatmulTransposeFusion/", "..._token_5")."""
+    weighted = {name for name, _ in source_weighted_nodes(source)}
+    products = {n.name for n in source.graph.node if n.op_type == "MatMul" and n.name and n.name not in weighted}
+    if not products:
+        return profile
+
+    def source_name(kernel: str) -> str:
+        return re.sub(r"(_token_\d+|_nchwc)+$", "", kernel.split("/")[0])
+
+    kernels = [KernelTime(k.name, f"{k.op} of activations", k.ms, k.key) if k.weighted and source_name(k.name) in products else k for k in profile.kernels]
+    return SessionProfile(kernels, profile.run_ms, profile.runs, list(profile.notes))
 
 
 @dataclass
