@@ -15,7 +15,7 @@ from torch import nn
 
 from hadmc_deploy.data import ArrayDataset
 from hadmc_deploy.errors import TrainingDivergedError
-from hadmc_deploy.evaluate import torch_accuracy
+from hadmc_deploy.evaluate import first_output, torch_accuracy
 from hadmc_deploy.ui import UI, quiet_ui
 
 
@@ -62,7 +62,7 @@ def train_classifier(
             for step in range(steps_per_epoch):
                 idx = order[step * batch_size : (step + 1) * batch_size]
                 xb, yb = x[idx], y[idx]
-                logits = model(xb)
+                logits = first_output(model(xb))  # a model with an auxiliary head in training trains on its main output, as recovery does
                 loss = loss_fn(logits, yb)
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}", hint="lower --lr")
