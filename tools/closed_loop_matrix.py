@@ -78,7 +78,8 @@ MATRIX = tuple(ARCHS)
 #: architectures no test or validation here was developed on, each with a construct users' models
 #: have (tools/unseen_nets.py): not in the default run; `--archs unseen` builds them
 #: (docs/closed_loop_unseen.md)
-UNSEEN = ("DenseCat", "Incept", "VGGMLP", "Shuffle", "SELinear", "SharedConv", "MishRes", "ConvNeXtish", "FuncConv", "GhostNetish", "CSPish", "Res2", "HRFuse")
+UNSEEN = ("DenseCat", "Incept", "VGGMLP", "Shuffle", "SELinear", "SharedConv", "MishRes", "ConvNeXtish", "FuncConv", "GhostNetish", "CSPish", "Res2", "HRFuse",
+          "CBAMNet", "GNNet", "Seq1D", "ASPPNet", "MBV3ish", "PReLUNet", "UNetCls", "ScaleRes", "NonLocal", "AuxHead", "L2NormNet", "DropPathRes", "CoordConv")
 ARCHS.update({name: Arch(name, f"tools/unseen_nets.py:{name}", {}, "fashion", 28, 1, 2) for name in UNSEEN})
 
 

@@ -1,9 +1,12 @@
 """CNN architectures no test or validation of this repository was developed on, for
-`tools/build_unseen_models.py`: each carries a construct users' models have and ours lack
+`tools/closed_loop_matrix.py --archs unseen`: each carries a construct users' models have and ours lack
 (dense concatenation, inception branches, a flatten into an MLP head, channel shuffles,
 squeeze-excite through Linear layers, a conv applied twice, Mish, ConvNeXt blocks with
 channels-last MLPs and layer scale, a bare F.conv2d, Ghost modules' channel slice, CSP halves,
-Res2Net's fixed-size split, HRNet's two-resolution exchange).
+Res2Net's fixed-size split, HRNet's two-resolution exchange; then CBAM attention, GroupNorm and
+InstanceNorm, a 1-D CNN, ASPP's dilated branches, MobileNetV3 blocks with a depth multiplier, PReLU
+without BatchNorm, a U-Net decoder, learned scales and in-place sums, a non-local block, an
+auxiliary head run only in training, SSD's L2Norm, stochastic depth, CoordConv).
 All take 1x28x28 inputs and give 10 classes (Fashion-MNIST)."""
 
 import torch
@@ -11,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def cbr(i, o, k=3, s=1, g=1):
-    return nn.Sequential(nn.Conv2d(i, o, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+def cbr(i, o, k=3, s=1, g=1, d=1):
+    return nn.Sequential(nn.Conv2d(i, o, k, s, d * (k // 2), dilation=d, groups=g, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
 
 
 class DenseCat(nn.Module):
@@ -287,3 +290,255 @@ class HRFuse(nn.Module):
         low2 = F.relu(low + self.hi2lo(high))
         y = torch.cat([F.avg_pool2d(high2, 2), low2], 1)
         return self.fc(self.head(y).mean((2, 3)))
+
+
+class CBAM(nn.Module):
+    """CBAM: channel attention (shared 1x1-conv MLP over avg and max pools), spatial attention
+    (a 7x7 conv over the channel mean and channel max)."""
+    def __init__(self, c, r=4):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Conv2d(c, c // r, 1), nn.ReLU(), nn.Conv2d(c // r, c, 1))
+        self.spatial = nn.Conv2d(2, 1, 7, padding=3)
+
+    def forward(self, x):
+        a = self.mlp(F.adaptive_avg_pool2d(x, 1)) + self.mlp(F.adaptive_max_pool2d(x, 1))
+        x = x * torch.sigmoid(a)
+        s = torch.cat([x.mean(1, keepdim=True), x.max(1, keepdim=True)[0]], 1)
+        return x * torch.sigmoid(self.spatial(s))
+
+
+class CBAMNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(cbr(1, 32), CBAM(32), cbr(32, 64, s=2), CBAM(64), cbr(64, 96, s=2))
+        self.fc = nn.Linear(96, 10)
+
+    def forward(self, x):
+        return self.fc(self.f(x).mean((2, 3)))
+
+
+class GNNet(nn.Module):
+    """GroupNorm and InstanceNorm instead of BatchNorm; GELU; conv with bias."""
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(1, 32, 3, padding=1), nn.GroupNorm(8, 32)
+        self.c2, self.n2 = nn.Conv2d(32, 64, 3, 2, 1), nn.GroupNorm(16, 64)
+        self.c3, self.n3 = nn.Conv2d(64, 64, 3, 2, 1), nn.InstanceNorm2d(64, affine=True)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = F.gelu(self.n1(self.c1(x)))
+        x = F.gelu(self.n2(self.c2(x)))
+        x = F.gelu(self.n3(self.c3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class Seq1D(nn.Module):
+    """A 1-D CNN: each image row is a time step, its 28 pixels the channels (Conv1d, BatchNorm1d)."""
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(
+            nn.Conv1d(28, 64, 5, padding=2, bias=False), nn.BatchNorm1d(64), nn.ReLU(),
+            nn.Conv1d(64, 96, 3, stride=2, padding=1, bias=False), nn.BatchNorm1d(96), nn.ReLU(),
+            nn.Conv1d(96, 96, 3, padding=1, bias=False), nn.BatchNorm1d(96), nn.ReLU())
+        self.fc = nn.Linear(96, 10)
+
+    def forward(self, x):
+        x = x.squeeze(1).transpose(1, 2)  # (N, 28 columns as channels, 28 rows as time)
+        return self.fc(self.f(x).mean(2))
+
+
+class ASPPNet(nn.Module):
+    """DeepLab's ASPP: dilated 3x3 convs at several rates and an image-pool branch, concatenated."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(cbr(1, 32), cbr(32, 48, s=2))
+        self.r1, self.r2, self.r4 = cbr(48, 24, k=1), cbr(48, 24, d=2), cbr(48, 24, d=4)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(48, 24, 1), nn.ReLU())
+        self.proj = cbr(96, 64, k=1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        p = F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.proj(torch.cat([self.r1(x), self.r2(x), self.r4(x), p], 1))
+        return self.fc(x.mean((2, 3)))
+
+
+class MBV3ish(nn.Module):
+    """MobileNetV3 blocks: hardswish, SE by 1x1 convs with hardsigmoid, depthwise with a channel multiplier of 2."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish())
+        self.dw = nn.Sequential(nn.Conv2d(16, 32, 3, 1, 1, groups=16, bias=False), nn.BatchNorm2d(32), nn.Hardswish())
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(32, 8, 1), nn.ReLU(), nn.Conv2d(8, 32, 1), nn.Hardsigmoid())
+        self.pw = nn.Sequential(nn.Conv2d(32, 48, 1, bias=False), nn.BatchNorm2d(48))
+        self.expand = nn.Sequential(nn.Conv2d(48, 96, 1, bias=False), nn.BatchNorm2d(96), nn.Hardswish(),
+                                    nn.Conv2d(96, 96, 3, 2, 1, groups=96, bias=False), nn.BatchNorm2d(96), nn.Hardswish())
+        self.head = nn.Sequential(nn.Conv2d(96, 128, 1), nn.Hardswish(), nn.Dropout(0.2))
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = self.dw(self.stem(x))
+        x = self.pw(x * self.se(x))
+        x = self.expand(x)
+        x = self.head(F.adaptive_avg_pool2d(x, 1))
+        return self.fc(torch.flatten(x, 1))
+
+
+class PReLUNet(nn.Module):
+    """No BatchNorm: biased convs, PReLU with one slope per channel, Dropout2d, a max pool head, BatchNorm1d in an MLP head."""
+    def __init__(self):
+        super().__init__()
+        self.c1, self.a1 = nn.Conv2d(1, 32, 3, padding=1), nn.PReLU(32)
+        self.c2, self.a2 = nn.Conv2d(32, 64, 3, 2, 1), nn.PReLU(64)
+        self.c3, self.a3 = nn.Conv2d(64, 64, 3, 2, 1), nn.LeakyReLU(0.1)
+        self.drop = nn.Dropout2d(0.1)
+        self.mlp = nn.Sequential(nn.Linear(64, 48), nn.BatchNorm1d(48), nn.ReLU(), nn.Linear(48, 10))
+
+    def forward(self, x):
+        x = self.a1(self.c1(x))
+        x = self.drop(self.a2(self.c2(x)))
+        x = self.a3(self.c3(x))
+        return self.mlp(torch.flatten(F.adaptive_max_pool2d(x, 1), 1))
+
+
+class UNetCls(nn.Module):
+    """A small U-Net (ConvTranspose2d up, nearest Upsample up, skip concatenation) with a classifier on the decoder."""
+    def __init__(self):
+        super().__init__()
+        self.e1, self.e2, self.e3 = cbr(1, 16), cbr(16, 32, s=2), cbr(32, 64, s=2)
+        self.up2 = nn.ConvTranspose2d(64, 32, 2, stride=2)
+        self.d2 = cbr(64, 32)
+        self.up1 = nn.Upsample(scale_factor=2, mode="nearest")
+        self.d1 = cbr(48, 24)
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        a = self.e1(x)
+        b = self.e2(a)
+        c = self.e3(b)
+        d = self.d2(torch.cat([self.up2(c), b], 1))
+        e = self.d1(torch.cat([self.up1(d), a], 1))
+        return self.fc(e.mean((2, 3)))
+
+
+class ScaleRes(nn.Module):
+    """Residual blocks summed by torch.add with alpha and in place (+=), a learned per-channel scale
+    and shift as Parameters of shape (1, C, 1, 1), global pooling written as view + mean."""
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(1, 32)
+        self.b1 = nn.Sequential(cbr(32, 32), nn.Conv2d(32, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32))
+        self.gamma = nn.Parameter(torch.full((1, 32, 1, 1), 0.5))
+        self.beta = nn.Parameter(torch.zeros(1, 32, 1, 1))
+        self.down = cbr(32, 64, s=2)
+        self.b2 = nn.Sequential(cbr(64, 64), nn.Conv2d(64, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.add(x, self.b1(x) * self.gamma + self.beta, alpha=0.5).relu()
+        x = self.down(x)
+        y = self.b2(x)
+        y += x
+        y = F.relu(y)
+        return self.fc(y.view(y.size(0), y.size(1), -1).mean(-1))
+
+
+class NonLocal(nn.Module):
+    """A non-local (self-attention) block: theta/phi/g 1x1 convs, matmuls over positions, softmax, W back."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(cbr(1, 32), cbr(32, 48, s=2))
+        self.theta, self.phi, self.g = nn.Conv2d(48, 24, 1), nn.Conv2d(48, 24, 1), nn.Conv2d(48, 24, 1)
+        self.w = nn.Sequential(nn.Conv2d(24, 48, 1, bias=False), nn.BatchNorm2d(48))
+        self.post = cbr(48, 64, s=2)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        n, _, h, w = x.shape
+        t = self.theta(x).flatten(2).transpose(1, 2)  # (N, HW, C')
+        p = self.phi(x).flatten(2)  # (N, C', HW)
+        g = self.g(x).flatten(2).transpose(1, 2)
+        a = torch.softmax(torch.matmul(t, p), dim=-1)  # (N, HW, HW)
+        y = torch.matmul(a, g).transpose(1, 2).reshape(n, -1, h, w)
+        x = x + self.w(y)
+        return self.fc(self.post(x).mean((2, 3)))
+
+
+class AuxHead(nn.Module):
+    """GoogLeNet-style auxiliary classifier: in training forward returns (main, aux), in eval main only."""
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(cbr(1, 32), cbr(32, 48, s=2))
+        self.b = nn.Sequential(cbr(48, 64, s=2), cbr(64, 64))
+        self.aux = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(48 * 4, 10))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.a(x)
+        out = self.fc(self.b(x).mean((2, 3)))
+        if self.training:
+            return out, self.aux(x)
+        return out
+
+
+class L2NormNet(nn.Module):
+    """SSD's L2Norm on an early feature map (x / sqrt(sum of squares over channels) * per-channel weight)."""
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(cbr(1, 32), cbr(32, 48, s=2))
+        self.scale = nn.Parameter(torch.full((48,), 10.0))
+        self.b = nn.Sequential(cbr(48, 64, s=2), cbr(64, 64))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.a(x)
+        norm = x.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10
+        x = self.scale.view(1, -1, 1, 1) * torch.div(x, norm)
+        return self.fc(self.b(x).mean((2, 3)))
+
+
+class DropPathRes(nn.Module):
+    """Residual blocks with stochastic depth (a per-sample Bernoulli mask in training, from x.new_empty)."""
+    def __init__(self, p=0.2):
+        super().__init__()
+        self.p = p
+        self.stem = cbr(1, 32)
+        self.b1 = nn.Sequential(cbr(32, 32), nn.Conv2d(32, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32))
+        self.down = cbr(32, 64, s=2)
+        self.b2 = nn.Sequential(cbr(64, 64), nn.Conv2d(64, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64))
+        self.fc = nn.Linear(64, 10)
+
+    def drop_path(self, y):
+        if not self.training or self.p == 0.0:
+            return y
+        keep = y.new_empty((y.shape[0],) + (1,) * (y.ndim - 1)).bernoulli_(1 - self.p)
+        return y * keep / (1 - self.p)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(x + self.drop_path(self.b1(x)))
+        x = self.down(x)
+        x = F.relu(x + self.drop_path(self.b2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class CoordConv(nn.Module):
+    """CoordConv: two coordinate channels (linspace, expanded to the batch) concatenated before a conv."""
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(1, 32, s=2)
+        self.b = cbr(34, 64, s=2)
+        self.c = cbr(64, 64)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.a(x)
+        n, _, h, w = x.shape
+        ys = torch.linspace(-1, 1, h, device=x.device).view(1, 1, h, 1).expand(n, 1, h, w)
+        xs = torch.linspace(-1, 1, w, device=x.device).view(1, 1, 1, w).expand(n, 1, h, w)
+        x = self.b(torch.cat([x, ys, xs], 1))
+        return self.fc(self.c(x).mean((2, 3)))
