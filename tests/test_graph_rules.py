@@ -511,3 +511,37 @@ def test_non_local_block_products_tie_the_contracted_channels_exactly() -> None:
             return self.stem(x).mean((2, 3)) @ self.proj
 
     assert not trace(WeightMatrix(), (2, 3, 8, 8)).group("stem").prunable
+
+
+def test_selective_kernel_stack_and_tensor_split_keep_their_channels_prunable_exactly() -> None:
+    """SKNet's selective kernel stacks its branches (`torch.stack(..., 1)`), sums over the branch axis
+    and takes a softmax along it; `torch.tensor_split(x, 2, 1)` halves channels as chunk does. Stack
+    and tensor_split were "not understood" and the softmax "over the channel axis": the branches and
+    the attention Linear stayed whole. Now the branches tie channel by channel, the Linear's outputs
+    pair up (c with C + c), zeroing equals removing (checked), and a pruned model runs."""
+
+    class SK(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.b1, self.b2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=2, dilation=2)
+            self.fc1, self.fc2, self.post, self.head = nn.Linear(16, 8), nn.Linear(8, 32), nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.stem(x))
+            feats = torch.stack([torch.relu(self.b1(x)), torch.relu(self.b2(x))], dim=1)
+            a = self.fc2(torch.relu(self.fc1(feats.sum(dim=1).mean((2, 3))))).view(x.size(0), 2, -1, 1, 1).softmax(dim=1)
+            y = self.post((feats * a).sum(dim=1))
+            p, q = torch.tensor_split(y, 2, dim=1)
+            return self.head(torch.cat([q, p], 1).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = SK().eval()
+    g = trace(model, (2, 3, 8, 8))
+    assert not g.warnings, g.warnings
+    branches = g.group("b1")
+    assert branches.prunable and branches.exact and {"b2.weight", "fc2.weight"} <= {m["tensor"] for m in branches.members}
+    assert g.group("post").prunable
+    res = prune_equivalence(model, (2, 3, 8, 8), 0.5, seed=0, graph=g)
+    assert res.max_abs_diff < 1e-5 and res.zeroing_effect > 1e-4 and res.pruned_groups >= 3, res.max_abs_diff
+    pruned, _ = apply(model, g, WidthPlan(keep={"b1": 8, "post": 8}))
+    assert pruned.fc2.out_features == 16 and pruned(torch.randn(2, 3, 8, 8)).shape == (2, 4)

@@ -360,7 +360,9 @@ def _split_result(ctx: RuleContext, in_info: ChannelInfo, result: Any) -> Any:
         return outs
     sizes = [r.shape[dim] for r in result]
     size_arg = node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks", node.kwargs.get("split_size_or_sections"))
-    equal_pieces = len(set(sizes)) == 1 and (name == "chunk" or isinstance(size_arg, fx.Node))
+    size_arg = size_arg if size_arg is not None else node.kwargs.get("sections")
+    # chunk(n) and tensor_split(x, n) cut n pieces of whatever there is; split(x, 16) fixes their size
+    equal_pieces = len(set(sizes)) == 1 and (name == "chunk" or isinstance(size_arg, fx.Node) or (name == "tensor_split" and isinstance(size_arg, int)))
     if in_info.axes != (dim,) or not equal_pieces:
         ctx.lock_inputs("split into pieces of sizes fixed in the code")
         return None
@@ -392,7 +394,9 @@ def reduction(ctx: RuleContext) -> Info:
         return None
     dims = {d % x.dim() for d in ((dims,) if isinstance(dims, int) else dims)}
     keepdim = bool(ctx.kwargs.get("keepdim", ctx.args[keepdim_at] if len(ctx.args) > keepdim_at else False))
-    if dims & set(info.axes):
+    if dims & set(info.axes) and not set(info.axes) <= dims:
+        info = _tie_along(ctx, info, dims)  # over the branches of a stack (SKNet): channels stay
+    elif dims & set(info.axes):
         if target in CHANNEL_STATISTICS and set(info.axes) <= dims and _channels_flow_on(ctx.node):
             # a mean or variance over the channels, broadcast back (a hand-written channels-first
             # LayerNorm, as ConvNeXt's reference code has it), or CBAM's channel mean and max feeding
@@ -412,6 +416,19 @@ def reduction(ctx: RuleContext) -> Info:
         ctx.draft("globalpool", [info.flat()], info.flat())
     result = ChannelInfo(axes, info.labels)
     return [result, result] if pair else result
+
+
+def _tie_along(ctx: RuleContext, info: ChannelInfo, dims: set[int]) -> ChannelInfo:
+    """`info` with its channel axes in `dims` folded away: the slices along them are tied channel by
+    channel. Why: a sum, mean or extreme over a stack's branch axis (SKNet's `torch.stack(...).sum(1)`),
+    or a softmax along it, combines channel c of every branch; removing c from all of them together
+    is exact, as through an add. The axis numbers stay the input's (the caller shifts them)."""
+    folded = [k for k, a in enumerate(info.axes) if a in dims]
+    labels = np.moveaxis(info.labels, folded, list(range(len(folded))))
+    rows = labels.reshape(-1, *labels.shape[len(folded):])
+    for row in rows[1:]:
+        ctx.state.uf.union_arrays(rows[0].reshape(-1), row.reshape(-1))
+    return ChannelInfo(tuple(a for a in info.axes if a not in dims), np.ascontiguousarray(rows[0]))
 
 
 def _channels_flow_on(node: fx.Node, depth: int = 8) -> bool:
@@ -550,7 +567,13 @@ def softmax_like(ctx: RuleContext) -> Info:
         dim = getattr(ctx.module(), "dim", None)
     else:
         dim = ctx.kwargs.get("dim", ctx.args[1] if len(ctx.args) > 1 else None)
-    if dim is None or dim % tensors[0][1].dim() in info.axes:
+    dim = dim % tensors[0][1].dim() if dim is not None else None
+    if dim is not None and dim in info.axes and len(info.axes) > 1:
+        # along a stack's branch axis (SKNet's attention over its branches): each channel's entries
+        # along it are tied, so a channel goes with its whole softmax row
+        _tie_along(ctx, info, {dim})
+        return info
+    if dim is None or dim in info.axes:
         # a classifier that returns probabilities: its classes are an output, never pruned, so no warning
         returned = all(user.op == "output" for user in ctx.node.users)
         ctx.lock_inputs("softmax over the channel axis", warn=not returned)
@@ -581,9 +604,9 @@ PASSTHROUGH_METHODS = (
     "detach", "clamp", "clamp_", "abs", "neg", "hardswish", "sqrt", "rsqrt", "exp", "log", "square", "reciprocal",
 )
 ELEMENTWISE_METHODS = ("add", "add_", "mul", "mul_", "sub", "div", "__add__", "__mul__", "gt", "lt", "ge", "le", "where", "pow")
-SHAPE_FUNCTIONS: tuple[Any, ...] = (torch.flatten, torch.cat, torch.concat, torch.chunk, torch.split, torch.permute,
+SHAPE_FUNCTIONS: tuple[Any, ...] = (torch.flatten, torch.cat, torch.concat, torch.stack, torch.chunk, torch.split, torch.tensor_split, torch.permute,
                                     torch.transpose, torch.reshape, torch.squeeze, torch.unsqueeze, operator.getitem)
-SHAPE_METHODS = ("view", "reshape", "flatten", "permute", "transpose", "chunk", "split", "squeeze", "unsqueeze",
+SHAPE_METHODS = ("view", "reshape", "flatten", "permute", "transpose", "chunk", "split", "tensor_split", "squeeze", "unsqueeze",
                  "unflatten", "expand", "expand_as", "t")
 SPATIAL_FUNCTIONS: dict[Any, str | None] = {
     F.adaptive_avg_pool2d: "avgpool", F.adaptive_max_pool2d: "maxpool", F.avg_pool2d: "avgpool", F.max_pool2d: "maxpool",
