@@ -79,7 +79,8 @@ MATRIX = tuple(ARCHS)
 #: have (tools/unseen_nets.py): not in the default run; `--archs unseen` builds them
 #: (docs/closed_loop_unseen.md)
 UNSEEN = ("DenseCat", "Incept", "VGGMLP", "Shuffle", "SELinear", "SharedConv", "MishRes", "ConvNeXtish", "FuncConv", "GhostNetish", "CSPish", "Res2", "HRFuse",
-          "CBAMNet", "GNNet", "Seq1D", "ASPPNet", "MBV3ish", "PReLUNet", "UNetCls", "ScaleRes", "NonLocal", "AuxHead", "L2NormNet", "DropPathRes", "CoordConv")
+          "CBAMNet", "GNNet", "Seq1D", "ASPPNet", "MBV3ish", "PReLUNet", "UNetCls", "ScaleRes", "NonLocal", "AuxHead", "L2NormNet", "DropPathRes", "CoordConv",
+          "SKNet", "ReflectNet", "StripPool", "SpaceToDepth")
 ARCHS.update({name: Arch(name, f"tools/unseen_nets.py:{name}", {}, "fashion", 28, 1, 2) for name in UNSEEN})
 
 

@@ -6,7 +6,9 @@ channels-last MLPs and layer scale, a bare F.conv2d, Ghost modules' channel slic
 Res2Net's fixed-size split, HRNet's two-resolution exchange; then CBAM attention, GroupNorm and
 InstanceNorm, a 1-D CNN, ASPP's dilated branches, MobileNetV3 blocks with a depth multiplier, PReLU
 without BatchNorm, a U-Net decoder, learned scales and in-place sums, a non-local block, an
-auxiliary head run only in training, SSD's L2Norm, stochastic depth, CoordConv).
+auxiliary head run only in training, SSD's L2Norm, stochastic depth, CoordConv; then SKNet's
+stacked branches, reflect and circular padding, strip pooling with tensor_split, space-to-depth by
+view and permute).
 All take 1x28x28 inputs and give 10 classes (Fashion-MNIST)."""
 
 import torch
@@ -542,3 +544,86 @@ class CoordConv(nn.Module):
         xs = torch.linspace(-1, 1, w, device=x.device).view(1, 1, 1, w).expand(n, 1, h, w)
         x = self.b(torch.cat([x, ys, xs], 1))
         return self.fc(self.c(x).mean((2, 3)))
+
+
+class SK(nn.Module):
+    """Selective kernel: 3x3 and dilated 3x3 branches, stacked, a softmax over the branch axis."""
+    def __init__(self, c, r=4):
+        super().__init__()
+        self.b1, self.b2 = cbr(c, c), cbr(c, c, d=2)
+        self.fc = nn.Sequential(nn.Linear(c, c // r), nn.ReLU(), nn.Linear(c // r, 2 * c))
+
+    def forward(self, x):
+        feats = torch.stack([self.b1(x), self.b2(x)], dim=1)  # (N, 2, C, H, W)
+        s = feats.sum(dim=1).mean((2, 3))
+        a = self.fc(s).view(x.size(0), 2, -1, 1, 1).softmax(dim=1)
+        return (feats * a).sum(dim=1)
+
+
+class SKNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(1, 32, s=2)
+        self.sk = SK(32)
+        self.post = cbr(32, 64, s=2)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(self.post(self.sk(self.stem(x))).mean((2, 3)))
+
+
+class ReflectNet(nn.Module):
+    """Reflect and circular padding (padding_mode and F.pad), input normalisation by buffers,
+    pooling with a kernel read from the shape."""
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.5]).view(1, 1, 1, 1))
+        self.register_buffer("std", torch.tensor([0.5]).view(1, 1, 1, 1))
+        self.c1 = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1, padding_mode="reflect", bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.c2 = nn.Sequential(nn.Conv2d(32, 64, 3, stride=2, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.c3 = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, padding_mode="circular", bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.c1((x - self.mean) / self.std)
+        x = self.c2(F.pad(x, (1, 1, 1, 1), mode="reflect"))
+        x = self.c3(x)
+        return self.fc(F.avg_pool2d(x, x.shape[2:]).flatten(1))
+
+
+class StripPool(nn.Module):
+    """Strip pooling (pool over height only and width only, broadcast back), unbind, tensor_split."""
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(1, 32)
+        self.h = nn.Sequential(nn.AdaptiveAvgPool2d((None, 1)), nn.Conv2d(32, 32, (3, 1), padding=(1, 0)))
+        self.w = nn.Sequential(nn.AdaptiveAvgPool2d((1, None)), nn.Conv2d(32, 32, (1, 3), padding=(0, 1)))
+        self.post = cbr(32, 64, s=2)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x * torch.sigmoid(self.h(x) + self.w(x))
+        x = self.post(x)
+        a, b = torch.tensor_split(x, 2, dim=1)
+        return self.fc(torch.cat([a, b], 1).mean((2, 3)))
+
+
+class SpaceToDepth(nn.Module):
+    """Space-to-depth by view/permute (YOLOv5's Focus without slicing), then depth-to-space back."""
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(4, 32)
+        self.mid = cbr(32, 64, s=2)
+        self.up = nn.Conv2d(64, 64 * 4, 1)
+        self.post = cbr(64, 64, s=2)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        x = x.view(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(n, c * 4, h // 2, w // 2)
+        x = self.mid(self.stem(x))
+        y = self.up(x)
+        n, c4, h, w = y.shape
+        y = y.view(n, c4 // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c4 // 4, h * 2, w * 2)
+        return self.fc(self.post(y).mean((2, 3)))
