@@ -45,7 +45,10 @@ def join_training_branches(
     if not reads_training(model):
         return
     shape = (max(2, input_shape[0]), *input_shape[1:])  # BatchNorm in training needs two samples
-    twin = copy.deepcopy(model).train()  # running statistics move in training mode: the user's model stays as it was
+    try:
+        twin = copy.deepcopy(model).train()  # running statistics move in training mode: the user's model stays as it was
+    except Exception:  # a model that cannot be copied (a hook holding a lock): the eval graph stands, as before
+        return
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     train_gm = capture(twin, example)
     if train_gm is None or not _runs_more(eval_gm, train_gm):
