@@ -545,3 +545,48 @@ def test_selective_kernel_stack_and_tensor_split_keep_their_channels_prunable_ex
     assert res.max_abs_diff < 1e-5 and res.zeroing_effect > 1e-4 and res.pruned_groups >= 3, res.max_abs_diff
     pruned, _ = apply(model, g, WidthPlan(keep={"b1": 8, "post": 8}))
     assert pruned.fc2.out_features == 16 and pruned(torch.randn(2, 3, 8, 8)).shape == (2, 4)
+
+
+def test_spatial_transformer_and_local_response_norm_keep_their_channels_prunable() -> None:
+    """A spatial transformer samples every channel at the same grid (`F.affine_grid`, `F.grid_sample`):
+    grid_sample was "not understood" and locked the sampled channels; now they pass through exactly
+    (zeroing equals removing, checked) while channels that reach the grid's coordinates lock.
+    LocalResponseNorm (AlexNet, GoogLeNet v1) normalises by neighbouring channels: prunable, inexactly."""
+
+    class STN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.loc, self.body, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16, 6), nn.Conv2d(16, 8, 3, padding=1), nn.Linear(8, 4)
+            self.lrn = nn.LocalResponseNorm(3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.stem(x))
+            theta = self.loc(x.mean((2, 3))).view(-1, 2, 3)
+            x = F.grid_sample(x, F.affine_grid(theta, list(x.size()), align_corners=False), align_corners=False)
+            return self.head(self.lrn(torch.relu(self.body(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = STN().eval()
+    g = trace(model, (2, 3, 8, 8))
+    assert not [w for w in g.warnings if "not understood" in w], g.warnings
+    assert g.group("stem").prunable and g.group("stem").exact
+    assert g.group("body").prunable and not g.group("body").exact and "neighbours" in g.group("body").reason
+    assert not g.group("loc").prunable  # its six outputs are the transform
+    res = prune_equivalence(model, (2, 3, 8, 8), 0.5, seed=0, graph=g)
+    assert res.max_abs_diff < 1e-5 and res.zeroing_effect > 1e-4 and res.pruned_groups >= 1, res.max_abs_diff
+    pruned, _ = apply(model, g, WidthPlan(keep={"stem": 8, "body": 4}))
+    assert pruned.loc.in_features == 8 and pruned(torch.randn(2, 3, 8, 8)).shape == (2, 4)
+
+    class FlowWarp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.flow, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 2, 3, padding=1), nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x)
+            grid = torch.tanh(self.flow(x)).permute(0, 2, 3, 1)
+            return self.head(F.grid_sample(x, grid, align_corners=False).mean((2, 3)))
+
+    g = trace(FlowWarp(), (2, 3, 8, 8))
+    assert not g.group("flow").prunable and "sampling coordinates" in g.group("flow").reason
+    assert g.group("stem").prunable

@@ -20,6 +20,7 @@ from hadmc_deploy.graph.rules import (
     Info,
     RuleContext,
     channel_shuffle,
+    cross_channel_norm,
     padding,
     passthrough,
     pixel_shuffle,
@@ -266,7 +267,9 @@ MODULE_RULES: dict[type, Any] = {
     nn.ChannelShuffle: channel_shuffle(lambda ctx: ctx.module().groups),
     nn.PixelShuffle: pixel_shuffle(lambda ctx: ctx.module().upscale_factor, unshuffle=False),
     nn.PixelUnshuffle: pixel_shuffle(lambda ctx: ctx.module().downscale_factor, unshuffle=True),
+    nn.LocalResponseNorm: cross_channel_norm,
     nn.Softmax: softmax_like,
+    nn.Softmax2d: softmax_like,  # over the channels: locks them, saying so
     nn.LogSoftmax: softmax_like,
     nn.Softmin: softmax_like,
     **{act: passthrough for act in ACTIVATIONS},

@@ -476,6 +476,25 @@ def matmul(ctx: RuleContext) -> Info:
     return None
 
 
+def grid_sample(ctx: RuleContext) -> Info:
+    """`F.grid_sample(x, grid)` (a spatial transformer, a deformable or flow warp): every channel of x is
+    sampled at the same points, so x's channels pass through exactly; the grid's last axis holds
+    coordinates, so channels that reach it (a conv predicting a flow) are locked."""
+    tensors = ctx.tensor_args()
+    if len(tensors) > 1 and (grid := ctx.info(tensors[1][0])) is not None:
+        ctx.state.lock(grid.labels, f"node {ctx.node.name!r} reads them as sampling coordinates")
+    return spatial(None)(ctx)
+
+
+def cross_channel_norm(ctx: RuleContext) -> Info:
+    """LocalResponseNorm: each channel divided by a sum over its neighbours; channels pass through,
+    prunable inexactly (removing one changes its neighbours' sums)."""
+    info = passthrough(ctx)
+    if info is not None:
+        ctx.state.mark_inexact(info.flat(), f"node {ctx.node.name!r} normalises each channel by its neighbours")
+    return info
+
+
 def normalize(ctx: RuleContext) -> Info:
     """`F.normalize(x, p, dim)`: channels pass through; over the channel axis each position is divided
     by a norm of its channels, so they stay prunable, inexactly, as through a LayerNorm."""

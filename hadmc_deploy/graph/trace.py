@@ -46,6 +46,10 @@ def _function_rule(target: Any) -> Any:
         return R.reduction
     if target in (torch.matmul, torch.bmm, operator.matmul):
         return R.matmul
+    if target is torch.nn.functional.grid_sample:
+        return R.grid_sample
+    if target is torch.nn.functional.local_response_norm:
+        return R.cross_channel_norm
     if target is torch.nn.functional.normalize:
         return R.normalize
     if target in (torch.nn.functional.layer_norm, torch.layer_norm):
