@@ -49,3 +49,14 @@ def first_call(ctx: RuleContext, in_labels: np.ndarray | None, out_labels: np.nd
     """Keep a first call's channels for `shared_call`."""
     if in_labels is not None:
         ctx.state.__dict__.setdefault("_first_call", {}).setdefault(ctx.module_name, (in_labels, out_labels))
+
+
+#: the trace-state entries this module keeps between calls
+_CALL_STATE_KEYS = ("_calls", "_call_labels", "_first_call")
+
+
+def forget_calls(state: object) -> None:
+    """Start counting calls afresh: a second pass over another graph of the same model (its training
+    forward, `training_pass`) calls each module again without reusing it."""
+    for key in _CALL_STATE_KEYS:
+        state.__dict__.pop(key, None)

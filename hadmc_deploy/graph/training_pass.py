@@ -26,10 +26,8 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from hadmc_deploy.graph.calls import forget_calls
 from hadmc_deploy.graph.labels import LabelState
-
-#: trace-state entries of graph/calls.py: a module's calls are counted per pass
-_PER_PASS_KEYS = ("_calls", "_call_labels", "_first_call")
 
 
 def join_training_branches(
@@ -54,8 +52,7 @@ def join_training_branches(
     if train_gm is None or not _runs_more(eval_gm, train_gm):
         return
     first_source, first_member = len(state.sources), len(state.members)
-    for key in _PER_PASS_KEYS:
-        state.__dict__.pop(key, None)
+    forget_calls(state)  # a module's calls are counted per pass
     interpret(train_gm, example)
     earlier: dict[str, list[Any]] = defaultdict(list)
     for src in state.sources[:first_source]:
