@@ -3,7 +3,7 @@
 Sources (the string a user passes as --train/--calib/--eval):
   * `builtin:fashion-mnist[:train|:test]` - Debian's dataset-fashion-mnist files;
   * `builtin:digits[:train|:test]` - scikit-learn's 8x8 digits (a fixed 80/20 split);
-  * `path/to/data.npz` - arrays `x` (N,C,H,W or N,H,W; uint8 or float32) and `y` (N,);
+  * `path/to/data.npz` - arrays `x` (N,C,H,W, N,H,W,C or N,H,W; uint8 or float) and `y` (N,);
   * an IDX directory (MNIST format, gzipped or not), optionally `DIR:train` / `DIR:test`,
     or an IDX images file (`...-images-idx3-ubyte[.gz]`, labels found beside it);
   * an ImageFolder-style directory (`DIR/<class>/<image>`, needs Pillow), or a directory of
@@ -214,12 +214,26 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4:
-        raise DataError(f"{path}: 'x' must be N,C,H,W or N,H,W, got shape {x.shape}")
+        raise DataError(f"{path}: 'x' must be N,C,H,W, N,H,W,C or N,H,W, got shape {x.shape}")
+    if _channels_last(x.shape):
+        # Keras, TensorFlow and PIL-built arrays are N,H,W,C: read as N,C,H,W they had H channels
+        # ("32-channel images but the model takes 3")
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{path}: 'y' must be one label per image ({len(x)}), got shape {y.shape}")
     if x.dtype not in (np.uint8, np.float32, np.float64, np.float16):
         raise DataError(f"{path}: 'x' must be uint8 or float, got {x.dtype}")
     return x, y.astype(np.int64)
+
+
+#: channel counts an image array has (gray, gray + alpha, colour, colour + alpha)
+IMAGE_CHANNELS = (1, 2, 3, 4)
+
+
+def _channels_last(shape: tuple[int, ...]) -> bool:
+    """Whether a 4-D image array is N,H,W,C: its last axis is a channel count and its second is not
+    (an N,C,H,W array's second axis is; one with both, such as N,3,4,3, is taken as N,C,H,W)."""
+    return shape[3] in IMAGE_CHANNELS and shape[1] not in IMAGE_CHANNELS
 
 
 def _image_files(directory: Path) -> list[tuple[int, Path]]:

@@ -60,6 +60,18 @@ def test_npz_uint8_and_float(tmp_path):
     np.testing.assert_allclose(ds2.x, ds.x, rtol=1e-6)
 
 
+def test_npz_channels_last_is_read_as_channels_first(tmp_path):
+    """Keras/TensorFlow arrays are N,H,W,C: they load as the same images in N,C,H,W (they were read
+    as 32-channel images and refused); an N,C,H,W array whose width is also a channel count stays."""
+    nchw = np.random.default_rng(0).integers(0, 256, (5, 3, 32, 30)).astype(np.uint8)
+    np.savez(tmp_path / "nhwc.npz", x=nchw.transpose(0, 2, 3, 1), y=np.arange(5) % 2)
+    ds = load_data(str(tmp_path / "nhwc.npz"), Preprocess(mean=(0.0,), std=(1.0,), channels=3))
+    np.testing.assert_allclose(ds.x, nchw / 255.0, rtol=1e-6)
+    narrow = np.random.default_rng(1).integers(0, 256, (2, 3, 8, 3)).astype(np.uint8)
+    np.savez(tmp_path / "narrow.npz", x=narrow, y=np.zeros(2, np.int64))
+    assert load_data(str(tmp_path / "narrow.npz"), Preprocess(mean=(0.0,), std=(1.0,))).x.shape == (2, 3, 8, 3)
+
+
 def test_npz_missing_arrays(tmp_path):
     np.savez(tmp_path / "bad.npz", images=np.zeros((2, 1, 2, 2)))
     with pytest.raises(DataError, match="'x' and 'y'"):
