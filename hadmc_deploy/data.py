@@ -215,14 +215,14 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         x = x[:, None]
     if x.ndim != 4:
         raise DataError(f"{path}: 'x' must be N,C,H,W, N,H,W,C or N,H,W, got shape {x.shape}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{path}: 'y' must be one label per image ({len(x)}), got shape {y.shape}")
+    if x.dtype not in (np.uint8, np.float32, np.float64, np.float16):
+        raise DataError(f"{path}: 'x' must be uint8 or float, got {x.dtype}", hint="save 'x' as uint8 pixels (0-255) or floats (0-1)")
     if _channels_last(x.shape):
         # Keras, TensorFlow and PIL-built arrays are N,H,W,C: read as N,C,H,W they had H channels
         # ("32-channel images but the model takes 3")
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"{path}: 'y' must be one label per image ({len(x)}), got shape {y.shape}")
-    if x.dtype not in (np.uint8, np.float32, np.float64, np.float16):
-        raise DataError(f"{path}: 'x' must be uint8 or float, got {x.dtype}")
     return x, y.astype(np.int64)
 
 

@@ -10,7 +10,8 @@ of 3 rounds of 8 runs a few seconds apart (the context fit's timing), and the fa
 short rounds over 6 s (a 'floor': tried in the context fit and reverted, see docs/latency_model.md).
 Then the same for longer windows (6, 30, 120 s where the trace is long enough): the fastest run,
 the 25th percentile and the median of every run in a window, as a table measured over that long
-would see the machine.
+would see the machine. While recording, it also prints the CPU time the hypervisor took from this
+guest (steal, from /proc/stat) per 2 s window: a slow phase with no steal is one the guest cannot see.
 
     .venv/bin/python tools/trace_machine_speed.py --seconds 90
     .venv/bin/python tools/trace_machine_speed.py --seconds 300 --save /tmp/trace   # then, again from the files:
@@ -46,7 +47,18 @@ ESTIMATORS = (
 )
 
 
-def trace(seconds: float, threads: int) -> tuple[np.ndarray, np.ndarray]:
+def steal_ticks() -> int | None:
+    """CPU time stolen from this guest by the hypervisor, all CPUs, in clock ticks (None off Linux)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        return int(fields[8])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def trace(seconds: float, threads: int, steal: list[tuple[float, int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Single runs back to back for `seconds`: (start stamps in s, times in ms); `steal`, when given,
+    gets (stamp, steal ticks so far) at the start and every 2 s."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                           nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).eval()
@@ -60,7 +72,13 @@ def trace(seconds: float, threads: int) -> tuple[np.ndarray, np.ndarray]:
         sess.run(None, feeds)
     start = time.perf_counter()
     stamps, times = [], []
+    next_steal = 0.0
     while time.perf_counter() - start < seconds:
+        if steal is not None and time.perf_counter() - start >= next_steal:
+            ticks = steal_ticks()
+            if ticks is not None:
+                steal.append((time.perf_counter() - start, ticks))
+            next_steal += 2.0
         a = time.perf_counter()
         sess.run(None, feeds)
         b = time.perf_counter()
@@ -123,10 +141,15 @@ def main() -> int:
             stamps, times = np.load(f"{args.load}-{threads}t.npy")
             args.seconds = float(stamps[-1])
         else:
-            stamps, times = trace(args.seconds, threads)
+            stolen: list[tuple[float, int]] = []
+            stamps, times = trace(args.seconds, threads, stolen)
         print(f"\n{threads} thread(s): {len(times)} runs over {args.seconds:.0f} s; per 2 s window: fastest / median run (ms)")
         windows = [(s, times[(stamps >= s) & (stamps < s + 2)]) for s in np.arange(0, args.seconds, 2)]
         print("  " + "  ".join(f"{s:.0f}s {w.min():.2f}/{np.median(w):.2f}" for s, w in windows if len(w)))
+        if not args.load and len(stolen) > 1:
+            per_window = np.diff([ticks for _, ticks in stolen])
+            print(f"  steal: {int(per_window.sum())} ticks over the trace (1 tick = 10 ms of one CPU), per 2 s window: "
+                  + " ".join(str(int(t)) for t in per_window))
         if args.save:
             np.save(f"{args.save}-{threads}t.npy", np.stack([stamps, times]))
         for name, rounds, runs, gap, statistic in ESTIMATORS:
