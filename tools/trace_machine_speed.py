@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import os
 import sys
 import tempfile
 import time
@@ -148,7 +149,8 @@ def main() -> int:
         print("  " + "  ".join(f"{s:.0f}s {w.min():.2f}/{np.median(w):.2f}" for s, w in windows if len(w)))
         if not args.load and len(stolen) > 1:
             per_window = np.diff([ticks for _, ticks in stolen])
-            print(f"  steal: {int(per_window.sum())} ticks over the trace (1 tick = 10 ms of one CPU), per 2 s window: "
+            tick_ms = 1000.0 / os.sysconf("SC_CLK_TCK")
+            print(f"  steal: {int(per_window.sum())} ticks over the trace (1 tick = {tick_ms:g} ms of one CPU), per 2 s window: "
                   + " ".join(str(int(t)) for t in per_window))
         if args.save:
             np.save(f"{args.save}-{threads}t.npy", np.stack([stamps, times]))
