@@ -3,7 +3,7 @@
 Sources (the string a user passes as --train/--calib/--eval):
   * `builtin:fashion-mnist[:train|:test]` - Debian's dataset-fashion-mnist files;
   * `builtin:digits[:train|:test]` - scikit-learn's 8x8 digits (a fixed 80/20 split);
-  * `path/to/data.npz` - arrays `x` (N,C,H,W, N,H,W,C or N,H,W; uint8 or float) and `y` (N,);
+  * `path/to/data.npz` - arrays `x` (N,C,H,W, N,H,W,C or N,H,W; uint8 or float) and `y` ((N,) or one-hot (N, K));
   * an IDX directory (MNIST format, gzipped or not), optionally `DIR:train` / `DIR:test`,
     or an IDX images file (`...-images-idx3-ubyte[.gz]`, labels found beside it);
   * an ImageFolder-style directory (`DIR/<class>/<image>`, needs Pillow), or a directory of
@@ -215,8 +215,10 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         x = x[:, None]
     if x.ndim != 4:
         raise DataError(f"{path}: 'x' must be N,C,H,W, N,H,W,C or N,H,W, got shape {x.shape}")
+    y = _class_indices(y)
     if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"{path}: 'y' must be one label per image ({len(x)}), got shape {y.shape}")
+        raise DataError(f"{path}: 'y' must be one label per image ({len(x)}), got shape {y.shape}",
+                        hint="give class indices (N,), or one-hot rows (N, classes)")
     if x.dtype not in (np.uint8, np.float32, np.float64, np.float16):
         raise DataError(f"{path}: 'x' must be uint8 or float, got {x.dtype}", hint="save 'x' as uint8 pixels (0-255) or floats (0-1)")
     if _channels_last(x.shape):
@@ -224,6 +226,16 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         # ("32-channel images but the model takes 3")
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     return x, y.astype(np.int64)
+
+
+def _class_indices(y: np.ndarray) -> np.ndarray:
+    """Labels as class indices: (N, 1) columns and one-hot (N, classes) rows, as Keras saves them,
+    become (N,); anything else is returned as it is, for the caller's shape check."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        return y[:, 0]
+    if y.ndim == 2 and y.shape[1] > 1 and len(y) and np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all():
+        return y.argmax(axis=1)
+    return y
 
 
 #: channel counts an image array has (gray, gray + alpha, colour, colour + alpha)

@@ -72,6 +72,20 @@ def test_npz_channels_last_is_read_as_channels_first(tmp_path):
     assert load_data(str(tmp_path / "narrow.npz"), Preprocess(mean=(0.0,), std=(1.0,))).x.shape == (2, 3, 8, 3)
 
 
+def test_npz_one_hot_and_column_labels_are_class_indices(tmp_path):
+    """Keras-style labels, one-hot rows or an (N, 1) column, load as class indices; soft labels
+    (rows that are not one-hot) are refused with the shapes that work."""
+    x = np.zeros((4, 1, 8, 8), np.uint8)
+    labels = np.array([2, 0, 1, 2])
+    np.savez(tmp_path / "onehot.npz", x=x, y=np.eye(3, dtype=np.float32)[labels])
+    np.testing.assert_array_equal(load_data(str(tmp_path / "onehot.npz")).y, labels)
+    np.savez(tmp_path / "column.npz", x=x, y=labels[:, None])
+    np.testing.assert_array_equal(load_data(str(tmp_path / "column.npz")).y, labels)
+    np.savez(tmp_path / "soft.npz", x=x, y=np.full((4, 3), 1 / 3, np.float32))
+    with pytest.raises(DataError, match="one label per image"):
+        load_data(str(tmp_path / "soft.npz"))
+
+
 def test_npz_missing_arrays(tmp_path):
     np.savez(tmp_path / "bad.npz", images=np.zeros((2, 1, 2, 2)))
     with pytest.raises(DataError, match="'x' and 'y'"):
