@@ -3,7 +3,8 @@
 Sources (the string a user passes as --train/--calib/--eval):
   * `builtin:fashion-mnist[:train|:test]` - Debian's dataset-fashion-mnist files;
   * `builtin:digits[:train|:test]` - scikit-learn's 8x8 digits (a fixed 80/20 split);
-  * `path/to/data.npz` - arrays `x` (N,C,H,W, N,H,W,C or N,H,W; uint8 or float) and `y` ((N,) or one-hot (N, K));
+  * `path/to/data.npz` - arrays `x` (N,C,H,W, N,H,W,C or N,H,W; uint8 or float) and `y` ((N,) or one-hot (N, K)),
+    or a split's `x_train`/`y_train` named as `data.npz:train` (Keras' mnist.npz);
   * an IDX directory (MNIST format, gzipped or not), optionally `DIR:train` / `DIR:test`,
     or an IDX images file (`...-images-idx3-ubyte[.gz]`, labels found beside it);
   * an ImageFolder-style directory (`DIR/<class>/<image>`, needs Pillow), or a directory of
@@ -201,14 +202,31 @@ def _idx_images(directory: Path, split: str | None) -> Path:
     return images[0]
 
 
-def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _npz_keys(files: list[str], path: Path, split: str | None) -> tuple[str, str]:
+    """The (images, labels) array names of an npz: 'x' and 'y', or a split's 'x_<split>' and
+    'y_<split>' (Keras' mnist.npz holds x_train, y_train, x_test, y_test), named as `FILE.npz:train`."""
+    splits = sorted(name[2:] for name in files if name.startswith("x_"))
+    if split is not None:
+        if f"x_{split}" not in files:
+            raise DataError(f"{path} has no split {split!r} (arrays: {', '.join(files) or 'none'})",
+                            hint=f"name one of its splits: {', '.join(f'{path}:{s}' for s in splits)}" if splits else f"pass {path} alone")
+        return f"x_{split}", f"y_{split}"
+    if "x" in files:
+        return "x", "y"
+    if len(splits) == 1:
+        return f"x_{splits[0]}", f"y_{splits[0]}"
+    if splits:
+        raise DataError(f"{path} holds several splits ({', '.join(splits)})", hint=f"name one: {path}:{splits[0]}")
+    raise DataError(f"{path} must hold arrays 'x' and 'y' (images and labels; 'y' may be left out for calibration-only data); it has {', '.join(files) or 'none'}")
+
+
+def _npz(path: Path, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
-            if "x" not in data:
-                raise DataError(f"{path} must hold arrays 'x' and 'y' (images and labels; 'y' may be left out for calibration-only data); it has {', '.join(data.files) or 'none'}")
-            x = data["x"]
+            x_key, y_key = _npz_keys(data.files, path, split)
+            x = data[x_key]
             # No 'y': unlabelled images, enough for calibration; training and evaluation refuse them.
-            y = data["y"] if "y" in data else np.full(len(x), UNLABELLED, dtype=np.int64)
+            y = data[y_key] if y_key in data else np.full(len(x), UNLABELLED, dtype=np.int64)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
     if x.ndim == 3:
@@ -371,7 +389,7 @@ def check_source_exists(source: str) -> None:
     if Path(source).exists():
         return
     base, sep, _ = source.rpartition(":")
-    if sep and Path(base).is_dir():
+    if sep and (Path(base).is_dir() or (Path(base).suffix == ".npz" and Path(base).is_file())):
         return
     raise DataError(f"data source {source} does not exist", hint="pass a directory, an .npz, an IDX file or builtin:fashion-mnist")
 
@@ -419,8 +437,9 @@ def source_labels(source: str) -> np.ndarray:
     if path.is_file() and path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as data:
-                if "y" in data:
-                    return np.asarray(data["y"], dtype=np.int64).reshape(-1)
+                _, y_key = _npz_keys(data.files, path, split)
+                if y_key in data:
+                    return _class_indices(np.asarray(data[y_key])).astype(np.int64).reshape(-1)
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read {path}: {exc}") from exc
     elif path.is_file() and "idx3" in path.name:
@@ -468,7 +487,7 @@ def _read_raw(source: str, resize: tuple[int, int] | None) -> tuple[np.ndarray, 
     path, split = _resolve(source)
     if path.is_file():
         if path.suffix == ".npz":
-            return _npz(path)
+            return _npz(path, split)
         if "idx3" in path.name:
             return _read_idx_pair(path)
         raise DataError(f"{path}: unknown data file type", hint="use .npz, an IDX images file, or a directory")

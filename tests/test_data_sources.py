@@ -79,11 +79,32 @@ def test_npz_one_hot_and_column_labels_are_class_indices(tmp_path):
     labels = np.array([2, 0, 1, 2])
     np.savez(tmp_path / "onehot.npz", x=x, y=np.eye(3, dtype=np.float32)[labels])
     np.testing.assert_array_equal(load_data(str(tmp_path / "onehot.npz")).y, labels)
+    from hadmc_deploy.data import source_labels  # the build's early class check reads them the same way
+
+    np.testing.assert_array_equal(source_labels(str(tmp_path / "onehot.npz")), labels)
     np.savez(tmp_path / "column.npz", x=x, y=labels[:, None])
     np.testing.assert_array_equal(load_data(str(tmp_path / "column.npz")).y, labels)
     np.savez(tmp_path / "soft.npz", x=x, y=np.full((4, 3), 1 / 3, np.float32))
     with pytest.raises(DataError, match="one label per image"):
         load_data(str(tmp_path / "soft.npz"))
+
+
+def test_npz_with_keras_splits_is_read_by_split(tmp_path):
+    """Keras' mnist.npz holds x_train/y_train/x_test/y_test: `FILE.npz:test` reads that split (labels
+    too, for the build's early class check); without a split the error names the choices."""
+    from hadmc_deploy.data import check_source_exists, source_labels
+
+    train, test = np.zeros((5, 8, 8), np.uint8), np.full((3, 8, 8), 255, np.uint8)
+    path = tmp_path / "mnist.npz"
+    np.savez(path, x_train=train, y_train=np.arange(5) % 2, x_test=test, y_test=np.array([1, 0, 1]))
+    check_source_exists(f"{path}:test")
+    ds = load_data(f"{path}:test", Preprocess(mean=(0.0,), std=(1.0,)))
+    assert ds.x.shape == (3, 1, 8, 8) and float(ds.x.max()) == 1.0
+    np.testing.assert_array_equal(source_labels(f"{path}:test"), [1, 0, 1])
+    with pytest.raises(DataError, match="several splits"):
+        load_data(str(path))
+    with pytest.raises(DataError, match="no split 'val'"):
+        load_data(f"{path}:val")
 
 
 def test_npz_missing_arrays(tmp_path):
