@@ -7,8 +7,8 @@ Sources (the string a user passes as --train/--calib/--eval):
     or a split's `x_train`/`y_train` named as `data.npz:train` (Keras' mnist.npz);
   * an IDX directory (MNIST format, gzipped or not), optionally `DIR:train` / `DIR:test`,
     or an IDX images file (`...-images-idx3-ubyte[.gz]`, labels found beside it);
-  * an ImageFolder-style directory (`DIR/<class>/<image>`, needs Pillow), or a directory of
-    images alone (unlabelled: calibration only).
+  * an ImageFolder-style directory (`DIR/<class>/<image>`, needs Pillow; `DIR:val` reads
+    `DIR/val/<class>/`), or a directory of images alone (unlabelled: calibration only).
 Everything comes back as float32 NCHW arrays, resized and normalised the same way
 for every stage, so calibration sees exactly what evaluation and training see.
 
@@ -266,10 +266,16 @@ def _channels_last(shape: tuple[int, ...]) -> bool:
     return shape[3] in IMAGE_CHANNELS and shape[1] not in IMAGE_CHANNELS
 
 
-def _image_files(directory: Path) -> list[tuple[int, Path]]:
+def _image_files(directory: Path, split: str | None = None) -> list[tuple[int, Path]]:
     """(label, file) of every image in a folder: DIR/<class>/ labelled by the classes' sorted order;
     images directly in DIR, no class folders, unlabelled, as a calibration set often is (training
-    and evaluation refuse them, like an npz without 'y')."""
+    and evaluation refuse them, like an npz without 'y'). `split` ("DIR:val") reads DIR/val/, as
+    ImageNet-style trees (DIR/train/<class>/, DIR/val/<class>/) are laid out."""
+    if split is not None:
+        if not (directory / split).is_dir():
+            folders = sorted(p.name for p in directory.iterdir() if p.is_dir())
+            raise DataError(f"{directory} has no folder {split!r}", hint=f"name one of {', '.join(folders)}" if folders else f"pass {directory} alone")
+        directory = directory / split
     classes = sorted(p.name for p in directory.iterdir() if p.is_dir())
     folders = [(label, directory / cls) for label, cls in enumerate(classes)] or [(UNLABELLED, directory)]
     return [(label, file) for label, folder in folders for file in sorted(folder.iterdir())
@@ -300,11 +306,11 @@ def check_image_files(source: str) -> None:
     the evaluation first read the folder, after the latency table, the search and recovery."""
     if source.startswith("builtin:"):
         return
-    path, _ = _resolve(source)
+    path, split = _resolve(source)
     if not path.is_dir() or _holds_idx(path):
         return
     image = _pil_image()
-    for _, file in _image_files(path):
+    for _, file in _image_files(path, split):
         try:
             with image.open(file) as img:
                 img.size  # noqa: B018 - the header is read on open; the size is what loading needs first
@@ -312,10 +318,10 @@ def check_image_files(source: str) -> None:
             raise _unreadable(file, exc) from exc
 
 
-def _image_folder(directory: Path, resize: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+def _image_folder(directory: Path, resize: tuple[int, int] | None, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     Image = _pil_image()  # noqa: N806 - PIL's module name, as every PIL caller spells it
     images, labels = [], []
-    for label, file in _image_files(directory):
+    for label, file in _image_files(directory, split):
         try:
             with Image.open(file) as img:
                 if img.mode.startswith("I;16") or img.mode == "I":
@@ -344,8 +350,10 @@ def _image_folder(directory: Path, resize: tuple[int, int] | None) -> tuple[np.n
     if len({a.dtype for a in images}) > 1:  # 8- and 16-bit files in one folder: all as floats in [0, 1]
         images = [a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a for a in images]
     if not images:
-        raise DataError(f"{directory} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
-                        hint="put the images in DIR (unlabelled: calibration only) or in DIR/<class>/ (labelled)")
+        nested = sorted(p.name for p in directory.iterdir() if p.is_dir() and any(q.is_dir() for q in p.iterdir())) if split is None else []
+        hint = (f"its folders hold folders (a tree of splits?): name one, {directory}:{nested[0]}" if nested
+                else "put the images in DIR (unlabelled: calibration only) or in DIR/<class>/ (labelled)")
+        raise DataError(f"{directory if split is None else directory / split} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})", hint=hint)
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
@@ -447,7 +455,7 @@ def source_labels(source: str) -> np.ndarray:
     elif path.is_dir() and _holds_idx(path):
         return read_idx(_labels_beside(_idx_images(path, split))).astype(np.int64)
     elif path.is_dir():
-        return np.asarray([label for label, _ in _image_files(path)], dtype=np.int64)
+        return np.asarray([label for label, _ in _image_files(path, split)], dtype=np.int64)
     return _read_raw(source, None)[1]
 
 
@@ -493,7 +501,7 @@ def _read_raw(source: str, resize: tuple[int, int] | None) -> tuple[np.ndarray, 
         raise DataError(f"{path}: unknown data file type", hint="use .npz, an IDX images file, or a directory")
     if _holds_idx(path):
         return _idx_dir(path, split)
-    return _image_folder(path, resize)
+    return _image_folder(path, resize, split)
 
 
 def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -107,6 +107,30 @@ def test_npz_with_keras_splits_is_read_by_split(tmp_path):
         load_data(f"{path}:val")
 
 
+def test_image_folder_tree_of_splits_is_read_by_split(tmp_path):
+    """An ImageNet-style tree (DIR/train/<class>/, DIR/val/<class>/): `DIR:val` reads DIR/val's
+    classes; DIR alone is refused with a hint naming a split (it read train and val as two classes
+    holding no images), and a split that is not there names the ones that are."""
+    from PIL import Image
+
+    from hadmc_deploy.data import source_labels
+
+    for split, count in (("train", 2), ("val", 1)):
+        for cls, value in (("cat", 0), ("dog", 255)):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(np.full((6, 6), value, np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    ds = load_data(f"{tmp_path}:val", Preprocess(mean=(0.0,), std=(1.0,)))
+    np.testing.assert_array_equal(ds.y, [0, 1])
+    assert ds.x.shape == (2, 1, 6, 6) and float(ds.x[1].min()) == 1.0
+    np.testing.assert_array_equal(source_labels(f"{tmp_path}:train"), [0, 0, 1, 1])
+    with pytest.raises(DataError, match="holds no images") as err:
+        load_data(str(tmp_path))
+    assert f"{tmp_path}:train" in str(err.value.hint)
+    with pytest.raises(DataError, match="no folder 'test'"):
+        load_data(f"{tmp_path}:test")
+
+
 def test_npz_missing_arrays(tmp_path):
     np.savez(tmp_path / "bad.npz", images=np.zeros((2, 1, 2, 2)))
     with pytest.raises(DataError, match="'x' and 'y'"):
