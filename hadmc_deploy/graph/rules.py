@@ -397,7 +397,7 @@ def reduction(ctx: RuleContext) -> Info:
     if dims & set(info.axes) and not set(info.axes) <= dims:
         info = _tie_along(ctx, info, dims)  # over the branches of a stack (SKNet): channels stay
     elif dims & set(info.axes):
-        if target in CHANNEL_STATISTICS and set(info.axes) <= dims and _channels_flow_on(ctx.node):
+        if target in REDUCTIONS and set(info.axes) <= dims and _channels_flow_on(ctx.node):
             # a mean or variance over the channels, broadcast back (a hand-written channels-first
             # LayerNorm, as ConvNeXt's reference code has it), or CBAM's channel mean and max feeding
             # a spatial attention map: prunable as nn.LayerNorm is, inexactly, since removing
@@ -440,7 +440,7 @@ def _channels_flow_on(node: fx.Node, depth: int = 8) -> bool:
     source = node.args[0] if node.args else None
     if not isinstance(source, fx.Node) or depth == 0:
         return False
-    if any(user is not node and user.target not in CHANNEL_STATISTICS for user in source.users):
+    if any(user is not node and user.target not in REDUCTIONS for user in source.users):
         return True
     return source.op in ("call_function", "call_method") and _channels_flow_on(source, depth - 1)
 
@@ -634,11 +634,10 @@ SPATIAL_FUNCTIONS: dict[Any, str | None] = {
 #: max/min: a reduction with a dim ((values, indices)), elementwise with a second tensor
 EXTREMES = (torch.max, torch.min, "max", "min")
 NORMS = (torch.norm, torch.linalg.vector_norm, "norm")
-REDUCTIONS = (torch.mean, torch.sum, torch.amax, torch.amin, torch.var, torch.std, "mean", "sum", "amax", "amin", "var", "std", *EXTREMES, *NORMS)
 #: every reduction summarises the channels it runs over: over the channel axis, where the channels
 #: also flow on (SSD's L2Norm divides by a sum of squares, ConvNeXt's LayerNorm by a variance), they
 #: stay prunable, inexactly (`reduction`)
-CHANNEL_STATISTICS = REDUCTIONS
+REDUCTIONS = (torch.mean, torch.sum, torch.amax, torch.amin, torch.var, torch.std, "mean", "sum", "amax", "amin", "var", "std", *EXTREMES, *NORMS)
 #: (position of dim, position of keepdim) where not (1, 2): var/std(x, dim, unbiased, keepdim),
 #: norm(x, p, dim, keepdim), vector_norm(x, ord, dim, keepdim)
 REDUCTION_ARG_POSITIONS: dict[Any, tuple[int, int]] = {

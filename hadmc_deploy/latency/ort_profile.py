@@ -201,7 +201,7 @@ def layer_times(profile: SessionProfile, source: onnx.ModelProto) -> dict[str, f
     weightless MatMul miscounted): no attribution is better than a wrong one.
     """
     nodes = source_weighted_nodes(source)
-    profile = _activation_products_unweighted(profile, source)
+    profile = _activation_products_unweighted(profile, source, {name for name, _ in nodes})
     weighted = [k for k in profile.kernels if k.weighted]
     kernels = [(t, k.key) for t, k in zip(profile.weighted_times(), weighted, strict=True)]
     pairs = pair_kernels(nodes, [k.name for k in weighted], kernels, source.graph)
@@ -213,13 +213,13 @@ def layer_times(profile: SessionProfile, source: onnx.ModelProto) -> dict[str, f
     return {nodes[i][0]: kernels[j][0] for i, j in pairs}
 
 
-def _activation_products_unweighted(profile: SessionProfile, source: onnx.ModelProto) -> SessionProfile:
+def _activation_products_unweighted(profile: SessionProfile, source: onnx.ModelProto, weighted: set[str]) -> SessionProfile:
     """`profile` with the kernels of the source's MatMuls between two activations (an attention map,
     a non-local block's products) counted as glue: the source graph does not count them as weighted
     (`source_weighted_nodes`), and a profile that did never paired (a non-local CNN lost its per-layer
     correction and its mixed INT8/FP32 graph). Kernels are known by the source node's name, which
-    ONNX Runtime keeps with a suffix ("node_matmul/MatmulTransposeFusion/", "..._token_5")."""
-    weighted = {name for name, _ in source_weighted_nodes(source)}
+    ONNX Runtime keeps with a suffix ("node_matmul/MatmulTransposeFusion/", "..._token_5"). `weighted`:
+    the names of the source's weighted nodes."""
     products = {n.name for n in source.graph.node if n.op_type == "MatMul" and n.name and n.name not in weighted}
     if not products:
         return profile
